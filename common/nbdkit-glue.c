@@ -1,0 +1,272 @@
+/* Turns one backend (struct backend, see backend.h) into an nbdkit plugin.
+ *
+ * Built once (libnbdkitglue.la); each plugin binds it to its backend at
+ * link time with -Wl,--defsym=nbdkit_glue_backend=<table>, so the
+ * plugin's own .c file holds backend logic only.  nbdkit API
+ * version 2, PARALLEL thread model: the backend does its own locking.
+ */
+#include <config.h>
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#define NBDKIT_API_VERSION 2
+#include <nbdkit-plugin.h>
+
+#include "backend.h"
+
+
+extern const struct backend nbdkit_glue_backend;
+#define B (&nbdkit_glue_backend)
+
+/* The flag values are the same by construction; check it. */
+_Static_assert (BACKEND_FLAG_MAY_TRIM == NBDKIT_FLAG_MAY_TRIM, "flag");
+_Static_assert (BACKEND_FLAG_FUA == NBDKIT_FLAG_FUA, "flag");
+_Static_assert (BACKEND_FLAG_REQ_ONE == NBDKIT_FLAG_REQ_ONE, "flag");
+_Static_assert (BACKEND_FLAG_FAST_ZERO == NBDKIT_FLAG_FAST_ZERO, "flag");
+_Static_assert (BACKEND_FUA_NATIVE == NBDKIT_FUA_NATIVE, "fua");
+_Static_assert (BACKEND_CACHE_NATIVE == NBDKIT_CACHE_NATIVE, "cache");
+_Static_assert (BACKEND_EXTENT_HOLE == NBDKIT_EXTENT_HOLE, "extent");
+_Static_assert (BACKEND_EXTENT_ZERO == NBDKIT_EXTENT_ZERO, "extent");
+
+void
+backend_error (const char *fmt, ...)
+{
+  va_list ap;
+  int saved = errno;
+
+  va_start (ap, fmt);
+  nbdkit_verror (fmt, ap);
+  va_end (ap);
+  errno = saved;
+}
+
+void
+backend_debug (const char *fmt, ...)
+{
+  va_list ap;
+  int saved = errno;
+
+  va_start (ap, fmt);
+  nbdkit_vdebug (fmt, ap);
+  va_end (ap);
+  errno = saved;
+}
+
+int
+backend_add_extent (struct backend_extents *extents,
+                    uint64_t offset, uint64_t length, uint32_t type)
+{
+  return nbdkit_add_extent ((struct nbdkit_extents *) extents,
+                            offset, length, type);
+}
+
+int
+backend_add_export (struct backend_exports *exports,
+                    const char *name, const char *description)
+{
+  return nbdkit_add_export ((struct nbdkit_exports *) exports,
+                            name, description);
+}
+
+static void
+glue_load (void)
+{
+  if (B->load)
+    B->load ();
+}
+
+static void
+glue_unload (void)
+{
+  if (B->unload)
+    B->unload ();
+}
+
+static int
+glue_config (const char *key, const char *value)
+{
+  return B->config (key, value);
+}
+
+static int
+glue_config_complete (void)
+{
+  return B->config_complete ? B->config_complete () : 0;
+}
+
+static int
+glue_list_exports (int readonly, int is_tls, struct nbdkit_exports *exports)
+{
+  (void) is_tls;
+  if (!B->list_exports)
+    return nbdkit_use_default_export (exports);
+  return B->list_exports (readonly, (struct backend_exports *) exports);
+}
+
+static const char *
+glue_default_export (int readonly, int is_tls)
+{
+  (void) is_tls;
+  return B->default_export ? B->default_export (readonly) : "";
+}
+
+static void *
+glue_open (int readonly)
+{
+  const char *name = nbdkit_export_name ();
+  void *h;
+
+  h = B->open (name ? name : "", readonly);
+  if (h == NULL)
+    nbdkit_set_error (errno);
+  return h;
+}
+
+static void
+glue_close (void *handle)
+{
+  B->close (handle);
+}
+
+static int64_t
+glue_get_size (void *handle)
+{
+  return B->get_size (handle);
+}
+
+static int
+glue_block_size (void *handle, uint32_t *min, uint32_t *pref, uint32_t *max)
+{
+  if (!B->block_size) {
+    *min = *pref = *max = 0;
+    return 0;
+  }
+  return B->block_size (handle, min, pref, max);
+}
+
+#define CAN(fn, dflt)                                   \
+  static int                                            \
+  glue_##fn (void *handle)                              \
+  {                                                     \
+    return B->fn ? B->fn (handle) : (dflt);             \
+  }
+CAN (can_write, B->pwrite != NULL)
+CAN (can_flush, 0)
+CAN (can_trim, 0)
+CAN (can_zero, 0)
+CAN (can_fast_zero, 0)
+CAN (can_fua, BACKEND_FUA_NONE)
+CAN (can_multi_conn, 0)
+CAN (can_extents, 0)
+CAN (can_cache, BACKEND_CACHE_NONE)
+CAN (is_rotational, 0)
+#undef CAN
+
+static int
+glue_pread (void *handle, void *buf, uint32_t count, uint64_t offset,
+            uint32_t flags)
+{
+  return B->pread (handle, buf, count, offset, flags);
+}
+
+static int
+glue_pwrite (void *handle, const void *buf, uint32_t count, uint64_t offset,
+             uint32_t flags)
+{
+  return B->pwrite (handle, buf, count, offset, flags);
+}
+
+static int
+glue_flush (void *handle, uint32_t flags)
+{
+  return B->flush (handle, flags);
+}
+
+static int
+glue_trim (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
+{
+  return B->trim (handle, count, offset, flags);
+}
+
+static int
+glue_zero (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
+{
+  return B->zero (handle, count, offset, flags);
+}
+
+static int
+glue_extents (void *handle, uint32_t count, uint64_t offset, uint32_t flags,
+              struct nbdkit_extents *extents)
+{
+  return B->extents (handle, count, offset, flags,
+                     (struct backend_extents *) extents);
+}
+
+static int
+glue_cache (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
+{
+  return B->cache (handle, count, offset, flags);
+}
+
+#define THREAD_MODEL NBDKIT_THREAD_MODEL_PARALLEL
+
+/* Optional callbacks stay NULL in nbdkit's table when the backend lacks
+ * them, so nbdkit's own defaults (and its emulation) apply.  Filled in at
+ * load time because the backend table is not a constant expression here.
+ */
+static struct nbdkit_plugin plugin = {
+  .name = NULL,
+  .longname = NULL,
+  .version = PACKAGE_VERSION,
+  .load = glue_load,
+  .unload = glue_unload,
+  .config = glue_config,
+  .config_complete = glue_config_complete,
+  .magic_config_key = NULL,
+  .list_exports = glue_list_exports,
+  .default_export = glue_default_export,
+  .open = glue_open,
+  .close = glue_close,
+  .get_size = glue_get_size,
+  .block_size = glue_block_size,
+  .can_write = glue_can_write,
+  .can_flush = glue_can_flush,
+  .can_trim = glue_can_trim,
+  .can_zero = glue_can_zero,
+  .can_fast_zero = glue_can_fast_zero,
+  .can_fua = glue_can_fua,
+  .can_multi_conn = glue_can_multi_conn,
+  .can_extents = glue_can_extents,
+  .can_cache = glue_can_cache,
+  .is_rotational = glue_is_rotational,
+  .pread = glue_pread,
+  .pwrite = glue_pwrite,
+  .flush = glue_flush,
+  .trim = glue_trim,
+  .zero = glue_zero,
+  .extents = glue_extents,
+  .cache = glue_cache,
+  .errno_is_preserved = 1,
+};
+
+/* Runs before nbdkit reads any field but name-independent ones. */
+static void glue_fill (void) __attribute__ ((constructor));
+static void
+glue_fill (void)
+{
+  plugin.name = B->name;
+  plugin.longname = B->longname;
+  plugin.description = B->description;
+  plugin.config_help = B->config_help;
+  if (!B->pwrite) plugin.pwrite = NULL;
+  if (!B->flush) plugin.flush = NULL;
+  if (!B->trim) plugin.trim = NULL;
+  if (!B->zero) plugin.zero = NULL;
+  if (!B->extents) plugin.extents = NULL;
+  if (!B->cache) plugin.cache = NULL;
+}
+
+NBDKIT_REGISTER_PLUGIN (plugin)
