@@ -1,0 +1,137 @@
+/* The chunk store: content-addressed records, put / get / has by SHA-256,
+ * plus enumeration (for fsck and, later, garbage collection).
+ *
+ * Contract: a chunk is an immutable byte string (<= CAS_MAX_PAYLOAD bytes)
+ * named by the SHA-256 of its bytes.  put() stores it at most once (a
+ * chunk already present costs a lookup, not a write); get() returns exactly
+ * the bytes that were put, or fails with EIO -- never wrong data; has()
+ * says whether get() can succeed without reading the payload.  A chunk is
+ * durable only after sync() returns: the caller publishes nothing that
+ * references a chunk before syncing.
+ *
+ * This is a small vtable so that the local pack-file implementation
+ * (chunkstore-pack.c) can later be replaced by a remote object store (Ceph
+ * RADOS, S3): nothing above this interface knows about packs, offsets or
+ * the in-memory index.
+ *
+ * Errors: -1 with errno set (EIO for a damaged record, ENOENT for a chunk
+ * that is not there) after a message through backend_error().
+ *
+ * Thread safety: every operation may be called from many threads at once.
+ * Implementations never hold a lock across I/O on the data path.
+ */
+#ifndef NBDCAS_CHUNKSTORE_H
+#define NBDCAS_CHUNKSTORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "hash.h"
+
+/* Record types (FORMAT.md: record header "type"). */
+enum cas_chunk_type {
+  CAS_CHUNK_DATA = 1,     /* one block of volume data */
+  CAS_CHUNK_MAPNODE = 2,  /* a node of a volume's block map (child hashes) */
+};
+
+/* Verification on get(). */
+enum cas_verify {
+  CAS_VERIFY_OFF = 0,       /* no checks beyond the record header */
+  CAS_VERIFY_CHECKSUM = 1,  /* CRC32C of header and payload (default) */
+  CAS_VERIFY_FULL = 2,      /* ... and re-hash the payload with SHA-256 */
+};
+
+/* What enumerate() reports for each record it finds. */
+struct cas_record_info {
+  struct cas_hash hash;     /* from the record header */
+  enum cas_chunk_type type;
+  uint32_t length;          /* payload bytes */
+  uint32_t pack;            /* where (for messages): pack number ... */
+  uint64_t offset;          /* ... and byte offset of the record header */
+  int status;               /* 0 ok; else an errno (EIO: bad CRC/hash) */
+  const char *problem;      /* NULL if ok, else what is wrong */
+};
+
+/* Summary numbers for stat. */
+struct cas_chunkstore_stats {
+  uint64_t chunks;          /* records in the index */
+  uint64_t stored_bytes;    /* bytes of all pack files on disk */
+  uint64_t packs;           /* number of pack files */
+  uint64_t index_bytes;     /* RAM used by the in-memory index */
+  uint64_t index_slots;     /* slots (capacity) of the in-memory index */
+};
+
+/* enumerate() flags. */
+#define CAS_ENUM_CHECK_CRC  (1u << 0)  /* read payloads and check CRC32C */
+#define CAS_ENUM_REHASH     (1u << 1)  /* ... and re-hash with SHA-256 */
+
+struct chunkstore;
+
+struct chunkstore_ops {
+  /* Store data[0..len) named *hash (which the caller computed: hashing
+   * happens in the caller's thread, outside any lock).  *stored is set to
+   * true if new bytes were written, false if it was a duplicate.
+   */
+  int (*put) (struct chunkstore *cs, const struct cas_hash *hash,
+              enum cas_chunk_type type, const void *data, uint32_t len,
+              bool *stored);
+  /* Read the chunk named *hash into buf (size bufsize).  *len (may be
+   * NULL) receives its length; a chunk longer than bufsize is EIO.
+   */
+  int (*get) (struct chunkstore *cs, const struct cas_hash *hash,
+              void *buf, uint32_t bufsize, uint32_t *len,
+              enum cas_verify verify);
+  /* 1 present, 0 absent, -1 error. */
+  int (*has) (struct chunkstore *cs, const struct cas_hash *hash);
+  /* Make every chunk put so far durable (fdatasync of what was written). */
+  int (*sync) (struct chunkstore *cs);
+  /* Call fn for every record stored (in storage order), stopping if fn
+   * returns non-zero (that value is returned).  flags: CAS_ENUM_*.  A
+   * damaged record is reported with status != 0, not skipped silently.
+   */
+  int (*enumerate) (struct chunkstore *cs, unsigned flags,
+                    int (*fn) (const struct cas_record_info *, void *),
+                    void *opaque);
+  void (*stats) (struct chunkstore *cs, struct cas_chunkstore_stats *st);
+  /* Sync, save caches, release everything.  Returns -1 if the final sync
+   * failed (the store is still freed).
+   */
+  int (*close) (struct chunkstore *cs);
+};
+
+struct chunkstore {
+  const struct chunkstore_ops *ops;
+};
+
+/* The local implementation: pack files in DIR/packs, index cache in
+ * DIR/index.  readonly: never write (a torn tail is ignored, not cut).
+ * Returns NULL with errno set and a message.
+ */
+struct chunkstore *cas_packstore_open (const char *dir, bool readonly);
+
+/* Convenience wrappers. */
+static inline int
+cs_put (struct chunkstore *cs, const struct cas_hash *h,
+        enum cas_chunk_type t, const void *d, uint32_t len, bool *stored)
+{
+  return cs->ops->put (cs, h, t, d, len, stored);
+}
+static inline int
+cs_get (struct chunkstore *cs, const struct cas_hash *h, void *buf,
+        uint32_t bufsize, uint32_t *len, enum cas_verify v)
+{
+  return cs->ops->get (cs, h, buf, bufsize, len, v);
+}
+static inline int
+cs_has (struct chunkstore *cs, const struct cas_hash *h)
+{
+  return cs->ops->has (cs, h);
+}
+static inline int
+cs_sync (struct chunkstore *cs)
+{
+  return cs->ops->sync (cs);
+}
+
+#endif /* NBDCAS_CHUNKSTORE_H */

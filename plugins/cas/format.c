@@ -1,0 +1,210 @@
+/* Encoders/decoders for the on-disk structures; see format.h, FORMAT.md. */
+#include <config.h>
+
+#include <errno.h>
+#include <string.h>
+
+#include "backend.h"
+#include "crc32c.h"
+#include "format.h"
+#include "le.h"
+#include "store.h"
+
+/* Common tail: CRC32C of bytes [0, size-4) stored in the last 4 bytes. */
+static void
+seal (uint8_t *buf, size_t size)
+{
+  put_le32 (buf + size - 4, crc32c (0, buf, size - 4));
+}
+
+static bool
+sealed (const uint8_t *buf, size_t size)
+{
+  return get_le32 (buf + size - 4) == crc32c (0, buf, size - 4);
+}
+
+/* superblock: 0 magic[8] 8 version 12 blocksize 16 fanout 20 pad
+ * 24 created 32 uuid[16] 48 reserved[12] 60 crc
+ */
+void
+cas_super_encode (const struct cas_super *s, uint8_t out[CAS_SUPER_SIZE])
+{
+  memset (out, 0, CAS_SUPER_SIZE);
+  memcpy (out, CAS_SUPER_MAGIC, 8);
+  put_le32 (out + 8, s->version);
+  put_le32 (out + 12, s->blocksize);
+  put_le32 (out + 16, s->fanout);
+  put_le64 (out + 24, s->created);
+  memcpy (out + 32, s->uuid, 16);
+  seal (out, CAS_SUPER_SIZE);
+}
+
+int
+cas_super_decode (const uint8_t in[CAS_SUPER_SIZE], struct cas_super *s)
+{
+  if (memcmp (in, CAS_SUPER_MAGIC, 8) != 0) {
+    backend_error ("cas: superblock: bad magic (not a cas store)");
+    errno = EIO;
+    return -1;
+  }
+  /* The version sits at a fixed place in every version: read it before
+   * the CRC, so a newer layout is reported as a version problem.
+   */
+  s->version = get_le32 (in + 8);
+  if (s->version != CAS_FORMAT_VERSION) {
+    backend_error ("cas: store format version %u is not supported "
+                   "(this program reads version %u)",
+                   s->version, CAS_FORMAT_VERSION);
+    errno = EPROTO;
+    return -1;
+  }
+  if (!sealed (in, CAS_SUPER_SIZE)) {
+    backend_error ("cas: superblock: checksum mismatch (damaged)");
+    errno = EIO;
+    return -1;
+  }
+  s->blocksize = get_le32 (in + 12);
+  s->fanout = get_le32 (in + 16);
+  s->created = get_le64 (in + 24);
+  memcpy (s->uuid, in + 32, 16);
+  if (s->blocksize < CAS_MIN_BLOCKSIZE || s->blocksize > CAS_MAX_BLOCKSIZE ||
+      (s->blocksize & (s->blocksize - 1)) != 0 ||
+      s->fanout != CAS_MAP_FANOUT) {
+    backend_error ("cas: superblock: bad block size %u or fanout %u",
+                   s->blocksize, s->fanout);
+    errno = EIO;
+    return -1;
+  }
+  return 0;
+}
+
+/* pack header: 0 magic[8] 8 version 12 pack 16 uuid[16] 32 reserved[28]
+ * 60 crc
+ */
+void
+cas_pack_header_encode (const struct cas_pack_header *h,
+                        uint8_t out[CAS_PACK_HEADER_SIZE])
+{
+  memset (out, 0, CAS_PACK_HEADER_SIZE);
+  memcpy (out, CAS_PACK_MAGIC, 8);
+  put_le32 (out + 8, h->version);
+  put_le32 (out + 12, h->pack);
+  memcpy (out + 16, h->uuid, 16);
+  seal (out, CAS_PACK_HEADER_SIZE);
+}
+
+int
+cas_pack_header_decode (const uint8_t in[CAS_PACK_HEADER_SIZE],
+                        struct cas_pack_header *h)
+{
+  if (memcmp (in, CAS_PACK_MAGIC, 8) != 0 || !sealed (in, CAS_PACK_HEADER_SIZE)) {
+    errno = EIO;
+    return -1;
+  }
+  h->version = get_le32 (in + 8);
+  h->pack = get_le32 (in + 12);
+  memcpy (h->uuid, in + 16, 16);
+  if (h->version != CAS_FORMAT_VERSION) {
+    errno = EPROTO;
+    return -1;
+  }
+  return 0;
+}
+
+/* record header: 0 magic 4 type 5 flags(0) 6 reserved[2] 8 length
+ * 12 payload_crc 16 hash[32] 48 reserved[12] 60 header crc
+ */
+void
+cas_record_header_encode (const struct cas_record_header *h,
+                          uint8_t out[CAS_RECORD_HEADER_SIZE])
+{
+  memset (out, 0, CAS_RECORD_HEADER_SIZE);
+  put_le32 (out, CAS_RECORD_MAGIC);
+  out[4] = h->type;
+  put_le32 (out + 8, h->length);
+  put_le32 (out + 12, h->payload_crc);
+  memcpy (out + 16, h->hash.b, CAS_HASH_SIZE);
+  seal (out, CAS_RECORD_HEADER_SIZE);
+}
+
+int
+cas_record_header_decode (const uint8_t in[CAS_RECORD_HEADER_SIZE],
+                          struct cas_record_header *h)
+{
+  if (get_le32 (in) != CAS_RECORD_MAGIC || !sealed (in, CAS_RECORD_HEADER_SIZE))
+    goto bad;
+  h->type = in[4];
+  h->length = get_le32 (in + 8);
+  h->payload_crc = get_le32 (in + 12);
+  memcpy (h->hash.b, in + 16, CAS_HASH_SIZE);
+  if ((h->type != CAS_CHUNK_DATA && h->type != CAS_CHUNK_MAPNODE) ||
+      h->length == 0 || h->length > CAS_MAX_PAYLOAD)
+    goto bad;
+  return 0;
+ bad:
+  errno = EIO;
+  return -1;
+}
+
+/* volume root: 0 magic[8] 8 version 12 blocksize 16 size 24 generation
+ * 32 fanout 36 depth 40 root[32] 72 mtime 80 reserved[44] 124 crc
+ */
+void
+cas_root_encode (const struct cas_root *r, uint8_t out[CAS_ROOT_SIZE])
+{
+  memset (out, 0, CAS_ROOT_SIZE);
+  memcpy (out, CAS_ROOT_MAGIC, 8);
+  put_le32 (out + 8, r->version);
+  put_le32 (out + 12, r->blocksize);
+  put_le64 (out + 16, r->size);
+  put_le64 (out + 24, r->generation);
+  put_le32 (out + 32, r->fanout);
+  put_le32 (out + 36, r->depth);
+  memcpy (out + 40, r->root.b, CAS_HASH_SIZE);
+  put_le64 (out + 72, r->mtime);
+  seal (out, CAS_ROOT_SIZE);
+}
+
+int
+cas_root_decode (const uint8_t in[CAS_ROOT_SIZE], struct cas_root *r)
+{
+  if (memcmp (in, CAS_ROOT_MAGIC, 8) != 0) {
+    backend_error ("cas: volume root: bad magic");
+    errno = EIO;
+    return -1;
+  }
+  r->version = get_le32 (in + 8);
+  if (r->version != CAS_FORMAT_VERSION) {
+    backend_error ("cas: volume root format version %u is not supported "
+                   "(this program reads version %u)",
+                   r->version, CAS_FORMAT_VERSION);
+    errno = EPROTO;
+    return -1;
+  }
+  if (!sealed (in, CAS_ROOT_SIZE)) {
+    backend_error ("cas: volume root: checksum mismatch (damaged)");
+    errno = EIO;
+    return -1;
+  }
+  r->blocksize = get_le32 (in + 12);
+  r->size = get_le64 (in + 16);
+  r->generation = get_le64 (in + 24);
+  r->fanout = get_le32 (in + 32);
+  r->depth = get_le32 (in + 36);
+  memcpy (r->root.b, in + 40, CAS_HASH_SIZE);
+  r->mtime = get_le64 (in + 72);
+  return 0;
+}
+
+uint32_t
+cas_map_depth (uint64_t nblocks, uint32_t fanout)
+{
+  uint32_t depth = 1;
+  uint64_t span = fanout;       /* blocks covered by one node at this depth */
+
+  while (span < nblocks) {
+    span *= fanout;
+    depth++;
+  }
+  return depth;
+}

@@ -1,0 +1,94 @@
+/* On-disk formats (FORMAT.md is the reference; keep the two in step).
+ *
+ * Every integer is little-endian (le.h).  Each fixed-size structure is
+ * encoded to / decoded from a byte array of the size given here, never by
+ * casting a packed struct, and ends with a CRC32C of the bytes before it.
+ * Decoders check magic, version and CRC and return -1/errno (EIO for a
+ * damaged structure, EPROTO for an unsupported version) after a message.
+ *
+ * Thread safety: pure functions.
+ */
+#ifndef NBDCAS_FORMAT_H
+#define NBDCAS_FORMAT_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "chunkstore.h"
+#include "hash.h"
+
+/* ---- superblock: DIR/superblock ---- */
+#define CAS_SUPER_MAGIC "NBDCASSB"
+#define CAS_SUPER_SIZE 64
+struct cas_super {
+  uint32_t version;           /* CAS_FORMAT_VERSION */
+  uint32_t blocksize;         /* power of two, 4 KiB .. 1 MiB */
+  uint32_t fanout;            /* hashes per map node: CAS_MAP_FANOUT */
+  uint64_t created;           /* seconds since the epoch */
+  uint8_t uuid[16];           /* random: tells stores apart */
+};
+void cas_super_encode (const struct cas_super *s, uint8_t out[CAS_SUPER_SIZE]);
+/* version is decoded even when it is wrong, so callers can name it. */
+int cas_super_decode (const uint8_t in[CAS_SUPER_SIZE], struct cas_super *s);
+
+/* ---- pack file header: DIR/packs/pack-NNNNNNNN.cas ---- */
+#define CAS_PACK_MAGIC "NBDCASPK"
+#define CAS_PACK_HEADER_SIZE 64
+struct cas_pack_header {
+  uint32_t version;
+  uint32_t pack;              /* number, equal to the one in the name */
+  uint8_t uuid[16];           /* the store's */
+};
+void cas_pack_header_encode (const struct cas_pack_header *h,
+                             uint8_t out[CAS_PACK_HEADER_SIZE]);
+int cas_pack_header_decode (const uint8_t in[CAS_PACK_HEADER_SIZE],
+                            struct cas_pack_header *h);
+
+/* ---- record header, followed by the payload, padded to 8 bytes ---- */
+#define CAS_RECORD_MAGIC 0x43455243u  /* "CREC" as little-endian bytes */
+#define CAS_RECORD_HEADER_SIZE 64
+#define CAS_RECORD_ALIGN 8
+#define CAS_MAX_PAYLOAD (1024u * 1024)
+struct cas_record_header {
+  uint8_t type;               /* enum cas_chunk_type */
+  uint32_t length;            /* payload bytes */
+  uint32_t payload_crc;       /* CRC32C of the payload */
+  struct cas_hash hash;       /* SHA-256 of the payload */
+};
+void cas_record_header_encode (const struct cas_record_header *h,
+                               uint8_t out[CAS_RECORD_HEADER_SIZE]);
+/* Quiet: returns -1 without a message (scans probe bad headers often);
+ * errno EIO.
+ */
+int cas_record_header_decode (const uint8_t in[CAS_RECORD_HEADER_SIZE],
+                              struct cas_record_header *h);
+static inline uint64_t
+cas_record_size (uint32_t length)
+{
+  return CAS_RECORD_HEADER_SIZE +
+    (((uint64_t) length + CAS_RECORD_ALIGN - 1) & ~(uint64_t) (CAS_RECORD_ALIGN - 1));
+}
+
+/* ---- volume root: DIR/volumes/NAME ---- */
+#define CAS_ROOT_MAGIC "NBDCASVL"
+#define CAS_ROOT_SIZE 128
+#define CAS_MAP_FANOUT 1024   /* child hashes per map node (32 KiB node) */
+struct cas_root {
+  uint32_t version;
+  uint32_t blocksize;
+  uint64_t size;              /* logical bytes */
+  uint64_t generation;        /* +1 per published root */
+  uint32_t fanout;            /* CAS_MAP_FANOUT */
+  uint32_t depth;             /* levels of map nodes (>= 1), see FORMAT.md */
+  struct cas_hash root;       /* hash of the top map node; zero: empty */
+  uint64_t mtime;             /* seconds since the epoch, informational */
+};
+void cas_root_encode (const struct cas_root *r, uint8_t out[CAS_ROOT_SIZE]);
+int cas_root_decode (const uint8_t in[CAS_ROOT_SIZE], struct cas_root *r);
+
+/* Levels of map nodes needed for nblocks blocks: 1 (one leaf node is the
+ * root) for up to fanout blocks, +1 per factor of fanout.
+ */
+uint32_t cas_map_depth (uint64_t nblocks, uint32_t fanout);
+
+#endif /* NBDCAS_FORMAT_H */

@@ -1,0 +1,237 @@
+/* The cas store: the API shared by the backend (cas.c) and the admin tool
+ * (tool/nbdcas).
+ *
+ * A store is a directory (layout in FORMAT.md):
+ *   DIR/superblock   magic, format version, block size
+ *   DIR/lock         flock()ed by the one process that has the store open
+ *   DIR/packs/       append-only pack files of records (the chunk store)
+ *   DIR/index        cache of the hash index (rebuilt from packs if bad)
+ *   DIR/volumes/NAME one root file per volume: size, root hash of its map
+ *
+ * A volume is a virtual disk of fixed-size blocks; block b's content is
+ * the chunk named by a hash in the volume's block map (a tree of map-node
+ * chunks), or zeros if that hash is all zero (unmapped).
+ *
+ * Errors: functions returning int return 0 on success, -1 with errno set;
+ * functions returning a pointer return NULL with errno set.  Every failure
+ * first reports a human-readable message through backend_error() (common/
+ * backend.h): the program linking this library provides backend_error and
+ * backend_debug (nbdkit-glue.c, minnbd, or the admin tool).
+ *
+ * Thread safety: after cas_store_open(), every function may be called
+ * from any number of threads concurrently, except cas_store_close() (call
+ * it once, after every volume is closed).  Volume data calls
+ * (read/write/zero/flush/extents) on one volume from many threads are
+ * safe and run in parallel; hashing happens in the calling thread,
+ * outside locks.
+ *
+ * Durability: cas_volume_write/zero change the volume immediately for
+ * every reader of this store, but survive a crash only after
+ * cas_volume_flush() returns (which commits every write made to that
+ * volume before it was called, by any thread or connection).  After a
+ * crash, each block reads back its content as of some flush, never a
+ * mixture within a block and never garbage.
+ */
+#ifndef NBDCAS_STORE_H
+#define NBDCAS_STORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "chunkstore.h"
+#include "hash.h"
+
+/* Format version written into the superblock (FORMAT.md). */
+#define CAS_FORMAT_VERSION 1
+
+#define CAS_MIN_BLOCKSIZE (4u * 1024)
+#define CAS_MAX_BLOCKSIZE (1024u * 1024)
+#define CAS_DEFAULT_BLOCKSIZE (64u * 1024)   /* see FORMAT.md */
+#define CAS_VOLUME_NAME_MAX 255
+/* Largest volume: 2^50 bytes (1 PiB); keeps block numbers and map sizes
+ * well inside 64-bit arithmetic everywhere.
+ */
+#define CAS_MAX_VOLUME_SIZE (UINT64_C (1) << 50)
+
+struct cas_store;
+struct cas_volume;
+
+/* ---- Store ---- */
+
+struct cas_open_options {
+  bool readonly;             /* open read-only: no writes, no tail cut */
+  enum cas_verify verify;    /* applied to every chunk read */
+};
+
+/* Create a new, empty store in dir (created if absent; must be empty if
+ * present).  blocksize: power of two in [CAS_MIN_BLOCKSIZE,
+ * CAS_MAX_BLOCKSIZE], or 0 for CAS_DEFAULT_BLOCKSIZE.  EEXIST if dir
+ * already holds a store, ENOTEMPTY if it holds anything else.
+ */
+int cas_store_create (const char *dir, uint32_t blocksize);
+
+/* 1 if dir holds a superblock, 0 if dir is absent or empty (a store could
+ * be created there), -1 otherwise (e.g. a non-empty non-store directory:
+ * ENOTEMPTY, or a file: ENOTDIR).
+ */
+int cas_store_exists (const char *dir);
+
+/* Open an existing store.  Checks the superblock (magic, version: a
+ * different version fails with EPROTO and a message naming both), takes
+ * the store lock (EBUSY if another process has it), loads the index cache
+ * and scans pack data beyond it, cutting a torn tail.
+ */
+struct cas_store *cas_store_open (const char *dir,
+                                  const struct cas_open_options *opts);
+
+/* Flush and close every volume still open (a leak by the caller, logged),
+ * sync, save the index cache, unlock.  -1 if anything failed to persist.
+ */
+int cas_store_close (struct cas_store *st);
+
+uint32_t cas_store_blocksize (const struct cas_store *st);
+const char *cas_store_dir (const struct cas_store *st);
+bool cas_store_readonly (const struct cas_store *st);
+/* The chunk store underneath (for the tool: fsck, enumeration). */
+struct chunkstore *cas_store_chunks (struct cas_store *st);
+
+/* ---- Volume names ---- */
+
+/* 0 if name is usable as a volume (1..255 bytes, no '/', no NUL or
+ * control characters (< 0x20, 0x7f), not starting with '.', not ".."),
+ * else -1/EINVAL with a message saying why.
+ */
+int cas_volume_name_check (const char *name);
+
+/* Calls fn(name) for each volume in name order; stops and returns fn's
+ * value if non-zero.
+ */
+int cas_store_list_volumes (struct cas_store *st,
+                            int (*fn) (const char *name, void *opaque),
+                            void *opaque);
+
+/* 1 exists, 0 not, -1 error (bad name). */
+int cas_volume_exists (struct cas_store *st, const char *name);
+
+/* Create an empty (all-zero) volume of size bytes (1 .. CAS_MAX_VOLUME_
+ * SIZE, any byte count: the last block is partly past the end).  The
+ * root file is durable when this returns.  EEXIST if it exists.
+ */
+int cas_volume_create (struct cas_store *st, const char *name,
+                       uint64_t size);
+
+/* Grow a volume (closed or open) to new_size; shrinking is refused
+ * (EINVAL).  Durable when it returns.
+ */
+int cas_volume_resize (struct cas_store *st, const char *name,
+                       uint64_t new_size);
+
+/* ---- Volumes ---- */
+
+/* Open a volume: ENOENT if it does not exist.  All opens of one name in
+ * one store share one in-memory volume (refcounted); each open needs one
+ * close.  The volume's map is loaded lazily.
+ */
+struct cas_volume *cas_volume_open (struct cas_store *st, const char *name);
+/* Drop a reference; the last one flushes (errors are logged) and frees. */
+void cas_volume_close (struct cas_volume *vol);
+
+const char *cas_volume_name (const struct cas_volume *vol);
+uint64_t cas_volume_size (const struct cas_volume *vol);
+uint32_t cas_volume_blocksize (const struct cas_volume *vol);
+uint64_t cas_volume_nblocks (const struct cas_volume *vol);
+/* Generation of the last published root (bumped by each flush that
+ * changed something).
+ */
+uint64_t cas_volume_generation (const struct cas_volume *vol);
+
+/* Data path.  [offset, offset+count) must lie inside the volume (EINVAL
+ * otherwise; the front ends already check).  count may be any size.
+ * Partial blocks are read-modify-write and correct under concurrency.
+ * fua: flush before returning.  Writes on a read-only store: EROFS.
+ */
+int cas_volume_read (struct cas_volume *vol, void *buf, uint64_t count,
+                     uint64_t offset);
+int cas_volume_write (struct cas_volume *vol, const void *buf,
+                      uint64_t count, uint64_t offset, bool fua);
+/* Zero a range: whole blocks are unmapped (nothing stored), partial edge
+ * blocks rewritten with zeros.  Used for both trim and write-zeroes.
+ */
+int cas_volume_zero (struct cas_volume *vol, uint64_t count,
+                     uint64_t offset, bool fua);
+int cas_volume_flush (struct cas_volume *vol);
+/* Prefetch: load map leaves and read chunks into the OS cache. */
+int cas_volume_prefetch (struct cas_volume *vol, uint64_t count,
+                         uint64_t offset);
+
+/* The hash of block b (all zero if unmapped).  Loads the map leaf. */
+int cas_volume_block_hash (struct cas_volume *vol, uint64_t block,
+                           struct cas_hash *out);
+
+/* Extents from offset: calls fn(offset, length, mapped) for maximal runs
+ * of mapped / unmapped blocks covering at least [offset, offset+count)
+ * (the first starts at offset; the last may extend past offset+count but
+ * never past the volume size).  fn returning -1 stops with -1.
+ */
+int cas_volume_extents (struct cas_volume *vol, uint64_t count,
+                        uint64_t offset,
+                        int (*fn) (uint64_t off, uint64_t len, bool mapped,
+                                   void *opaque),
+                        void *opaque);
+
+/* ---- Statistics ---- */
+
+struct cas_volume_stats {
+  uint64_t size;            /* logical bytes */
+  uint64_t blocks;          /* blocks in the volume */
+  uint64_t mapped_blocks;   /* blocks with a stored chunk (not zero) */
+  uint64_t mapped_bytes;    /* mapped_blocks * blocksize */
+  uint64_t map_nodes;       /* non-empty map nodes in the committed tree */
+  uint64_t generation;
+  struct cas_hash root;     /* committed root hash (zero: empty volume) */
+};
+/* Walks the whole map (loads every leaf). */
+int cas_volume_stat (struct cas_volume *vol, struct cas_volume_stats *vs);
+
+struct cas_store_stats {
+  uint32_t blocksize;
+  uint64_t volumes;
+  struct cas_chunkstore_stats chunks;  /* chunks, stored bytes, packs, RAM */
+};
+int cas_store_stat (struct cas_store *st, struct cas_store_stats *ss);
+
+/* ---- fsck primitives ---- */
+
+/* Check every record in the chunk store: CRC32C of header and payload,
+ * and with full, SHA-256 of the payload against the header's hash.
+ * fn (may be NULL) is called for each damaged record.  Returns the number
+ * of damaged records (>= 0), or -1 if the check itself failed.
+ */
+int cas_store_check_records (struct cas_store *st, bool full,
+                             int (*fn) (const struct cas_record_info *,
+                                        void *),
+                             void *opaque);
+
+/* What cas_volume_check() reports for each problem. */
+struct cas_volume_problem {
+  const char *volume;
+  int level;                /* 0: a data block; >= 1: a map node level */
+  uint64_t index;           /* level 0: block number; else node index */
+  struct cas_hash hash;     /* the reference that does not resolve */
+  int err;                  /* ENOENT missing, EIO damaged */
+  const char *what;         /* human-readable */
+};
+
+/* Walk the committed map tree of vol (as of its last flush; call
+ * cas_volume_flush() first to include pending writes) and check that every
+ * reference resolves: each map node can be read and verified, and each
+ * data hash is present (full: every data chunk is also read and
+ * re-hashed).  fn (may be NULL) is called per problem.  Returns the number
+ * of problems (>= 0) or -1 on a failure of the check itself.
+ */
+int cas_volume_check (struct cas_volume *vol, bool full,
+                      int (*fn) (const struct cas_volume_problem *, void *),
+                      void *opaque);
+
+#endif /* NBDCAS_STORE_H */
