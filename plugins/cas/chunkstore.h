@@ -106,9 +106,11 @@ struct chunkstore {
 
 /* The local implementation: pack files in DIR/packs, index cache in
  * DIR/index.  readonly: never write (a torn tail is ignored, not cut).
- * Returns NULL with errno set and a message.
+ * uuid: the store's (written into new pack headers).  Returns NULL with
+ * errno set and a message.
  */
-struct chunkstore *cas_packstore_open (const char *dir, bool readonly);
+struct chunkstore *cas_packstore_open (const char *dir, bool readonly,
+                                       const uint8_t uuid[16]);
 
 /* Convenience wrappers. */
 static inline int

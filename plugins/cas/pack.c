@@ -1,0 +1,681 @@
+/* Pack files: append, read, sync, scan.  See pack.h for the contract. */
+#include <config.h>
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include "backend.h"
+#include "cleanup.h"
+#include "crc32c.h"
+#include "index.h"
+#include "le.h"
+#include "pack.h"
+#include "store.h"
+
+struct pack {
+  int fd;
+  _Atomic uint64_t end;          /* bytes in use (reserved) */
+  atomic_bool dirty;             /* written since the last sync */
+};
+
+struct cas_packs {
+  char *packdir;
+  bool readonly;
+  uint8_t uuid[16];
+  uint64_t cap;                  /* roll over past this many bytes */
+  pthread_mutex_t append_lock;   /* cur pack and its end, creation */
+  pthread_mutex_t sync_lock;     /* one sync at a time: see cas_packs_sync */
+  _Atomic uint32_t last;         /* highest pack number, 0: none */
+  /* Indexed by pack number; an entry is published (release) once its fd
+   * is open and never changes afterwards, so readers need no lock.
+   */
+  struct pack *_Atomic packs[CAS_MAX_PACKS];
+};
+
+static struct pack *
+get_pack (struct cas_packs *p, uint32_t id)
+{
+  if (id == 0 || id >= CAS_MAX_PACKS)
+    return NULL;
+  return atomic_load_explicit (&p->packs[id], memory_order_acquire);
+}
+
+static char *
+pack_path (struct cas_packs *p, uint32_t id)
+{
+  char *s;
+  if (asprintf (&s, "%s/pack-%08" PRIu32 ".cas", p->packdir, id) == -1)
+    return NULL;
+  return s;
+}
+
+static int
+fsync_dir (const char *dir)
+{
+  int fd = open (dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  int r;
+
+  if (fd == -1)
+    return -1;
+  r = fsync (fd);
+  close (fd);
+  return r;
+}
+
+static int
+cmp_u32 (const void *a, const void *b)
+{
+  uint32_t x = *(const uint32_t *) a, y = *(const uint32_t *) b;
+  return x < y ? -1 : x > y;
+}
+
+/* Open an existing pack file and check its header. */
+static int
+open_pack (struct cas_packs *p, uint32_t id, bool is_last)
+{
+  CLEANUP_FREE char *path = pack_path (p, id);
+  uint8_t hdr[CAS_PACK_HEADER_SIZE];
+  struct cas_pack_header ph;
+  struct pack *pk;
+  struct stat sb;
+  int fd;
+
+  if (path == NULL)
+    return -1;
+  fd = open (path, (p->readonly ? O_RDONLY : O_RDWR) | O_CLOEXEC);
+  if (fd == -1 || fstat (fd, &sb) == -1) {
+    backend_error ("cas: open %s: %m", path);
+    if (fd >= 0)
+      close (fd);
+    return -1;
+  }
+  if (sb.st_size < CAS_PACK_HEADER_SIZE ||
+      pread (fd, hdr, sizeof hdr, 0) != sizeof hdr ||
+      cas_pack_header_decode (hdr, &ph) == -1 || ph.pack != id) {
+    /* A crash while creating the newest pack leaves a short header:
+     * nothing after it can matter, rewrite it.  Elsewhere it is damage:
+     * say so, but still read the records behind it.
+     */
+    if (is_last && !p->readonly && sb.st_size <= CAS_PACK_HEADER_SIZE) {
+      struct cas_pack_header nh = { .version = CAS_FORMAT_VERSION, .pack = id };
+      memcpy (nh.uuid, p->uuid, 16);
+      cas_pack_header_encode (&nh, hdr);
+      if (pwrite (fd, hdr, sizeof hdr, 0) != sizeof hdr ||
+          ftruncate (fd, sizeof hdr) == -1 || fdatasync (fd) == -1) {
+        backend_error ("cas: repairing header of %s: %m", path);
+        close (fd);
+        return -1;
+      }
+      sb.st_size = sizeof hdr;
+    }
+    else
+      backend_error ("cas: %s: damaged pack header (records are still read)",
+                     path);
+  }
+  pk = calloc (1, sizeof *pk);
+  if (pk == NULL) {
+    close (fd);
+    return -1;
+  }
+  pk->fd = fd;
+  pk->end = sb.st_size < CAS_PACK_HEADER_SIZE ? CAS_PACK_HEADER_SIZE
+    : (uint64_t) sb.st_size;
+  atomic_store_explicit (&p->packs[id], pk, memory_order_release);
+  if (id > p->last)
+    p->last = id;
+  return 0;
+}
+
+struct cas_packs *
+cas_packs_open (const char *dir, bool readonly, const uint8_t uuid[16])
+{
+  struct cas_packs *p;
+  DIR *d = NULL;
+  struct dirent *de;
+  uint32_t *ids = NULL;
+  size_t n = 0, alloc = 0, i;
+  const char *env;
+
+  p = calloc (1, sizeof *p);
+  if (p == NULL)
+    return NULL;
+  pthread_mutex_init (&p->append_lock, NULL);
+  pthread_mutex_init (&p->sync_lock, NULL);
+  p->readonly = readonly;
+  memcpy (p->uuid, uuid, 16);
+  p->cap = CAS_DEFAULT_PACK_SIZE;
+  env = getenv ("NBDCAS_PACK_SIZE");
+  if (env && atoll (env) >= 4096)
+    p->cap = (uint64_t) atoll (env);
+  if (p->cap > CAS_MAX_PACK_OFFSET / 2)
+    p->cap = CAS_MAX_PACK_OFFSET / 2;
+  if (asprintf (&p->packdir, "%s/packs", dir) == -1) {
+    p->packdir = NULL;
+    goto err;
+  }
+  d = opendir (p->packdir);
+  if (d == NULL) {
+    backend_error ("cas: %s: %m", p->packdir);
+    goto err;
+  }
+  while ((errno = 0, de = readdir (d)) != NULL) {
+    unsigned long id;
+    char tail[8];
+    if (sscanf (de->d_name, "pack-%8lu.ca%1s", &id, tail) != 2 ||
+        strcmp (tail, "s") != 0 || id == 0)
+      continue;
+    if (id >= CAS_MAX_PACKS) {
+      backend_error ("cas: %s/%s: pack number too large", p->packdir,
+                     de->d_name);
+      errno = EIO;
+      goto err;
+    }
+    if (n == alloc) {
+      uint32_t *nids;
+      alloc = alloc ? alloc * 2 : 64;
+      nids = realloc (ids, alloc * sizeof *ids);
+      if (nids == NULL)
+        goto err;
+      ids = nids;
+    }
+    ids[n++] = id;
+  }
+  if (errno) {
+    backend_error ("cas: reading %s: %m", p->packdir);
+    goto err;
+  }
+  closedir (d);
+  d = NULL;
+  qsort (ids, n, sizeof *ids, cmp_u32);
+  for (i = 0; i < n; i++)
+    if (open_pack (p, ids[i], i == n - 1) == -1)
+      goto err;
+  free (ids);
+  return p;
+
+ err:
+  {
+    int saved = errno ? errno : EIO;
+    if (d)
+      closedir (d);
+    free (ids);
+    cas_packs_close (p);
+    errno = saved;
+    return NULL;
+  }
+}
+
+void
+cas_packs_close (struct cas_packs *p)
+{
+  uint32_t i;
+
+  if (!p)
+    return;
+  for (i = 1; i <= p->last; i++) {
+    struct pack *pk = get_pack (p, i);
+    if (pk) {
+      close (pk->fd);
+      free (pk);
+    }
+  }
+  pthread_mutex_destroy (&p->append_lock);
+  pthread_mutex_destroy (&p->sync_lock);
+  free (p->packdir);
+  free (p);
+}
+
+/* Create pack number id; called with append_lock held (rare: once per
+ * cap bytes, so the I/O under the lock is acceptable).
+ */
+static struct pack *
+new_pack (struct cas_packs *p, uint32_t id)
+{
+  CLEANUP_FREE char *path = pack_path (p, id);
+  struct cas_pack_header ph = { .version = CAS_FORMAT_VERSION, .pack = id };
+  uint8_t hdr[CAS_PACK_HEADER_SIZE];
+  struct pack *pk;
+  int fd;
+
+  if (path == NULL)
+    return NULL;
+  if (id >= CAS_MAX_PACKS) {
+    backend_error ("cas: store is full (%d packs)", CAS_MAX_PACKS);
+    errno = ENOSPC;
+    return NULL;
+  }
+  memcpy (ph.uuid, p->uuid, 16);
+  cas_pack_header_encode (&ph, hdr);
+  fd = open (path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (fd == -1) {
+    backend_error ("cas: create %s: %m", path);
+    return NULL;
+  }
+  /* The header and the directory entry must be durable before any
+   * record in this pack can be referenced by a published root.
+   */
+  if (pwrite (fd, hdr, sizeof hdr, 0) != sizeof hdr || fdatasync (fd) == -1 ||
+      fsync_dir (p->packdir) == -1) {
+    backend_error ("cas: initialising %s: %m", path);
+    close (fd);
+    unlink (path);
+    return NULL;
+  }
+  pk = calloc (1, sizeof *pk);
+  if (pk == NULL) {
+    close (fd);
+    return NULL;
+  }
+  pk->fd = fd;
+  pk->end = CAS_PACK_HEADER_SIZE;
+  atomic_store_explicit (&p->packs[id], pk, memory_order_release);
+  p->last = id;
+  backend_debug ("cas: new pack %s", path);
+  return pk;
+}
+
+int
+cas_packs_append (struct cas_packs *p, struct cas_record_header *h,
+                  const void *payload, uint64_t *loc)
+{
+  static const uint8_t zeros[CAS_RECORD_ALIGN];
+  uint8_t hdr[CAS_RECORD_HEADER_SIZE];
+  uint64_t size = cas_record_size (h->length), off;
+  struct iovec iov[3];
+  struct pack *pk;
+  uint32_t id;
+  ssize_t n;
+  size_t pad = size - CAS_RECORD_HEADER_SIZE - h->length;
+
+  if (p->readonly) {
+    backend_error ("cas: the store is read-only");
+    errno = EROFS;
+    return -1;
+  }
+  h->payload_crc = crc32c (0, payload, h->length);
+  cas_record_header_encode (h, hdr);
+
+  /* Reserve: the only serialised step of an append. */
+  pthread_mutex_lock (&p->append_lock);
+  id = p->last;
+  pk = get_pack (p, id);
+  if (pk == NULL || pk->end + size > p->cap) {
+    pk = new_pack (p, id + 1);
+    if (pk == NULL) {
+      pthread_mutex_unlock (&p->append_lock);
+      return -1;
+    }
+    id++;
+  }
+  off = pk->end;
+  pk->end = off + size;
+  pthread_mutex_unlock (&p->append_lock);
+
+  iov[0].iov_base = hdr;
+  iov[0].iov_len = sizeof hdr;
+  iov[1].iov_base = (void *) payload;
+  iov[1].iov_len = h->length;
+  iov[2].iov_base = (void *) zeros;
+  iov[2].iov_len = pad;
+  n = pwritev (pk->fd, iov, pad ? 3 : 2, off);
+  if (n != (ssize_t) size) {
+    /* The reserved space stays a hole: scans step over it. */
+    if (n >= 0)
+      errno = EIO;
+    backend_error ("cas: writing pack %" PRIu32 " at offset %" PRIu64 ": %m",
+                   id, off);
+    return -1;
+  }
+  /* Only after the data is in the file: a sync that sees dirty == false
+   * must not miss this record (see cas_packs_sync).
+   */
+  atomic_store (&pk->dirty, true);
+  *loc = CAS_LOC (id, off);
+  return 0;
+}
+
+int
+cas_packs_read_header (struct cas_packs *p, uint64_t loc,
+                       struct cas_record_header *h)
+{
+  uint8_t hdr[CAS_RECORD_HEADER_SIZE];
+  uint32_t id = CAS_LOC_PACK (loc);
+  uint64_t off = CAS_LOC_OFFSET (loc);
+  struct pack *pk = get_pack (p, id);
+  ssize_t n;
+
+  if (pk == NULL) {
+    backend_error ("cas: pack %" PRIu32 " is missing", id);
+    errno = EIO;
+    return -1;
+  }
+  n = pread (pk->fd, hdr, sizeof hdr, off);
+  if (n != sizeof hdr || cas_record_header_decode (hdr, h) == -1) {
+    backend_error ("cas: pack %" PRIu32 " offset %" PRIu64
+                   ": damaged record header", id, off);
+    errno = EIO;
+    return -1;
+  }
+  return 0;
+}
+
+int
+cas_packs_read (struct cas_packs *p, uint64_t loc,
+                struct cas_record_header *h, void *buf, uint32_t bufsize)
+{
+  uint8_t hdr[CAS_RECORD_HEADER_SIZE];
+  uint32_t id = CAS_LOC_PACK (loc);
+  uint64_t off = CAS_LOC_OFFSET (loc);
+  struct pack *pk = get_pack (p, id);
+  struct iovec iov[2];
+  ssize_t n;
+
+  if (pk == NULL) {
+    backend_error ("cas: pack %" PRIu32 " is missing", id);
+    errno = EIO;
+    return -1;
+  }
+  iov[0].iov_base = hdr;
+  iov[0].iov_len = sizeof hdr;
+  iov[1].iov_base = buf;
+  iov[1].iov_len = bufsize;
+  n = preadv (pk->fd, iov, 2, off);
+  if (n < (ssize_t) sizeof hdr || cas_record_header_decode (hdr, h) == -1) {
+    backend_error ("cas: pack %" PRIu32 " offset %" PRIu64
+                   ": damaged record header", id, off);
+    errno = EIO;
+    return -1;
+  }
+  if (h->length > bufsize || (uint64_t) n < sizeof hdr + h->length) {
+    backend_error ("cas: pack %" PRIu32 " offset %" PRIu64
+                   ": record of %" PRIu32 " bytes is %s", id, off, h->length,
+                   h->length > bufsize ? "too long" : "truncated");
+    errno = EIO;
+    return -1;
+  }
+  return 0;
+}
+
+int
+cas_packs_sync (struct cas_packs *p)
+{
+  uint32_t i, last = p->last;
+  int r = 0;
+
+  /* Serialised: otherwise a second flush could find dirty == false while
+   * the first is still inside fdatasync, and publish a root before the
+   * data it references is durable.  Waiting here is group commit.
+   */
+  pthread_mutex_lock (&p->sync_lock);
+  for (i = 1; i <= last; i++) {
+    struct pack *pk = get_pack (p, i);
+    if (pk && atomic_exchange (&pk->dirty, false)) {
+      if (fdatasync (pk->fd) == -1) {
+        atomic_store (&pk->dirty, true);
+        backend_error ("cas: fdatasync pack %" PRIu32 ": %m", i);
+        r = -1;
+        break;
+      }
+    }
+  }
+  pthread_mutex_unlock (&p->sync_lock);
+  if (r == -1)
+    errno = EIO;
+  return r;
+}
+
+void
+cas_packs_high_water (struct cas_packs *p, uint32_t *pack, uint64_t *off)
+{
+  struct pack *pk;
+
+  pthread_mutex_lock (&p->append_lock);
+  *pack = p->last;
+  pk = get_pack (p, p->last);
+  *off = pk ? pk->end : 0;
+  pthread_mutex_unlock (&p->append_lock);
+}
+
+int
+cas_packs_valid_mark (struct cas_packs *p, uint32_t pack, uint64_t off)
+{
+  struct pack *pk;
+
+  if (pack == 0)
+    return p->last == 0 || get_pack (p, 1) != NULL;
+  pk = get_pack (p, pack);
+  return pk != NULL && off >= CAS_PACK_HEADER_SIZE && off <= pk->end;
+}
+
+uint64_t
+cas_packs_count (struct cas_packs *p)
+{
+  uint32_t i, last = p->last;
+  uint64_t n = 0;
+
+  for (i = 1; i <= last; i++)
+    if (get_pack (p, i))
+      n++;
+  return n;
+}
+
+uint64_t
+cas_packs_bytes (struct cas_packs *p)
+{
+  uint32_t i, last = p->last;
+  uint64_t n = 0;
+
+  for (i = 1; i <= last; i++) {
+    struct pack *pk = get_pack (p, i);
+    if (pk)
+      n += pk->end;
+  }
+  return n;
+}
+
+/* ---- scanning ---- */
+
+struct scan {
+  struct cas_packs *p;
+  uint32_t id;
+  struct pack *pk;
+  uint64_t size;
+  uint8_t *buf;                  /* CAS_MAX_PAYLOAD */
+  int (*fn) (const struct cas_record_info *, void *);
+  void *opaque;
+};
+
+/* Is there a whole, verified record at off?  1 yes (h filled); 0 no
+ * valid header there (or it runs past the end); BAD_PAYLOAD: the header
+ * is good (h filled) but the payload is not.
+ */
+#define BAD_PAYLOAD 2
+static int
+record_at (struct scan *s, uint64_t off, bool check, bool rehash,
+           struct cas_record_header *h, const char **problem)
+{
+  uint8_t hdr[CAS_RECORD_HEADER_SIZE];
+
+  *problem = "damaged record header";
+  if (off + CAS_RECORD_HEADER_SIZE > s->size ||
+      pread (s->pk->fd, hdr, sizeof hdr, off) != sizeof hdr ||
+      cas_record_header_decode (hdr, h) == -1)
+    return 0;
+  *problem = "record runs past the end of the pack";
+  if (off + cas_record_size (h->length) > s->size)
+    return 0;
+  if (!check && !rehash)
+    return 1;
+  *problem = "cannot read payload";
+  if (pread (s->pk->fd, s->buf, h->length, off + CAS_RECORD_HEADER_SIZE) !=
+      (ssize_t) h->length)
+    return BAD_PAYLOAD;
+  *problem = "payload checksum (CRC32C) mismatch";
+  if (crc32c (0, s->buf, h->length) != h->payload_crc)
+    return BAD_PAYLOAD;
+  if (rehash) {
+    struct cas_hash got;
+    *problem = "payload does not match its SHA-256";
+    if (cas_hash_compute (s->buf, h->length, &got) == -1 ||
+        !cas_hash_equal (&got, &h->hash))
+      return BAD_PAYLOAD;
+  }
+  return 1;
+}
+
+/* After damage at off: the offset of the next whole, SHA-256-verified
+ * record (verified, because a search may land inside a payload that
+ * merely looks like a record), or s->size if there is none.
+ */
+static uint64_t
+resync (struct scan *s, uint64_t off)
+{
+  uint8_t win[65536];
+  struct cas_record_header h;
+  const char *problem;
+  uint64_t base;
+
+  off = (off + CAS_RECORD_ALIGN - 1) & ~(uint64_t) (CAS_RECORD_ALIGN - 1);
+  for (base = off; base + CAS_RECORD_HEADER_SIZE <= s->size;
+       base += sizeof win - CAS_RECORD_HEADER_SIZE) {
+    ssize_t n = pread (s->pk->fd, win, sizeof win, base);
+    size_t i;
+    if (n < CAS_RECORD_HEADER_SIZE)
+      break;
+    for (i = 0; i + CAS_RECORD_HEADER_SIZE <= (size_t) n;
+         i += CAS_RECORD_ALIGN) {
+      if (get_le32 (win + i) != CAS_RECORD_MAGIC)
+        continue;
+      if (record_at (s, base + i, true, true, &h, &problem) == 1)
+        return base + i;
+    }
+  }
+  return s->size;
+}
+
+static int
+report_bad (struct scan *s, uint64_t off, uint64_t len, const char *problem,
+            const struct cas_record_header *h, unsigned flags)
+{
+  struct cas_record_info info;
+
+  if (flags & CAS_SCAN_QUIET_BAD)
+    return 0;
+  memset (&info, 0, sizeof info);
+  if (h)
+    info.hash = h->hash, info.type = h->type;
+  info.length = len > UINT32_MAX ? UINT32_MAX : (uint32_t) len;
+  info.pack = s->id;
+  info.offset = off;
+  info.status = EIO;
+  info.problem = problem;
+  return s->fn (&info, s->opaque);
+}
+
+static int
+scan_pack (struct scan *s, uint64_t off, unsigned flags)
+{
+  bool check = flags & (CAS_ENUM_CHECK_CRC | CAS_ENUM_REHASH);
+  bool rehash = flags & CAS_ENUM_REHASH;
+  struct cas_record_header h;
+  const char *problem;
+  int r, found;
+
+  while (off < s->size) {
+    found = record_at (s, off, check, rehash, &h, &problem);
+    if (found == 1) {
+      struct cas_record_info info = {
+        .hash = h.hash, .type = h.type, .length = h.length,
+        .pack = s->id, .offset = off, .status = 0, .problem = NULL,
+      };
+      r = s->fn (&info, s->opaque);
+      if (r)
+        return r;
+      off += cas_record_size (h.length);
+      continue;
+    }
+    /* A header that checks out but a payload that does not: one damaged
+     * record of known length; report it and go on after it.
+     */
+    if (found == BAD_PAYLOAD) {
+      r = report_bad (s, off, h.length, problem, &h, flags);
+      if (r)
+        return r;
+      off += cas_record_size (h.length);
+      continue;
+    }
+    {
+      uint64_t next = resync (s, off + CAS_RECORD_ALIGN);
+      if (next >= s->size) {
+        /* Nothing valid up to EOF: a torn tail from a crash. */
+        if ((flags & CAS_SCAN_CUT_TAIL) && !s->p->readonly) {
+          backend_error ("cas: pack %" PRIu32 ": cutting torn tail at offset %"
+                         PRIu64 " (%" PRIu64 " bytes)", s->id, off,
+                         s->size - off);
+          if (ftruncate (s->pk->fd, off) == -1 || fdatasync (s->pk->fd) == -1) {
+            backend_error ("cas: truncating pack %" PRIu32 ": %m", s->id);
+            return -1;
+          }
+          s->pk->end = off;
+          s->size = off;
+          return 0;
+        }
+        return report_bad (s, off, s->size - off,
+                           "torn or damaged tail (no valid record to the end)",
+                           NULL, flags);
+      }
+      backend_error ("cas: pack %" PRIu32 ": skipping %" PRIu64
+                     " unreadable bytes at offset %" PRIu64,
+                     s->id, next - off, off);
+      r = report_bad (s, off, next - off, problem, NULL, flags);
+      if (r)
+        return r;
+      off = next;
+    }
+  }
+  return 0;
+}
+
+int
+cas_packs_scan (struct cas_packs *p, uint32_t pack, uint64_t offset,
+                unsigned flags,
+                int (*fn) (const struct cas_record_info *, void *),
+                void *opaque)
+{
+  struct scan s = { .p = p, .fn = fn, .opaque = opaque };
+  uint32_t id, last = p->last;
+  int r = 0;
+
+  s.buf = malloc (CAS_MAX_PAYLOAD);
+  if (s.buf == NULL)
+    return -1;
+  if (pack == 0)
+    pack = 1, offset = CAS_PACK_HEADER_SIZE;
+  for (id = pack; id <= last; id++) {
+    unsigned f = flags;
+    s.id = id;
+    s.pk = get_pack (p, id);
+    if (s.pk == NULL)
+      continue;
+    s.size = s.pk->end;
+    if ((flags & CAS_SCAN_CRC_LAST2) && id + 2 > last)
+      f |= CAS_ENUM_CHECK_CRC;
+    posix_fadvise (s.pk->fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+    r = scan_pack (&s, id == pack ? offset : CAS_PACK_HEADER_SIZE, f);
+    if (r)
+      break;
+  }
+  free (s.buf);
+  return r;
+}

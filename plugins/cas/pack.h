@@ -1,0 +1,80 @@
+/* Pack files: DIR/packs/pack-NNNNNNNN.cas, append-only logs of records.
+ *
+ * Contract: records are appended, never modified; a record's location
+ * (index.h CAS_LOC) is stable forever.  Appending reserves space under a
+ * short lock and writes outside it, so appends from many threads overlap;
+ * a pack rolls over to a new file at the size cap (1 GiB; the environment
+ * variable NBDCAS_PACK_SIZE overrides it, for tests).  A record is durable
+ * after cas_packs_sync() returns.
+ *
+ * Opening scans nothing by itself: the owner (chunkstore-pack.c) calls
+ * cas_packs_scan() for the part of the packs its index cache does not
+ * cover.  That scan cuts a torn tail (no valid record up to EOF) and steps
+ * over a damaged region in the middle by searching for the next valid,
+ * SHA-256-verified record.
+ *
+ * Thread safety: append, read and sync may run concurrently from any
+ * thread.  open/close/scan are single-threaded (open and close time).
+ */
+#ifndef NBDCAS_PACK_H
+#define NBDCAS_PACK_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "chunkstore.h"
+#include "format.h"
+
+#define CAS_MAX_PACKS 65536
+#define CAS_DEFAULT_PACK_SIZE (UINT64_C (1) << 30)
+
+struct cas_packs;
+
+/* dir is the store directory.  uuid goes into new pack headers. */
+struct cas_packs *cas_packs_open (const char *dir, bool readonly,
+                                  const uint8_t uuid[16]);
+void cas_packs_close (struct cas_packs *p);
+
+/* Append one record: h gives type, length and hash; payload_crc is
+ * computed here (in the caller's thread).  *loc receives its location.
+ * EROFS on a read-only store, ENOSPC past CAS_MAX_PACKS packs.
+ */
+int cas_packs_append (struct cas_packs *p, struct cas_record_header *h,
+                      const void *payload, uint64_t *loc);
+
+/* Read the record header at loc (-1/EIO with a message if damaged). */
+int cas_packs_read_header (struct cas_packs *p, uint64_t loc,
+                           struct cas_record_header *h);
+/* Read header and payload at loc in one syscall; the payload goes to
+ * buf (bufsize bytes).  Checks the header; returns -1/EIO (message
+ * naming pack and offset) if it is damaged or the payload does not fit.
+ * Payload checks (CRC, hash) are the caller's.
+ */
+int cas_packs_read (struct cas_packs *p, uint64_t loc,
+                    struct cas_record_header *h, void *buf, uint32_t bufsize);
+
+/* fdatasync every pack appended to since the last sync. */
+int cas_packs_sync (struct cas_packs *p);
+
+/* Scan records starting at (pack, offset) through the end of the last
+ * pack, calling fn for each record (info->status != 0 for a damaged
+ * one).  flags: CAS_ENUM_CHECK_CRC / CAS_ENUM_REHASH for every record,
+ * plus these:
+ */
+#define CAS_SCAN_CUT_TAIL   (1u << 8)  /* truncate a torn tail */
+#define CAS_SCAN_CRC_LAST2  (1u << 9)  /* check CRCs in the last 2 packs */
+#define CAS_SCAN_QUIET_BAD  (1u << 10) /* do not report damaged regions */
+int cas_packs_scan (struct cas_packs *p, uint32_t pack, uint64_t offset,
+                    unsigned flags,
+                    int (*fn) (const struct cas_record_info *, void *),
+                    void *opaque);
+
+/* Highest pack number (0 if none) and the end offset of that pack. */
+void cas_packs_high_water (struct cas_packs *p, uint32_t *pack,
+                           uint64_t *off);
+/* 1 if pack exists and off <= its size, else 0. */
+int cas_packs_valid_mark (struct cas_packs *p, uint32_t pack, uint64_t off);
+uint64_t cas_packs_count (struct cas_packs *p);
+uint64_t cas_packs_bytes (struct cas_packs *p);
+
+#endif /* NBDCAS_PACK_H */

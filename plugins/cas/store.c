@@ -1,0 +1,614 @@
+/* The store: directory layout, superblock, lock, volume names and root
+ * files, the registry of open volumes, stats and record checks.  See
+ * store.h for the contract.
+ */
+#include <config.h>
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "backend.h"
+#include "cleanup.h"
+#include "storeint.h"
+
+uint32_t cas_store_blocksize (const struct cas_store *st) { return st->sb.blocksize; }
+const char *cas_store_dir (const struct cas_store *st) { return st->dir; }
+bool cas_store_readonly (const struct cas_store *st) { return st->readonly; }
+struct chunkstore *cas_store_chunks (struct cas_store *st) { return st->cs; }
+
+static int
+fsync_dir (const char *dir)
+{
+  int fd = open (dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  int r;
+
+  if (fd == -1)
+    return -1;
+  r = fsync (fd);
+  close (fd);
+  return r;
+}
+
+/* Write buf to dir/name atomically and durably. */
+static int
+write_atomic (const char *dir, const char *name, const void *buf, size_t len)
+{
+  CLEANUP_FREE char *tmp = NULL, *path = NULL;
+  int fd;
+
+  if (asprintf (&tmp, "%s/.%s.tmp", dir, name) == -1 ||
+      asprintf (&path, "%s/%s", dir, name) == -1)
+    return -1;
+  fd = open (tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd == -1)
+    goto err;
+  if (write (fd, buf, len) != (ssize_t) len) {
+    if (errno == 0)
+      errno = ENOSPC;
+    close (fd);
+    goto err;
+  }
+  if (fsync (fd) == -1) {
+    close (fd);
+    goto err;
+  }
+  if (close (fd) == -1 || rename (tmp, path) == -1 || fsync_dir (dir) == -1)
+    goto err;
+  return 0;
+ err:
+  backend_error ("cas: writing %s: %m", path);
+  unlink (tmp);
+  return -1;
+}
+
+static int
+read_exact (const char *path, void *buf, size_t len)
+{
+  int fd = open (path, O_RDONLY | O_CLOEXEC);
+  ssize_t n;
+
+  if (fd == -1)
+    return -1;
+  n = read (fd, buf, len);
+  close (fd);
+  if (n != (ssize_t) len) {
+    errno = EIO;
+    return -1;
+  }
+  return 0;
+}
+
+int
+cas_volume_name_check (const char *name)
+{
+  size_t len = strlen (name), i;
+  const char *why = NULL;
+
+  if (len == 0)
+    why = "it is empty";
+  else if (len > CAS_VOLUME_NAME_MAX)
+    why = "it is longer than 255 bytes";
+  else if (name[0] == '.')
+    why = "it starts with '.'";
+  else if (strchr (name, '/'))
+    why = "it contains '/'";
+  else
+    for (i = 0; i < len; i++)
+      if ((unsigned char) name[i] < 0x20 || name[i] == 0x7f) {
+        why = "it contains a control character";
+        break;
+      }
+  if (why) {
+    /* Quote at most a printable prefix: the name may be hostile. */
+    char safe[64];
+    size_t j;
+    for (j = 0; j < sizeof safe - 1 && name[j]; j++)
+      safe[j] = ((unsigned char) name[j] < 0x20 || name[j] == 0x7f) ? '?'
+        : name[j];
+    safe[j] = '\0';
+    backend_error ("cas: invalid volume name '%s%s': %s", safe,
+                   name[j] ? "..." : "", why);
+    errno = EINVAL;
+    return -1;
+  }
+  return 0;
+}
+
+int
+cas_store_exists (const char *dir)
+{
+  CLEANUP_FREE char *sbpath = NULL;
+  struct stat sb;
+  DIR *d;
+  struct dirent *de;
+  bool empty = true;
+
+  if (stat (dir, &sb) == -1) {
+    if (errno == ENOENT)
+      return 0;
+    backend_error ("cas: store %s: %m", dir);
+    return -1;
+  }
+  if (!S_ISDIR (sb.st_mode)) {
+    backend_error ("cas: store %s is not a directory", dir);
+    errno = ENOTDIR;
+    return -1;
+  }
+  if (asprintf (&sbpath, "%s/superblock", dir) == -1)
+    return -1;
+  if (access (sbpath, F_OK) == 0)
+    return 1;
+  d = opendir (dir);
+  if (d == NULL) {
+    backend_error ("cas: store %s: %m", dir);
+    return -1;
+  }
+  while ((de = readdir (d)) != NULL)
+    if (strcmp (de->d_name, ".") != 0 && strcmp (de->d_name, "..") != 0) {
+      empty = false;
+      break;
+    }
+  closedir (d);
+  if (!empty) {
+    backend_error ("cas: %s is not a cas store (no superblock) and is not "
+                   "empty", dir);
+    errno = ENOTEMPTY;
+    return -1;
+  }
+  return 0;
+}
+
+int
+cas_store_create (const char *dir, uint32_t blocksize)
+{
+  CLEANUP_FREE char *packs = NULL, *vols = NULL;
+  struct cas_super s;
+  uint8_t buf[CAS_SUPER_SIZE];
+  int r;
+
+  if (blocksize == 0)
+    blocksize = CAS_DEFAULT_BLOCKSIZE;
+  if (blocksize < CAS_MIN_BLOCKSIZE || blocksize > CAS_MAX_BLOCKSIZE ||
+      (blocksize & (blocksize - 1)) != 0) {
+    backend_error ("cas: block size %" PRIu32 " must be a power of two "
+                   "from 4096 (4K) to 1048576 (1M)", blocksize);
+    errno = EINVAL;
+    return -1;
+  }
+  r = cas_store_exists (dir);
+  if (r == -1)
+    return -1;
+  if (r == 1) {
+    backend_error ("cas: %s already holds a cas store", dir);
+    errno = EEXIST;
+    return -1;
+  }
+  if (mkdir (dir, 0755) == -1 && errno != EEXIST) {
+    backend_error ("cas: cannot create store directory %s: %m", dir);
+    return -1;
+  }
+  if (asprintf (&packs, "%s/packs", dir) == -1 ||
+      asprintf (&vols, "%s/volumes", dir) == -1)
+    return -1;
+  if ((mkdir (packs, 0755) == -1 && errno != EEXIST) ||
+      (mkdir (vols, 0755) == -1 && errno != EEXIST)) {
+    backend_error ("cas: creating %s: %m", dir);
+    return -1;
+  }
+  memset (&s, 0, sizeof s);
+  s.version = CAS_FORMAT_VERSION;
+  s.blocksize = blocksize;
+  s.fanout = CAS_MAP_FANOUT;
+  s.created = time (NULL);
+  if (getrandom (s.uuid, sizeof s.uuid, 0) != sizeof s.uuid) {
+    backend_error ("cas: getrandom: %m");
+    return -1;
+  }
+  cas_super_encode (&s, buf);
+  /* The superblock goes last: a store exists once it is there. */
+  if (fsync_dir (packs) == -1 || fsync_dir (vols) == -1)
+    return -1;
+  return write_atomic (dir, "superblock", buf, sizeof buf);
+}
+
+struct cas_store *
+cas_store_open (const char *dir, const struct cas_open_options *opts)
+{
+  CLEANUP_FREE char *sbpath = NULL, *lockpath = NULL;
+  uint8_t buf[CAS_SUPER_SIZE];
+  struct cas_store *st;
+
+  st = calloc (1, sizeof *st);
+  if (st == NULL)
+    return NULL;
+  st->lockfd = -1;
+  pthread_mutex_init (&st->vol_lock, NULL);
+  st->readonly = opts ? opts->readonly : false;
+  st->verify = opts ? opts->verify : CAS_VERIFY_CHECKSUM;
+  st->dir = strdup (dir);
+  if (st->dir == NULL || asprintf (&st->voldir, "%s/volumes", dir) == -1 ||
+      asprintf (&sbpath, "%s/superblock", dir) == -1 ||
+      asprintf (&lockpath, "%s/lock", dir) == -1)
+    goto err;
+  if (read_exact (sbpath, buf, sizeof buf) == -1) {
+    if (errno == ENOENT)
+      backend_error ("cas: %s is not a cas store (no superblock)", dir);
+    else
+      backend_error ("cas: reading %s: %m", sbpath);
+    goto err;
+  }
+  if (cas_super_decode (buf, &st->sb) == -1)
+    goto err;
+  /* One writer, or any number of readers, per store. */
+  st->lockfd = open (lockpath, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (st->lockfd == -1 && st->readonly)
+    st->lockfd = open (lockpath, O_RDONLY | O_CLOEXEC);
+  if (st->lockfd == -1) {
+    backend_error ("cas: %s: %m", lockpath);
+    goto err;
+  }
+  if (flock (st->lockfd, (st->readonly ? LOCK_SH : LOCK_EX) | LOCK_NB) == -1) {
+    if (errno == EWOULDBLOCK) {
+      backend_error ("cas: store %s is in use by another process", dir);
+      errno = EBUSY;
+    }
+    else
+      backend_error ("cas: locking %s: %m", lockpath);
+    goto err;
+  }
+  st->cs = cas_packstore_open (dir, st->readonly, st->sb.uuid);
+  if (st->cs == NULL)
+    goto err;
+  return st;
+
+ err:
+  {
+    int saved = errno ? errno : EIO;
+    if (st->lockfd >= 0)
+      close (st->lockfd);
+    free (st->dir);
+    free (st->voldir);
+    pthread_mutex_destroy (&st->vol_lock);
+    free (st);
+    errno = saved;
+    return NULL;
+  }
+}
+
+int
+cas_store_close (struct cas_store *st)
+{
+  int r = 0;
+
+  if (!st)
+    return 0;
+  while (st->vols) {
+    struct cas_volume *v = st->vols;
+    st->vols = *cas_volume_next (v);
+    backend_debug ("cas: volume %s still open at store close",
+                   cas_volume_name (v));
+    if (cas_volume_free (v) == -1)
+      r = -1;
+  }
+  if (st->cs->ops->close (st->cs) == -1)
+    r = -1;
+  close (st->lockfd);           /* releases the flock */
+  pthread_mutex_destroy (&st->vol_lock);
+  free (st->dir);
+  free (st->voldir);
+  free (st);
+  return r;
+}
+
+/* ---- root files ---- */
+
+int
+cas_root_read (struct cas_store *st, const char *name, struct cas_root *r)
+{
+  CLEANUP_FREE char *path = NULL;
+  uint8_t buf[CAS_ROOT_SIZE];
+
+  if (asprintf (&path, "%s/%s", st->voldir, name) == -1)
+    return -1;
+  if (read_exact (path, buf, sizeof buf) == -1) {
+    if (errno == ENOENT)
+      backend_error ("cas: no volume named '%s' in store %s", name, st->dir);
+    else
+      backend_error ("cas: reading volume root %s: %m", path);
+    return -1;
+  }
+  if (cas_root_decode (buf, r) == -1) {
+    backend_error ("cas: volume root %s is unusable", path);
+    return -1;
+  }
+  return 0;
+}
+
+int
+cas_root_write (struct cas_store *st, const char *name,
+                const struct cas_root *r)
+{
+  uint8_t buf[CAS_ROOT_SIZE];
+
+  cas_root_encode (r, buf);
+  return write_atomic (st->voldir, name, buf, sizeof buf);
+}
+
+/* ---- volume registry ---- */
+
+static int
+cmp_str (const void *a, const void *b)
+{
+  return strcmp (*(char *const *) a, *(char *const *) b);
+}
+
+int
+cas_store_list_volumes (struct cas_store *st,
+                        int (*fn) (const char *, void *), void *opaque)
+{
+  DIR *d;
+  struct dirent *de;
+  char **names = NULL;
+  size_t n = 0, alloc = 0, i;
+  int r = 0;
+
+  d = opendir (st->voldir);
+  if (d == NULL) {
+    backend_error ("cas: %s: %m", st->voldir);
+    return -1;
+  }
+  while ((de = readdir (d)) != NULL) {
+    if (de->d_name[0] == '.')
+      continue;                 /* ., .., temp files */
+    if (n == alloc) {
+      char **nn;
+      alloc = alloc ? alloc * 2 : 16;
+      nn = realloc (names, alloc * sizeof *names);
+      if (nn == NULL) {
+        r = -1;
+        goto out;
+      }
+      names = nn;
+    }
+    names[n] = strdup (de->d_name);
+    if (names[n] == NULL) {
+      r = -1;
+      goto out;
+    }
+    n++;
+  }
+  qsort (names, n, sizeof *names, cmp_str);
+  for (i = 0; i < n && r == 0; i++)
+    r = fn (names[i], opaque);
+ out:
+  closedir (d);
+  for (i = 0; i < n; i++)
+    free (names[i]);
+  free (names);
+  return r;
+}
+
+int
+cas_volume_exists (struct cas_store *st, const char *name)
+{
+  CLEANUP_FREE char *path = NULL;
+
+  if (cas_volume_name_check (name) == -1)
+    return -1;
+  if (asprintf (&path, "%s/%s", st->voldir, name) == -1)
+    return -1;
+  return access (path, F_OK) == 0;
+}
+
+static int
+check_size (uint64_t size)
+{
+  if (size == 0 || size > CAS_MAX_VOLUME_SIZE) {
+    backend_error ("cas: volume size %" PRIu64 " must be from 1 byte to "
+                   "1 PiB", size);
+    errno = EINVAL;
+    return -1;
+  }
+  return 0;
+}
+
+int
+cas_volume_create (struct cas_store *st, const char *name, uint64_t size)
+{
+  struct cas_root r;
+  int e;
+
+  if (st->readonly) {
+    backend_error ("cas: the store is read-only");
+    errno = EROFS;
+    return -1;
+  }
+  if (check_size (size) == -1)
+    return -1;
+  e = cas_volume_exists (st, name);
+  if (e == -1)
+    return -1;
+  if (e == 1) {
+    backend_error ("cas: volume '%s' already exists", name);
+    errno = EEXIST;
+    return -1;
+  }
+  memset (&r, 0, sizeof r);
+  r.version = CAS_FORMAT_VERSION;
+  r.blocksize = st->sb.blocksize;
+  r.size = size;
+  r.fanout = CAS_MAP_FANOUT;
+  r.depth = cas_map_depth ((size + r.blocksize - 1) / r.blocksize,
+                           CAS_MAP_FANOUT);
+  r.mtime = time (NULL);
+  return cas_root_write (st, name, &r);
+}
+
+int
+cas_volume_resize (struct cas_store *st, const char *name, uint64_t new_size)
+{
+  struct cas_root r;
+  struct cas_volume *v;
+  uint32_t depth;
+
+  if (st->readonly) {
+    backend_error ("cas: the store is read-only");
+    errno = EROFS;
+    return -1;
+  }
+  if (cas_volume_name_check (name) == -1 || check_size (new_size) == -1)
+    return -1;
+  pthread_mutex_lock (&st->vol_lock);
+  for (v = st->vols; v; v = *cas_volume_next (v))
+    if (strcmp (cas_volume_name (v), name) == 0) {
+      pthread_mutex_unlock (&st->vol_lock);
+      backend_error ("cas: volume '%s' is open: cannot resize it", name);
+      errno = EBUSY;
+      return -1;
+    }
+  /* Held until the root is rewritten, so nobody opens it meanwhile. */
+  if (cas_root_read (st, name, &r) == -1)
+    goto err;
+  if (new_size < r.size) {
+    backend_error ("cas: volume '%s' is %" PRIu64 " bytes: shrinking it to %"
+                   PRIu64 " is not supported", name, r.size, new_size);
+    errno = EINVAL;
+    goto err;
+  }
+  depth = cas_map_depth ((new_size + r.blocksize - 1) / r.blocksize,
+                         CAS_MAP_FANOUT);
+  /* The old tree becomes the first child of each new top level; the
+   * blocks past the old end are unmapped (their hashes are zero).
+   */
+  while (r.depth < depth) {
+    if (!cas_hash_is_zero (&r.root)) {
+      struct cas_hash h;
+      if (cas_hash_compute (&r.root, CAS_HASH_SIZE, &h) == -1 ||
+          cs_put (st->cs, &h, CAS_CHUNK_MAPNODE, &r.root, CAS_HASH_SIZE,
+                  NULL) == -1)
+        goto err;
+      r.root = h;
+    }
+    r.depth++;
+  }
+  if (cs_sync (st->cs) == -1)
+    goto err;
+  r.size = new_size;
+  r.generation++;
+  r.mtime = time (NULL);
+  if (cas_root_write (st, name, &r) == -1)
+    goto err;
+  pthread_mutex_unlock (&st->vol_lock);
+  return 0;
+ err:
+  pthread_mutex_unlock (&st->vol_lock);
+  return -1;
+}
+
+struct cas_volume *
+cas_volume_open (struct cas_store *st, const char *name)
+{
+  struct cas_volume *v;
+
+  if (cas_volume_name_check (name) == -1)
+    return NULL;
+  pthread_mutex_lock (&st->vol_lock);
+  for (v = st->vols; v; v = *cas_volume_next (v))
+    if (strcmp (cas_volume_name (v), name) == 0) {
+      (*cas_volume_refs (v))++;
+      goto out;
+    }
+  v = cas_volume_load (st, name);
+  if (v) {
+    *cas_volume_next (v) = st->vols;
+    st->vols = v;
+  }
+ out:
+  pthread_mutex_unlock (&st->vol_lock);
+  return v;
+}
+
+void
+cas_volume_close (struct cas_volume *vol)
+{
+  struct cas_store *st;
+  struct cas_volume **pp;
+
+  if (!vol)
+    return;
+  st = cas_volume_store (vol);
+  pthread_mutex_lock (&st->vol_lock);
+  if (--*cas_volume_refs (vol) == 0) {
+    for (pp = &st->vols; *pp; pp = cas_volume_next (*pp))
+      if (*pp == vol) {
+        *pp = *cas_volume_next (vol);
+        break;
+      }
+    /* The final flush runs under vol_lock: an open of the same name
+     * meanwhile must not load the root file before it is published.
+     */
+    cas_volume_free (vol);
+  }
+  pthread_mutex_unlock (&st->vol_lock);
+}
+
+static int
+count_one (const char *name, void *opaque)
+{
+  (void) name;
+  (*(uint64_t *) opaque)++;
+  return 0;
+}
+
+int
+cas_store_stat (struct cas_store *st, struct cas_store_stats *ss)
+{
+  memset (ss, 0, sizeof *ss);
+  ss->blocksize = st->sb.blocksize;
+  if (cas_store_list_volumes (st, count_one, &ss->volumes) == -1)
+    return -1;
+  st->cs->ops->stats (st->cs, &ss->chunks);
+  return 0;
+}
+
+struct check_records {
+  int (*fn) (const struct cas_record_info *, void *);
+  void *opaque;
+  int bad;
+};
+
+static int
+check_one (const struct cas_record_info *info, void *opaque)
+{
+  struct check_records *c = opaque;
+
+  if (info->status == 0)
+    return 0;
+  c->bad++;
+  return c->fn ? c->fn (info, c->opaque) : 0;
+}
+
+int
+cas_store_check_records (struct cas_store *st, bool full,
+                         int (*fn) (const struct cas_record_info *, void *),
+                         void *opaque)
+{
+  struct check_records c = { .fn = fn, .opaque = opaque, .bad = 0 };
+  int r;
+
+  r = st->cs->ops->enumerate (st->cs, CAS_ENUM_CHECK_CRC |
+                              (full ? CAS_ENUM_REHASH : 0), check_one, &c);
+  if (r == -1)
+    return -1;
+  return c.bad;
+}

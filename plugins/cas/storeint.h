@@ -1,0 +1,59 @@
+/* Internals shared by store.c (store, names, root files) and volume.c
+ * (volume maps and data path).  Not for the admin tool: use store.h.
+ *
+ * Thread safety: fields marked "const" are set at open and never change;
+ * vol_lock protects the list of open volumes and their refcounts.
+ */
+#ifndef NBDCAS_STOREINT_H
+#define NBDCAS_STOREINT_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "chunkstore.h"
+#include "format.h"
+#include "store.h"
+
+struct cas_store {
+  char *dir;                    /* const */
+  char *voldir;                 /* const: DIR/volumes */
+  int lockfd;                   /* const: flock()ed */
+  bool readonly;                /* const */
+  enum cas_verify verify;       /* const */
+  struct cas_super sb;          /* const */
+  struct chunkstore *cs;        /* const */
+  pthread_mutex_t vol_lock;
+  struct cas_volume *vols;      /* open volumes (list), under vol_lock */
+};
+
+/* Read / atomically replace DIR/volumes/NAME (temp file, fsync, rename,
+ * fsync of the directory).  read: ENOENT (with a message) if absent.
+ */
+int cas_root_read (struct cas_store *st, const char *name,
+                   struct cas_root *r);
+int cas_root_write (struct cas_store *st, const char *name,
+                    const struct cas_root *r);
+
+/* volume.c: load a volume object from its root file (refs = 1), flush
+ * and free one.  Called by store.c under vol_lock.
+ */
+struct cas_volume *cas_volume_load (struct cas_store *st, const char *name);
+int cas_volume_free (struct cas_volume *vol);
+/* List linkage and refcount, under st->vol_lock. */
+struct cas_volume **cas_volume_next (struct cas_volume *vol);
+unsigned *cas_volume_refs (struct cas_volume *vol);
+struct cas_store *cas_volume_store (struct cas_volume *vol);
+
+/* A map node's payload: the child hashes with trailing zero hashes cut
+ * (an all-zero node is never stored).  Returns the payload length.
+ */
+static inline uint32_t
+cas_node_length (const struct cas_hash *h, uint32_t n)
+{
+  while (n > 0 && cas_hash_is_zero (&h[n - 1]))
+    n--;
+  return n * CAS_HASH_SIZE;
+}
+
+#endif /* NBDCAS_STOREINT_H */
