@@ -1,14 +1,399 @@
-/* STUB: replaced by the real cas backend. */
+/* The cas backend: the store (store.h) behind the backend API
+ * (common/backend.h), for nbdkit and minnbd alike.
+ *
+ * Parameters are parsed in config; config_complete creates the store and
+ * the default volume if asked (size=), grows the default volume if size=
+ * is larger, and opens the store (it stays open, and locked, until
+ * unload).  Each connection opens its volume (export name, "" = the
+ * default volume); connections to one volume share one volume object, so
+ * a flush on any connection commits every connection's writes: hence
+ * can_multi_conn.
+ *
+ * Thread safety: the store is thread-safe; the handle is immutable after
+ * open.
+ */
 #include <config.h>
+
 #include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
 #include <string.h>
+
 #include "backend.h"
-static int cas_config (const char *k, const char *v) { return 0; }
-static void *cas_open (const char *n, bool ro) { static int h; return &h; }
-static void cas_close (void *h) {}
-static int64_t cas_get_size (void *h) { return 1048576; }
-static int cas_pread (void *h, void *b, uint32_t c, uint64_t o, uint32_t f) { memset (b, 0, c); return 0; }
+#include "parse.h"
+#include "store.h"
+
+static char *store_dir;
+static int64_t want_size = -1;       /* size=, -1: not given */
+static uint32_t want_bs;             /* blocksize=, 0: not given */
+static char *default_volume;         /* volume= */
+static bool store_readonly;
+static enum cas_verify verify = CAS_VERIFY_CHECKSUM;
+static struct cas_store *store;
+
+#define DEFAULT_VOLUME "default"
+
+struct handle {
+  struct cas_volume *vol;
+  bool readonly;
+};
+
+static void
+cas_unload (void)
+{
+  if (store && cas_store_close (store) == -1)
+    backend_error ("cas: closing the store failed: some data may not be "
+                   "durable");
+  store = NULL;
+  free (store_dir);
+  free (default_volume);
+}
+
+static int
+set_string (char **dst, const char *key, const char *value)
+{
+  if (*dst) {
+    backend_error ("cas: %s= given twice", key);
+    errno = EINVAL;
+    return -1;
+  }
+  *dst = strdup (value);
+  return *dst ? 0 : -1;
+}
+
+static int
+cas_config (const char *key, const char *value)
+{
+  if (strcmp (key, "store") == 0) {
+    if (value[0] == '\0') {
+      backend_error ("cas: store= must name a directory");
+      errno = EINVAL;
+      return -1;
+    }
+    return set_string (&store_dir, key, value);
+  }
+  if (strcmp (key, "size") == 0) {
+    if (parse_size (key, value, &want_size) == -1)
+      return -1;
+    if (want_size == 0 || (uint64_t) want_size > CAS_MAX_VOLUME_SIZE) {
+      backend_error ("cas: size=%s: must be from 1 byte to 1P", value);
+      errno = EINVAL;
+      return -1;
+    }
+    return 0;
+  }
+  if (strcmp (key, "blocksize") == 0) {
+    int64_t bs;
+    if (parse_size (key, value, &bs) == -1)
+      return -1;
+    if (bs < CAS_MIN_BLOCKSIZE || bs > CAS_MAX_BLOCKSIZE || (bs & (bs - 1))) {
+      backend_error ("cas: blocksize=%s: must be a power of two from 4K "
+                     "to 1M", value);
+      errno = EINVAL;
+      return -1;
+    }
+    want_bs = bs;
+    return 0;
+  }
+  if (strcmp (key, "volume") == 0) {
+    if (cas_volume_name_check (value) == -1)
+      return -1;
+    return set_string (&default_volume, key, value);
+  }
+  if (strcmp (key, "readonly") == 0)
+    return parse_bool (key, value, &store_readonly);
+  if (strcmp (key, "verify") == 0) {
+    if (strcmp (value, "off") == 0)
+      verify = CAS_VERIFY_OFF;
+    else if (strcmp (value, "checksum") == 0)
+      verify = CAS_VERIFY_CHECKSUM;
+    else if (strcmp (value, "full") == 0)
+      verify = CAS_VERIFY_FULL;
+    else {
+      backend_error ("cas: verify=%s: must be off, checksum or full", value);
+      errno = EINVAL;
+      return -1;
+    }
+    return 0;
+  }
+  backend_error ("cas: unknown parameter '%s' (see --help)", key);
+  errno = EINVAL;
+  return -1;
+}
+
+static int
+cas_config_complete (void)
+{
+  struct cas_open_options opts;
+  int exists;
+
+  if (store_dir == NULL) {
+    backend_error ("cas: store=DIR is required");
+    errno = EINVAL;
+    return -1;
+  }
+  if (default_volume == NULL && (default_volume = strdup (DEFAULT_VOLUME)) == NULL)
+    return -1;
+  exists = cas_store_exists (store_dir);
+  if (exists == -1)
+    return -1;
+  if (exists == 0) {
+    if (want_size < 0) {
+      backend_error ("cas: %s is not a cas store; add size=SIZE to create "
+                     "one", store_dir);
+      errno = ENOENT;
+      return -1;
+    }
+    if (store_readonly) {
+      backend_error ("cas: cannot create store %s with readonly=true",
+                     store_dir);
+      errno = EINVAL;
+      return -1;
+    }
+    if (cas_store_create (store_dir, want_bs) == -1)
+      return -1;
+    backend_debug ("cas: created store %s", store_dir);
+  }
+  opts.readonly = store_readonly;
+  opts.verify = verify;
+  store = cas_store_open (store_dir, &opts);
+  if (store == NULL)
+    return -1;
+  if (exists && want_bs && want_bs != cas_store_blocksize (store)) {
+    backend_error ("cas: blocksize=%" PRIu32 " differs from the store's "
+                   "block size %" PRIu32 " (it is fixed when the store is "
+                   "created)", want_bs, cas_store_blocksize (store));
+    errno = EINVAL;
+    return -1;
+  }
+  switch (cas_volume_exists (store, default_volume)) {
+  case -1:
+    return -1;
+  case 0:
+    if (want_size < 0) {
+      backend_error ("cas: store %s has no volume '%s'; add size=SIZE to "
+                     "create it", store_dir, default_volume);
+      errno = ENOENT;
+      return -1;
+    }
+    return cas_volume_create (store, default_volume, want_size);
+  default:
+    if (want_size >= 0) {
+      struct cas_volume *v = cas_volume_open (store, default_volume);
+      uint64_t cur;
+      if (v == NULL)
+        return -1;
+      cur = cas_volume_size (v);
+      cas_volume_close (v);
+      if ((uint64_t) want_size < cur) {
+        backend_error ("cas: volume '%s' is %" PRIu64 " bytes; size=%" PRIi64
+                       " would shrink it, which is not supported",
+                       default_volume, cur, want_size);
+        errno = EINVAL;
+        return -1;
+      }
+      if ((uint64_t) want_size > cur) {
+        backend_debug ("cas: growing volume %s to %" PRIi64, default_volume,
+                       want_size);
+        return cas_volume_resize (store, default_volume, want_size);
+      }
+    }
+    return 0;
+  }
+}
+
+struct list_ctx {
+  struct backend_exports *exports;
+};
+
+static int
+add_one (const char *name, void *opaque)
+{
+  struct list_ctx *c = opaque;
+  return backend_add_export (c->exports, name, NULL);
+}
+
+static int
+cas_list_exports (bool readonly, struct backend_exports *exports)
+{
+  struct list_ctx c = { exports };
+  return cas_store_list_volumes (store, add_one, &c);
+}
+
+static const char *
+cas_default_export (bool readonly)
+{
+  return default_volume;
+}
+
+static void *
+cas_open (const char *exportname, bool readonly)
+{
+  const char *name = exportname[0] ? exportname : default_volume;
+  struct handle *h;
+
+  if (cas_volume_name_check (name) == -1)
+    return NULL;
+  h = malloc (sizeof *h);
+  if (h == NULL)
+    return NULL;
+  h->readonly = readonly || store_readonly;
+  h->vol = cas_volume_open (store, name);
+  if (h->vol == NULL) {
+    int saved = errno;
+    free (h);
+    errno = saved;
+    return NULL;
+  }
+  return h;
+}
+
+static void
+cas_close (void *handle)
+{
+  struct handle *h = handle;
+
+  cas_volume_close (h->vol);
+  free (h);
+}
+
+static int64_t
+cas_get_size (void *handle)
+{
+  struct handle *h = handle;
+  return cas_volume_size (h->vol);
+}
+
+static int
+cas_block_size (void *handle, uint32_t *minimum, uint32_t *preferred,
+                uint32_t *maximum)
+{
+  struct handle *h = handle;
+
+  /* Any size works (partial blocks are read-modify-write), whole blocks
+   * avoid the read.
+   */
+  *minimum = 1;
+  *preferred = cas_volume_blocksize (h->vol);
+  *maximum = 0xffffffff;
+  return 0;
+}
+
+static int
+cas_can_write (void *handle)
+{
+  struct handle *h = handle;
+  return !h->readonly;
+}
+
+static int cas_yes (void *handle) { return 1; }
+static int cas_no (void *handle) { return 0; }
+static int cas_can_fua (void *handle) { return BACKEND_FUA_NATIVE; }
+static int cas_can_cache (void *handle) { return BACKEND_CACHE_NATIVE; }
+
+static int
+cas_pread (void *handle, void *buf, uint32_t count, uint64_t offset,
+           uint32_t flags)
+{
+  struct handle *h = handle;
+  return cas_volume_read (h->vol, buf, count, offset);
+}
+
+static int
+cas_pwrite (void *handle, const void *buf, uint32_t count, uint64_t offset,
+            uint32_t flags)
+{
+  struct handle *h = handle;
+  return cas_volume_write (h->vol, buf, count, offset,
+                           flags & BACKEND_FLAG_FUA);
+}
+
+static int
+cas_flush (void *handle, uint32_t flags)
+{
+  struct handle *h = handle;
+  return cas_volume_flush (h->vol);
+}
+
+/* Trim and write-zeroes are the same here: unmapping a block is both the
+ * cheapest and the exact way to make it read as zeros.  So FAST_ZERO is
+ * always honoured.
+ */
+static int
+cas_zero (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
+{
+  struct handle *h = handle;
+  return cas_volume_zero (h->vol, count, offset, flags & BACKEND_FLAG_FUA);
+}
+
+struct extents_ctx {
+  struct backend_extents *extents;
+  bool one;
+};
+
+static int
+add_extent (uint64_t off, uint64_t len, bool mapped, void *opaque)
+{
+  struct extents_ctx *c = opaque;
+
+  if (backend_add_extent (c->extents, off, len,
+                          mapped ? 0
+                          : BACKEND_EXTENT_HOLE | BACKEND_EXTENT_ZERO) == -1)
+    return -1;
+  return c->one ? 1 : 0;
+}
+
+static int
+cas_extents (void *handle, uint32_t count, uint64_t offset, uint32_t flags,
+             struct backend_extents *extents)
+{
+  struct handle *h = handle;
+  struct extents_ctx c = { extents, flags & BACKEND_FLAG_REQ_ONE };
+  return cas_volume_extents (h->vol, count, offset, add_extent, &c);
+}
+
+static int
+cas_cache (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
+{
+  struct handle *h = handle;
+  return cas_volume_prefetch (h->vol, count, offset);
+}
+
 const struct backend cas_backend = {
-  .name = "cas", .config = cas_config, .open = cas_open, .close = cas_close,
-  .get_size = cas_get_size, .pread = cas_pread,
+  .name = "cas",
+  .longname = "nbdcas content-addressed deduplicating store",
+  .description = "Serve volumes of a deduplicating content-addressed store",
+  .config_help =
+  "store=DIR           (required) the store directory\n"
+  "size=SIZE           create the store / default volume if absent; grow it\n"
+  "blocksize=SIZE      block size of a new store (4K..1M, default 64K)\n"
+  "volume=NAME         the default volume (default: \"default\")\n"
+  "readonly=BOOL       open the store read-only\n"
+  "verify=off|checksum|full  check chunks on every read (default checksum)",
+  .unload = cas_unload,
+  .config = cas_config,
+  .config_complete = cas_config_complete,
+  .list_exports = cas_list_exports,
+  .default_export = cas_default_export,
+  .open = cas_open,
+  .close = cas_close,
+  .get_size = cas_get_size,
+  .block_size = cas_block_size,
+  .can_write = cas_can_write,
+  .can_flush = cas_yes,
+  .can_trim = cas_yes,
+  .can_zero = cas_yes,
+  .can_fast_zero = cas_yes,
+  .can_fua = cas_can_fua,
+  .can_multi_conn = cas_yes,
+  .can_extents = cas_yes,
+  .can_cache = cas_can_cache,
+  .is_rotational = cas_no,
+  .pread = cas_pread,
+  .pwrite = cas_pwrite,
+  .flush = cas_flush,
+  .trim = cas_zero,
+  .zero = cas_zero,
+  .extents = cas_extents,
+  .cache = cas_cache,
 };

@@ -172,7 +172,8 @@ int cas_volume_block_hash (struct cas_volume *vol, uint64_t block,
 /* Extents from offset: calls fn(offset, length, mapped) for maximal runs
  * of mapped / unmapped blocks covering at least [offset, offset+count)
  * (the first starts at offset; the last may extend past offset+count but
- * never past the volume size).  fn returning -1 stops with -1.
+ * never past the volume size).  fn returning -1 stops with -1; returning
+ * 1 stops early with 0 (e.g. when one extent is enough).
  */
 int cas_volume_extents (struct cas_volume *vol, uint64_t count,
                         uint64_t offset,

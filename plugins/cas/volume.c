@@ -570,8 +570,9 @@ cas_volume_extents (struct cas_volume *vol, uint64_t count, uint64_t offset,
       }
       else if (mapped != run_mapped) {
         uint64_t s = b * vol->bs;
-        if (fn (run_start, s - run_start, run_mapped, opaque) == -1)
-          return -1;
+        int r = fn (run_start, s - run_start, run_mapped, opaque);
+        if (r != 0)
+          return r == 1 ? 0 : -1;
         run_start = s;
         run_mapped = mapped;
       }
@@ -585,8 +586,10 @@ cas_volume_extents (struct cas_volume *vol, uint64_t count, uint64_t offset,
     uint64_t s = b * vol->bs;
     if (s > vol->size)
       s = vol->size;
-    if (s > run_start)
-      return fn (run_start, s - run_start, run_mapped, opaque);
+    if (s > run_start) {
+      int r = fn (run_start, s - run_start, run_mapped, opaque);
+      return r == 1 ? 0 : r;
+    }
   }
   return 0;
 }
