@@ -1,0 +1,491 @@
+/* One client connection: buffered input, whole-reply output, and the
+ * transmission loop (a reader that reads requests ahead and a pool of
+ * worker threads that execute them and reply out of order).
+ *
+ * Threads: the connection's own thread (the "reader") does the
+ * handshake, then reads requests and queues them.  Up to opts.threads
+ * workers, started on demand, take requests from the queue.  A request
+ * that arrives when nothing else is queued or running and no further
+ * input is buffered is executed by the reader itself: at queue depth 1
+ * that saves two thread hand-offs per request, and there is nothing to
+ * read ahead anyway.
+ *
+ * Locks: qlock guards the queue, the free pool and the in-flight counts;
+ * wlock serialises replies (each reply is one writev).  Neither is ever
+ * held while calling the backend.  Per-connection memory is bounded by
+ * MAX_INFLIGHT_BYTES of request buffers plus a small pool.
+ *
+ * Ending: on EOF, NBD_CMD_DISC, a bad magic or server shutdown the reader
+ * stops reading, waits for every queued request to be executed and
+ * answered (answers to a vanished client are dropped), joins the
+ * workers, flushes the backend if anything was written since the last
+ * flush, and closes the handle and the socket.
+ */
+#include <config.h>
+
+#include <errno.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include "backend.h"
+#include "nbd-protocol.h"
+#include "server.h"
+
+#define POOL_MAX          128              /* idle request structs kept */
+#define POOL_BUF_MAX      (4u * 1024 * 1024) /* bigger buffers are freed */
+
+int
+conn_read (struct conn *c, void *buf, size_t len)
+{
+  char *p = buf;
+  ssize_t r;
+  bool direct;
+
+  while (len > 0) {
+    if (c->rstart < c->rend) {
+      size_t n = c->rend - c->rstart;
+
+      if (n > len)
+        n = len;
+      memcpy (p, c->rbuf + c->rstart, n);
+      c->rstart += n;
+      p += n;
+      len -= n;
+      continue;
+    }
+    /* Big payloads go straight to their destination; small reads fill
+     * the buffer so that pipelined requests cost one syscall per batch.
+     */
+    direct = len >= READ_BUFFER_SIZE / 2;
+    if (direct)
+      r = read (c->rfd, p, len);
+    else {
+      c->rstart = c->rend = 0;
+      r = read (c->rfd, c->rbuf, READ_BUFFER_SIZE);
+    }
+    if (r == 0) {
+      errno = 0;                /* EOF */
+      return -1;
+    }
+    if (r < 0) {
+      if (errno == EINTR && !atomic_load (&shutting_down))
+        continue;
+      return -1;
+    }
+    if (direct) {
+      p += r;
+      len -= r;
+    }
+    else
+      c->rend = r;
+  }
+  return 0;
+}
+
+int
+conn_skip (struct conn *c, uint64_t len)
+{
+  char scratch[4096];
+
+  while (len > 0) {
+    size_t n = len > sizeof scratch ? sizeof scratch : len;
+
+    if (conn_read (c, scratch, n) == -1)
+      return -1;
+    len -= n;
+  }
+  return 0;
+}
+
+int
+conn_writev (struct conn *c, struct iovec *iov, int iovcnt)
+{
+  int ret = 0;
+
+  pthread_mutex_lock (&c->wlock);
+  if (atomic_load (&c->dead)) {
+    ret = -1;
+    goto out;
+  }
+  while (iovcnt > 0) {
+    ssize_t r = writev (c->wfd, iov, iovcnt > IOV_MAX ? IOV_MAX : iovcnt);
+
+    if (r < 0) {
+      if (errno == EINTR)
+        continue;
+      /* The client is gone: later replies are dropped; the reader sees
+       * EOF or an error and winds the connection down.
+       */
+      debug ("conn %lu: write: %m", c->id);
+      atomic_store (&c->dead, true);
+      ret = -1;
+      goto out;
+    }
+    while (iovcnt > 0 && (size_t) r >= iov->iov_len) {
+      r -= iov->iov_len;
+      iov++;
+      iovcnt--;
+    }
+    if (iovcnt > 0) {
+      iov->iov_base = (char *) iov->iov_base + r;
+      iov->iov_len -= r;
+    }
+  }
+ out:
+  pthread_mutex_unlock (&c->wlock);
+  return ret;
+}
+
+int
+conn_write (struct conn *c, const void *buf, size_t len)
+{
+  struct iovec iov = { (void *) buf, len };
+
+  return conn_writev (c, &iov, 1);
+}
+
+/* Request pool. */
+
+static struct request *
+request_get (struct conn *c)
+{
+  struct request *r;
+
+  pthread_mutex_lock (&c->qlock);
+  r = c->freelist;
+  if (r) {
+    c->freelist = r->next;
+    c->nfree--;
+  }
+  pthread_mutex_unlock (&c->qlock);
+  if (r == NULL)
+    r = calloc (1, sizeof *r);
+  if (r)
+    r->next = NULL;
+  return r;
+}
+
+static void
+request_destroy (struct request *r)
+{
+  free (r->buf);
+  free (r->rep);
+  extents_free (&r->ex);
+  free (r);
+}
+
+/* Called with qlock held, once r is answered. */
+static void
+request_done_locked (struct conn *c, struct request *r)
+{
+  c->in_flight--;
+  c->in_flight_bytes -= r->charge;
+  r->charge = 0;
+  r->error = 0;
+  r->errmsg = NULL;
+  if (r->bufcap > POOL_BUF_MAX) {
+    free (r->buf);
+    r->buf = NULL;
+    r->bufcap = 0;
+  }
+  if (r->ex.cap > 4096)
+    extents_free (&r->ex);
+  if (c->nfree < POOL_MAX) {
+    r->next = c->freelist;
+    c->freelist = r;
+    c->nfree++;
+  }
+  else
+    request_destroy (r);
+  pthread_cond_signal (&c->done_cond);
+}
+
+static void *
+worker (void *vc)
+{
+  struct conn *c = vc;
+  struct request *r;
+
+  pthread_mutex_lock (&c->qlock);
+  for (;;) {
+    while (c->qhead == NULL && !c->stopping) {
+      c->idle++;
+      pthread_cond_wait (&c->qcond, &c->qlock);
+      c->idle--;
+    }
+    r = c->qhead;
+    if (r == NULL)
+      break;                    /* stopping and nothing left */
+    c->qhead = r->next;
+    if (c->qhead == NULL)
+      c->qtail = NULL;
+    pthread_mutex_unlock (&c->qlock);
+
+    request_execute (c, r);
+
+    pthread_mutex_lock (&c->qlock);
+    request_done_locked (c, r);
+  }
+  pthread_mutex_unlock (&c->qlock);
+  return NULL;
+}
+
+/* Called with qlock held.  Workers block every signal: the backend's
+ * syscalls are never interrupted, and signals reach the main thread.
+ */
+static int
+worker_start_locked (struct conn *c)
+{
+  sigset_t all, old;
+  int err;
+
+  sigfillset (&all);
+  pthread_sigmask (SIG_BLOCK, &all, &old);
+  err = pthread_create (&c->workers[c->nworkers], NULL, worker, c);
+  pthread_sigmask (SIG_SETMASK, &old, NULL);
+  if (err) {
+    errno = err;
+    return -1;
+  }
+  c->nworkers++;
+  return 0;
+}
+
+/* Buffer bytes a request needs while in flight. */
+static size_t
+request_bufsize (struct conn *c, const struct request *r)
+{
+  if (r->error)
+    return 0;
+  switch (r->type) {
+  case NBD_CMD_READ:
+  case NBD_CMD_WRITE:
+    return r->count;
+  case NBD_CMD_CACHE:
+    if (c->can_cache == BACKEND_CACHE_EMULATE)
+      return r->count < POOL_BUF_MAX ? r->count : POOL_BUF_MAX;
+    return 0;
+  default:
+    return 0;
+  }
+}
+
+static void
+transmission (struct conn *c)
+{
+  struct nbd_request h;
+  struct request *r;
+  size_t need;
+  bool inline_exec;
+
+  c->workers = calloc (opts.threads, sizeof *c->workers);
+  if (c->workers == NULL) {
+    log_error ("conn %lu: %m", c->id);
+    return;
+  }
+  pthread_mutex_lock (&c->qlock);
+  if (worker_start_locked (c) == -1) {
+    pthread_mutex_unlock (&c->qlock);
+    log_error ("conn %lu: cannot start a worker thread: %m", c->id);
+    return;
+  }
+  pthread_mutex_unlock (&c->qlock);
+
+  for (;;) {
+    if (conn_read (c, &h, sizeof h) == -1) {
+      if (errno)
+        debug ("conn %lu: read: %m", c->id);
+      else
+        debug ("conn %lu: client closed the connection", c->id);
+      break;
+    }
+    if (be32toh (h.magic) != NBD_REQUEST_MAGIC) {
+      log_error ("conn %lu: bad request magic 0x%08" PRIx32
+                 ": closing the connection", c->id, be32toh (h.magic));
+      break;
+    }
+    if (be16toh (h.type) == NBD_CMD_DISC) {
+      debug ("conn %lu: NBD_CMD_DISC", c->id);
+      break;
+    }
+    r = request_get (c);
+    if (r == NULL) {
+      log_error ("conn %lu: %m", c->id);
+      break;
+    }
+    r->flags = be16toh (h.flags);
+    r->type = be16toh (h.type);
+    r->cookie = h.cookie;       /* opaque: echoed back as sent */
+    r->offset = be64toh (h.offset);
+    r->count = be32toh (h.count);
+    r->error = 0;
+    r->errmsg = NULL;
+    request_validate (c, r);
+    need = request_bufsize (c, r);
+
+    /* Back-pressure: stop reading until enough in-flight work is done. */
+    pthread_mutex_lock (&c->qlock);
+    while (c->in_flight > 0 &&
+           (c->in_flight >= MAX_INFLIGHT_REQS ||
+            c->in_flight_bytes + need > MAX_INFLIGHT_BYTES))
+      pthread_cond_wait (&c->done_cond, &c->qlock);
+    c->in_flight++;
+    c->in_flight_bytes += need;
+    r->charge = need;
+    pthread_mutex_unlock (&c->qlock);
+
+    if (need > r->bufcap) {
+      char *nb = malloc (need);
+
+      if (nb == NULL) {
+        r->error = NBD_ENOMEM;
+        r->errmsg = "out of memory for the request buffer";
+      }
+      else {
+        free (r->buf);
+        r->buf = nb;
+        r->bufcap = need;
+      }
+    }
+    if (r->type == NBD_CMD_WRITE) {
+      int rr;
+
+      /* The payload follows whatever we think of the request. */
+      if (r->error == 0)
+        rr = conn_read (c, r->buf, r->count);
+      else
+        rr = conn_skip (c, r->count);
+      if (rr == -1) {
+        debug ("conn %lu: short write payload", c->id);
+        pthread_mutex_lock (&c->qlock);
+        request_done_locked (c, r);
+        pthread_mutex_unlock (&c->qlock);
+        break;
+      }
+    }
+
+    pthread_mutex_lock (&c->qlock);
+    inline_exec = c->in_flight == 1 && c->rstart == c->rend;
+    if (!inline_exec) {
+      if (c->qtail)
+        c->qtail->next = r;
+      else
+        c->qhead = r;
+      c->qtail = r;
+      r->next = NULL;
+      /* Wake an idle worker, or start one if all are busy. */
+      if (c->idle == 0 && c->nworkers < opts.threads)
+        worker_start_locked (c);
+      else
+        pthread_cond_signal (&c->qcond);
+    }
+    pthread_mutex_unlock (&c->qlock);
+
+    if (inline_exec) {
+      request_execute (c, r);
+      pthread_mutex_lock (&c->qlock);
+      request_done_locked (c, r);
+      pthread_mutex_unlock (&c->qlock);
+    }
+  }
+
+  /* Drain: every request read is executed and answered (the spec's
+   * NBD_CMD_DISC semantics, and harmless when the client vanished).
+   */
+  pthread_mutex_lock (&c->qlock);
+  while (c->in_flight > 0)
+    pthread_cond_wait (&c->done_cond, &c->qlock);
+  c->stopping = true;
+  pthread_cond_broadcast (&c->qcond);
+  pthread_mutex_unlock (&c->qlock);
+}
+
+static void
+conn_free (struct conn *c)
+{
+  struct request *r;
+  unsigned i;
+
+  if (c->workers) {
+    for (i = 0; i < c->nworkers; i++)
+      pthread_join (c->workers[i], NULL);
+    free (c->workers);
+  }
+  while ((r = c->freelist) != NULL) {
+    c->freelist = r->next;
+    request_destroy (r);
+  }
+  export_close (c);
+  free (c->meta_export);
+  free (c->rbuf);
+  pthread_mutex_destroy (&c->wlock);
+  pthread_mutex_destroy (&c->qlock);
+  pthread_cond_destroy (&c->qcond);
+  pthread_cond_destroy (&c->done_cond);
+  free (c);
+}
+
+void
+conn_serve (int rfd, int wfd, bool is_socket)
+{
+  static atomic_ulong next_id;
+  struct conn *c;
+
+  c = calloc (1, sizeof *c);
+  if (c == NULL || (c->rbuf = malloc (READ_BUFFER_SIZE)) == NULL) {
+    log_error ("new connection: %m");
+    free (c);
+    goto close_fds;
+  }
+  c->rfd = rfd;
+  c->wfd = wfd;
+  c->is_socket = is_socket;
+  c->reader = pthread_self ();
+  c->id = atomic_fetch_add (&next_id, 1) + 1;
+  pthread_mutex_init (&c->wlock, NULL);
+  pthread_mutex_init (&c->qlock, NULL);
+  pthread_cond_init (&c->qcond, NULL);
+  pthread_cond_init (&c->done_cond, NULL);
+
+  if (connection_register (c) == -1) {
+    log_error ("too many connections (%d): refusing one", MAX_CONNECTIONS);
+    conn_free (c);
+    goto close_fds;
+  }
+  debug ("conn %lu: new connection", c->id);
+
+  if (handshake (c) == 0)
+    transmission (c);
+
+  /* Join the workers before touching the handle. */
+  if (c->workers) {
+    unsigned i;
+
+    for (i = 0; i < c->nworkers; i++)
+      pthread_join (c->workers[i], NULL);
+    free (c->workers);
+    c->workers = NULL;
+  }
+  if (c->handle && !c->readonly && c->can_flush &&
+      atomic_load (&c->dirty)) {
+    backend_error_clear ();
+    if (B->flush (c->handle, 0) == -1)
+      log_error ("conn %lu: flush on close: %s", c->id,
+                 backend_error_message () ? : strerror (errno));
+  }
+  debug ("conn %lu: closed", c->id);
+  connection_unregister (c);
+  conn_free (c);
+
+ close_fds:
+  close (rfd);
+  if (wfd != rfd)
+    close (wfd);
+}

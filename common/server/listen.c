@@ -1,0 +1,440 @@
+/* Listening and accepting: systemd socket activation, Unix sockets (-U),
+ * TCP on IPv4 and IPv6 (-p/-i, TCP_NODELAY on every connection), and the
+ * registry of live connections used to shut down cleanly.
+ *
+ * Threads: the main thread runs listen_loop (poll on the listening
+ * sockets and the wake-up pipe).  Each accepted connection gets its own
+ * detached thread running conn_serve.  Connection threads start with
+ * every signal blocked except SIGUSR1, which only serves to interrupt a
+ * blocked read() on a non-socket (-s with pipes) at shutdown.
+ *
+ * Locks: the registry mutex guards the connection list and count; it is
+ * taken only when a connection starts or ends and at shutdown.
+ */
+#include <config.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cleanup.h"
+#include "server.h"
+
+static pthread_mutex_t reg_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t reg_cond = PTHREAD_COND_INITIALIZER;
+static struct conn *reg_head;
+static unsigned reg_count;
+static int wake_fd = -1;        /* write end of the main wake-up pipe */
+bool listen_activated;
+
+void
+set_wake_fd (int fd)
+{
+  wake_fd = fd;
+}
+
+void
+wake_main (void)
+{
+  int saved = errno;
+
+  if (wake_fd >= 0) {
+    ssize_t r = write (wake_fd, "", 1);
+    (void) r;                   /* a full pipe already wakes the loop */
+  }
+  errno = saved;
+}
+
+int
+connection_register (struct conn *c)
+{
+  SCOPED_LOCK (&reg_lock);
+
+  if (reg_count >= MAX_CONNECTIONS)
+    return -1;
+  c->prev = NULL;
+  c->next = reg_head;
+  if (reg_head)
+    reg_head->prev = c;
+  reg_head = c;
+  reg_count++;
+  return 0;
+}
+
+void
+connection_unregister (struct conn *c)
+{
+  pthread_mutex_lock (&reg_lock);
+  if (c->prev)
+    c->prev->next = c->next;
+  else
+    reg_head = c->next;
+  if (c->next)
+    c->next->prev = c->prev;
+  reg_count--;
+  pthread_cond_broadcast (&reg_cond);
+  pthread_mutex_unlock (&reg_lock);
+  wake_main ();
+}
+
+/* Stop reading on every connection: each then finishes its in-flight
+ * requests and closes.  A connection still in the handshake sees EOF.
+ */
+void
+connections_stop (void)
+{
+  struct conn *c;
+  SCOPED_LOCK (&reg_lock);
+
+  for (c = reg_head; c; c = c->next) {
+    if (c->is_socket && shutdown (c->rfd, SHUT_RD) == 0)
+      continue;
+    pthread_kill (c->reader, SIGUSR1);
+  }
+}
+
+void
+connections_wait (void)
+{
+  for (;;) {
+    struct timespec ts;
+    int r = 0;
+
+    pthread_mutex_lock (&reg_lock);
+    clock_gettime (CLOCK_REALTIME, &ts);
+    ts.tv_nsec += 100 * 1000 * 1000;
+    if (ts.tv_nsec >= 1000000000) {
+      ts.tv_sec++;
+      ts.tv_nsec -= 1000000000;
+    }
+    while (reg_count > 0 && r == 0)
+      r = pthread_cond_timedwait (&reg_cond, &reg_lock, &ts);
+    if (reg_count == 0) {
+      pthread_mutex_unlock (&reg_lock);
+      return;
+    }
+    pthread_mutex_unlock (&reg_lock);
+    /* A signal sent to interrupt a read can land just before the read
+     * starts; repeat until every connection has noticed.
+     */
+    connections_stop ();
+  }
+}
+
+/* Listening sockets. */
+
+static int
+socket_activation (int **fds)
+{
+  const char *s = getenv ("LISTEN_PID"), *n = getenv ("LISTEN_FDS");
+  char *end;
+  long pid, nfds, i;
+
+  if (s == NULL || n == NULL)
+    return 0;
+  errno = 0;
+  pid = strtol (s, &end, 10);
+  if (errno || *end || pid != getpid ())
+    return 0;
+  nfds = strtol (n, &end, 10);
+  if (errno || *end || nfds < 1 || nfds > 64) {
+    log_error ("LISTEN_FDS=%s: expected a number of sockets 1..64", n);
+    return -1;
+  }
+  unsetenv ("LISTEN_PID");
+  unsetenv ("LISTEN_FDS");
+  unsetenv ("LISTEN_FDNAMES");
+  *fds = calloc (nfds, sizeof **fds);
+  if (*fds == NULL)
+    return -1;
+  for (i = 0; i < nfds; i++) {
+    int fd = 3 + i;
+
+    fcntl (fd, F_SETFD, FD_CLOEXEC);
+    (*fds)[i] = fd;
+  }
+  listen_activated = true;
+  debug ("socket activation: %ld socket(s)", nfds);
+  return nfds;
+}
+
+static int
+listen_unix (const char *path)
+{
+  struct sockaddr_un addr = { .sun_family = AF_UNIX };
+  int fd;
+
+  if (strlen (path) >= sizeof addr.sun_path) {
+    log_error ("-U %s: socket path too long (at most %zu bytes)", path,
+               sizeof addr.sun_path - 1);
+    return -1;
+  }
+  strcpy (addr.sun_path, path);
+  fd = socket (AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd == -1 ||
+      bind (fd, (struct sockaddr *) &addr, sizeof addr) == -1 ||
+      listen (fd, SOMAXCONN) == -1) {
+    log_error ("-U %s: %m", path);
+    if (fd >= 0)
+      close (fd);
+    return -1;
+  }
+  return fd;
+}
+
+static int
+listen_tcp (int **fds, int *port_out)
+{
+  const char *port = opts.port ? opts.port : "10809";
+  struct addrinfo hints = {
+    .ai_flags = AI_PASSIVE | AI_ADDRCONFIG,
+    .ai_family = AF_UNSPEC,
+    .ai_socktype = SOCK_STREAM,
+  };
+  struct addrinfo *ai, *a;
+  int n = 0, err, one = 1, last_errno = 0;
+
+  err = getaddrinfo (opts.ipaddr, port, &hints, &ai);
+  if (err) {
+    log_error ("-i %s -p %s: %s", opts.ipaddr ? opts.ipaddr : "(any)",
+               port, gai_strerror (err));
+    return -1;
+  }
+  for (a = ai; a; a = a->ai_next)
+    n++;
+  *fds = calloc (n ? n : 1, sizeof **fds);
+  if (*fds == NULL) {
+    freeaddrinfo (ai);
+    return -1;
+  }
+  n = 0;
+  for (a = ai; a; a = a->ai_next) {
+    int fd = socket (a->ai_family, a->ai_socktype | SOCK_CLOEXEC,
+                     a->ai_protocol);
+
+    if (fd == -1) {
+      last_errno = errno;
+      continue;
+    }
+    setsockopt (fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    /* Separate v4 and v6 sockets, so both can bind the same port. */
+    if (a->ai_family == AF_INET6)
+      setsockopt (fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+    if (bind (fd, a->ai_addr, a->ai_addrlen) == -1 ||
+        listen (fd, SOMAXCONN) == -1) {
+      last_errno = errno;
+      close (fd);
+      continue;
+    }
+    /* -p 0: bind every address family to the port the first one got. */
+    if (n == 0 && port_out) {
+      struct sockaddr_storage ss;
+      socklen_t sl = sizeof ss;
+
+      if (getsockname (fd, (struct sockaddr *) &ss, &sl) == 0)
+        *port_out = ntohs (ss.ss_family == AF_INET6
+                           ? ((struct sockaddr_in6 *) &ss)->sin6_port
+                           : ((struct sockaddr_in *) &ss)->sin_port);
+    }
+    (*fds)[n++] = fd;
+  }
+  freeaddrinfo (ai);
+  if (n == 0) {
+    errno = last_errno;
+    log_error ("-p %s%s%s: cannot listen: %m", port,
+               opts.ipaddr ? " -i " : "", opts.ipaddr ? opts.ipaddr : "");
+    free (*fds);
+    *fds = NULL;
+    return -1;
+  }
+  return n;
+}
+
+int
+listen_setup (int **fds, char **unix_path_out, char **tmpdir_out,
+              int *port_out)
+{
+  int n, fd;
+
+  *fds = NULL;
+  *unix_path_out = *tmpdir_out = NULL;
+  *port_out = 0;
+
+  n = socket_activation (fds);
+  if (n != 0)
+    return n;
+  if (opts.single)
+    return 0;
+
+  if (opts.unix_socket) {
+    char *path;
+
+    if (strcmp (opts.unix_socket, "-") == 0) {
+      /* A private socket for --run (or whoever reads the log). */
+      const char *tmp = getenv ("TMPDIR");
+      char *dir;
+
+      if (asprintf (&dir, "%s/minnbdXXXXXX", tmp && *tmp ? tmp : "/tmp")
+          == -1)
+        return -1;
+      if (mkdtemp (dir) == NULL) {
+        log_error ("mkdtemp: %s: %m", dir);
+        free (dir);
+        return -1;
+      }
+      if (asprintf (&path, "%s/socket", dir) == -1) {
+        rmdir (dir);
+        free (dir);
+        return -1;
+      }
+      *tmpdir_out = dir;
+    }
+    else if ((path = strdup (opts.unix_socket)) == NULL)
+      return -1;
+    fd = listen_unix (path);
+    if (fd == -1) {
+      free (path);
+      return -1;
+    }
+    *unix_path_out = path;
+    *fds = malloc (sizeof **fds);
+    if (*fds == NULL)
+      return -1;
+    (*fds)[0] = fd;
+    return 1;
+  }
+  return listen_tcp (fds, port_out);
+}
+
+/* Connection threads. */
+
+struct conn_args {
+  int rfd, wfd;
+  bool is_socket;
+};
+
+static atomic_bool single_finished;
+
+static void
+sigusr1_unblock (void)
+{
+  sigset_t s;
+
+  sigemptyset (&s);
+  sigaddset (&s, SIGUSR1);
+  pthread_sigmask (SIG_UNBLOCK, &s, NULL);
+}
+
+static void *
+conn_thread (void *va)
+{
+  struct conn_args a = *(struct conn_args *) va;
+
+  free (va);
+  sigusr1_unblock ();
+  conn_serve (a.rfd, a.wfd, a.is_socket);
+  if (opts.single) {
+    atomic_store (&single_finished, true);
+    wake_main ();
+  }
+  return NULL;
+}
+
+int
+start_connection (int rfd, int wfd, bool is_socket)
+{
+  struct conn_args *a = malloc (sizeof *a);
+  pthread_attr_t attr;
+  sigset_t all, old;
+  pthread_t t;
+  int err;
+
+  if (a == NULL)
+    return -1;
+  *a = (struct conn_args) { rfd, wfd, is_socket };
+  pthread_attr_init (&attr);
+  pthread_attr_setdetachstate (&attr, PTHREAD_CREATE_DETACHED);
+  sigfillset (&all);
+  pthread_sigmask (SIG_BLOCK, &all, &old);
+  err = pthread_create (&t, &attr, conn_thread, a);
+  pthread_sigmask (SIG_SETMASK, &old, NULL);
+  pthread_attr_destroy (&attr);
+  if (err) {
+    free (a);
+    errno = err;
+    return -1;
+  }
+  return 0;
+}
+
+void
+listen_loop (int *fds, int nfds, int wakefd)
+{
+  struct pollfd *pfd;
+  int i, one = 1;
+
+  pfd = calloc (nfds + 1, sizeof *pfd);
+  if (pfd == NULL) {
+    log_error ("%m");
+    atomic_store (&shutting_down, true);
+  }
+  else {
+    for (i = 0; i < nfds; i++)
+      pfd[i] = (struct pollfd) { .fd = fds[i], .events = POLLIN };
+    pfd[nfds] = (struct pollfd) { .fd = wakefd, .events = POLLIN };
+  }
+
+  while (pfd && !atomic_load (&shutting_down)) {
+    if (poll (pfd, nfds + 1, -1) == -1) {
+      if (errno != EINTR)
+        log_error ("poll: %m");
+    }
+    if (pfd[nfds].revents & POLLIN) {
+      char buf[64];
+
+      while (read (wakefd, buf, sizeof buf) > 0)
+        ;
+    }
+    check_children ();
+    if (atomic_load (&shutting_down) ||
+        (opts.single && atomic_load (&single_finished)))
+      break;
+    for (i = 0; i < nfds; i++) {
+      int fd;
+
+      if (!(pfd[i].revents & POLLIN))
+        continue;
+      fd = accept4 (fds[i], NULL, NULL, SOCK_CLOEXEC);
+      if (fd == -1) {
+        if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED)
+          log_error ("accept: %m");
+        continue;
+      }
+      /* Fails harmlessly on Unix sockets. */
+      setsockopt (fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+      if (start_connection (fd, fd, true) == -1) {
+        log_error ("cannot start a connection thread: %m");
+        close (fd);
+      }
+    }
+  }
+  free (pfd);
+
+  /* Stop accepting, then let every connection finish its work. */
+  for (i = 0; i < nfds; i++)
+    close (fds[i]);
+  connections_stop ();
+  connections_wait ();
+}

@@ -1,0 +1,566 @@
+/* NBD commands: validation (before any backend call), execution against
+ * the backend, and the replies.
+ *
+ * Validation gives the spec's errors: EINVAL for unknown commands and
+ * flags, flags not valid for the command or not advertised, commands not
+ * advertised, zero lengths, misaligned or oversized requests and reads
+ * past the end; ENOSPC for writes and zeroing past the end; EPERM for
+ * write-type commands on a read-only export; EOVERFLOW for a DF read too
+ * large to send in one chunk.  The backend therefore only ever sees
+ * valid requests (backend.h promises that).
+ *
+ * Emulation: FUA becomes a flush after the write when the backend says
+ * BACKEND_FUA_EMULATE; CACHE becomes a read into scratch memory for
+ * BACKEND_CACHE_EMULATE; WRITE_ZEROES becomes writes of zeroes when the
+ * backend cannot zero (and FAST_ZERO then fails at once with ENOTSUP).
+ * Backend calls for data are split at the backend's maximum block size.
+ *
+ * Replies are built in the request's own scratch memory and written
+ * with one writev, so no allocation happens per request once the pool
+ * is warm.  With structured replies a large read asks the backend for
+ * extents first and sends the parts that read as zeroes as
+ * NBD_REPLY_TYPE_OFFSET_HOLE chunks instead of data.
+ *
+ * Thread safety: called from worker threads (and the reader) with the
+ * request owned by the caller; the backend is PARALLEL.
+ */
+#include <config.h>
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/uio.h>
+
+#include "backend.h"
+#include "nbd-protocol.h"
+#include "server.h"
+
+/* Reads at least this big look for holes first. */
+#define SPARSE_READ_MIN  (64u * 1024)
+/* At most this many chunks in one sparse read reply. */
+#define MAX_READ_CHUNKS  64
+#define ZERO_BUF_SIZE    (1u * 1024 * 1024)
+
+static char zero_buf[ZERO_BUF_SIZE];    /* never written */
+
+uint32_t
+nbd_errno (int err)
+{
+  switch (err) {
+  case 0: return NBD_SUCCESS;
+  case EPERM: case EROFS: return NBD_EPERM;
+  case EIO: return NBD_EIO;
+  case ENOMEM: return NBD_ENOMEM;
+  case EINVAL: return NBD_EINVAL;
+  case ENOSPC: case EDQUOT: case EFBIG: return NBD_ENOSPC;
+  case EOVERFLOW: return NBD_EOVERFLOW;
+  case ESHUTDOWN: return NBD_ESHUTDOWN;
+  /* ENOTSUP is only for FAST_ZERO, handled by the caller. */
+  case ENOTSUP:
+#if EOPNOTSUPP != ENOTSUP
+  case EOPNOTSUPP:
+#endif
+    return NBD_EINVAL;
+  default: return NBD_EIO;
+  }
+}
+
+static void
+fail (struct request *r, uint32_t err, const char *msg)
+{
+  r->error = err;
+  r->errmsg = msg;
+}
+
+void
+request_validate (struct conn *c, struct request *r)
+{
+  const uint16_t known = NBD_CMD_FLAG_FUA | NBD_CMD_FLAG_NO_HOLE |
+    NBD_CMD_FLAG_DF | NBD_CMD_FLAG_REQ_ONE | NBD_CMD_FLAG_FAST_ZERO;
+  uint16_t f = r->flags;
+  bool is_write = false;
+
+  switch (r->type) {
+  case NBD_CMD_WRITE: case NBD_CMD_TRIM: case NBD_CMD_WRITE_ZEROES:
+    is_write = true;
+    break;
+  case NBD_CMD_READ: case NBD_CMD_FLUSH: case NBD_CMD_CACHE:
+  case NBD_CMD_BLOCK_STATUS:
+    break;
+  default:
+    return fail (r, NBD_EINVAL, "unknown command");
+  }
+  if (f & ~known)
+    return fail (r, NBD_EINVAL, "unknown command flags");
+  if (is_write && c->readonly)
+    return fail (r, NBD_EPERM, "the export is read-only");
+
+  /* Commands the client was not told it may use. */
+  if (r->type == NBD_CMD_FLUSH && !(c->eflags & NBD_FLAG_SEND_FLUSH))
+    return fail (r, NBD_EINVAL, "flush is not supported");
+  if (r->type == NBD_CMD_TRIM && !(c->eflags & NBD_FLAG_SEND_TRIM))
+    return fail (r, NBD_EINVAL, "trim is not supported");
+  if (r->type == NBD_CMD_CACHE && !(c->eflags & NBD_FLAG_SEND_CACHE))
+    return fail (r, NBD_EINVAL, "cache is not supported");
+  if (r->type == NBD_CMD_BLOCK_STATUS && !c->meta_alloc)
+    return fail (r, NBD_EINVAL, "no metadata context was negotiated");
+
+  /* Flags: each valid only where the spec says, and only if advertised. */
+  if ((f & NBD_CMD_FLAG_FUA) && !(c->eflags & NBD_FLAG_SEND_FUA))
+    return fail (r, NBD_EINVAL, "FUA was not negotiated");
+  if ((f & NBD_CMD_FLAG_NO_HOLE) && r->type != NBD_CMD_WRITE_ZEROES)
+    return fail (r, NBD_EINVAL, "NO_HOLE is only valid for WRITE_ZEROES");
+  if ((f & NBD_CMD_FLAG_FAST_ZERO) &&
+      (r->type != NBD_CMD_WRITE_ZEROES ||
+       !(c->eflags & NBD_FLAG_SEND_FAST_ZERO)))
+    return fail (r, NBD_EINVAL, "FAST_ZERO is only valid for WRITE_ZEROES");
+  if ((f & NBD_CMD_FLAG_DF) &&
+      (r->type != NBD_CMD_READ || !(c->eflags & NBD_FLAG_SEND_DF)))
+    return fail (r, NBD_EINVAL, "DF is only valid for READ with "
+                 "structured replies");
+  if ((f & NBD_CMD_FLAG_REQ_ONE) && r->type != NBD_CMD_BLOCK_STATUS)
+    return fail (r, NBD_EINVAL, "REQ_ONE is only valid for BLOCK_STATUS");
+
+  if (r->type == NBD_CMD_FLUSH) {
+    if (r->offset != 0 || r->count != 0)
+      return fail (r, NBD_EINVAL, "flush offset and length must be zero");
+    return;
+  }
+
+  if (r->count == 0)
+    return fail (r, NBD_EINVAL, "zero-length request");
+  if (r->offset > c->size || r->count > c->size - r->offset) {
+    if (r->type == NBD_CMD_WRITE || r->type == NBD_CMD_WRITE_ZEROES)
+      return fail (r, NBD_ENOSPC, "request beyond the end of the export");
+    return fail (r, NBD_EINVAL, "request beyond the end of the export");
+  }
+  if (c->min_block > 1 &&
+      (r->offset % c->min_block || r->count % c->min_block))
+    return fail (r, NBD_EINVAL, "request not aligned to the minimum "
+                 "block size");
+  if ((r->type == NBD_CMD_READ || r->type == NBD_CMD_WRITE) &&
+      r->count > c->max_block) {
+    if (f & NBD_CMD_FLAG_DF)
+      return fail (r, NBD_EOVERFLOW, "read too large for one chunk");
+    return fail (r, NBD_EINVAL, "request larger than the maximum "
+                 "block size");
+  }
+}
+
+/* Replies. */
+
+/* Grow the request's reply scratch to at least len bytes. */
+static char *
+rep_buf (struct request *r, size_t len)
+{
+  if (len > r->repcap) {
+    size_t ncap = len < 256 ? 256 : len;
+    char *n = realloc (r->rep, ncap);
+
+    if (n == NULL)
+      return NULL;
+    r->rep = n;
+    r->repcap = ncap;
+  }
+  return r->rep;
+}
+
+static void
+put_chunk_header (char *p, const struct request *r, uint16_t flags,
+                  uint16_t type, uint32_t length)
+{
+  struct nbd_structured_reply h;
+
+  h.magic = htobe32 (NBD_STRUCTURED_REPLY_MAGIC);
+  h.flags = htobe16 (flags);
+  h.type = htobe16 (type);
+  h.cookie = r->cookie;
+  h.length = htobe32 (length);
+  memcpy (p, &h, sizeof h);
+}
+
+static void
+send_simple (struct conn *c, struct request *r, uint32_t err,
+             const void *data, size_t len)
+{
+  struct nbd_simple_reply h;
+  struct iovec iov[2];
+
+  h.magic = htobe32 (NBD_SIMPLE_REPLY_MAGIC);
+  h.error = htobe32 (err);
+  h.cookie = r->cookie;
+  iov[0] = (struct iovec) { &h, sizeof h };
+  iov[1] = (struct iovec) { (void *) data, len };
+  conn_writev (c, iov, len ? 2 : 1);
+}
+
+static void
+send_error (struct conn *c, struct request *r, uint32_t err, const char *msg)
+{
+  struct nbd_chunk_error e;
+  char buf[sizeof (struct nbd_structured_reply) + sizeof e];
+  struct iovec iov[2];
+  size_t len;
+
+  debug ("conn %lu: request type %u offset %" PRIu64 " count %" PRIu32
+         ": error %" PRIu32 ": %s", c->id, r->type, r->offset, r->count,
+         err, msg ? msg : "");
+  if (!c->structured) {
+    send_simple (c, r, err, NULL, 0);
+    return;
+  }
+  len = msg ? strlen (msg) : 0;
+  if (len > NBD_MAX_STRING)
+    len = NBD_MAX_STRING;
+  put_chunk_header (buf, r, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_ERROR,
+                    sizeof e + len);
+  e.error = htobe32 (err);
+  e.len = htobe16 (len);
+  memcpy (buf + sizeof (struct nbd_structured_reply), &e, sizeof e);
+  iov[0] = (struct iovec) { buf, sizeof buf };
+  iov[1] = (struct iovec) { (void *) msg, len };
+  conn_writev (c, iov, len ? 2 : 1);
+}
+
+/* Report a failed backend call. */
+static void
+send_backend_error (struct conn *c, struct request *r, int err)
+{
+  const char *msg = backend_error_message ();
+  uint32_t nerr = nbd_errno (err);
+
+  if ((err == ENOTSUP || err == EOPNOTSUPP) &&
+      (r->flags & NBD_CMD_FLAG_FAST_ZERO))
+    nerr = NBD_ENOTSUP;
+  send_error (c, r, nerr, msg ? msg : strerror (err));
+}
+
+/* Backend calls, split at the backend's maximum. */
+
+static uint32_t
+piece (struct conn *c, uint32_t count)
+{
+  return c->backend_max && count > c->backend_max ? c->backend_max : count;
+}
+
+static int
+be_pread (struct conn *c, char *buf, uint32_t count, uint64_t off)
+{
+  while (count > 0) {
+    uint32_t n = piece (c, count);
+
+    if (B->pread (c->handle, buf, n, off, 0) == -1)
+      return -1;
+    buf += n;
+    off += n;
+    count -= n;
+  }
+  return 0;
+}
+
+static int
+be_pwrite (struct conn *c, const char *buf, uint32_t count, uint64_t off,
+           uint32_t flags)
+{
+  while (count > 0) {
+    uint32_t n = piece (c, count);
+
+    if (B->pwrite (c->handle, buf, n, off, flags) == -1)
+      return -1;
+    buf += n;
+    off += n;
+    count -= n;
+  }
+  return 0;
+}
+
+/* FUA: native flag for the backend, or a flush afterwards. */
+static uint32_t
+fua_flag (struct conn *c, struct request *r)
+{
+  return (r->flags & NBD_CMD_FLAG_FUA) && c->can_fua == BACKEND_FUA_NATIVE
+    ? BACKEND_FLAG_FUA : 0;
+}
+
+static int
+fua_finish (struct conn *c, struct request *r)
+{
+  if ((r->flags & NBD_CMD_FLAG_FUA) && c->can_fua == BACKEND_FUA_EMULATE)
+    return B->flush (c->handle, 0);
+  return 0;
+}
+
+static int
+write_zeroes_emulated (struct conn *c, uint32_t count, uint64_t off,
+                       uint32_t flags)
+{
+  while (count > 0) {
+    uint32_t n = count > ZERO_BUF_SIZE ? ZERO_BUF_SIZE : count;
+
+    if (be_pwrite (c, zero_buf, n, off, flags) == -1)
+      return -1;
+    off += n;
+    count -= n;
+  }
+  return 0;
+}
+
+static int
+do_zero (struct conn *c, struct request *r)
+{
+  bool fast = r->flags & NBD_CMD_FLAG_FAST_ZERO;
+  uint32_t flags = fua_flag (c, r);
+
+  if (fast && !(c->can_zero && c->can_fast_zero)) {
+    errno = ENOTSUP;
+    return -1;
+  }
+  if (!(r->flags & NBD_CMD_FLAG_NO_HOLE))
+    flags |= BACKEND_FLAG_MAY_TRIM;
+  if (fast)
+    flags |= BACKEND_FLAG_FAST_ZERO;
+  if (c->can_zero) {
+    if (B->zero (c->handle, r->count, r->offset, flags) == 0)
+      return 0;
+    if ((errno != ENOTSUP && errno != EOPNOTSUPP) || fast)
+      return -1;
+    backend_error_clear ();
+  }
+  return write_zeroes_emulated (c, r->count, r->offset,
+                                flags & BACKEND_FLAG_FUA);
+}
+
+static int
+do_cache (struct conn *c, struct request *r)
+{
+  uint64_t off = r->offset;
+  uint32_t count = r->count;
+
+  if (c->can_cache == BACKEND_CACHE_NATIVE)
+    return B->cache (c->handle, count, off, 0);
+  while (count > 0) {
+    uint32_t n = count > r->bufcap ? r->bufcap : count;
+
+    if (be_pread (c, r->buf, n, off) == -1)
+      return -1;
+    off += n;
+    count -= n;
+  }
+  return 0;
+}
+
+static void
+reply_block_status (struct conn *c, struct request *r)
+{
+  bool req_one = r->flags & NBD_CMD_FLAG_REQ_ONE;
+  struct backend_extents *e = &r->ex;
+  const size_t hl = sizeof (struct nbd_structured_reply);
+  size_t i, len;
+  char *p;
+  uint32_t id = htobe32 (1);
+
+  extents_reset (e, r->offset, r->offset + r->count, req_one);
+  if (c->can_extents) {
+    if (B->extents (c->handle, r->count, r->offset,
+                    req_one ? BACKEND_FLAG_REQ_ONE : 0, e) == -1) {
+      send_backend_error (c, r, errno);
+      return;
+    }
+  }
+  /* No information is the same as "allocated data" (status 0). */
+  if (e->n == 0 &&
+      backend_add_extent (e, r->offset, r->count, 0) == -1) {
+    send_backend_error (c, r, errno);
+    return;
+  }
+
+  len = hl + 4 + e->n * sizeof (struct nbd_block_descriptor);
+  p = rep_buf (r, len);
+  if (p == NULL) {
+    send_error (c, r, NBD_ENOMEM, "out of memory for the reply");
+    return;
+  }
+  put_chunk_header (p, r, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_BLOCK_STATUS,
+                    len - hl);
+  memcpy (p + hl, &id, 4);
+  for (i = 0; i < e->n; i++) {
+    struct nbd_block_descriptor d;
+
+    d.length = htobe32 ((uint32_t) e->v[i].length);
+    d.status_flags = htobe32 (e->v[i].type);
+    memcpy (p + hl + 4 + i * sizeof d, &d, sizeof d);
+  }
+  conn_write (c, p, len);
+}
+
+/* A structured read: data chunks for data, hole chunks for ranges the
+ * backend reports as reading zeroes.  Returns 1 if it answered, 0 if the
+ * caller should send a plain read instead.
+ */
+static int
+reply_sparse_read (struct conn *c, struct request *r)
+{
+  struct backend_extents *e = &r->ex;
+  struct { uint64_t off; uint32_t len; bool zero; } ch[MAX_READ_CHUNKS];
+  struct iovec iov[2 * MAX_READ_CHUNKS];
+  const size_t hl = sizeof (struct nbd_structured_reply);
+  const uint64_t end = r->offset + r->count;
+  size_t n = 0, i, k = 0;
+  uint64_t pos = r->offset;
+  char *p;
+
+  extents_reset (e, r->offset, end, false);
+  if (B->extents (c->handle, r->count, r->offset, 0, e) == -1) {
+    backend_error_clear ();     /* a read does not fail for that */
+    return 0;
+  }
+  for (i = 0; i < e->n && pos < end; i++) {
+    bool zero = e->v[i].type & BACKEND_EXTENT_ZERO;
+    uint64_t len = e->v[i].length;
+
+    if (n > 0 && ch[n - 1].zero == zero)
+      ch[n - 1].len += len;
+    else if (n == MAX_READ_CHUNKS - 1)
+      break;                    /* the rest is sent as data below */
+    else
+      ch[n++] = (typeof (ch[0])) { pos, len, zero };
+    pos += len;
+  }
+  if (pos < end) {
+    if (n > 0 && !ch[n - 1].zero)
+      ch[n - 1].len += end - pos;
+    else
+      ch[n++] = (typeof (ch[0])) { pos, end - pos, false };
+  }
+  if (n == 1 && !ch[0].zero)
+    return 0;
+
+  for (i = 0; i < n; i++)
+    if (!ch[i].zero &&
+        be_pread (c, r->buf + (ch[i].off - r->offset), ch[i].len,
+                  ch[i].off) == -1) {
+      send_backend_error (c, r, errno);
+      return 1;
+    }
+
+  p = rep_buf (r, n * (hl + 12));
+  if (p == NULL) {
+    send_error (c, r, NBD_ENOMEM, "out of memory for the reply");
+    return 1;
+  }
+  for (i = 0; i < n; i++) {
+    uint16_t flags = i == n - 1 ? NBD_REPLY_FLAG_DONE : 0;
+    char *h = p + i * (hl + 12);
+    uint64_t off = htobe64 (ch[i].off);
+
+    if (ch[i].zero) {
+      uint32_t len = htobe32 (ch[i].len);
+
+      put_chunk_header (h, r, flags, NBD_REPLY_TYPE_OFFSET_HOLE, 12);
+      memcpy (h + hl, &off, 8);
+      memcpy (h + hl + 8, &len, 4);
+      iov[k++] = (struct iovec) { h, hl + 12 };
+    }
+    else {
+      put_chunk_header (h, r, flags, NBD_REPLY_TYPE_OFFSET_DATA,
+                        8 + ch[i].len);
+      memcpy (h + hl, &off, 8);
+      iov[k++] = (struct iovec) { h, hl + 8 };
+      iov[k++] = (struct iovec) { r->buf + (ch[i].off - r->offset),
+                                  ch[i].len };
+    }
+  }
+  conn_writev (c, iov, k);
+  return 1;
+}
+
+static void
+reply_read (struct conn *c, struct request *r)
+{
+  const size_t hl = sizeof (struct nbd_structured_reply);
+  char h[sizeof (struct nbd_structured_reply) + 8];
+  struct iovec iov[2];
+  uint64_t off;
+
+  if (c->structured && c->can_extents && r->count >= SPARSE_READ_MIN &&
+      !(r->flags & NBD_CMD_FLAG_DF) && reply_sparse_read (c, r))
+    return;
+
+  if (be_pread (c, r->buf, r->count, r->offset) == -1) {
+    send_backend_error (c, r, errno);
+    return;
+  }
+  if (!c->structured) {
+    send_simple (c, r, 0, r->buf, r->count);
+    return;
+  }
+  put_chunk_header (h, r, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_OFFSET_DATA,
+                    8 + r->count);
+  off = htobe64 (r->offset);
+  memcpy (h + hl, &off, 8);
+  iov[0] = (struct iovec) { h, sizeof h };
+  iov[1] = (struct iovec) { r->buf, r->count };
+  conn_writev (c, iov, 2);
+}
+
+void
+request_execute (struct conn *c, struct request *r)
+{
+  int ret;
+
+  if (r->error) {
+    send_error (c, r, r->error, r->errmsg);
+    return;
+  }
+  backend_error_clear ();
+  switch (r->type) {
+  case NBD_CMD_READ:
+    reply_read (c, r);
+    return;
+  case NBD_CMD_BLOCK_STATUS:
+    reply_block_status (c, r);
+    return;
+  case NBD_CMD_WRITE:
+    ret = be_pwrite (c, r->buf, r->count, r->offset, fua_flag (c, r));
+    if (ret == 0)
+      atomic_store (&c->dirty, true);
+    if (ret == 0)
+      ret = fua_finish (c, r);
+    break;
+  case NBD_CMD_FLUSH:
+    atomic_store (&c->dirty, false);
+    ret = B->flush (c->handle, 0);
+    if (ret == -1)
+      atomic_store (&c->dirty, true);
+    break;
+  case NBD_CMD_TRIM:
+    ret = B->trim (c->handle, r->count, r->offset, fua_flag (c, r));
+    /* Trim is advisory: a backend that cannot do it here is not an
+     * error the client needs to see.
+     */
+    if (ret == -1 && (errno == ENOTSUP || errno == EOPNOTSUPP))
+      ret = 0;
+    if (ret == 0)
+      atomic_store (&c->dirty, true);
+    if (ret == 0)
+      ret = fua_finish (c, r);
+    break;
+  case NBD_CMD_WRITE_ZEROES:
+    ret = do_zero (c, r);
+    if (ret == 0)
+      atomic_store (&c->dirty, true);
+    if (ret == 0)
+      ret = fua_finish (c, r);
+    break;
+  case NBD_CMD_CACHE:
+    ret = do_cache (c, r);
+    break;
+  default:
+    abort ();                   /* request_validate let it through */
+  }
+  if (ret == -1)
+    send_backend_error (c, r, errno);
+  else
+    send_simple (c, r, 0, NULL, 0);
+}

@@ -1,0 +1,221 @@
+/* The front-end services minnbd provides to backends (backend.h):
+ * backend_error, backend_debug, backend_add_extent, backend_add_export,
+ * plus the server's own logging.
+ *
+ * Thread safety: the error message buffer is per thread, so a worker
+ * reads back exactly the message its own backend call set.  Collectors
+ * (extents, exports) belong to one request / one caller at a time.
+ * Logging writes one line per call with a single stdio call, which glibc
+ * locks, so lines from different threads do not interleave.
+ */
+#include <config.h>
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend.h"
+#include "nbd-protocol.h"
+#include "server.h"
+
+static __thread char errmsg[1024];
+static __thread bool errmsg_set;
+
+static void
+vlog (const char *prefix, const char *fmt, va_list ap)
+{
+  char line[1200];
+
+  vsnprintf (line, sizeof line, fmt, ap);
+  fprintf (stderr, "%s: %s%s\n", progname, prefix, line);
+}
+
+void
+log_error (const char *fmt, ...)
+{
+  va_list ap;
+  int saved = errno;
+
+  va_start (ap, fmt);
+  vlog ("", fmt, ap);
+  va_end (ap);
+  errno = saved;
+}
+
+void
+log_debug (const char *fmt, ...)
+{
+  va_list ap;
+  int saved = errno;
+
+  va_start (ap, fmt);
+  vlog ("debug: ", fmt, ap);
+  va_end (ap);
+  errno = saved;
+}
+
+void
+backend_error (const char *fmt, ...)
+{
+  va_list ap;
+  int saved = errno;
+
+  va_start (ap, fmt);
+  vsnprintf (errmsg, sizeof errmsg, fmt, ap);
+  va_end (ap);
+  errmsg_set = true;
+  fprintf (stderr, "%s: %s\n", progname, errmsg);
+  errno = saved;
+}
+
+void
+backend_debug (const char *fmt, ...)
+{
+  va_list ap;
+  int saved = errno;
+
+  if (!opts.verbose)
+    return;
+  va_start (ap, fmt);
+  vlog ("debug: ", fmt, ap);
+  va_end (ap);
+  errno = saved;
+}
+
+void
+backend_error_clear (void)
+{
+  errmsg_set = false;
+}
+
+const char *
+backend_error_message (void)
+{
+  return errmsg_set ? errmsg : NULL;
+}
+
+/* Extents. */
+
+void
+extents_reset (struct backend_extents *e, uint64_t start, uint64_t end,
+               bool req_one)
+{
+  e->start = e->next = start;
+  e->end = end;
+  e->n = 0;
+  e->full = false;
+  e->req_one = req_one;
+}
+
+void
+extents_free (struct backend_extents *e)
+{
+  free (e->v);
+  e->v = NULL;
+  e->n = e->cap = 0;
+}
+
+int
+backend_add_extent (struct backend_extents *e,
+                    uint64_t offset, uint64_t length, uint32_t type)
+{
+  uint64_t end;
+
+  if (e->full || length == 0)
+    return 0;
+  if (offset != e->next) {
+    backend_error ("backend_add_extent: extents must be added in order and "
+                   "contiguous: expected offset %" PRIu64 ", got %" PRIu64,
+                   e->next, offset);
+    errno = EINVAL;
+    return -1;
+  }
+  if (length > UINT64_MAX - offset) {
+    backend_error ("backend_add_extent: length overflows");
+    errno = EINVAL;
+    return -1;
+  }
+  end = offset + length;
+  e->next = end;
+
+  /* The backend may report beyond the request (clip) but not before it:
+   * the first extent must start at e->start, which the check above
+   * enforces because next begins there.
+   */
+  if (end > e->end)
+    end = e->end;
+  length = end - offset;
+  if (end >= e->end)
+    e->full = true;
+  type &= BACKEND_EXTENT_HOLE | BACKEND_EXTENT_ZERO;
+
+  /* Merging keeps the reply small when a backend reports block by block. */
+  if (e->n > 0 && e->v[e->n - 1].type == type && !e->req_one) {
+    e->v[e->n - 1].length += length;
+    return 0;
+  }
+  if (e->n == e->cap) {
+    size_t ncap = e->cap ? e->cap * 2 : 64;
+    struct extent *nv;
+
+    nv = realloc (e->v, ncap * sizeof *nv);
+    if (nv == NULL) {
+      backend_error ("backend_add_extent: %m");
+      return -1;
+    }
+    e->v = nv;
+    e->cap = ncap;
+  }
+  e->v[e->n++] = (struct extent) { offset, length, type };
+  if (e->req_one || e->n >= MAX_EXTENTS)
+    e->full = true;
+  return 0;
+}
+
+/* Exports. */
+
+int
+backend_add_export (struct backend_exports *x,
+                    const char *name, const char *description)
+{
+  char *n = NULL, *d = NULL;
+
+  if (name == NULL || strlen (name) > NBD_MAX_STRING ||
+      (description && strlen (description) > NBD_MAX_STRING)) {
+    backend_error ("backend_add_export: export name or description missing "
+                   "or longer than %d bytes", NBD_MAX_STRING);
+    errno = EINVAL;
+    return -1;
+  }
+  if (x->n >= MAX_EXPORTS) {
+    backend_error ("backend_add_export: more than %d exports", MAX_EXPORTS);
+    errno = E2BIG;
+    return -1;
+  }
+  if (x->n == x->cap) {
+    size_t ncap = x->cap ? x->cap * 2 : 16;
+    struct export_entry *nv = realloc (x->v, ncap * sizeof *nv);
+
+    if (nv == NULL)
+      goto nomem;
+    x->v = nv;
+    x->cap = ncap;
+  }
+  n = strdup (name);
+  if (description && (d = strdup (description)) == NULL)
+    goto nomem;
+  if (n == NULL)
+    goto nomem;
+  x->v[x->n++] = (struct export_entry) { n, d };
+  return 0;
+
+ nomem:
+  free (n);
+  free (d);
+  backend_error ("backend_add_export: %m");
+  errno = ENOMEM;
+  return -1;
+}
