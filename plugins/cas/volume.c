@@ -128,19 +128,31 @@ free_levels (struct cas_volume *vol)
   free (vol->count);
 }
 
-/* Read map node *h into out[0..n) (zero-padded).  Zero hash: all zero. */
+/* Read map node *h into out[0..n) (zero-padded).  Zero hash: all zero.
+ * The chunk store may fill the whole buffer it is given (it reads ahead
+ * in one syscall), so a short destination goes through a bounce buffer.
+ */
 static int
 read_node (struct cas_volume *vol, const struct cas_hash *h,
            struct cas_hash *out, uint64_t n)
 {
+  CLEANUP_FREE struct cas_hash *bounce = NULL;
+  struct cas_hash *dst = out;
   uint32_t len = 0;
 
-  memset (out, 0, n * sizeof *out);
-  if (cas_hash_is_zero (h))
-    return 0;
   if (n > F)
     n = F;
-  if (cs_get (vol->st->cs, h, out, F * CAS_HASH_SIZE, &len,
+  if (cas_hash_is_zero (h)) {
+    memset (out, 0, n * sizeof *out);
+    return 0;
+  }
+  if (n < F) {
+    bounce = malloc (F * sizeof *bounce);
+    if (bounce == NULL)
+      return -1;
+    dst = bounce;
+  }
+  if (cs_get (vol->st->cs, h, dst, F * CAS_HASH_SIZE, &len,
               vol->st->verify) == -1)
     return -1;
   if (len % CAS_HASH_SIZE != 0 || len / CAS_HASH_SIZE > n) {
@@ -149,6 +161,9 @@ read_node (struct cas_volume *vol, const struct cas_hash *h,
     errno = EIO;
     return -1;
   }
+  if (bounce)
+    memcpy (out, bounce, len);
+  memset ((uint8_t *) out + len, 0, n * CAS_HASH_SIZE - len);
   return 0;
 }
 
@@ -261,7 +276,10 @@ get_leaf (struct cas_volume *vol, uint64_t i, bool create)
   pthread_mutex_init (&l->lock, NULL);
   l->dirty = false;
   n = vol->nblocks - i * F;
-  if (read_node (vol, &h, l->h, n > F ? F : n) == -1) {
+  if (n > F)
+    n = F;
+  memset (l->h, 0, sizeof l->h);
+  if (read_node (vol, &h, l->h, n) == -1) {
     int saved = errno;
     char hex[2 * CAS_HASH_SIZE + 1];
     backend_error ("cas: volume %s: map leaf %" PRIu64 " (%s) is unreadable",
@@ -793,12 +811,16 @@ check_node (struct check *c, uint32_t level, uint64_t j,
 {
   struct cas_volume *vol = c->vol;
   CLEANUP_FREE struct cas_hash *kids = calloc (F, sizeof *kids);
+  uint32_t len = 0;
   uint64_t i;
 
   if (kids == NULL)
     return -1;
-  if (cs_get (vol->st->cs, h, kids, F * CAS_HASH_SIZE, NULL,
-              c->full ? CAS_VERIFY_FULL : CAS_VERIFY_CHECKSUM) == -1)
+  if (cs_get (vol->st->cs, h, kids, F * CAS_HASH_SIZE, &len,
+              c->full ? CAS_VERIFY_FULL : CAS_VERIFY_CHECKSUM) == 0)
+    /* The read may run past the node's payload: clear what follows. */
+    memset ((uint8_t *) kids + len, 0, F * CAS_HASH_SIZE - len);
+  else
     return problem (c, level, j, h, errno,
                     errno == ENOENT ? "map node is missing"
                     : "map node is damaged") ? -1 : 0;
