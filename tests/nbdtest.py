@@ -10,6 +10,7 @@
 # CAS_PLUGIN, NBDCAS, SANITIZER_PRELOAD.  NBDCAS_PAIRS="nbdkit-flatfile ..."
 # restricts the pairs (for debugging one pair by hand).
 
+import faulthandler
 import os
 import shutil
 import signal
@@ -17,9 +18,13 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 import traceback
 
 import nbd
+
+# Third-party tools (mkfs.ext4, e2fsck ...) live in sbin on Debian.
+SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 ALL_PAIRS = [("nbdkit", "flatfile"), ("minnbd", "flatfile"),
              ("nbdkit", "cas"), ("minnbd", "cas")]
@@ -70,11 +75,122 @@ def skip_all(reason):
 
 
 def require_tool(name):
-    path = shutil.which(name, path="/usr/sbin:/usr/bin:/sbin:/bin:" +
+    path = shutil.which(name, path=SYSTEM_PATH + ":" +
                         os.environ.get("PATH", ""))
     if path is None:
         skip_all("%s is not installed" % name)
     return path
+
+
+def tool_env(extra=None):
+    """Environment for third-party clients: system tools first in PATH
+    (a pyenv python3 earlier in PATH breaks nbdsh), sanitizer variables
+    of the server side removed."""
+    env = dict(os.environ)
+    env["PATH"] = SYSTEM_PATH + ":" + env.get("PATH", "")
+    env.pop("LD_PRELOAD", None)
+    env["LC_ALL"] = "C"
+    if extra:
+        env.update(extra)
+    return env
+
+
+def cmd(argv, timeout=300, check=True, input=None, env=None, cwd=None):
+    """Run a third-party command; return its CompletedProcess (text).
+
+    check=True: a non-zero exit raises AssertionError with the command,
+    its status, stdout and stderr (which lands in the TAP diagnostics).
+    """
+    argv = [str(a) for a in argv]
+    try:
+        p = subprocess.run(argv, stdin=subprocess.DEVNULL
+                           if input is None else None,
+                           input=input, capture_output=True, text=True,
+                           timeout=timeout, env=tool_env(env), cwd=cwd)
+    except subprocess.TimeoutExpired as e:
+        raise AssertionError("timed out after %ss: %s\nstdout:\n%s\n"
+                             "stderr:\n%s" % (timeout, " ".join(argv),
+                                              e.stdout, e.stderr))
+    if check and p.returncode != 0:
+        raise AssertionError("exit status %d: %s\nstdout:\n%s\nstderr:\n%s"
+                             % (p.returncode, " ".join(argv),
+                                p.stdout[-4000:], p.stderr[-4000:]))
+    return p
+
+
+def wait_until(cond, what, timeout=60):
+    """Wait for a condition that has no event to wait on (e.g. a FUSE
+    mount becoming ready): poll it, fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    delay = 0.001
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting for " + what)
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
+def extents(h, offset=0, length=None, flags=0):
+    """base:allocation extents covering [offset, offset+length), as a
+    list of (offset, length, state), adjacent equal states merged and the
+    last one clipped to the range.  Checks the server's answers are sane
+    (non-empty, progress on each call)."""
+    if length is None:
+        length = h.get_size() - offset
+    end = offset + length
+    out = []
+    pos = offset
+    while pos < end:
+        got = []
+
+        def cb(metacontext, off, entries, err):
+            if metacontext == nbd.CONTEXT_BASE_ALLOCATION:
+                got.append((off, list(entries)))
+            return 0
+        h.block_status(min(end - pos, 1 << 30), pos, cb, flags)
+        assert len(got) == 1, "block_status at %d: %d base:allocation " \
+            "replies" % (pos, len(got))
+        ents = got[0][1]
+        assert ents and len(ents) % 2 == 0, \
+            "block_status at %d: bad entries %r" % (pos, ents)
+        if flags & nbd.CMD_FLAG_REQ_ONE:
+            assert len(ents) == 2, "REQ_ONE gave %d extents" % (len(ents) // 2)
+        for i in range(0, len(ents), 2):
+            ln, st = ents[i], ents[i + 1]
+            assert ln > 0, "zero-length extent at %d" % pos
+            ln = min(ln, end - pos)
+            if out and out[-1][2] == st and out[-1][0] + out[-1][1] == pos:
+                out[-1] = (out[-1][0], out[-1][1] + ln, st)
+            else:
+                out.append((pos, ln, st))
+            pos += ln
+            if pos >= end:
+                break
+    return out
+
+
+def aio_wait(h, cookies):
+    """Wait until every aio command in cookies completed; a failed one
+    raises its nbd.Error."""
+    pending = set(cookies)
+    while pending:
+        for c in list(pending):
+            if h.aio_command_completed(c):
+                pending.discard(c)
+        if pending:
+            h.poll(-1)
+
+
+def state_at(exts, offset, length):
+    """The set of extent states covering [offset, offset+length)."""
+    return {st for (o, ln, st) in exts
+            if o < offset + length and offset < o + ln}
+
+
+def random_bytes(n, seed):
+    """n pseudo-random bytes, reproducible from seed (fast)."""
+    import random
+    return random.Random(seed).randbytes(n)
 
 
 def _sanitizer_env(env, server):
@@ -135,6 +251,7 @@ class Server:
                                      env=env, pass_fds=[fd],
                                      stdin=subprocess.DEVNULL,
                                      stdout=self.errf, stderr=self.errf)
+        _live_servers.add(self.proc)
         lsock.close()
         return self
 
@@ -156,6 +273,7 @@ class Server:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
         rc = self.proc.wait()
+        _live_servers.discard(self.proc)
         self.proc = None
         self.errf.close()
         return rc
@@ -175,6 +293,26 @@ class Server:
             return ""
 
 
+def with_reference(srv, fn):
+    """Run fn(ref) against nbdkit serving srv's backend with srv's
+    parameters (the reference front end), with srv stopped meanwhile (a
+    store may allow one server at a time); srv is restarted afterwards.
+    Used to check that minnbd presents a backend exactly as nbdkit does.
+    """
+    d = os.path.join(srv.workdir, "reference")
+    os.makedirs(d, exist_ok=True)
+    srv.stop()
+    ref = Server("nbdkit", srv.backend, srv.params, d,
+                 readonly=srv.readonly).start()
+    try:
+        return fn(ref)
+    finally:
+        rc = ref.stop()
+        srv.start()
+        assert rc == 0, "reference nbdkit exited with %s:\n%s" % (
+            rc, ref.log())
+
+
 def backend_params(backend, workdir, size, **kw):
     """Backend parameters for a fresh disk of `size` bytes in workdir."""
     if backend == "flatfile":
@@ -188,6 +326,32 @@ def backend_params(backend, workdir, size, **kw):
         return ["store=" + store, "size=%d" % size] + \
             ["%s=%s" % kv for kv in kw.items()]
     raise ValueError(backend)
+
+
+_live_servers = set()
+
+
+def _watchdog(seconds):
+    """A hung server or client must not hang `make check`: after
+    `seconds`, dump every thread's stack, kill the servers we started and
+    exit (the TAP driver reports the missing lines as an error).  The C
+    faulthandler timer is the backstop in case the GIL is held."""
+    import threading
+
+    def fire():
+        print("# TIMEOUT after %ds: stacks follow on stderr" % seconds,
+              flush=True)
+        faulthandler.dump_traceback(all_threads=True)
+        for p in list(_live_servers):
+            try:
+                p.kill()
+            except OSError:
+                pass
+        os._exit(1)
+    t = threading.Timer(seconds, fire)
+    t.daemon = True
+    t.start()
+    faulthandler.dump_traceback_later(seconds + 30, exit=True)
 
 
 def tmpdir():
@@ -204,6 +368,7 @@ def run(name, body, servers=None, backends=None, size=64 * 1024 * 1024,
     """
     ps = pairs(servers, backends)
     tap = TAP(len(ps))
+    _watchdog(int(os.environ.get("NBDCAS_TEST_TIMEOUT", "900")))
     for s, b in ps:
         desc = "%s [%s+%s]" % (name, s, b)
         d = tmpdir()
@@ -240,7 +405,8 @@ def expect_error(errno_name, fn, *args):
     except nbd.Error as e:
         import errno as E
         want = getattr(E, errno_name)
-        assert e.errno == want, "expected %s, got errno %s (%s)" % (
+        # nbd.Error: .errnum is the number, .errno its name (a string).
+        assert e.errnum == want, "expected %s, got errno %s (%s)" % (
             errno_name, e.errno, e.string)
-        return
+        return e
     raise AssertionError("expected %s, but the call succeeded" % errno_name)
