@@ -197,7 +197,8 @@ cas_packs_open (const char *dir, bool readonly, const uint8_t uuid[16])
   }
   closedir (d);
   d = NULL;
-  qsort (ids, n, sizeof *ids, cmp_u32);
+  if (n > 0)
+    qsort (ids, n, sizeof *ids, cmp_u32);
   for (i = 0; i < n; i++)
     if (open_pack (p, ids[i], i == n - 1) == -1)
       goto err;

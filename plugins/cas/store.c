@@ -387,7 +387,8 @@ cas_store_list_volumes (struct cas_store *st,
     }
     n++;
   }
-  qsort (names, n, sizeof *names, cmp_str);
+  if (n > 0)
+    qsort (names, n, sizeof *names, cmp_str);
   for (i = 0; i < n && r == 0; i++)
     r = fn (names[i], opaque);
  out:
