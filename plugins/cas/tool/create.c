@@ -1,0 +1,158 @@
+/* nbdcas create STORE [--size SIZE] [--blocksize N] [--volume NAME]
+ *
+ * Creates the store if STORE is absent or an empty directory.  With
+ * --size, also creates a volume (default name "default") in it -- in a
+ * store that already exists too, which is how a second volume is made.
+ */
+#include <config.h>
+
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "parse.h"
+#include "nbdcas.h"
+
+#define DEFAULT_VOLUME "default"
+
+static void
+help (void)
+{
+  printf ("Usage: %s create STORE [--size SIZE] [--blocksize N] "
+          "[--volume NAME]\n"
+          "Create a cas store in the directory STORE (absent or empty).\n"
+          "With --size, also create a volume of SIZE bytes: in a new store,\n"
+          "or in STORE if it already holds a store.\n"
+          "\n"
+          "  -s, --size SIZE       volume size: bytes or with a K, M, G, T, P "
+          "suffix\n"
+          "  -b, --blocksize N     block size of a new store: a power of two "
+          "from\n"
+          "                        4K to 1M (default %uK); fixed for the "
+          "store's life\n"
+          "  -n, --volume NAME     volume name (default \"%s\"); needs "
+          "--size\n"
+          "  -h, --help            this help\n",
+          progname, CAS_DEFAULT_BLOCKSIZE / 1024, DEFAULT_VOLUME);
+}
+
+/* Block size from the command line: a power of two in range. */
+static int
+parse_blocksize (const char *value, uint32_t *r)
+{
+  int64_t n;
+
+  if (parse_size ("--blocksize", value, &n) == -1)
+    return -1;
+  if (n < CAS_MIN_BLOCKSIZE || n > CAS_MAX_BLOCKSIZE || (n & (n - 1)) != 0) {
+    tool_error ("--blocksize: '%s' is not a power of two from 4K (4096) to "
+                "1M (1048576)", value);
+    errno = EINVAL;
+    return -1;
+  }
+  *r = n;
+  return 0;
+}
+
+int
+cmd_create (int argc, char **argv)
+{
+  static const struct option long_options[] = {
+    { "blocksize", required_argument, NULL, 'b' },
+    { "help", no_argument, NULL, 'h' },
+    { "size", required_argument, NULL, 's' },
+    { "verbose", no_argument, NULL, 'v' },
+    { "volume", required_argument, NULL, 'n' },
+    { NULL, 0, NULL, 0 },
+  };
+  const char *dir, *volume = NULL;
+  uint64_t size = 0;
+  uint32_t blocksize = 0;
+  bool have_size = false;
+  struct cas_store *st = NULL;
+  char hs[HUMAN_SIZE_LEN];
+  int c, r, ret = EXIT_FAIL;
+
+  while ((c = getopt_long (argc, argv, "b:hn:s:v", long_options,
+                           NULL)) != -1) {
+    switch (c) {
+    case 'b':
+      if (parse_blocksize (optarg, &blocksize) == -1)
+        return usage_error (argv[0]);
+      break;
+    case 'h':
+      help ();
+      return EXIT_OK;
+    case 'n':
+      volume = optarg;
+      break;
+    case 's':
+      if (tool_parse_size ("--size", optarg, &size) == -1)
+        return usage_error (argv[0]);
+      have_size = true;
+      break;
+    case 'v':
+      verbose = true;
+      break;
+    default:
+      return usage_error (argv[0]);
+    }
+  }
+  if (want_args (argv[0], argc, argv, optind, 1, "STORE") == -1)
+    return usage_error (argv[0]);
+  dir = argv[optind];
+  if (volume && !have_size) {
+    tool_error ("create: --volume needs --size (the size of the new "
+                "volume)");
+    return usage_error (argv[0]);
+  }
+  if (!volume)
+    volume = DEFAULT_VOLUME;
+  if (have_size && tool_check_name (volume) == -1)
+    return usage_error (argv[0]);
+
+  r = cas_store_exists (dir);
+  if (r == -1)
+    return EXIT_FAIL;
+  if (r == 1 && !have_size) {
+    tool_error ("%s already holds a cas store (to add a volume to it: "
+                "%s create %s --size SIZE --volume NAME)", dir, progname,
+                dir);
+    return EXIT_FAIL;
+  }
+  if (r == 0) {
+    if (cas_store_create (dir, blocksize) == -1)
+      return EXIT_FAIL;
+    if (verbose)
+      tool_info ("created store %s (block size %" PRIu32 ")", dir,
+                 blocksize ? blocksize : CAS_DEFAULT_BLOCKSIZE);
+  }
+  if (!have_size)
+    return EXIT_OK;
+
+  st = tool_open_store (dir, false, CAS_VERIFY_CHECKSUM);
+  if (st == NULL)
+    goto out;
+  /* In an existing store, a different --blocksize is a mistake worth
+   * stopping for: the store's own is fixed.
+   */
+  if (r == 1 && blocksize && blocksize != cas_store_blocksize (st)) {
+    tool_error ("%s has block size %" PRIu32 ", not %" PRIu32 " (the block "
+                "size is fixed when a store is created)", dir,
+                cas_store_blocksize (st), blocksize);
+    goto out;
+  }
+  if (cas_volume_create (st, volume, size) == -1)
+    goto out;
+  if (verbose)
+    tool_info ("created volume '%s' of %" PRIu64 " bytes (%s)", volume, size,
+               human_size (size, hs));
+  ret = EXIT_OK;
+ out:
+  if (tool_close_store (st) == -1)
+    ret = EXIT_FAIL;
+  return ret;
+}

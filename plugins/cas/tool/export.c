@@ -1,0 +1,369 @@
+/* nbdcas export STORE VOLUME FILE [--force] [--threads N]
+ *
+ * Copies a volume into a raw file.  A regular file comes out sparse:
+ * it is sized with ftruncate and only mapped blocks are written, so
+ * unmapped (zero) blocks stay holes.  A block device gets zeros written
+ * over unmapped ranges (it has no holes to leave); "-" writes the whole
+ * volume to stdout, in order.  The store is opened read-only (a server
+ * may not have it open for writing meanwhile: the store lock says so).
+ */
+#include <config.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cleanup.h"
+#include "parse.h"
+#include "nbdcas.h"
+
+#define CHUNK (8u * 1024 * 1024)  /* a multiple of every block size */
+#define MAX_THREADS 64
+#define MAX_RUNS (CHUNK / CAS_MIN_BLOCKSIZE)
+
+struct export {
+  struct cas_volume *vol;
+  int fd;
+  const char *file;
+  bool sparse;                  /* holes allowed: skip unmapped ranges */
+  bool stream;                  /* a pipe: write() in order, one thread */
+  uint64_t size, nchunks;
+  _Atomic uint64_t next;
+  _Atomic bool failed;
+  _Atomic unsigned running;
+  _Atomic uint64_t mapped_bytes;
+  struct progress *progress;
+};
+
+struct run { uint64_t off, len; bool mapped; };
+struct runs { struct run r[MAX_RUNS + 2]; size_t n; uint64_t start, end; };
+
+static void
+help (void)
+{
+  printf ("Usage: %s export STORE VOLUME FILE [--force] [--threads N]\n"
+          "Copy VOLUME into the raw file FILE.  A regular file is sparse:\n"
+          "unmapped blocks become holes.  FILE may be a block device, or -\n"
+          "for stdout.\n"
+          "\n"
+          "  -f, --force           overwrite FILE if it exists\n"
+          "  -j, --threads N       reader threads (default: %u here)\n"
+          "  -v, --verbose         print a summary (and the store's debug "
+          "messages)\n"
+          "  -h, --help            this help\n"
+          "A progress bar is shown on stderr when it is a terminal.\n",
+          progname, default_threads ());
+}
+
+/* Collect the extents of one chunk, clipped to it. */
+static int
+collect (uint64_t off, uint64_t len, bool mapped, void *opaque)
+{
+  struct runs *rs = opaque;
+  uint64_t s = off < rs->start ? rs->start : off;
+  uint64_t e = off + len > rs->end ? rs->end : off + len;
+
+  if (s >= e)
+    return rs->n > 0 && off >= rs->end ? 1 : 0;  /* 1: enough, stop */
+  if (rs->n > 0 && rs->r[rs->n - 1].mapped == mapped) {
+    rs->r[rs->n - 1].len = e - rs->r[rs->n - 1].off;
+    return 0;
+  }
+  if (rs->n >= sizeof rs->r / sizeof rs->r[0]) {
+    errno = EOVERFLOW;
+    return -1;
+  }
+  rs->r[rs->n++] = (struct run) { .off = s, .len = e - s, .mapped = mapped };
+  return 0;
+}
+
+static int
+write_full (struct export *ex, const uint8_t *buf, size_t len, uint64_t off)
+{
+  while (len > 0) {
+    ssize_t n = ex->stream ? write (ex->fd, buf, len)
+      : pwrite (ex->fd, buf, len, off);
+    if (n == -1) {
+      if (errno == EINTR)
+        continue;
+      tool_error ("%s: write at offset %" PRIu64 ": %m", ex->file, off);
+      return -1;
+    }
+    buf += n;
+    len -= n;
+    off += n;
+  }
+  return 0;
+}
+
+static int
+export_chunk (struct export *ex, uint64_t k, uint8_t *buf, struct runs *rs)
+{
+  uint64_t off = k * CHUNK;
+  uint64_t len = ex->size - off < CHUNK ? ex->size - off : CHUNK;
+  uint64_t mapped = 0;
+  size_t i;
+
+  rs->n = 0;
+  rs->start = off;
+  rs->end = off + len;
+  if (cas_volume_extents (ex->vol, len, off, collect, rs) == -1) {
+    tool_error ("volume '%s': reading the map at offset %" PRIu64 " failed",
+                cas_volume_name (ex->vol), off);
+    return -1;
+  }
+  for (i = 0; i < rs->n; i++) {
+    const struct run *r = &rs->r[i];
+    uint8_t *p = buf + (r->off - off);
+    if (r->mapped) {
+      if (cas_volume_read (ex->vol, p, r->len, r->off) == -1) {
+        tool_error ("volume '%s': reading offset %" PRIu64 " (block %"
+                    PRIu64 ") failed", cas_volume_name (ex->vol), r->off,
+                    r->off / cas_volume_blocksize (ex->vol));
+        return -1;
+      }
+      mapped += r->len;
+      if (ex->sparse && write_full (ex, p, r->len, r->off) == -1)
+        return -1;
+    }
+    else if (!ex->sparse)
+      memset (p, 0, r->len);
+  }
+  if (!ex->sparse && write_full (ex, buf, len, off) == -1)
+    return -1;
+  atomic_fetch_add (&ex->mapped_bytes, mapped);
+  progress_add (ex->progress, len);
+  return 0;
+}
+
+static void *
+worker (void *opaque)
+{
+  struct export *ex = opaque;
+  CLEANUP_FREE uint8_t *buf = malloc (CHUNK);
+  CLEANUP_FREE struct runs *rs = malloc (sizeof *rs);
+
+  if (buf == NULL || rs == NULL) {
+    tool_error ("export: out of memory");
+    atomic_store (&ex->failed, true);
+    goto out;
+  }
+  while (!atomic_load (&ex->failed)) {
+    uint64_t k = atomic_fetch_add (&ex->next, 1);
+    if (k >= ex->nchunks)
+      break;
+    if (export_chunk (ex, k, buf, rs) == -1) {
+      atomic_store (&ex->failed, true);
+      break;
+    }
+  }
+ out:
+  atomic_fetch_sub (&ex->running, 1);
+  return NULL;
+}
+
+static int
+run_workers (struct export *ex, unsigned nthreads)
+{
+  pthread_t tids[MAX_THREADS];
+  unsigned i, started = 0;
+  int err;
+
+  atomic_store (&ex->running, nthreads);
+  for (i = 0; i < nthreads; i++) {
+    err = pthread_create (&tids[i], NULL, worker, ex);
+    if (err != 0) {
+      errno = err;
+      tool_error ("export: pthread_create: %m");
+      atomic_store (&ex->failed, true);
+      atomic_fetch_sub (&ex->running, nthreads - i);
+      break;
+    }
+    started++;
+  }
+  while (ex->progress && atomic_load (&ex->running) > 0) {
+    struct timespec ts = { .tv_sec = 0, .tv_nsec = 50 * 1000 * 1000 };
+    progress_update (ex->progress);
+    nanosleep (&ts, NULL);
+  }
+  for (i = 0; i < started; i++)
+    pthread_join (tids[i], NULL);
+  return atomic_load (&ex->failed) ? -1 : 0;
+}
+
+/* Open the output: refuse to clobber without --force. */
+static int
+open_output (struct export *ex, bool force)
+{
+  struct stat sb;
+
+  if (strcmp (ex->file, "-") == 0) {
+    ex->fd = dup (STDOUT_FILENO);
+    if (ex->fd == -1) {
+      tool_error ("stdout: %m");
+      return -1;
+    }
+  }
+  else {
+    int flags = O_WRONLY | O_CREAT | O_CLOEXEC;
+    if (stat (ex->file, &sb) == 0) {
+      if (!force) {
+        tool_error ("%s already exists (use --force to overwrite it)",
+                    ex->file);
+        errno = EEXIST;
+        return -1;
+      }
+      if (S_ISREG (sb.st_mode))
+        flags |= O_TRUNC;
+    }
+    else
+      flags |= O_EXCL;
+    ex->fd = open (ex->file, flags, 0644);
+    if (ex->fd == -1) {
+      tool_error ("%s: %m", ex->file);
+      return -1;
+    }
+  }
+  if (fstat (ex->fd, &sb) == -1) {
+    tool_error ("%s: %m", ex->file);
+    return -1;
+  }
+  if (S_ISREG (sb.st_mode)) {
+    ex->sparse = true;
+    if (ftruncate (ex->fd, ex->size) == -1) {
+      tool_error ("%s: cannot size it to %" PRIu64 " bytes: %m", ex->file,
+                  ex->size);
+      return -1;
+    }
+  }
+  else if (S_ISBLK (sb.st_mode)) {
+    off_t end = lseek (ex->fd, 0, SEEK_END);
+    if (end == -1 || (uint64_t) end < ex->size) {
+      tool_error ("%s: the device is smaller than the volume (%" PRIu64
+                  " bytes)", ex->file, ex->size);
+      errno = ENOSPC;
+      return -1;
+    }
+  }
+  else
+    ex->stream = true;          /* pipe, terminal, character device */
+  return 0;
+}
+
+int
+cmd_export (int argc, char **argv)
+{
+  static const struct option long_options[] = {
+    { "force", no_argument, NULL, 'f' },
+    { "help", no_argument, NULL, 'h' },
+    { "threads", required_argument, NULL, 'j' },
+    { "verbose", no_argument, NULL, 'v' },
+    { NULL, 0, NULL, 0 },
+  };
+  const char *dir, *name;
+  bool force = false;
+  unsigned nthreads = default_threads ();
+  uint64_t n;
+  struct cas_store *st = NULL;
+  struct export ex;
+  double t0, t1;
+  int c, ret = EXIT_FAIL;
+
+  memset (&ex, 0, sizeof ex);
+  ex.fd = -1;
+  while ((c = getopt_long (argc, argv, "fhj:v", long_options, NULL)) != -1) {
+    switch (c) {
+    case 'f':
+      force = true;
+      break;
+    case 'h':
+      help ();
+      return EXIT_OK;
+    case 'j':
+      if (parse_uint ("--threads", optarg, 1, MAX_THREADS, &n) == -1)
+        return usage_error (argv[0]);
+      nthreads = n;
+      break;
+    case 'v':
+      verbose = true;
+      break;
+    default:
+      return usage_error (argv[0]);
+    }
+  }
+  if (want_args (argv[0], argc, argv, optind, 3, "STORE VOLUME FILE") == -1)
+    return usage_error (argv[0]);
+  dir = argv[optind];
+  name = argv[optind + 1];
+  ex.file = argv[optind + 2];
+  if (tool_check_name (name) == -1)
+    return usage_error (argv[0]);
+
+  st = tool_open_store (dir, true, CAS_VERIFY_CHECKSUM);
+  if (st == NULL)
+    goto out;
+  /* Check first: cas_volume_open's ENOENT message does not say which
+   * store, and no output file should be created for a typo.
+   */
+  switch (cas_volume_exists (st, name)) {
+  case -1:
+    goto out;
+  case 0:
+    tool_error ("no volume '%s' in %s", name, dir);
+    goto out;
+  }
+  ex.vol = cas_volume_open (st, name);
+  if (ex.vol == NULL)
+    goto out;
+  ex.size = cas_volume_size (ex.vol);
+  if (open_output (&ex, force) == -1)
+    goto out;
+  ex.nchunks = (ex.size + CHUNK - 1) / CHUNK;
+  if (ex.stream)
+    nthreads = 1;               /* in order */
+  if (nthreads > ex.nchunks)
+    nthreads = ex.nchunks;
+
+  t0 = now_seconds ();
+  ex.progress = progress_start ("exporting", ex.size);
+  if (run_workers (&ex, nthreads) == -1) {
+    progress_end (ex.progress);
+    tool_error ("export of volume '%s' to %s failed", name, ex.file);
+    goto out;
+  }
+  progress_end (ex.progress);
+  /* Durable before we say it worked; pipes and terminals cannot sync. */
+  if (fsync (ex.fd) == -1 && errno != EINVAL && errno != EROFS) {
+    tool_error ("%s: fsync: %m", ex.file);
+    goto out;
+  }
+  t1 = now_seconds ();
+  if (verbose || isatty (STDERR_FILENO)) {
+    char a[HUMAN_SIZE_LEN], b[HUMAN_SIZE_LEN];
+    double secs = t1 - t0 > 1e-6 ? t1 - t0 : 1e-6;
+    tool_info ("exported volume '%s' to %s: %s (%s mapped) in %.2f s "
+               "(%.1f MB/s)", name, ex.file, human_size (ex.size, a),
+               human_size (atomic_load (&ex.mapped_bytes), b), secs,
+               ex.size / secs / 1e6);
+  }
+  ret = EXIT_OK;
+ out:
+  if (ex.fd >= 0 && close (ex.fd) == -1 && ret == EXIT_OK) {
+    tool_error ("%s: close: %m", ex.file);
+    ret = EXIT_FAIL;
+  }
+  if (ex.vol)
+    cas_volume_close (ex.vol);
+  if (tool_close_store (st) == -1)
+    ret = EXIT_FAIL;
+  return ret;
+}

@@ -1,0 +1,512 @@
+/* nbdcas import STORE VOLUME IMAGE [--create] [--size SIZE] [--threads N]
+ *
+ * Copies a raw image (a file or a block device) into a volume.  The store
+ * deduplicates (each block is hashed and stored at most once); here we
+ * make the copy cheap where the image is empty:
+ *  - holes (SEEK_DATA / SEEK_HOLE) are never read;
+ *  - blocks that read back as all zeros are never written: in a fresh
+ *    volume they are already unmapped, in an existing one they are
+ *    unmapped with cas_volume_zero (which stores nothing);
+ *  - the image is read in large chunks (CHUNK bytes) by a few worker
+ *    threads, each hashing its own blocks (cas_volume_write hashes in the
+ *    calling thread, outside the store's locks), so hashing runs on
+ *    several cores at once.
+ * At the end the volume is flushed: when import returns 0 the data is
+ * durable.
+ */
+#include <config.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "backend.h"
+#include "cleanup.h"
+#include "parse.h"
+#include "nbdcas.h"
+
+/* Work unit: a multiple of every block size (<= 1 MiB), large enough
+ * that per-unit overhead (lseek, pread syscalls) vanishes.
+ */
+#define CHUNK (8u * 1024 * 1024)
+#define MAX_THREADS 64
+
+struct import {
+  struct cas_volume *vol;
+  int fd;
+  const char *image;
+  uint64_t image_size;
+  uint32_t bs;
+  bool fresh;                   /* volume was all zero before: skip zeros */
+  bool seek_data;               /* SEEK_DATA works on this fd */
+  uint64_t nchunks;
+  _Atomic uint64_t next;        /* next chunk to take */
+  _Atomic bool failed;          /* a worker failed: everyone stops */
+  _Atomic unsigned running;     /* workers not finished yet */
+  _Atomic uint64_t data_blocks, zero_blocks, hole_blocks;
+  struct progress *progress;
+};
+
+static void
+help (void)
+{
+  printf ("Usage: %s import STORE VOLUME IMAGE [--create] [--size SIZE] "
+          "[--threads N]\n"
+          "Copy the raw image IMAGE (a file or block device) into VOLUME.\n"
+          "Identical blocks are stored once; zero blocks and holes are not\n"
+          "stored at all.  The volume is flushed (durable) before exit.\n"
+          "\n"
+          "  -c, --create          create VOLUME (it must not exist), sized "
+          "to\n"
+          "                        the image (or --size); without it, VOLUME "
+          "must\n"
+          "                        exist and is grown if the image is larger\n"
+          "  -s, --size SIZE       with --create: the volume size (at least "
+          "the\n"
+          "                        image's)\n"
+          "  -j, --threads N       hashing threads (default: %u here)\n"
+          "  -v, --verbose         print a summary (and the store's debug "
+          "messages)\n"
+          "  -h, --help            this help\n"
+          "A progress bar is shown on stderr when it is a terminal.\n",
+          progname, default_threads ());
+}
+
+/* Read exactly len bytes at off (the image must not shrink meanwhile). */
+static int
+read_full (struct import *im, uint8_t *buf, size_t len, uint64_t off)
+{
+  while (len > 0) {
+    ssize_t n = pread (im->fd, buf, len, off);
+    if (n == -1) {
+      if (errno == EINTR)
+        continue;
+      tool_error ("%s: read at offset %" PRIu64 ": %m", im->image, off);
+      return -1;
+    }
+    if (n == 0) {
+      tool_error ("%s: unexpected end of file at offset %" PRIu64
+                  " (did the image shrink?)", im->image, off);
+      errno = EIO;
+      return -1;
+    }
+    buf += n;
+    len -= n;
+    off += n;
+  }
+  return 0;
+}
+
+/* Mark isdata[i] for each block of [off, off+len) that holds any data
+ * according to SEEK_DATA/SEEK_HOLE (everything, if unsupported).
+ */
+static int
+map_chunk (struct import *im, uint64_t off, uint64_t len, bool *isdata,
+           uint64_t nb)
+{
+  uint64_t end = off + len, pos = off, i;
+
+  if (!im->seek_data) {
+    for (i = 0; i < nb; i++)
+      isdata[i] = true;
+    return 0;
+  }
+  memset (isdata, 0, nb * sizeof *isdata);
+  while (pos < end) {
+    off_t d, h;
+    uint64_t b0, b1;
+
+    d = lseek (im->fd, pos, SEEK_DATA);
+    if (d == -1) {
+      if (errno == ENXIO)       /* only a hole up to EOF */
+        break;
+      tool_error ("%s: lseek SEEK_DATA: %m", im->image);
+      return -1;
+    }
+    if ((uint64_t) d >= end)
+      break;
+    h = lseek (im->fd, d, SEEK_HOLE);
+    if (h == -1) {
+      tool_error ("%s: lseek SEEK_HOLE: %m", im->image);
+      return -1;
+    }
+    if ((uint64_t) h > end || h <= d)
+      h = end;
+    /* Whole blocks touched by [d, h). */
+    b0 = ((uint64_t) d - off) / im->bs;
+    b1 = ((uint64_t) h - off + im->bs - 1) / im->bs;
+    for (i = b0; i < b1 && i < nb; i++)
+      isdata[i] = true;
+    pos = h;
+  }
+  return 0;
+}
+
+/* Write [off, off+len) as data (buf) or as zeros (buf NULL). */
+static int
+emit (struct import *im, const uint8_t *buf, uint64_t len, uint64_t off)
+{
+  if (buf)
+    return cas_volume_write (im->vol, buf, len, off, false);
+  if (im->fresh)                /* already unmapped: nothing to do */
+    return 0;
+  return cas_volume_zero (im->vol, len, off, false);
+}
+
+static int
+import_chunk (struct import *im, uint64_t k, uint8_t *buf, bool *isdata)
+{
+  uint64_t off = k * CHUNK;
+  uint64_t len = im->image_size - off < CHUNK ? im->image_size - off : CHUNK;
+  uint64_t nb = (len + im->bs - 1) / im->bs, i, run_start = 0;
+  uint64_t ndata = 0, nzero = 0, nhole = 0;
+  int run_kind = -1;            /* -1 none, 0 zeros, 1 data */
+
+  if (map_chunk (im, off, len, isdata, nb) == -1)
+    return -1;
+  /* Read each run of data blocks with one pread. */
+  for (i = 0; i < nb; ) {
+    uint64_t j = i, s, e;
+    if (!isdata[i]) {
+      i++;
+      continue;
+    }
+    while (j < nb && isdata[j])
+      j++;
+    s = i * im->bs;
+    e = j * im->bs < len ? j * im->bs : len;
+    if (read_full (im, buf + s, e - s, off + s) == -1)
+      return -1;
+    i = j;
+  }
+  /* Classify blocks, emitting maximal runs of data / zeros. */
+  for (i = 0; i <= nb; i++) {
+    int kind = -1;
+    uint64_t s, e;
+
+    if (i < nb) {
+      uint64_t blen = (i + 1) * im->bs <= len ? im->bs : len - i * im->bs;
+      if (!isdata[i]) {
+        kind = 0;
+        nhole++;
+      }
+      else if (cas_is_zero (buf + i * im->bs, blen)) {
+        kind = 0;
+        nzero++;
+      }
+      else {
+        kind = 1;
+        ndata++;
+      }
+      if (kind == run_kind)
+        continue;
+    }
+    if (run_kind != -1) {
+      s = run_start * im->bs;
+      e = i * im->bs < len ? i * im->bs : len;
+      if (emit (im, run_kind ? buf + s : NULL, e - s, off + s) == -1)
+        return -1;
+    }
+    run_kind = kind;
+    run_start = i;
+  }
+  atomic_fetch_add (&im->data_blocks, ndata);
+  atomic_fetch_add (&im->zero_blocks, nzero);
+  atomic_fetch_add (&im->hole_blocks, nhole);
+  progress_add (im->progress, len);
+  return 0;
+}
+
+static void *
+worker (void *opaque)
+{
+  struct import *im = opaque;
+  CLEANUP_FREE uint8_t *buf = NULL;
+  CLEANUP_FREE bool *isdata = NULL;
+
+  buf = malloc (CHUNK);
+  isdata = malloc ((CHUNK / CAS_MIN_BLOCKSIZE) * sizeof *isdata);
+  if (buf == NULL || isdata == NULL) {
+    tool_error ("import: out of memory");
+    atomic_store (&im->failed, true);
+    goto out;
+  }
+  while (!atomic_load (&im->failed)) {
+    uint64_t k = atomic_fetch_add (&im->next, 1);
+    if (k >= im->nchunks)
+      break;
+    if (import_chunk (im, k, buf, isdata) == -1) {
+      atomic_store (&im->failed, true);
+      break;
+    }
+  }
+ out:
+  atomic_fetch_sub (&im->running, 1);
+  return NULL;
+}
+
+/* Size of an image: a regular file or a block device (seekable). */
+static int
+image_size (int fd, const char *image, uint64_t *size)
+{
+  struct stat sb;
+  off_t end;
+
+  if (fstat (fd, &sb) == -1) {
+    tool_error ("%s: %m", image);
+    return -1;
+  }
+  if (S_ISREG (sb.st_mode)) {
+    *size = sb.st_size;
+    return 0;
+  }
+  if (!S_ISBLK (sb.st_mode)) {
+    tool_error ("%s: not a regular file or block device", image);
+    errno = EINVAL;
+    return -1;
+  }
+  end = lseek (fd, 0, SEEK_END);
+  if (end == -1) {
+    tool_error ("%s: cannot find its size: %m", image);
+    return -1;
+  }
+  *size = end;
+  return 0;
+}
+
+/* Run the workers, drawing the progress bar meanwhile. */
+static int
+run_workers (struct import *im, unsigned nthreads)
+{
+  pthread_t tids[MAX_THREADS];
+  unsigned i, started = 0;
+  int err;
+
+  atomic_store (&im->running, nthreads);
+  for (i = 0; i < nthreads; i++) {
+    err = pthread_create (&tids[i], NULL, worker, im);
+    if (err != 0) {
+      errno = err;
+      tool_error ("import: pthread_create: %m");
+      atomic_store (&im->failed, true);
+      atomic_fetch_sub (&im->running, nthreads - i);
+      break;
+    }
+    started++;
+  }
+  while (im->progress && atomic_load (&im->running) > 0) {
+    struct timespec ts = { .tv_sec = 0, .tv_nsec = 50 * 1000 * 1000 };
+    progress_update (im->progress);
+    nanosleep (&ts, NULL);
+  }
+  for (i = 0; i < started; i++)
+    pthread_join (tids[i], NULL);
+  return atomic_load (&im->failed) ? -1 : 0;
+}
+
+int
+cmd_import (int argc, char **argv)
+{
+  static const struct option long_options[] = {
+    { "create", no_argument, NULL, 'c' },
+    { "help", no_argument, NULL, 'h' },
+    { "size", required_argument, NULL, 's' },
+    { "threads", required_argument, NULL, 'j' },
+    { "verbose", no_argument, NULL, 'v' },
+    { NULL, 0, NULL, 0 },
+  };
+  const char *dir, *name, *image;
+  bool create = false, have_size = false;
+  uint64_t size = 0, n, vol_size;
+  unsigned nthreads = default_threads ();
+  CLEANUP_CLOSE int fd = -1;
+  struct cas_store *st = NULL;
+  struct import im;
+  struct cas_store_stats before, after;
+  double t0, t1;
+  int c, e, ret = EXIT_FAIL;
+
+  memset (&im, 0, sizeof im);
+  while ((c = getopt_long (argc, argv, "chj:s:v", long_options,
+                           NULL)) != -1) {
+    switch (c) {
+    case 'c':
+      create = true;
+      break;
+    case 'h':
+      help ();
+      return EXIT_OK;
+    case 'j':
+      if (parse_uint ("--threads", optarg, 1, MAX_THREADS, &n) == -1)
+        return usage_error (argv[0]);
+      nthreads = n;
+      break;
+    case 's':
+      if (tool_parse_size ("--size", optarg, &size) == -1)
+        return usage_error (argv[0]);
+      have_size = true;
+      break;
+    case 'v':
+      verbose = true;
+      break;
+    default:
+      return usage_error (argv[0]);
+    }
+  }
+  if (want_args (argv[0], argc, argv, optind, 3, "STORE VOLUME IMAGE") == -1)
+    return usage_error (argv[0]);
+  dir = argv[optind];
+  name = argv[optind + 1];
+  image = argv[optind + 2];
+  if (have_size && !create) {
+    tool_error ("import: --size only applies with --create (an existing "
+                "volume keeps its size, or grows to the image's)");
+    return usage_error (argv[0]);
+  }
+  if (tool_check_name (name) == -1)
+    return usage_error (argv[0]);
+
+  /* The image first: a typo there should not touch the store. */
+  fd = open (image, O_RDONLY | O_CLOEXEC);
+  if (fd == -1) {
+    tool_error ("%s: %m", image);
+    return EXIT_FAIL;
+  }
+  if (image_size (fd, image, &im.image_size) == -1)
+    return EXIT_FAIL;
+  if (im.image_size > CAS_MAX_VOLUME_SIZE) {
+    tool_error ("%s: %" PRIu64 " bytes is larger than the largest volume "
+                "(1 PiB)", image, im.image_size);
+    return EXIT_FAIL;
+  }
+  if (have_size && size < im.image_size) {
+    tool_error ("import: --size %" PRIu64 " is smaller than the image "
+                "(%" PRIu64 " bytes)", size, im.image_size);
+    return usage_error (argv[0]);
+  }
+  vol_size = have_size ? size : im.image_size;
+  if (create && vol_size == 0) {
+    tool_error ("%s is empty: a new volume needs a size (use --size)",
+                image);
+    return EXIT_FAIL;
+  }
+  posix_fadvise (fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+
+  st = tool_open_store (dir, false, CAS_VERIFY_CHECKSUM);
+  if (st == NULL)
+    goto out;
+  e = cas_volume_exists (st, name);
+  if (e == -1)
+    goto out;
+  if (create && e == 1) {
+    tool_error ("volume '%s' already exists in %s (import into it without "
+                "--create)", name, dir);
+    goto out;
+  }
+  if (!create && e == 0) {
+    tool_error ("no volume '%s' in %s (add --create to create it)", name,
+                dir);
+    goto out;
+  }
+  if (create) {
+    if (cas_volume_create (st, name, vol_size) == -1)
+      goto out;
+    im.fresh = true;
+  }
+  im.vol = cas_volume_open (st, name);
+  if (im.vol == NULL)
+    goto out;
+  if (!create && cas_volume_size (im.vol) < im.image_size) {
+    char a[HUMAN_SIZE_LEN], b[HUMAN_SIZE_LEN];
+    uint64_t old = cas_volume_size (im.vol);
+    /* Resize wants the volume closed. */
+    cas_volume_close (im.vol);
+    im.vol = NULL;
+    if (cas_volume_resize (st, name, im.image_size) == -1)
+      goto out;
+    tool_info ("volume '%s' grown from %s to %s to fit the image", name,
+               human_size (old, a), human_size (im.image_size, b));
+    im.vol = cas_volume_open (st, name);
+    if (im.vol == NULL)
+      goto out;
+  }
+  if (!create) {
+    /* An existing volume has no mapped block past its root's size, but
+     * it may have mapped ones anywhere inside: a fresh import must not
+     * leave old data in holes, unless nothing is mapped at all.
+     */
+    struct cas_volume_stats vs;
+    if (cas_volume_stat (im.vol, &vs) == -1)
+      goto out;
+    im.fresh = vs.mapped_blocks == 0;
+  }
+
+  im.fd = fd;
+  im.image = image;
+  im.bs = cas_volume_blocksize (im.vol);
+  im.nchunks = (im.image_size + CHUNK - 1) / CHUNK;
+  /* Probe SEEK_DATA once: some file systems and devices lack it. */
+  im.seek_data = true;
+  if (im.image_size > 0 && lseek (fd, 0, SEEK_DATA) == -1 &&
+      errno != ENXIO) {
+    backend_debug ("%s: no SEEK_DATA (%m): reading everything", image);
+    im.seek_data = false;
+  }
+  if (nthreads > im.nchunks && im.nchunks > 0)
+    nthreads = im.nchunks;
+  if (cas_store_stat (st, &before) == -1)
+    goto out;
+
+  t0 = now_seconds ();
+  im.progress = progress_start ("importing", im.image_size);
+  if (im.nchunks > 0 && run_workers (&im, nthreads) == -1) {
+    progress_end (im.progress);
+    tool_error ("import into volume '%s' failed: the volume holds a mix of "
+                "old and new data", name);
+    goto out;
+  }
+  progress_end (im.progress);
+  /* Past the image, an older and larger volume must read as zeros. */
+  if (!im.fresh && cas_volume_size (im.vol) > im.image_size &&
+      cas_volume_zero (im.vol, cas_volume_size (im.vol) - im.image_size,
+                       im.image_size, false) == -1)
+    goto out;
+  if (cas_volume_flush (im.vol) == -1) {
+    tool_error ("import: flushing volume '%s' failed: the import is not "
+                "durable", name);
+    goto out;
+  }
+  t1 = now_seconds ();
+  if (cas_store_stat (st, &after) == -1)
+    goto out;
+
+  if (verbose || isatty (STDERR_FILENO)) {
+    char a[HUMAN_SIZE_LEN], b[HUMAN_SIZE_LEN];
+    double secs = t1 - t0 > 1e-6 ? t1 - t0 : 1e-6;
+    uint64_t grown = after.chunks.stored_bytes - before.chunks.stored_bytes;
+    tool_info ("imported %s into volume '%s': %s in %.2f s (%.1f MB/s, "
+               "%u threads)", image, name, human_size (im.image_size, a),
+               secs, im.image_size / secs / 1e6, nthreads);
+    tool_info ("blocks: %" PRIu64 " data, %" PRIu64 " zero, %" PRIu64
+               " in holes; store grew by %s (%" PRIu64 " new chunks)",
+               atomic_load (&im.data_blocks), atomic_load (&im.zero_blocks),
+               atomic_load (&im.hole_blocks), human_size (grown, b),
+               after.chunks.chunks - before.chunks.chunks);
+  }
+  ret = EXIT_OK;
+ out:
+  if (im.vol)
+    cas_volume_close (im.vol);
+  if (tool_close_store (st) == -1)
+    ret = EXIT_FAIL;
+  return ret;
+}

@@ -1,0 +1,103 @@
+/* nbdcas list STORE [--json]
+ *
+ * One line per volume, in name order: the name, the size in bytes and
+ * the size for humans, tab-separated (names cannot hold tabs: control
+ * characters are refused by cas_volume_name_check).
+ */
+#include <config.h>
+
+#include <getopt.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "nbdcas.h"
+
+struct list {
+  struct cas_store *st;
+  bool json;
+  unsigned n;
+};
+
+static void
+help (void)
+{
+  printf ("Usage: %s list STORE [--json]\n"
+          "List the volumes of STORE: name, size in bytes, size.\n"
+          "\n"
+          "  --json                print a JSON array of objects\n"
+          "  -h, --help            this help\n", progname);
+}
+
+static int
+one (const char *name, void *opaque)
+{
+  struct list *l = opaque;
+  struct cas_volume *vol;
+  char hs[HUMAN_SIZE_LEN];
+  uint64_t size;
+
+  vol = cas_volume_open (l->st, name);
+  if (vol == NULL)
+    return -1;
+  size = cas_volume_size (vol);
+  cas_volume_close (vol);
+  if (l->json) {
+    printf ("%s\n  { \"name\": ", l->n ? "," : "");
+    json_string (stdout, name);
+    printf (", \"size\": %" PRIu64 " }", size);
+  }
+  else
+    printf ("%s\t%" PRIu64 "\t%s\n", name, size, human_size (size, hs));
+  l->n++;
+  return 0;
+}
+
+int
+cmd_list (int argc, char **argv)
+{
+  static const struct option long_options[] = {
+    { "help", no_argument, NULL, 'h' },
+    { "json", no_argument, NULL, 'J' },
+    { "verbose", no_argument, NULL, 'v' },
+    { NULL, 0, NULL, 0 },
+  };
+  struct list l = { .st = NULL };
+  int c, ret = EXIT_FAIL;
+
+  while ((c = getopt_long (argc, argv, "hv", long_options, NULL)) != -1) {
+    switch (c) {
+    case 'h':
+      help ();
+      return EXIT_OK;
+    case 'J':
+      l.json = true;
+      break;
+    case 'v':
+      verbose = true;
+      break;
+    default:
+      return usage_error (argv[0]);
+    }
+  }
+  if (want_args (argv[0], argc, argv, optind, 1, "STORE") == -1)
+    return usage_error (argv[0]);
+  l.st = tool_open_store (argv[optind], true, CAS_VERIFY_CHECKSUM);
+  if (l.st == NULL)
+    goto out;
+  if (l.json)
+    printf ("[");
+  if (cas_store_list_volumes (l.st, one, &l) != 0)
+    goto out;
+  if (l.json)
+    printf ("%s]\n", l.n ? "\n" : "");
+  ret = EXIT_OK;
+ out:
+  if (tool_close_store (l.st) == -1)
+    ret = EXIT_FAIL;
+  if (fflush (stdout) == EOF || ferror (stdout)) {
+    tool_error ("writing to stdout failed");
+    ret = EXIT_FAIL;
+  }
+  return ret;
+}

@@ -1,0 +1,242 @@
+/* nbdcas stat STORE [VOLUME] [--json]
+ *
+ * The store: logical bytes of all volumes, bytes they map (non-zero
+ * blocks), bytes stored (pack files on disk), the dedup ratio (mapped /
+ * stored: 2.0 means every stored byte is used twice on average; zero
+ * blocks are neither mapped nor stored), packs, chunks and the RAM of the
+ * hash index.  A volume: its size, mapped blocks, map nodes, generation
+ * and root hash.
+ */
+#include <config.h>
+
+#include <getopt.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "nbdcas.h"
+
+struct totals {
+  struct cas_store *st;
+  uint64_t size, mapped_bytes, mapped_blocks, map_nodes;
+};
+
+static void
+help (void)
+{
+  printf ("Usage: %s stat STORE [VOLUME] [--json]\n"
+          "Show space use of STORE (logical, mapped and stored bytes, dedup\n"
+          "ratio, packs, chunks, index memory), or of one VOLUME.\n"
+          "\n"
+          "  --json                print one JSON object\n"
+          "  -h, --help            this help\n", progname);
+}
+
+static int
+add_volume (const char *name, void *opaque)
+{
+  struct totals *t = opaque;
+  struct cas_volume *vol;
+  struct cas_volume_stats vs;
+  int r;
+
+  vol = cas_volume_open (t->st, name);
+  if (vol == NULL)
+    return -1;
+  r = cas_volume_stat (vol, &vs);
+  cas_volume_close (vol);
+  if (r == -1) {
+    tool_error ("volume '%s': cannot read its map", name);
+    return -1;
+  }
+  t->size += vs.size;
+  t->mapped_bytes += vs.mapped_bytes;
+  t->mapped_blocks += vs.mapped_blocks;
+  t->map_nodes += vs.map_nodes;
+  return 0;
+}
+
+/* "N (1.0 GiB)" */
+static const char *
+bytes (uint64_t n, char *buf, size_t len)
+{
+  char h[HUMAN_SIZE_LEN];
+
+  if (n < 1024)
+    snprintf (buf, len, "%" PRIu64, n);
+  else
+    snprintf (buf, len, "%" PRIu64 " (%s)", n, human_size (n, h));
+  return buf;
+}
+
+static int
+stat_store (struct cas_store *st, const char *dir, bool json)
+{
+  struct cas_store_stats ss;
+  struct totals t = { .st = st };
+  const struct cas_chunkstore_stats *cs = &ss.chunks;
+  char b[64];
+
+  if (cas_store_stat (st, &ss) == -1 ||
+      cas_store_list_volumes (st, add_volume, &t) != 0)
+    return -1;
+  if (json) {
+    printf ("{\n  \"store\": ");
+    json_string (stdout, dir);
+    printf (",\n  \"format_version\": %d,\n"
+            "  \"block_size\": %" PRIu32 ",\n"
+            "  \"volumes\": %" PRIu64 ",\n"
+            "  \"logical_bytes\": %" PRIu64 ",\n"
+            "  \"mapped_bytes\": %" PRIu64 ",\n"
+            "  \"mapped_blocks\": %" PRIu64 ",\n"
+            "  \"stored_bytes\": %" PRIu64 ",\n",
+            CAS_FORMAT_VERSION, ss.blocksize, ss.volumes, t.size,
+            t.mapped_bytes, t.mapped_blocks, cs->stored_bytes);
+    if (cs->stored_bytes)
+      printf ("  \"dedup_ratio\": %.4f,\n",
+              (double) t.mapped_bytes / cs->stored_bytes);
+    else
+      printf ("  \"dedup_ratio\": null,\n");
+    printf ("  \"packs\": %" PRIu64 ",\n"
+            "  \"chunks\": %" PRIu64 ",\n"
+            "  \"map_nodes\": %" PRIu64 ",\n"
+            "  \"index_bytes\": %" PRIu64 ",\n"
+            "  \"index_slots\": %" PRIu64 "\n}\n",
+            cs->packs, cs->chunks, t.map_nodes, cs->index_bytes,
+            cs->index_slots);
+    return 0;
+  }
+  printf ("store:          %s\n", dir);
+  printf ("format version: %d\n", CAS_FORMAT_VERSION);
+  printf ("block size:     %s\n", bytes (ss.blocksize, b, sizeof b));
+  printf ("volumes:        %" PRIu64 "\n", ss.volumes);
+  printf ("logical size:   %s\n", bytes (t.size, b, sizeof b));
+  printf ("mapped bytes:   %s\n", bytes (t.mapped_bytes, b, sizeof b));
+  printf ("stored bytes:   %s\n", bytes (cs->stored_bytes, b, sizeof b));
+  if (cs->stored_bytes)
+    printf ("dedup ratio:    %.2f\n",
+            (double) t.mapped_bytes / cs->stored_bytes);
+  else
+    printf ("dedup ratio:    -\n");
+  printf ("packs:          %" PRIu64 "\n", cs->packs);
+  printf ("chunks:         %" PRIu64 " (%" PRIu64 " map nodes)\n",
+          cs->chunks, t.map_nodes);
+  printf ("index memory:   %s", bytes (cs->index_bytes, b, sizeof b));
+  if (cs->chunks)
+    printf (", %.1f bytes per chunk", (double) cs->index_bytes / cs->chunks);
+  printf ("\n");
+  return 0;
+}
+
+static int
+stat_volume (struct cas_store *st, const char *name, bool json)
+{
+  struct cas_volume *vol;
+  struct cas_volume_stats vs;
+  char hex[2 * CAS_HASH_SIZE + 1], b[64];
+  uint32_t bs;
+  int r;
+
+  vol = cas_volume_open (st, name);
+  if (vol == NULL)
+    return -1;
+  bs = cas_volume_blocksize (vol);
+  r = cas_volume_stat (vol, &vs);
+  cas_volume_close (vol);
+  if (r == -1) {
+    tool_error ("volume '%s': cannot read its map", name);
+    return -1;
+  }
+  cas_hash_hex (&vs.root, hex);
+  if (json) {
+    printf ("{\n  \"volume\": ");
+    json_string (stdout, name);
+    printf (",\n  \"size\": %" PRIu64 ",\n"
+            "  \"block_size\": %" PRIu32 ",\n"
+            "  \"blocks\": %" PRIu64 ",\n"
+            "  \"mapped_blocks\": %" PRIu64 ",\n"
+            "  \"mapped_bytes\": %" PRIu64 ",\n"
+            "  \"map_nodes\": %" PRIu64 ",\n"
+            "  \"generation\": %" PRIu64 ",\n"
+            "  \"root\": \"%s\"\n}\n",
+            vs.size, bs, vs.blocks, vs.mapped_blocks, vs.mapped_bytes,
+            vs.map_nodes, vs.generation, hex);
+    return 0;
+  }
+  printf ("volume:         %s\n", name);
+  printf ("size:           %s\n", bytes (vs.size, b, sizeof b));
+  printf ("block size:     %s\n", bytes (bs, b, sizeof b));
+  printf ("blocks:         %" PRIu64 "\n", vs.blocks);
+  printf ("mapped blocks:  %" PRIu64 " (%.1f%%)\n", vs.mapped_blocks,
+          vs.blocks ? 100.0 * vs.mapped_blocks / vs.blocks : 0);
+  printf ("mapped bytes:   %s\n", bytes (vs.mapped_bytes, b, sizeof b));
+  printf ("map nodes:      %" PRIu64 "\n", vs.map_nodes);
+  printf ("generation:     %" PRIu64 "\n", vs.generation);
+  printf ("root:           %s\n", cas_hash_is_zero (&vs.root) ? "(empty)"
+          : hex);
+  return 0;
+}
+
+int
+cmd_stat (int argc, char **argv)
+{
+  static const struct option long_options[] = {
+    { "help", no_argument, NULL, 'h' },
+    { "json", no_argument, NULL, 'J' },
+    { "verbose", no_argument, NULL, 'v' },
+    { NULL, 0, NULL, 0 },
+  };
+  struct cas_store *st = NULL;
+  const char *dir, *name = NULL;
+  bool json = false;
+  int c, ret = EXIT_FAIL;
+
+  while ((c = getopt_long (argc, argv, "hv", long_options, NULL)) != -1) {
+    switch (c) {
+    case 'h':
+      help ();
+      return EXIT_OK;
+    case 'J':
+      json = true;
+      break;
+    case 'v':
+      verbose = true;
+      break;
+    default:
+      return usage_error (argv[0]);
+    }
+  }
+  if (argc - optind == 2)
+    name = argv[optind + 1];
+  else if (want_args (argv[0], argc, argv, optind, 1, "STORE [VOLUME]") == -1)
+    return usage_error (argv[0]);
+  dir = argv[optind];
+  if (name && tool_check_name (name) == -1)
+    return usage_error (argv[0]);
+
+  st = tool_open_store (dir, true, CAS_VERIFY_CHECKSUM);
+  if (st == NULL)
+    goto out;
+  if (name) {
+    int e = cas_volume_exists (st, name);
+    if (e == -1)
+      goto out;
+    if (e == 0) {
+      tool_error ("no volume '%s' in %s", name, dir);
+      goto out;
+    }
+    if (stat_volume (st, name, json) == -1)
+      goto out;
+  }
+  else if (stat_store (st, dir, json) == -1)
+    goto out;
+  ret = EXIT_OK;
+ out:
+  if (tool_close_store (st) == -1)
+    ret = EXIT_FAIL;
+  if (fflush (stdout) == EOF || ferror (stdout)) {
+    tool_error ("writing to stdout failed");
+    ret = EXIT_FAIL;
+  }
+  return ret;
+}
