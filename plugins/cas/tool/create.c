@@ -81,7 +81,7 @@ cmd_create (int argc, char **argv)
     switch (c) {
     case 'b':
       if (parse_blocksize (optarg, &blocksize) == -1)
-        return usage_error (argv[0]);
+        return usage_error ("create");
       break;
     case 'h':
       help ();
@@ -91,28 +91,28 @@ cmd_create (int argc, char **argv)
       break;
     case 's':
       if (tool_parse_size ("--size", optarg, &size) == -1)
-        return usage_error (argv[0]);
+        return usage_error ("create");
       have_size = true;
       break;
     case 'v':
       verbose = true;
       break;
     default:
-      return usage_error (argv[0]);
+      return usage_error ("create");
     }
   }
-  if (want_args (argv[0], argc, argv, optind, 1, "STORE") == -1)
-    return usage_error (argv[0]);
+  if (want_args ("create", argc, argv, optind, 1, "STORE") == -1)
+    return usage_error ("create");
   dir = argv[optind];
   if (volume && !have_size) {
     tool_error ("create: --volume needs --size (the size of the new "
                 "volume)");
-    return usage_error (argv[0]);
+    return usage_error ("create");
   }
   if (!volume)
     volume = DEFAULT_VOLUME;
   if (have_size && tool_check_name (volume) == -1)
-    return usage_error (argv[0]);
+    return usage_error ("create");
 
   r = cas_store_exists (dir);
   if (r == -1)

@@ -34,6 +34,7 @@ struct export {
   struct cas_volume *vol;
   int fd;
   const char *file;
+  bool created;                 /* we created file: remove it on failure */
   bool sparse;                  /* holes allowed: skip unmapped ranges */
   bool stream;                  /* a pipe: write() in order, one thread */
   uint64_t size, nchunks;
@@ -232,6 +233,7 @@ open_output (struct export *ex, bool force)
       tool_error ("%s: %m", ex->file);
       return -1;
     }
+    ex->created = flags & O_EXCL;
   }
   if (fstat (ex->fd, &sb) == -1) {
     tool_error ("%s: %m", ex->file);
@@ -290,23 +292,23 @@ cmd_export (int argc, char **argv)
       return EXIT_OK;
     case 'j':
       if (parse_uint ("--threads", optarg, 1, MAX_THREADS, &n) == -1)
-        return usage_error (argv[0]);
+        return usage_error ("export");
       nthreads = n;
       break;
     case 'v':
       verbose = true;
       break;
     default:
-      return usage_error (argv[0]);
+      return usage_error ("export");
     }
   }
-  if (want_args (argv[0], argc, argv, optind, 3, "STORE VOLUME FILE") == -1)
-    return usage_error (argv[0]);
+  if (want_args ("export", argc, argv, optind, 3, "STORE VOLUME FILE") == -1)
+    return usage_error ("export");
   dir = argv[optind];
   name = argv[optind + 1];
   ex.file = argv[optind + 2];
   if (tool_check_name (name) == -1)
-    return usage_error (argv[0]);
+    return usage_error ("export");
 
   st = tool_open_store (dir, true, CAS_VERIFY_CHECKSUM);
   if (st == NULL)
@@ -361,6 +363,9 @@ cmd_export (int argc, char **argv)
     tool_error ("%s: close: %m", ex.file);
     ret = EXIT_FAIL;
   }
+  /* A half-written new file would look like a good export. */
+  if (ret != EXIT_OK && ex.created)
+    unlink (ex.file);
   if (ex.vol)
     cas_volume_close (ex.vol);
   if (tool_close_store (st) == -1)

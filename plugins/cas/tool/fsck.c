@@ -29,6 +29,7 @@ struct fsck {
   struct cas_store *st;
   bool full;
   bool failed;                  /* some check could not run */
+  uint64_t nblocks;             /* of the volume being checked */
   uint64_t bad_records, bad_refs, bad_volumes, volumes;
   char msg[1024];               /* the store's last message (captured) */
 };
@@ -100,21 +101,28 @@ bad_ref (const struct cas_volume_problem *p, void *opaque)
 
   f->bad_refs++;
   cas_hash_hex (&p->hash, hex);
+  /* The store's message usually names the chunk already. */
+  detail (f, d, sizeof d);
+  if (d[0] && strstr (d, hex))
+    hex[0] = '\0';
   if (p->level == 0)
-    printf ("volume '%s' block %" PRIu64 " (offset %" PRIu64 "): %s: "
-            "chunk %s%s\n", p->volume, p->index, p->index * bs, p->what,
-            hex, detail (f, d, sizeof d));
+    printf ("volume '%s' block %" PRIu64 " (offset %" PRIu64 "): %s%s%s%s\n",
+            p->volume, p->index, p->index * bs, p->what,
+            hex[0] ? ": chunk " : "", hex, d);
   else {
     /* A node at height L (1 = leaf) covers fanout^L blocks. */
-    uint64_t span = 1, first;
+    uint64_t span = 1, first, last;
     int i;
     for (i = 0; i < p->level && span < (UINT64_C (1) << 50); i++)
       span *= CAS_MAP_FANOUT;
     first = p->index * span;
+    last = first + span - 1;
+    if (last >= f->nblocks)
+      last = f->nblocks - 1;
     printf ("volume '%s' blocks %" PRIu64 "-%" PRIu64 " (map node level %d "
-            "index %" PRIu64 "): %s: chunk %s%s\n", p->volume, first,
-            first + span - 1, p->level, p->index, p->what, hex,
-            detail (f, d, sizeof d));
+            "index %" PRIu64 "): %s%s%s%s\n", p->volume, first,
+            last, p->level, p->index, p->what,
+            hex[0] ? ": chunk " : "", hex, d);
   }
   return 0;
 }
@@ -138,6 +146,7 @@ check_volume (const char *name, void *opaque)
     f->bad_volumes++;
     return 0;
   }
+  f->nblocks = cas_volume_nblocks (vol);
   r = cas_volume_check (vol, f->full, bad_ref, f);
   cas_volume_close (vol);
   if (r == -1) {
@@ -176,11 +185,11 @@ cmd_fsck (int argc, char **argv)
       verbose = true;
       break;
     default:
-      return usage_error (argv[0]);
+      return usage_error ("fsck");
     }
   }
-  if (want_args (argv[0], argc, argv, optind, 1, "STORE") == -1)
-    return usage_error (argv[0]);
+  if (want_args ("fsck", argc, argv, optind, 1, "STORE") == -1)
+    return usage_error ("fsck");
   dir = argv[optind];
 
   /* Read-only: fsck reports, it never changes the store (a torn tail is
@@ -215,7 +224,10 @@ cmd_fsck (int argc, char **argv)
   tool_capture (NULL, 0);
 
   problems = f.bad_records + f.bad_refs + f.bad_volumes;
-  if (problems == 0)
+  if (f.failed)
+    printf ("%s: check incomplete: %" PRIu64 " problem%s found so far\n",
+            dir, problems, problems == 1 ? "" : "s");
+  else if (problems == 0)
     printf ("%s: clean: %" PRIu64 " chunks in %" PRIu64 " packs, %" PRIu64
             " volumes checked (%s)\n", dir, ss.chunks.chunks,
             ss.chunks.packs, f.volumes,

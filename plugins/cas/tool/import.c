@@ -347,33 +347,33 @@ cmd_import (int argc, char **argv)
       return EXIT_OK;
     case 'j':
       if (parse_uint ("--threads", optarg, 1, MAX_THREADS, &n) == -1)
-        return usage_error (argv[0]);
+        return usage_error ("import");
       nthreads = n;
       break;
     case 's':
       if (tool_parse_size ("--size", optarg, &size) == -1)
-        return usage_error (argv[0]);
+        return usage_error ("import");
       have_size = true;
       break;
     case 'v':
       verbose = true;
       break;
     default:
-      return usage_error (argv[0]);
+      return usage_error ("import");
     }
   }
-  if (want_args (argv[0], argc, argv, optind, 3, "STORE VOLUME IMAGE") == -1)
-    return usage_error (argv[0]);
+  if (want_args ("import", argc, argv, optind, 3, "STORE VOLUME IMAGE") == -1)
+    return usage_error ("import");
   dir = argv[optind];
   name = argv[optind + 1];
   image = argv[optind + 2];
   if (have_size && !create) {
     tool_error ("import: --size only applies with --create (an existing "
                 "volume keeps its size, or grows to the image's)");
-    return usage_error (argv[0]);
+    return usage_error ("import");
   }
   if (tool_check_name (name) == -1)
-    return usage_error (argv[0]);
+    return usage_error ("import");
 
   /* The image first: a typo there should not touch the store. */
   fd = open (image, O_RDONLY | O_CLOEXEC);
@@ -391,7 +391,7 @@ cmd_import (int argc, char **argv)
   if (have_size && size < im.image_size) {
     tool_error ("import: --size %" PRIu64 " is smaller than the image "
                 "(%" PRIu64 " bytes)", size, im.image_size);
-    return usage_error (argv[0]);
+    return usage_error ("import");
   }
   vol_size = have_size ? size : im.image_size;
   if (create && vol_size == 0) {

@@ -77,11 +77,11 @@ cmd_list (int argc, char **argv)
       verbose = true;
       break;
     default:
-      return usage_error (argv[0]);
+      return usage_error ("list");
     }
   }
-  if (want_args (argv[0], argc, argv, optind, 1, "STORE") == -1)
-    return usage_error (argv[0]);
+  if (want_args ("list", argc, argv, optind, 1, "STORE") == -1)
+    return usage_error ("list");
   l.st = tool_open_store (argv[optind], true, CAS_VERIFY_CHECKSUM);
   if (l.st == NULL)
     goto out;

@@ -331,6 +331,9 @@ main (int argc, char **argv)
   size_t i;
   int c;
 
+  /* getopt's messages start with argv[0]: the name, not the path. */
+  if (argc > 0)
+    argv[0] = (char *) progname;
   /* "+": stop at the command name; its options are its own. */
   while ((c = getopt_long (argc, argv, "+hvV", long_options, NULL)) != -1) {
     switch (c) {
@@ -359,7 +362,7 @@ main (int argc, char **argv)
     if (optind + 1 < argc) {
       char *hargv[] = { argv[optind + 1], (char *) "--help", NULL };
       for (i = 0; i < NCOMMANDS; i++)
-        if (strcmp (commands[i].name, hargv[0]) == 0) {
+        if (strcmp (commands[i].name, argv[optind + 1]) == 0) {
           optind = 0;
           return commands[i].fn (2, hargv);
         }
@@ -373,6 +376,10 @@ main (int argc, char **argv)
     if (strcmp (commands[i].name, cmd) == 0) {
       int sub_argc = argc - optind;
       char **sub_argv = argv + optind;
+      char name[64];
+      /* getopt's own messages start with argv[0]: "nbdcas import: ..." */
+      snprintf (name, sizeof name, "%s %s", progname, cmd);
+      sub_argv[0] = name;
       optind = 0;               /* restart getopt for the command */
       return commands[i].fn (sub_argc, sub_argv);
     }

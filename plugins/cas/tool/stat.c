@@ -203,16 +203,16 @@ cmd_stat (int argc, char **argv)
       verbose = true;
       break;
     default:
-      return usage_error (argv[0]);
+      return usage_error ("stat");
     }
   }
   if (argc - optind == 2)
     name = argv[optind + 1];
-  else if (want_args (argv[0], argc, argv, optind, 1, "STORE [VOLUME]") == -1)
-    return usage_error (argv[0]);
+  else if (want_args ("stat", argc, argv, optind, 1, "STORE [VOLUME]") == -1)
+    return usage_error ("stat");
   dir = argv[optind];
   if (name && tool_check_name (name) == -1)
-    return usage_error (argv[0]);
+    return usage_error ("stat");
 
   st = tool_open_store (dir, true, CAS_VERIFY_CHECKSUM);
   if (st == NULL)
