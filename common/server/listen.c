@@ -232,13 +232,19 @@ listen_tcp (int **fds, int *port_out)
     /* Separate v4 and v6 sockets, so both can bind the same port. */
     if (a->ai_family == AF_INET6)
       setsockopt (fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+    /* -p 0: every address family gets the port the first one got. */
+    if (n > 0 && port_out && *port_out) {
+      if (a->ai_family == AF_INET6)
+        ((struct sockaddr_in6 *) a->ai_addr)->sin6_port = htons (*port_out);
+      else if (a->ai_family == AF_INET)
+        ((struct sockaddr_in *) a->ai_addr)->sin_port = htons (*port_out);
+    }
     if (bind (fd, a->ai_addr, a->ai_addrlen) == -1 ||
         listen (fd, SOMAXCONN) == -1) {
       last_errno = errno;
       close (fd);
       continue;
     }
-    /* -p 0: bind every address family to the port the first one got. */
     if (n == 0 && port_out) {
       struct sockaddr_storage ss;
       socklen_t sl = sizeof ss;

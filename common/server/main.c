@@ -396,6 +396,11 @@ main (int argc, char **argv)
   pid_t parent = getppid ();
   bool activated;
 
+  /* First of all: a supervisor may stop us while we are still starting,
+   * and that must be a clean exit, not death by SIGTERM.
+   */
+  setup_signals ();
+
   while ((c = getopt_long (argc, argv, short_opts, long_opts, NULL)) != -1) {
     switch (c) {
     case 'U': opts.unix_socket = optarg; break;
@@ -456,8 +461,12 @@ main (int argc, char **argv)
     opts.unix_socket = "-";
 
   configure_backend (argc - optind - 1, argv + optind + 1);
+  if (atomic_load (&shutting_down)) {
+    if (B->unload)
+      B->unload ();
+    return 0;
+  }
 
-  setup_signals ();
   if (pipe2 (wake, O_CLOEXEC | O_NONBLOCK) == -1) {
     log_error ("pipe: %m");
     exit (1);
