@@ -18,6 +18,27 @@ def pack_path(store):
     return sorted(glob.glob(os.path.join(store, "packs", "pack-*")))[0]
 
 
+def crc32c(data):
+    crc = 0xFFFFFFFF
+    tab = crc32c.tab
+    for b in data:
+        crc = tab[(crc ^ b) & 0xFF] ^ (crc >> 8)
+    return crc ^ 0xFFFFFFFF
+
+
+def _crc_table():
+    t = []
+    for i in range(256):
+        c = i
+        for _ in range(8):
+            c = (c >> 1) ^ (0x82F63B78 if c & 1 else 0)
+        t.append(c)
+    return t
+
+
+crc32c.tab = _crc_table()
+
+
 def flip(path, off):
     with open(path, "r+b") as f:
         f.seek(off)
@@ -76,9 +97,17 @@ def body(srv):
         raise AssertionError("partial write over a damaged block succeeded")
     except nbd.Error as e:
         assert errname(e) == "EIO", e.errno
-    # Overwriting the whole damaged block works.
-    h.pwrite(c, 0)
-    assert h.pread(BS, 0) == c
+    # Writing the same content again stores a good copy (no dedup
+    # against the damaged record), at another place too.
+    h.pwrite(a, 0)
+    assert h.pread(BS, 0) == a, "rewrite of damaged content"
+    h.pwrite(b, 12 * BS)
+    assert h.pread(BS, 12 * BS) == b
+    # Overwriting a damaged block with other content works.
+    h.pwrite(c, 5 * BS)
+    assert h.pread(BS, 5 * BS) == c
+    h.pwrite(b, 5 * BS)
+    h.flush()
     h.shutdown()
     log = srv.log()
     assert "pack 1 offset" in log and "checksum mismatch" in log, log
@@ -88,8 +117,31 @@ def body(srv):
     srv.params.append("verify=full")
     srv.start()
     h = srv.connect()
-    expect_eio(h, BS, 5 * BS)
+    assert h.pread(BS, 0) == a
+    assert h.pread(BS, 5 * BS) == b
     assert h.pread(BS, 9 * BS) == c
+    h.shutdown()
+    # A damaged copy that verify=full catches but the CRC cannot: a
+    # payload changed together with its CRC.
+    srv.stop()
+    raw = open(pack_path(store), "rb").read()
+    pc = raw.find(c[:4096])
+    assert pc > 0
+    import struct
+    with open(pack_path(store), "r+b") as f:
+        bad = bytearray(c)
+        bad[77] ^= 1
+        f.seek(pc)
+        f.write(bad)
+        f.seek(pc - 64)
+        hdr = bytearray(f.read(64))
+        hdr[12:16] = struct.pack("<I", crc32c(bytes(bad)))
+        hdr[60:64] = struct.pack("<I", crc32c(bytes(hdr[:60])))
+        f.seek(pc - 64)
+        f.write(hdr)
+    srv.start()
+    h = srv.connect()
+    expect_eio(h, BS, 9 * BS)
     h.shutdown()
 
 

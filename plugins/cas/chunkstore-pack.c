@@ -40,6 +40,18 @@ PS (struct chunkstore *cs)
   return (struct packstore *) cs;
 }
 
+/* A record found damaged is dropped from the index, so that writing the
+ * same content again stores a good copy instead of deduplicating against
+ * the damaged one (reads of the old reference then fail with EIO).  The
+ * index cache saved at close no longer lists it either.
+ */
+static void
+forget (struct packstore *ps, const struct cas_hash *hash, uint64_t loc)
+{
+  if (!ps->readonly)
+    cas_index_remove (ps->index, hash, loc);
+}
+
 /* Find the location of hash: 1 found (*loc), 0 absent, -1 error. */
 static int
 locate (struct packstore *ps, const struct cas_hash *hash, uint64_t *loc)
@@ -50,8 +62,10 @@ locate (struct packstore *ps, const struct cas_hash *hash, uint64_t *loc)
 
   n = cas_index_lookup (ps->index, hash, locs, MAX_CANDIDATES);
   for (i = 0; i < n; i++) {
-    if (cas_packs_read_header (ps->packs, locs[i], &h) == -1)
+    if (cas_packs_read_header (ps->packs, locs[i], &h) == -1) {
+      forget (ps, hash, locs[i]);
       continue;                 /* damaged: maybe another copy is good */
+    }
     if (cas_hash_equal (&h.hash, hash)) {
       *loc = locs[i];
       return 1;
@@ -112,6 +126,7 @@ ps_get (struct chunkstore *cs, const struct cas_hash *hash, void *buf,
      * buffer: on a full-block read that is the client's own buffer.
      */
     if (cas_packs_read (ps->packs, locs[i], &h, buf, bufsize) == -1) {
+      forget (ps, hash, locs[i]);
       err = EIO;
       continue;
     }
@@ -122,6 +137,7 @@ ps_get (struct chunkstore *cs, const struct cas_hash *hash, void *buf,
       backend_error ("cas: pack %" PRIu32 " offset %" PRIu64 ": chunk %s: "
                      "payload checksum mismatch (damaged data)",
                      pack, off, cas_hash_hex (hash, hex));
+      forget (ps, hash, locs[i]);
       err = EIO;
       continue;
     }
@@ -132,6 +148,7 @@ ps_get (struct chunkstore *cs, const struct cas_hash *hash, void *buf,
         backend_error ("cas: pack %" PRIu32 " offset %" PRIu64 ": chunk %s: "
                        "payload does not match its SHA-256 (damaged data)",
                        pack, off, cas_hash_hex (hash, hex));
+        forget (ps, hash, locs[i]);
         err = EIO;
         continue;
       }

@@ -197,6 +197,41 @@ cas_index_insert (struct cas_index *idx, const struct cas_hash *hash,
   return r;
 }
 
+int
+cas_index_remove (struct cas_index *idx, const struct cas_hash *hash,
+                  uint64_t loc)
+{
+  uint64_t key = hash_key (hash);
+  struct shard *s = shard_of (idx, key);
+  uint64_t i, j, home;
+  int r = 0;
+
+  pthread_rwlock_wrlock (&s->lock);
+  for (i = key & s->mask; s->tab[i].loc != 0; i = (i + 1) & s->mask)
+    if (s->tab[i].key == key && s->tab[i].loc == loc)
+      break;
+  if (s->tab[i].loc == 0)
+    goto out;
+  /* Backward-shift deletion (no tombstones): move later entries of the
+   * probe run into the hole unless their home slot lies cyclically in
+   * (hole, j].
+   */
+  for (j = (i + 1) & s->mask; s->tab[j].loc != 0; j = (j + 1) & s->mask) {
+    home = s->tab[j].key & s->mask;
+    if (i <= j ? (home <= i || home > j) : (home <= i && home > j)) {
+      s->tab[i] = s->tab[j];
+      i = j;
+    }
+  }
+  s->tab[i].key = 0;
+  s->tab[i].loc = 0;
+  s->count--;
+  r = 1;
+ out:
+  pthread_rwlock_unlock (&s->lock);
+  return r;
+}
+
 uint64_t
 cas_index_count (struct cas_index *idx)
 {

@@ -5,7 +5,8 @@
  * hold: lookups return CANDIDATES, and the caller confirms each against
  * the full hash in the record header it reads anyway (FORMAT.md argues
  * why 8 bytes + confirmation is both compact and exact).  Entries are
- * never removed (garbage collection will rebuild the index).
+ * removed only when their record turns out to be damaged (garbage
+ * collection will rebuild the index).
  *
  * Layout: 64 shards, each an open-addressing table (linear probing) of
  * 16-byte entries {key, loc}, loc 0 = empty slot, grown x2 past 80% load:
@@ -41,6 +42,12 @@ int cas_index_lookup (struct cas_index *idx, const struct cas_hash *hash,
                       uint64_t *locs, int max);
 /* Add hash -> loc (loc != 0).  -1/ENOMEM if a resize fails. */
 int cas_index_insert (struct cas_index *idx, const struct cas_hash *hash,
+                      uint64_t loc);
+
+/* Remove the entry hash -> loc if present (a damaged record: a later
+ * put of the same chunk then stores a good copy).  Returns 1 if removed.
+ */
+int cas_index_remove (struct cas_index *idx, const struct cas_hash *hash,
                       uint64_t loc);
 
 uint64_t cas_index_count (struct cas_index *idx);

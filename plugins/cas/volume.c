@@ -153,8 +153,11 @@ read_node (struct cas_volume *vol, const struct cas_hash *h,
     dst = bounce;
   }
   if (cs_get (vol->st->cs, h, dst, F * CAS_HASH_SIZE, &len,
-              vol->st->verify) == -1)
+              vol->st->verify) == -1) {
+    if (errno == ENOENT)
+      errno = EIO;
     return -1;
+  }
   if (len % CAS_HASH_SIZE != 0 || len / CAS_HASH_SIZE > n) {
     backend_error ("cas: volume %s: map node has a bad length %" PRIu32,
                    vol->name, len);
@@ -377,8 +380,14 @@ read_block (struct cas_volume *vol, const struct cas_hash *h, void *buf)
     memset (buf, 0, vol->bs);
     return 0;
   }
-  if (cs_get (vol->st->cs, h, buf, vol->bs, &len, vol->st->verify) == -1)
+  if (cs_get (vol->st->cs, h, buf, vol->bs, &len, vol->st->verify) == -1) {
+    /* A block whose chunk is gone is lost data, for the client an I/O
+     * error (ENOENT means nothing in NBD).
+     */
+    if (errno == ENOENT)
+      errno = EIO;
     return -1;
+  }
   if (len != vol->bs) {
     backend_error ("cas: volume %s: data chunk of %" PRIu32 " bytes, "
                    "expected %" PRIu32, vol->name, len, vol->bs);
