@@ -267,10 +267,33 @@ class Server:
         h.connect_unix(self.sock)
         return h
 
+    def _wait_ready(self):
+        """Block until the server is in its main loop: a signal sent
+        between exec and the server installing its handlers would kill
+        it with the default action, whatever the server does.  A server
+        that sends the NBD greeting is past that point.  (A
+        connect-then-close probe, which every server must tolerate.)"""
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(60)
+        try:
+            s.connect(self.sock)
+            got = b""
+            while len(got) < 8:
+                chunk = s.recv(8 - len(got))
+                if not chunk:
+                    break
+                got += chunk
+        except OSError:
+            pass
+        finally:
+            s.close()
+
     def stop(self, sig=signal.SIGTERM):
         if self.proc is None:
             return 0
         if self.proc.poll() is None:
+            if sig != signal.SIGKILL:
+                self._wait_ready()
             self.proc.send_signal(sig)
         rc = self.proc.wait()
         _live_servers.discard(self.proc)
