@@ -218,6 +218,7 @@ machine() {
   echo "Versions: $(nbdkit --version), $(qemu-nbd --version | head -1), nbd-server $(nbd-server -V 2>&1 | grep -o '[0-9][0-9.]*' | head -1), $(nbdcopy --version | head -1), $(fio --version)"
   echo "Work: ${SIZE_MB} MiB; nbdcopy file<->nbd (default connections and requests); fio ioengine=nbd bs=4k, ${FIO_SECS} s time-based, one job; median of $REPEATS"
   echo "Command: bench/run.sh $ORIG_ARGS"
+  echo "Load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 }
 
 ORIG_ARGS="$*"
@@ -249,4 +250,5 @@ ORIG_ARGS="$*"
     openssl speed -seconds 2 -evp sha256 2>/dev/null | sed -n '/^type/,$p' | sed 's/^/    /'
     echo
   fi
+  echo "Load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
 } | tee ${REPORT:+"$REPORT"}
