@@ -191,7 +191,18 @@ class Tests:
         run("create", self.p("empty"), check=0)
 
     def t_round_trip(self):
-        run("import", self.store, "v1", self.img, "--create", check=0)
+        rc, _, err = run("import", "-v", self.store, "v1", self.img,
+                         "--create", check=0)
+        # The summary counts blocks: written zeros are read but not
+        # stored; holes (where the file system reports them) not read.
+        m = re.search(r"blocks: (\d+) data, (\d+) zero, (\d+) in holes", err)
+        assert m, err
+        data, zero, hole = map(int, m.groups())
+        assert data == nonzero_blocks(self.img), err
+        assert data + zero + hole == (self.size + BS - 1) // BS, err
+        with open(self.img, "rb") as f:
+            fs_holes = os.lseek(f.fileno(), 0, os.SEEK_HOLE) < self.size
+        assert zero >= 31 and (hole >= 60 or not fs_holes), err
         assert stat_json(self.store, "v1")["size"] == self.size
         out = self.p("v1.out")
         run("export", self.store, "v1", out, check=0)
