@@ -317,13 +317,20 @@ daemonize (void)
   }
   close (pfd[0]);
   setsid ();
+  /* A daemon keeps no terminal or pipe of its caller open (a caller
+   * reading our output would wait forever); messages go to syslog.
+   */
   fd = open ("/dev/null", O_RDWR);
   if (fd >= 0) {
     dup2 (fd, 0);
     dup2 (fd, 1);
+    if (!opts.verbose)
+      dup2 (fd, 2);
     if (fd > 2)
       close (fd);
   }
+  if (!opts.verbose)
+    log_to_syslog ();
   return pfd[1];
 }
 

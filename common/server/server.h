@@ -65,7 +65,8 @@ extern const char *progname;
 /* Set by SIGTERM/SIGINT (or --run's command exiting). */
 extern atomic_bool shutting_down;
 
-/* services.c: logging. */
+/* services.c: logging (stderr, or syslog once log_to_syslog was called). */
+void log_to_syslog (void);
 void log_error (const char *fmt, ...) __attribute__ ((format (printf, 1, 2)));
 void log_debug (const char *fmt, ...) __attribute__ ((format (printf, 1, 2)));
 #define debug(...) do { if (opts.verbose) log_debug (__VA_ARGS__); } while (0)

@@ -6,7 +6,8 @@
  * reads back exactly the message its own backend call set.  Collectors
  * (extents, exports) belong to one request / one caller at a time.
  * Logging writes one line per call with a single stdio call, which glibc
- * locks, so lines from different threads do not interleave.
+ * locks, so lines from different threads do not interleave.  A daemon
+ * (forked into the background) logs to syslog instead, as nbdkit does.
  */
 #include <config.h>
 
@@ -16,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <syslog.h>
 
 #include "backend.h"
 #include "nbd-protocol.h"
@@ -23,14 +25,31 @@
 
 static __thread char errmsg[1024];
 static __thread bool errmsg_set;
+static bool use_syslog;
+
+void
+log_to_syslog (void)
+{
+  openlog (progname, LOG_PID, LOG_DAEMON);
+  use_syslog = true;
+}
 
 static void
-vlog (const char *prefix, const char *fmt, va_list ap)
+emit (int level, const char *prefix, const char *msg)
+{
+  if (use_syslog)
+    syslog (level, "%s%s", prefix, msg);
+  else
+    fprintf (stderr, "%s: %s%s\n", progname, prefix, msg);
+}
+
+static void
+vlog (int level, const char *prefix, const char *fmt, va_list ap)
 {
   char line[1200];
 
   vsnprintf (line, sizeof line, fmt, ap);
-  fprintf (stderr, "%s: %s%s\n", progname, prefix, line);
+  emit (level, prefix, line);
 }
 
 void
@@ -40,7 +59,7 @@ log_error (const char *fmt, ...)
   int saved = errno;
 
   va_start (ap, fmt);
-  vlog ("", fmt, ap);
+  vlog (LOG_ERR, "", fmt, ap);
   va_end (ap);
   errno = saved;
 }
@@ -52,7 +71,7 @@ log_debug (const char *fmt, ...)
   int saved = errno;
 
   va_start (ap, fmt);
-  vlog ("debug: ", fmt, ap);
+  vlog (LOG_DEBUG, "debug: ", fmt, ap);
   va_end (ap);
   errno = saved;
 }
@@ -67,7 +86,7 @@ backend_error (const char *fmt, ...)
   vsnprintf (errmsg, sizeof errmsg, fmt, ap);
   va_end (ap);
   errmsg_set = true;
-  fprintf (stderr, "%s: %s\n", progname, errmsg);
+  emit (LOG_ERR, "", errmsg);
   errno = saved;
 }
 
@@ -80,7 +99,7 @@ backend_debug (const char *fmt, ...)
   if (!opts.verbose)
     return;
   va_start (ap, fmt);
-  vlog ("debug: ", fmt, ap);
+  vlog (LOG_DEBUG, "debug: ", fmt, ap);
   va_end (ap);
   errno = saved;
 }
