@@ -106,12 +106,50 @@ read_full (struct import *im, uint8_t *buf, size_t len, uint64_t off)
   return 0;
 }
 
+/* What one SEEK_DATA / SEEK_HOLE pair said: [from, data) is a hole and
+ * [data, hole) is data.  Kept per worker and reused while chunks fall
+ * inside it: on some file systems (tmpfs) SEEK_HOLE walks the page cache
+ * up to the next hole, which in a dense image is the end of the file --
+ * asking again for every chunk would make the import quadratic.
+ */
+struct seg {
+  uint64_t from, data, hole;    /* all 0: nothing known yet */
+};
+
+static int
+seek_seg (struct import *im, uint64_t pos, struct seg *sg)
+{
+  off_t d, h;
+
+  d = lseek (im->fd, pos, SEEK_DATA);
+  if (d == -1) {
+    if (errno != ENXIO) {
+      tool_error ("%s: lseek SEEK_DATA: %m", im->image);
+      return -1;
+    }
+    d = im->image_size;         /* only a hole up to EOF */
+  }
+  if ((uint64_t) d >= im->image_size)
+    h = d = im->image_size;
+  else {
+    h = lseek (im->fd, d, SEEK_HOLE);
+    if (h == -1) {
+      tool_error ("%s: lseek SEEK_HOLE: %m", im->image);
+      return -1;
+    }
+    if ((uint64_t) h > im->image_size || h <= d)
+      h = im->image_size;
+  }
+  *sg = (struct seg) { .from = pos, .data = d, .hole = h };
+  return 0;
+}
+
 /* Mark isdata[i] for each block of [off, off+len) that holds any data
  * according to SEEK_DATA/SEEK_HOLE (everything, if unsupported).
  */
 static int
 map_chunk (struct import *im, uint64_t off, uint64_t len, bool *isdata,
-           uint64_t nb)
+           uint64_t nb, struct seg *sg)
 {
   uint64_t end = off + len, pos = off, i;
 
@@ -122,28 +160,19 @@ map_chunk (struct import *im, uint64_t off, uint64_t len, bool *isdata,
   }
   memset (isdata, 0, nb * sizeof *isdata);
   while (pos < end) {
-    off_t d, h;
-    uint64_t b0, b1;
+    uint64_t d, h, b0, b1;
 
-    d = lseek (im->fd, pos, SEEK_DATA);
-    if (d == -1) {
-      if (errno == ENXIO)       /* only a hole up to EOF */
-        break;
-      tool_error ("%s: lseek SEEK_DATA: %m", im->image);
-      return -1;
+    if (pos < sg->from || pos >= sg->hole) {
+      if (seek_seg (im, pos, sg) == -1)
+        return -1;
     }
-    if ((uint64_t) d >= end)
+    d = sg->data > pos ? sg->data : pos;
+    if (d >= end)
       break;
-    h = lseek (im->fd, d, SEEK_HOLE);
-    if (h == -1) {
-      tool_error ("%s: lseek SEEK_HOLE: %m", im->image);
-      return -1;
-    }
-    if ((uint64_t) h > end || h <= d)
-      h = end;
+    h = sg->hole < end ? sg->hole : end;
     /* Whole blocks touched by [d, h). */
-    b0 = ((uint64_t) d - off) / im->bs;
-    b1 = ((uint64_t) h - off + im->bs - 1) / im->bs;
+    b0 = (d - off) / im->bs;
+    b1 = (h - off + im->bs - 1) / im->bs;
     for (i = b0; i < b1 && i < nb; i++)
       isdata[i] = true;
     pos = h;
@@ -163,7 +192,8 @@ emit (struct import *im, const uint8_t *buf, uint64_t len, uint64_t off)
 }
 
 static int
-import_chunk (struct import *im, uint64_t k, uint8_t *buf, bool *isdata)
+import_chunk (struct import *im, uint64_t k, uint8_t *buf, bool *isdata,
+              struct seg *sg)
 {
   uint64_t off = k * CHUNK;
   uint64_t len = im->image_size - off < CHUNK ? im->image_size - off : CHUNK;
@@ -171,7 +201,7 @@ import_chunk (struct import *im, uint64_t k, uint8_t *buf, bool *isdata)
   uint64_t ndata = 0, nzero = 0, nhole = 0;
   int run_kind = -1;            /* -1 none, 0 zeros, 1 data */
 
-  if (map_chunk (im, off, len, isdata, nb) == -1)
+  if (map_chunk (im, off, len, isdata, nb, sg) == -1)
     return -1;
   /* Read each run of data blocks with one pread. */
   for (i = 0; i < nb; ) {
@@ -232,6 +262,7 @@ worker (void *opaque)
   struct import *im = opaque;
   CLEANUP_FREE uint8_t *buf = NULL;
   CLEANUP_FREE bool *isdata = NULL;
+  struct seg sg = { 0, 0, 0 };
 
   buf = malloc (CHUNK);
   isdata = malloc ((CHUNK / CAS_MIN_BLOCKSIZE) * sizeof *isdata);
@@ -244,7 +275,7 @@ worker (void *opaque)
     uint64_t k = atomic_fetch_add (&im->next, 1);
     if (k >= im->nchunks)
       break;
-    if (import_chunk (im, k, buf, isdata) == -1) {
+    if (import_chunk (im, k, buf, isdata, &sg) == -1) {
       atomic_store (&im->failed, true);
       break;
     }
