@@ -1,0 +1,17 @@
+#!/usr/bin/env python3
+# The disk fills up in the middle of a write: the first failing write is
+# short (half its bytes), the calls after it fail with ENOSPC.  A backend
+# must retry the rest of a short write (POSIX) and so report ENOSPC, not
+# EIO, and never acknowledge data it did not write.
+import faulttest
+
+KNOWN_BUGS = {
+    ("fsck", "cas"): "a failed pack append leaves a hole that "
+        "nbdcas fsck reports as a damaged record",
+    ("errno", "cas"): "a short pwritev in cas_packs_append is "
+        "reported as EIO instead of writing the rest",
+}
+
+faulttest.main("fault: short write then ENOSPC",
+               "ERRNO=ENOSPC OPS=write AFTER=0 SHORT=1",
+               faulttest.errno.ENOSPC, KNOWN_BUGS)
