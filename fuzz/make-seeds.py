@@ -111,8 +111,9 @@ casstore = {
     "pack-length": bytes([1, 1]) + patch(64 + 8, struct.pack("<I", 1 << 20)),
     # pack: payload changed and CRCs and SHA fixed: references dangle
     "pack-rehash": bytes([1, 17]) + patch(64 + 64, b"hello"),
-    # index: entry count enormous, CRCs fixed
-    "index-count": bytes([2, 1]) + patch(24, struct.pack("<Q", 1 << 60)),
+    # index: entry count larger than the file, CRCs fixed.  (With 2^60
+    # it crashed cas_index_load: regressions/casstore/index-count-huge-calloc.)
+    "index-count": bytes([2, 1]) + patch(24, struct.pack("<Q", 1000)),
     # index: high-water mark beyond the pack, CRCs fixed
     "index-mark": bytes([2, 1]) + patch(16, struct.pack("<Q", 1 << 40)),
     # root a: size 2^50, CRC fixed
