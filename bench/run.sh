@@ -6,6 +6,7 @@
 #                [-m peers|cas|all] [-d TMPFS_DIR] [-D DISK_DIR]
 #                [-S "row row ..."] [-o REPORT.md]
 #
+# -o also writes every single measurement to REPORT.md.raw.
 # Modes (what rows and columns the table has; -m picks one or both):
 #   peers  minnbd+flatfile, nbdkit+flatfile (this build's plugin), nbdkit's
 #          own file plugin, qemu-nbd and nbd-server, all on tmpfs.  Columns:
@@ -188,12 +189,15 @@ median() { sort -n | awk '{ v[NR] = $1 } END { if (NR == 0) print "-"; else if (
 # run_table NAME HEADER ROWS...: measure, REPEATS times round-robin, print.
 run_table() {
   TABLE=$1 COLUMNS=$2; shift 2
-  local rows=("$@") rep row i n=0
+  local rows=("$@") rep row i line n=0
   declare -A res
   for rep in $(seq "$REPEATS"); do
     for row in "${rows[@]}"; do
       echo "run.sh: [$rep/$REPEATS] $row" >&2
-      res[$row]+="$(measure "$row")"$'\n'
+      line=$(measure "$row")
+      res[$row]+="$line"$'\n'
+      # Every single measurement, for whoever doubts a median.
+      [ -n "$REPORT" ] && echo "$TABLE $rep $row $line" >> "$REPORT.raw"
     done
   done
   n=$(echo "$COLUMNS" | wc -w)
@@ -222,6 +226,7 @@ machine() {
 }
 
 ORIG_ARGS="$*"
+[ -n "$REPORT" ] && : > "$REPORT.raw"
 {
   machine
   echo
