@@ -153,19 +153,26 @@ conn_write (struct conn *c, const void *buf, size_t len)
 
 /* Request pool. */
 
+/* Reader side: requests come from a private list, refilled with the
+ * whole shared free list at once, so the reader seldom takes qlock for
+ * them.
+ */
 static struct request *
 request_get (struct conn *c)
 {
   struct request *r;
 
-  pthread_mutex_lock (&c->qlock);
-  r = c->freelist;
-  if (r) {
-    c->freelist = r->next;
-    c->nfree--;
+  if (c->rpool == NULL) {
+    pthread_mutex_lock (&c->qlock);
+    c->rpool = c->freelist;
+    c->freelist = NULL;
+    c->nfree = 0;
+    pthread_mutex_unlock (&c->qlock);
   }
-  pthread_mutex_unlock (&c->qlock);
-  if (r == NULL)
+  r = c->rpool;
+  if (r)
+    c->rpool = r->next;
+  else
     r = calloc (1, sizeof *r);
   if (r)
     r->next = NULL;
@@ -330,23 +337,16 @@ transmission (struct conn *c)
     request_validate (c, r);
     need = request_bufsize (c, r);
 
-    /* Back-pressure: stop reading until enough in-flight work is done. */
-    pthread_mutex_lock (&c->qlock);
-    while (c->in_flight > 0 &&
-           (c->in_flight >= MAX_INFLIGHT_REQS ||
-            c->in_flight_bytes + need > MAX_INFLIGHT_BYTES))
-      pthread_cond_wait (&c->done_cond, &c->qlock);
-    c->in_flight++;
-    c->in_flight_bytes += need;
-    r->charge = need;
-    pthread_mutex_unlock (&c->qlock);
-
+    /* Grown before the in-flight check below, so the cap can be passed
+     * by at most this one request; pooled buffers make this rare.
+     */
     if (need > r->bufcap) {
       char *nb = malloc (need);
 
       if (nb == NULL) {
         r->error = NBD_ENOMEM;
         r->errmsg = "out of memory for the request buffer";
+        need = 0;
       }
       else {
         free (r->buf);
@@ -354,24 +354,35 @@ transmission (struct conn *c)
         r->bufcap = need;
       }
     }
+
+    pthread_mutex_lock (&c->qlock);
+    /* Back-pressure: stop reading until enough in-flight work is done. */
+    while (c->in_flight > 0 &&
+           (c->in_flight >= MAX_INFLIGHT_REQS ||
+            c->in_flight_bytes + need > MAX_INFLIGHT_BYTES))
+      pthread_cond_wait (&c->done_cond, &c->qlock);
+    c->in_flight++;
+    c->in_flight_bytes += need;
+    r->charge = need;
+
     if (r->type == NBD_CMD_WRITE) {
       int rr;
 
       /* The payload follows whatever we think of the request. */
+      pthread_mutex_unlock (&c->qlock);
       if (r->error == 0)
         rr = conn_read (c, r->buf, r->count);
       else
         rr = conn_skip (c, r->count);
+      pthread_mutex_lock (&c->qlock);
       if (rr == -1) {
         debug ("conn %lu: short write payload", c->id);
-        pthread_mutex_lock (&c->qlock);
         request_done_locked (c, r);
         pthread_mutex_unlock (&c->qlock);
         break;
       }
     }
 
-    pthread_mutex_lock (&c->qlock);
     inline_exec = c->in_flight == 1 && c->rstart == c->rend;
     if (!inline_exec) {
       if (c->qtail)
@@ -383,7 +394,7 @@ transmission (struct conn *c)
       /* Wake an idle worker, or start one if all are busy. */
       if (c->idle == 0 && c->nworkers < opts.threads)
         worker_start_locked (c);
-      else
+      else if (c->idle > 0)
         pthread_cond_signal (&c->qcond);
     }
     pthread_mutex_unlock (&c->qlock);
@@ -422,6 +433,10 @@ conn_free (struct conn *c)
     c->freelist = r->next;
     request_destroy (r);
   }
+  while ((r = c->rpool) != NULL) {
+    c->rpool = r->next;
+    request_destroy (r);
+  }
   export_close (c);
   free (c->meta_export);
   free (c->rbuf);
@@ -436,6 +451,7 @@ void
 conn_serve (int rfd, int wfd, bool is_socket)
 {
   static atomic_ulong next_id;
+  pthread_mutexattr_t ma;
   struct conn *c;
 
   c = calloc (1, sizeof *c);
@@ -449,8 +465,14 @@ conn_serve (int rfd, int wfd, bool is_socket)
   c->is_socket = is_socket;
   c->reader = pthread_self ();
   c->id = atomic_fetch_add (&next_id, 1) + 1;
-  pthread_mutex_init (&c->wlock, NULL);
-  pthread_mutex_init (&c->qlock, NULL);
+  /* Adaptive mutexes spin briefly before sleeping: both locks are held
+   * only for a few microseconds, and a futex round trip costs more.
+   */
+  pthread_mutexattr_init (&ma);
+  pthread_mutexattr_settype (&ma, PTHREAD_MUTEX_ADAPTIVE_NP);
+  pthread_mutex_init (&c->wlock, &ma);
+  pthread_mutex_init (&c->qlock, &ma);
+  pthread_mutexattr_destroy (&ma);
   pthread_cond_init (&c->qcond, NULL);
   pthread_cond_init (&c->done_cond, NULL);
 

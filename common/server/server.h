@@ -170,8 +170,9 @@ struct conn {
   pthread_cond_t qcond;        /* workers wait for work */
   pthread_cond_t done_cond;    /* reader waits for capacity / drain */
   struct request *qhead, *qtail;
-  struct request *freelist;
+  struct request *freelist;    /* answered requests, for reuse */
   unsigned nfree;
+  struct request *rpool;       /* the reader's own (no lock) */
   unsigned in_flight;          /* queued + executing */
   size_t in_flight_bytes;
   unsigned nworkers, idle;
