@@ -250,6 +250,43 @@ def define(e):
                 assert f.read(1024 * 1024) == bufs[i % 8], \
                     "acknowledged write %d missing" % i
 
+    @c("SIGTERM with a client that never reads its replies: exit 0")
+    def _():
+        import struct
+        d = os.path.join(e.d, "stuck")
+        os.makedirs(d, exist_ok=True)
+        srv = nbdtest.Server("minnbd", "flatfile", e.params, d).start()
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(srv.sock)
+        s.settimeout(30)
+        got = b""
+        while len(got) < 18:
+            got += s.recv(18 - len(got))
+        s.sendall(struct.pack(">I", 3) +
+                  struct.pack(">QII", 0x49484156454F5054, 1, 0))
+        got = b""
+        while len(got) < 10:
+            got += s.recv(10 - len(got))
+        # Fill both directions: replies pile up unread until the
+        # server's writes block and it stops reading.
+        s.setblocking(False)
+        req = b"".join(struct.pack(">IHHQQI", 0x25609513, 0, 0, i,
+                                   (i % 64) * 1024 * 1024, 1024 * 1024)
+                       for i in range(4096))
+        try:
+            while req:
+                req = req[s.send(req):]
+        except BlockingIOError:
+            pass
+        srv.proc.send_signal(signal.SIGTERM)
+        try:
+            rc = srv.proc.wait(timeout=60)
+        finally:
+            s.close()
+        srv.proc = None
+        srv.errf.close()
+        assert rc == 0, "exit %s\n%s" % (rc, srv.log())
+
     @c("--exit-with-parent: exits when its parent dies")
     def _():
         sock = os.path.join(e.d, "ewp.sock")

@@ -91,24 +91,32 @@ connection_unregister (struct conn *c)
 
 /* Stop reading on every connection: each then finishes its in-flight
  * requests and closes.  A connection still in the handshake sees EOF.
+ * hard: also stop writing, for a client that does not read its replies
+ * (its workers would otherwise block in write() for ever).
  */
 void
-connections_stop (void)
+connections_stop (bool hard)
 {
   struct conn *c;
   SCOPED_LOCK (&reg_lock);
 
   for (c = reg_head; c; c = c->next) {
-    if (c->is_socket && shutdown (c->rfd, SHUT_RD) == 0)
+    if (c->is_socket &&
+        shutdown (c->rfd, hard ? SHUT_RDWR : SHUT_RD) == 0)
       continue;
     pthread_kill (c->reader, SIGUSR1);
   }
 }
 
+/* Grace period for in-flight requests at shutdown, in 100 ms rounds. */
+#define SHUTDOWN_GRACE_ROUNDS 50
+
 void
 connections_wait (void)
 {
-  for (;;) {
+  unsigned round;
+
+  for (round = 1; ; round++) {
     struct timespec ts;
     int r = 0;
 
@@ -127,9 +135,13 @@ connections_wait (void)
     }
     pthread_mutex_unlock (&reg_lock);
     /* A signal sent to interrupt a read can land just before the read
-     * starts; repeat until every connection has noticed.
+     * starts: repeat until every connection has noticed.  After the
+     * grace period, a client that does not read its replies is cut off.
      */
-    connections_stop ();
+    if (round == SHUTDOWN_GRACE_ROUNDS)
+      log_error ("shutdown: connections still busy after %d s: closing "
+                 "them", SHUTDOWN_GRACE_ROUNDS / 10);
+    connections_stop (round >= SHUTDOWN_GRACE_ROUNDS);
   }
 }
 
@@ -441,6 +453,6 @@ listen_loop (int *fds, int nfds, int wakefd)
   /* Stop accepting, then let every connection finish its work. */
   for (i = 0; i < nfds; i++)
     close (fds[i]);
-  connections_stop ();
+  connections_stop (false);
   connections_wait ();
 }

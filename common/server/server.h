@@ -224,8 +224,10 @@ int listen_setup (int **fds, char **unix_path_out, char **tmpdir_out,
                   int *port_out);
 /* Accept and serve until shutdown; returns when all connections ended. */
 void listen_loop (int *fds, int nfds, int wakefd);
-/* Tell every connection to stop reading (shutdown request). */
-void connections_stop (void);
+/* Tell every connection to stop reading (shutdown request); hard: to
+ * stop writing too.
+ */
+void connections_stop (bool hard);
 /* Register/unregister a connection (for connections_stop). */
 int connection_register (struct conn *c);
 void connection_unregister (struct conn *c);

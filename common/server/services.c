@@ -145,6 +145,15 @@ backend_add_extent (struct backend_extents *e,
 
   if (e->full || length == 0)
     return 0;
+  /* Extents before the request are dropped, one straddling its start is
+   * clipped (as nbdkit does); after that they must follow each other.
+   */
+  if (e->n == 0 && offset < e->start) {
+    if (length <= e->start - offset)
+      return 0;
+    length -= e->start - offset;
+    offset = e->start;
+  }
   if (offset != e->next) {
     backend_error ("backend_add_extent: extents must be added in order and "
                    "contiguous: expected offset %" PRIu64 ", got %" PRIu64,
@@ -160,10 +169,7 @@ backend_add_extent (struct backend_extents *e,
   end = offset + length;
   e->next = end;
 
-  /* The backend may report beyond the request (clip) but not before it:
-   * the first extent must start at e->start, which the check above
-   * enforces because next begins there.
-   */
+  /* The backend may report beyond the request: clip. */
   if (end > e->end)
     end = e->end;
   length = end - offset;
