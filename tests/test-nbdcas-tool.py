@@ -400,6 +400,22 @@ class Tests:
         assert re.search(r"volume 'm' blocks 0-15 \(map node level 1 "
                          r"index 0\).*damaged", out), out
 
+    def t_damaged_volume_root(self):
+        # A volume whose root file is damaged: list shows the others and
+        # fails, fsck names it.
+        st = self.p("badroot")
+        run("create", st, "--size", "1M", "--volume", "good", check=0)
+        run("create", st, "--size", "1M", "--volume", "bad", check=0)
+        with open(os.path.join(st, "volumes", "bad"), "r+b") as f:
+            f.seek(20)
+            f.write(b"garbage")
+        rc, out, err = run("list", st, check=1)
+        assert out == "good\t1048576\t1.0 MiB\n", out
+        assert "checksum" in err, err
+        rc, out, err = run("fsck", st, check=1)
+        assert re.search(r"volume 'bad': cannot open.*checksum", out), out
+        assert "good" not in out, out
+
     # -- errors --
 
     def t_missing_store(self):

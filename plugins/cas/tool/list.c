@@ -17,6 +17,7 @@ struct list {
   struct cas_store *st;
   bool json;
   unsigned n;
+  unsigned bad;                 /* volumes whose root could not be read */
 };
 
 static void
@@ -38,8 +39,11 @@ one (const char *name, void *opaque)
   uint64_t size;
 
   vol = cas_volume_open (l->st, name);
-  if (vol == NULL)
-    return -1;
+  if (vol == NULL) {
+    /* The message is out; list the others (and fail at the end). */
+    l->bad++;
+    return 0;
+  }
   size = cas_volume_size (vol);
   cas_volume_close (vol);
   if (l->json) {
@@ -91,7 +95,7 @@ cmd_list (int argc, char **argv)
     goto out;
   if (l.json)
     printf ("%s]\n", l.n ? "\n" : "");
-  ret = EXIT_OK;
+  ret = l.bad ? EXIT_FAIL : EXIT_OK;
  out:
   if (tool_close_store (l.st) == -1)
     ret = EXIT_FAIL;

@@ -87,7 +87,12 @@ backend_error (const char *fmt, ...)
   if (strncmp (m, "cas: ", 5) == 0)
     m += 5;
   if (capture_buf) {
-    snprintf (capture_buf, capture_len, "%s", m);
+    /* Keep every message since the last reset: the first one usually
+     * says what is wrong, the last one where.
+     */
+    size_t used = strlen (capture_buf);
+    snprintf (capture_buf + used, capture_len - used, "%s%s",
+              used ? "; " : "", m);
     if (verbose)
       tool_info ("(%s)", m);
   }
