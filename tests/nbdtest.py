@@ -193,6 +193,14 @@ def random_bytes(n, seed):
     return random.Random(seed).randbytes(n)
 
 
+_NONZERO = bytes([1]) + bytes(range(1, 256))
+
+
+def random_nonzero(n, seed):
+    """Like random_bytes, with no zero byte (so any zeroing shows)."""
+    return random_bytes(n, seed).translate(_NONZERO)
+
+
 def _sanitizer_env(env, server):
     # An ASan/TSan plugin loaded into a non-sanitized nbdkit needs the
     # runtime preloaded; nbdkit's own allocations are not ours to check.

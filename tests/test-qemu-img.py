@@ -31,7 +31,7 @@ def body(srv):
         f.truncate(SIZE)
         for i, (off, ln) in enumerate(regions):
             f.seek(off)
-            f.write(bytes(b | 1 for b in nbdtest.random_bytes(ln, i)))
+            f.write(nbdtest.random_nonzero(ln, i))
 
     # Pre-fill the export with junk so the holes really have to be
     # written as zeroes.

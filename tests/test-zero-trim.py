@@ -25,7 +25,7 @@ def body(srv):
 
     # Fill the first 32 MiB with data (no byte zero, so any zeroing shows).
     model = bytearray(SIZE)
-    data = bytes(b | 1 for b in nbdtest.random_bytes(32 * MiB, 7))
+    data = nbdtest.random_nonzero(32 * MiB, 7)
     for off in range(0, 32 * MiB, 8 * MiB):
         h.pwrite(data[off:off + 8 * MiB], off)
     model[0:32 * MiB] = data
