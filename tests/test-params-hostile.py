@@ -90,6 +90,45 @@ def check(tap, desc, argv, words):
         tap.ok(True, desc)
 
 
+def raw_go(path, name):
+    """A raw fixed-newstyle NBD_OPT_GO for export `name` (bytes, may hold
+    NUL, which libnbd cannot send): the first reply's type (0 if the
+    server closed instead, which counts as a refusal too)."""
+    import socket
+    import struct
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(30)
+    s.connect(path)
+
+    def recv(n):
+        b = b""
+        while len(b) < n:
+            c = s.recv(n - len(b))
+            if not c:
+                return None
+            b += c
+        return b
+    try:
+        if recv(18) is None:
+            return 0xffffffff
+        payload = struct.pack(">I", len(name)) + name + struct.pack(">H", 0)
+        s.sendall(struct.pack(">I", 3) +
+                  struct.pack(">QII", 0x49484156454f5054, 7, len(payload)) +
+                  payload)
+        h = recv(20)
+        if h is None:
+            return 0xffffffff
+        magic, opt, rtype, rlen = struct.unpack(">QIII", h)
+        recv(rlen)
+        # NBD_OPT_ABORT, then close.
+        s.sendall(struct.pack(">QII", 0x49484156454f5054, 2, 0))
+        return rtype
+    except OSError:
+        return 0xffffffff
+    finally:
+        s.close()
+
+
 def main():
     d = nbdtest.tmpdir()
     sock = os.path.join(d, "s.sock")
@@ -220,6 +259,11 @@ def main():
                     h.shutdown()
                 except nbd.Error:
                     pass
+            for name in (b"a\0b", b"\0", b"v" * 5000):
+                r = raw_go(srv.sock, name)
+                if not r & 0x80000000:
+                    bad.append("raw GO %r...: reply 0x%x, not an error" % (
+                        name[:8], r))
             h = srv.connect()
             h.pread(512, 0)
             h.shutdown()
