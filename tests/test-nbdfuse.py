@@ -117,28 +117,24 @@ def body(srv):
         os.unlink(img)
 
 
+class MemoryServer(nbdtest.Server):
+    """nbdkit's own memory plugin (not our code), socket-activated."""
+
+    def argv(self):
+        return ["nbdkit", "--exit-with-parent", "memory", "1M"]
+
+
 def fuse_usable():
     """FUSE works here: mount nbdkit's memory plugin with nbdfuse."""
     d = nbdtest.tmpdir()
+    srv = MemoryServer("nbdkit", "memory", [], d).start()
     try:
-        srv = subprocess.Popen(
-            ["nbdkit", "-f", "--exit-with-parent", "-U",
-             os.path.join(d, "s"), "memory", "1M"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL)
-        try:
-            sock = os.path.join(d, "s")
-            nbdtest.wait_until(lambda: os.path.exists(sock) or
-                               srv.poll() is not None, "nbdkit")
-            f = Fuse("nbd+unix:///?socket=" + sock, os.path.join(d, "m"))
-            f.close()
-            return None
-        except AssertionError as e:
-            return str(e).splitlines()[0]
-        finally:
-            srv.kill()
-            srv.wait()
+        Fuse(srv.uri(), os.path.join(d, "m")).close()
+        return None
+    except AssertionError as e:
+        return str(e).splitlines()[0]
     finally:
+        srv.stop()
         shutil.rmtree(d, ignore_errors=True)
 
 
