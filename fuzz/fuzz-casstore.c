@@ -32,6 +32,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -238,6 +239,35 @@ remove_store (void)
   }
 }
 
+/* A crashed run (the point of fuzzing) never reaches atexit: remove the
+ * scratch stores of fuzz-casstore processes that no longer exist.  Names
+ * carry the owner's pid: fuzz-casstore.<pid>.XXXXXX.
+ */
+static void
+remove_stale (const char *base)
+{
+  DIR *dh = opendir (base);
+  struct dirent *d;
+
+  if (dh == NULL)
+    return;
+  while ((d = readdir (dh)) != NULL) {
+    char cmd[600];
+    long pid;
+
+    if (sscanf (d->d_name, "fuzz-casstore.%ld.", &pid) != 1 || pid <= 0 ||
+        strchr (d->d_name, '\'') != NULL)
+      continue;
+    if (kill ((pid_t) pid, 0) == 0 || errno != ESRCH)
+      continue;
+    snprintf (cmd, sizeof cmd, "rm -rf '%s/%s'", base, d->d_name);
+    if (system (cmd) != 0)
+      fprintf (stderr, "fuzz-casstore: could not remove %s/%s\n", base,
+               d->d_name);
+  }
+  closedir (dh);
+}
+
 static void
 make_store (void)
 {
@@ -251,7 +281,9 @@ make_store (void)
 
   if (base == NULL || !*base)
     base = access ("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp";
-  snprintf (dir, sizeof dir, "%s/fuzz-casstore.XXXXXX", base);
+  remove_stale (base);
+  snprintf (dir, sizeof dir, "%s/fuzz-casstore.%ld.XXXXXX", base,
+            (long) getpid ());
   if (mkdtemp (dir) == NULL)
     die ("mkdtemp");
   atexit (remove_store);
