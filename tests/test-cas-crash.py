@@ -4,6 +4,8 @@
 # FUA-acknowledged sector reads back (or a later write of it), every other
 # sector reads its flushed content or one of the contents written after,
 # and the store is consistent (nbdcas fsck when the tool is built).
+# Another connection flushes now and then during phase 2: a flush on one
+# connection commits the writes completed on the other (multi-conn).
 # Then a torn record is appended to the newest pack: it must be cut on
 # open.
 
@@ -59,6 +61,9 @@ def body(srv):
         durable = {}          # sector -> seq of the last acked FUA write
         stop = threading.Event()
         h2 = srv.connect()
+        h3 = srv.connect()
+        done = [0]            # seq of the last completed write
+        flushed = [0]         # writes up to this seq are durable
 
         def writer():
             seq = 0
@@ -79,12 +84,32 @@ def body(srv):
                 if fua:
                     for s in range(n // SEC):
                         durable[off // SEC + s] = seq
+                done[0] = seq
+
+        def flusher():
+            while not stop.is_set():
+                upto = done[0]
+                try:
+                    h3.flush()
+                except nbd.Error:
+                    return
+                flushed[0] = upto
+                time.sleep(0.02)
         t = threading.Thread(target=writer)
         t.start()
+        tf = threading.Thread(target=flusher)
+        tf.start()
         time.sleep(0.3 + rnd.random() * 0.5)
         srv.kill9()
         stop.set()
         t.join()
+        tf.join()
+        # The last write of each sector covered by a completed flush is
+        # durable too.
+        for s, lst in issued.items():
+            for q, _ in lst:
+                if q <= flushed[0] and q > durable.get(s, 0):
+                    durable[s] = q
 
         srv.start()
         h = srv.connect()
