@@ -36,7 +36,7 @@ tool_capture (char *buf, size_t len)
     buf[0] = '\0';
 }
 
-static void
+static void __attribute__ ((format (printf, 1, 0)))
 vmessage (const char *fmt, va_list ap)
 {
   char msg[1024];
@@ -148,10 +148,10 @@ usage_error (const char *cmd)
 }
 
 int
-want_args (const char *cmd, int argc, char **argv, int optind, int n,
+want_args (const char *cmd, int argc, char **argv, int first, int n,
            const char *what)
 {
-  int have = argc - optind;
+  int have = argc - first;
 
   if (have < n) {
     tool_error ("%s: missing %s (expected: %s)", cmd,
@@ -160,7 +160,7 @@ want_args (const char *cmd, int argc, char **argv, int optind, int n,
   }
   if (have > n) {
     tool_error ("%s: unexpected argument '%s' (expected: %s)", cmd,
-                argv[optind + n], what);
+                argv[first + n], what);
     return -1;
   }
   return 0;

@@ -52,7 +52,7 @@ int usage_error (const char *cmd);
 /* If argv[optind...] does not hold exactly n positional arguments, report
  * it (naming what is expected) and return -1.
  */
-int want_args (const char *cmd, int argc, char **argv, int optind, int n,
+int want_args (const char *cmd, int argc, char **argv, int first, int n,
                const char *what);
 
 /* Open an existing store for this tool: a clear message when there is no
