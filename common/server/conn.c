@@ -5,15 +5,18 @@
  * Threads: the connection's own thread (the "reader") does the
  * handshake, then reads requests and queues them.  Up to opts.threads
  * workers, started on demand, take requests from the queue.  A request
- * that arrives when nothing else is queued or running and no further
- * input is buffered is executed by the reader itself: at queue depth 1
- * that saves two thread hand-offs per request, and there is nothing to
- * read ahead anyway.
+ * after which no further input is buffered is executed by the reader
+ * itself when nothing else is in flight (queue depth 1), or when
+ * requests take less time on average than a thread hand-off
+ * (INLINE_MAX_NS, e.g. files in the page cache or on tmpfs): the reader
+ * would only sleep in read() meanwhile.  Slow requests always go to the
+ * workers, so a long one never holds up reading the next.
  *
  * Locks: qlock guards the queue, the free pool and the in-flight counts;
  * wlock serialises replies (each reply is one writev).  Neither is ever
  * held while calling the backend.  Per-connection memory is bounded by
- * MAX_INFLIGHT_BYTES of request buffers plus a small pool.
+ * MAX_INFLIGHT_BYTES of write payloads, one read buffer per thread and
+ * a small pool.
  *
  * Ending: on EOF, NBD_CMD_DISC, a bad magic or server shutdown the reader
  * stops reading, waits for every queued request to be executed and
@@ -30,8 +33,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "backend.h"
@@ -39,6 +44,10 @@
 #include "server.h"
 
 #define POOL_MAX          128              /* idle request structs kept */
+/* Requests whose execution takes less than this on average (page cache,
+ * tmpfs) cost less than handing them to another thread does.
+ */
+#define INLINE_MAX_NS     20000
 #define POOL_BUF_MAX      (4u * 1024 * 1024) /* bigger buffers are freed */
 
 int
@@ -214,6 +223,40 @@ request_done_locked (struct conn *c, struct request *r)
   pthread_cond_signal (&c->done_cond);
 }
 
+/* Would a reply of len bytes have to wait for the client to read
+ * earlier replies?  TIOCOUTQ counts what is queued in the socket with
+ * the kernel's per-buffer overhead; allow a quarter more for this reply's.
+ */
+static bool
+output_would_block (struct conn *c, size_t len)
+{
+  int n;
+
+  if (c->sndbuf <= 0 || ioctl (c->wfd, TIOCOUTQ, &n) == -1)
+    return false;               /* not a socket: no way to know */
+  return (size_t) n + len + len / 4 + 8192 > (size_t) c->sndbuf;
+}
+
+/* Execute and keep a moving average of how long execution takes. */
+static void
+execute_timed (struct conn *c, struct request *r)
+{
+  struct timespec t0, t1;
+  int64_t ns, avg;
+
+  clock_gettime (CLOCK_MONOTONIC, &t0);
+  request_execute (c, r);
+  clock_gettime (CLOCK_MONOTONIC, &t1);
+  ns = (t1.tv_sec - t0.tv_sec) * INT64_C (1000000000) +
+    (t1.tv_nsec - t0.tv_nsec);
+  /* Racy read-modify-write among workers: an approximate average is all
+   * the heuristic needs.
+   */
+  avg = atomic_load_explicit (&c->avg_ns, memory_order_relaxed);
+  atomic_store_explicit (&c->avg_ns, avg + (ns - avg) / 8,
+                         memory_order_relaxed);
+}
+
 static void *
 worker (void *vc)
 {
@@ -235,12 +278,13 @@ worker (void *vc)
       c->qtail = NULL;
     pthread_mutex_unlock (&c->qlock);
 
-    request_execute (c, r);
+    execute_timed (c, r);
 
     pthread_mutex_lock (&c->qlock);
     request_done_locked (c, r);
   }
   pthread_mutex_unlock (&c->qlock);
+  request_thread_exit ();
   return NULL;
 }
 
@@ -265,23 +309,18 @@ worker_start_locked (struct conn *c)
   return 0;
 }
 
-/* Buffer bytes a request needs while in flight. */
+/* Bytes a request holds or will hold while in flight (what the
+ * back-pressure counts), and of those what must be allocated now (a
+ * WRITE's payload; reads use the executing thread's buffer).
+ */
 static size_t
-request_bufsize (struct conn *c, const struct request *r)
+request_charge (const struct request *r)
 {
   if (r->error)
     return 0;
-  switch (r->type) {
-  case NBD_CMD_READ:
-  case NBD_CMD_WRITE:
+  if (r->type == NBD_CMD_READ || r->type == NBD_CMD_WRITE)
     return r->count;
-  case NBD_CMD_CACHE:
-    if (c->can_cache == BACKEND_CACHE_EMULATE)
-      return r->count < POOL_BUF_MAX ? r->count : POOL_BUF_MAX;
-    return 0;
-  default:
-    return 0;
-  }
+  return 0;
 }
 
 static void
@@ -290,8 +329,14 @@ transmission (struct conn *c)
   struct nbd_request h;
   struct request *r;
   size_t need;
-  bool inline_exec;
+  bool inline_exec, may_inline;
 
+  {
+    socklen_t sl = sizeof c->sndbuf;
+
+    if (getsockopt (c->wfd, SOL_SOCKET, SO_SNDBUF, &c->sndbuf, &sl) == -1)
+      c->sndbuf = 0;
+  }
   c->workers = calloc (opts.threads, sizeof *c->workers);
   if (c->workers == NULL) {
     log_error ("conn %lu: %m", c->id);
@@ -335,12 +380,12 @@ transmission (struct conn *c)
     r->error = 0;
     r->errmsg = NULL;
     request_validate (c, r);
-    need = request_bufsize (c, r);
+    need = request_charge (r);
 
     /* Grown before the in-flight check below, so the cap can be passed
      * by at most this one request; pooled buffers make this rare.
      */
-    if (need > r->bufcap) {
+    if (r->type == NBD_CMD_WRITE && need > r->bufcap) {
       char *nb = malloc (need);
 
       if (nb == NULL) {
@@ -354,6 +399,9 @@ transmission (struct conn *c)
         r->bufcap = need;
       }
     }
+
+    may_inline = c->rstart == c->rend &&
+      !output_would_block (c, r->type == NBD_CMD_READ ? r->count : 0);
 
     pthread_mutex_lock (&c->qlock);
     /* Back-pressure: stop reading until enough in-flight work is done. */
@@ -383,7 +431,18 @@ transmission (struct conn *c)
       }
     }
 
-    inline_exec = c->in_flight == 1 && c->rstart == c->rend;
+    /* Nothing more to read right now: rather than sleep in read() while
+     * a worker wakes up for this request, run it here if nothing else
+     * is in flight, or if requests are cheaper than a thread hand-off.
+     * Slow backends (disks) keep every request on the workers, so a
+     * long request never holds up reading the next ones; and a client
+     * that is not reading its replies must not block the reader in
+     * write() while it still sends requests.
+     */
+    inline_exec = may_inline &&
+      (c->in_flight == 1 ||
+       atomic_load_explicit (&c->avg_ns, memory_order_relaxed) <
+       INLINE_MAX_NS);
     if (!inline_exec) {
       if (c->qtail)
         c->qtail->next = r;
@@ -400,7 +459,7 @@ transmission (struct conn *c)
     pthread_mutex_unlock (&c->qlock);
 
     if (inline_exec) {
-      request_execute (c, r);
+      execute_timed (c, r);
       pthread_mutex_lock (&c->qlock);
       request_done_locked (c, r);
       pthread_mutex_unlock (&c->qlock);
@@ -416,6 +475,7 @@ transmission (struct conn *c)
   c->stopping = true;
   pthread_cond_broadcast (&c->qcond);
   pthread_mutex_unlock (&c->qlock);
+  request_thread_exit ();       /* the reader's own, from inline requests */
 }
 
 static void

@@ -16,8 +16,8 @@
  * Backend calls for data are split at the backend's maximum block size.
  *
  * Replies are built in the request's own scratch memory and written
- * with one writev, so no allocation happens per request once the pool
- * is warm.  With structured replies a large read sends the 64 KiB
+ * with one writev; read data goes to a buffer of the executing thread.
+ * No allocation happens per request once the pools are warm.  With structured replies a large read sends the 64 KiB
  * pieces that read as zeroes as NBD_REPLY_TYPE_OFFSET_HOLE chunks
  * instead of data.
  *
@@ -44,6 +44,45 @@
 #define ZERO_BUF_SIZE    (1u * 1024 * 1024)
 
 static char zero_buf[ZERO_BUF_SIZE];    /* never written */
+
+/* Read data lives in a buffer of the executing thread, not of the
+ * request: memory (and first-touch page faults) then scale with the
+ * number of threads, not with how many reads a client queues.  Buffers
+ * above THREAD_BUF_KEEP are given back after each request.
+ */
+#define THREAD_BUF_KEEP  (4u * 1024 * 1024)
+static __thread char *tbuf;
+static __thread size_t tbuf_cap;
+
+static char *
+thread_buf (size_t n)
+{
+  if (n > tbuf_cap) {
+    char *p = malloc (n);
+
+    if (p == NULL)
+      return NULL;
+    free (tbuf);
+    tbuf = p;
+    tbuf_cap = n;
+  }
+  return tbuf;
+}
+
+static void
+thread_buf_trim (void)
+{
+  if (tbuf_cap > THREAD_BUF_KEEP)
+    request_thread_exit ();
+}
+
+void
+request_thread_exit (void)
+{
+  free (tbuf);
+  tbuf = NULL;
+  tbuf_cap = 0;
+}
 
 uint32_t
 nbd_errno (int err)
@@ -337,13 +376,17 @@ do_cache (struct conn *c, struct request *r)
 {
   uint64_t off = r->offset;
   uint32_t count = r->count;
+  uint32_t chunk = count < THREAD_BUF_KEEP ? count : THREAD_BUF_KEEP;
+  char *buf;
 
   if (c->can_cache == BACKEND_CACHE_NATIVE)
     return B->cache (c->handle, count, off, 0);
+  if ((buf = thread_buf (chunk)) == NULL)
+    return -1;
   while (count > 0) {
-    uint32_t n = count > r->bufcap ? r->bufcap : count;
+    uint32_t n = count > chunk ? chunk : count;
 
-    if (be_pread (c, r->buf, n, off) == -1)
+    if (be_pread (c, buf, n, off) == -1)
       return -1;
     off += n;
     count -= n;
@@ -402,7 +445,7 @@ is_zero (const char *p, size_t len)
   return p[0] == 0 && memcmp (p, p + 1, len - 1) == 0;
 }
 
-/* A structured read of data already in r->buf: runs of ZERO_GRAIN-sized
+/* A structured read of data already in buf: runs of ZERO_GRAIN-sized
  * pieces that are all zero go out as NBD_REPLY_TYPE_OFFSET_HOLE chunks,
  * the rest as data.  Scanning costs far less than sending the zeroes,
  * and asking the backend for extents instead would add a call (and, on
@@ -410,7 +453,7 @@ is_zero (const char *p, size_t len)
  * answered, 0 if the read is one data chunk after all.
  */
 static int
-reply_sparse_read (struct conn *c, struct request *r)
+reply_sparse_read (struct conn *c, struct request *r, const char *buf)
 {
   struct { uint32_t off; uint32_t len; bool zero; } ch[MAX_READ_CHUNKS];
   struct iovec iov[2 * MAX_READ_CHUNKS];
@@ -421,7 +464,7 @@ reply_sparse_read (struct conn *c, struct request *r)
 
   for (pos = 0; pos < r->count; ) {
     uint32_t len = r->count - pos < ZERO_GRAIN ? r->count - pos : ZERO_GRAIN;
-    bool zero = is_zero (r->buf + pos, len);
+    bool zero = is_zero (buf + pos, len);
 
     if (n > 0 && ch[n - 1].zero == zero)
       ch[n - 1].len += len;
@@ -458,7 +501,7 @@ reply_sparse_read (struct conn *c, struct request *r)
                         8 + ch[i].len);
       memcpy (h + hl, &off, 8);
       iov[k++] = (struct iovec) { h, hl + 8 };
-      iov[k++] = (struct iovec) { r->buf + ch[i].off, ch[i].len };
+      iov[k++] = (struct iovec) { (char *) buf + ch[i].off, ch[i].len };
     }
   }
   conn_writev (c, iov, k);
@@ -472,24 +515,29 @@ reply_read (struct conn *c, struct request *r)
   char h[sizeof (struct nbd_structured_reply) + 8];
   struct iovec iov[2];
   uint64_t off;
+  char *buf = thread_buf (r->count);
 
-  if (be_pread (c, r->buf, r->count, r->offset) == -1) {
+  if (buf == NULL) {
+    send_error (c, r, NBD_ENOMEM, "out of memory for the read buffer");
+    return;
+  }
+  if (be_pread (c, buf, r->count, r->offset) == -1) {
     send_backend_error (c, r, errno);
     return;
   }
   if (!c->structured) {
-    send_simple (c, r, 0, r->buf, r->count);
+    send_simple (c, r, 0, buf, r->count);
     return;
   }
   if (r->count >= SPARSE_READ_MIN && !(r->flags & NBD_CMD_FLAG_DF) &&
-      reply_sparse_read (c, r))
+      reply_sparse_read (c, r, buf))
     return;
   put_chunk_header (h, r, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_OFFSET_DATA,
                     8 + r->count);
   off = htobe64 (r->offset);
   memcpy (h + hl, &off, 8);
   iov[0] = (struct iovec) { h, sizeof h };
-  iov[1] = (struct iovec) { r->buf, r->count };
+  iov[1] = (struct iovec) { buf, r->count };
   conn_writev (c, iov, 2);
 }
 
@@ -506,6 +554,7 @@ request_execute (struct conn *c, struct request *r)
   switch (r->type) {
   case NBD_CMD_READ:
     reply_read (c, r);
+    thread_buf_trim ();
     return;
   case NBD_CMD_BLOCK_STATUS:
     reply_block_status (c, r);
@@ -544,6 +593,7 @@ request_execute (struct conn *c, struct request *r)
     break;
   case NBD_CMD_CACHE:
     ret = do_cache (c, r);
+    thread_buf_trim ();
     break;
   default:
     abort ();                   /* request_validate let it through */

@@ -127,7 +127,7 @@ struct request {
   uint32_t error;              /* NBD_E*: set by validation, or 0 */
   const char *errmsg;          /* static message for validation errors */
   size_t charge;               /* bytes counted against the in-flight cap */
-  char *buf;                   /* READ/WRITE data, CACHE scratch */
+  char *buf;                   /* WRITE payload */
   size_t bufcap;
   char *rep;                   /* reply scratch (headers, descriptors) */
   size_t repcap;
@@ -164,6 +164,7 @@ struct conn {
   pthread_mutex_t wlock;
   atomic_bool dead;            /* a write failed: drop further replies */
   atomic_bool dirty;           /* writes since the last flush */
+  int sndbuf;                  /* SO_SNDBUF of wfd, 0 if not a socket */
 
   /* Work queue and pool, under qlock. */
   pthread_mutex_t qlock;
@@ -177,6 +178,7 @@ struct conn {
   size_t in_flight_bytes;
   unsigned nworkers, idle;
   bool stopping;
+  atomic_int_least64_t avg_ns; /* moving average of execution time */
   pthread_t *workers;
 
   /* Registry (listen.c), under the registry lock. */
@@ -214,6 +216,8 @@ void export_close (struct conn *c);
 void request_validate (struct conn *c, struct request *r);
 /* Execute r and write its reply. */
 void request_execute (struct conn *c, struct request *r);
+/* Free the calling thread's read buffer (at thread exit). */
+void request_thread_exit (void);
 /* Map a host errno to the NBD error number. */
 uint32_t nbd_errno (int err);
 
