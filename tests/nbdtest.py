@@ -279,22 +279,20 @@ class Server:
         """Block until the server is in its main loop: a signal sent
         between exec and the server installing its handlers would kill
         it with the default action, whatever the server does.  A server
-        that sends the NBD greeting is past that point.  (A
-        connect-then-close probe, which every server must tolerate.)"""
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(60)
+        that answers the handshake is past that point.  The probe ends
+        the session cleanly with NBD_OPT_ABORT (an abrupt close makes
+        nbdkit log an error, and with the ASan runtime preloaded nbdkit
+        then deadlocks in exit(): libp11-kit's destructor, freelocale)."""
+        h = nbd.NBD()
         try:
-            s.connect(self.sock)
-            got = b""
-            while len(got) < 8:
-                chunk = s.recv(8 - len(got))
-                if not chunk:
-                    break
-                got += chunk
-        except OSError:
+            h.set_opt_mode(True)
+            h.connect_unix(self.sock)
+            h.opt_abort()
+        except nbd.Error:
             pass
         finally:
-            s.close()
+            h.close() if hasattr(h, "close") else None
+            del h
 
     def stop(self, sig=signal.SIGTERM):
         if self.proc is None:
@@ -303,7 +301,19 @@ class Server:
             if sig != signal.SIGKILL:
                 self._wait_ready()
             self.proc.send_signal(sig)
-        rc = self.proc.wait()
+        if self.server == "nbdkit" and os.environ.get("SANITIZER_PRELOAD"):
+            # nbdkit with the ASan runtime preloaded can deadlock in
+            # exit() after its own cleanup (and the plugin's unload) is
+            # done: libp11-kit's destructor blocks in freelocale.  Not
+            # our code, and nothing is lost: do not hang the suite on it.
+            try:
+                rc = self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.errf.write(b"nbdtest: nbdkit hung in exit(), killed\n")
+                self.proc.kill()
+                rc = self.proc.wait()
+        else:
+            rc = self.proc.wait()
         _live_servers.discard(self.proc)
         self.proc = None
         self.errf.close()
