@@ -3,10 +3,13 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
+#include <stdint.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "backend.h"
@@ -350,13 +353,15 @@ cas_index_load (struct cas_index *idx, const char *path,
   uint8_t buf[ENTRY_SIZE * 4096];
   uint64_t count, done = 0;
   uint32_t crc = 0, want_crc;
+  struct stat sb;
   FILE *fp;
   size_t i;
 
   fp = fopen (path, "r");
   if (fp == NULL)
     return -1;
-  if (fread (hdr, sizeof hdr, 1, fp) != 1 ||
+  if (fstat (fileno (fp), &sb) == -1 || sb.st_size < INDEX_HEADER_SIZE ||
+      fread (hdr, sizeof hdr, 1, fp) != 1 ||
       memcmp (hdr, INDEX_MAGIC, 8) != 0 ||
       get_le32 (hdr + 8) != INDEX_VERSION ||
       get_le32 (hdr + 60) != crc32c (0, hdr, 60))
@@ -365,6 +370,19 @@ cas_index_load (struct cas_index *idx, const char *path,
   *hw_off = get_le64 (hdr + 16);
   count = get_le64 (hdr + 24);
   want_crc = get_le32 (hdr + 32);
+  /* The header CRC only says the header is what some writer wrote, not
+   * that the count is sane: size nothing from it until it agrees with
+   * the file, which is what we are about to read (a count of 2^60 would
+   * otherwise make grow() ask for 2^59 slots).
+   */
+  if ((uint64_t) (sb.st_size - INDEX_HEADER_SIZE) % ENTRY_SIZE != 0 ||
+      count != (uint64_t) (sb.st_size - INDEX_HEADER_SIZE) / ENTRY_SIZE ||
+      count > SIZE_MAX / ENTRY_SIZE / 4) {
+    backend_debug ("cas: index cache %s: %" PRIu64 " entries in the header "
+                   "but %jd bytes in the file: ignoring it", path, count,
+                   (intmax_t) sb.st_size);
+    goto bad;
+  }
   /* Size every shard once, instead of doubling its way up. */
   for (i = 0; i < NSHARDS; i++) {
     struct shard *s = &idx->shards[i];
