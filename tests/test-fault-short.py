@@ -8,8 +8,6 @@ import faulttest
 KNOWN_BUGS = {
     ("fsck", "cas"): "a failed pack append leaves a hole that "
         "nbdcas fsck reports as a damaged record",
-    ("errno", "cas"): "a short pwritev in cas_packs_append is "
-        "reported as EIO instead of writing the rest",
 }
 
 faulttest.main("fault: short write then ENOSPC",

@@ -286,6 +286,37 @@ new_pack (struct cas_packs *p, uint32_t id)
   return pk;
 }
 
+/* pwritev the whole of iov at off.  A short write (the disk filled up
+ * part way, a signal) is not an error by itself: write the rest, so that
+ * the caller sees the real error (ENOSPC, EIO) if there is one.
+ */
+static int
+write_all (int fd, struct iovec *iov, int iovcnt, uint64_t off)
+{
+  while (iovcnt > 0) {
+    ssize_t n = pwritev (fd, iov, iovcnt, off);
+    if (n == -1) {
+      if (errno == EINTR)
+        continue;
+      return -1;
+    }
+    if (n == 0) {                /* should not happen for a regular file */
+      errno = EIO;
+      return -1;
+    }
+    off += n;
+    while (iovcnt > 0 && (size_t) n >= iov->iov_len) {
+      n -= iov->iov_len;
+      iov++, iovcnt--;
+    }
+    if (iovcnt > 0) {
+      iov->iov_base = (char *) iov->iov_base + n;
+      iov->iov_len -= n;
+    }
+  }
+  return 0;
+}
+
 int
 cas_packs_append (struct cas_packs *p, struct cas_record_header *h,
                   const void *payload, uint64_t *loc)
@@ -296,7 +327,6 @@ cas_packs_append (struct cas_packs *p, struct cas_record_header *h,
   struct iovec iov[3];
   struct pack *pk;
   uint32_t id;
-  ssize_t n;
   size_t pad = size - CAS_RECORD_HEADER_SIZE - h->length;
 
   if (p->readonly) {
@@ -329,11 +359,8 @@ cas_packs_append (struct cas_packs *p, struct cas_record_header *h,
   iov[1].iov_len = h->length;
   iov[2].iov_base = (void *) zeros;
   iov[2].iov_len = pad;
-  n = pwritev (pk->fd, iov, pad ? 3 : 2, off);
-  if (n != (ssize_t) size) {
+  if (write_all (pk->fd, iov, pad ? 3 : 2, off) == -1) {
     /* The reserved space stays a hole: scans step over it. */
-    if (n >= 0)
-      errno = EIO;
     backend_error ("cas: writing pack %" PRIu32 " at offset %" PRIu64 ": %m",
                    id, off);
     return -1;
