@@ -36,6 +36,7 @@ struct cas_packs {
   uint64_t cap;                  /* roll over past this many bytes */
   pthread_mutex_t append_lock;   /* cur pack and its end, creation */
   pthread_mutex_t sync_lock;     /* one sync at a time: see cas_packs_sync */
+  int sync_err;                  /* sticky: errno of a failed fdatasync */
   _Atomic uint32_t last;         /* highest pack number, 0: none */
   /* Indexed by pack number; an entry is published (release) once its fd
    * is open and never changes afterwards, so readers need no lock.
@@ -439,28 +440,47 @@ int
 cas_packs_sync (struct cas_packs *p)
 {
   uint32_t i, last = p->last;
-  int r = 0;
+  int err = 0;
 
   /* Serialised: otherwise a second flush could find dirty == false while
    * the first is still inside fdatasync, and publish a root before the
    * data it references is durable.  Waiting here is group commit.
    */
   pthread_mutex_lock (&p->sync_lock);
-  for (i = 1; i <= last; i++) {
-    struct pack *pk = get_pack (p, i);
-    if (pk && atomic_exchange (&pk->dirty, false)) {
-      if (fdatasync (pk->fd) == -1) {
-        atomic_store (&pk->dirty, true);
-        backend_error ("cas: fdatasync pack %" PRIu32 ": %m", i);
-        r = -1;
-        break;
+  /* A failed fdatasync is sticky, for the life of this cas_packs.  After
+   * one, the kernel may have dropped the dirty pages (marked them clean,
+   * or thrown them away) and a second fdatasync would report success
+   * without writing them: "retry" is a lie.  Which records are lost is
+   * unknowable, and they are already in the index (new writes dedup
+   * against them) and in the volumes' maps, so rolling to a new pack
+   * would not help: a later root could still reference them.  So no
+   * root is published again until the store is reopened; reopening
+   * scans, with payload CRCs, everything past the index cache saved
+   * before (ps_close does not save it when the sync fails), so whatever
+   * did not reach the disk is not indexed.
+   * Reads and writes go on; flushes fail with the original errno.
+   */
+  if (p->sync_err == 0) {
+    for (i = 1; i <= last; i++) {
+      struct pack *pk = get_pack (p, i);
+      if (pk && atomic_exchange (&pk->dirty, false)) {
+        if (fdatasync (pk->fd) == -1) {
+          p->sync_err = errno ? errno : EIO;
+          errno = p->sync_err;
+          backend_error ("cas: fdatasync pack %" PRIu32 ": %m (no further "
+                         "flush can succeed until the store is reopened)", i);
+          break;
+        }
       }
     }
   }
+  err = p->sync_err;
   pthread_mutex_unlock (&p->sync_lock);
-  if (r == -1)
-    errno = EIO;
-  return r;
+  if (err) {
+    errno = err;
+    return -1;
+  }
+  return 0;
 }
 
 void
