@@ -4,13 +4,13 @@
  *
  * Threads: the connection's own thread (the "reader") does the
  * handshake, then reads requests and queues them.  Up to opts.threads
- * workers, started on demand, take requests from the queue.  A request
- * after which no further input is buffered is executed by the reader
- * itself when nothing else is in flight (queue depth 1), or when
- * requests take less time on average than a thread hand-off
- * (INLINE_MAX_NS, e.g. files in the page cache or on tmpfs): the reader
- * would only sleep in read() meanwhile.  Slow requests always go to the
- * workers, so a long one never holds up reading the next.
+ * workers, started on demand, take requests from the queue.  The reader
+ * executes a request itself when nothing else is in flight and no more
+ * input is buffered (queue depth 1), or when requests take less time on
+ * average than a thread hand-off (INLINE_MAX_NS: page cache, tmpfs), as
+ * long as its reply can be written without waiting for the client.
+ * Slow requests always go to the workers, so a long one never holds up
+ * reading the next.
  *
  * Locks: qlock guards the queue, the free pool and the in-flight counts;
  * wlock serialises replies (each reply is one writev).  Neither is ever
@@ -400,7 +400,7 @@ transmission (struct conn *c)
       }
     }
 
-    may_inline = c->rstart == c->rend &&
+    may_inline =
       !output_would_block (c, r->type == NBD_CMD_READ ? r->count : 0);
 
     pthread_mutex_lock (&c->qlock);
@@ -431,16 +431,18 @@ transmission (struct conn *c)
       }
     }
 
-    /* Nothing more to read right now: rather than sleep in read() while
-     * a worker wakes up for this request, run it here if nothing else
-     * is in flight, or if requests are cheaper than a thread hand-off.
-     * Slow backends (disks) keep every request on the workers, so a
-     * long request never holds up reading the next ones; and a client
-     * that is not reading its replies must not block the reader in
-     * write() while it still sends requests.
+    /* Run the request here rather than hand it to a worker when nothing
+     * else is in flight and nothing more is buffered (the reader would
+     * only sleep in read() meanwhile), or when requests take less time
+     * on average than a thread hand-off (files in the page cache or on
+     * tmpfs): then one thread serving the whole connection beats waking
+     * others.  Slow backends (disks) keep requests on the workers, so a
+     * long request never holds up reading the next ones; and a reply
+     * that would have to wait for a client not reading its replies goes
+     * to a worker, so the reader never blocks in write().
      */
     inline_exec = may_inline &&
-      (c->in_flight == 1 ||
+      ((c->in_flight == 1 && c->rstart == c->rend) ||
        atomic_load_explicit (&c->avg_ns, memory_order_relaxed) <
        INLINE_MAX_NS);
     if (!inline_exec) {
