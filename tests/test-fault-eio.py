@@ -3,10 +3,7 @@
 # The client must see EIO (see faulttest.py for the checks).
 import faulttest
 
-KNOWN_BUGS = {
-    ("fsck", "cas"): "a failed pack append leaves a hole that "
-        "nbdcas fsck reports as a damaged record",
-}
+KNOWN_BUGS = {}
 
 faulttest.main("fault: EIO on writes and syncs",
                "ERRNO=EIO OPS=write,sync AFTER=0", faulttest.errno.EIO, KNOWN_BUGS)

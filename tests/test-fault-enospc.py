@@ -3,10 +3,7 @@
 # ENOSPC.  The client must see ENOSPC (see faulttest.py for the checks).
 import faulttest
 
-KNOWN_BUGS = {
-    ("fsck", "cas"): "a failed pack append leaves a hole that "
-        "nbdcas fsck reports as a damaged record",
-}
+KNOWN_BUGS = {}
 
 faulttest.main("fault: ENOSPC on writes", "ERRNO=ENOSPC OPS=write AFTER=0",
                faulttest.errno.ENOSPC, KNOWN_BUGS)

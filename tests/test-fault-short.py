@@ -5,10 +5,7 @@
 # EIO, and never acknowledge data it did not write.
 import faulttest
 
-KNOWN_BUGS = {
-    ("fsck", "cas"): "a failed pack append leaves a hole that "
-        "nbdcas fsck reports as a damaged record",
-}
+KNOWN_BUGS = {}
 
 faulttest.main("fault: short write then ENOSPC",
                "ERRNO=ENOSPC OPS=write AFTER=0 SHORT=1",

@@ -23,10 +23,20 @@
 #include "pack.h"
 #include "store.h"
 
+/* Reservations whose write failed and that could not be given back or
+ * zeroed yet (append_lock); see release_failed.
+ */
+#define MAX_FAILED 8
+struct span {
+  uint64_t off, size;
+};
+
 struct pack {
   int fd;
   _Atomic uint64_t end;          /* bytes in use (reserved) */
   atomic_bool dirty;             /* written since the last sync */
+  unsigned nfailed;              /* append_lock */
+  struct span failed[MAX_FAILED];
 };
 
 struct cas_packs {
@@ -287,6 +297,83 @@ new_pack (struct cas_packs *p, uint32_t id)
   return pk;
 }
 
+/* A reservation whose write failed (ENOSPC, EIO, a short write) must
+ * not stay behind as garbage: scans would report a partly written record
+ * in the middle of a pack as damage (fsck fails for ever after a full
+ * disk).  Called with append_lock held; best effort, never fails:
+ *
+ * - failed spans at the end of the pack are given back (end moves down,
+ *   the file is truncated), which also releases earlier failed spans
+ *   that thereby became the tail;
+ * - a span with later reservations behind it is punched out, so it reads
+ *   as zeros: an all-zero span is an unused reservation to the scanner
+ *   (FORMAT.md);
+ * - if punching fails too (the disk is still failing, or the file system
+ *   cannot punch holes) the span is remembered and retried on the next
+ *   sync and on later failures.
+ *
+ * Nothing can reference a failed span (its location was never handed
+ * out), so neither step races with readers.
+ */
+static int
+zero_span (int fd, uint64_t off, uint64_t size)
+{
+  static const uint8_t zeros[65536];
+
+  if (fallocate (fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                 off, size) == 0)
+    return 0;
+  if (errno != EOPNOTSUPP)
+    return -1;
+  while (size > 0) {
+    size_t n = size > sizeof zeros ? sizeof zeros : size;
+    ssize_t r = pwrite (fd, zeros, n, off);
+    if (r <= 0)
+      return -1;
+    off += r, size -= r;
+  }
+  return 0;
+}
+
+static void
+release_failed (struct pack *pk, uint32_t id)
+{
+  uint64_t end = pk->end;
+  bool moved;
+  unsigned i;
+
+  do {
+    moved = false;
+    for (i = 0; i < pk->nfailed; i++) {
+      if (pk->failed[i].off + pk->failed[i].size == end) {
+        end = pk->failed[i].off;
+        pk->failed[i] = pk->failed[--pk->nfailed];
+        moved = true;
+        break;
+      }
+    }
+  } while (moved);
+  if (end != pk->end) {
+    pk->end = end;
+    /* If this fails the bytes past end are overwritten by the next
+     * append, or cut as a torn tail when the store is next opened.
+     */
+    if (ftruncate (pk->fd, end) == -1)
+      backend_debug ("cas: pack %" PRIu32 ": truncating to %" PRIu64 ": %m",
+                     id, end);
+  }
+  for (i = 0; i < pk->nfailed; ) {
+    if (zero_span (pk->fd, pk->failed[i].off, pk->failed[i].size) == 0) {
+      backend_debug ("cas: pack %" PRIu32 ": failed append at %" PRIu64
+                     " (%" PRIu64 " bytes) zeroed", id, pk->failed[i].off,
+                     pk->failed[i].size);
+      pk->failed[i] = pk->failed[--pk->nfailed];
+    }
+    else
+      i++;
+  }
+}
+
 /* pwritev the whole of iov at off.  A short write (the disk filled up
  * part way, a signal) is not an error by itself: write the rest, so that
  * the caller sees the real error (ENOSPC, EIO) if there is one.
@@ -361,9 +448,18 @@ cas_packs_append (struct cas_packs *p, struct cas_record_header *h,
   iov[2].iov_base = (void *) zeros;
   iov[2].iov_len = pad;
   if (write_all (pk->fd, iov, pad ? 3 : 2, off) == -1) {
-    /* The reserved space stays a hole: scans step over it. */
+    int saved = errno;
     backend_error ("cas: writing pack %" PRIu32 " at offset %" PRIu64 ": %m",
                    id, off);
+    pthread_mutex_lock (&p->append_lock);
+    if (pk->nfailed < MAX_FAILED)
+      pk->failed[pk->nfailed++] = (struct span) { off, size };
+    else
+      backend_error ("cas: pack %" PRIu32 ": too many failed appends to "
+                     "clean up; the one at %" PRIu64 " stays", id, off);
+    release_failed (pk, id);
+    pthread_mutex_unlock (&p->append_lock);
+    errno = saved;
     return -1;
   }
   /* Only after the data is in the file: a sync that sees dirty == false
@@ -461,6 +557,16 @@ cas_packs_sync (struct cas_packs *p)
    * Reads and writes go on; flushes fail with the original errno.
    */
   if (p->sync_err == 0) {
+    /* Retry cleaning up failed appends (rare: the list is nearly always
+     * empty) before making the packs durable.
+     */
+    pthread_mutex_lock (&p->append_lock);
+    for (i = 1; i <= last; i++) {
+      struct pack *pk = get_pack (p, i);
+      if (pk && pk->nfailed)
+        release_failed (pk, i);
+    }
+    pthread_mutex_unlock (&p->append_lock);
     for (i = 1; i <= last; i++) {
       struct pack *pk = get_pack (p, i);
       if (pk && atomic_exchange (&pk->dirty, false)) {
@@ -612,6 +718,33 @@ resync (struct scan *s, uint64_t off)
   return s->size;
 }
 
+/* Is [off, off + len) all zeros?  That is an unused reservation (an
+ * append that failed and was zeroed, or never happened before a crash),
+ * not damage.
+ */
+static bool
+all_zero (struct scan *s, uint64_t off, uint64_t len)
+{
+  uint64_t win[8192];
+  uint64_t end = off + len;
+
+  while (off < end) {
+    size_t want = end - off > sizeof win ? sizeof win : end - off;
+    ssize_t n = pread (s->pk->fd, win, want, off);
+    size_t i;
+    if (n <= 0)
+      return false;
+    for (i = 0; i < (size_t) n / 8; i++)
+      if (win[i])
+        return false;
+    for (i = (size_t) n / 8 * 8; i < (size_t) n; i++)
+      if (((const uint8_t *) win)[i])
+        return false;
+    off += n;
+  }
+  return true;
+}
+
 static int
 report_bad (struct scan *s, uint64_t off, uint64_t len, const char *problem,
             const struct cas_record_header *h, unsigned flags)
@@ -679,9 +812,21 @@ scan_pack (struct scan *s, uint64_t off, unsigned flags)
           s->size = off;
           return 0;
         }
+        if (all_zero (s, off, s->size - off)) {
+          backend_debug ("cas: pack %" PRIu32 ": unused reservation at the "
+                         "end, offset %" PRIu64 " (%" PRIu64 " bytes)",
+                         s->id, off, s->size - off);
+          return 0;
+        }
         return report_bad (s, off, s->size - off,
                            "torn or damaged tail (no valid record to the end)",
                            NULL, flags);
+      }
+      if (all_zero (s, off, next - off)) {
+        backend_debug ("cas: pack %" PRIu32 ": unused reservation at offset %"
+                       PRIu64 " (%" PRIu64 " bytes)", s->id, off, next - off);
+        off = next;
+        continue;
       }
       backend_error ("cas: pack %" PRIu32 ": skipping %" PRIu64
                      " unreadable bytes at offset %" PRIu64,
