@@ -43,7 +43,7 @@ emit (int level, const char *prefix, const char *msg)
     fprintf (stderr, "%s: %s%s\n", progname, prefix, msg);
 }
 
-static void
+static void __attribute__ ((format (printf, 3, 0)))
 vlog (int level, const char *prefix, const char *fmt, va_list ap)
 {
   char line[1200];
