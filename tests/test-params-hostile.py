@@ -45,8 +45,6 @@ def run_server(argv, timeout=20):
 # Open bugs in the code under test: reported as TODO (XFAIL) until fixed
 # (then XPASS fails the run: remove the entry).
 KNOWN_BUGS = {
-    "minnbd -U empty": "minnbd binds an empty -U to an abstract socket "
-    "(listen.c listen_unix) instead of refusing it",
 }
 
 

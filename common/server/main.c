@@ -410,7 +410,14 @@ main (int argc, char **argv)
 
   while ((c = getopt_long (argc, argv, short_opts, long_opts, NULL)) != -1) {
     switch (c) {
-    case 'U': opts.unix_socket = optarg; break;
+    case 'U':
+      /* An empty path would bind Linux's abstract namespace: a socket no
+       * client can name.
+       */
+      if (optarg[0] == '\0')
+        bad_usage ("-U: empty socket path: give a path, or - for a private one");
+      opts.unix_socket = optarg;
+      break;
     case 'p':
       if (parse_uint ("-p", optarg, 0, 65535, &u) == -1)
         exit (1);
