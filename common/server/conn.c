@@ -440,9 +440,16 @@ transmission (struct conn *c)
      * long request never holds up reading the next ones; and a reply
      * that would have to wait for a client not reading its replies goes
      * to a worker, so the reader never blocks in write().
+     *
+     * Only when this request is the only one in flight: a worker's reply
+     * still to be written could otherwise fill the socket after the
+     * output_would_block() check, and the reader would block behind it
+     * (a client that sends a long pipeline before reading any reply then
+     * deadlocks against us).  A connection served inline never has more
+     * than one request in flight anyway.
      */
-    inline_exec = may_inline &&
-      ((c->in_flight == 1 && c->rstart == c->rend) ||
+    inline_exec = may_inline && c->in_flight == 1 &&
+      (c->rstart == c->rend ||
        atomic_load_explicit (&c->avg_ns, memory_order_relaxed) <
        INLINE_MAX_NS);
     if (!inline_exec) {
