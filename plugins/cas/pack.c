@@ -71,8 +71,8 @@ pack_path (struct cas_packs *p, uint32_t id)
   return s;
 }
 
-static int
-fsync_dir (const char *dir)
+int
+cas_fsync_dir (const char *dir)
 {
   int fd = open (dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   int r;
@@ -278,7 +278,7 @@ new_pack (struct cas_packs *p, uint32_t id)
    * record in this pack can be referenced by a published root.
    */
   if (pwrite (fd, hdr, sizeof hdr, 0) != sizeof hdr || fdatasync (fd) == -1 ||
-      fsync_dir (p->packdir) == -1) {
+      cas_fsync_dir (p->packdir) == -1) {
     backend_error ("cas: initialising %s: %m", path);
     close (fd);
     unlink (path);

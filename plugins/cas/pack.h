@@ -77,4 +77,9 @@ int cas_packs_valid_mark (struct cas_packs *p, uint32_t pack, uint64_t off);
 uint64_t cas_packs_count (struct cas_packs *p);
 uint64_t cas_packs_bytes (struct cas_packs *p);
 
+/* fsync a directory, so that a rename or a new file in it is durable.
+ * -1 with errno set; no message.
+ */
+int cas_fsync_dir (const char *dir);
+
 #endif /* NBDCAS_PACK_H */

@@ -19,25 +19,13 @@
 
 #include "backend.h"
 #include "cleanup.h"
+#include "pack.h"
 #include "storeint.h"
 
 uint32_t cas_store_blocksize (const struct cas_store *st) { return st->sb.blocksize; }
 const char *cas_store_dir (const struct cas_store *st) { return st->dir; }
 bool cas_store_readonly (const struct cas_store *st) { return st->readonly; }
 struct chunkstore *cas_store_chunks (struct cas_store *st) { return st->cs; }
-
-static int
-fsync_dir (const char *dir)
-{
-  int fd = open (dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  int r;
-
-  if (fd == -1)
-    return -1;
-  r = fsync (fd);
-  close (fd);
-  return r;
-}
 
 /* Write buf to dir/name atomically and durably. */
 static int
@@ -62,7 +50,7 @@ write_atomic (const char *dir, const char *name, const void *buf, size_t len)
     close (fd);
     goto err;
   }
-  if (close (fd) == -1 || rename (tmp, path) == -1 || fsync_dir (dir) == -1)
+  if (close (fd) == -1 || rename (tmp, path) == -1 || cas_fsync_dir (dir) == -1)
     goto err;
   return 0;
  err:
@@ -216,7 +204,7 @@ cas_store_create (const char *dir, uint32_t blocksize)
   }
   cas_super_encode (&s, buf);
   /* The superblock goes last: a store exists once it is there. */
-  if (fsync_dir (packs) == -1 || fsync_dir (vols) == -1)
+  if (cas_fsync_dir (packs) == -1 || cas_fsync_dir (vols) == -1)
     return -1;
   return write_atomic (dir, "superblock", buf, sizeof buf);
 }
