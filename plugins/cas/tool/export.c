@@ -27,7 +27,6 @@
 #include "nbdcas.h"
 
 #define CHUNK (8u * 1024 * 1024)  /* a multiple of every block size */
-#define MAX_THREADS 64
 #define MAX_RUNS (CHUNK / CAS_MIN_BLOCKSIZE)
 
 struct export {
@@ -172,35 +171,6 @@ worker (void *opaque)
   return NULL;
 }
 
-static int
-run_workers (struct export *ex, unsigned nthreads)
-{
-  pthread_t tids[MAX_THREADS];
-  unsigned i, started = 0;
-  int err;
-
-  atomic_store (&ex->running, nthreads);
-  for (i = 0; i < nthreads; i++) {
-    err = pthread_create (&tids[i], NULL, worker, ex);
-    if (err != 0) {
-      errno = err;
-      tool_error ("export: pthread_create: %m");
-      atomic_store (&ex->failed, true);
-      atomic_fetch_sub (&ex->running, nthreads - i);
-      break;
-    }
-    started++;
-  }
-  while (ex->progress && atomic_load (&ex->running) > 0) {
-    struct timespec ts = { .tv_sec = 0, .tv_nsec = 50 * 1000 * 1000 };
-    progress_update (ex->progress);
-    nanosleep (&ts, NULL);
-  }
-  for (i = 0; i < started; i++)
-    pthread_join (tids[i], NULL);
-  return atomic_load (&ex->failed) ? -1 : 0;
-}
-
 /* Open the output: refuse to clobber without --force. */
 static int
 open_output (struct export *ex, bool force)
@@ -291,7 +261,7 @@ cmd_export (int argc, char **argv)
       help ();
       return EXIT_OK;
     case 'j':
-      if (parse_uint ("--threads", optarg, 1, MAX_THREADS, &n) == -1)
+      if (parse_uint ("--threads", optarg, 1, TOOL_MAX_THREADS, &n) == -1)
         return usage_error ("export");
       nthreads = n;
       break;
@@ -337,7 +307,8 @@ cmd_export (int argc, char **argv)
 
   t0 = now_seconds ();
   ex.progress = progress_start ("exporting", ex.size);
-  if (run_workers (&ex, nthreads) == -1) {
+  if (progress_run_workers ("export", worker, &ex, nthreads,
+                            &ex.running, &ex.failed, ex.progress) == -1) {
     progress_end (ex.progress);
     tool_error ("export of volume '%s' to %s failed", name, ex.file);
     goto out;

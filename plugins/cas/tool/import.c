@@ -38,7 +38,6 @@
  * that per-unit overhead (lseek, pread syscalls) vanishes.
  */
 #define CHUNK (8u * 1024 * 1024)
-#define MAX_THREADS 64
 
 struct import {
   struct cas_volume *vol;
@@ -315,35 +314,6 @@ image_size (int fd, const char *image, uint64_t *size)
 }
 
 /* Run the workers, drawing the progress bar meanwhile. */
-static int
-run_workers (struct import *im, unsigned nthreads)
-{
-  pthread_t tids[MAX_THREADS];
-  unsigned i, started = 0;
-  int err;
-
-  atomic_store (&im->running, nthreads);
-  for (i = 0; i < nthreads; i++) {
-    err = pthread_create (&tids[i], NULL, worker, im);
-    if (err != 0) {
-      errno = err;
-      tool_error ("import: pthread_create: %m");
-      atomic_store (&im->failed, true);
-      atomic_fetch_sub (&im->running, nthreads - i);
-      break;
-    }
-    started++;
-  }
-  while (im->progress && atomic_load (&im->running) > 0) {
-    struct timespec ts = { .tv_sec = 0, .tv_nsec = 50 * 1000 * 1000 };
-    progress_update (im->progress);
-    nanosleep (&ts, NULL);
-  }
-  for (i = 0; i < started; i++)
-    pthread_join (tids[i], NULL);
-  return atomic_load (&im->failed) ? -1 : 0;
-}
-
 int
 cmd_import (int argc, char **argv)
 {
@@ -377,7 +347,7 @@ cmd_import (int argc, char **argv)
       help ();
       return EXIT_OK;
     case 'j':
-      if (parse_uint ("--threads", optarg, 1, MAX_THREADS, &n) == -1)
+      if (parse_uint ("--threads", optarg, 1, TOOL_MAX_THREADS, &n) == -1)
         return usage_error ("import");
       nthreads = n;
       break;
@@ -499,7 +469,9 @@ cmd_import (int argc, char **argv)
 
   t0 = now_seconds ();
   im.progress = progress_start ("importing", im.image_size);
-  if (im.nchunks > 0 && run_workers (&im, nthreads) == -1) {
+  if (im.nchunks > 0 &&
+      progress_run_workers ("import", worker, &im, nthreads,
+                            &im.running, &im.failed, im.progress) == -1) {
     progress_end (im.progress);
     tool_error ("import into volume '%s' failed: the volume holds a mix of "
                 "old and new data", name);

@@ -11,6 +11,7 @@
 #ifndef NBDCAS_TOOL_H
 #define NBDCAS_TOOL_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -100,6 +101,16 @@ void progress_end (struct progress *p);
  * the output lock) so a message does not mix with it.
  */
 void progress_clear_locked (void);
+/* Run fn(arg) on nthreads threads (at most TOOL_MAX_THREADS) and redraw
+ * p while they run.  Each worker decrements *running when it ends; a
+ * thread that cannot be started sets *failed (workers stop on it).
+ * Returns -1 if *failed is set at the end ("what" names the command in
+ * messages).
+ */
+#define TOOL_MAX_THREADS 64
+int progress_run_workers (const char *what, void *(*fn) (void *), void *arg,
+                          unsigned nthreads, _Atomic unsigned *running,
+                          _Atomic bool *failed, struct progress *p);
 void output_lock (void);
 void output_unlock (void);
 

@@ -7,11 +7,13 @@
  */
 #include <config.h>
 
+#include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <sys/ioctl.h>
 #include <unistd.h>
 
@@ -120,4 +122,37 @@ progress_end (struct progress *p)
   fflush (stderr);
   output_unlock ();
   free (p);
+}
+
+int
+progress_run_workers (const char *what, void *(*fn) (void *), void *arg,
+                      unsigned nthreads, _Atomic unsigned *running,
+                      _Atomic bool *failed, struct progress *p)
+{
+  pthread_t tids[TOOL_MAX_THREADS];
+  unsigned i, started = 0;
+  int err;
+
+  if (nthreads > TOOL_MAX_THREADS)
+    nthreads = TOOL_MAX_THREADS;
+  atomic_store (running, nthreads);
+  for (i = 0; i < nthreads; i++) {
+    err = pthread_create (&tids[i], NULL, fn, arg);
+    if (err != 0) {
+      errno = err;
+      tool_error ("%s: pthread_create: %m", what);
+      atomic_store (failed, true);
+      atomic_fetch_sub (running, nthreads - i);
+      break;
+    }
+    started++;
+  }
+  while (p && atomic_load (running) > 0) {
+    struct timespec ts = { .tv_sec = 0, .tv_nsec = 50 * 1000 * 1000 };
+    progress_update (p);
+    nanosleep (&ts, NULL);
+  }
+  for (i = 0; i < started; i++)
+    pthread_join (tids[i], NULL);
+  return atomic_load (failed) ? -1 : 0;
 }
