@@ -13,7 +13,6 @@
 #include <fcntl.h>
 #include <getopt.h>
 #include <inttypes.h>
-#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,7 +21,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "cleanup.h"
 #include "parse.h"
 #include "nbdcas.h"
 
@@ -36,16 +34,18 @@ struct export {
   bool created;                 /* we created file: remove it on failure */
   bool sparse;                  /* holes allowed: skip unmapped ranges */
   bool stream;                  /* a pipe: write() in order, one thread */
-  uint64_t size, nchunks;
-  _Atomic uint64_t next;
-  _Atomic bool failed;
-  _Atomic unsigned running;
+  uint64_t size;
   _Atomic uint64_t mapped_bytes;
-  struct progress *progress;
 };
 
 struct run { uint64_t off, len; bool mapped; };
 struct runs { struct run r[MAX_RUNS + 2]; size_t n; uint64_t start, end; };
+
+/* Each thread's own (progress_run_chunks allocates it). */
+struct scratch {
+  uint8_t buf[CHUNK];
+  struct runs rs;
+};
 
 static void
 help (void)
@@ -106,10 +106,11 @@ write_full (struct export *ex, const uint8_t *buf, size_t len, uint64_t off)
 }
 
 static int
-export_chunk (struct export *ex, uint64_t k, uint8_t *buf, struct runs *rs)
+export_chunk (void *arg, void *scratch, uint64_t off, uint64_t len)
 {
-  uint64_t off = k * CHUNK;
-  uint64_t len = ex->size - off < CHUNK ? ex->size - off : CHUNK;
+  struct export *ex = arg;
+  uint8_t *buf = ((struct scratch *) scratch)->buf;
+  struct runs *rs = &((struct scratch *) scratch)->rs;
   uint64_t mapped = 0;
   size_t i;
 
@@ -141,34 +142,7 @@ export_chunk (struct export *ex, uint64_t k, uint8_t *buf, struct runs *rs)
   if (!ex->sparse && write_full (ex, buf, len, off) == -1)
     return -1;
   atomic_fetch_add (&ex->mapped_bytes, mapped);
-  progress_add (ex->progress, len);
   return 0;
-}
-
-static void *
-worker (void *opaque)
-{
-  struct export *ex = opaque;
-  CLEANUP_FREE uint8_t *buf = malloc (CHUNK);
-  CLEANUP_FREE struct runs *rs = malloc (sizeof *rs);
-
-  if (buf == NULL || rs == NULL) {
-    tool_error ("export: out of memory");
-    atomic_store (&ex->failed, true);
-    goto out;
-  }
-  while (!atomic_load (&ex->failed)) {
-    uint64_t k = atomic_fetch_add (&ex->next, 1);
-    if (k >= ex->nchunks)
-      break;
-    if (export_chunk (ex, k, buf, rs) == -1) {
-      atomic_store (&ex->failed, true);
-      break;
-    }
-  }
- out:
-  atomic_fetch_sub (&ex->running, 1);
-  return NULL;
 }
 
 /* Open the output: refuse to clobber without --force. */
@@ -299,21 +273,18 @@ cmd_export (int argc, char **argv)
   ex.size = cas_volume_size (ex.vol);
   if (open_output (&ex, force) == -1)
     goto out;
-  ex.nchunks = (ex.size + CHUNK - 1) / CHUNK;
   if (ex.stream)
     nthreads = 1;               /* in order */
-  if (nthreads > ex.nchunks)
-    nthreads = ex.nchunks;
 
   t0 = now_seconds ();
-  ex.progress = progress_start ("exporting", ex.size);
-  if (progress_run_workers ("export", worker, &ex, nthreads,
-                            &ex.running, &ex.failed, ex.progress) == -1) {
-    progress_end (ex.progress);
+  if (progress_run_chunks (&(struct chunk_job) {
+        .cmd = "export", .label = "exporting", .size = ex.size,
+        .chunk = CHUNK, .nthreads = nthreads,
+        .scratch_size = sizeof (struct scratch),
+        .fn = export_chunk, .arg = &ex }) == -1) {
     tool_error ("export of volume '%s' to %s failed", name, ex.file);
     goto out;
   }
-  progress_end (ex.progress);
   /* Durable before we say it worked; pipes and terminals cannot sync. */
   if (fsync (ex.fd) == -1 && errno != EINVAL && errno != EROFS) {
     tool_error ("%s: fsync: %m", ex.file);

@@ -20,7 +20,6 @@
 #include <fcntl.h>
 #include <getopt.h>
 #include <inttypes.h>
-#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -47,12 +46,7 @@ struct import {
   uint32_t bs;
   bool fresh;                   /* volume was all zero before: skip zeros */
   bool seek_data;               /* SEEK_DATA works on this fd */
-  uint64_t nchunks;
-  _Atomic uint64_t next;        /* next chunk to take */
-  _Atomic bool failed;          /* a worker failed: everyone stops */
-  _Atomic unsigned running;     /* workers not finished yet */
   _Atomic uint64_t data_blocks, zero_blocks, hole_blocks;
-  struct progress *progress;
 };
 
 static void
@@ -113,6 +107,13 @@ read_full (struct import *im, uint8_t *buf, size_t len, uint64_t off)
  */
 struct seg {
   uint64_t from, data, hole;    /* all 0: nothing known yet */
+};
+
+/* Each thread's own (progress_run_chunks allocates it, zeroed). */
+struct scratch {
+  uint8_t buf[CHUNK];
+  bool isdata[CHUNK / CAS_MIN_BLOCKSIZE];
+  struct seg sg;
 };
 
 static int
@@ -191,11 +192,12 @@ emit (struct import *im, const uint8_t *buf, uint64_t len, uint64_t off)
 }
 
 static int
-import_chunk (struct import *im, uint64_t k, uint8_t *buf, bool *isdata,
-              struct seg *sg)
+import_chunk (void *arg, void *scratch, uint64_t off, uint64_t len)
 {
-  uint64_t off = k * CHUNK;
-  uint64_t len = im->image_size - off < CHUNK ? im->image_size - off : CHUNK;
+  struct import *im = arg;
+  uint8_t *buf = ((struct scratch *) scratch)->buf;
+  bool *isdata = ((struct scratch *) scratch)->isdata;
+  struct seg *sg = &((struct scratch *) scratch)->sg;
   uint64_t nb = (len + im->bs - 1) / im->bs, i, run_start = 0;
   uint64_t ndata = 0, nzero = 0, nhole = 0;
   int run_kind = -1;            /* -1 none, 0 zeros, 1 data */
@@ -251,37 +253,7 @@ import_chunk (struct import *im, uint64_t k, uint8_t *buf, bool *isdata,
   atomic_fetch_add (&im->data_blocks, ndata);
   atomic_fetch_add (&im->zero_blocks, nzero);
   atomic_fetch_add (&im->hole_blocks, nhole);
-  progress_add (im->progress, len);
   return 0;
-}
-
-static void *
-worker (void *opaque)
-{
-  struct import *im = opaque;
-  CLEANUP_FREE uint8_t *buf = NULL;
-  CLEANUP_FREE bool *isdata = NULL;
-  struct seg sg = { 0, 0, 0 };
-
-  buf = malloc (CHUNK);
-  isdata = malloc ((CHUNK / CAS_MIN_BLOCKSIZE) * sizeof *isdata);
-  if (buf == NULL || isdata == NULL) {
-    tool_error ("import: out of memory");
-    atomic_store (&im->failed, true);
-    goto out;
-  }
-  while (!atomic_load (&im->failed)) {
-    uint64_t k = atomic_fetch_add (&im->next, 1);
-    if (k >= im->nchunks)
-      break;
-    if (import_chunk (im, k, buf, isdata, &sg) == -1) {
-      atomic_store (&im->failed, true);
-      break;
-    }
-  }
- out:
-  atomic_fetch_sub (&im->running, 1);
-  return NULL;
 }
 
 /* Size of an image: a regular file or a block device (seekable). */
@@ -313,7 +285,6 @@ image_size (int fd, const char *image, uint64_t *size)
   return 0;
 }
 
-/* Run the workers, drawing the progress bar meanwhile. */
 int
 cmd_import (int argc, char **argv)
 {
@@ -327,7 +298,7 @@ cmd_import (int argc, char **argv)
   };
   const char *dir, *name, *image;
   bool create = false, have_size = false;
-  uint64_t size = 0, n, vol_size;
+  uint64_t size = 0, n, vol_size, nchunks;
   unsigned nthreads = default_threads ();
   CLEANUP_CLOSE int fd = -1;
   struct cas_store *st = NULL;
@@ -454,7 +425,7 @@ cmd_import (int argc, char **argv)
   im.fd = fd;
   im.image = image;
   im.bs = cas_volume_blocksize (im.vol);
-  im.nchunks = (im.image_size + CHUNK - 1) / CHUNK;
+  nchunks = (im.image_size + CHUNK - 1) / CHUNK;
   /* Probe SEEK_DATA once: some file systems and devices lack it. */
   im.seek_data = true;
   if (im.image_size > 0 && lseek (fd, 0, SEEK_DATA) == -1 &&
@@ -462,22 +433,21 @@ cmd_import (int argc, char **argv)
     backend_debug ("%s: no SEEK_DATA (%m): reading everything", image);
     im.seek_data = false;
   }
-  if (nthreads > im.nchunks && im.nchunks > 0)
-    nthreads = im.nchunks;
+  if (nthreads > nchunks && nchunks > 0)
+    nthreads = nchunks;         /* the summary says how many ran */
   if (cas_store_stat (st, &before) == -1)
     goto out;
 
   t0 = now_seconds ();
-  im.progress = progress_start ("importing", im.image_size);
-  if (im.nchunks > 0 &&
-      progress_run_workers ("import", worker, &im, nthreads,
-                            &im.running, &im.failed, im.progress) == -1) {
-    progress_end (im.progress);
+  if (progress_run_chunks (&(struct chunk_job) {
+        .cmd = "import", .label = "importing", .size = im.image_size,
+        .chunk = CHUNK, .nthreads = nthreads,
+        .scratch_size = sizeof (struct scratch),
+        .fn = import_chunk, .arg = &im }) == -1) {
     tool_error ("import into volume '%s' failed: the volume holds a mix of "
                 "old and new data", name);
     goto out;
   }
-  progress_end (im.progress);
   /* Past the image, an older and larger volume must read as zeros. */
   if (!im.fresh && cas_volume_size (im.vol) > im.image_size &&
       cas_volume_zero (im.vol, cas_volume_size (im.vol) - im.image_size,

@@ -86,32 +86,34 @@ unsigned default_threads (void);
 
 /* ---- progress.c: a progress bar on stderr, only if it is a terminal ---- */
 
-struct progress;
-/* what: "importing"...; total: bytes expected.  Returns NULL if stderr is
- * not a terminal (every other function accepts NULL and does nothing).
- */
-struct progress *progress_start (const char *what, uint64_t total);
-/* Add done bytes (thread-safe, lock-free). */
-void progress_add (struct progress *p, uint64_t done);
-/* Redraw if enough time passed (call from one thread, often). */
-void progress_update (struct progress *p);
-/* Erase the bar and free it. */
-void progress_end (struct progress *p);
 /* Used by the message functions: erase the current bar line (caller holds
  * the output lock) so a message does not mix with it.
  */
 void progress_clear_locked (void);
-/* Run fn(arg) on nthreads threads (at most TOOL_MAX_THREADS) and redraw
- * p while they run.  Each worker decrements *running when it ends; a
- * thread that cannot be started sets *failed (workers stop on it).
- * Returns -1 if *failed is set at the end ("what" names the command in
- * messages).
- */
-#define TOOL_MAX_THREADS 64
-int progress_run_workers (const char *what, void *(*fn) (void *), void *arg,
-                          unsigned nthreads, _Atomic unsigned *running,
-                          _Atomic bool *failed, struct progress *p);
 void output_lock (void);
 void output_unlock (void);
+
+/* Work through [0, size) in chunks of chunk bytes on several threads
+ * (import, export), with a progress bar labelled "label".
+ */
+#define TOOL_MAX_THREADS 64
+struct chunk_job {
+  const char *cmd;              /* "import": names the command in messages */
+  const char *label;            /* "importing": the progress bar's label */
+  uint64_t size;                /* bytes to work through */
+  uint64_t chunk;               /* bytes a call of fn gets (the last: less) */
+  unsigned nthreads;            /* at most TOOL_MAX_THREADS */
+  /* Each thread's own space for fn: scratch_size bytes, zeroed before
+   * its first chunk and kept from chunk to chunk.
+   */
+  size_t scratch_size;
+  /* Do [off, off+len): 0, or -1 after reporting (no chunks are started
+   * after that).
+   */
+  int (*fn) (void *arg, void *scratch, uint64_t off, uint64_t len);
+  void *arg;
+};
+/* Returns -1 if any chunk failed (or a thread could not start). */
+int progress_run_chunks (const struct chunk_job *job);
 
 #endif /* NBDCAS_TOOL_H */

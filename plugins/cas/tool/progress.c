@@ -1,4 +1,5 @@
-/* A progress bar on stderr for long work (import, export).
+/* A progress bar on stderr for long work (import, export), and the
+ * threads that do that work chunk by chunk.
  *
  * Shown only when stderr is a terminal: logs and test output never see
  * carriage returns.  Workers add bytes with an atomic counter (no lock on
@@ -17,6 +18,7 @@
 #include <sys/ioctl.h>
 #include <unistd.h>
 
+#include "cleanup.h"
 #include "nbdcas.h"
 
 struct progress {
@@ -41,7 +43,10 @@ progress_clear_locked (void)
   }
 }
 
-struct progress *
+/* what: "importing"...; total: bytes expected.  Returns NULL if stderr is
+ * not a terminal (every other function accepts NULL and does nothing).
+ */
+static struct progress *
 progress_start (const char *what, uint64_t total)
 {
   struct progress *p;
@@ -57,7 +62,8 @@ progress_start (const char *what, uint64_t total)
   return p;
 }
 
-void
+/* Add done bytes (thread-safe, lock-free). */
+static void
 progress_add (struct progress *p, uint64_t done)
 {
   if (p)
@@ -98,7 +104,8 @@ draw (struct progress *p, double t)
   output_unlock ();
 }
 
-void
+/* Redraw if enough time passed (call from one thread, often). */
+static void
 progress_update (struct progress *p)
 {
   double t;
@@ -112,7 +119,8 @@ progress_update (struct progress *p)
   draw (p, t);
 }
 
-void
+/* Erase the bar and free it. */
+static void
 progress_end (struct progress *p)
 {
   if (!p)
@@ -124,35 +132,80 @@ progress_end (struct progress *p)
   free (p);
 }
 
+/* A job while it runs: the chunks are shared out by a counter. */
+struct run {
+  const struct chunk_job *job;
+  uint64_t nchunks;
+  struct progress *progress;
+  _Atomic uint64_t next;        /* next chunk to take */
+  _Atomic bool failed;          /* a chunk failed: everyone stops */
+  _Atomic unsigned running;     /* threads not finished yet */
+};
+
+static void *
+run_thread (void *opaque)
+{
+  struct run *r = opaque;
+  const struct chunk_job *job = r->job;
+  CLEANUP_FREE void *scratch = calloc (1, job->scratch_size);
+
+  if (scratch == NULL) {
+    tool_error ("%s: out of memory", job->cmd);
+    atomic_store (&r->failed, true);
+  }
+  while (scratch && !atomic_load (&r->failed)) {
+    uint64_t k = atomic_fetch_add (&r->next, 1);
+    uint64_t off = k * job->chunk, len;
+
+    if (k >= r->nchunks)
+      break;
+    len = job->size - off < job->chunk ? job->size - off : job->chunk;
+    if (job->fn (job->arg, scratch, off, len) == -1) {
+      atomic_store (&r->failed, true);
+      break;
+    }
+    progress_add (r->progress, len);
+  }
+  atomic_fetch_sub (&r->running, 1);
+  return NULL;
+}
+
 int
-progress_run_workers (const char *what, void *(*fn) (void *), void *arg,
-                      unsigned nthreads, _Atomic unsigned *running,
-                      _Atomic bool *failed, struct progress *p)
+progress_run_chunks (const struct chunk_job *job)
 {
   pthread_t tids[TOOL_MAX_THREADS];
-  unsigned i, started = 0;
+  unsigned i, nthreads = job->nthreads, started = 0;
+  struct run r = {
+    .job = job,
+    .nchunks = (job->size + job->chunk - 1) / job->chunk,
+  };
   int err;
 
+  /* A thread with no chunk to take would only allocate its scratch. */
+  if (nthreads > r.nchunks)
+    nthreads = r.nchunks;
   if (nthreads > TOOL_MAX_THREADS)
     nthreads = TOOL_MAX_THREADS;
-  atomic_store (running, nthreads);
+  r.progress = progress_start (job->label, job->size);
+  atomic_store (&r.running, nthreads);
   for (i = 0; i < nthreads; i++) {
-    err = pthread_create (&tids[i], NULL, fn, arg);
+    err = pthread_create (&tids[i], NULL, run_thread, &r);
     if (err != 0) {
       errno = err;
-      tool_error ("%s: pthread_create: %m", what);
-      atomic_store (failed, true);
-      atomic_fetch_sub (running, nthreads - i);
+      tool_error ("%s: pthread_create: %m", job->cmd);
+      atomic_store (&r.failed, true);
+      atomic_fetch_sub (&r.running, nthreads - i);
       break;
     }
     started++;
   }
-  while (p && atomic_load (running) > 0) {
+  while (r.progress && atomic_load (&r.running) > 0) {
     struct timespec ts = { .tv_sec = 0, .tv_nsec = 50 * 1000 * 1000 };
-    progress_update (p);
+    progress_update (r.progress);
     nanosleep (&ts, NULL);
   }
   for (i = 0; i < started; i++)
     pthread_join (tids[i], NULL);
-  return atomic_load (failed) ? -1 : 0;
+  progress_end (r.progress);
+  return atomic_load (&r.failed) ? -1 : 0;
 }
