@@ -62,10 +62,9 @@ cmd_create (int argc, char **argv)
 {
   static const struct option long_options[] = {
     { "blocksize", required_argument, NULL, 'b' },
-    { "help", no_argument, NULL, 'h' },
     { "size", required_argument, NULL, 's' },
-    { "verbose", no_argument, NULL, 'v' },
     { "volume", required_argument, NULL, 'n' },
+    TOOL_COMMON_LONG_OPTIONS,
     { NULL, 0, NULL, 0 },
   };
   const char *dir, *volume = NULL;
@@ -76,16 +75,13 @@ cmd_create (int argc, char **argv)
   char hs[HUMAN_SIZE_LEN];
   int c, r, ret = EXIT_FAIL;
 
-  while ((c = getopt_long (argc, argv, "b:hn:s:v", long_options,
-                           NULL)) != -1) {
+  while ((c = tool_getopt (argc, argv, "create", "b:hn:s:v", long_options,
+                           help, &ret)) > 0) {
     switch (c) {
     case 'b':
       if (parse_blocksize (optarg, &blocksize) == -1)
         return usage_error ("create");
       break;
-    case 'h':
-      help ();
-      return EXIT_OK;
     case 'n':
       volume = optarg;
       break;
@@ -94,13 +90,10 @@ cmd_create (int argc, char **argv)
         return usage_error ("create");
       have_size = true;
       break;
-    case 'v':
-      verbose = true;
-      break;
-    default:
-      return usage_error ("create");
     }
   }
+  if (c == -1)
+    return ret;
   if (want_args ("create", argc, argv, optind, 1, "STORE") == -1)
     return usage_error ("create");
   dir = argv[optind];

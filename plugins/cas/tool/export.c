@@ -21,7 +21,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "parse.h"
 #include "nbdcas.h"
 
 #define CHUNK (8u * 1024 * 1024)  /* a multiple of every block size */
@@ -210,15 +209,13 @@ cmd_export (int argc, char **argv)
 {
   static const struct option long_options[] = {
     { "force", no_argument, NULL, 'f' },
-    { "help", no_argument, NULL, 'h' },
     { "threads", required_argument, NULL, 'j' },
-    { "verbose", no_argument, NULL, 'v' },
+    TOOL_COMMON_LONG_OPTIONS,
     { NULL, 0, NULL, 0 },
   };
   const char *dir, *name;
   bool force = false;
   unsigned nthreads = default_threads ();
-  uint64_t n;
   struct cas_store *st = NULL;
   struct export ex;
   double t0, t1;
@@ -226,26 +223,20 @@ cmd_export (int argc, char **argv)
 
   memset (&ex, 0, sizeof ex);
   ex.fd = -1;
-  while ((c = getopt_long (argc, argv, "fhj:v", long_options, NULL)) != -1) {
+  while ((c = tool_getopt (argc, argv, "export", "fhj:v", long_options,
+                           help, &ret)) > 0) {
     switch (c) {
     case 'f':
       force = true;
       break;
-    case 'h':
-      help ();
-      return EXIT_OK;
     case 'j':
-      if (parse_uint ("--threads", optarg, 1, TOOL_MAX_THREADS, &n) == -1)
+      if (tool_parse_threads (optarg, &nthreads) == -1)
         return usage_error ("export");
-      nthreads = n;
       break;
-    case 'v':
-      verbose = true;
-      break;
-    default:
-      return usage_error ("export");
     }
   }
+  if (c == -1)
+    return ret;
   if (want_args ("export", argc, argv, optind, 3, "STORE VOLUME FILE") == -1)
     return usage_error ("export");
   dir = argv[optind];

@@ -30,7 +30,6 @@
 
 #include "backend.h"
 #include "cleanup.h"
-#include "parse.h"
 #include "nbdcas.h"
 
 /* Work unit: a multiple of every block size (<= 1 MiB), large enough
@@ -290,15 +289,14 @@ cmd_import (int argc, char **argv)
 {
   static const struct option long_options[] = {
     { "create", no_argument, NULL, 'c' },
-    { "help", no_argument, NULL, 'h' },
     { "size", required_argument, NULL, 's' },
     { "threads", required_argument, NULL, 'j' },
-    { "verbose", no_argument, NULL, 'v' },
+    TOOL_COMMON_LONG_OPTIONS,
     { NULL, 0, NULL, 0 },
   };
   const char *dir, *name, *image;
   bool create = false, have_size = false;
-  uint64_t size = 0, n, vol_size, nchunks;
+  uint64_t size = 0, vol_size, nchunks;
   unsigned nthreads = default_threads ();
   CLEANUP_CLOSE int fd = -1;
   struct cas_store *st = NULL;
@@ -308,32 +306,25 @@ cmd_import (int argc, char **argv)
   int c, e, ret = EXIT_FAIL;
 
   memset (&im, 0, sizeof im);
-  while ((c = getopt_long (argc, argv, "chj:s:v", long_options,
-                           NULL)) != -1) {
+  while ((c = tool_getopt (argc, argv, "import", "chj:s:v", long_options,
+                           help, &ret)) > 0) {
     switch (c) {
     case 'c':
       create = true;
       break;
-    case 'h':
-      help ();
-      return EXIT_OK;
     case 'j':
-      if (parse_uint ("--threads", optarg, 1, TOOL_MAX_THREADS, &n) == -1)
+      if (tool_parse_threads (optarg, &nthreads) == -1)
         return usage_error ("import");
-      nthreads = n;
       break;
     case 's':
       if (tool_parse_size ("--size", optarg, &size) == -1)
         return usage_error ("import");
       have_size = true;
       break;
-    case 'v':
-      verbose = true;
-      break;
-    default:
-      return usage_error ("import");
     }
   }
+  if (c == -1)
+    return ret;
   if (want_args ("import", argc, argv, optind, 3, "STORE VOLUME IMAGE") == -1)
     return usage_error ("import");
   dir = argv[optind];

@@ -61,29 +61,20 @@ int
 cmd_list (int argc, char **argv)
 {
   static const struct option long_options[] = {
-    { "help", no_argument, NULL, 'h' },
     { "json", no_argument, NULL, 'J' },
-    { "verbose", no_argument, NULL, 'v' },
+    TOOL_COMMON_LONG_OPTIONS,
     { NULL, 0, NULL, 0 },
   };
   struct list l = { .st = NULL };
   int c, ret = EXIT_FAIL;
 
-  while ((c = getopt_long (argc, argv, "hv", long_options, NULL)) != -1) {
-    switch (c) {
-    case 'h':
-      help ();
-      return EXIT_OK;
-    case 'J':
+  while ((c = tool_getopt (argc, argv, "list", "hv", long_options, help,
+                           &ret)) > 0) {
+    if (c == 'J')
       l.json = true;
-      break;
-    case 'v':
-      verbose = true;
-      break;
-    default:
-      return usage_error ("list");
-    }
   }
+  if (c == -1)
+    return ret;
   if (want_args ("list", argc, argv, optind, 1, "STORE") == -1)
     return usage_error ("list");
   l.st = tool_open_store (argv[optind], true, CAS_VERIFY_CHECKSUM);

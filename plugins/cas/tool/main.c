@@ -148,6 +148,29 @@ usage_error (const char *cmd)
 }
 
 int
+tool_getopt (int argc, char **argv, const char *cmd, const char *shortopts,
+             const struct option *longopts, void (*help) (void), int *status)
+{
+  int c;
+
+  while ((c = getopt_long (argc, argv, shortopts, longopts, NULL)) == 'v')
+    verbose = true;
+  switch (c) {
+  case -1:
+    return 0;
+  case 'h':
+    help ();
+    *status = EXIT_OK;
+    return -1;
+  case '?':                     /* getopt has said what is wrong */
+    *status = usage_error (cmd);
+    return -1;
+  default:
+    return c;
+  }
+}
+
+int
 want_args (const char *cmd, int argc, char **argv, int first, int n,
            const char *what)
 {
@@ -218,6 +241,17 @@ tool_parse_size (const char *opt, const char *value, uint64_t *r)
     errno = EINVAL;
     return -1;
   }
+  *r = n;
+  return 0;
+}
+
+int
+tool_parse_threads (const char *value, unsigned *r)
+{
+  uint64_t n;
+
+  if (parse_uint ("--threads", value, 1, TOOL_MAX_THREADS, &n) == -1)
+    return -1;
   *r = n;
   return 0;
 }

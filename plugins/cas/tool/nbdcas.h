@@ -11,6 +11,7 @@
 #ifndef NBDCAS_TOOL_H
 #define NBDCAS_TOOL_H
 
+#include <getopt.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -50,6 +51,22 @@ void tool_capture (char *buf, size_t len);
  */
 int usage_error (const char *cmd);
 
+/* getopt_long for the subcommand cmd, doing what every subcommand does
+ * with -h (print help (), exit 0), -v (set verbose) and an unknown option
+ * or missing argument (a usage error).  Returns the next of the command's
+ * own options, 0 at the end of the options (optind: the first argument),
+ * or -1 when the command must return *status at once.
+ */
+int tool_getopt (int argc, char **argv, const char *cmd,
+                 const char *shortopts, const struct option *longopts,
+                 void (*help) (void), int *status);
+/* The long options tool_getopt handles, for each command's table (its
+ * shortopts name them too: "hv").
+ */
+#define TOOL_COMMON_LONG_OPTIONS                \
+  { "help", no_argument, NULL, 'h' },           \
+  { "verbose", no_argument, NULL, 'v' }
+
 /* If argv[optind...] does not hold exactly n positional arguments, report
  * it (naming what is expected) and return -1.
  */
@@ -70,6 +87,9 @@ int tool_check_name (const char *name);
 
 /* Parse a size ("10G", "4096") into *r, in [1, CAS_MAX_VOLUME_SIZE]. */
 int tool_parse_size (const char *opt, const char *value, uint64_t *r);
+
+/* Parse --threads: 1 to TOOL_MAX_THREADS. */
+int tool_parse_threads (const char *value, unsigned *r);
 
 /* "1.5 GiB" (binary units, one decimal); returns buf. */
 #define HUMAN_SIZE_LEN 32

@@ -181,9 +181,8 @@ int
 cmd_stat (int argc, char **argv)
 {
   static const struct option long_options[] = {
-    { "help", no_argument, NULL, 'h' },
     { "json", no_argument, NULL, 'J' },
-    { "verbose", no_argument, NULL, 'v' },
+    TOOL_COMMON_LONG_OPTIONS,
     { NULL, 0, NULL, 0 },
   };
   struct cas_store *st = NULL;
@@ -191,21 +190,13 @@ cmd_stat (int argc, char **argv)
   bool json = false;
   int c, ret = EXIT_FAIL;
 
-  while ((c = getopt_long (argc, argv, "hv", long_options, NULL)) != -1) {
-    switch (c) {
-    case 'h':
-      help ();
-      return EXIT_OK;
-    case 'J':
+  while ((c = tool_getopt (argc, argv, "stat", "hv", long_options, help,
+                           &ret)) > 0) {
+    if (c == 'J')
       json = true;
-      break;
-    case 'v':
-      verbose = true;
-      break;
-    default:
-      return usage_error ("stat");
-    }
   }
+  if (c == -1)
+    return ret;
   if (argc - optind == 2)
     name = argv[optind + 1];
   else if (want_args ("stat", argc, argv, optind, 1, "STORE [VOLUME]") == -1)
