@@ -90,9 +90,7 @@ cmd_list (int argc, char **argv)
  out:
   if (tool_close_store (l.st) == -1)
     ret = EXIT_FAIL;
-  if (fflush (stdout) == EOF || ferror (stdout)) {
-    tool_error ("writing to stdout failed");
+  if (tool_flush_stdout () == -1)
     ret = EXIT_FAIL;
-  }
   return ret;
 }

@@ -276,6 +276,16 @@ human_size (uint64_t bytes, char buf[HUMAN_SIZE_LEN])
   return buf;
 }
 
+int
+tool_flush_stdout (void)
+{
+  if (fflush (stdout) == EOF || ferror (stdout)) {
+    tool_error ("writing to stdout failed");
+    return -1;
+  }
+  return 0;
+}
+
 void
 json_string (FILE *fp, const char *s)
 {

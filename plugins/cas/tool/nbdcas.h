@@ -95,6 +95,11 @@ int tool_parse_threads (const char *value, unsigned *r);
 #define HUMAN_SIZE_LEN 32
 char *human_size (uint64_t bytes, char buf[HUMAN_SIZE_LEN]);
 
+/* Flush stdout: -1 (reported) if some of what was printed was lost (a
+ * full disk, a closed pipe), so the command cannot claim success.
+ */
+int tool_flush_stdout (void);
+
 /* Write s as a JSON string literal (quoted, escaped) to fp. */
 void json_string (FILE *fp, const char *s);
 

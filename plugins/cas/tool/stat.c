@@ -225,9 +225,7 @@ cmd_stat (int argc, char **argv)
  out:
   if (tool_close_store (st) == -1)
     ret = EXIT_FAIL;
-  if (fflush (stdout) == EOF || ferror (stdout)) {
-    tool_error ("writing to stdout failed");
+  if (tool_flush_stdout () == -1)
     ret = EXIT_FAIL;
-  }
   return ret;
 }
