@@ -416,28 +416,51 @@ check_range (struct cas_volume *vol, uint64_t count, uint64_t offset,
   return 0;
 }
 
+/* The data path's walk over [offset, offset+count), cut at block
+ * boundaries: each piece is bytes [o, o+n) of block b, and starts done
+ * bytes into the range.  Start from { .offset = offset, .count = count }.
+ */
+struct piece {
+  uint64_t offset, count;       /* the rest of the range, from this piece */
+  uint64_t b, done;
+  uint32_t o, n;
+};
+
+/* Move p to the next piece: false when the range is done. */
+static bool
+next_piece (const struct cas_volume *vol, struct piece *p)
+{
+  p->offset += p->n;
+  p->count -= p->n;
+  p->done += p->n;
+  if (p->count == 0)
+    return false;
+  p->b = p->offset / vol->bs;
+  p->o = p->offset % vol->bs;
+  p->n = vol->bs - p->o;
+  if (p->n > p->count)
+    p->n = p->count;
+  return true;
+}
+
 int
 cas_volume_read (struct cas_volume *vol, void *buf, uint64_t count,
                  uint64_t offset)
 {
   CLEANUP_FREE uint8_t *tmp = NULL;
-  uint8_t *out = buf;
+  struct piece p = { .offset = offset, .count = count };
 
   if (check_range (vol, count, offset, false) == -1)
     return -1;
-  while (count > 0) {
-    uint64_t b = offset / vol->bs;
-    uint32_t o = offset % vol->bs;
-    uint32_t n = vol->bs - o;
+  while (next_piece (vol, &p)) {
+    uint8_t *out = (uint8_t *) buf + p.done;
     struct cas_hash h;
 
-    if (n > count)
-      n = count;
-    if (get_slot (vol, b, &h) == -1)
+    if (get_slot (vol, p.b, &h) == -1)
       return -1;
     if (cas_hash_is_zero (&h))
-      memset (out, 0, n);
-    else if (n == vol->bs) {
+      memset (out, 0, p.n);
+    else if (p.n == vol->bs) {
       if (read_block (vol, &h, out) == -1)   /* straight into buf */
         return -1;
     }
@@ -446,11 +469,8 @@ cas_volume_read (struct cas_volume *vol, void *buf, uint64_t count,
         return -1;
       if (read_block (vol, &h, tmp) == -1)
         return -1;
-      memcpy (out, tmp + o, n);
+      memcpy (out, tmp + p.o, p.n);
     }
-    out += n;
-    offset += n;
-    count -= n;
   }
   return 0;
 }
@@ -491,37 +511,30 @@ write_or_zero (struct cas_volume *vol, const uint8_t *data, uint64_t count,
 {
   CLEANUP_FREE uint8_t *tmp = NULL;
   static const struct cas_hash zero;
+  struct piece p = { .offset = offset, .count = count };
 
   if (check_range (vol, count, offset, true) == -1)
     return -1;
-  while (count > 0) {
-    uint64_t b = offset / vol->bs;
-    uint32_t o = offset % vol->bs;
-    uint32_t n = vol->bs - o;
+  while (next_piece (vol, &p)) {
+    const uint8_t *src = data ? data + p.done : NULL;   /* NULL: zeros */
     struct cas_hash h;
 
-    if (n > count)
-      n = count;
-    if (n == vol->bs) {
-      if (data) {
-        if (store_block (vol, data, &h) == -1)
+    if (p.n == vol->bs) {
+      if (src) {
+        if (store_block (vol, src, &h) == -1)
           return -1;
       }
       else
         h = zero;
-      if (set_slot (vol, b, &h, NULL) == -1)
+      if (set_slot (vol, p.b, &h, NULL) == -1)
         return -1;
     }
     else {
       if (tmp == NULL && (tmp = malloc (vol->bs)) == NULL)
         return -1;
-      if (rmw_block (vol, b, o, n, data, tmp) == -1)
+      if (rmw_block (vol, p.b, p.o, p.n, src, tmp) == -1)
         return -1;
     }
-    if (data)
-      data += n;
-    offset += n;
-    count -= n;
   }
   if (fua)
     return cas_volume_flush (vol);
