@@ -572,6 +572,12 @@ conn_serve (int rfd, int wfd, bool is_socket)
                  backend_error_message () ? : strerror (errno));
   }
   debug ("conn %lu: closed", c->id);
+  /* The backend handle is closed before the connection leaves the
+   * registry: at shutdown the main thread unloads the backend as soon
+   * as the registry is empty, and a close racing with the unload (cas:
+   * the volume list) is a use after free.  Found by ThreadSanitizer.
+   */
+  export_close (c);
   connection_unregister (c);
   conn_free (c);
 
