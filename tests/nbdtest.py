@@ -8,7 +8,8 @@
 #
 # Environment (set by tests/Makefile.am): MINNBD, NBDKIT, FLATFILE_PLUGIN,
 # CAS_PLUGIN, NBDCAS, SANITIZER_PRELOAD.  NBDCAS_PAIRS="nbdkit-flatfile ..."
-# restricts the pairs (for debugging one pair by hand).
+# restricts the pairs (for debugging one pair by hand).  NBDCAS_VALGRIND=1
+# runs every server under valgrind memcheck (vgcheck.py).
 
 import faulthandler
 import os
@@ -22,6 +23,11 @@ import time
 import traceback
 
 import nbd
+
+import vgcheck  # noqa: E402  (make check-valgrind: wraps MINNBD/NBDKIT)
+
+# Servers run under valgrind: tests that move hundreds of MiB may move less.
+VALGRIND = vgcheck.ENABLED
 
 # Third-party tools (mkfs.ext4, e2fsck ...) live in sbin on Debian.
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -54,6 +60,10 @@ class TAP:
         print("1..%d" % n, flush=True)
 
     def ok(self, cond, desc, diag=None):
+        vg = vgcheck.collect()
+        if vg:
+            cond = False
+            diag = (str(diag) + "\n" if diag else "") + vg
         self.n += 1
         if not cond:
             self.failed += 1
