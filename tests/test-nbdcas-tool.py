@@ -378,6 +378,45 @@ class Tests:
               "export", st, "v1", self.p("bad.out"))
         assert not os.path.exists(self.p("bad.out"))
 
+    def t_fsck_failed_append(self):
+        # What a crash can leave after appends failed on a full or failing
+        # disk and could not be punched out: a torn record (good header,
+        # bad payload) and a torn header, in the middle of a pack, with a
+        # record written after them.  The store never indexed them, so no
+        # volume can read them: fsck names them, says so, and passes.
+        st = self.p("failedappend")
+        shutil.copytree(self.store, st)
+        pack = os.path.join(st, "packs",
+                            sorted(os.listdir(os.path.join(st, "packs")))[-1])
+        off, typ, length, h = next(r for r in records(pack) if r[1] == 1)
+        size = 64 + (length + 7) // 8 * 8
+        with open(pack, "rb") as f:
+            f.seek(off)
+            rec = f.read(size)
+            end = f.seek(0, os.SEEK_END)
+        torn = bytearray(rec)
+        torn[64 + length // 2:] = bytes(size - 64 - length // 2)
+        with open(pack, "ab") as f:
+            f.write(bytes(torn) + b"\xa5" * 40 + rec)
+        for full in ([], ["--full"]):
+            rc, out, err = run("fsck", st, *full)
+            assert rc == 0, (rc, out, err)
+            assert re.search(r"pack \d+ offset %d: data record %s: payload "
+                             r"checksum.*unreachable" % (end, h.hex()),
+                             out), out
+            assert re.search(r"pack \d+ offset %d: 40 bytes: .*unreachable"
+                             % (end + size), out), out
+            assert out.splitlines()[-1].endswith(
+                "2 unreachable failed appends skipped"), out
+        # The same torn record where the index points (the original):
+        # lost data, a problem.
+        flip(pack, off + 64 + length - 1)
+        rc, out, err = run("fsck", st, check=1)
+        assert re.search(r"pack \d+ offset %d: data record %s: payload "
+                         r"checksum \(CRC32C\) mismatch(?!.*unreachable)"
+                         % (off, h.hex()),
+                         out), out
+
     def t_fsck_damaged_map_node(self):
         # One data block at block 7 of a small volume: the pack then holds
         # that chunk, then the map leaf.  Damage the leaf.

@@ -177,14 +177,45 @@ ps_sync (struct chunkstore *cs)
   return cas_packs_sync (PS (cs)->packs);
 }
 
+struct enumerate {
+  struct packstore *ps;
+  int (*fn) (const struct cas_record_info *, void *);
+  void *opaque;
+};
+
+/* Tell a damaged record the index can reach from one it cannot: the
+ * first is lost data, the second a failed append that was given up
+ * (the span could not be punched out before a crash; see FORMAT.md).
+ */
+static int
+enumerate_one (const struct cas_record_info *info, void *opaque)
+{
+  struct enumerate *e = opaque;
+  struct cas_record_info i = *info;
+
+  if (i.status != 0) {
+    /* A header that checked out gives the record's size; otherwise the
+     * length is the size of the skipped span.
+     */
+    uint64_t span = cas_hash_is_zero (&i.hash) ? i.length
+      : cas_record_size (i.length);
+    i.unreachable = !cas_index_has_loc_in (e->ps->index,
+                                           CAS_LOC (i.pack, i.offset),
+                                           CAS_LOC (i.pack, i.offset + span));
+  }
+  return e->fn (&i, e->opaque);
+}
+
 static int
 ps_enumerate (struct chunkstore *cs, unsigned flags,
               int (*fn) (const struct cas_record_info *, void *),
               void *opaque)
 {
+  struct enumerate e = { .ps = PS (cs), .fn = fn, .opaque = opaque };
+
   return cas_packs_scan (PS (cs)->packs, 0, 0,
                          flags & (CAS_ENUM_CHECK_CRC | CAS_ENUM_REHASH),
-                         fn, opaque);
+                         enumerate_one, &e);
 }
 
 static void

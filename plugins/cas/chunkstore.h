@@ -51,6 +51,11 @@ struct cas_record_info {
   uint64_t offset;          /* ... and byte offset of the record header */
   int status;               /* 0 ok; else an errno (EIO: bad CRC/hash) */
   const char *problem;      /* NULL if ok, else what is wrong */
+  /* Damaged records only: no index entry points into the span, so no
+   * read can reach it -- a failed or torn append that was never
+   * indexed (never acknowledged, never referenced).  Garbage, not loss.
+   */
+  bool unreachable;
 };
 
 /* Summary numbers for stat. */

@@ -249,6 +249,26 @@ cas_index_count (struct cas_index *idx)
   return n;
 }
 
+bool
+cas_index_has_loc_in (struct cas_index *idx, uint64_t lo, uint64_t hi)
+{
+  size_t i;
+  uint64_t j;
+
+  for (i = 0; i < NSHARDS; i++) {
+    struct shard *s = &idx->shards[i];
+    bool found = false;
+
+    pthread_rwlock_rdlock (&s->lock);
+    for (j = 0; j <= s->mask && !found; j++)
+      found = s->tab[j].loc >= lo && s->tab[j].loc < hi;
+    pthread_rwlock_unlock (&s->lock);
+    if (found)
+      return true;
+  }
+  return false;
+}
+
 uint64_t
 cas_index_slots (struct cas_index *idx)
 {

@@ -20,6 +20,7 @@
 #ifndef NBDCAS_INDEX_H
 #define NBDCAS_INDEX_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "hash.h"
@@ -49,6 +50,12 @@ int cas_index_insert (struct cas_index *idx, const struct cas_hash *hash,
  */
 int cas_index_remove (struct cas_index *idx, const struct cas_hash *hash,
                       uint64_t loc);
+
+/* Does any entry's location fall in [lo, hi)?  A walk of the whole
+ * index, for fsck: a damaged span no entry points into cannot be read by
+ * any volume (a failed or torn append the store never indexed).
+ */
+bool cas_index_has_loc_in (struct cas_index *idx, uint64_t lo, uint64_t hi);
 
 uint64_t cas_index_count (struct cas_index *idx);
 uint64_t cas_index_slots (struct cas_index *idx);

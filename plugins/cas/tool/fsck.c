@@ -31,6 +31,7 @@ struct fsck {
   bool failed;                  /* some check could not run */
   uint64_t nblocks;             /* of the volume being checked */
   uint64_t bad_records, bad_refs, bad_volumes, volumes;
+  uint64_t unreachable;         /* damaged, but no read can reach them */
   char msg[1024];               /* the store's last message (captured) */
 };
 
@@ -78,17 +79,29 @@ bad_record (const struct cas_record_info *ri, void *opaque)
   struct fsck *f = opaque;
   char hex[2 * CAS_HASH_SIZE + 1], d[1100];
 
-  f->bad_records++;
+  /* Unreachable: a failed append that could not be punched out before a
+   * crash.  Nothing was acknowledged from it and no volume can read it,
+   * so it is said (and left for garbage collection), not counted.
+   */
+  const char *tail = ri->unreachable ? " (unreachable: a failed append, "
+    "never indexed; no volume uses it)" : "";
+
+  if (ri->unreachable)
+    f->unreachable++;
+  else
+    f->bad_records++;
   /* A record whose header is unreadable has no trustworthy hash/type. */
   if (cas_hash_is_zero (&ri->hash))
-    printf ("pack %" PRIu32 " offset %" PRIu64 ": %" PRIu32 " bytes: %s%s\n",
+    printf ("pack %" PRIu32 " offset %" PRIu64 ": %" PRIu32 " bytes: %s%s%s\n",
             ri->pack, ri->offset, ri->length,
-            ri->problem ? ri->problem : "damaged", detail (f, d, sizeof d));
+            ri->problem ? ri->problem : "damaged", tail,
+            detail (f, d, sizeof d));
   else
-    printf ("pack %" PRIu32 " offset %" PRIu64 ": %s record %s: %s%s\n",
+    printf ("pack %" PRIu32 " offset %" PRIu64 ": %s record %s: %s%s%s\n",
             ri->pack, ri->offset, type_name (ri->type),
             cas_hash_hex (&ri->hash, hex),
-            ri->problem ? ri->problem : "damaged", detail (f, d, sizeof d));
+            ri->problem ? ri->problem : "damaged", tail,
+            detail (f, d, sizeof d));
   return 0;
 }
 
@@ -227,11 +240,17 @@ cmd_fsck (int argc, char **argv)
   if (f.failed)
     printf ("%s: check incomplete: %" PRIu64 " problem%s found so far\n",
             dir, problems, problems == 1 ? "" : "s");
-  else if (problems == 0)
+  else if (problems == 0) {
+    char skipped[80] = "";
+    if (f.unreachable)
+      snprintf (skipped, sizeof skipped, "; %" PRIu64 " unreachable failed "
+                "append%s skipped", f.unreachable,
+                f.unreachable == 1 ? "" : "s");
     printf ("%s: clean: %" PRIu64 " chunks in %" PRIu64 " packs, %" PRIu64
-            " volumes checked (%s)\n", dir, ss.chunks.chunks,
+            " volumes checked (%s)%s\n", dir, ss.chunks.chunks,
             ss.chunks.packs, f.volumes,
-            f.full ? "checksums and SHA-256" : "checksums");
+            f.full ? "checksums and SHA-256" : "checksums", skipped);
+  }
   else
     printf ("%s: %" PRIu64 " problem%s: %" PRIu64 " damaged record%s, %"
             PRIu64 " bad reference%s in volumes, %" PRIu64 " unreadable "
