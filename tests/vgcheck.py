@@ -68,6 +68,9 @@ def _setup():
     global _logdir
     base = os.environ.get("TMPDIR", "/tmp")
     _logdir = tempfile.mkdtemp(prefix="nbdcas-vg.", dir=base)
+    # Some tests run the server as nobody (setpriv): it must reach the
+    # wrappers and write its reports here.  Sticky, like /tmp.
+    os.chmod(_logdir, 0o1777)
     for var in ("MINNBD", "NBDCAS"):
         if os.environ.get(var):
             os.environ[var] = _wrapper(var.lower(), os.environ[var])
