@@ -175,8 +175,7 @@ cmd_fsck (int argc, char **argv)
 {
   static const struct option long_options[] = {
     { "full", no_argument, NULL, 'F' },
-    { "help", no_argument, NULL, 'h' },
-    { "verbose", no_argument, NULL, 'v' },
+    TOOL_COMMON_LONG_OPTIONS,
     { NULL, 0, NULL, 0 },
   };
   struct fsck f;
@@ -186,21 +185,13 @@ cmd_fsck (int argc, char **argv)
   int c, r, ret = EXIT_USAGE;
 
   memset (&f, 0, sizeof f);
-  while ((c = getopt_long (argc, argv, "hv", long_options, NULL)) != -1) {
-    switch (c) {
-    case 'F':
+  while ((c = tool_getopt (argc, argv, "fsck", "hv", long_options, help,
+                           &ret)) > 0) {
+    if (c == 'F')
       f.full = true;
-      break;
-    case 'h':
-      help ();
-      return EXIT_OK;
-    case 'v':
-      verbose = true;
-      break;
-    default:
-      return usage_error ("fsck");
-    }
   }
+  if (c == -1)
+    return ret;
   if (want_args ("fsck", argc, argv, optind, 1, "STORE") == -1)
     return usage_error ("fsck");
   dir = argv[optind];
