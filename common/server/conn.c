@@ -323,13 +323,31 @@ request_charge (const struct request *r)
   return 0;
 }
 
+/* Hand r to the workers: wake an idle one, or start one if all are
+ * busy.
+ */
+static void
+queue_request_locked (struct conn *c, struct request *r)
+{
+  r->next = NULL;
+  if (c->qtail)
+    c->qtail->next = r;
+  else
+    c->qhead = r;
+  c->qtail = r;
+  if (c->idle == 0 && c->nworkers < opts.threads)
+    worker_start_locked (c);
+  else if (c->idle > 0)
+    pthread_cond_signal (&c->qcond);
+}
+
 static void
 transmission (struct conn *c)
 {
   struct nbd_request h;
   struct request *r;
   size_t need;
-  bool inline_exec, may_inline;
+  bool inline_exec;
 
   {
     socklen_t sl = sizeof c->sndbuf;
@@ -400,9 +418,6 @@ transmission (struct conn *c)
       }
     }
 
-    may_inline =
-      !output_would_block (c, r->type == NBD_CMD_READ ? r->count : 0);
-
     pthread_mutex_lock (&c->qlock);
     /* Back-pressure: stop reading until enough in-flight work is done. */
     while (c->in_flight > 0 &&
@@ -448,25 +463,26 @@ transmission (struct conn *c)
      * deadlocks against us).  A connection served inline never has more
      * than one request in flight anyway.
      */
-    inline_exec = may_inline && c->in_flight == 1 &&
+    inline_exec = c->in_flight == 1 &&
       (c->rstart == c->rend ||
        atomic_load_explicit (&c->avg_ns, memory_order_relaxed) <
        INLINE_MAX_NS);
-    if (!inline_exec) {
-      if (c->qtail)
-        c->qtail->next = r;
-      else
-        c->qhead = r;
-      c->qtail = r;
-      r->next = NULL;
-      /* Wake an idle worker, or start one if all are busy. */
-      if (c->idle == 0 && c->nworkers < opts.threads)
-        worker_start_locked (c);
-      else if (c->idle > 0)
-        pthread_cond_signal (&c->qcond);
-    }
+    if (!inline_exec)
+      queue_request_locked (c, r);
     pthread_mutex_unlock (&c->qlock);
 
+    /* Checked only now: with this request the only one in flight, every
+     * earlier reply has been written and no other thread writes until
+     * the next request is read, so the socket's queue cannot grow
+     * behind the check.
+     */
+    if (inline_exec &&
+        output_would_block (c, r->type == NBD_CMD_READ ? r->count : 0)) {
+      pthread_mutex_lock (&c->qlock);
+      queue_request_locked (c, r);
+      pthread_mutex_unlock (&c->qlock);
+      inline_exec = false;
+    }
     if (inline_exec) {
       execute_timed (c, r);
       pthread_mutex_lock (&c->qlock);
