@@ -45,6 +45,7 @@ struct cas_packs {
   uint8_t uuid[16];
   uint64_t cap;                  /* roll over past this many bytes */
   pthread_mutex_t append_lock;   /* cur pack and its end, creation */
+  bool any_failed;               /* append_lock: some pack has nfailed */
   pthread_mutex_t sync_lock;     /* one sync at a time: see cas_packs_sync */
   int sync_err;                  /* sticky: errno of a failed fdatasync */
   _Atomic uint32_t last;         /* highest pack number, 0: none */
@@ -297,23 +298,8 @@ new_pack (struct cas_packs *p, uint32_t id)
   return pk;
 }
 
-/* A reservation whose write failed (ENOSPC, EIO, a short write) must
- * not stay behind as garbage: scans would report a partly written record
- * in the middle of a pack as damage (fsck fails for ever after a full
- * disk).  Called with append_lock held; best effort, never fails:
- *
- * - failed spans at the end of the pack are given back (end moves down,
- *   the file is truncated), which also releases earlier failed spans
- *   that thereby became the tail;
- * - a span with later reservations behind it is punched out, so it reads
- *   as zeros: an all-zero span is an unused reservation to the scanner
- *   (FORMAT.md);
- * - if punching fails too (the disk is still failing, or the file system
- *   cannot punch holes) the span is remembered and retried on the next
- *   sync and on later failures.
- *
- * Nothing can reference a failed span (its location was never handed
- * out), so neither step races with readers.
+/* Make [off, off + size) read as zeros: a hole, or written zeros where
+ * the file system cannot punch holes.
  */
 static int
 zero_span (int fd, uint64_t off, uint64_t size)
@@ -335,6 +321,24 @@ zero_span (int fd, uint64_t off, uint64_t size)
   return 0;
 }
 
+/* A reservation whose write failed (ENOSPC, EIO, a short write) must
+ * not stay behind as garbage: scans would report a partly written record
+ * in the middle of a pack as damage (fsck fails for ever after a full
+ * disk).  Called with append_lock held; best effort, never fails:
+ *
+ * - failed spans at the end of the pack are given back (end moves down,
+ *   the file is truncated), which also releases earlier failed spans
+ *   that thereby became the tail;
+ * - a span with later reservations behind it is punched out, so it reads
+ *   as zeros: an all-zero span is an unused reservation to the scanner
+ *   (FORMAT.md);
+ * - if punching fails too (the disk is still failing, or the file system
+ *   cannot punch holes) the span is remembered and retried on the next
+ *   sync and on later failures.
+ *
+ * Nothing can reference a failed span (its location was never handed
+ * out), so neither step races with readers.
+ */
 static void
 release_failed (struct pack *pk, uint32_t id)
 {
@@ -458,6 +462,8 @@ cas_packs_append (struct cas_packs *p, struct cas_record_header *h,
       backend_error ("cas: pack %" PRIu32 ": too many failed appends to "
                      "clean up; the one at %" PRIu64 " stays", id, off);
     release_failed (pk, id);
+    if (pk->nfailed)
+      p->any_failed = true;
     pthread_mutex_unlock (&p->append_lock);
     errno = saved;
     return -1;
@@ -557,14 +563,20 @@ cas_packs_sync (struct cas_packs *p)
    * Reads and writes go on; flushes fail with the original errno.
    */
   if (p->sync_err == 0) {
-    /* Retry cleaning up failed appends (rare: the list is nearly always
-     * empty) before making the packs durable.
+    /* Retry cleaning up failed appends before making the packs durable
+     * (rare: any_failed saves the walk over every pack on each flush).
      */
     pthread_mutex_lock (&p->append_lock);
-    for (i = 1; i <= last; i++) {
-      struct pack *pk = get_pack (p, i);
-      if (pk && pk->nfailed)
-        release_failed (pk, i);
+    if (p->any_failed) {
+      p->any_failed = false;
+      for (i = 1; i <= last; i++) {
+        struct pack *pk = get_pack (p, i);
+        if (pk && pk->nfailed) {
+          release_failed (pk, i);
+          if (pk->nfailed)
+            p->any_failed = true;
+        }
+      }
     }
     pthread_mutex_unlock (&p->append_lock);
     for (i = 1; i <= last; i++) {
