@@ -87,7 +87,7 @@ CLIENTS = 12
 DEPTH = 8
 POOL = 8                        # shared whole-block patterns (dedup)
 
-VALGRIND = os.environ.get("NBDCAS_VALGRIND", "") not in ("", "0")
+VALGRIND = nbdtest.VALGRIND
 OPS = int(os.environ.get("NBDCAS_SOAK_OPS", "800"))
 ROUNDS = max(2, int(os.environ.get("NBDCAS_SOAK_ROUNDS", "3")))
 if VALGRIND:

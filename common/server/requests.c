@@ -17,9 +17,9 @@
  *
  * Replies are built in the request's own scratch memory and written
  * with one writev; read data goes to a buffer of the executing thread.
- * No allocation happens per request once the pools are warm.  With structured replies a large read sends the 64 KiB
- * pieces that read as zeroes as NBD_REPLY_TYPE_OFFSET_HOLE chunks
- * instead of data.
+ * No allocation happens per request once the pools are warm.  With
+ * structured replies a large read sends the 64 KiB pieces that read as
+ * zeroes as NBD_REPLY_TYPE_OFFSET_HOLE chunks instead of data.
  *
  * Thread safety: called from worker threads (and the reader) with the
  * request owned by the caller; the backend is PARALLEL.
@@ -69,19 +69,20 @@ thread_buf (size_t n)
   return tbuf;
 }
 
-static void
-thread_buf_trim (void)
-{
-  if (tbuf_cap > THREAD_BUF_KEEP)
-    request_thread_exit ();
-}
-
 void
 request_thread_exit (void)
 {
   free (tbuf);
   tbuf = NULL;
   tbuf_cap = 0;
+}
+
+/* After a request: a buffer over THREAD_BUF_KEEP is not kept. */
+static void
+thread_buf_trim (void)
+{
+  if (tbuf_cap > THREAD_BUF_KEEP)
+    request_thread_exit ();
 }
 
 uint32_t
