@@ -2,13 +2,19 @@
  * data path.  See store.h for the contract.
  *
  * In memory, a volume keeps:
- *  - levels[0][i]: the committed hash of leaf node i (nleaves entries),
- *    levels[k][j]: the committed hash of node j at height k+1, up to the
- *    root (levels[depth-1][0]).  Only flush writes them (under
- *    flush_lock); readers of levels[0] take levels_lock for 32 bytes.
- *  - leaves[i]: leaf node i (1024 block hashes), loaded on first use and
- *    then kept; each has its own mutex (held only to copy 32 bytes) and a
- *    dirty flag.
+ *  - levels[k] entry 0 <= i < nleaves: the committed hash of leaf node i,
+ *    levels[k] entry j: the committed hash of node j at height k+1, up
+ *    to the root (levels[depth-1] entry 0).  Only flush writes them
+ *    (under flush_lock); readers of levels[0] take levels_lock for 32
+ *    bytes.
+ *  - leaves entry i: leaf node i (1024 block hashes), loaded on first use
+ *    and then kept; each has its own mutex (held only to copy 32 bytes)
+ *    and a dirty flag.
+ * All three are sparse arrays (sparse.h): a volume costs memory for what
+ * is mapped or loaded, not for its size, and walks over them (load,
+ * flush, stat) skip the unallocated parts.  A node's F children are one
+ * run in the level below (SPARSE_RUN == F), so they are read and written
+ * in place.
  *
  * Concurrency of partial-block writes: read-modify-write is optimistic.
  * Read the slot's hash H0 and its data, modify, hash and store the new
@@ -36,9 +42,11 @@
 
 #include "backend.h"
 #include "cleanup.h"
+#include "sparse.h"
 #include "storeint.h"
 
 #define F CAS_MAP_FANOUT
+_Static_assert (F == SPARSE_RUN, "a map node's children are one sparse run");
 #define MAX_RMW_RETRIES 1000
 
 struct leaf {
@@ -59,9 +67,9 @@ struct cas_volume {
 
   pthread_mutex_t flush_lock;   /* one flush at a time; levels[k>0] */
   pthread_mutex_t levels_lock;  /* levels[0] element reads/writes */
-  struct cas_hash **levels;
-  bool **stale;                 /* stale[k][j] (k >= 1): recompute node */
-  struct leaf *_Atomic *leaves;
+  struct sparse *levels;        /* [depth] of struct cas_hash */
+  struct sparse *stale;         /* [depth] of bool (k >= 1): recompute */
+  struct sparse leaves;         /* of struct leaf *_Atomic */
   atomic_bool dirty;            /* some leaf changed since last flush */
   bool unpublished;             /* levels changed, root not written */
   uint64_t generation;          /* under flush_lock */
@@ -103,29 +111,50 @@ cas_volume_generation (const struct cas_volume *v)
 }
 
 static void
+free_leaf (void *elem)
+{
+  struct leaf *l = atomic_load ((struct leaf *_Atomic *) elem);
+
+  if (l) {
+    pthread_mutex_destroy (&l->lock);
+    free (l);
+  }
+}
+
+static void
 free_levels (struct cas_volume *vol)
 {
   uint32_t k;
-  uint64_t i;
 
   if (vol->levels)
     for (k = 0; k < vol->depth; k++)
-      free (vol->levels[k]);
+      sparse_free (&vol->levels[k], NULL);
   if (vol->stale)
     for (k = 0; k < vol->depth; k++)
-      free (vol->stale[k]);
-  if (vol->leaves)
-    for (i = 0; i < vol->nleaves; i++) {
-      struct leaf *l = vol->leaves[i];
-      if (l) {
-        pthread_mutex_destroy (&l->lock);
-        free (l);
-      }
-    }
+      sparse_free (&vol->stale[k], NULL);
+  sparse_free (&vol->leaves, free_leaf);
   free (vol->levels);
   free (vol->stale);
-  free (vol->leaves);
   free (vol->count);
+}
+
+/* The committed hash of node j at level k (zero if never set). */
+static struct cas_hash
+level_hash (const struct cas_volume *vol, uint32_t k, uint64_t j)
+{
+  static const struct cas_hash zero;
+  const struct cas_hash *h = sparse_peek (&vol->levels[k], j);
+
+  return h ? *h : zero;
+}
+
+/* The loaded leaf i, or NULL. */
+static struct leaf *
+loaded_leaf (const struct cas_volume *vol, uint64_t i)
+{
+  struct leaf *_Atomic *slot = sparse_peek (&vol->leaves, i);
+
+  return slot ? atomic_load_explicit (slot, memory_order_acquire) : NULL;
 }
 
 /* Read map node *h into out[0..n) (zero-padded).  Zero hash: all zero.
@@ -211,28 +240,41 @@ cas_volume_load (struct cas_store *st, const char *name)
   vol->count = calloc (vol->depth, sizeof *vol->count);
   vol->levels = calloc (vol->depth, sizeof *vol->levels);
   vol->stale = calloc (vol->depth, sizeof *vol->stale);
-  vol->leaves = calloc (vol->nleaves, sizeof *vol->leaves);
   if (!vol->name || !vol->count || !vol->levels || !vol->stale ||
-      !vol->leaves)
+      sparse_init (&vol->leaves, vol->nleaves, sizeof (struct leaf *)) == -1)
     goto err;
   for (k = 0; k < vol->depth; k++) {
     vol->count[k] = k == 0 ? vol->nleaves : (vol->count[k - 1] + F - 1) / F;
-    vol->levels[k] = calloc (vol->count[k], sizeof (struct cas_hash));
-    vol->stale[k] = calloc (vol->count[k], sizeof (bool));
-    if (!vol->levels[k] || !vol->stale[k])
+    if (sparse_init (&vol->levels[k], vol->count[k],
+                     sizeof (struct cas_hash)) == -1 ||
+        sparse_init (&vol->stale[k], vol->count[k], sizeof (bool)) == -1)
       goto err;
   }
-  /* Interior nodes are small (1/1024 of the leaves): load them all now,
-   * top-down; leaves are loaded on first use.
+  /* Interior nodes are small (1/1024 of the mapped leaves): load them all
+   * now, top-down; leaves are loaded on first use.  Zero subtrees stay
+   * unallocated.
    */
-  vol->levels[vol->depth - 1][0] = r.root;
+  if (!cas_hash_is_zero (&r.root)) {
+    struct cas_hash *top = sparse_get (&vol->levels[vol->depth - 1], 0);
+    if (top == NULL)
+      goto err;
+    *top = r.root;
+  }
   for (k = vol->depth - 1; k >= 1; k--)
-    for (j = 0; j < vol->count[k]; j++) {
+    for (j = sparse_next (&vol->levels[k], 0); j < vol->count[k];
+         j = sparse_next (&vol->levels[k], j + 1)) {
+      const struct cas_hash *h = sparse_peek (&vol->levels[k], j);
       uint64_t first = j * F, n = vol->count[k - 1] - first;
+      struct cas_hash *kids;
+
+      if (cas_hash_is_zero (h))
+        continue;
       if (n > F)
         n = F;
-      if (read_node (vol, &vol->levels[k][j], &vol->levels[k - 1][first],
-                     n) == -1) {
+      kids = sparse_get (&vol->levels[k - 1], first);
+      if (kids == NULL)
+        goto err;
+      if (read_node (vol, h, kids, n) == -1) {
         backend_error ("cas: volume %s: cannot load its block map", name);
         goto err;
       }
@@ -258,15 +300,16 @@ cas_volume_load (struct cas_store *st, const char *name)
 static struct leaf *
 get_leaf (struct cas_volume *vol, uint64_t i, bool create)
 {
-  struct leaf *l = atomic_load_explicit (&vol->leaves[i], memory_order_acquire);
+  struct leaf *l = loaded_leaf (vol, i);
   struct leaf *expected = NULL;
+  struct leaf *_Atomic *slot;
   struct cas_hash h;
   uint64_t n;
 
   if (l)
     return l;
   pthread_mutex_lock (&vol->levels_lock);
-  h = vol->levels[0][i];
+  h = level_hash (vol, 0, i);
   pthread_mutex_unlock (&vol->levels_lock);
   if (cas_hash_is_zero (&h) && !create) {
     errno = 0;
@@ -292,9 +335,12 @@ get_leaf (struct cas_volume *vol, uint64_t i, bool create)
     errno = saved;
     return NULL;
   }
-  if (!atomic_compare_exchange_strong (&vol->leaves[i], &expected, l)) {
+  slot = sparse_get (&vol->leaves, i);
+  if (slot == NULL || !atomic_compare_exchange_strong (slot, &expected, l)) {
     pthread_mutex_destroy (&l->lock);
     free (l);
+    if (slot == NULL)
+      return NULL;              /* errno = ENOMEM */
     l = expected;
   }
   return l;
@@ -671,9 +717,12 @@ cas_volume_flush (struct cas_volume *vol)
     goto redirty;
 
   /* 1. Dirty leaves -> map nodes. */
-  for (i = 0; i < vol->nleaves; i++) {
-    struct leaf *l = atomic_load (&vol->leaves[i]);
-    struct cas_hash nh;
+  for (i = sparse_next (&vol->leaves, 0); i < vol->nleaves;
+       i = sparse_next (&vol->leaves, i + 1)) {
+    struct leaf *l = loaded_leaf (vol, i);
+    struct cas_hash nh, old, *slot;
+    bool *up = NULL;
+
     if (!l)
       continue;
     pthread_mutex_lock (&l->lock);
@@ -684,38 +733,60 @@ cas_volume_flush (struct cas_volume *vol)
     memcpy (snap, l->h, F * sizeof *snap);
     l->dirty = false;
     pthread_mutex_unlock (&l->lock);
-    if (put_node (vol, snap, F, &nh) == -1) {
-      pthread_mutex_lock (&l->lock);
-      l->dirty = true;
-      pthread_mutex_unlock (&l->lock);
-      goto redirty;
-    }
-    if (!cas_hash_equal (&nh, &vol->levels[0][i])) {
-      pthread_mutex_lock (&vol->levels_lock);
-      vol->levels[0][i] = nh;
-      pthread_mutex_unlock (&vol->levels_lock);
-      if (vol->depth > 1)
-        vol->stale[1][i / F] = true;
-      vol->unpublished = true;
-    }
+    if (put_node (vol, snap, F, &nh) == -1)
+      goto leaf_failed;
+    old = level_hash (vol, 0, i);
+    if (cas_hash_equal (&nh, &old))
+      continue;
+    /* Both slots first, so that a failed allocation changes nothing. */
+    if ((vol->depth > 1 && (up = sparse_get (&vol->stale[1], i / F)) == NULL)
+        || (slot = sparse_get (&vol->levels[0], i)) == NULL)
+      goto leaf_failed;
+    pthread_mutex_lock (&vol->levels_lock);
+    *slot = nh;
+    pthread_mutex_unlock (&vol->levels_lock);
+    if (up)
+      *up = true;
+    vol->unpublished = true;
+    continue;
+
+  leaf_failed:
+    pthread_mutex_lock (&l->lock);
+    l->dirty = true;
+    pthread_mutex_unlock (&l->lock);
+    goto redirty;
   }
 
   /* 2. Interior nodes whose children changed, bottom-up. */
   for (k = 1; k < vol->depth; k++)
-    for (j = 0; j < vol->count[k]; j++) {
+    for (j = sparse_next (&vol->stale[k], 0); j < vol->count[k];
+         j = sparse_next (&vol->stale[k], j + 1)) {
+      bool *stale = sparse_peek (&vol->stale[k], j), *up = NULL;
       uint64_t first = j * F, n = vol->count[k - 1] - first;
-      struct cas_hash nh;
-      if (!vol->stale[k][j])
+      const struct cas_hash *kids;
+      struct cas_hash nh, *slot;
+
+      if (!*stale)
         continue;
       if (n > F)
         n = F;
-      if (put_node (vol, &vol->levels[k - 1][first], n, &nh) == -1)
+      /* A node turns stale when one of its children is set, and the
+       * children are one run (one page): it is allocated.
+       */
+      kids = sparse_peek (&vol->levels[k - 1], first);
+      if (kids == NULL)
+        abort ();
+      if (put_node (vol, kids, n, &nh) == -1)
         goto redirty;
-      vol->stale[k][j] = false;
-      if (!cas_hash_equal (&nh, &vol->levels[k][j])) {
-        vol->levels[k][j] = nh;
-        if (k + 1 < vol->depth)
-          vol->stale[k + 1][j / F] = true;
+      if ((k + 1 < vol->depth &&
+           (up = sparse_get (&vol->stale[k + 1], j / F)) == NULL) ||
+          (slot = sparse_get (&vol->levels[k], j)) == NULL)
+        goto redirty;
+      *stale = false;
+      if (!cas_hash_equal (&nh, slot)) {
+        *slot = nh;
+        if (up)
+          *up = true;
       }
     }
 
@@ -735,7 +806,7 @@ cas_volume_flush (struct cas_volume *vol)
   r.generation = vol->generation + 1;
   r.fanout = F;
   r.depth = vol->depth;
-  r.root = vol->levels[vol->depth - 1][0];
+  r.root = level_hash (vol, vol->depth - 1, 0);
   r.mtime = time (NULL);
   if (cas_root_write (vol->st, vol->name, &r) == -1)
     goto out;
@@ -776,8 +847,16 @@ cas_volume_stat (struct cas_volume *vol, struct cas_volume_stats *vs)
   memset (vs, 0, sizeof *vs);
   vs->size = vol->size;
   vs->blocks = vol->nblocks;
+  /* Leaves are either loaded or have a committed hash: walk the union. */
   for (i = 0; i < vol->nleaves; i++) {
-    struct leaf *l = get_leaf (vol, i, false);
+    uint64_t committed = sparse_next (&vol->levels[0], i);
+    uint64_t loaded = sparse_next (&vol->leaves, i);
+    struct leaf *l;
+
+    i = committed < loaded ? committed : loaded;
+    if (i >= vol->nleaves)
+      break;
+    l = get_leaf (vol, i, false);
     if (l == NULL) {
       if (errno)
         return -1;
@@ -792,11 +871,12 @@ cas_volume_stat (struct cas_volume *vol, struct cas_volume_stats *vs)
   vs->mapped_bytes = vs->mapped_blocks * vol->bs;
   pthread_mutex_lock (&vol->flush_lock);
   for (k = 0; k < vol->depth; k++)
-    for (i = 0; i < vol->count[k]; i++)
-      if (!cas_hash_is_zero (&vol->levels[k][i]))
+    for (i = sparse_next (&vol->levels[k], 0); i < vol->count[k];
+         i = sparse_next (&vol->levels[k], i + 1))
+      if (!cas_hash_is_zero (sparse_peek (&vol->levels[k], i)))
         vs->map_nodes++;
   vs->generation = vol->generation;
-  vs->root = vol->levels[vol->depth - 1][0];
+  vs->root = level_hash (vol, vol->depth - 1, 0);
   pthread_mutex_unlock (&vol->flush_lock);
   return 0;
 }
@@ -880,7 +960,7 @@ cas_volume_check (struct cas_volume *vol, bool full,
   int r;
 
   pthread_mutex_lock (&vol->flush_lock);
-  root = vol->levels[vol->depth - 1][0];
+  root = level_hash (vol, vol->depth - 1, 0);
   pthread_mutex_unlock (&vol->flush_lock);
   if (cas_hash_is_zero (&root))
     return 0;

@@ -1,0 +1,93 @@
+#!/usr/bin/python3
+# cas: a volume costs memory for what is mapped, not for its size.  A
+# 1 PiB volume with 4 KiB blocks has 2^28 map leaves; the server opens it,
+# writes and reads at its start, middle and end, flushes, reports extents
+# and reopens it, with its peak RSS staying small (a map held as flat
+# arrays would need 10 GiB).  nbdcas stat and fsck see the same volume.
+
+import os
+import subprocess
+
+import nbd
+import nbdtest
+
+PiB = 1 << 50
+BS = 4096
+RSS_LIMIT_KIB = 256 * 1024      # ASan's shadow memory included
+NBDCAS = os.environ.get("NBDCAS") or os.path.join(
+    os.environ.get("top_builddir", "."), "plugins/cas/nbdcas")
+
+# (offset, length): the first block, an unaligned run across blocks and
+# leaves in the middle, the last block.
+PLACES = [(0, BS), (PiB // 2 - 3000, 3 * BS + 1000), (PiB - BS, BS)]
+
+
+def peak_rss_kib(srv):
+    with open("/proc/%d/status" % srv.proc.pid) as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmHWM for pid %d" % srv.proc.pid)
+
+
+def check_rss(srv, when):
+    if nbdtest.VALGRIND:
+        return                  # valgrind's own memory is in the figure
+    kib = peak_rss_kib(srv)
+    assert kib < RSS_LIMIT_KIB, \
+        "peak RSS %d KiB %s (limit %d KiB)" % (kib, when, RSS_LIMIT_KIB)
+
+
+def check_data(h):
+    for i, (off, n) in enumerate(PLACES):
+        got = h.pread(n, off)
+        assert got == nbdtest.random_nonzero(n, 100 + i), \
+            "data at %d differs" % off
+    # Between them: zeros, reported as a hole.
+    assert h.pread(BS, PiB // 4) == bytes(BS)
+    exts = nbdtest.extents(h, PiB // 4, 64 * 1024 * 1024)
+    assert all(st & nbd.STATE_HOLE
+               for st in nbdtest.state_at(exts, PiB // 4, BS)), exts
+    exts = nbdtest.extents(h, PiB - BS, BS)
+    assert nbdtest.state_at(exts, PiB - BS, BS) == {0}, exts
+
+
+def body(srv):
+    store = os.path.join(srv.workdir, "store")
+    h = srv.connect()
+    assert h.get_size() == PiB, h.get_size()
+    for i, (off, n) in enumerate(PLACES):
+        h.pwrite(nbdtest.random_nonzero(n, 100 + i), off)
+    check_data(h)
+    h.flush()
+    check_data(h)
+    h.shutdown()
+    check_rss(srv, "after writing and flushing")
+
+    srv.restart()
+    h = srv.connect()
+    check_data(h)
+    # Unmap one place again: the map shrinks back to what is left.
+    h.trim(BS, 0)
+    h.flush()
+    assert h.pread(BS, 0) == bytes(BS)
+    h.shutdown()
+    check_rss(srv, "after reopening")
+    srv.stop()
+
+    env = dict(os.environ)
+    env.pop("LD_PRELOAD", None)
+    out = subprocess.run([NBDCAS, "stat", store], capture_output=True,
+                         text=True, env=env, stdin=subprocess.DEVNULL,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert "1.00 PiB" in out.stdout or str(PiB) in out.stdout, out.stdout
+    fsck = subprocess.run([NBDCAS, "fsck", store], capture_output=True,
+                          text=True, env=env, stdin=subprocess.DEVNULL,
+                          timeout=600)
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+    srv.start()
+
+
+nbdtest.run("cas huge sparse volume (1 PiB, 4 KiB blocks)", body,
+            backends=["cas"], size=PiB, params={"blocksize": BS})
