@@ -583,7 +583,7 @@ int
 LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
 {
   static bool init;
-  struct cas_open_options oo;
+  struct cas_open_options oo = { 0 };
   struct cas_store *st;
   struct cas_store_stats ss;
   char *namev[17] = { NULL }, **names = namev;

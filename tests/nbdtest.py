@@ -29,6 +29,37 @@ import vgcheck  # noqa: E402  (make check-valgrind: wraps MINNBD/NBDKIT)
 # Servers run under valgrind: tests that move hundreds of MiB may move less.
 VALGRIND = vgcheck.ENABLED
 
+
+def _sanitized_binaries():
+    """Whether a server binary under test was built with a sanitizer."""
+    for p in (os.environ.get("MINNBD"), os.environ.get("CAS_PLUGIN")):
+        try:
+            with open(p, "rb") as f:
+                data = f.read()
+        except (OSError, TypeError):
+            continue
+        if b"__asan_init" in data or b"__tsan_init" in data:
+            return True
+    return False
+
+
+# Servers built with ASan or TSan (under valgrind MINNBD is a wrapper
+# script, but then VALGRIND is set).  Memory figures of a server mean
+# nothing under either: JUDGE_MEMORY says whether tests may judge them.
+SANITIZED = bool(os.environ.get("SANITIZER_PRELOAD")) or _sanitized_binaries()
+JUDGE_MEMORY = not (VALGRIND or SANITIZED)
+
+
+def proc_status(pid, keys=("VmRSS", "VmHWM", "Threads")):
+    """Fields of /proc/PID/status as integers (KiB for memory)."""
+    out = {}
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            k, _, v = line.partition(":")
+            if k in keys:
+                out[k] = int(v.split()[0])
+    return out
+
 # Third-party tools (mkfs.ext4, e2fsck ...) live in sbin on Debian.
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 

@@ -22,18 +22,10 @@ NBDCAS = os.environ.get("NBDCAS") or os.path.join(
 PLACES = [(0, BS), (PiB // 2 - 3000, 3 * BS + 1000), (PiB - BS, BS)]
 
 
-def peak_rss_kib(srv):
-    with open("/proc/%d/status" % srv.proc.pid) as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmHWM for pid %d" % srv.proc.pid)
-
-
 def check_rss(srv, when):
     if nbdtest.VALGRIND:
         return                  # valgrind's own memory is in the figure
-    kib = peak_rss_kib(srv)
+    kib = nbdtest.proc_status(srv.proc.pid)["VmHWM"]
     assert kib < RSS_LIMIT_KIB, \
         "peak RSS %d KiB %s (limit %d KiB)" % (kib, when, RSS_LIMIT_KIB)
 

@@ -132,34 +132,12 @@ for _k, _w in WEIGHTS:
     CUM.append(_t)
 
 
-def sanitized_binaries():
-    """Whether a server binary under test was built with a sanitizer."""
-    paths = [os.environ.get("MINNBD"), os.environ.get("CAS_PLUGIN")]
-    for p in paths:
-        try:
-            with open(p, "rb") as f:
-                data = f.read()
-        except (OSError, TypeError):
-            continue
-        if b"__asan_init" in data or b"__tsan_init" in data:
-            return True
-    return False
-
-
-# Before nbdtest's import side effects matter: MINNBD still names the
-# real binary here unless valgrind wrapped it (then VALGRIND is set).
-SANITIZED = bool(os.environ.get("SANITIZER_PRELOAD")) or sanitized_binaries()
-JUDGE_RSS = not (VALGRIND or SANITIZED)
+JUDGE_RSS = nbdtest.JUDGE_MEMORY
 
 
 def proc_status(pid):
     """VmRSS and VmHWM (KiB) and the number of threads of a process."""
-    out = {}
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            k, _, v = line.partition(":")
-            if k in ("VmRSS", "VmHWM", "Threads"):
-                out[k] = int(v.split()[0])
+    out = nbdtest.proc_status(pid)
     return out["VmRSS"], out["VmHWM"], out["Threads"]
 
 

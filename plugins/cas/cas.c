@@ -29,6 +29,7 @@ static uint32_t want_bs;             /* blocksize=, 0: not given */
 static char *default_volume;         /* volume= */
 static bool store_readonly;
 static enum cas_verify verify = CAS_VERIFY_CHECKSUM;
+static uint64_t map_cache;           /* mapcache=, 0: the default */
 static struct cas_store *store;
 
 #define DEFAULT_VOLUME "default"
@@ -102,6 +103,18 @@ cas_config (const char *key, const char *value)
   }
   if (strcmp (key, "readonly") == 0)
     return parse_bool (key, value, &store_readonly);
+  if (strcmp (key, "mapcache") == 0) {
+    int64_t n;
+    if (parse_size (key, value, &n) == -1)
+      return -1;
+    if (n < 1024 * 1024 || (uint64_t) n > (UINT64_C (1) << 40)) {
+      backend_error ("cas: mapcache=%s: must be from 1M to 1T", value);
+      errno = EINVAL;
+      return -1;
+    }
+    map_cache = n;
+    return 0;
+  }
   if (strcmp (key, "verify") == 0) {
     if (strcmp (value, "off") == 0)
       verify = CAS_VERIFY_OFF;
@@ -124,7 +137,7 @@ cas_config (const char *key, const char *value)
 static int
 cas_config_complete (void)
 {
-  struct cas_open_options opts;
+  struct cas_open_options opts = { 0 };
   int exists;
 
   if (store_dir == NULL) {
@@ -156,6 +169,7 @@ cas_config_complete (void)
   }
   opts.readonly = store_readonly;
   opts.verify = verify;
+  opts.map_cache = map_cache;
   store = cas_store_open (store_dir, &opts);
   if (store == NULL)
     return -1;
@@ -369,7 +383,8 @@ const struct backend cas_backend = {
   "blocksize=SIZE      block size of a new store (4K..1M, default 64K)\n"
   "volume=NAME         the default volume (default: \"default\")\n"
   "readonly=BOOL       open the store read-only\n"
-  "verify=off|checksum|full  check chunks on every read (default checksum)",
+  "verify=off|checksum|full  check chunks on every read (default checksum)\n"
+  "mapcache=SIZE       block map kept in memory per volume (default 64M)",
   .unload = cas_unload,
   .config = cas_config,
   .config_complete = cas_config_complete,

@@ -223,6 +223,8 @@ cas_store_open (const char *dir, const struct cas_open_options *opts)
   pthread_mutex_init (&st->vol_lock, NULL);
   st->readonly = opts ? opts->readonly : false;
   st->verify = opts ? opts->verify : CAS_VERIFY_CHECKSUM;
+  st->map_cache = opts && opts->map_cache ? opts->map_cache
+    : CAS_DEFAULT_MAP_CACHE;
   st->dir = strdup (dir);
   if (st->dir == NULL || asprintf (&st->voldir, "%s/volumes", dir) == -1 ||
       asprintf (&sbpath, "%s/superblock", dir) == -1 ||

@@ -62,7 +62,14 @@ struct cas_volume;
 struct cas_open_options {
   bool readonly;             /* open read-only: no writes, no tail cut */
   enum cas_verify verify;    /* applied to every chunk read */
+  uint64_t map_cache;        /* bytes of map leaves each open volume keeps
+                                in memory; 0: CAS_DEFAULT_MAP_CACHE */
 };
+
+/* 64 MiB: 2000 leaves, the map of 128 GiB of a volume at the default
+ * block size (8 GiB at 4 KiB blocks).
+ */
+#define CAS_DEFAULT_MAP_CACHE (UINT64_C (64) * 1024 * 1024)
 
 /* Create a new, empty store in dir (created if absent; must be empty if
  * present).  blocksize: power of two in [CAS_MIN_BLOCKSIZE,

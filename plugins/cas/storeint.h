@@ -21,6 +21,7 @@ struct cas_store {
   int lockfd;                   /* const: flock()ed */
   bool readonly;                /* const */
   enum cas_verify verify;       /* const */
+  uint64_t map_cache;           /* const: leaf cache bytes per volume */
   struct cas_super sb;          /* const */
   struct chunkstore *cs;        /* const */
   pthread_mutex_t vol_lock;
