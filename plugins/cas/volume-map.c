@@ -58,6 +58,7 @@ free_map (struct cas_volume *vol)
   free (vol->stale);
   free (vol->count);
   pthread_mutex_destroy (&vol->flush_lock);
+  pthread_mutex_destroy (&vol->map_lock);
   pthread_mutex_destroy (&vol->levels_lock);
   pthread_mutex_destroy (&vol->evict_lock);
   for (s = 0; s < LEAF_STRIPES; s++)
@@ -187,6 +188,7 @@ cas_volume_load (struct cas_store *st, const char *name)
   if (vol->max_leaves < MIN_CACHED_LEAVES)
     vol->max_leaves = MIN_CACHED_LEAVES;
   pthread_mutex_init (&vol->flush_lock, NULL);
+  pthread_mutex_init (&vol->map_lock, NULL);
   pthread_mutex_init (&vol->levels_lock, NULL);
   pthread_mutex_init (&vol->evict_lock, NULL);
   for (s = 0; s < LEAF_STRIPES; s++)
@@ -235,7 +237,9 @@ stripe_of (struct cas_volume *vol, uint64_t i)
 }
 
 /* Leaf i pinned if it is cached, else NULL.  touch: count it as a use
- * for the clock (flush's walk does not).
+ * for the clock (flush's walk does not).  An empty slot is seen without
+ * the lock: walks over big volumes skip empty slots cheaply, and whoever
+ * fills a slot re-checks it under the lock.
  */
 static struct leaf *
 pin_cached (struct cas_volume *vol, uint64_t i, bool touch)
@@ -244,13 +248,14 @@ pin_cached (struct cas_volume *vol, uint64_t i, bool touch)
   pthread_mutex_t *m = stripe_of (vol, i);
   struct leaf *l;
 
-  if (slot == NULL)
+  if (slot == NULL || atomic_load_explicit (slot, memory_order_acquire) == NULL)
     return NULL;
   pthread_mutex_lock (m);
   l = atomic_load (slot);
   if (l) {
     atomic_fetch_add (&l->pins, 1);
-    if (touch)
+    /* Read first: a hot leaf's line is not written on every access. */
+    if (touch && !atomic_load_explicit (&l->recent, memory_order_relaxed))
       atomic_store (&l->recent, true);
   }
   pthread_mutex_unlock (m);
@@ -275,7 +280,29 @@ committed_leaf_hash (struct cas_volume *vol, uint64_t i)
   return h;
 }
 
-static void evict_leaves (struct cas_volume *vol);
+static void evict_leaves (struct cas_volume *vol, bool wait);
+
+int
+peek_leaf (struct cas_volume *vol, uint64_t i, struct cas_hash *out)
+{
+  struct leaf *l = pin_cached (vol, i, false);
+  struct cas_hash h;
+  uint64_t n;
+
+  if (l) {
+    pthread_mutex_lock (&l->lock);
+    memcpy (out, l->h, sizeof l->h);
+    pthread_mutex_unlock (&l->lock);
+    put_leaf (l);
+    return 0;
+  }
+  h = committed_leaf_hash (vol, i);
+  n = vol->nblocks - i * F;
+  if (n > F)
+    n = F;
+  memset (out, 0, F * sizeof *out);
+  return read_node (vol, &h, out, n);
+}
 
 /* Load leaf i from its committed node. */
 static struct leaf *
@@ -313,6 +340,7 @@ get_leaf (struct cas_volume *vol, uint64_t i, bool create)
     struct leaf *_Atomic *slot;
     struct leaf *l, *cur;
     struct cas_hash h, now;
+    uint64_t n;
 
     l = pin_cached (vol, i, true);
     if (l)
@@ -352,8 +380,13 @@ get_leaf (struct cas_volume *vol, uint64_t i, bool create)
     }
     atomic_store (slot, l);
     pthread_mutex_unlock (stripe_of (vol, i));
-    if (atomic_fetch_add (&vol->cached, 1) + 1 > vol->max_leaves)
-      evict_leaves (vol);
+    n = atomic_fetch_add (&vol->cached, 1) + 1;
+    /* Over the limit: sweep, or leave it to the sweep running.  Far over
+     * it (loads outrun the sweep): wait for the running sweep, then
+     * sweep too.
+     */
+    if (n > vol->max_leaves)
+      evict_leaves (vol, n > 2 * vol->max_leaves);
     return l;
   }
 }
@@ -375,8 +408,10 @@ put_node (struct cas_volume *vol, const struct cas_hash *h, uint64_t n,
 }
 
 /* If pinned leaf i is dirty, store it as a map node and record its hash
- * in levels[0] (its parent goes stale).  Caller holds flush_lock; snap
- * is room for F hashes.  On error the leaf stays dirty.
+ * in levels[0] (its parent goes stale).  snap is room for F hashes.  On
+ * error the leaf stays dirty.  The whole of it is under map_lock: two
+ * commits of one leaf (flush's and a sweep's) must not overtake each
+ * other, or an older snapshot could land last.
  */
 static int
 commit_leaf (struct cas_volume *vol, uint64_t i, struct leaf *l,
@@ -384,11 +419,13 @@ commit_leaf (struct cas_volume *vol, uint64_t i, struct leaf *l,
 {
   struct cas_hash nh, old, *slot;
   bool *up = NULL;
+  int ret = 0;
 
+  pthread_mutex_lock (&vol->map_lock);
   pthread_mutex_lock (&l->lock);
   if (!l->dirty) {
     pthread_mutex_unlock (&l->lock);
-    return 0;
+    goto out;
   }
   memcpy (snap, l->h, F * sizeof *snap);
   l->dirty = false;
@@ -397,7 +434,7 @@ commit_leaf (struct cas_volume *vol, uint64_t i, struct leaf *l,
     goto failed;
   old = volume_level_hash (vol, 0, i);
   if (cas_hash_equal (&nh, &old))
-    return 0;
+    goto out;
   /* Both slots first, so that a failed allocation changes nothing. */
   if ((vol->depth > 1 && (up = sparse_get (&vol->stale[1], i / F)) == NULL)
       || (slot = sparse_get (&vol->levels[0], i)) == NULL)
@@ -408,37 +445,40 @@ commit_leaf (struct cas_volume *vol, uint64_t i, struct leaf *l,
   if (up)
     *up = true;
   vol->unpublished = true;
-  return 0;
+  goto out;
 
  failed:
   pthread_mutex_lock (&l->lock);
   l->dirty = true;
   pthread_mutex_unlock (&l->lock);
-  return -1;
+  ret = -1;
+ out:
+  pthread_mutex_unlock (&vol->map_lock);
+  return ret;
 }
 
 /* Evict unpinned leaves down to 7/8 of the cache (so that sweeps are not
  * one per load), clock order: a leaf used since the hand last passed
- * gets another round.  A dirty leaf is written back first if flush_lock
- * is free; otherwise it waits for the flush to clean it.
+ * gets another round.  A dirty leaf is written back first.  wait: wait
+ * for a sweep already running (else leave the work to it).
  */
 static void
-evict_leaves (struct cas_volume *vol)
+evict_leaves (struct cas_volume *vol, bool wait)
 {
   CLEANUP_FREE struct cas_hash *snap = NULL;
   uint64_t target = vol->max_leaves - vol->max_leaves / 8;
-  uint64_t i, seen = 0, limit;
-  bool write_back;
+  uint64_t i, seen = 0;
 
-  if (pthread_mutex_trylock (&vol->evict_lock) != 0)
-    return;                     /* another thread is sweeping */
-  write_back = !vol->st->readonly &&
-    (snap = malloc (F * sizeof *snap)) != NULL &&
-    pthread_mutex_trylock (&vol->flush_lock) == 0;
-  /* Two rounds of the clock at most: the first may only clear bits. */
-  limit = 2 * atomic_load (&vol->cached) + LEAF_STRIPES;
+  if (wait)
+    pthread_mutex_lock (&vol->evict_lock);
+  else if (pthread_mutex_trylock (&vol->evict_lock) != 0)
+    return;
+  if (!vol->st->readonly)
+    snap = malloc (F * sizeof *snap);   /* none: no write-back */
   i = vol->hand;
-  while (atomic_load (&vol->cached) > target && seen < limit) {
+  /* Two rounds of the clock at most: the first may only clear bits. */
+  while (atomic_load (&vol->cached) > target &&
+         seen < 2 * atomic_load (&vol->cached) + LEAF_STRIPES) {
     struct leaf *_Atomic *slot;
     pthread_mutex_t *m;
     struct leaf *l;
@@ -451,6 +491,10 @@ evict_leaves (struct cas_volume *vol)
         break;
     }
     slot = sparse_peek (&vol->leaves, i);
+    if (atomic_load_explicit (slot, memory_order_acquire) == NULL) {
+      i++;                      /* empty: not worth the lock */
+      continue;
+    }
     m = stripe_of (vol, i);
     pthread_mutex_lock (m);
     l = atomic_load (slot);
@@ -465,11 +509,11 @@ evict_leaves (struct cas_volume *vol)
     if (dirty) {
       int r;
 
-      if (!write_back)
+      if (snap == NULL)
         goto next;
       atomic_fetch_add (&l->pins, 1);
       pthread_mutex_unlock (m);
-      r = commit_leaf (vol, i, l, snap);
+      r = commit_leaf (vol, i, l, snap);  /* map_lock: stripe not held */
       pthread_mutex_lock (m);
       atomic_fetch_sub (&l->pins, 1);
       if (r == -1 || atomic_load (&l->pins) > 0)
@@ -491,8 +535,6 @@ evict_leaves (struct cas_volume *vol)
     i++;
   }
   vol->hand = i;
-  if (write_back)
-    pthread_mutex_unlock (&vol->flush_lock);
   pthread_mutex_unlock (&vol->evict_lock);
 }
 
@@ -510,7 +552,7 @@ cas_volume_generation (const struct cas_volume *v)
   return g;
 }
 
-/* Interior nodes whose children changed, bottom-up.  Under flush_lock. */
+/* Interior nodes whose children changed, bottom-up.  Under map_lock. */
 static int
 commit_interior (struct cas_volume *vol)
 {
@@ -551,18 +593,33 @@ commit_interior (struct cas_volume *vol)
   return 0;
 }
 
+/* Under flush_lock: whether there is anything to flush. */
+static bool
+flush_needed (struct cas_volume *vol)
+{
+  bool r;
+
+  if (atomic_exchange (&vol->dirty, false))
+    return true;
+  pthread_mutex_lock (&vol->map_lock);
+  r = vol->unpublished;
+  pthread_mutex_unlock (&vol->map_lock);
+  return r;
+}
+
 int
 cas_volume_flush (struct cas_volume *vol)
 {
   CLEANUP_FREE struct cas_hash *snap = NULL;
   struct cas_root r;
+  bool publish;
   uint64_t i;
   int ret = -1;
 
   if (vol->st->readonly)
     return 0;
   pthread_mutex_lock (&vol->flush_lock);
-  if (!atomic_exchange (&vol->dirty, false) && !vol->unpublished) {
+  if (!flush_needed (vol)) {
     ret = 0;
     goto out;
   }
@@ -570,7 +627,7 @@ cas_volume_flush (struct cas_volume *vol)
   if (snap == NULL)
     goto redirty;
 
-  /* 1. Dirty leaves -> map nodes (leaves written back by eviction are
+  /* 1. Dirty leaves -> map nodes (leaves written back by a sweep are
    * already in levels[0]).
    */
   for (i = sparse_next (&vol->leaves, 0); i < vol->nleaves;
@@ -585,32 +642,42 @@ cas_volume_flush (struct cas_volume *vol)
     if (err == -1)
       goto redirty;
   }
-  /* 2. Interior nodes. */
-  if (commit_interior (vol) == -1)
+  /* 2. Interior nodes, and the root: it holds every leaf committed so
+   * far, by step 1 or by a sweep.
+   */
+  pthread_mutex_lock (&vol->map_lock);
+  if (commit_interior (vol) == -1) {
+    pthread_mutex_unlock (&vol->map_lock);
     goto redirty;
-
-  if (!vol->unpublished) {
+  }
+  publish = vol->unpublished;
+  vol->unpublished = false;
+  memset (&r, 0, sizeof r);
+  r.root = volume_level_hash (vol, vol->depth - 1, 0);
+  pthread_mutex_unlock (&vol->map_lock);
+  if (!publish) {
     ret = 0;
     goto out;
   }
-  /* 3. Everything the new root references becomes durable, 4. then the
-   * root is published atomically.
+  /* 3. Everything the new root references becomes durable (sweeps' nodes
+   * too: they were stored before step 2), 4. then the root is published
+   * atomically.
    */
-  if (cs_sync (vol->st->cs) == -1)
-    goto out;
-  memset (&r, 0, sizeof r);
   r.version = CAS_FORMAT_VERSION;
   r.blocksize = vol->bs;
   r.size = vol->size;
   r.generation = vol->generation + 1;
   r.fanout = F;
   r.depth = vol->depth;
-  r.root = volume_level_hash (vol, vol->depth - 1, 0);
   r.mtime = time (NULL);
-  if (cas_root_write (vol->st, vol->name, &r) == -1)
+  if (cs_sync (vol->st->cs) == -1 ||
+      cas_root_write (vol->st, vol->name, &r) == -1) {
+    pthread_mutex_lock (&vol->map_lock);
+    vol->unpublished = true;
+    pthread_mutex_unlock (&vol->map_lock);
     goto out;
+  }
   vol->generation++;
-  vol->unpublished = false;
   ret = 0;
   goto out;
 

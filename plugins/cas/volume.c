@@ -390,36 +390,34 @@ cas_volume_extents (struct cas_volume *vol, uint64_t count, uint64_t offset,
 int
 cas_volume_stat (struct cas_volume *vol, struct cas_volume_stats *vs)
 {
+  CLEANUP_FREE struct cas_hash *hashes = malloc (F * sizeof *hashes);
   uint64_t i, b;
   uint32_t k;
 
+  if (hashes == NULL)
+    return -1;
   memset (vs, 0, sizeof *vs);
   vs->size = vol->size;
   vs->blocks = vol->nblocks;
-  /* Leaves are either loaded or have a committed hash: walk the union. */
+  /* Leaves are either cached or have a committed hash: walk the union,
+   * without loading them into the cache.
+   */
   for (i = 0; i < vol->nleaves; i++) {
     uint64_t committed = sparse_next (&vol->levels[0], i);
-    uint64_t loaded = sparse_next (&vol->leaves, i);
-    struct leaf *l;
+    uint64_t cached = sparse_next (&vol->leaves, i);
 
-    i = committed < loaded ? committed : loaded;
+    i = committed < cached ? committed : cached;
     if (i >= vol->nleaves)
       break;
-    l = get_leaf (vol, i, false);
-    if (l == NULL) {
-      if (errno)
-        return -1;
-      continue;
-    }
-    pthread_mutex_lock (&l->lock);
+    if (peek_leaf (vol, i, hashes) == -1)
+      return -1;
     for (b = 0; b < F; b++)
-      if (!cas_hash_is_zero (&l->h[b]))
+      if (!cas_hash_is_zero (&hashes[b]))
         vs->mapped_blocks++;
-    pthread_mutex_unlock (&l->lock);
-    put_leaf (l);
   }
   vs->mapped_bytes = vs->mapped_blocks * vol->bs;
   pthread_mutex_lock (&vol->flush_lock);
+  pthread_mutex_lock (&vol->map_lock);
   for (k = 0; k < vol->depth; k++)
     for (i = sparse_next (&vol->levels[k], 0); i < vol->count[k];
          i = sparse_next (&vol->levels[k], i + 1))
@@ -427,6 +425,7 @@ cas_volume_stat (struct cas_volume *vol, struct cas_volume_stats *vs)
         vs->map_nodes++;
   vs->generation = vol->generation;
   vs->root = volume_level_hash (vol, vol->depth - 1, 0);
+  pthread_mutex_unlock (&vol->map_lock);
   pthread_mutex_unlock (&vol->flush_lock);
   return 0;
 }
@@ -509,9 +508,9 @@ cas_volume_check (struct cas_volume *vol, bool full,
   struct cas_hash root;
   int r;
 
-  pthread_mutex_lock (&vol->flush_lock);
+  pthread_mutex_lock (&vol->map_lock);
   root = volume_level_hash (vol, vol->depth - 1, 0);
-  pthread_mutex_unlock (&vol->flush_lock);
+  pthread_mutex_unlock (&vol->map_lock);
   if (cas_hash_is_zero (&root))
     return 0;
   c.buf = malloc (vol->bs);

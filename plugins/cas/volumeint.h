@@ -6,8 +6,8 @@
  *  - levels[0] entry i (0 <= i < nleaves): the committed hash of leaf
  *    node i; levels[k] entry j: the committed hash of node j at height
  *    k+1, up to the root (levels[depth-1] entry 0).  Only flush and the
- *    leaf cache's write-back change them, both under flush_lock; readers
- *    of levels[0] take levels_lock for 32 bytes.
+ *    leaf cache's write-back change them, both under map_lock; readers
+ *    of levels[0] take levels_lock for 32 bytes (writers take both).
  *  - leaves entry i: leaf node i (1024 block hashes) while it is cached.
  *    Each leaf has a mutex (held only to copy 32 bytes), a dirty flag and
  *    a pin count: get_leaf returns it pinned, put_leaf unpins it, and
@@ -18,14 +18,17 @@
  * are one run in the level below (SPARSE_RUN == F), so they are read and
  * written in place.
  *
- * The leaf cache holds at most max_leaves leaves, plus those pinned or
- * dirty while a flush runs.  Eviction is a clock sweep; a dirty leaf is
- * first written back (stored as a map node, its hash put in levels[0]),
- * which makes the next flush publish it: what a flush publishes is the
- * same either way.
+ * The leaf cache holds about max_leaves leaves (more only while the
+ * leaves over the limit are pinned).  Eviction is a clock sweep; a dirty
+ * leaf is first written back (stored as a map node, its hash put in
+ * levels[0]), which makes the next flush publish it: what a flush
+ * publishes is the same either way.  Write-back and flush's own commits
+ * take map_lock one leaf at a time, so sweeps go on during a flush.
  *
- * Lock order: flush_lock, then a leaf stripe, then a leaf's mutex or
- * levels_lock.  Pins are taken under the leaf's stripe lock.
+ * Lock order: flush_lock, evict_lock, map_lock, then a leaf's mutex or
+ * levels_lock.  A leaf stripe is only ever held alone or before a leaf's
+ * mutex or levels_lock (never with map_lock).  Pins are taken under the
+ * leaf's stripe lock.  Nothing calls get_leaf holding any of these.
  */
 #ifndef NBDCAS_VOLUMEINT_H
 #define NBDCAS_VOLUMEINT_H
@@ -61,12 +64,14 @@ struct cas_volume {
   uint32_t depth;
   uint64_t *count;              /* count[k]: entries of levels[k] */
 
-  pthread_mutex_t flush_lock;   /* one flush at a time; levels[k>0] */
+  pthread_mutex_t flush_lock;   /* one flush at a time; generation */
+  pthread_mutex_t map_lock;     /* levels, stale, unpublished */
   pthread_mutex_t levels_lock;  /* levels[0] element reads/writes */
   struct sparse *levels;        /* [depth] of struct cas_hash */
   struct sparse *stale;         /* [depth] of bool (k >= 1): recompute */
   atomic_bool dirty;            /* some leaf changed since last flush */
-  bool unpublished;             /* levels changed, root not written */
+  bool unpublished;             /* levels changed since the root computed
+                                   for the last publish */
   uint64_t generation;          /* under flush_lock */
 
   /* The leaf cache. */
@@ -87,5 +92,11 @@ struct cas_hash volume_level_hash (const struct cas_volume *vol, uint32_t k,
  */
 struct leaf *get_leaf (struct cas_volume *vol, uint64_t i, bool create);
 void put_leaf (struct leaf *l);
+
+/* Leaf i's F hashes into out, from the cache if it is there, else from
+ * its committed node without caching it (for walks over every leaf that
+ * should not churn the cache).  -1 with errno on error.
+ */
+int peek_leaf (struct cas_volume *vol, uint64_t i, struct cas_hash *out);
 
 #endif /* NBDCAS_VOLUMEINT_H */
