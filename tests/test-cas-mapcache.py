@@ -17,7 +17,6 @@
 
 import os
 import random
-import subprocess
 import threading
 
 import nbd
@@ -33,8 +32,6 @@ OPS = 300 if nbdtest.VALGRIND else 1500
 # Under valgrind, a block in every 4th leaf: still 1024 leaves for a
 # cache of 31.
 STEP = 4 if nbdtest.VALGRIND else 1
-NBDCAS = os.environ.get("NBDCAS") or os.path.join(
-    os.environ.get("top_builddir", "."), "plugins/cas/nbdcas")
 
 
 def block_data(tag, b):
@@ -50,13 +47,7 @@ def check_rss(srv, when):
 
 
 def fsck(store):
-    env = dict(os.environ)
-    env.pop("LD_PRELOAD", None)
-    p = subprocess.run([NBDCAS, "fsck", store], capture_output=True,
-                       text=True, env=env, stdin=subprocess.DEVNULL,
-                       timeout=600)
-    assert p.returncode == 0, "fsck: %d\n%s%s" % (p.returncode, p.stdout,
-                                                  p.stderr)
+    nbdtest.cmd([os.environ["NBDCAS"], "fsck", store], timeout=600)
 
 
 class Model:
