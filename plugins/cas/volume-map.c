@@ -210,7 +210,8 @@ cas_volume_load (struct cas_store *st, const char *name)
     vol->count[k] = k == 0 ? vol->nleaves : (vol->count[k - 1] + F - 1) / F;
     if (sparse_init (&vol->levels[k], vol->count[k],
                      sizeof (struct cas_hash)) == -1 ||
-        sparse_init (&vol->stale[k], vol->count[k], sizeof (bool)) == -1)
+        (k > 0 &&               /* leaves have no stale flag */
+         sparse_init (&vol->stale[k], vol->count[k], sizeof (bool)) == -1))
       goto err;
   }
   if (load_interior (vol, &r.root) == -1)
@@ -282,12 +283,26 @@ committed_leaf_hash (struct cas_volume *vol, uint64_t i)
 
 static void evict_leaves (struct cas_volume *vol, bool wait);
 
+/* Leaf i's node *h into out[0..F), zero-padded (the last leaf may cover
+ * fewer than F blocks).
+ */
+static int
+read_leaf (struct cas_volume *vol, uint64_t i, const struct cas_hash *h,
+           struct cas_hash *out)
+{
+  uint64_t n = vol->nblocks - i * F;
+
+  if (n > F)
+    n = F;
+  memset (out, 0, F * sizeof *out);
+  return read_node (vol, h, out, n);
+}
+
 int
 peek_leaf (struct cas_volume *vol, uint64_t i, struct cas_hash *out)
 {
   struct leaf *l = pin_cached (vol, i, false);
   struct cas_hash h;
-  uint64_t n;
 
   if (l) {
     pthread_mutex_lock (&l->lock);
@@ -297,11 +312,7 @@ peek_leaf (struct cas_volume *vol, uint64_t i, struct cas_hash *out)
     return 0;
   }
   h = committed_leaf_hash (vol, i);
-  n = vol->nblocks - i * F;
-  if (n > F)
-    n = F;
-  memset (out, 0, F * sizeof *out);
-  return read_node (vol, &h, out, n);
+  return read_leaf (vol, i, &h, out);
 }
 
 /* Load leaf i from its committed node. */
@@ -309,7 +320,6 @@ static struct leaf *
 load_leaf (struct cas_volume *vol, uint64_t i, const struct cas_hash *h)
 {
   struct leaf *l = malloc (sizeof *l);
-  uint64_t n = vol->nblocks - i * F;
 
   if (l == NULL)
     return NULL;
@@ -317,10 +327,7 @@ load_leaf (struct cas_volume *vol, uint64_t i, const struct cas_hash *h)
   l->dirty = false;
   atomic_init (&l->pins, 1);
   atomic_init (&l->recent, true);
-  if (n > F)
-    n = F;
-  memset (l->h, 0, sizeof l->h);
-  if (read_node (vol, h, l->h, n) == -1) {
+  if (read_leaf (vol, i, h, l->h) == -1) {
     int saved = errno;
     char hex[2 * CAS_HASH_SIZE + 1];
 
