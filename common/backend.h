@@ -122,5 +122,11 @@ int backend_add_extent (struct backend_extents *extents,
                         uint64_t offset, uint64_t length, uint32_t type);
 int backend_add_export (struct backend_exports *exports,
                         const char *name, const char *description);
+/* Whether the whole server is read-only (nbdkit -r, minnbd -r): then
+ * every connection is read-only, and a backend should open its storage
+ * without writing anything (no repair, no cache write-back, shared
+ * locks).  Known from config_complete on.
+ */
+bool backend_server_readonly (void);
 
 #endif /* NBDCAS_BACKEND_H */

@@ -9,8 +9,10 @@
 
 #include <errno.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #define NBDKIT_API_VERSION 2
 #include <nbdkit-plugin.h>
@@ -69,6 +71,122 @@ backend_add_export (struct backend_exports *exports,
 {
   return nbdkit_add_export ((struct nbdkit_exports *) exports,
                             name, description);
+}
+
+/* nbdkit tells a plugin whether it runs with -r only per connection
+ * (.open's readonly), but a backend must know before any connection
+ * whether it may write to its storage at all (a cas store takes its lock
+ * and repairs a torn pack when it is opened).  So read nbdkit's own
+ * command line as its option parser does: GNU getopt_long permutes, so
+ * an option may come anywhere before "--"; short options cluster ("-fr");
+ * a long option may be abbreviated to any unambiguous prefix.  The table
+ * is nbdkit 1.32's (server/options.h): the options that take an argument,
+ * so that an argument is never mistaken for an option.
+ */
+static const char nbdkit_short_with_arg[] = "DegipPtuU";
+enum nbdkit_opt_kind { NOARG, ARG, RO };
+static const struct {
+  const char *name;
+  enum nbdkit_opt_kind kind;
+} nbdkit_long[] = {
+  { "debug", ARG }, { "dump-config", NOARG }, { "dump-plugin", NOARG },
+  { "exit-with-parent", NOARG }, { "export", ARG }, { "export-name", ARG },
+  { "exportname", ARG }, { "filter", ARG }, { "foreground", NOARG },
+  { "no-fork", NOARG }, { "group", ARG }, { "help", NOARG },
+  { "ip-addr", ARG }, { "ipaddr", ARG }, { "log", ARG },
+  { "long-options", NOARG }, { "mask-handshake", ARG },
+  { "new-style", NOARG }, { "newstyle", NOARG }, { "no-sr", NOARG },
+  { "old-style", NOARG }, { "oldstyle", NOARG }, { "pid-file", ARG },
+  { "pidfile", ARG }, { "port", ARG }, { "read-only", RO },
+  { "readonly", RO }, { "run", ARG }, { "selinux-label", ARG },
+  { "short-options", NOARG }, { "single", NOARG }, { "stdin", NOARG },
+  { "swap", NOARG }, { "threads", ARG }, { "tls", ARG },
+  { "tls-certificates", ARG }, { "tls-psk", ARG },
+  { "tls-verify-peer", NOARG }, { "unix", ARG }, { "user", ARG },
+  { "verbose", NOARG }, { "version", NOARG }, { "vsock", NOARG },
+};
+
+/* One long option (without the leading "--"): sets *ro; returns whether
+ * it consumes the next argument.
+ */
+static bool
+nbdkit_long_option (const char *opt, bool *ro)
+{
+  size_t len = strcspn (opt, "="), i, matches = 0, m = 0;
+
+  for (i = 0; i < sizeof nbdkit_long / sizeof nbdkit_long[0]; i++) {
+    if (strncmp (nbdkit_long[i].name, opt, len) != 0)
+      continue;
+    if (nbdkit_long[i].name[len] == '\0') {    /* exact */
+      m = i, matches = 1;
+      break;
+    }
+    /* Abbreviations of read-only and readonly are the same option. */
+    if (matches == 0 || nbdkit_long[m].kind != RO ||
+        nbdkit_long[i].kind != RO)
+      matches++;
+    m = i;
+  }
+  if (matches != 1)
+    return false;               /* nbdkit itself refused it */
+  if (nbdkit_long[m].kind == RO)
+    *ro = true;
+  return nbdkit_long[m].kind == ARG && opt[len] != '=';
+}
+
+static bool
+nbdkit_cmdline_readonly (void)
+{
+  char buf[65536], *p, *end;
+  bool ro = false, skip = false;
+  ssize_t n;
+  FILE *fp = fopen ("/proc/self/cmdline", "re");
+
+  if (fp == NULL)
+    return false;
+  n = fread (buf, 1, sizeof buf - 1, fp);
+  fclose (fp);
+  if (n <= 0)
+    return false;
+  buf[n] = '\0';
+  end = buf + n;
+  /* argv[0], then the arguments. */
+  for (p = buf + strlen (buf) + 1; p < end; p += strlen (p) + 1) {
+    if (skip) {                 /* an option's argument */
+      skip = false;
+      continue;
+    }
+    if (strcmp (p, "--") == 0)
+      break;
+    if (p[0] != '-' || p[1] == '\0') {   /* plugin name, key=value, "-" */
+      if (getenv ("POSIXLY_CORRECT"))
+        break;                  /* getopt stops at the first one */
+      continue;
+    }
+    if (p[1] == '-') {
+      skip = nbdkit_long_option (p + 2, &ro);
+      continue;
+    }
+    for (const char *c = p + 1; *c; c++) {
+      if (*c == 'r')
+        ro = true;
+      if (strchr (nbdkit_short_with_arg, *c)) {
+        skip = c[1] == '\0';   /* else the rest is the argument */
+        break;
+      }
+    }
+  }
+  return ro;
+}
+
+bool
+backend_server_readonly (void)
+{
+  static int cached = -1;
+
+  if (cached == -1)
+    cached = nbdkit_cmdline_readonly ();
+  return cached;
 }
 
 static void

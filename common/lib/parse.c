@@ -3,9 +3,11 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 
 #include "backend.h"
 #include "parse.h"
@@ -90,4 +92,33 @@ parse_uint (const char *key, const char *value, uint64_t min, uint64_t max,
                  (unsigned long long) min, (unsigned long long) max);
   errno = EINVAL;
   return -1;
+}
+
+int
+parse_path (const char *key, const char *value, char **r)
+{
+  char *cwd;
+
+  if (value == NULL || value[0] == '\0') {
+    backend_error ("%s: must name a path (it is empty)", key);
+    errno = EINVAL;
+    return -1;
+  }
+  if (value[0] == '/') {
+    *r = strdup (value);
+    return *r ? 0 : -1;
+  }
+  cwd = getcwd (NULL, 0);
+  if (cwd == NULL) {
+    backend_error ("%s=%s: cannot make the path absolute: getcwd: %m", key,
+                   value);
+    return -1;
+  }
+  if (asprintf (r, "%s%s%s", cwd, strcmp (cwd, "/") ? "/" : "", value) == -1) {
+    *r = NULL;
+    free (cwd);
+    return -1;
+  }
+  free (cwd);
+  return 0;
 }

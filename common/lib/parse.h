@@ -20,4 +20,11 @@ int parse_bool (const char *key, const char *value, bool *r);
 int parse_uint (const char *key, const char *value, uint64_t min,
                 uint64_t max, uint64_t *r);
 
+/* A path parameter, made absolute against the current directory (nbdkit
+ * changes to / when it daemonizes, so a relative path would later name
+ * something else).  Not resolved: the path need not exist yet.  *r is
+ * malloc'ed; an empty value is refused.
+ */
+int parse_path (const char *key, const char *value, char **r);
+
 #endif /* NBDCAS_PARSE_H */

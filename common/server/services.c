@@ -244,3 +244,9 @@ backend_add_export (struct backend_exports *x,
   errno = ENOMEM;
   return -1;
 }
+
+bool
+backend_server_readonly (void)
+{
+  return opts.readonly;
+}
