@@ -9,6 +9,7 @@ import os
 
 import nbd
 import nbdtest
+from casformat import crc32c, flip
 
 BS = 64 * 1024
 MiB = 1024 * 1024
@@ -16,35 +17,6 @@ MiB = 1024 * 1024
 
 def pack_path(store):
     return sorted(glob.glob(os.path.join(store, "packs", "pack-*")))[0]
-
-
-def crc32c(data):
-    crc = 0xFFFFFFFF
-    tab = crc32c.tab
-    for b in data:
-        crc = tab[(crc ^ b) & 0xFF] ^ (crc >> 8)
-    return crc ^ 0xFFFFFFFF
-
-
-def _crc_table():
-    t = []
-    for i in range(256):
-        c = i
-        for _ in range(8):
-            c = (c >> 1) ^ (0x82F63B78 if c & 1 else 0)
-        t.append(c)
-    return t
-
-
-crc32c.tab = _crc_table()
-
-
-def flip(path, off):
-    with open(path, "r+b") as f:
-        f.seek(off)
-        b = f.read(1)
-        f.seek(off)
-        f.write(bytes([b[0] ^ 0x40]))
 
 
 def errname(e):

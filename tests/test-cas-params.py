@@ -26,7 +26,7 @@ def cases(d):
     S = "store=" + store
     return [
         ("no store=", [], "store=DIR is required", None),
-        ("empty store=", ["store="], "store= must name a directory", None),
+        ("empty store=", ["store="], "store= must name a path", None),
         ("store= twice", [S, "store=" + absent, "size=1M"], "given twice",
          None),
         ("size=abc", ["store=" + absent, "size=abc"], "size", None),
@@ -41,9 +41,9 @@ def cases(d):
         ("verify=bogus", ["store=" + absent, "size=1M", "verify=bogus"],
          "verify=bogus", None),
         ("mapcache=512K", ["store=" + absent, "size=1M", "mapcache=512K"],
-         "mapcache=512K: must be from 1M to 1T", None),
+         "mapcache=512K: must be a size from 1M to 1T", None),
         ("mapcache=2T", ["store=" + absent, "size=1M", "mapcache=2T"],
-         "mapcache=2T: must be from 1M to 1T", None),
+         "mapcache=2T: must be a size from 1M to 1T", None),
         ("mapcache=lots", ["store=" + absent, "size=1M", "mapcache=lots"],
          "mapcache", None),
         ("readonly=maybe", ["store=" + absent, "size=1M", "readonly=maybe"],

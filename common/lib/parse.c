@@ -3,6 +3,7 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,8 +13,9 @@
 #include "backend.h"
 #include "parse.h"
 
-int
-parse_size (const char *key, const char *value, int64_t *r)
+/* parse_size without the message: -1 if value is not a size. */
+static int
+size_value (const char *value, int64_t *r)
 {
   char *end;
   unsigned long long n;
@@ -44,13 +46,56 @@ parse_size (const char *key, const char *value, int64_t *r)
     goto bad;
   *r = (int64_t) (n << shift);
   return 0;
-
  bad:
+  return -1;
+}
+
+int
+parse_size (const char *key, const char *value, int64_t *r)
+{
+  if (size_value (value, r) == 0)
+    return 0;
   backend_error ("%s: cannot parse '%s': expected a size in bytes with an "
                  "optional K, M, G, T, P or E suffix (powers of 1024), "
                  "at most 8E", key, value ? value : "");
   errno = EINVAL;
   return -1;
+}
+
+void
+format_size (int64_t n, char buf[32])
+{
+  static const char suffix[] = "KMGTPE";
+  int i = -1;
+
+  while (n != 0 && i < 5 && n % 1024 == 0) {
+    n /= 1024;
+    i++;
+  }
+  if (i < 0)
+    snprintf (buf, 32, "%" PRIi64, n);
+  else
+    snprintf (buf, 32, "%" PRIi64 "%c", n, suffix[i]);
+}
+
+int
+parse_size_range (const char *key, const char *value, int64_t min,
+                  int64_t max, int64_t *r)
+{
+  char lo[32], hi[32];
+  int64_t n;
+
+  format_size (min, lo);
+  format_size (max, hi);
+  if (size_value (value, &n) == -1 || n < min || n > max) {
+    backend_error ("%s=%s: must be a size from %s to %s (suffixes K, M, G, "
+                   "T, P are powers of 1024)", key, value ? value : "", lo,
+                   hi);
+    errno = EINVAL;
+    return -1;
+  }
+  *r = n;
+  return 0;
 }
 
 int
@@ -100,7 +145,7 @@ parse_path (const char *key, const char *value, char **r)
   char *cwd;
 
   if (value == NULL || value[0] == '\0') {
-    backend_error ("%s: must name a path (it is empty)", key);
+    backend_error ("%s= must name a path (it is empty)", key);
     errno = EINVAL;
     return -1;
   }

@@ -14,6 +14,13 @@
  * also "KiB"/"k"/"b" forms.  Result in [0, INT64_MAX].
  */
 int parse_size (const char *key, const char *value, int64_t *r);
+/* The same, limited to [min, max]; the message names the range (in the
+ * units the user types: "from 1 to 1P").
+ */
+int parse_size_range (const char *key, const char *value, int64_t min,
+                      int64_t max, int64_t *r);
+/* "1P", "64K", "4097": the shortest exact spelling of n for messages. */
+void format_size (int64_t n, char buf[32]);
 /* 1/0, true/false, yes/no, on/off (any case). */
 int parse_bool (const char *key, const char *value, bool *r);
 /* Decimal unsigned integer in [min, max]. */

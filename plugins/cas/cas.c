@@ -16,6 +16,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -26,8 +27,11 @@
 static char *store_dir;
 static int64_t want_size = -1;       /* size=, -1: not given */
 static uint32_t want_bs;             /* blocksize=, 0: not given */
-static char *default_volume;         /* volume= */
-static bool store_readonly;
+static char *default_volume;         /* volume=, or DEFAULT_VOLUME */
+static bool volume_given;            /* volume= was given */
+static bool default_missing;         /* no such volume: "" is refused */
+static bool readonly_param;          /* readonly= */
+static bool store_readonly;          /* readonly= or the server's -r */
 static enum cas_verify verify = CAS_VERIFY_CHECKSUM;
 static uint64_t map_cache;           /* mapcache=, 0: the default */
 static struct cas_store *store;
@@ -66,52 +70,37 @@ static int
 cas_config (const char *key, const char *value)
 {
   if (strcmp (key, "store") == 0) {
-    if (value[0] == '\0') {
-      backend_error ("cas: store= must name a directory");
+    if (store_dir) {
+      backend_error ("cas: store= given twice");
       errno = EINVAL;
       return -1;
     }
-    return set_string (&store_dir, key, value);
+    /* Absolute now: nbdkit changes to / when it goes to the background. */
+    return parse_path (key, value, &store_dir);
   }
-  if (strcmp (key, "size") == 0) {
-    if (parse_size (key, value, &want_size) == -1)
-      return -1;
-    if (want_size == 0 || (uint64_t) want_size > CAS_MAX_VOLUME_SIZE) {
-      backend_error ("cas: size=%s: must be from 1 byte to 1P", value);
-      errno = EINVAL;
-      return -1;
-    }
-    return 0;
-  }
+  if (strcmp (key, "size") == 0)
+    return parse_size_range (key, value, 1, CAS_MAX_VOLUME_SIZE, &want_size);
   if (strcmp (key, "blocksize") == 0) {
     int64_t bs;
-    if (parse_size (key, value, &bs) == -1)
+    if (parse_size (key, value, &bs) == -1 ||
+        cas_blocksize_check (key, bs) == -1)
       return -1;
-    if (bs < CAS_MIN_BLOCKSIZE || bs > CAS_MAX_BLOCKSIZE || (bs & (bs - 1))) {
-      backend_error ("cas: blocksize=%s: must be a power of two from 4K "
-                     "to 1M", value);
-      errno = EINVAL;
-      return -1;
-    }
     want_bs = bs;
     return 0;
   }
   if (strcmp (key, "volume") == 0) {
     if (cas_volume_name_check (value) == -1)
       return -1;
+    volume_given = true;
     return set_string (&default_volume, key, value);
   }
   if (strcmp (key, "readonly") == 0)
-    return parse_bool (key, value, &store_readonly);
+    return parse_bool (key, value, &readonly_param);
   if (strcmp (key, "mapcache") == 0) {
     int64_t n;
-    if (parse_size (key, value, &n) == -1)
+    if (parse_size_range (key, value, 1024 * 1024, INT64_C (1) << 40,
+                          &n) == -1)
       return -1;
-    if (n < 1024 * 1024 || (uint64_t) n > (UINT64_C (1) << 40)) {
-      backend_error ("cas: mapcache=%s: must be from 1M to 1T", value);
-      errno = EINVAL;
-      return -1;
-    }
     map_cache = n;
     return 0;
   }
@@ -134,6 +123,106 @@ cas_config (const char *key, const char *value)
   return -1;
 }
 
+/* Why the store cannot be written, for messages. */
+static const char *
+readonly_reason (void)
+{
+  return readonly_param ? "readonly=true" : "the server runs read-only (-r)";
+}
+
+/* The volume names for a message: "'a', 'b', ..." (cut short). */
+struct name_list {
+  char s[256];
+};
+
+static int
+list_one (const char *name, void *opaque)
+{
+  struct name_list *l = opaque;
+  size_t used = strlen (l->s);
+
+  if (used < sizeof l->s - 56)
+    snprintf (l->s + used, sizeof l->s - used, "%s'%.40s'",
+              used ? ", " : "", name);
+  else if (strcmp (l->s + used - 3, "...") != 0)
+    snprintf (l->s + used, sizeof l->s - used, ", ...");
+  return 0;
+}
+
+/* The default export's volume: create or grow it with size=, or check
+ * it exists.  Without volume= and size=, a store with no volume named
+ * "default" is still served: every volume under its own name, and the
+ * default export refused with a message naming them (cas_open).
+ */
+static int
+prepare_default_volume (void)
+{
+  uint64_t old;
+
+  switch (cas_volume_exists (store, default_volume)) {
+  case -1:
+    return -1;
+  case 0:
+    if (want_size >= 0) {
+      if (store_readonly) {
+        backend_error ("cas: cannot create volume '%s' (size=): the store "
+                       "is opened read-only (%s); create it with nbdcas "
+                       "create, or serve it writable", default_volume,
+                       readonly_reason ());
+        errno = EROFS;
+        return -1;
+      }
+      return cas_volume_create (store, default_volume, want_size);
+    }
+    if (volume_given) {
+      struct name_list names = { "" };
+      cas_store_list_volumes (store, list_one, &names);
+      backend_error ("cas: store %s has no volume '%s' (its volumes: %s); "
+                     "add size=SIZE to create it", store_dir, default_volume,
+                     names.s[0] ? names.s : "none");
+      errno = ENOENT;
+      return -1;
+    }
+    default_missing = true;
+    backend_debug ("cas: store %s has no volume '%s': the default export "
+                   "is refused, the others are served by name", store_dir,
+                   default_volume);
+    return 0;
+  }
+  if (want_size < 0)
+    return 0;
+  if (store_readonly) {
+    struct cas_volume *v = cas_volume_open (store, default_volume);
+    uint64_t cur;
+    if (v == NULL)
+      return -1;
+    cur = cas_volume_size (v);
+    cas_volume_close (v);
+    if ((uint64_t) want_size > cur) {
+      backend_error ("cas: cannot grow volume '%s' to size=%" PRIi64 ": the "
+                     "store is opened read-only (%s)", default_volume,
+                     want_size, readonly_reason ());
+      errno = EROFS;
+      return -1;
+    }
+    old = cur;
+  }
+  else if (cas_volume_grow_to (store, default_volume, want_size, false,
+                               &old) == -1)
+    return -1;
+  if (old > (uint64_t) want_size) {
+    backend_error ("cas: volume '%s' is %" PRIu64 " bytes; size=%" PRIi64
+                   " would shrink it, which is not supported",
+                   default_volume, old, want_size);
+    errno = EINVAL;
+    return -1;
+  }
+  if (old < (uint64_t) want_size)
+    backend_debug ("cas: grew volume %s from %" PRIu64 " to %" PRIi64,
+                   default_volume, old, want_size);
+  return 0;
+}
+
 static int
 cas_config_complete (void)
 {
@@ -147,20 +236,24 @@ cas_config_complete (void)
   }
   if (default_volume == NULL && (default_volume = strdup (DEFAULT_VOLUME)) == NULL)
     return -1;
+  /* A read-only server must not write to the store at all: shared lock,
+   * no repair of a torn tail, no index cache write.
+   */
+  store_readonly = readonly_param || backend_server_readonly ();
   exists = cas_store_exists (store_dir);
   if (exists == -1)
     return -1;
   if (exists == 0) {
     if (want_size < 0) {
       backend_error ("cas: %s is not a cas store; add size=SIZE to create "
-                     "one", store_dir);
+                     "one (or use nbdcas create)", store_dir);
       errno = ENOENT;
       return -1;
     }
     if (store_readonly) {
-      backend_error ("cas: cannot create store %s with readonly=true",
-                     store_dir);
-      errno = EINVAL;
+      backend_error ("cas: cannot create store %s: the store is opened "
+                     "read-only (%s)", store_dir, readonly_reason ());
+      errno = EROFS;
       return -1;
     }
     if (cas_store_create (store_dir, want_bs) == -1)
@@ -180,40 +273,7 @@ cas_config_complete (void)
     errno = EINVAL;
     return -1;
   }
-  switch (cas_volume_exists (store, default_volume)) {
-  case -1:
-    return -1;
-  case 0:
-    if (want_size < 0) {
-      backend_error ("cas: store %s has no volume '%s'; add size=SIZE to "
-                     "create it", store_dir, default_volume);
-      errno = ENOENT;
-      return -1;
-    }
-    return cas_volume_create (store, default_volume, want_size);
-  default:
-    if (want_size >= 0) {
-      struct cas_volume *v = cas_volume_open (store, default_volume);
-      uint64_t cur;
-      if (v == NULL)
-        return -1;
-      cur = cas_volume_size (v);
-      cas_volume_close (v);
-      if ((uint64_t) want_size < cur) {
-        backend_error ("cas: volume '%s' is %" PRIu64 " bytes; size=%" PRIi64
-                       " would shrink it, which is not supported",
-                       default_volume, cur, want_size);
-        errno = EINVAL;
-        return -1;
-      }
-      if ((uint64_t) want_size > cur) {
-        backend_debug ("cas: growing volume %s to %" PRIi64, default_volume,
-                       want_size);
-        return cas_volume_resize (store, default_volume, want_size);
-      }
-    }
-    return 0;
-  }
+  return prepare_default_volume ();
 }
 
 struct list_ctx {
@@ -237,7 +297,7 @@ cas_list_exports (bool readonly, struct backend_exports *exports)
 static const char *
 cas_default_export (bool readonly)
 {
-  return default_volume;
+  return default_missing ? "" : default_volume;
 }
 
 static void *
@@ -246,6 +306,17 @@ cas_open (const char *exportname, bool readonly)
   const char *name = exportname[0] ? exportname : default_volume;
   struct handle *h;
 
+  if (!exportname[0] && default_missing &&
+      cas_volume_exists (store, default_volume) != 1) {
+    struct name_list names = { "" };
+    cas_store_list_volumes (store, list_one, &names);
+    backend_error ("cas: store %s has no volume '%s' to serve as the "
+                   "default export; connect to a volume by its export name "
+                   "(%s), or start the server with volume=NAME", store_dir,
+                   default_volume, names.s[0] ? names.s : "the store has none");
+    errno = ENOENT;
+    return NULL;
+  }
   if (cas_volume_name_check (name) == -1)
     return NULL;
   h = malloc (sizeof *h);

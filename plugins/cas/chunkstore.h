@@ -51,11 +51,6 @@ struct cas_record_info {
   uint64_t offset;          /* ... and byte offset of the record header */
   int status;               /* 0 ok; else an errno (EIO: bad CRC/hash) */
   const char *problem;      /* NULL if ok, else what is wrong */
-  /* Damaged records only: no index entry points into the span, so no
-   * read can reach it -- a failed or torn append that was never
-   * indexed (never acknowledged, never referenced).  Garbage, not loss.
-   */
-  bool unreachable;
 };
 
 /* Summary numbers for stat. */
@@ -65,6 +60,7 @@ struct cas_chunkstore_stats {
   uint64_t packs;           /* number of pack files */
   uint64_t index_bytes;     /* RAM used by the in-memory index */
   uint64_t index_slots;     /* slots (capacity) of the in-memory index */
+  uint64_t appended;        /* records written since the store was opened */
 };
 
 /* enumerate() flags. */
@@ -111,11 +107,22 @@ struct chunkstore {
 
 /* The local implementation: pack files in DIR/packs, index cache in
  * DIR/index.  readonly: never write (a torn tail is ignored, not cut).
- * uuid: the store's (written into new pack headers).  Returns NULL with
- * errno set and a message.
+ * uuid: the store's (written into new pack headers, checked against the
+ * index cache's).  Returns NULL with errno set and a message.
  */
+#define CAS_PACKSTORE_NO_CACHE (1u << 0)  /* index every pack (fsck) */
 struct chunkstore *cas_packstore_open (const char *dir, bool readonly,
-                                       const uint8_t uuid[16]);
+                                       const uint8_t uuid[16],
+                                       unsigned flags);
+/* For fsck: is DIR/index usable as it is?  1 yes; 0 no (why says why);
+ * -1 there is none.
+ */
+int cas_packstore_check_cache (struct chunkstore *cs, char *why, size_t len);
+/* For fsck --repair: stop using the record of hash at (pack, offset),
+ * found damaged (another copy, if any, is used instead).
+ */
+void cas_packstore_forget (struct chunkstore *cs, const struct cas_hash *hash,
+                           uint32_t pack, uint64_t offset);
 
 /* Convenience wrappers. */
 static inline int

@@ -2,13 +2,13 @@
 #include <config.h>
 
 #include <errno.h>
+#include <inttypes.h>
 #include <string.h>
 
 #include "backend.h"
 #include "crc32c.h"
 #include "format.h"
 #include "le.h"
-#include "store.h"
 
 /* Common tail: CRC32C of bytes [0, size-4) stored in the last 4 bytes. */
 static void
@@ -21,6 +21,24 @@ static bool
 sealed (const uint8_t *buf, size_t size)
 {
   return get_le32 (buf + size - 4) == crc32c (0, buf, size - 4);
+}
+
+bool
+cas_blocksize_valid (uint64_t bs)
+{
+  return bs >= CAS_MIN_BLOCKSIZE && bs <= CAS_MAX_BLOCKSIZE &&
+    (bs & (bs - 1)) == 0;
+}
+
+int
+cas_blocksize_check (const char *what, uint64_t bs)
+{
+  if (cas_blocksize_valid (bs))
+    return 0;
+  backend_error ("%s: %" PRIu64 " is not a valid block size: it must be a "
+                 "power of two from 4K (4096) to 1M (1048576)", what, bs);
+  errno = EINVAL;
+  return -1;
 }
 
 /* superblock: 0 magic[8] 8 version 12 blocksize 16 fanout 20 pad
@@ -67,9 +85,7 @@ cas_super_decode (const uint8_t in[CAS_SUPER_SIZE], struct cas_super *s)
   s->fanout = get_le32 (in + 16);
   s->created = get_le64 (in + 24);
   memcpy (s->uuid, in + 32, 16);
-  if (s->blocksize < CAS_MIN_BLOCKSIZE || s->blocksize > CAS_MAX_BLOCKSIZE ||
-      (s->blocksize & (s->blocksize - 1)) != 0 ||
-      s->fanout != CAS_MAP_FANOUT) {
+  if (!cas_blocksize_valid (s->blocksize) || s->fanout != CAS_MAP_FANOUT) {
     backend_error ("cas: superblock: bad block size %u or fanout %u",
                    s->blocksize, s->fanout);
     errno = EIO;

@@ -17,6 +17,33 @@
 #include "chunkstore.h"
 #include "hash.h"
 
+/* Format version written into the superblock, pack headers and root
+ * files (FORMAT.md).
+ */
+#define CAS_FORMAT_VERSION 1
+
+#define CAS_MIN_BLOCKSIZE (4u * 1024)
+#define CAS_MAX_BLOCKSIZE (1024u * 1024)
+#define CAS_DEFAULT_BLOCKSIZE (64u * 1024)   /* see FORMAT.md */
+#define CAS_VOLUME_NAME_MAX 255
+/* Largest volume: 2^50 bytes (1 PiB); keeps block numbers and map sizes
+ * well inside 64-bit arithmetic everywhere.
+ */
+#define CAS_MAX_VOLUME_SIZE (UINT64_C (1) << 50)
+
+/* The one rule for block sizes: a power of two from CAS_MIN_BLOCKSIZE
+ * to CAS_MAX_BLOCKSIZE.  check: 0, or -1/EINVAL after a message naming
+ * what (the parameter or option) and what is allowed.
+ */
+bool cas_blocksize_valid (uint64_t bs);
+int cas_blocksize_check (const char *what, uint64_t bs);
+
+/* Pack numbers are 1 .. CAS_MAX_PACKS - 1; a pack rolls over at
+ * CAS_DEFAULT_PACK_SIZE bytes (NBDCAS_PACK_SIZE overrides it, for tests).
+ */
+#define CAS_MAX_PACKS 65536
+#define CAS_DEFAULT_PACK_SIZE (UINT64_C (1) << 30)
+
 /* ---- superblock: DIR/superblock ---- */
 #define CAS_SUPER_MAGIC "NBDCASSB"
 #define CAS_SUPER_SIZE 64

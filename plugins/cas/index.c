@@ -15,6 +15,7 @@
 #include "backend.h"
 #include "cleanup.h"
 #include "crc32c.h"
+#include "format.h"
 #include "index.h"
 #include "le.h"
 
@@ -22,7 +23,7 @@
 #define SHARD_BITS 6
 #define INITIAL_SLOTS 256        /* per shard: 4 KiB */
 #define INDEX_MAGIC "NBDCASIX"
-#define INDEX_VERSION 1
+#define INDEX_VERSION 2
 #define INDEX_HEADER_SIZE 64
 #define ENTRY_SIZE 16
 
@@ -125,7 +126,7 @@ cas_index_lookup (struct cas_index *idx, const struct cas_hash *hash,
   pthread_rwlock_rdlock (&s->lock);
   for (i = key & s->mask; s->tab[i].loc != 0; i = (i + 1) & s->mask) {
     if (s->tab[i].key == key && n < max)
-      locs[n++] = s->tab[i].loc;
+      locs[n++] = __atomic_load_n (&s->tab[i].loc, __ATOMIC_RELAXED);
   }
   pthread_rwlock_unlock (&s->lock);
   return n;
@@ -184,9 +185,10 @@ cas_index_insert (struct cas_index *idx, const struct cas_hash *hash,
   int r = 0;
 
   pthread_rwlock_wrlock (&s->lock);
+  loc = CAS_LOC_PLAIN (loc);
   /* The same record twice (a rescan overlapping the cache): keep one. */
   for (i = key & s->mask; s->tab[i].loc != 0; i = (i + 1) & s->mask)
-    if (s->tab[i].key == key && s->tab[i].loc == loc)
+    if (s->tab[i].key == key && CAS_LOC_PLAIN (s->tab[i].loc) == loc)
       goto out;
   if (slots_for (s->count + 1) > s->mask + 1 &&
       grow (s, slots_for (s->count + 1)) == -1) {
@@ -200,6 +202,27 @@ cas_index_insert (struct cas_index *idx, const struct cas_hash *hash,
   return r;
 }
 
+void
+cas_index_set_verified (struct cas_index *idx, const struct cas_hash *hash,
+                        uint64_t loc)
+{
+  uint64_t key = hash_key (hash);
+  struct shard *s = shard_of (idx, key);
+  uint64_t i;
+
+  loc = CAS_LOC_PLAIN (loc);
+  /* A read lock is enough: the flag is the entry's own bit, set with an
+   * atomic OR, and nothing else changes the slot without the write lock.
+   */
+  pthread_rwlock_rdlock (&s->lock);
+  for (i = key & s->mask; s->tab[i].loc != 0; i = (i + 1) & s->mask)
+    if (s->tab[i].key == key && CAS_LOC_PLAIN (s->tab[i].loc) == loc) {
+      __atomic_fetch_or (&s->tab[i].loc, CAS_LOC_VERIFIED, __ATOMIC_RELAXED);
+      break;
+    }
+  pthread_rwlock_unlock (&s->lock);
+}
+
 int
 cas_index_remove (struct cas_index *idx, const struct cas_hash *hash,
                   uint64_t loc)
@@ -209,9 +232,10 @@ cas_index_remove (struct cas_index *idx, const struct cas_hash *hash,
   uint64_t i, j, home;
   int r = 0;
 
+  loc = CAS_LOC_PLAIN (loc);
   pthread_rwlock_wrlock (&s->lock);
   for (i = key & s->mask; s->tab[i].loc != 0; i = (i + 1) & s->mask)
-    if (s->tab[i].key == key && s->tab[i].loc == loc)
+    if (s->tab[i].key == key && CAS_LOC_PLAIN (s->tab[i].loc) == loc)
       break;
   if (s->tab[i].loc == 0)
     goto out;
@@ -249,24 +273,27 @@ cas_index_count (struct cas_index *idx)
   return n;
 }
 
-bool
-cas_index_has_loc_in (struct cas_index *idx, uint64_t lo, uint64_t hi)
+void
+cas_index_last_offsets (struct cas_index *idx, uint64_t *last,
+                        uint32_t npacks)
 {
   size_t i;
   uint64_t j;
 
+  memset (last, 0, ((size_t) npacks + 1) * sizeof *last);
   for (i = 0; i < NSHARDS; i++) {
     struct shard *s = &idx->shards[i];
-    bool found = false;
 
     pthread_rwlock_rdlock (&s->lock);
-    for (j = 0; j <= s->mask && !found; j++)
-      found = s->tab[j].loc >= lo && s->tab[j].loc < hi;
+    for (j = 0; j <= s->mask; j++) {
+      uint64_t loc = s->tab[j].loc;
+      uint32_t p = CAS_LOC_PACK (loc);
+      if (loc != 0 && p >= 1 && p <= npacks &&
+          CAS_LOC_OFFSET (loc) > last[p])
+        last[p] = CAS_LOC_OFFSET (loc);
+    }
     pthread_rwlock_unlock (&s->lock);
-    if (found)
-      return true;
   }
-  return false;
 }
 
 uint64_t
@@ -289,32 +316,62 @@ cas_index_memory (struct cas_index *idx)
   return sizeof *idx + cas_index_slots (idx) * sizeof (struct entry);
 }
 
-/* File: header (64 bytes: 0 magic[8] 8 version 12 hw_pack 16 hw_off
- * 24 count 32 entries_crc 36 reserved 60 header crc), then count entries
- * of 16 bytes {key LE, loc LE}.
+/* File (FORMAT.md, "The index cache"): a 64-byte header, the pack
+ * table (PACK_ENTRY_SIZE bytes per pack 1..npacks), then the entries
+ * (16 bytes: key LE, location LE).
  */
+#define PACK_ENTRY_SIZE 32
+
+static void
+encode_pack (const struct cas_index_pack *p, uint8_t *b)
+{
+  memset (b, 0, PACK_ENTRY_SIZE);
+  put_le64 (b, p->covered);
+  put_le64 (b + 8, p->size);
+  put_le64 (b + 16, p->last);
+  put_le32 (b + 24, p->last_crc);
+}
+
+static void
+decode_pack (const uint8_t *b, struct cas_index_pack *p)
+{
+  p->covered = get_le64 (b);
+  p->size = get_le64 (b + 8);
+  p->last = get_le64 (b + 16);
+  p->last_crc = get_le32 (b + 24);
+}
+
 int
 cas_index_save (struct cas_index *idx, const char *path,
-                uint32_t hw_pack, uint64_t hw_off)
+                const uint8_t uuid[16],
+                const struct cas_index_pack *packs, uint32_t npacks)
 {
-  CLEANUP_FREE char *tmp = NULL;
+  CLEANUP_FREE char *tmp = NULL, *dir = NULL;
   uint8_t hdr[INDEX_HEADER_SIZE];
   uint8_t buf[ENTRY_SIZE * 4096];
   size_t used = 0, i;
   uint64_t j, count = 0;
-  uint32_t crc = 0;
+  uint32_t crc = 0, table_crc = 0, p;
   FILE *fp;
+  char *slash;
 
   if (asprintf (&tmp, "%s.tmp", path) == -1) {
     tmp = NULL;
     return -1;
   }
-  fp = fopen (tmp, "w");
+  fp = fopen (tmp, "we");
   if (fp == NULL)
     goto err;
   memset (hdr, 0, sizeof hdr);   /* placeholder, rewritten at the end */
   if (fwrite (hdr, sizeof hdr, 1, fp) != 1)
     goto err_close;
+  for (p = 1; p <= npacks; p++) {
+    uint8_t b[PACK_ENTRY_SIZE];
+    encode_pack (&packs[p], b);
+    table_crc = crc32c (table_crc, b, sizeof b);
+    if (fwrite (b, sizeof b, 1, fp) != 1)
+      goto err_close;
+  }
   for (i = 0; i < NSHARDS; i++) {
     struct shard *s = &idx->shards[i];
     pthread_rwlock_rdlock (&s->lock);
@@ -322,7 +379,7 @@ cas_index_save (struct cas_index *idx, const char *path,
       if (s->tab[j].loc == 0)
         continue;
       put_le64 (buf + used, s->tab[j].key);
-      put_le64 (buf + used + 8, s->tab[j].loc);
+      put_le64 (buf + used + 8, CAS_LOC_PLAIN (s->tab[j].loc));
       used += ENTRY_SIZE;
       count++;
       if (used == sizeof buf) {
@@ -343,10 +400,11 @@ cas_index_save (struct cas_index *idx, const char *path,
   }
   memcpy (hdr, INDEX_MAGIC, 8);
   put_le32 (hdr + 8, INDEX_VERSION);
-  put_le32 (hdr + 12, hw_pack);
-  put_le64 (hdr + 16, hw_off);
-  put_le64 (hdr + 24, count);
-  put_le32 (hdr + 32, crc);
+  put_le32 (hdr + 12, npacks);
+  put_le64 (hdr + 16, count);
+  put_le32 (hdr + 24, crc);
+  put_le32 (hdr + 28, table_crc);
+  memcpy (hdr + 32, uuid, 16);
   put_le32 (hdr + 60, crc32c (0, hdr, 60));
   if (fseek (fp, 0, SEEK_SET) == -1 || fwrite (hdr, sizeof hdr, 1, fp) != 1 ||
       fflush (fp) == EOF || fsync (fileno (fp)) == -1)
@@ -355,6 +413,20 @@ cas_index_save (struct cas_index *idx, const char *path,
     goto err;
   if (rename (tmp, path) == -1)
     goto err;
+  /* Not needed for safety (a lost rename leaves the older cache, which
+   * is checked like any other), but a cache that vanishes at every power
+   * cut would make every such restart rescan.
+   */
+  dir = strdup (path);
+  if (dir && (slash = strrchr (dir, '/')) != NULL) {
+    int fd;
+    *slash = '\0';
+    fd = open (dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd >= 0) {
+      fsync (fd);
+      close (fd);
+    }
+  }
   return 0;
 
  err_close:
@@ -367,42 +439,66 @@ cas_index_save (struct cas_index *idx, const char *path,
 
 int
 cas_index_load (struct cas_index *idx, const char *path,
-                uint32_t *hw_pack, uint64_t *hw_off)
+                const uint8_t uuid[16],
+                struct cas_index_pack **packs_ret, uint32_t *npacks_ret)
 {
   uint8_t hdr[INDEX_HEADER_SIZE];
   uint8_t buf[ENTRY_SIZE * 4096];
-  uint64_t count, done = 0;
-  uint32_t crc = 0, want_crc;
+  uint64_t count, done = 0, expect_size;
+  uint32_t crc = 0, want_crc, table_crc = 0, want_table_crc, npacks, p;
+  struct cas_index_pack *packs = NULL;
+  const char *why = "damaged";
+  int err = EIO;
   struct stat sb;
   FILE *fp;
   size_t i;
 
-  fp = fopen (path, "r");
+  fp = fopen (path, "re");
   if (fp == NULL)
     return -1;
   if (fstat (fileno (fp), &sb) == -1 || sb.st_size < INDEX_HEADER_SIZE ||
       fread (hdr, sizeof hdr, 1, fp) != 1 ||
       memcmp (hdr, INDEX_MAGIC, 8) != 0 ||
-      get_le32 (hdr + 8) != INDEX_VERSION ||
       get_le32 (hdr + 60) != crc32c (0, hdr, 60))
     goto bad;
-  *hw_pack = get_le32 (hdr + 12);
-  *hw_off = get_le64 (hdr + 16);
-  count = get_le64 (hdr + 24);
-  want_crc = get_le32 (hdr + 32);
-  /* The header CRC only says the header is what some writer wrote, not
-   * that the count is sane: size nothing from it until it agrees with
-   * the file, which is what we are about to read (a count of 2^60 would
-   * otherwise make grow() ask for 2^59 slots).
-   */
-  if ((uint64_t) (sb.st_size - INDEX_HEADER_SIZE) % ENTRY_SIZE != 0 ||
-      count != (uint64_t) (sb.st_size - INDEX_HEADER_SIZE) / ENTRY_SIZE ||
-      count > SIZE_MAX / ENTRY_SIZE / 4) {
-    backend_debug ("cas: index cache %s: %" PRIu64 " entries in the header "
-                   "but %jd bytes in the file: ignoring it", path, count,
-                   (intmax_t) sb.st_size);
+  if (get_le32 (hdr + 8) != INDEX_VERSION) {
+    why = "of another version";
+    err = EPROTO;
     goto bad;
   }
+  if (memcmp (hdr + 32, uuid, 16) != 0) {
+    why = "of another store (its store UUID differs)";
+    err = ESTALE;
+    goto bad;
+  }
+  npacks = get_le32 (hdr + 12);
+  count = get_le64 (hdr + 16);
+  want_crc = get_le32 (hdr + 24);
+  want_table_crc = get_le32 (hdr + 28);
+  /* The header CRC only says the header is what some writer wrote, not
+   * that its numbers are sane: size nothing from them until they agree
+   * with the file (a count of 2^60 would otherwise make grow() ask for
+   * 2^59 slots).
+   */
+  expect_size = INDEX_HEADER_SIZE + (uint64_t) npacks * PACK_ENTRY_SIZE;
+  if (npacks >= CAS_MAX_PACKS || count > SIZE_MAX / ENTRY_SIZE / 4 ||
+      (uint64_t) sb.st_size < expect_size ||
+      (uint64_t) (sb.st_size - expect_size) != count * ENTRY_SIZE) {
+    why = "inconsistent with its size";
+    goto bad;
+  }
+  packs = calloc ((size_t) npacks + 1, sizeof *packs);
+  if (packs == NULL)
+    goto bad;
+  for (p = 1; p <= npacks; p++) {
+    uint8_t b[PACK_ENTRY_SIZE];
+    if (fread (b, sizeof b, 1, fp) != 1)
+      goto bad;
+    table_crc = crc32c (table_crc, b, sizeof b);
+    decode_pack (b, &packs[p]);
+  }
+  if (table_crc != want_table_crc)
+    goto bad;
   /* Size every shard once, instead of doubling its way up. */
   for (i = 0; i < NSHARDS; i++) {
     struct shard *s = &idx->shards[i];
@@ -422,7 +518,11 @@ cas_index_load (struct cas_index *idx, const char *path,
       uint64_t loc = get_le64 (buf + k * ENTRY_SIZE + 8);
       memset (&h, 0, sizeof h);
       memcpy (h.b, buf + k * ENTRY_SIZE, 8);
-      if (loc == 0 || cas_index_insert (idx, &h, loc) == -1)
+      /* An entry must point into a pack the table covers. */
+      if (loc == 0 || (loc & CAS_LOC_VERIFIED) ||
+          CAS_LOC_PACK (loc) == 0 || CAS_LOC_PACK (loc) > npacks ||
+          CAS_LOC_OFFSET (loc) >= packs[CAS_LOC_PACK (loc)].covered ||
+          cas_index_insert (idx, &h, loc) == -1)
         goto bad;
     }
     done += n;
@@ -430,11 +530,15 @@ cas_index_load (struct cas_index *idx, const char *path,
   if (crc != want_crc || fgetc (fp) != EOF)
     goto bad;
   fclose (fp);
+  *packs_ret = packs;
+  *npacks_ret = npacks;
   return 0;
 
  bad:
+  backend_debug ("cas: index cache %s is %s: ignoring it", path, why);
   fclose (fp);
+  free (packs);
   cas_index_clear (idx);
-  errno = EIO;
+  errno = err;
   return -1;
 }

@@ -25,10 +25,18 @@
 
 #include "hash.h"
 
-/* Record location: pack number (24 bits) and byte offset (40 bits). */
+/* Record location: pack number (24 bits) and byte offset (40 bits).
+ * Record offsets are multiples of 8, so bit 0 is free: in the index it
+ * says the record's payload was read and checked (CRC32C) by this
+ * process (CAS_LOC_VERIFIED), which lets deduplication trust a record
+ * without reading it again.  It is never saved: a new process checks
+ * again.
+ */
 #define CAS_LOC(pack, off) (((uint64_t) (pack) << 40) | (uint64_t) (off))
 #define CAS_LOC_PACK(loc) ((uint32_t) ((loc) >> 40))
-#define CAS_LOC_OFFSET(loc) ((loc) & ((UINT64_C (1) << 40) - 1))
+#define CAS_LOC_OFFSET(loc) ((loc) & ((UINT64_C (1) << 40) - 2))
+#define CAS_LOC_VERIFIED UINT64_C (1)
+#define CAS_LOC_PLAIN(loc) ((loc) & ~CAS_LOC_VERIFIED)
 #define CAS_MAX_PACK_OFFSET (UINT64_C (1) << 40)
 
 struct cas_index;
@@ -37,7 +45,8 @@ struct cas_index *cas_index_new (void);
 void cas_index_free (struct cas_index *idx);
 
 /* Up to max candidate locations for hash (same 8-byte key); returns how
- * many were found (0: certainly absent).
+ * many were found (0: certainly absent).  A location may carry
+ * CAS_LOC_VERIFIED.
  */
 int cas_index_lookup (struct cas_index *idx, const struct cas_hash *hash,
                       uint64_t *locs, int max);
@@ -45,31 +54,53 @@ int cas_index_lookup (struct cas_index *idx, const struct cas_hash *hash,
 int cas_index_insert (struct cas_index *idx, const struct cas_hash *hash,
                       uint64_t loc);
 
+/* Mark the entry hash -> loc as checked (CAS_LOC_VERIFIED). */
+void cas_index_set_verified (struct cas_index *idx,
+                             const struct cas_hash *hash, uint64_t loc);
+
 /* Remove the entry hash -> loc if present (a damaged record: a later
  * put of the same chunk then stores a good copy).  Returns 1 if removed.
  */
 int cas_index_remove (struct cas_index *idx, const struct cas_hash *hash,
                       uint64_t loc);
 
-/* Does any entry's location fall in [lo, hi)?  A walk of the whole
- * index, for fsck: a damaged span no entry points into cannot be read by
- * any volume (a failed or torn append the store never indexed).
+/* For each pack p in 1..npacks, last[p] receives the largest offset of
+ * an entry in that pack (0: none).  A walk of the whole index.
  */
-bool cas_index_has_loc_in (struct cas_index *idx, uint64_t lo, uint64_t hi);
+void cas_index_last_offsets (struct cas_index *idx, uint64_t *last,
+                             uint32_t npacks);
 
 uint64_t cas_index_count (struct cas_index *idx);
 uint64_t cas_index_slots (struct cas_index *idx);
 uint64_t cas_index_memory (struct cas_index *idx);   /* bytes of RAM */
 
-/* The on-disk cache (DIR/index): every entry plus the high-water mark
- * (pack, offset) of pack data it covers.  save writes path.tmp, fsyncs,
- * renames.  load returns -1 (no message, errno) if the file is absent or
- * damaged; the index is then left empty and the caller rescans the packs.
+/* What the on-disk cache says of each pack it covers (FORMAT.md): the
+ * cache is only a claim about the packs, which the opener checks against
+ * them before it skips a byte (chunkstore-pack.c).
+ */
+struct cas_index_pack {
+  uint64_t covered;     /* the entries cover [header, covered): the end of
+                           the last indexed record (or the pack header) */
+  uint64_t size;        /* the pack's size when the cache was saved (it
+                           was synced first: all of it was durable) */
+  uint64_t last;        /* offset of the last indexed record, 0: none */
+  uint32_t last_crc;    /* that record header's own CRC32C (its bytes
+                           60..63): names the record */
+};
+
+/* The on-disk cache (DIR/index): the store's UUID, a table of the packs
+ * it covers (packs[1..npacks]; packs[0] unused) and every entry.  save
+ * writes path.tmp, fsyncs, renames, fsyncs the directory.  load returns
+ * -1 if the file is absent (ENOENT), damaged (EIO), of another version
+ * (EPROTO) or of another store (ESTALE); the index is then left empty
+ * and the caller rescans the packs.  On success *packs is malloc'ed.
  */
 int cas_index_save (struct cas_index *idx, const char *path,
-                    uint32_t hw_pack, uint64_t hw_off);
+                    const uint8_t uuid[16],
+                    const struct cas_index_pack *packs, uint32_t npacks);
 int cas_index_load (struct cas_index *idx, const char *path,
-                    uint32_t *hw_pack, uint64_t *hw_off);
+                    const uint8_t uuid[16],
+                    struct cas_index_pack **packs, uint32_t *npacks);
 /* Forget every entry (after a failed load). */
 void cas_index_clear (struct cas_index *idx);
 

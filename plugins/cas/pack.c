@@ -21,7 +21,6 @@
 #include "index.h"
 #include "le.h"
 #include "pack.h"
-#include "store.h"
 
 /* Reservations whose write failed and that could not be given back or
  * zeroed yet (append_lock); see release_failed.
@@ -135,6 +134,12 @@ open_pack (struct cas_packs *p, uint32_t id, bool is_last)
       backend_error ("cas: %s: damaged pack header (records are still read)",
                      path);
   }
+  else if (memcmp (ph.uuid, p->uuid, 16) != 0)
+    /* Harmless to the data (a record is named by its content, and every
+     * read checks it), but a sign that packs were copied between stores.
+     */
+    backend_error ("cas: %s belongs to another store (its store UUID "
+                   "differs); its records are read all the same", path);
   pk = calloc (1, sizeof *pk);
   if (pk == NULL) {
     close (fd);
@@ -601,27 +606,18 @@ cas_packs_sync (struct cas_packs *p)
   return 0;
 }
 
-void
-cas_packs_high_water (struct cas_packs *p, uint32_t *pack, uint64_t *off)
+uint32_t
+cas_packs_last (struct cas_packs *p)
 {
-  struct pack *pk;
-
-  pthread_mutex_lock (&p->append_lock);
-  *pack = p->last;
-  pk = get_pack (p, p->last);
-  *off = pk ? pk->end : 0;
-  pthread_mutex_unlock (&p->append_lock);
+  return p->last;
 }
 
-int
-cas_packs_valid_mark (struct cas_packs *p, uint32_t pack, uint64_t off)
+int64_t
+cas_packs_size (struct cas_packs *p, uint32_t id)
 {
-  struct pack *pk;
+  struct pack *pk = get_pack (p, id);
 
-  if (pack == 0)
-    return p->last == 0 || get_pack (p, 1) != NULL;
-  pk = get_pack (p, pack);
-  return pk != NULL && off >= CAS_PACK_HEADER_SIZE && off <= pk->end;
+  return pk ? (int64_t) atomic_load (&pk->end) : -1;
 }
 
 uint64_t
@@ -657,6 +653,7 @@ struct scan {
   uint32_t id;
   struct pack *pk;
   uint64_t size;
+  uint64_t keep;                 /* never cut below this */
   uint8_t *buf;                  /* CAS_MAX_PAYLOAD */
   int (*fn) (const struct cas_record_info *, void *);
   void *opaque;
@@ -811,8 +808,10 @@ scan_pack (struct scan *s, uint64_t off, unsigned flags)
     {
       uint64_t next = resync (s, off + CAS_RECORD_ALIGN);
       if (next >= s->size) {
-        /* Nothing valid up to EOF: a torn tail from a crash. */
-        if ((flags & CAS_SCAN_CUT_TAIL) && !s->p->readonly) {
+        /* Nothing valid up to EOF: a torn tail from a crash -- unless
+         * the index cache saw these bytes durable, then it is damage.
+         */
+        if ((flags & CAS_SCAN_CUT_TAIL) && !s->p->readonly && off >= s->keep) {
           backend_error ("cas: pack %" PRIu32 ": cutting torn tail at offset %"
                          PRIu64 " (%" PRIu64 " bytes)", s->id, off,
                          s->size - off);
@@ -830,6 +829,11 @@ scan_pack (struct scan *s, uint64_t off, unsigned flags)
                          s->id, off, s->size - off);
           return 0;
         }
+        if ((flags & CAS_SCAN_CUT_TAIL) && off < s->keep)
+          backend_error ("cas: pack %" PRIu32 ": %" PRIu64 " damaged bytes at "
+                         "the end (offset %" PRIu64 ") were durable when the "
+                         "index cache was saved: not cutting them (run nbdcas "
+                         "fsck)", s->id, s->size - off, off);
         return report_bad (s, off, s->size - off,
                            "torn or damaged tail (no valid record to the end)",
                            NULL, flags);
@@ -853,8 +857,8 @@ scan_pack (struct scan *s, uint64_t off, unsigned flags)
 }
 
 int
-cas_packs_scan (struct cas_packs *p, uint32_t pack, uint64_t offset,
-                unsigned flags,
+cas_packs_scan (struct cas_packs *p, const struct cas_scan_start *from,
+                uint32_t nfrom, unsigned flags,
                 int (*fn) (const struct cas_record_info *, void *),
                 void *opaque)
 {
@@ -865,19 +869,27 @@ cas_packs_scan (struct cas_packs *p, uint32_t pack, uint64_t offset,
   s.buf = malloc (CAS_MAX_PAYLOAD);
   if (s.buf == NULL)
     return -1;
-  if (pack == 0)
-    pack = 1, offset = CAS_PACK_HEADER_SIZE;
-  for (id = pack; id <= last; id++) {
+  for (id = 1; id <= last; id++) {
     unsigned f = flags;
+    uint64_t start = CAS_PACK_HEADER_SIZE;
+
     s.id = id;
     s.pk = get_pack (p, id);
     if (s.pk == NULL)
       continue;
     s.size = s.pk->end;
+    s.keep = 0;
+    if (from && id < nfrom) {
+      if (from[id].start > start)
+        start = from[id].start;
+      s.keep = from[id].keep;
+    }
+    if (start >= s.size)
+      continue;
     if ((flags & CAS_SCAN_CRC_LAST2) && id + 2 > last)
       f |= CAS_ENUM_CHECK_CRC;
     posix_fadvise (s.pk->fd, 0, 0, POSIX_FADV_SEQUENTIAL);
-    r = scan_pack (&s, id == pack ? offset : CAS_PACK_HEADER_SIZE, f);
+    r = scan_pack (&s, start, f);
     if (r)
       break;
   }

@@ -25,8 +25,6 @@
 #include "chunkstore.h"
 #include "format.h"
 
-#define CAS_MAX_PACKS 65536
-#define CAS_DEFAULT_PACK_SIZE (UINT64_C (1) << 30)
 
 struct cas_packs;
 
@@ -56,24 +54,37 @@ int cas_packs_read (struct cas_packs *p, uint64_t loc,
 /* fdatasync every pack appended to since the last sync. */
 int cas_packs_sync (struct cas_packs *p);
 
-/* Scan records starting at (pack, offset) through the end of the last
- * pack, calling fn for each record (info->status != 0 for a damaged
- * one).  flags: CAS_ENUM_CHECK_CRC / CAS_ENUM_REHASH for every record,
- * plus these:
+/* Where a scan starts in one pack, and how much of it must never be cut
+ * (bytes known to have been durable: the index cache's record of the
+ * pack's size).  A pack with no entry is scanned from its header.
+ */
+struct cas_scan_start {
+  uint64_t start;
+  uint64_t keep;
+};
+
+/* Scan records through the end of every pack, pack i from from[i].start
+ * (i < nfrom; from may be NULL: everything), calling fn for each record
+ * (info->status != 0 for a damaged one).  flags: CAS_ENUM_CHECK_CRC /
+ * CAS_ENUM_REHASH for every record, plus these:
  */
 #define CAS_SCAN_CUT_TAIL   (1u << 8)  /* truncate a torn tail */
 #define CAS_SCAN_CRC_LAST2  (1u << 9)  /* check CRCs in the last 2 packs */
 #define CAS_SCAN_QUIET_BAD  (1u << 10) /* do not report damaged regions */
-int cas_packs_scan (struct cas_packs *p, uint32_t pack, uint64_t offset,
-                    unsigned flags,
+/* A torn tail is cut only where the scan proved it: after the last valid
+ * record of the pack, with no valid record up to the end of the file,
+ * and never below from[i].keep (a damaged end there is reported, kept,
+ * and appends go after it).
+ */
+int cas_packs_scan (struct cas_packs *p, const struct cas_scan_start *from,
+                    uint32_t nfrom, unsigned flags,
                     int (*fn) (const struct cas_record_info *, void *),
                     void *opaque);
 
-/* Highest pack number (0 if none) and the end offset of that pack. */
-void cas_packs_high_water (struct cas_packs *p, uint32_t *pack,
-                           uint64_t *off);
-/* 1 if pack exists and off <= its size, else 0. */
-int cas_packs_valid_mark (struct cas_packs *p, uint32_t pack, uint64_t off);
+/* Highest pack number (0 if none). */
+uint32_t cas_packs_last (struct cas_packs *p);
+/* The size (bytes in use) of pack id, or -1 if there is no such pack. */
+int64_t cas_packs_size (struct cas_packs *p, uint32_t id);
 uint64_t cas_packs_count (struct cas_packs *p);
 uint64_t cas_packs_bytes (struct cas_packs *p);
 

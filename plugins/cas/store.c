@@ -59,17 +59,35 @@ write_atomic (const char *dir, const char *name, const void *buf, size_t len)
   return -1;
 }
 
+/* Read the len-byte file path (what: "superblock", "volume root") into
+ * buf.  A missing file is ENOENT without a message (the caller knows what
+ * that means); anything else is reported: a short file is damage (EIO)
+ * and says so, a symbolic link is refused (ELOOP: a store never makes
+ * one, and following it could read or clobber anything).
+ */
 static int
-read_exact (const char *path, void *buf, size_t len)
+read_exact (const char *path, const char *what, void *buf, size_t len)
 {
-  int fd = open (path, O_RDONLY | O_CLOEXEC);
+  int fd = open (path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
   ssize_t n;
 
-  if (fd == -1)
+  if (fd == -1) {
+    if (errno == ELOOP)
+      backend_error ("cas: %s %s is a symbolic link: refused", what, path);
+    else if (errno != ENOENT)
+      backend_error ("cas: reading %s %s: %m", what, path);
     return -1;
+  }
   n = read (fd, buf, len);
+  if (n == -1) {
+    backend_error ("cas: reading %s %s: %m", what, path);
+    close (fd);
+    return -1;
+  }
   close (fd);
   if (n != (ssize_t) len) {
+    backend_error ("cas: %s %s is truncated: %zd of %zu bytes (damaged)",
+                   what, path, n, len);
     errno = EIO;
     return -1;
   }
@@ -166,13 +184,8 @@ cas_store_create (const char *dir, uint32_t blocksize)
 
   if (blocksize == 0)
     blocksize = CAS_DEFAULT_BLOCKSIZE;
-  if (blocksize < CAS_MIN_BLOCKSIZE || blocksize > CAS_MAX_BLOCKSIZE ||
-      (blocksize & (blocksize - 1)) != 0) {
-    backend_error ("cas: block size %" PRIu32 " must be a power of two "
-                   "from 4096 (4K) to 1048576 (1M)", blocksize);
-    errno = EINVAL;
+  if (cas_blocksize_check ("cas: block size", blocksize) == -1)
     return -1;
-  }
   r = cas_store_exists (dir);
   if (r == -1)
     return -1;
@@ -230,11 +243,9 @@ cas_store_open (const char *dir, const struct cas_open_options *opts)
       asprintf (&sbpath, "%s/superblock", dir) == -1 ||
       asprintf (&lockpath, "%s/lock", dir) == -1)
     goto err;
-  if (read_exact (sbpath, buf, sizeof buf) == -1) {
+  if (read_exact (sbpath, "superblock", buf, sizeof buf) == -1) {
     if (errno == ENOENT)
       backend_error ("cas: %s is not a cas store (no superblock)", dir);
-    else
-      backend_error ("cas: reading %s: %m", sbpath);
     goto err;
   }
   if (cas_super_decode (buf, &st->sb) == -1)
@@ -256,7 +267,9 @@ cas_store_open (const char *dir, const struct cas_open_options *opts)
       backend_error ("cas: locking %s: %m", lockpath);
     goto err;
   }
-  st->cs = cas_packstore_open (dir, st->readonly, st->sb.uuid);
+  st->cs = cas_packstore_open (dir, st->readonly, st->sb.uuid,
+                               opts && opts->rebuild_index
+                               ? CAS_PACKSTORE_NO_CACHE : 0);
   if (st->cs == NULL)
     goto err;
   return st;
@@ -310,15 +323,14 @@ cas_root_read (struct cas_store *st, const char *name, struct cas_root *r)
 
   if (asprintf (&path, "%s/%s", st->voldir, name) == -1)
     return -1;
-  if (read_exact (path, buf, sizeof buf) == -1) {
+  if (read_exact (path, "volume root", buf, sizeof buf) == -1) {
     if (errno == ENOENT)
       backend_error ("cas: no volume named '%s' in store %s", name, st->dir);
-    else
-      backend_error ("cas: reading volume root %s: %m", path);
     return -1;
   }
   if (cas_root_decode (buf, r) == -1) {
     backend_error ("cas: volume root %s is unusable", path);
+    errno = EIO;
     return -1;
   }
   return 0;
@@ -393,12 +405,16 @@ int
 cas_volume_exists (struct cas_store *st, const char *name)
 {
   CLEANUP_FREE char *path = NULL;
+  struct stat sb;
 
   if (cas_volume_name_check (name) == -1)
     return -1;
   if (asprintf (&path, "%s/%s", st->voldir, name) == -1)
     return -1;
-  return access (path, F_OK) == 0;
+  /* lstat: a symbolic link is there (and refused when read), so nothing
+   * is ever created through it.
+   */
+  return lstat (path, &sb) == 0;
 }
 
 static int
@@ -420,7 +436,8 @@ cas_volume_create (struct cas_store *st, const char *name, uint64_t size)
   int e;
 
   if (st->readonly) {
-    backend_error ("cas: the store is read-only");
+    backend_error ("cas: cannot create volume '%s': the store is open "
+                   "read-only", name);
     errno = EROFS;
     return -1;
   }
@@ -453,7 +470,8 @@ cas_volume_resize (struct cas_store *st, const char *name, uint64_t new_size)
   uint32_t depth;
 
   if (st->readonly) {
-    backend_error ("cas: the store is read-only");
+    backend_error ("cas: cannot grow volume '%s': the store is open "
+                   "read-only", name);
     errno = EROFS;
     return -1;
   }
@@ -504,6 +522,32 @@ cas_volume_resize (struct cas_store *st, const char *name, uint64_t new_size)
  err:
   pthread_mutex_unlock (&st->vol_lock);
   return -1;
+}
+
+int
+cas_volume_grow_to (struct cas_store *st, const char *name, uint64_t size,
+                    bool create, uint64_t *old_size)
+{
+  struct cas_root r;
+
+  *old_size = 0;
+  switch (cas_volume_exists (st, name)) {
+  case -1:
+    return -1;
+  case 0:
+    if (!create) {
+      backend_error ("cas: no volume named '%s' in store %s", name, st->dir);
+      errno = ENOENT;
+      return -1;
+    }
+    return cas_volume_create (st, name, size);
+  }
+  if (cas_root_read (st, name, &r) == -1)
+    return -1;
+  *old_size = r.size;
+  if (r.size >= size)
+    return 0;
+  return cas_volume_resize (st, name, size);
 }
 
 struct cas_volume *

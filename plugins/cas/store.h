@@ -40,19 +40,9 @@
 #include <stdint.h>
 
 #include "chunkstore.h"
+#include "format.h"
 #include "hash.h"
 
-/* Format version written into the superblock (FORMAT.md). */
-#define CAS_FORMAT_VERSION 1
-
-#define CAS_MIN_BLOCKSIZE (4u * 1024)
-#define CAS_MAX_BLOCKSIZE (1024u * 1024)
-#define CAS_DEFAULT_BLOCKSIZE (64u * 1024)   /* see FORMAT.md */
-#define CAS_VOLUME_NAME_MAX 255
-/* Largest volume: 2^50 bytes (1 PiB); keeps block numbers and map sizes
- * well inside 64-bit arithmetic everywhere.
- */
-#define CAS_MAX_VOLUME_SIZE (UINT64_C (1) << 50)
 
 struct cas_store;
 struct cas_volume;
@@ -64,6 +54,8 @@ struct cas_open_options {
   enum cas_verify verify;    /* applied to every chunk read */
   uint64_t map_cache;        /* bytes of map leaves each open volume keeps
                                 in memory; 0: CAS_DEFAULT_MAP_CACHE */
+  bool rebuild_index;        /* do not use the index cache: index every
+                                pack (fsck: trust nothing but the packs) */
 };
 
 /* 64 MiB: 2000 leaves, the map of 128 GiB of a volume at the default
@@ -128,11 +120,21 @@ int cas_volume_exists (struct cas_store *st, const char *name);
 int cas_volume_create (struct cas_store *st, const char *name,
                        uint64_t size);
 
-/* Grow a volume (closed or open) to new_size; shrinking is refused
- * (EINVAL).  Durable when it returns.
+/* Grow a volume (closed, or open by nobody) to new_size; shrinking is
+ * refused (EINVAL).  Durable when it returns.
  */
 int cas_volume_resize (struct cas_store *st, const char *name,
                        uint64_t new_size);
+
+/* The one rule for "this volume must hold size bytes", used by the
+ * backend's size= and nbdcas import: create the volume if it does not
+ * exist (only if create; else ENOENT with a message), grow it if it is
+ * smaller, never shrink it (a larger volume is left alone).  *old_size
+ * receives its size before (0 if it was created).  Durable when it
+ * returns.
+ */
+int cas_volume_grow_to (struct cas_store *st, const char *name,
+                        uint64_t size, bool create, uint64_t *old_size);
 
 /* ---- Volumes ---- */
 

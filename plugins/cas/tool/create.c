@@ -45,14 +45,9 @@ parse_blocksize (const char *value, uint32_t *r)
 {
   int64_t n;
 
-  if (parse_size ("--blocksize", value, &n) == -1)
+  if (parse_size ("--blocksize", value, &n) == -1 ||
+      cas_blocksize_check ("--blocksize", n) == -1)
     return -1;
-  if (n < CAS_MIN_BLOCKSIZE || n > CAS_MAX_BLOCKSIZE || (n & (n - 1)) != 0) {
-    tool_error ("--blocksize: '%s' is not a power of two from 4K (4096) to "
-                "1M (1048576)", value);
-    errno = EINVAL;
-    return -1;
-  }
   *r = n;
   return 0;
 }

@@ -1,18 +1,26 @@
-/* nbdcas fsck STORE [--full]
+/* nbdcas fsck STORE [--full] [--repair]
  *
- * Two passes, both read-only:
+ * Trusts nothing but the packs: the index is rebuilt from them (the index
+ * cache is only checked, and said to be usable or not).  Then:
  *  1. every record in every pack: CRC32C of header and payload (--full:
  *     and the payload's SHA-256 against the name in its header);
  *  2. every volume: walk its committed map tree from the root; every map
  *     node and every data chunk it references must be present and read
- *     back verified (CRC32C; --full: SHA-256).
- * Each problem is one line on stdout naming where it is: "pack P offset
- * O" for a record, "volume 'V' block B" (or the map node and the blocks
- * it covers) for a reference -- so a byte flipped in a pack shows up
- * both as the damaged record and as every volume block that uses it.
+ *     back verified (CRC32C; --full: SHA-256).  What cannot be read is
+ *     lost data: reported per volume as block and byte ranges.
+ * A damaged record that no volume lost data from (a torn or failed
+ * append after a crash, or an unused old chunk) is listed but is not a
+ * problem; every volume that lost data is.
  *
- * Exit: 0 clean, 1 problems found, 2 the check itself could not run
- * (no store, wrong version, store busy, I/O error while checking).
+ * --repair (needs the store to itself): a torn tail is cut (the open
+ * does it), damaged records are dropped from the index so that another
+ * intact copy of the same chunk is used if there is one, and so that
+ * writing the same data again stores a good copy; the index cache is
+ * rewritten; the volumes are checked again and what is still lost is
+ * listed.
+ *
+ * Exit: 0 no volume lost data, 1 some did, 2 the check itself could not
+ * run (no store, wrong version, store busy, I/O error while checking).
  */
 #include <config.h>
 
@@ -20,35 +28,66 @@
 #include <getopt.h>
 #include <inttypes.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "format.h"             /* CAS_MAP_FANOUT: blocks per map leaf */
 #include "nbdcas.h"
 
+/* Damaged records remembered in detail (more are counted). */
+#define MAX_DAMAGED 100000
+
+struct damaged {
+  struct cas_record_info info;  /* problem: NULL (see why) */
+  char why[128];
+};
+
+/* A run of lost blocks of one volume, merged while it grows. */
+struct lost_run {
+  bool open;
+  uint64_t first, last;         /* blocks */
+  int level;
+  char what[1200];              /* cause, with the first chunk and detail */
+};
+
 struct fsck {
   struct cas_store *st;
-  bool full;
+  bool full, repair, quiet;
   bool failed;                  /* some check could not run */
   uint64_t nblocks;             /* of the volume being checked */
-  uint64_t bad_records, bad_refs, bad_volumes, volumes;
-  uint64_t unreachable;         /* damaged, but no read can reach them */
+  uint32_t bs;
+  const char *volume;           /* being checked */
+  uint64_t vol_lost;            /* blocks lost in this volume */
+  uint64_t lost_blocks, bad_volumes, volumes, lost_volumes;
+  struct lost_run run;
+  struct damaged *damaged;
+  size_t ndamaged;
+  struct damaged **by_hash;     /* damaged records with a hash, sorted */
+  size_t nby_hash;
+  uint64_t damaged_total;
+  struct cas_hash *lost;        /* hashes volumes could not read */
+  size_t nlost, lost_alloc;
   char msg[1024];               /* the store's last message (captured) */
 };
 
 static void
 help (void)
 {
-  printf ("Usage: %s fsck STORE [--full]\n"
+  printf ("Usage: %s fsck STORE [--full] [--repair]\n"
           "Check STORE: every record's checksums, and that every block of\n"
-          "every volume resolves to a readable chunk.  Each problem names "
-          "the\n"
-          "pack and offset, or the volume and block.\n"
+          "every volume resolves to a readable chunk.  Lost data is named by\n"
+          "volume, block and byte range; damaged records by pack and offset.\n"
           "\n"
           "  --full                also re-hash every chunk with SHA-256\n"
+          "  --repair              cut torn tails, stop using damaged records\n"
+          "                        (another good copy is used if there is "
+          "one),\n"
+          "                        rewrite the index cache, then check the\n"
+          "                        volumes again (needs the store to itself)\n"
           "  -v, --verbose         say what is being checked\n"
           "  -h, --help            this help\n"
-          "Exit status: 0 clean, 1 problems found, 2 could not check.\n",
-          progname);
+          "Exit status: 0 no volume lost data, 1 some did, 2 could not "
+          "check.\n", progname);
 }
 
 /* The store's message for the problem being reported, if any. */
@@ -73,70 +112,176 @@ type_name (enum cas_chunk_type t)
   }
 }
 
+/* Pass 1: remember each damaged record; it is printed once pass 2 has
+ * said whether any volume lost data from it.
+ */
 static int
-bad_record (const struct cas_record_info *ri, void *opaque)
+note_damaged (const struct cas_record_info *ri, void *opaque)
 {
   struct fsck *f = opaque;
-  char hex[2 * CAS_HASH_SIZE + 1], d[1100];
+  struct damaged *d;
 
-  /* Unreachable: a failed append that could not be punched out before a
-   * crash.  Nothing was acknowledged from it and no volume can read it,
-   * so it is said (and left for garbage collection), not counted.
-   */
-  const char *tail = ri->unreachable ? " (unreachable: a failed append, "
-    "never indexed; no volume uses it)" : "";
-
-  if (ri->unreachable)
-    f->unreachable++;
-  else
-    f->bad_records++;
-  /* A record whose header is unreadable has no trustworthy hash/type. */
-  if (cas_hash_is_zero (&ri->hash))
-    printf ("pack %" PRIu32 " offset %" PRIu64 ": %" PRIu32 " bytes: %s%s%s\n",
-            ri->pack, ri->offset, ri->length,
-            ri->problem ? ri->problem : "damaged", tail,
-            detail (f, d, sizeof d));
-  else
-    printf ("pack %" PRIu32 " offset %" PRIu64 ": %s record %s: %s%s%s\n",
-            ri->pack, ri->offset, type_name (ri->type),
-            cas_hash_hex (&ri->hash, hex),
-            ri->problem ? ri->problem : "damaged", tail,
-            detail (f, d, sizeof d));
+  if (ri->status == 0)
+    return 0;
+  f->damaged_total++;
+  if (f->ndamaged == MAX_DAMAGED)
+    return 0;
+  if (f->damaged == NULL) {
+    f->damaged = calloc (MAX_DAMAGED, sizeof *f->damaged);
+    if (f->damaged == NULL)
+      return -1;
+  }
+  d = &f->damaged[f->ndamaged++];
+  d->info = *ri;
+  snprintf (d->why, sizeof d->why, "%s", ri->problem ? ri->problem
+            : "damaged");
+  d->info.problem = NULL;
   return 0;
 }
 
 static int
+cmp_damaged (const void *a, const void *b)
+{
+  const struct damaged *x = *(struct damaged *const *) a;
+  const struct damaged *y = *(struct damaged *const *) b;
+
+  return memcmp (x->info.hash.b, y->info.hash.b, CAS_HASH_SIZE);
+}
+
+/* After pass 1: the damaged records by hash, so that a block the volume
+ * check finds "missing" (a damaged record is not indexed) can be named
+ * as damaged, with where.
+ */
+static int
+sort_damaged (struct fsck *f)
+{
+  size_t i;
+
+  f->by_hash = malloc ((f->ndamaged + 1) * sizeof *f->by_hash);
+  if (f->by_hash == NULL)
+    return -1;
+  for (i = 0; i < f->ndamaged; i++)
+    if (!cas_hash_is_zero (&f->damaged[i].info.hash))
+      f->by_hash[f->nby_hash++] = &f->damaged[i];
+  qsort (f->by_hash, f->nby_hash, sizeof *f->by_hash, cmp_damaged);
+  return 0;
+}
+
+static const struct damaged *
+find_damaged (const struct fsck *f, const struct cas_hash *h)
+{
+  struct damaged key, *kp = &key, *const *r;
+
+  if (f->nby_hash == 0)
+    return NULL;
+  key.info.hash = *h;
+  r = bsearch (&kp, f->by_hash, f->nby_hash, sizeof *f->by_hash,
+               cmp_damaged);
+  return r ? *r : NULL;
+}
+
+static int
+remember_lost (struct fsck *f, const struct cas_hash *h)
+{
+  if (f->nlost == f->lost_alloc) {
+    size_t n = f->lost_alloc ? 2 * f->lost_alloc : 64;
+    struct cas_hash *nl = realloc (f->lost, n * sizeof *nl);
+    if (nl == NULL)
+      return -1;
+    f->lost = nl;
+    f->lost_alloc = n;
+  }
+  f->lost[f->nlost++] = *h;
+  return 0;
+}
+
+static bool
+was_lost (const struct fsck *f, const struct cas_hash *h)
+{
+  size_t i;
+
+  for (i = 0; i < f->nlost; i++)
+    if (cas_hash_equal (&f->lost[i], h))
+      return true;
+  return false;
+}
+
+static void
+print_run (struct fsck *f)
+{
+  struct lost_run *r = &f->run;
+  uint64_t lo = r->first * f->bs, hi = (r->last + 1) * f->bs;
+  char hs[HUMAN_SIZE_LEN];
+
+  if (!r->open)
+    return;
+  r->open = false;
+  if (f->quiet)
+    return;
+  if (r->first == r->last)
+    printf ("volume '%s' block %" PRIu64 " (bytes %" PRIu64 "-%" PRIu64
+            "): lost: %s\n", f->volume, r->first, lo, hi - 1, r->what);
+  else
+    printf ("volume '%s' blocks %" PRIu64 "-%" PRIu64 " (bytes %" PRIu64
+            "-%" PRIu64 ", %s): lost: %s\n", f->volume, r->first, r->last,
+            lo, hi - 1, human_size (hi - lo, hs), r->what);
+}
+
+/* Pass 2: one unreadable reference, a block or a whole map subtree. */
+static int
 bad_ref (const struct cas_volume_problem *p, void *opaque)
 {
   struct fsck *f = opaque;
-  char hex[2 * CAS_HASH_SIZE + 1], d[1100];
-  uint32_t bs = cas_store_blocksize (f->st);
+  char hex[2 * CAS_HASH_SIZE + 1], d[1100], what[1200], cause[64];
+  const struct damaged *dmg = find_damaged (f, &p->hash);
+  const char *why = p->what;
+  uint64_t span = 1, first, last;
+  int i;
 
-  f->bad_refs++;
+  if (remember_lost (f, &p->hash) == -1)
+    return -1;
+  /* A node at height L (1 = leaf) covers fanout^L blocks. */
+  for (i = 0; i < p->level && span < (UINT64_C (1) << 50); i++)
+    span *= CAS_MAP_FANOUT;
+  first = p->index * span;
+  last = first + span - 1;
+  if (last >= f->nblocks)
+    last = f->nblocks - 1;
+  f->vol_lost += last - first + 1;
+
   cas_hash_hex (&p->hash, hex);
   /* The store's message usually names the chunk already. */
   detail (f, d, sizeof d);
-  if (d[0] && strstr (d, hex))
+  if (dmg) {
+    /* Not indexed because it is damaged: say so, and where. */
+    why = p->level == 0 ? "data chunk is damaged" : "map node is damaged";
+    snprintf (d, sizeof d, " (pack %" PRIu32 " offset %" PRIu64 ": %s)",
+              dmg->info.pack, dmg->info.offset, dmg->why);
+  }
+  else if (d[0] && strstr (d, hex))
     hex[0] = '\0';
   if (p->level == 0)
-    printf ("volume '%s' block %" PRIu64 " (offset %" PRIu64 "): %s%s%s%s\n",
-            p->volume, p->index, p->index * bs, p->what,
-            hex[0] ? ": chunk " : "", hex, d);
+    snprintf (what, sizeof what, "%s%s%s%s", why,
+              hex[0] ? ": chunk " : "", hex, d);
   else {
-    /* A node at height L (1 = leaf) covers fanout^L blocks. */
-    uint64_t span = 1, first, last;
-    int i;
-    for (i = 0; i < p->level && span < (UINT64_C (1) << 50); i++)
-      span *= CAS_MAP_FANOUT;
-    first = p->index * span;
-    last = first + span - 1;
-    if (last >= f->nblocks)
-      last = f->nblocks - 1;
-    printf ("volume '%s' blocks %" PRIu64 "-%" PRIu64 " (map node level %d "
-            "index %" PRIu64 "): %s%s%s%s\n", p->volume, first,
-            last, p->level, p->index, p->what,
-            hex[0] ? ": chunk " : "", hex, d);
+    snprintf (cause, sizeof cause, " (map node level %d index %" PRIu64 ")",
+              p->level, p->index);
+    snprintf (what, sizeof what, "%s%s%s%s%s", why, cause,
+              hex[0] ? ": chunk " : "", hex, d);
   }
+
+  /* Extend the open run if this continues it with the same cause. */
+  if (f->run.open && f->run.last + 1 == first && f->run.level == p->level &&
+      strncmp (f->run.what, why, strlen (why)) == 0) {
+    f->run.last = last;
+    return 0;
+  }
+  print_run (f);
+  f->run.open = true;
+  f->run.first = first;
+  f->run.last = last;
+  f->run.level = p->level;
+  snprintf (f->run.what, sizeof f->run.what, "%s", what);
   return 0;
 }
 
@@ -145,29 +290,123 @@ check_volume (const char *name, void *opaque)
 {
   struct fsck *f = opaque;
   struct cas_volume *vol;
-  char d[1100];
+  char d[1100], hs[HUMAN_SIZE_LEN];
   int r;
 
   f->volumes++;
   f->msg[0] = '\0';
-  if (verbose)
+  if (verbose && !f->quiet)
     tool_info ("checking volume '%s'", name);
   vol = cas_volume_open (f->st, name);
   if (vol == NULL) {
-    /* A root file that cannot be read is damage, not a failed check. */
-    printf ("volume '%s': cannot open%s\n", name, detail (f, d, sizeof d));
+    /* A root file that cannot be read is lost data, not a failed check. */
+    if (!f->quiet)
+      printf ("volume '%s': lost: its root cannot be read%s\n", name,
+              detail (f, d, sizeof d));
     f->bad_volumes++;
     return 0;
   }
   f->nblocks = cas_volume_nblocks (vol);
+  f->bs = cas_volume_blocksize (vol);
+  f->volume = name;
+  f->vol_lost = 0;
   r = cas_volume_check (vol, f->full, bad_ref, f);
+  print_run (f);
   cas_volume_close (vol);
   if (r == -1) {
     tool_error ("volume '%s': the check could not run%s", name,
                 detail (f, d, sizeof d));
     f->failed = true;
   }
+  if (f->vol_lost) {
+    f->lost_volumes++;
+    f->lost_blocks += f->vol_lost;
+    if (!f->quiet)
+      printf ("volume '%s': %" PRIu64 " of %" PRIu64 " blocks lost (%s)\n",
+              name, f->vol_lost, f->nblocks,
+              human_size (f->vol_lost * f->bs, hs));
+  }
   return 0;                     /* go on with the other volumes */
+}
+
+static void
+print_damaged (struct fsck *f)
+{
+  size_t i;
+  char hex[2 * CAS_HASH_SIZE + 1];
+
+  for (i = 0; i < f->ndamaged; i++) {
+    const struct cas_record_info *ri = &f->damaged[i].info;
+    bool has_hash = !cas_hash_is_zero (&ri->hash);
+    /* Whether a volume lost data because of it: by its hash when the
+     * header says which chunk it is; a span with no readable header may
+     * have held anything, so it is suspect while any volume lost data.
+     */
+    const char *verdict =
+      has_hash ? (was_lost (f, &ri->hash) ? "volumes lost this chunk"
+                  : "no volume lost data from it")
+      : f->nlost || f->bad_volumes ? "it may have held the lost data listed"
+      : "no volume lost data from it";
+
+    if (!has_hash)
+      printf ("pack %" PRIu32 " offset %" PRIu64 ": %" PRIu32 " bytes: %s: "
+              "%s\n", ri->pack, ri->offset, ri->length, f->damaged[i].why,
+              verdict);
+    else
+      printf ("pack %" PRIu32 " offset %" PRIu64 ": %s record %s: %s: %s\n",
+              ri->pack, ri->offset, type_name (ri->type),
+              cas_hash_hex (&ri->hash, hex), f->damaged[i].why, verdict);
+  }
+  if (f->damaged_total > f->ndamaged)
+    printf ("... and %" PRIu64 " more damaged records\n",
+            f->damaged_total - f->ndamaged);
+}
+
+static void
+check_volumes (struct fsck *f)
+{
+  tool_capture (f->msg, sizeof f->msg);
+  if (cas_store_list_volumes (f->st, check_volume, f) != 0) {
+    tool_capture (NULL, 0);
+    tool_error ("listing the volumes failed%s%s", f->msg[0] ? ": " : "",
+                f->msg);
+    f->failed = true;
+  }
+  tool_capture (NULL, 0);
+}
+
+/* --repair: stop using every damaged record (the index then uses another
+ * intact copy of the chunk if there is one), then check the volumes
+ * again, quietly, to count what is still lost.
+ */
+static void
+repair (struct fsck *f, const char *dir)
+{
+  struct chunkstore *cs = cas_store_chunks (f->st);
+  uint64_t before = f->lost_blocks;
+  size_t i;
+
+  for (i = 0; i < f->ndamaged; i++) {
+    const struct cas_record_info *ri = &f->damaged[i].info;
+    if (!cas_hash_is_zero (&ri->hash))
+      cas_packstore_forget (cs, &ri->hash, ri->pack, ri->offset);
+  }
+  f->lost_blocks = f->lost_volumes = f->bad_volumes = f->volumes = 0;
+  f->nlost = 0;
+  check_volumes (f);
+  printf ("%s: repair: %zu damaged records no longer used; %" PRIu64
+          " of %" PRIu64 " lost blocks healed from other copies\n", dir,
+          f->ndamaged, before - f->lost_blocks, before);
+  if (f->lost_volumes || f->bad_volumes) {
+    f->quiet = false;
+    printf ("%s: still lost after repair (no good copy in the store):\n",
+            dir);
+    f->lost_blocks = f->lost_volumes = f->bad_volumes = f->volumes = 0;
+    check_volumes (f);
+    printf ("%s: to heal them, write the same data again (a write that "
+            "finds its chunk only damaged stores a good copy): nbdcas "
+            "import the original image, or restore it through NBD\n", dir);
+  }
 }
 
 int
@@ -175,6 +414,7 @@ cmd_fsck (int argc, char **argv)
 {
   static const struct option long_options[] = {
     { "full", no_argument, NULL, 'F' },
+    { "repair", no_argument, NULL, 'R' },
     TOOL_COMMON_LONG_OPTIONS,
     { NULL, 0, NULL, 0 },
   };
@@ -182,6 +422,7 @@ cmd_fsck (int argc, char **argv)
   const char *dir;
   struct cas_store_stats ss;
   uint64_t problems;
+  char why[512];
   int c, r, ret = EXIT_USAGE;
 
   memset (&f, 0, sizeof f);
@@ -189,6 +430,8 @@ cmd_fsck (int argc, char **argv)
                            &ret)) > 0) {
     if (c == 'F')
       f.full = true;
+    else if (c == 'R')
+      f.repair = true;
   }
   if (c == -1)
     return ret;
@@ -196,59 +439,81 @@ cmd_fsck (int argc, char **argv)
     return usage_error ("fsck");
   dir = argv[optind];
 
-  /* Read-only: fsck reports, it never changes the store (a torn tail is
-   * left for the next read-write open to cut).
+  /* Without --repair fsck only reports: read-only (a torn tail is left
+   * for the next read-write open to cut).  Either way the index is
+   * rebuilt from the packs: the cache is only checked.
    */
-  f.st = tool_open_store (dir, true,
-                          f.full ? CAS_VERIFY_FULL : CAS_VERIFY_CHECKSUM);
+  f.st = tool_open_store_opts (dir, !f.repair,
+                               f.full ? CAS_VERIFY_FULL : CAS_VERIFY_CHECKSUM,
+                               true);
   if (f.st == NULL)
     goto out;
   if (cas_store_stat (f.st, &ss) == -1)
     goto out;
+
+  switch (cas_packstore_check_cache (cas_store_chunks (f.st), why,
+                                     sizeof why)) {
+  case 0:
+    printf ("index cache: not usable (%s): it is only a cache; the next "
+            "read-write open rebuilds it%s\n", why,
+            f.repair ? " (--repair does now)" : "");
+    break;
+  case 1:
+    if (verbose)
+      tool_info ("index cache: usable");
+    break;
+  }
 
   tool_capture (f.msg, sizeof f.msg);
   if (verbose)
     tool_info ("checking %" PRIu64 " records in %" PRIu64 " packs (%s)",
                ss.chunks.chunks, ss.chunks.packs,
                f.full ? "CRC32C and SHA-256" : "CRC32C");
-  r = cas_store_check_records (f.st, f.full, bad_record, &f);
+  r = cas_store_check_records (f.st, f.full, note_damaged, &f);
   if (r == -1) {
     tool_capture (NULL, 0);
     tool_error ("checking the pack files failed%s%s",
                 f.msg[0] ? ": " : "", f.msg);
     f.failed = true;
   }
-  tool_capture (f.msg, sizeof f.msg);
-  if (cas_store_list_volumes (f.st, check_volume, &f) != 0) {
-    tool_capture (NULL, 0);
-    tool_error ("listing the volumes failed%s%s", f.msg[0] ? ": " : "",
-                f.msg);
+  tool_capture (NULL, 0);
+  if (sort_damaged (&f) == -1) {
+    tool_error ("out of memory");
     f.failed = true;
   }
-  tool_capture (NULL, 0);
+  check_volumes (&f);
+  print_damaged (&f);
 
-  problems = f.bad_records + f.bad_refs + f.bad_volumes;
+  problems = f.lost_volumes + f.bad_volumes;
   if (f.failed)
-    printf ("%s: check incomplete: %" PRIu64 " problem%s found so far\n",
+    printf ("%s: check incomplete: %" PRIu64 " volume%s lost data so far\n",
             dir, problems, problems == 1 ? "" : "s");
   else if (problems == 0) {
-    char skipped[80] = "";
-    if (f.unreachable)
-      snprintf (skipped, sizeof skipped, "; %" PRIu64 " unreachable failed "
-                "append%s skipped", f.unreachable,
-                f.unreachable == 1 ? "" : "s");
+    char skipped[120] = "";
+    if (f.damaged_total)
+      snprintf (skipped, sizeof skipped, "; %" PRIu64 " damaged record%s "
+                "no volume needs", f.damaged_total,
+                f.damaged_total == 1 ? "" : "s");
     printf ("%s: clean: %" PRIu64 " chunks in %" PRIu64 " packs, %" PRIu64
             " volumes checked (%s)%s\n", dir, ss.chunks.chunks,
             ss.chunks.packs, f.volumes,
             f.full ? "checksums and SHA-256" : "checksums", skipped);
   }
-  else
-    printf ("%s: %" PRIu64 " problem%s: %" PRIu64 " damaged record%s, %"
-            PRIu64 " bad reference%s in volumes, %" PRIu64 " unreadable "
-            "volume%s\n", dir, problems, problems == 1 ? "" : "s",
-            f.bad_records, f.bad_records == 1 ? "" : "s",
-            f.bad_refs, f.bad_refs == 1 ? "" : "s",
-            f.bad_volumes, f.bad_volumes == 1 ? "" : "s");
+  else {
+    char hs[HUMAN_SIZE_LEN];
+    printf ("%s: %" PRIu64 " problem%s: %" PRIu64 " volume%s lost %" PRIu64
+            " blocks (%s), %" PRIu64 " volume root%s unreadable, %" PRIu64
+            " damaged record%s\n", dir, problems, problems == 1 ? "" : "s",
+            f.lost_volumes, f.lost_volumes == 1 ? "" : "s", f.lost_blocks,
+            human_size (f.lost_blocks * cas_store_blocksize (f.st), hs),
+            f.bad_volumes, f.bad_volumes == 1 ? "" : "s", f.damaged_total,
+            f.damaged_total == 1 ? "" : "s");
+  }
+  if (f.repair && !f.failed && (f.damaged_total || problems)) {
+    f.quiet = true;
+    repair (&f, dir);
+    problems = f.lost_volumes + f.bad_volumes;
+  }
   if (f.failed)
     ret = EXIT_USAGE;           /* 2: incomplete, whatever was found */
   else
@@ -256,6 +521,9 @@ cmd_fsck (int argc, char **argv)
  out:
   if (f.st && cas_store_close (f.st) == -1 && ret == EXIT_OK)
     ret = EXIT_USAGE;
+  free (f.damaged);
+  free (f.by_hash);
+  free (f.lost);
   fflush (stdout);
   return ret;
 }

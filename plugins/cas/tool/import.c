@@ -46,6 +46,7 @@ struct import {
   bool fresh;                   /* volume was all zero before: skip zeros */
   bool seek_data;               /* SEEK_DATA works on this fd */
   _Atomic uint64_t data_blocks, zero_blocks, hole_blocks;
+  _Atomic int store_errno;      /* the first failure writing the store */
 };
 
 static void
@@ -243,8 +244,12 @@ import_chunk (void *arg, void *scratch, uint64_t off, uint64_t len)
     if (run_kind != -1) {
       s = run_start * im->bs;
       e = i * im->bs < len ? i * im->bs : len;
-      if (emit (im, run_kind ? buf + s : NULL, e - s, off + s) == -1)
+      if (emit (im, run_kind ? buf + s : NULL, e - s, off + s) == -1) {
+        int expected = 0;
+        atomic_compare_exchange_strong (&im->store_errno, &expected,
+                                        errno ? errno : EIO);
         return -1;
+      }
     }
     run_kind = kind;
     run_start = i;
@@ -282,6 +287,38 @@ image_size (int fd, const char *image, uint64_t *size)
   }
   *size = end;
   return 0;
+}
+
+/* After a failed import: say why (a full disk, plainly), what the volume
+ * holds now, and how to finish.  What was written before the failure is
+ * kept if it can still be flushed.
+ */
+static void
+import_failed (struct import *im, const char *dir, const char *name,
+               bool create)
+{
+  int err = atomic_load (&im->store_errno);
+  char why[128];
+
+  if (err == ENOSPC || err == EDQUOT)
+    snprintf (why, sizeof why, "the disk holding the store is full");
+  else if (err)
+    snprintf (why, sizeof why, "writing the store failed: %s",
+              strerror (err));
+  else
+    snprintf (why, sizeof why, "reading the image failed");
+  if (cas_volume_flush (im->vol) == 0)
+    tool_error ("import into volume '%s' stopped: %s.  What was imported "
+                "before that is kept (durable); the rest of the volume %s.  "
+                "To finish, make room if needed and run again: %s import "
+                "%s %s %s", name, why,
+                create ? "reads as zeros" : "still holds its old data",
+                progname, dir, name, im->image);
+  else
+    tool_error ("import into volume '%s' stopped: %s.  Nothing of this "
+                "import could be kept: the volume is as it was before%s.  "
+                "Make room and run again: %s import %s %s %s", name, why,
+                create ? " (empty)" : "", progname, dir, name, im->image);
 }
 
 int
@@ -380,28 +417,21 @@ cmd_import (int argc, char **argv)
                 dir);
     goto out;
   }
-  if (create) {
-    if (cas_volume_create (st, name, vol_size) == -1)
+  {
+    uint64_t old;
+    char a[HUMAN_SIZE_LEN], b[HUMAN_SIZE_LEN];
+
+    if (cas_volume_grow_to (st, name, create ? vol_size : im.image_size,
+                            create, &old) == -1)
       goto out;
-    im.fresh = true;
+    im.fresh = create;
+    if (!create && old < im.image_size)
+      tool_info ("volume '%s' grown from %s to %s to fit the image", name,
+                 human_size (old, a), human_size (im.image_size, b));
   }
   im.vol = cas_volume_open (st, name);
   if (im.vol == NULL)
     goto out;
-  if (!create && cas_volume_size (im.vol) < im.image_size) {
-    char a[HUMAN_SIZE_LEN], b[HUMAN_SIZE_LEN];
-    uint64_t old = cas_volume_size (im.vol);
-    /* Resize wants the volume closed. */
-    cas_volume_close (im.vol);
-    im.vol = NULL;
-    if (cas_volume_resize (st, name, im.image_size) == -1)
-      goto out;
-    tool_info ("volume '%s' grown from %s to %s to fit the image", name,
-               human_size (old, a), human_size (im.image_size, b));
-    im.vol = cas_volume_open (st, name);
-    if (im.vol == NULL)
-      goto out;
-  }
   if (!create) {
     /* An existing volume has no mapped block past its root's size, but
      * it may have mapped ones anywhere inside: a fresh import must not
@@ -435,8 +465,7 @@ cmd_import (int argc, char **argv)
         .chunk = CHUNK, .nthreads = nthreads,
         .scratch_size = sizeof (struct scratch),
         .fn = import_chunk, .arg = &im }) == -1) {
-    tool_error ("import into volume '%s' failed: the volume holds a mix of "
-                "old and new data", name);
+    import_failed (&im, dir, name, create);
     goto out;
   }
   /* Past the image, an older and larger volume must read as zeros. */
@@ -464,7 +493,7 @@ cmd_import (int argc, char **argv)
                " in holes; store grew by %s (%" PRIu64 " new chunks)",
                atomic_load (&im.data_blocks), atomic_load (&im.zero_blocks),
                atomic_load (&im.hole_blocks), human_size (grown, b),
-               after.chunks.chunks - before.chunks.chunks);
+               after.chunks.appended - before.chunks.appended);
   }
   ret = EXIT_OK;
  out:

@@ -192,7 +192,16 @@ want_args (const char *cmd, int argc, char **argv, int first, int n,
 struct cas_store *
 tool_open_store (const char *dir, bool readonly, enum cas_verify verify)
 {
-  struct cas_open_options opts = { .readonly = readonly, .verify = verify };
+  return tool_open_store_opts (dir, readonly, verify, false);
+}
+
+struct cas_store *
+tool_open_store_opts (const char *dir, bool readonly, enum cas_verify verify,
+                      bool rebuild_index)
+{
+  struct cas_open_options opts = {
+    .readonly = readonly, .verify = verify, .rebuild_index = rebuild_index,
+  };
   int r;
 
   /* The store's own open says "no superblock" for an empty directory and
@@ -233,14 +242,8 @@ tool_parse_size (const char *opt, const char *value, uint64_t *r)
 {
   int64_t n;
 
-  if (parse_size (opt, value, &n) == -1)
+  if (parse_size_range (opt, value, 1, CAS_MAX_VOLUME_SIZE, &n) == -1)
     return -1;
-  if (n < 1 || (uint64_t) n > CAS_MAX_VOLUME_SIZE) {
-    tool_error ("%s: size '%s' is out of range: a volume is 1 byte to "
-                "1P (%" PRIu64 " bytes)", opt, value, CAS_MAX_VOLUME_SIZE);
-    errno = EINVAL;
-    return -1;
-  }
   *r = n;
   return 0;
 }

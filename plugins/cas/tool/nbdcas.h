@@ -79,6 +79,10 @@ int want_args (const char *cmd, int argc, char **argv, int first, int n,
  */
 struct cas_store *tool_open_store (const char *dir, bool readonly,
                                    enum cas_verify verify);
+/* The same, with the index rebuilt from the packs (fsck). */
+struct cas_store *tool_open_store_opts (const char *dir, bool readonly,
+                                        enum cas_verify verify,
+                                        bool rebuild_index);
 /* Close and report a failure to persist: 0 or -1. */
 int tool_close_store (struct cas_store *st);
 

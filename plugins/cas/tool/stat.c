@@ -9,16 +9,29 @@
  */
 #include <config.h>
 
+#include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "nbdcas.h"
 
+/* One volume's line of the store's table. */
+struct vol_row {
+  char *name;
+  struct cas_volume_stats vs;
+  bool ok;
+  char error[512];              /* why it could not be read */
+};
+
 struct totals {
   struct cas_store *st;
   uint64_t size, mapped_bytes, mapped_blocks, map_nodes;
+  struct vol_row *rows;
+  size_t nrows, alloc;
+  unsigned broken;
 };
 
 static void
@@ -26,7 +39,9 @@ help (void)
 {
   printf ("Usage: %s stat STORE [VOLUME] [--json]\n"
           "Show space use of STORE (logical, mapped and stored bytes, dedup\n"
-          "ratio, packs, chunks, index memory), or of one VOLUME.\n"
+          "ratio, packs, chunks, index memory, and a line per volume), or of\n"
+          "one VOLUME.  A volume that cannot be read is shown as damaged\n"
+          "(exit status 1); run nbdcas fsck to see what was lost.\n"
           "\n"
           "  --json                print one JSON object\n"
           "  -h, --help            this help\n", progname);
@@ -37,23 +52,55 @@ add_volume (const char *name, void *opaque)
 {
   struct totals *t = opaque;
   struct cas_volume *vol;
-  struct cas_volume_stats vs;
-  int r;
+  struct vol_row *row;
+  int r = -1;
 
-  vol = cas_volume_open (t->st, name);
-  if (vol == NULL)
-    return -1;
-  r = cas_volume_stat (vol, &vs);
-  cas_volume_close (vol);
-  if (r == -1) {
-    tool_error ("volume '%s': cannot read its map", name);
-    return -1;
+  if (t->nrows == t->alloc) {
+    size_t n = t->alloc ? 2 * t->alloc : 16;
+    struct vol_row *nr = realloc (t->rows, n * sizeof *nr);
+    if (nr == NULL)
+      return -1;
+    t->rows = nr;
+    t->alloc = n;
   }
-  t->size += vs.size;
-  t->mapped_bytes += vs.mapped_bytes;
-  t->mapped_blocks += vs.mapped_blocks;
-  t->map_nodes += vs.map_nodes;
+  row = &t->rows[t->nrows];
+  memset (row, 0, sizeof *row);
+  row->name = strdup (name);
+  if (row->name == NULL)
+    return -1;
+  t->nrows++;
+  /* The store's messages say why a volume cannot be read: keep them for
+   * its line instead of printing them.
+   */
+  tool_capture (row->error, sizeof row->error);
+  vol = cas_volume_open (t->st, name);
+  if (vol) {
+    r = cas_volume_stat (vol, &row->vs);
+    cas_volume_close (vol);
+  }
+  tool_capture (NULL, 0);
+  if (r == -1) {
+    if (row->error[0] == '\0')
+      snprintf (row->error, sizeof row->error, "%s", strerror (errno));
+    t->broken++;
+    return 0;                   /* show the others */
+  }
+  row->ok = true;
+  t->size += row->vs.size;
+  t->mapped_bytes += row->vs.mapped_bytes;
+  t->mapped_blocks += row->vs.mapped_blocks;
+  t->map_nodes += row->vs.map_nodes;
   return 0;
+}
+
+static void
+free_rows (struct totals *t)
+{
+  size_t i;
+
+  for (i = 0; i < t->nrows; i++)
+    free (t->rows[i].name);
+  free (t->rows);
 }
 
 /* "N (1.0 GiB)" */
@@ -75,22 +122,25 @@ stat_store (struct cas_store *st, const char *dir, bool json)
   struct cas_store_stats ss;
   struct totals t = { .st = st };
   const struct cas_chunkstore_stats *cs = &ss.chunks;
-  char b[64];
+  char b[64], h1[HUMAN_SIZE_LEN], h2[HUMAN_SIZE_LEN];
+  size_t i;
+  int r = -1;
 
   if (cas_store_stat (st, &ss) == -1 ||
       cas_store_list_volumes (st, add_volume, &t) != 0)
-    return -1;
+    goto out;
   if (json) {
     printf ("{\n  \"store\": ");
     json_string (stdout, dir);
     printf (",\n  \"format_version\": %d,\n"
             "  \"block_size\": %" PRIu32 ",\n"
             "  \"volumes\": %" PRIu64 ",\n"
+            "  \"damaged_volumes\": %u,\n"
             "  \"logical_bytes\": %" PRIu64 ",\n"
             "  \"mapped_bytes\": %" PRIu64 ",\n"
             "  \"mapped_blocks\": %" PRIu64 ",\n"
             "  \"stored_bytes\": %" PRIu64 ",\n",
-            CAS_FORMAT_VERSION, ss.blocksize, ss.volumes, t.size,
+            CAS_FORMAT_VERSION, ss.blocksize, ss.volumes, t.broken, t.size,
             t.mapped_bytes, t.mapped_blocks, cs->stored_bytes);
     if (cs->stored_bytes)
       printf ("  \"dedup_ratio\": %.4f,\n",
@@ -101,15 +151,34 @@ stat_store (struct cas_store *st, const char *dir, bool json)
             "  \"chunks\": %" PRIu64 ",\n"
             "  \"map_nodes\": %" PRIu64 ",\n"
             "  \"index_bytes\": %" PRIu64 ",\n"
-            "  \"index_slots\": %" PRIu64 "\n}\n",
+            "  \"index_slots\": %" PRIu64 ",\n"
+            "  \"volume_list\": [",
             cs->packs, cs->chunks, t.map_nodes, cs->index_bytes,
             cs->index_slots);
-    return 0;
+    for (i = 0; i < t.nrows; i++) {
+      const struct vol_row *row = &t.rows[i];
+      printf ("%s\n    { \"name\": ", i ? "," : "");
+      json_string (stdout, row->name);
+      if (row->ok)
+        printf (", \"ok\": true, \"size\": %" PRIu64 ", \"mapped_bytes\": %"
+                PRIu64 " }", row->vs.size, row->vs.mapped_bytes);
+      else {
+        printf (", \"ok\": false, \"error\": ");
+        json_string (stdout, row->error);
+        printf (" }");
+      }
+    }
+    printf ("%s]\n}\n", t.nrows ? "\n  " : "");
+    r = t.broken ? -1 : 0;
+    goto out;
   }
   printf ("store:          %s\n", dir);
   printf ("format version: %d\n", CAS_FORMAT_VERSION);
   printf ("block size:     %s\n", bytes (ss.blocksize, b, sizeof b));
-  printf ("volumes:        %" PRIu64 "\n", ss.volumes);
+  printf ("volumes:        %" PRIu64, ss.volumes);
+  if (t.broken)
+    printf (" (%u damaged: not counted below)", t.broken);
+  printf ("\n");
   printf ("logical size:   %s\n", bytes (t.size, b, sizeof b));
   printf ("mapped bytes:   %s\n", bytes (t.mapped_bytes, b, sizeof b));
   printf ("stored bytes:   %s\n", bytes (cs->stored_bytes, b, sizeof b));
@@ -125,7 +194,22 @@ stat_store (struct cas_store *st, const char *dir, bool json)
   if (cs->chunks)
     printf (", %.1f bytes per chunk", (double) cs->index_bytes / cs->chunks);
   printf ("\n");
-  return 0;
+  if (t.nrows)
+    printf ("\n%-24s %12s %12s  %s\n", "VOLUME", "SIZE", "MAPPED", "STATUS");
+  for (i = 0; i < t.nrows; i++) {
+    const struct vol_row *row = &t.rows[i];
+    if (row->ok)
+      printf ("%-24s %12s %12s  ok\n", row->name,
+              human_size (row->vs.size, h1),
+              human_size (row->vs.mapped_bytes, h2));
+    else
+      printf ("%-24s %12s %12s  DAMAGED: %s\n", row->name, "-", "-",
+              row->error);
+  }
+  r = t.broken ? -1 : 0;
+ out:
+  free_rows (&t);
+  return r;
 }
 
 static int
