@@ -60,6 +60,12 @@ struct backend {
   void (*unload) (void);                                /* optional */
   int (*config) (const char *key, const char *value);
   int (*config_complete) (void);                        /* optional */
+  /* optional: called once the server runs in the process that will serve
+   * (after it forked into the background, if it does), before the first
+   * connection.  Threads a backend needs are started here: threads
+   * started before a fork do not survive it.
+   */
+  int (*after_fork) (void);
 
   /* Exports.  list_exports may be NULL: only the default export "" exists.
    * default_export may be NULL: the default export is "".

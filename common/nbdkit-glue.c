@@ -18,6 +18,7 @@
 #include <nbdkit-plugin.h>
 
 #include "backend.h"
+#include "msghook.h"
 
 
 extern const struct backend nbdkit_glue_backend;
@@ -33,6 +34,16 @@ _Static_assert (BACKEND_CACHE_NATIVE == NBDKIT_CACHE_NATIVE, "cache");
 _Static_assert (BACKEND_EXTENT_HOLE == NBDKIT_EXTENT_HOLE, "extent");
 _Static_assert (BACKEND_EXTENT_ZERO == NBDKIT_EXTENT_ZERO, "extent");
 
+/* A hooked thread's message (msghook.h): formatted, handed over. */
+static void __attribute__ ((format (printf, 2, 0)))
+hooked (bool error, const char *fmt, va_list ap)
+{
+  char msg[1024];
+
+  vsnprintf (msg, sizeof msg, fmt, ap);
+  backend_message_hook (error, msg);
+}
+
 void
 backend_error (const char *fmt, ...)
 {
@@ -40,7 +51,10 @@ backend_error (const char *fmt, ...)
   int saved = errno;
 
   va_start (ap, fmt);
-  nbdkit_verror (fmt, ap);
+  if (backend_message_hook)
+    hooked (true, fmt, ap);
+  else
+    nbdkit_verror (fmt, ap);
   va_end (ap);
   errno = saved;
 }
@@ -52,7 +66,10 @@ backend_debug (const char *fmt, ...)
   int saved = errno;
 
   va_start (ap, fmt);
-  nbdkit_vdebug (fmt, ap);
+  if (backend_message_hook)
+    hooked (false, fmt, ap);
+  else
+    nbdkit_vdebug (fmt, ap);
   va_end (ap);
   errno = saved;
 }
@@ -216,6 +233,12 @@ glue_config_complete (void)
 }
 
 static int
+glue_after_fork (void)
+{
+  return B->after_fork ? B->after_fork () : 0;
+}
+
+static int
 glue_list_exports (int readonly, int is_tls, struct nbdkit_exports *exports)
 {
   (void) is_tls;
@@ -343,6 +366,7 @@ static struct nbdkit_plugin plugin = {
   .unload = glue_unload,
   .config = glue_config,
   .config_complete = glue_config_complete,
+  .after_fork = glue_after_fork,
   .magic_config_key = NULL,
   .list_exports = glue_list_exports,
   .default_export = glue_default_export,

@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 # nbdcas and the servers agree on the store: what a client wrote is what
-# `nbdcas export` gets, what `nbdcas import` put is what a client reads,
-# the tool refuses a store a server has open, and fsck passes on a store
-# a server wrote.  Runs on every server that serves cas.
+# `nbdcas export` gets (while the server runs: through its control
+# socket, and after it stopped), what `nbdcas import` put is what a
+# client reads, import into a served store is refused (write through NBD
+# instead), and fsck passes on a store a server wrote.  Runs on every
+# server that serves cas.
 
 import os
 import random
@@ -42,8 +44,20 @@ def body(srv):
     h.pwrite(bytes(model[:MiB]), 40 * MiB)          # a duplicate MiB
     model[40 * MiB:41 * MiB] = model[:MiB]
     h.flush()
-    p = nbdcas("list", store, check=1)
-    assert "in use" in p.stderr, p.stderr
+    # While it is served, the server runs the commands: the same answers.
+    p = nbdcas("list", store)
+    assert p.stdout.startswith("default\t%d\t" % SIZE), p.stdout
+    live = os.path.join(srv.workdir, "live.img")
+    nbdcas("export", store, "default", live)
+    with open(live, "rb") as f:
+        assert f.read() == bytes(model), "live export differs from the writes"
+    os.unlink(live)
+    nbdcas("fsck", store)
+    small = os.path.join(srv.workdir, "small.img")
+    with open(small, "wb") as f:
+        f.write(os.urandom(MiB))
+    p = nbdcas("import", store, "other", small, "--create", check=1)
+    assert "is being served" in p.stderr, p.stderr
     h.shutdown()
     srv.stop()
 

@@ -507,6 +507,9 @@ main (int argc, char **argv)
     if (getppid () != parent)
       atomic_store (&shutting_down, true);
   }
+  /* The serving process: the backend may start its threads now. */
+  if (B->after_fork && B->after_fork () == -1)
+    exit (1);                   /* the backend said why */
   if (ready_fd >= 0) {
     ssize_t r = write (ready_fd, "", 1);
 

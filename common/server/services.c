@@ -20,6 +20,7 @@
 #include <syslog.h>
 
 #include "backend.h"
+#include "msghook.h"
 #include "nbd-protocol.h"
 #include "server.h"
 
@@ -85,6 +86,11 @@ backend_error (const char *fmt, ...)
   va_start (ap, fmt);
   vsnprintf (errmsg, sizeof errmsg, fmt, ap);
   va_end (ap);
+  if (backend_message_hook) {   /* msghook.h */
+    backend_message_hook (true, errmsg);
+    errno = saved;
+    return;
+  }
   errmsg_set = true;
   emit (LOG_ERR, "", errmsg);
   errno = saved;
@@ -96,6 +102,15 @@ backend_debug (const char *fmt, ...)
   va_list ap;
   int saved = errno;
 
+  if (backend_message_hook) {   /* msghook.h */
+    char msg[1024];
+    va_start (ap, fmt);
+    vsnprintf (msg, sizeof msg, fmt, ap);
+    va_end (ap);
+    backend_message_hook (false, msg);
+    errno = saved;
+    return;
+  }
   if (!opts.verbose)
     return;
   va_start (ap, fmt);

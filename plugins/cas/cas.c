@@ -19,8 +19,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "backend.h"
+#include "control.h"
 #include "parse.h"
 #include "store.h"
 
@@ -35,6 +37,7 @@ static bool store_readonly;          /* readonly= or the server's -r */
 static enum cas_verify verify = CAS_VERIFY_CHECKSUM;
 static uint64_t map_cache;           /* mapcache=, 0: the default */
 static struct cas_store *store;
+static struct cas_control *control;  /* admin commands while serving */
 
 #define DEFAULT_VOLUME "default"
 
@@ -46,6 +49,8 @@ struct handle {
 static void
 cas_unload (void)
 {
+  cas_control_close (control);
+  control = NULL;
   if (store && cas_store_close (store) == -1)
     backend_error ("cas: closing the store failed: some data may not be "
                    "durable");
@@ -273,7 +278,26 @@ cas_config_complete (void)
     errno = EINVAL;
     return -1;
   }
-  return prepare_default_volume ();
+  if (prepare_default_volume () == -1)
+    return -1;
+  /* A writer holds the store alone: nbdcas commands on it then run here,
+   * through the store's control socket.  Without one the server still
+   * serves; only admin commands need it stopped.
+   */
+  if (!store_readonly) {
+    control = cas_control_open (store);
+    if (control == NULL)
+      backend_error ("cas: no control socket: nbdcas commands on %s will "
+                     "need the server stopped", store_dir);
+  }
+  return 0;
+}
+
+/* The serving process: start the control socket's thread. */
+static int
+cas_after_fork (void)
+{
+  return cas_control_start (control);
 }
 
 struct list_ctx {
@@ -281,10 +305,35 @@ struct list_ctx {
 };
 
 static int
+add_snapshot (const char *name, void *opaque)
+{
+  struct list_ctx *c = opaque;
+  struct cas_root r;
+  char desc[128], when[32] = "?";
+  struct tm tm;
+  time_t t;
+
+  if (cas_root_get (store, name, false, &r) == 0) {
+    t = r.mtime;
+    if (gmtime_r (&t, &tm) == NULL ||
+        strftime (when, sizeof when, "%Y-%m-%d %H:%M:%S UTC", &tm) == 0)
+      snprintf (when, sizeof when, "@%" PRIu64, r.mtime);
+  }
+  snprintf (desc, sizeof desc, "snapshot taken %s (read-only)", when);
+  return backend_add_export (c->exports, name, desc);
+}
+
+/* A volume, then its snapshots (VOLUME@SNAP). */
+static int
 add_one (const char *name, void *opaque)
 {
   struct list_ctx *c = opaque;
-  return backend_add_export (c->exports, name, NULL);
+
+  if (backend_add_export (c->exports, name, NULL) == -1)
+    return -1;
+  if (strchr (name, '@'))
+    return 0;                   /* a volume named before snapshots */
+  return cas_store_list_snapshots (store, name, add_snapshot, c);
 }
 
 static int
@@ -317,12 +366,9 @@ cas_open (const char *exportname, bool readonly)
     errno = ENOENT;
     return NULL;
   }
-  if (cas_volume_name_check (name) == -1)
-    return NULL;
   h = malloc (sizeof *h);
   if (h == NULL)
     return NULL;
-  h->readonly = readonly || store_readonly;
   h->vol = cas_volume_open (store, name);
   if (h->vol == NULL) {
     int saved = errno;
@@ -330,6 +376,10 @@ cas_open (const char *exportname, bool readonly)
     errno = saved;
     return NULL;
   }
+  /* A snapshot is served read-only: the read-only flag is set, and
+   * writes are refused (EPERM) by the front end.
+   */
+  h->readonly = readonly || store_readonly || cas_volume_readonly (h->vol);
   return h;
 }
 
@@ -459,6 +509,7 @@ const struct backend cas_backend = {
   .unload = cas_unload,
   .config = cas_config,
   .config_complete = cas_config_complete,
+  .after_fork = cas_after_fork,
   .list_exports = cas_list_exports,
   .default_export = cas_default_export,
   .open = cas_open,

@@ -162,14 +162,15 @@ cas_record_header_decode (const uint8_t in[CAS_RECORD_HEADER_SIZE],
   return -1;
 }
 
-/* volume root: 0 magic[8] 8 version 12 blocksize 16 size 24 generation
- * 32 fanout 36 depth 40 root[32] 72 mtime 80 reserved[44] 124 crc
+/* volume or snapshot root: 0 magic[8] 8 version 12 blocksize 16 size
+ * 24 generation 32 fanout 36 depth 40 root[32] 72 mtime 80 reserved[44]
+ * 124 crc
  */
 void
 cas_root_encode (const struct cas_root *r, uint8_t out[CAS_ROOT_SIZE])
 {
   memset (out, 0, CAS_ROOT_SIZE);
-  memcpy (out, CAS_ROOT_MAGIC, 8);
+  memcpy (out, r->snapshot ? CAS_SNAPSHOT_MAGIC : CAS_ROOT_MAGIC, 8);
   put_le32 (out + 8, r->version);
   put_le32 (out + 12, r->blocksize);
   put_le64 (out + 16, r->size);
@@ -184,7 +185,11 @@ cas_root_encode (const struct cas_root *r, uint8_t out[CAS_ROOT_SIZE])
 int
 cas_root_decode (const uint8_t in[CAS_ROOT_SIZE], struct cas_root *r)
 {
-  if (memcmp (in, CAS_ROOT_MAGIC, 8) != 0) {
+  if (memcmp (in, CAS_ROOT_MAGIC, 8) == 0)
+    r->snapshot = false;
+  else if (memcmp (in, CAS_SNAPSHOT_MAGIC, 8) == 0)
+    r->snapshot = true;
+  else {
     backend_error ("cas: volume root: bad magic");
     errno = EIO;
     return -1;

@@ -96,19 +96,23 @@ cas_record_size (uint32_t length)
     (((uint64_t) length + CAS_RECORD_ALIGN - 1) & ~(uint64_t) (CAS_RECORD_ALIGN - 1));
 }
 
-/* ---- volume root: DIR/volumes/NAME ---- */
-#define CAS_ROOT_MAGIC "NBDCASVL"
+/* ---- roots: DIR/volumes/NAME and DIR/snapshots/VOLUME/SNAP ---- */
+#define CAS_ROOT_MAGIC "NBDCASVL"       /* a volume's root */
+#define CAS_SNAPSHOT_MAGIC "NBDCASSN"   /* a snapshot's root */
 #define CAS_ROOT_SIZE 128
 #define CAS_MAP_FANOUT 1024   /* child hashes per map node (32 KiB node) */
 struct cas_root {
+  bool snapshot;              /* which magic: a snapshot is read-only */
   uint32_t version;
   uint32_t blocksize;
   uint64_t size;              /* logical bytes */
-  uint64_t generation;        /* +1 per published root */
+  uint64_t generation;        /* +1 per published root; a snapshot keeps
+                                 its volume's at the time it was taken */
   uint32_t fanout;            /* CAS_MAP_FANOUT */
   uint32_t depth;             /* levels of map nodes (>= 1), see FORMAT.md */
   struct cas_hash root;       /* hash of the top map node; zero: empty */
-  uint64_t mtime;             /* seconds since the epoch, informational */
+  uint64_t mtime;             /* seconds since the epoch: a volume's last
+                                 publication, a snapshot's creation */
 };
 void cas_root_encode (const struct cas_root *r, uint8_t out[CAS_ROOT_SIZE]);
 int cas_root_decode (const uint8_t in[CAS_ROOT_SIZE], struct cas_root *r);

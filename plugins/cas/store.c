@@ -27,9 +27,9 @@ const char *cas_store_dir (const struct cas_store *st) { return st->dir; }
 bool cas_store_readonly (const struct cas_store *st) { return st->readonly; }
 struct chunkstore *cas_store_chunks (struct cas_store *st) { return st->cs; }
 
-/* Write buf to dir/name atomically and durably. */
-static int
-write_atomic (const char *dir, const char *name, const void *buf, size_t len)
+int
+cas_write_file (const char *dir, const char *name, const void *buf,
+                size_t len, bool exclusive)
 {
   CLEANUP_FREE char *tmp = NULL, *path = NULL;
   int fd;
@@ -50,13 +50,36 @@ write_atomic (const char *dir, const char *name, const void *buf, size_t len)
     close (fd);
     goto err;
   }
-  if (close (fd) == -1 || rename (tmp, path) == -1 || cas_fsync_dir (dir) == -1)
+  if (close (fd) == -1)
+    goto err;
+  /* link() fails with EEXIST instead of replacing: an exclusive create
+   * that is still all-or-nothing (the file appears complete or not).
+   */
+  if (exclusive) {
+    if (link (tmp, path) == -1) {
+      if (errno == EEXIST) {
+        unlink (tmp);
+        return -1;              /* the caller says what exists */
+      }
+      goto err;
+    }
+    unlink (tmp);
+  }
+  else if (rename (tmp, path) == -1)
+    goto err;
+  if (cas_fsync_dir (dir) == -1)
     goto err;
   return 0;
  err:
   backend_error ("cas: writing %s: %m", path);
   unlink (tmp);
   return -1;
+}
+
+static int
+write_atomic (const char *dir, const char *name, const void *buf, size_t len)
+{
+  return cas_write_file (dir, name, buf, len, false);
 }
 
 /* Read the len-byte file path (what: "superblock", "volume root") into
@@ -94,11 +117,28 @@ read_exact (const char *path, const char *what, void *buf, size_t len)
   return 0;
 }
 
-int
-cas_volume_name_check (const char *name)
+/* A name for messages: a printable prefix of what may be hostile. */
+static const char *
+safe_name (const char *name, char safe[64])
+{
+  size_t j;
+
+  for (j = 0; j < 60 && name[j]; j++)
+    safe[j] = ((unsigned char) name[j] < 0x20 || name[j] == 0x7f) ? '?'
+      : name[j];
+  if (name[j])
+    memcpy (safe + j, "...", 3), j += 3;
+  safe[j] = '\0';
+  return safe;
+}
+
+/* The rule for one component, a volume's or a snapshot's name. */
+static int
+component_check (const char *what, const char *name)
 {
   size_t len = strlen (name), i;
   const char *why = NULL;
+  char safe[64];
 
   if (len == 0)
     why = "it is empty";
@@ -108,6 +148,9 @@ cas_volume_name_check (const char *name)
     why = "it starts with '.'";
   else if (strchr (name, '/'))
     why = "it contains '/'";
+  else if (strchr (name, '@'))
+    why = "it contains '@' (which separates a volume from its snapshot: "
+      "VOLUME@SNAPSHOT)";
   else
     for (i = 0; i < len; i++)
       if ((unsigned char) name[i] < 0x20 || name[i] == 0x7f) {
@@ -115,19 +158,83 @@ cas_volume_name_check (const char *name)
         break;
       }
   if (why) {
-    /* Quote at most a printable prefix: the name may be hostile. */
-    char safe[64];
-    size_t j;
-    for (j = 0; j < sizeof safe - 1 && name[j]; j++)
-      safe[j] = ((unsigned char) name[j] < 0x20 || name[j] == 0x7f) ? '?'
-        : name[j];
-    safe[j] = '\0';
-    backend_error ("cas: invalid volume name '%s%s': %s", safe,
-                   name[j] ? "..." : "", why);
+    backend_error ("cas: invalid %s name '%s': %s", what,
+                   safe_name (name, safe), why);
     errno = EINVAL;
     return -1;
   }
   return 0;
+}
+
+int
+cas_volume_name_check (const char *name)
+{
+  return component_check ("volume", name);
+}
+
+int
+cas_snapshot_name_check (const char *name)
+{
+  return component_check ("snapshot", name);
+}
+
+/* A volume named before snapshots existed may contain '@' (it was
+ * allowed then): such a root file is still found by its whole name.
+ */
+static bool
+legacy_at_volume (struct cas_store *st, const char *name)
+{
+  CLEANUP_FREE char *path = NULL;
+  struct stat sb;
+
+  if (strchr (name, '@') == NULL || strchr (name, '/') || name[0] == '.' ||
+      strlen (name) > CAS_VOLUME_NAME_MAX ||
+      asprintf (&path, "%s/%s", st->voldir, name) == -1)
+    return false;
+  return lstat (path, &sb) == 0 && S_ISREG (sb.st_mode);
+}
+
+int
+cas_name_parse (struct cas_store *st, const char *name, struct cas_name *n)
+{
+  const char *at = strchr (name, '@');
+  char safe[64];
+
+  memset (n, 0, sizeof *n);
+  if (at == NULL || legacy_at_volume (st, name)) {
+    if (at == NULL && cas_volume_name_check (name) == -1)
+      return -1;
+    strcpy (n->volume, name);
+    return 0;
+  }
+  if (at == name || at[1] == '\0' || strchr (at + 1, '@') ||
+      (size_t) (at - name) > CAS_VOLUME_NAME_MAX) {
+    backend_error ("cas: invalid name '%s': a snapshot is named "
+                   "VOLUME@SNAPSHOT, with one '@' and both parts non-empty",
+                   safe_name (name, safe));
+    errno = EINVAL;
+    return -1;
+  }
+  memcpy (n->volume, name, at - name);
+  n->volume[at - name] = '\0';
+  if (cas_volume_name_check (n->volume) == -1 ||
+      cas_snapshot_name_check (at + 1) == -1)
+    return -1;
+  strcpy (n->snap, at + 1);
+  n->is_snapshot = true;
+  return 0;
+}
+
+char *
+cas_root_path (struct cas_store *st, const struct cas_name *n)
+{
+  char *path;
+
+  if (n->is_snapshot
+      ? asprintf (&path, "%s/%s/%s", st->snapdir, n->volume, n->snap) == -1
+      : asprintf (&path, "%s/%s", st->voldir, n->volume) == -1)
+    return NULL;
+  return path;
 }
 
 int
@@ -177,7 +284,7 @@ cas_store_exists (const char *dir)
 int
 cas_store_create (const char *dir, uint32_t blocksize)
 {
-  CLEANUP_FREE char *packs = NULL, *vols = NULL;
+  CLEANUP_FREE char *packs = NULL, *vols = NULL, *snaps = NULL;
   struct cas_super s;
   uint8_t buf[CAS_SUPER_SIZE];
   int r;
@@ -199,10 +306,12 @@ cas_store_create (const char *dir, uint32_t blocksize)
     return -1;
   }
   if (asprintf (&packs, "%s/packs", dir) == -1 ||
-      asprintf (&vols, "%s/volumes", dir) == -1)
+      asprintf (&vols, "%s/volumes", dir) == -1 ||
+      asprintf (&snaps, "%s/snapshots", dir) == -1)
     return -1;
   if ((mkdir (packs, 0755) == -1 && errno != EEXIST) ||
-      (mkdir (vols, 0755) == -1 && errno != EEXIST)) {
+      (mkdir (vols, 0755) == -1 && errno != EEXIST) ||
+      (mkdir (snaps, 0755) == -1 && errno != EEXIST)) {
     backend_error ("cas: creating %s: %m", dir);
     return -1;
   }
@@ -217,7 +326,8 @@ cas_store_create (const char *dir, uint32_t blocksize)
   }
   cas_super_encode (&s, buf);
   /* The superblock goes last: a store exists once it is there. */
-  if (cas_fsync_dir (packs) == -1 || cas_fsync_dir (vols) == -1)
+  if (cas_fsync_dir (packs) == -1 || cas_fsync_dir (vols) == -1 ||
+      cas_fsync_dir (snaps) == -1 || cas_fsync_dir (dir) == -1)
     return -1;
   return write_atomic (dir, "superblock", buf, sizeof buf);
 }
@@ -234,12 +344,14 @@ cas_store_open (const char *dir, const struct cas_open_options *opts)
     return NULL;
   st->lockfd = -1;
   pthread_mutex_init (&st->vol_lock, NULL);
+  pthread_mutex_init (&st->admin_lock, NULL);
   st->readonly = opts ? opts->readonly : false;
   st->verify = opts ? opts->verify : CAS_VERIFY_CHECKSUM;
   st->map_cache = opts && opts->map_cache ? opts->map_cache
     : CAS_DEFAULT_MAP_CACHE;
   st->dir = strdup (dir);
   if (st->dir == NULL || asprintf (&st->voldir, "%s/volumes", dir) == -1 ||
+      asprintf (&st->snapdir, "%s/snapshots", dir) == -1 ||
       asprintf (&sbpath, "%s/superblock", dir) == -1 ||
       asprintf (&lockpath, "%s/lock", dir) == -1)
     goto err;
@@ -267,6 +379,9 @@ cas_store_open (const char *dir, const struct cas_open_options *opts)
       backend_error ("cas: locking %s: %m", lockpath);
     goto err;
   }
+  /* A delete or rename that a crash interrupted is finished first. */
+  if (!st->readonly && cas_history_recover (st) == -1)
+    goto err;
   st->cs = cas_packstore_open (dir, st->readonly, st->sb.uuid,
                                opts && opts->rebuild_index
                                ? CAS_PACKSTORE_NO_CACHE : 0);
@@ -281,7 +396,9 @@ cas_store_open (const char *dir, const struct cas_open_options *opts)
       close (st->lockfd);
     free (st->dir);
     free (st->voldir);
+    free (st->snapdir);
     pthread_mutex_destroy (&st->vol_lock);
+    pthread_mutex_destroy (&st->admin_lock);
     free (st);
     errno = saved;
     return NULL;
@@ -307,8 +424,10 @@ cas_store_close (struct cas_store *st)
     r = -1;
   close (st->lockfd);           /* releases the flock */
   pthread_mutex_destroy (&st->vol_lock);
+  pthread_mutex_destroy (&st->admin_lock);
   free (st->dir);
   free (st->voldir);
+  free (st->snapdir);
   free (st);
   return r;
 }
@@ -320,16 +439,30 @@ cas_root_read (struct cas_store *st, const char *name, struct cas_root *r)
 {
   CLEANUP_FREE char *path = NULL;
   uint8_t buf[CAS_ROOT_SIZE];
+  struct cas_name n;
 
-  if (asprintf (&path, "%s/%s", st->voldir, name) == -1)
+  if (cas_name_parse (st, name, &n) == -1 ||
+      (path = cas_root_path (st, &n)) == NULL)
     return -1;
-  if (read_exact (path, "volume root", buf, sizeof buf) == -1) {
-    if (errno == ENOENT)
+  if (read_exact (path, n.is_snapshot ? "snapshot root" : "volume root",
+                  buf, sizeof buf) == -1) {
+    if (errno == ENOENT && n.is_snapshot)
+      backend_error ("cas: volume '%s' has no snapshot named '%s' in store "
+                     "%s", n.volume, n.snap, st->dir);
+    else if (errno == ENOENT)
       backend_error ("cas: no volume named '%s' in store %s", name, st->dir);
     return -1;
   }
   if (cas_root_decode (buf, r) == -1) {
-    backend_error ("cas: volume root %s is unusable", path);
+    backend_error ("cas: %s root %s is unusable",
+                   n.is_snapshot ? "snapshot" : "volume", path);
+    errno = EIO;
+    return -1;
+  }
+  if (r->snapshot != n.is_snapshot) {
+    backend_error ("cas: %s holds a %s root where a %s root belongs", path,
+                   r->snapshot ? "snapshot" : "volume",
+                   n.is_snapshot ? "snapshot" : "volume");
     errno = EIO;
     return -1;
   }
@@ -355,8 +488,8 @@ cmp_str (const void *a, const void *b)
 }
 
 int
-cas_store_list_volumes (struct cas_store *st,
-                        int (*fn) (const char *, void *), void *opaque)
+cas_list_dir (const char *dir, int (*fn) (const char *, void *),
+              void *opaque)
 {
   DIR *d;
   struct dirent *de;
@@ -364,9 +497,11 @@ cas_store_list_volumes (struct cas_store *st,
   size_t n = 0, alloc = 0, i;
   int r = 0;
 
-  d = opendir (st->voldir);
+  d = opendir (dir);
   if (d == NULL) {
-    backend_error ("cas: %s: %m", st->voldir);
+    if (errno == ENOENT)
+      return 0;
+    backend_error ("cas: %s: %m", dir);
     return -1;
   }
   while ((de = readdir (d)) != NULL) {
@@ -402,14 +537,21 @@ cas_store_list_volumes (struct cas_store *st,
 }
 
 int
+cas_store_list_volumes (struct cas_store *st,
+                        int (*fn) (const char *, void *), void *opaque)
+{
+  return cas_list_dir (st->voldir, fn, opaque);
+}
+
+int
 cas_volume_exists (struct cas_store *st, const char *name)
 {
   CLEANUP_FREE char *path = NULL;
+  struct cas_name n;
   struct stat sb;
 
-  if (cas_volume_name_check (name) == -1)
-    return -1;
-  if (asprintf (&path, "%s/%s", st->voldir, name) == -1)
+  if (cas_name_parse (st, name, &n) == -1 ||
+      (path = cas_root_path (st, &n)) == NULL)
     return -1;
   /* lstat: a symbolic link is there (and refused when read), so nothing
    * is ever created through it.
@@ -441,7 +583,7 @@ cas_volume_create (struct cas_store *st, const char *name, uint64_t size)
     errno = EROFS;
     return -1;
   }
-  if (check_size (size) == -1)
+  if (cas_volume_name_check (name) == -1 || check_size (size) == -1)
     return -1;
   e = cas_volume_exists (st, name);
   if (e == -1)
@@ -554,8 +696,9 @@ struct cas_volume *
 cas_volume_open (struct cas_store *st, const char *name)
 {
   struct cas_volume *v;
+  struct cas_name n;
 
-  if (cas_volume_name_check (name) == -1)
+  if (cas_name_parse (st, name, &n) == -1)
     return NULL;
   pthread_mutex_lock (&st->vol_lock);
   for (v = st->vols; v; v = *cas_volume_next (v))

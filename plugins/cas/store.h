@@ -95,13 +95,28 @@ bool cas_store_readonly (const struct cas_store *st);
 /* The chunk store underneath (for the tool: fsck, enumeration). */
 struct chunkstore *cas_store_chunks (struct cas_store *st);
 
-/* ---- Volume names ---- */
+/* ---- Names ---- */
 
-/* 0 if name is usable as a volume (1..255 bytes, no '/', no NUL or
- * control characters (< 0x20, 0x7f), not starting with '.', not ".."),
- * else -1/EINVAL with a message saying why.
+/* 0 if name is usable as a new volume's or snapshot's name (1..255
+ * bytes, no '/', no '@', no NUL or control characters (< 0x20, 0x7f),
+ * not starting with '.', which covers ".."), else -1/EINVAL with a
+ * message saying why.
  */
 int cas_volume_name_check (const char *name);
+int cas_snapshot_name_check (const char *name);
+
+/* What a name given by a client or an admin refers to: a volume "NAME",
+ * or a snapshot "VOLUME@SNAP".  A volume whose name contains '@' (made
+ * before snapshots existed, when that was allowed) is still found by its
+ * whole name.  -1/EINVAL (with a message) for anything else.
+ */
+struct cas_name {
+  char volume[CAS_VOLUME_NAME_MAX + 1];
+  char snap[CAS_VOLUME_NAME_MAX + 1];
+  bool is_snapshot;
+};
+int cas_name_parse (struct cas_store *st, const char *name,
+                    struct cas_name *n);
 
 /* Calls fn(name) for each volume in name order; stops and returns fn's
  * value if non-zero.
@@ -110,7 +125,9 @@ int cas_store_list_volumes (struct cas_store *st,
                             int (*fn) (const char *name, void *opaque),
                             void *opaque);
 
-/* 1 exists, 0 not, -1 error (bad name). */
+/* Whether a volume, or a snapshot (VOLUME@SNAP), exists: 1 exists, 0
+ * not, -1 error (bad name).
+ */
 int cas_volume_exists (struct cas_store *st, const char *name);
 
 /* Create an empty (all-zero) volume of size bytes (1 .. CAS_MAX_VOLUME_
@@ -136,9 +153,70 @@ int cas_volume_resize (struct cas_store *st, const char *name,
 int cas_volume_grow_to (struct cas_store *st, const char *name,
                         uint64_t size, bool create, uint64_t *old_size);
 
+/* ---- History: snapshots, clones, delete, rename (history.c) ---- */
+
+/* The committed root of a volume or a snapshot.  flush: if the volume is
+ * open in this process, flush it first, so that the root holds every
+ * write made to it before the call.
+ */
+int cas_root_get (struct cas_store *st, const char *name, bool flush,
+                  struct cas_root *r);
+
+/* Record a read-only point in time of volume, named VOLUME@SNAP: a copy
+ * of its root (O(1) in the volume's size), taken after flushing it if it
+ * is open here, so that it holds every write acknowledged before the
+ * call.  EEXIST if that snapshot exists.  Durable when it returns.
+ */
+int cas_snapshot_create (struct cas_store *st, const char *volume,
+                         const char *snap);
+
+/* A new writable volume newvol that starts as source (a volume, flushed
+ * first if it is open, or VOLUME@SNAP) and shares every block with it.
+ * O(1).  Writes to either never show in the other.  EEXIST if newvol
+ * exists.  Durable when it returns.
+ */
+int cas_volume_clone (struct cas_store *st, const char *source,
+                      const char *newvol);
+
+/* Delete a snapshot (VOLUME@SNAP), or a volume: one with snapshots only
+ * if recursive (they go with it; else ENOTEMPTY, naming them).  Anything
+ * open (a client is connected to it) is refused: EBUSY, naming it.
+ * Atomic as seen after a crash: done, or not started.
+ */
+int cas_store_delete (struct cas_store *st, const char *name,
+                      bool recursive);
+
+/* Rename a volume (its snapshots follow it: OLD@S becomes NEW@S) or a
+ * snapshot within its volume (VOLUME@A to VOLUME@B).  Refused while
+ * either is open (EBUSY), if new exists (EEXIST).  Atomic as seen after
+ * a crash.
+ */
+int cas_store_rename (struct cas_store *st, const char *old,
+                      const char *new);
+
+/* Calls fn(name) with "VOLUME@SNAP" for each snapshot of volume, in name
+ * order; stops and returns fn's value if non-zero.
+ */
+int cas_store_list_snapshots (struct cas_store *st, const char *volume,
+                              int (*fn) (const char *name, void *opaque),
+                              void *opaque);
+
+/* The blocks whose content differs between two committed roots of this
+ * store (cas_root_get), by comparing their hash trees: the cost is the
+ * changed part, not the size.  fn(offset, length) is called for maximal
+ * runs of changed blocks, in order, in bytes (up to the larger size; a
+ * block past the end of the smaller volume counts as unmapped there).
+ * fn returning non-zero stops (-1 is returned).
+ */
+int cas_diff (struct cas_store *st, const struct cas_root *a,
+              const struct cas_root *b,
+              int (*fn) (uint64_t offset, uint64_t length, void *opaque),
+              void *opaque);
+
 /* ---- Volumes ---- */
 
-/* Open a volume: ENOENT if it does not exist.  All opens of one name in
+/* Open a volume, or a snapshot (VOLUME@SNAP: read-only, writes fail
+ * with EROFS): ENOENT if it does not exist.  All opens of one name in
  * one store share one in-memory volume (refcounted); each open needs one
  * close.  The volume's map is loaded lazily.
  */
@@ -147,6 +225,8 @@ struct cas_volume *cas_volume_open (struct cas_store *st, const char *name);
 void cas_volume_close (struct cas_volume *vol);
 
 const char *cas_volume_name (const struct cas_volume *vol);
+/* A snapshot, or a volume of a read-only store: writes fail (EROFS). */
+bool cas_volume_readonly (const struct cas_volume *vol);
 uint64_t cas_volume_size (const struct cas_volume *vol);
 uint32_t cas_volume_blocksize (const struct cas_volume *vol);
 uint64_t cas_volume_nblocks (const struct cas_volume *vol);

@@ -18,6 +18,7 @@
 struct cas_store {
   char *dir;                    /* const */
   char *voldir;                 /* const: DIR/volumes */
+  char *snapdir;                /* const: DIR/snapshots */
   int lockfd;                   /* const: flock()ed */
   bool readonly;                /* const */
   enum cas_verify verify;       /* const */
@@ -26,15 +27,41 @@ struct cas_store {
   struct chunkstore *cs;        /* const */
   pthread_mutex_t vol_lock;
   struct cas_volume *vols;      /* open volumes (list), under vol_lock */
+  pthread_mutex_t admin_lock;   /* one snapshot/clone/delete/rename at a
+                                   time (history.c) */
 };
 
-/* Read / atomically replace DIR/volumes/NAME (temp file, fsync, rename,
- * fsync of the directory).  read: ENOENT (with a message) if absent.
+/* Where the root of n lives: DIR/volumes/NAME or
+ * DIR/snapshots/VOLUME/SNAP (malloc'ed; NULL: ENOMEM).
+ */
+char *cas_root_path (struct cas_store *st, const struct cas_name *n);
+
+/* Read a root (a volume's, or a snapshot's: NAME is VOLUME@SNAP) /
+ * atomically replace a volume's (temp file, fsync, rename, fsync of the
+ * directory).  read: ENOENT (with a message) if absent.
  */
 int cas_root_read (struct cas_store *st, const char *name,
                    struct cas_root *r);
 int cas_root_write (struct cas_store *st, const char *name,
                     const struct cas_root *r);
+
+/* Write buf to dir/name atomically and durably (temp file, fsync,
+ * rename or, exclusive, link, then fsync of dir).  exclusive: fail with
+ * EEXIST (no message) if name exists.
+ */
+int cas_write_file (const char *dir, const char *name, const void *buf,
+                    size_t len, bool exclusive);
+
+/* fn(name) for each entry of dir not starting with '.', in name order
+ * (an absent dir has none); stops at fn's first non-zero value.
+ */
+int cas_list_dir (const char *dir, int (*fn) (const char *, void *),
+                  void *opaque);
+
+/* history.c: finish a delete or rename that a crash interrupted (called
+ * by a read-write open, with the store lock held).
+ */
+int cas_history_recover (struct cas_store *st);
 
 /* volume.c: load a volume object from its root file (refs = 1), flush
  * and free one.  Called by store.c under vol_lock.

@@ -178,6 +178,7 @@ cas_volume_load (struct cas_store *st, const char *name)
     return NULL;
   vol->refs = 1;
   vol->st = st;
+  vol->readonly = st->readonly || r.snapshot;
   vol->bs = r.blocksize;
   vol->size = r.size;
   vol->nblocks = (r.size + vol->bs - 1) / vol->bs;
@@ -480,7 +481,7 @@ evict_leaves (struct cas_volume *vol, bool wait)
     pthread_mutex_lock (&vol->evict_lock);
   else if (pthread_mutex_trylock (&vol->evict_lock) != 0)
     return;
-  if (!vol->st->readonly)
+  if (!vol->readonly)
     snap = malloc (F * sizeof *snap);   /* none: no write-back */
   i = vol->hand;
   /* Two rounds of the clock at most: the first may only clear bits. */
@@ -623,7 +624,7 @@ cas_volume_flush (struct cas_volume *vol)
   uint64_t i;
   int ret = -1;
 
-  if (vol->st->readonly)
+  if (vol->readonly)
     return 0;
   pthread_mutex_lock (&vol->flush_lock);
   if (!flush_needed (vol)) {

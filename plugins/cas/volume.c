@@ -44,6 +44,7 @@ cas_volume_store (struct cas_volume *vol)
 }
 
 const char *cas_volume_name (const struct cas_volume *v) { return v->name; }
+bool cas_volume_readonly (const struct cas_volume *v) { return v->readonly; }
 uint64_t cas_volume_size (const struct cas_volume *v) { return v->size; }
 uint32_t cas_volume_blocksize (const struct cas_volume *v) { return v->bs; }
 uint64_t cas_volume_nblocks (const struct cas_volume *v) { return v->nblocks; }
@@ -151,8 +152,9 @@ static int
 check_range (struct cas_volume *vol, uint64_t count, uint64_t offset,
              bool write)
 {
-  if (write && vol->st->readonly) {
-    backend_error ("cas: volume %s is read-only", vol->name);
+  if (write && vol->readonly) {
+    backend_error ("cas: %s %s is read-only", strchr (vol->name, '@')
+                   ? "snapshot" : "volume", vol->name);
     errno = EROFS;
     return -1;
   }

@@ -59,6 +59,7 @@ struct cas_volume {
   unsigned refs;                /* under st->vol_lock */
   struct cas_store *st;
   char *name;
+  bool readonly;                /* const: a snapshot (or a read-only store) */
   uint32_t bs;
   uint64_t size, nblocks, nleaves;
   uint32_t depth;

@@ -21,7 +21,7 @@
 static void
 help (void)
 {
-  printf ("Usage: %s create STORE [--size SIZE] [--blocksize N] "
+  tool_printf ("Usage: %s create STORE [--size SIZE] [--blocksize N] "
           "[--volume NAME]\n"
           "Create a cas store in the directory STORE (absent or empty).\n"
           "With --size, also create a volume of SIZE bytes: in a new store,\n"
@@ -36,7 +36,7 @@ help (void)
           "  -n, --volume NAME     volume name (default \"%s\"); needs "
           "--size\n"
           "  -h, --help            this help\n",
-          progname, CAS_DEFAULT_BLOCKSIZE / 1024, DEFAULT_VOLUME);
+          tool_name, CAS_DEFAULT_BLOCKSIZE / 1024, DEFAULT_VOLUME);
 }
 
 /* Block size from the command line: a power of two in range. */
@@ -99,22 +99,23 @@ cmd_create (int argc, char **argv)
   }
   if (!volume)
     volume = DEFAULT_VOLUME;
-  if (have_size && tool_check_name (volume) == -1)
+  if (have_size && tool_check_name (volume, false) == -1)
     return usage_error ("create");
 
-  r = cas_store_exists (dir);
+  /* In a server, STORE is the store it serves. */
+  r = tool_remote () ? 1 : cas_store_exists (dir);
   if (r == -1)
     return EXIT_FAIL;
   if (r == 1 && !have_size) {
     tool_error ("%s already holds a cas store (to add a volume to it: "
-                "%s create %s --size SIZE --volume NAME)", dir, progname,
+                "%s create %s --size SIZE --volume NAME)", dir, tool_name,
                 dir);
     return EXIT_FAIL;
   }
   if (r == 0) {
     if (cas_store_create (dir, blocksize) == -1)
       return EXIT_FAIL;
-    if (verbose)
+    if (tool_verbose)
       tool_info ("created store %s (block size %" PRIu32 ")", dir,
                  blocksize ? blocksize : CAS_DEFAULT_BLOCKSIZE);
   }
@@ -135,7 +136,7 @@ cmd_create (int argc, char **argv)
   }
   if (cas_volume_create (st, volume, size) == -1)
     goto out;
-  if (verbose)
+  if (tool_verbose)
     tool_info ("created volume '%s' of %" PRIu64 " bytes (%s)", volume, size,
                human_size (size, hs));
   ret = EXIT_OK;

@@ -49,7 +49,7 @@ struct scratch {
 static void
 help (void)
 {
-  printf ("Usage: %s export STORE VOLUME FILE [--force] [--threads N]\n"
+  tool_printf ("Usage: %s export STORE VOLUME FILE [--force] [--threads N]\n"
           "Copy VOLUME into the raw file FILE.  A regular file is sparse:\n"
           "unmapped blocks become holes.  FILE may be a block device, or -\n"
           "for stdout.\n"
@@ -60,7 +60,7 @@ help (void)
           "messages)\n"
           "  -h, --help            this help\n"
           "A progress bar is shown on stderr when it is a terminal.\n",
-          progname, default_threads ());
+          tool_name, default_threads ());
 }
 
 /* Collect the extents of one chunk, clipped to it. */
@@ -151,7 +151,8 @@ open_output (struct export *ex, bool force)
   struct stat sb;
 
   if (strcmp (ex->file, "-") == 0) {
-    ex->fd = dup (STDOUT_FILENO);
+    fflush (tool_stdout ());
+    ex->fd = dup (fileno (tool_stdout ()));
     if (ex->fd == -1) {
       tool_error ("stdout: %m");
       return -1;
@@ -159,7 +160,10 @@ open_output (struct export *ex, bool force)
   }
   else {
     int flags = O_WRONLY | O_CREAT | O_CLOEXEC;
-    if (stat (ex->file, &sb) == 0) {
+    /* Relative to the user's directory (a server runs this command in
+     * its own, with the user's as tool_cwdfd).
+     */
+    if (fstatat (tool_cwdfd (), ex->file, &sb, 0) == 0) {
       if (!force) {
         tool_error ("%s already exists (use --force to overwrite it)",
                     ex->file);
@@ -171,7 +175,7 @@ open_output (struct export *ex, bool force)
     }
     else
       flags |= O_EXCL;
-    ex->fd = open (ex->file, flags, 0644);
+    ex->fd = openat (tool_cwdfd (), ex->file, flags, 0644);
     if (ex->fd == -1) {
       tool_error ("%s: %m", ex->file);
       return -1;
@@ -242,7 +246,7 @@ cmd_export (int argc, char **argv)
   dir = argv[optind];
   name = argv[optind + 1];
   ex.file = argv[optind + 2];
-  if (tool_check_name (name) == -1)
+  if (tool_check_name (name, true) == -1)
     return usage_error ("export");
 
   st = tool_open_store (dir, true, CAS_VERIFY_CHECKSUM);
@@ -282,7 +286,7 @@ cmd_export (int argc, char **argv)
     goto out;
   }
   t1 = now_seconds ();
-  if (verbose || isatty (STDERR_FILENO)) {
+  if (tool_verbose || isatty (fileno (tool_stderr ()))) {
     char a[HUMAN_SIZE_LEN], b[HUMAN_SIZE_LEN];
     double secs = t1 - t0 > 1e-6 ? t1 - t0 : 1e-6;
     tool_info ("exported volume '%s' to %s: %s (%s mapped) in %.2f s "
@@ -298,7 +302,7 @@ cmd_export (int argc, char **argv)
   }
   /* A half-written new file would look like a good export. */
   if (ret != EXIT_OK && ex.created)
-    unlink (ex.file);
+    unlinkat (tool_cwdfd (), ex.file, 0);
   if (ex.vol)
     cas_volume_close (ex.vol);
   if (tool_close_store (st) == -1)

@@ -73,7 +73,7 @@ struct fsck {
 static void
 help (void)
 {
-  printf ("Usage: %s fsck STORE [--full] [--repair]\n"
+  tool_printf ("Usage: %s fsck STORE [--full] [--repair]\n"
           "Check STORE: every record's checksums, and that every block of\n"
           "every volume resolves to a readable chunk.  Lost data is named by\n"
           "volume, block and byte range; damaged records by pack and offset.\n"
@@ -87,7 +87,7 @@ help (void)
           "  -v, --verbose         say what is being checked\n"
           "  -h, --help            this help\n"
           "Exit status: 0 no volume lost data, 1 some did, 2 could not "
-          "check.\n", progname);
+          "check.\n", tool_name);
 }
 
 /* The store's message for the problem being reported, if any. */
@@ -219,10 +219,10 @@ print_run (struct fsck *f)
   if (f->quiet)
     return;
   if (r->first == r->last)
-    printf ("volume '%s' block %" PRIu64 " (bytes %" PRIu64 "-%" PRIu64
+    tool_printf ("volume '%s' block %" PRIu64 " (bytes %" PRIu64 "-%" PRIu64
             "): lost: %s\n", f->volume, r->first, lo, hi - 1, r->what);
   else
-    printf ("volume '%s' blocks %" PRIu64 "-%" PRIu64 " (bytes %" PRIu64
+    tool_printf ("volume '%s' blocks %" PRIu64 "-%" PRIu64 " (bytes %" PRIu64
             "-%" PRIu64 ", %s): lost: %s\n", f->volume, r->first, r->last,
             lo, hi - 1, human_size (hi - lo, hs), r->what);
 }
@@ -295,13 +295,13 @@ check_volume (const char *name, void *opaque)
 
   f->volumes++;
   f->msg[0] = '\0';
-  if (verbose && !f->quiet)
+  if (tool_verbose && !f->quiet)
     tool_info ("checking volume '%s'", name);
   vol = cas_volume_open (f->st, name);
   if (vol == NULL) {
     /* A root file that cannot be read is lost data, not a failed check. */
     if (!f->quiet)
-      printf ("volume '%s': lost: its root cannot be read%s\n", name,
+      tool_printf ("volume '%s': lost: its root cannot be read%s\n", name,
               detail (f, d, sizeof d));
     f->bad_volumes++;
     return 0;
@@ -322,10 +322,16 @@ check_volume (const char *name, void *opaque)
     f->lost_volumes++;
     f->lost_blocks += f->vol_lost;
     if (!f->quiet)
-      printf ("volume '%s': %" PRIu64 " of %" PRIu64 " blocks lost (%s)\n",
+      tool_printf ("volume '%s': %" PRIu64 " of %" PRIu64 " blocks lost (%s)\n",
               name, f->vol_lost, f->nblocks,
               human_size (f->vol_lost * f->bs, hs));
   }
+  /* A volume's snapshots are roots too: check each (a volume shares
+   * most nodes with its snapshots, so this mostly re-reads the cache).
+   */
+  if (strchr (name, '@') == NULL &&
+      cas_store_list_snapshots (f->st, name, check_volume, f) != 0)
+    f->failed = true;
   return 0;                     /* go on with the other volumes */
 }
 
@@ -349,16 +355,16 @@ print_damaged (struct fsck *f)
       : "no volume lost data from it";
 
     if (!has_hash)
-      printf ("pack %" PRIu32 " offset %" PRIu64 ": %" PRIu32 " bytes: %s: "
+      tool_printf ("pack %" PRIu32 " offset %" PRIu64 ": %" PRIu32 " bytes: %s: "
               "%s\n", ri->pack, ri->offset, ri->length, f->damaged[i].why,
               verdict);
     else
-      printf ("pack %" PRIu32 " offset %" PRIu64 ": %s record %s: %s: %s\n",
+      tool_printf ("pack %" PRIu32 " offset %" PRIu64 ": %s record %s: %s: %s\n",
               ri->pack, ri->offset, type_name (ri->type),
               cas_hash_hex (&ri->hash, hex), f->damaged[i].why, verdict);
   }
   if (f->damaged_total > f->ndamaged)
-    printf ("... and %" PRIu64 " more damaged records\n",
+    tool_printf ("... and %" PRIu64 " more damaged records\n",
             f->damaged_total - f->ndamaged);
 }
 
@@ -394,16 +400,16 @@ repair (struct fsck *f, const char *dir)
   f->lost_blocks = f->lost_volumes = f->bad_volumes = f->volumes = 0;
   f->nlost = 0;
   check_volumes (f);
-  printf ("%s: repair: %zu damaged records no longer used; %" PRIu64
+  tool_printf ("%s: repair: %zu damaged records no longer used; %" PRIu64
           " of %" PRIu64 " lost blocks healed from other copies\n", dir,
           f->ndamaged, before - f->lost_blocks, before);
   if (f->lost_volumes || f->bad_volumes) {
     f->quiet = false;
-    printf ("%s: still lost after repair (no good copy in the store):\n",
+    tool_printf ("%s: still lost after repair (no good copy in the store):\n",
             dir);
     f->lost_blocks = f->lost_volumes = f->bad_volumes = f->volumes = 0;
     check_volumes (f);
-    printf ("%s: to heal them, write the same data again (a write that "
+    tool_printf ("%s: to heal them, write the same data again (a write that "
             "finds its chunk only damaged stores a good copy): nbdcas "
             "import the original image, or restore it through NBD\n", dir);
   }
@@ -454,18 +460,18 @@ cmd_fsck (int argc, char **argv)
   switch (cas_packstore_check_cache (cas_store_chunks (f.st), why,
                                      sizeof why)) {
   case 0:
-    printf ("index cache: not usable (%s): it is only a cache; the next "
+    tool_printf ("index cache: not usable (%s): it is only a cache; the next "
             "read-write open rebuilds it%s\n", why,
             f.repair ? " (--repair does now)" : "");
     break;
   case 1:
-    if (verbose)
+    if (tool_verbose)
       tool_info ("index cache: usable");
     break;
   }
 
   tool_capture (f.msg, sizeof f.msg);
-  if (verbose)
+  if (tool_verbose)
     tool_info ("checking %" PRIu64 " records in %" PRIu64 " packs (%s)",
                ss.chunks.chunks, ss.chunks.packs,
                f.full ? "CRC32C and SHA-256" : "CRC32C");
@@ -486,7 +492,7 @@ cmd_fsck (int argc, char **argv)
 
   problems = f.lost_volumes + f.bad_volumes;
   if (f.failed)
-    printf ("%s: check incomplete: %" PRIu64 " volume%s lost data so far\n",
+    tool_printf ("%s: check incomplete: %" PRIu64 " volume%s lost data so far\n",
             dir, problems, problems == 1 ? "" : "s");
   else if (problems == 0) {
     char skipped[120] = "";
@@ -494,14 +500,14 @@ cmd_fsck (int argc, char **argv)
       snprintf (skipped, sizeof skipped, "; %" PRIu64 " damaged record%s "
                 "no volume needs", f.damaged_total,
                 f.damaged_total == 1 ? "" : "s");
-    printf ("%s: clean: %" PRIu64 " chunks in %" PRIu64 " packs, %" PRIu64
+    tool_printf ("%s: clean: %" PRIu64 " chunks in %" PRIu64 " packs, %" PRIu64
             " volumes checked (%s)%s\n", dir, ss.chunks.chunks,
             ss.chunks.packs, f.volumes,
             f.full ? "checksums and SHA-256" : "checksums", skipped);
   }
   else {
     char hs[HUMAN_SIZE_LEN];
-    printf ("%s: %" PRIu64 " problem%s: %" PRIu64 " volume%s lost %" PRIu64
+    tool_printf ("%s: %" PRIu64 " problem%s: %" PRIu64 " volume%s lost %" PRIu64
             " blocks (%s), %" PRIu64 " volume root%s unreadable, %" PRIu64
             " damaged record%s\n", dir, problems, problems == 1 ? "" : "s",
             f.lost_volumes, f.lost_volumes == 1 ? "" : "s", f.lost_blocks,
@@ -524,6 +530,6 @@ cmd_fsck (int argc, char **argv)
   free (f.damaged);
   free (f.by_hash);
   free (f.lost);
-  fflush (stdout);
+  fflush (tool_stdout ());
   return ret;
 }

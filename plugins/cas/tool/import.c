@@ -52,7 +52,7 @@ struct import {
 static void
 help (void)
 {
-  printf ("Usage: %s import STORE VOLUME IMAGE [--create] [--size SIZE] "
+  tool_printf ("Usage: %s import STORE VOLUME IMAGE [--create] [--size SIZE] "
           "[--threads N]\n"
           "Copy the raw image IMAGE (a file or block device) into VOLUME.\n"
           "Identical blocks are stored once; zero blocks and holes are not\n"
@@ -71,7 +71,7 @@ help (void)
           "messages)\n"
           "  -h, --help            this help\n"
           "A progress bar is shown on stderr when it is a terminal.\n",
-          progname, default_threads ());
+          tool_name, default_threads ());
 }
 
 /* Read exactly len bytes at off (the image must not shrink meanwhile). */
@@ -313,12 +313,12 @@ import_failed (struct import *im, const char *dir, const char *name,
                 "To finish, make room if needed and run again: %s import "
                 "%s %s %s", name, why,
                 create ? "reads as zeros" : "still holds its old data",
-                progname, dir, name, im->image);
+                tool_name, dir, name, im->image);
   else
     tool_error ("import into volume '%s' stopped: %s.  Nothing of this "
                 "import could be kept: the volume is as it was before%s.  "
                 "Make room and run again: %s import %s %s %s", name, why,
-                create ? " (empty)" : "", progname, dir, name, im->image);
+                create ? " (empty)" : "", tool_name, dir, name, im->image);
 }
 
 int
@@ -372,8 +372,19 @@ cmd_import (int argc, char **argv)
                 "volume keeps its size, or grows to the image's)");
     return usage_error ("import");
   }
-  if (tool_check_name (name) == -1)
+  if (tool_check_name (name, false) == -1)
     return usage_error ("import");
+  if (tool_remote ()) {
+    /* A server holds the store and serves its volumes: two writers of
+     * one volume would lose writes, and the server's clients must see
+     * what is written.
+     */
+    tool_error ("import: store %s is being served: write the image into "
+                "the volume through NBD instead (for example: nbdcopy %s "
+                "'nbd+unix:///%s?socket=SOCKET'), or stop the server first",
+                dir, image, name);
+    return EXIT_FAIL;
+  }
 
   /* The image first: a typo there should not touch the store. */
   fd = open (image, O_RDONLY | O_CLOEXEC);
@@ -482,7 +493,7 @@ cmd_import (int argc, char **argv)
   if (cas_store_stat (st, &after) == -1)
     goto out;
 
-  if (verbose || isatty (STDERR_FILENO)) {
+  if (tool_verbose || isatty (fileno (tool_stderr ()))) {
     char a[HUMAN_SIZE_LEN], b[HUMAN_SIZE_LEN];
     double secs = t1 - t0 > 1e-6 ? t1 - t0 : 1e-6;
     uint64_t grown = after.chunks.stored_bytes - before.chunks.stored_bytes;

@@ -2,7 +2,9 @@
  *
  * One line per volume, in name order: the name, the size in bytes and
  * the size for humans, tab-separated (names cannot hold tabs: control
- * characters are refused by cas_volume_name_check).
+ * characters are refused by cas_volume_name_check); after each volume a
+ * line per snapshot, VOLUME@SNAP, with a fourth field: when it was taken
+ * (UTC, ISO 8601).
  */
 #include <config.h>
 
@@ -23,37 +25,49 @@ struct list {
 static void
 help (void)
 {
-  printf ("Usage: %s list STORE [--json]\n"
+  tool_printf ("Usage: %s list STORE [--json]\n"
           "List the volumes of STORE: name, size in bytes, size.\n"
           "\n"
           "  --json                print a JSON array of objects\n"
-          "  -h, --help            this help\n", progname);
+          "  -h, --help            this help\n", tool_name);
 }
 
 static int
 one (const char *name, void *opaque)
 {
   struct list *l = opaque;
-  struct cas_volume *vol;
-  char hs[HUMAN_SIZE_LEN];
-  uint64_t size;
+  struct cas_root r;
+  char hs[HUMAN_SIZE_LEN], when[32] = "";
 
-  vol = cas_volume_open (l->st, name);
-  if (vol == NULL) {
+  /* The committed root: what the store holds now (a volume a server has
+   * open is flushed first, so it is up to date).
+   */
+  if (cas_root_get (l->st, name, true, &r) == -1) {
     /* The message is out; list the others (and fail at the end). */
     l->bad++;
     return 0;
   }
-  size = cas_volume_size (vol);
-  cas_volume_close (vol);
+  if (r.snapshot)
+    iso_time (r.mtime, when);
   if (l->json) {
-    printf ("%s\n  { \"name\": ", l->n ? "," : "");
-    json_string (stdout, name);
-    printf (", \"size\": %" PRIu64 " }", size);
+    tool_printf ("%s\n  { \"name\": ", l->n ? "," : "");
+    json_string (tool_stdout (), name);
+    tool_printf (", \"size\": %" PRIu64, r.size);
+    if (r.snapshot)
+      tool_printf (", \"snapshot\": true, \"created\": \"%s\"", when);
+    tool_printf (" }");
   }
+  else if (r.snapshot)
+    tool_printf ("%s\t%" PRIu64 "\t%s\t%s\n", name, r.size,
+                 human_size (r.size, hs), when);
   else
-    printf ("%s\t%" PRIu64 "\t%s\n", name, size, human_size (size, hs));
+    tool_printf ("%s\t%" PRIu64 "\t%s\n", name, r.size,
+                 human_size (r.size, hs));
   l->n++;
+  /* Its snapshots follow it. */
+  if (!r.snapshot && strchr (name, '@') == NULL &&
+      cas_store_list_snapshots (l->st, name, one, l) != 0)
+    return -1;
   return 0;
 }
 
@@ -81,11 +95,11 @@ cmd_list (int argc, char **argv)
   if (l.st == NULL)
     goto out;
   if (l.json)
-    printf ("[");
+    tool_printf ("[");
   if (cas_store_list_volumes (l.st, one, &l) != 0)
     goto out;
   if (l.json)
-    printf ("%s]\n", l.n ? "\n" : "");
+    tool_printf ("%s]\n", l.n ? "\n" : "");
   ret = l.bad ? EXIT_FAIL : EXIT_OK;
  out:
   if (tool_close_store (l.st) == -1)

@@ -25,8 +25,51 @@
 #define EXIT_FAIL     1   /* the command failed; fsck: problems found */
 #define EXIT_USAGE    2   /* bad command line; fsck: could not check */
 
-extern bool verbose;
-extern const char *progname;
+extern bool tool_verbose;
+extern const char *tool_name;
+
+/* Run an nbdcas command line (argv[0] is the program's name): the global
+ * options, then the command.  Returns the exit status.  Not reentrant
+ * (getopt, tool_verbose): a server runs one at a time.
+ */
+int tool_run (int argc, char **argv);
+
+/* Where a command runs.  In the nbdcas program, no context is set: the
+ * process's stdout and stderr, its working directory, and stores opened
+ * by the command itself.  A server running a command for a remote nbdcas
+ * (control.c) sets one for the thread: that nbdcas's stdout, stderr and
+ * working directory (received as file descriptors), and the store the
+ * server already holds, which tool_open_store then returns.
+ */
+struct tool_ctx {
+  FILE *out, *err;
+  int cwdfd;                    /* for relative paths: openat() */
+  struct cas_store *store;
+};
+void tool_set_ctx (const struct tool_ctx *ctx);    /* NULL: the process's */
+const struct tool_ctx *tool_get_ctx (void);
+FILE *tool_stdout (void);
+FILE *tool_stderr (void);
+int tool_cwdfd (void);
+/* True while the command runs in a server for a remote nbdcas. */
+bool tool_remote (void);
+/* printf to tool_stdout(). */
+int tool_printf (const char *fmt, ...) __attribute__ ((format (printf, 1, 2)));
+
+/* A message of the store (backend_error: error, backend_debug: not)
+ * during a command: printed as the command's, or captured.
+ */
+void tool_store_message (bool error, const char *msg);
+
+/* The nbdcas program: if a server holds the store that argv's command
+ * works on, run the command there, through the store's control socket
+ * (remote.c).  Called from tool_open_store; argv is the whole command
+ * line, kept by main.  Returns only if the command is to run here.
+ */
+extern int tool_argc;
+extern char **tool_argv;
+extern bool tool_stale_socket;
+void tool_remote_forward (const char *store);
 
 /* Subcommands. */
 int cmd_create (int argc, char **argv);
@@ -35,6 +78,11 @@ int cmd_export (int argc, char **argv);
 int cmd_list (int argc, char **argv);
 int cmd_stat (int argc, char **argv);
 int cmd_fsck (int argc, char **argv);
+int cmd_snapshot (int argc, char **argv);
+int cmd_clone (int argc, char **argv);
+int cmd_delete (int argc, char **argv);
+int cmd_rename (int argc, char **argv);
+int cmd_diff (int argc, char **argv);
 
 /* Messages on stderr, "nbdcas: " prefixed, clearing any progress bar. */
 void tool_error (const char *fmt, ...) __attribute__ ((format (printf, 1, 2)));
@@ -52,7 +100,7 @@ void tool_capture (char *buf, size_t len);
 int usage_error (const char *cmd);
 
 /* getopt_long for the subcommand cmd, doing what every subcommand does
- * with -h (print help (), exit 0), -v (set verbose) and an unknown option
+ * with -h (print help (), exit 0), -v (set tool_verbose) and an unknown option
  * or missing argument (a usage error).  Returns the next of the command's
  * own options, 0 at the end of the options (optind: the first argument),
  * or -1 when the command must return *status at once.
@@ -86,8 +134,10 @@ struct cas_store *tool_open_store_opts (const char *dir, bool readonly,
 /* Close and report a failure to persist: 0 or -1. */
 int tool_close_store (struct cas_store *st);
 
-/* Check a volume name from the command line: 0 or -1 (reported). */
-int tool_check_name (const char *name);
+/* Check a name from the command line: a volume name, or with snapshot_ok
+ * also VOLUME@SNAP: 0 or -1 (reported).
+ */
+int tool_check_name (const char *name, bool snapshot_ok);
 
 /* Parse a size ("10G", "4096") into *r, in [1, CAS_MAX_VOLUME_SIZE]. */
 int tool_parse_size (const char *opt, const char *value, uint64_t *r);
@@ -106,6 +156,9 @@ int tool_flush_stdout (void);
 
 /* Write s as a JSON string literal (quoted, escaped) to fp. */
 void json_string (FILE *fp, const char *s);
+
+/* "2026-12-03T08:30:00Z": t (seconds since the epoch) in UTC. */
+void iso_time (uint64_t t, char buf[32]);
 
 /* Seconds since some fixed point (CLOCK_MONOTONIC). */
 double now_seconds (void);

@@ -38,7 +38,7 @@ void
 progress_clear_locked (void)
 {
   if (bar_visible) {
-    fputs ("\r\033[K", stderr);
+    fputs ("\r\033[K", tool_stderr ());
     bar_visible = false;
   }
 }
@@ -51,7 +51,7 @@ progress_start (const char *what, uint64_t total)
 {
   struct progress *p;
 
-  if (!isatty (STDERR_FILENO))
+  if (!isatty (fileno (tool_stderr ())))
     return NULL;
   p = calloc (1, sizeof *p);
   if (p == NULL)
@@ -82,7 +82,7 @@ draw (struct progress *p, double t)
   int width = 30, i, fill;
 
   /* Narrow terminals get a shorter bar rather than a wrapped line. */
-  if (ioctl (STDERR_FILENO, TIOCGWINSZ, &ws) == 0 && ws.ws_col > 0 &&
+  if (ioctl (fileno (tool_stderr ()), TIOCGWINSZ, &ws) == 0 && ws.ws_col > 0 &&
       ws.ws_col < 90)
     width = ws.ws_col > 70 ? (int) ws.ws_col - 60 : 10;
   if (frac > 1)
@@ -96,10 +96,10 @@ draw (struct progress *p, double t)
     snprintf (eta, sizeof eta, " ETA %u:%02u", s / 60, s % 60);
   }
   output_lock ();
-  fprintf (stderr, "\r\033[K%s [%s] %3.0f%% %s / %s  %.0f MB/s%s",
+  fprintf (tool_stderr (), "\r\033[K%s [%s] %3.0f%% %s / %s  %.0f MB/s%s",
            p->what, bar, frac * 100, human_size (done, d),
            human_size (p->total, tot), rate / 1e6, eta);
-  fflush (stderr);
+  fflush (tool_stderr ());
   bar_visible = true;
   output_unlock ();
 }
@@ -127,7 +127,7 @@ progress_end (struct progress *p)
     return;
   output_lock ();
   progress_clear_locked ();
-  fflush (stderr);
+  fflush (tool_stderr ());
   output_unlock ();
   free (p);
 }
@@ -140,6 +140,7 @@ struct run {
   _Atomic uint64_t next;        /* next chunk to take */
   _Atomic bool failed;          /* a chunk failed: everyone stops */
   _Atomic unsigned running;     /* threads not finished yet */
+  const struct tool_ctx *ctx;   /* the caller's: where messages go */
 };
 
 static void *
@@ -147,8 +148,10 @@ run_thread (void *opaque)
 {
   struct run *r = opaque;
   const struct chunk_job *job = r->job;
-  CLEANUP_FREE void *scratch = calloc (1, job->scratch_size);
+  CLEANUP_FREE void *scratch = NULL;
 
+  tool_set_ctx (r->ctx);        /* output and messages as the caller's */
+  scratch = calloc (1, job->scratch_size);
   if (scratch == NULL) {
     tool_error ("%s: out of memory", job->cmd);
     atomic_store (&r->failed, true);
@@ -166,6 +169,7 @@ run_thread (void *opaque)
     }
     progress_add (r->progress, len);
   }
+  tool_set_ctx (NULL);
   atomic_fetch_sub (&r->running, 1);
   return NULL;
 }
@@ -178,6 +182,7 @@ progress_run_chunks (const struct chunk_job *job)
   struct run r = {
     .job = job,
     .nchunks = (job->size + job->chunk - 1) / job->chunk,
+    .ctx = tool_get_ctx (),
   };
   int err;
 

@@ -37,14 +37,14 @@ struct totals {
 static void
 help (void)
 {
-  printf ("Usage: %s stat STORE [VOLUME] [--json]\n"
+  tool_printf ("Usage: %s stat STORE [VOLUME] [--json]\n"
           "Show space use of STORE (logical, mapped and stored bytes, dedup\n"
           "ratio, packs, chunks, index memory, and a line per volume), or of\n"
           "one VOLUME.  A volume that cannot be read is shown as damaged\n"
           "(exit status 1); run nbdcas fsck to see what was lost.\n"
           "\n"
           "  --json                print one JSON object\n"
-          "  -h, --help            this help\n", progname);
+          "  -h, --help            this help\n", tool_name);
 }
 
 static int
@@ -130,9 +130,9 @@ stat_store (struct cas_store *st, const char *dir, bool json)
       cas_store_list_volumes (st, add_volume, &t) != 0)
     goto out;
   if (json) {
-    printf ("{\n  \"store\": ");
-    json_string (stdout, dir);
-    printf (",\n  \"format_version\": %d,\n"
+    tool_printf ("{\n  \"store\": ");
+    json_string (tool_stdout (), dir);
+    tool_printf (",\n  \"format_version\": %d,\n"
             "  \"block_size\": %" PRIu32 ",\n"
             "  \"volumes\": %" PRIu64 ",\n"
             "  \"damaged_volumes\": %u,\n"
@@ -143,11 +143,11 @@ stat_store (struct cas_store *st, const char *dir, bool json)
             CAS_FORMAT_VERSION, ss.blocksize, ss.volumes, t.broken, t.size,
             t.mapped_bytes, t.mapped_blocks, cs->stored_bytes);
     if (cs->stored_bytes)
-      printf ("  \"dedup_ratio\": %.4f,\n",
+      tool_printf ("  \"dedup_ratio\": %.4f,\n",
               (double) t.mapped_bytes / cs->stored_bytes);
     else
-      printf ("  \"dedup_ratio\": null,\n");
-    printf ("  \"packs\": %" PRIu64 ",\n"
+      tool_printf ("  \"dedup_ratio\": null,\n");
+    tool_printf ("  \"packs\": %" PRIu64 ",\n"
             "  \"chunks\": %" PRIu64 ",\n"
             "  \"map_nodes\": %" PRIu64 ",\n"
             "  \"index_bytes\": %" PRIu64 ",\n"
@@ -157,53 +157,53 @@ stat_store (struct cas_store *st, const char *dir, bool json)
             cs->index_slots);
     for (i = 0; i < t.nrows; i++) {
       const struct vol_row *row = &t.rows[i];
-      printf ("%s\n    { \"name\": ", i ? "," : "");
-      json_string (stdout, row->name);
+      tool_printf ("%s\n    { \"name\": ", i ? "," : "");
+      json_string (tool_stdout (), row->name);
       if (row->ok)
-        printf (", \"ok\": true, \"size\": %" PRIu64 ", \"mapped_bytes\": %"
+        tool_printf (", \"ok\": true, \"size\": %" PRIu64 ", \"mapped_bytes\": %"
                 PRIu64 " }", row->vs.size, row->vs.mapped_bytes);
       else {
-        printf (", \"ok\": false, \"error\": ");
-        json_string (stdout, row->error);
-        printf (" }");
+        tool_printf (", \"ok\": false, \"error\": ");
+        json_string (tool_stdout (), row->error);
+        tool_printf (" }");
       }
     }
-    printf ("%s]\n}\n", t.nrows ? "\n  " : "");
+    tool_printf ("%s]\n}\n", t.nrows ? "\n  " : "");
     r = t.broken ? -1 : 0;
     goto out;
   }
-  printf ("store:          %s\n", dir);
-  printf ("format version: %d\n", CAS_FORMAT_VERSION);
-  printf ("block size:     %s\n", bytes (ss.blocksize, b, sizeof b));
-  printf ("volumes:        %" PRIu64, ss.volumes);
+  tool_printf ("store:          %s\n", dir);
+  tool_printf ("format version: %d\n", CAS_FORMAT_VERSION);
+  tool_printf ("block size:     %s\n", bytes (ss.blocksize, b, sizeof b));
+  tool_printf ("volumes:        %" PRIu64, ss.volumes);
   if (t.broken)
-    printf (" (%u damaged: not counted below)", t.broken);
-  printf ("\n");
-  printf ("logical size:   %s\n", bytes (t.size, b, sizeof b));
-  printf ("mapped bytes:   %s\n", bytes (t.mapped_bytes, b, sizeof b));
-  printf ("stored bytes:   %s\n", bytes (cs->stored_bytes, b, sizeof b));
+    tool_printf (" (%u damaged: not counted below)", t.broken);
+  tool_printf ("\n");
+  tool_printf ("logical size:   %s\n", bytes (t.size, b, sizeof b));
+  tool_printf ("mapped bytes:   %s\n", bytes (t.mapped_bytes, b, sizeof b));
+  tool_printf ("stored bytes:   %s\n", bytes (cs->stored_bytes, b, sizeof b));
   if (cs->stored_bytes)
-    printf ("dedup ratio:    %.2f\n",
+    tool_printf ("dedup ratio:    %.2f\n",
             (double) t.mapped_bytes / cs->stored_bytes);
   else
-    printf ("dedup ratio:    -\n");
-  printf ("packs:          %" PRIu64 "\n", cs->packs);
-  printf ("chunks:         %" PRIu64 " (%" PRIu64 " map nodes)\n",
+    tool_printf ("dedup ratio:    -\n");
+  tool_printf ("packs:          %" PRIu64 "\n", cs->packs);
+  tool_printf ("chunks:         %" PRIu64 " (%" PRIu64 " map nodes)\n",
           cs->chunks, t.map_nodes);
-  printf ("index memory:   %s", bytes (cs->index_bytes, b, sizeof b));
+  tool_printf ("index memory:   %s", bytes (cs->index_bytes, b, sizeof b));
   if (cs->chunks)
-    printf (", %.1f bytes per chunk", (double) cs->index_bytes / cs->chunks);
-  printf ("\n");
+    tool_printf (", %.1f bytes per chunk", (double) cs->index_bytes / cs->chunks);
+  tool_printf ("\n");
   if (t.nrows)
-    printf ("\n%-24s %12s %12s  %s\n", "VOLUME", "SIZE", "MAPPED", "STATUS");
+    tool_printf ("\n%-24s %12s %12s  %s\n", "VOLUME", "SIZE", "MAPPED", "STATUS");
   for (i = 0; i < t.nrows; i++) {
     const struct vol_row *row = &t.rows[i];
     if (row->ok)
-      printf ("%-24s %12s %12s  ok\n", row->name,
+      tool_printf ("%-24s %12s %12s  ok\n", row->name,
               human_size (row->vs.size, h1),
               human_size (row->vs.mapped_bytes, h2));
     else
-      printf ("%-24s %12s %12s  DAMAGED: %s\n", row->name, "-", "-",
+      tool_printf ("%-24s %12s %12s  DAMAGED: %s\n", row->name, "-", "-",
               row->error);
   }
   r = t.broken ? -1 : 0;
@@ -233,9 +233,9 @@ stat_volume (struct cas_store *st, const char *name, bool json)
   }
   cas_hash_hex (&vs.root, hex);
   if (json) {
-    printf ("{\n  \"volume\": ");
-    json_string (stdout, name);
-    printf (",\n  \"size\": %" PRIu64 ",\n"
+    tool_printf ("{\n  \"volume\": ");
+    json_string (tool_stdout (), name);
+    tool_printf (",\n  \"size\": %" PRIu64 ",\n"
             "  \"block_size\": %" PRIu32 ",\n"
             "  \"blocks\": %" PRIu64 ",\n"
             "  \"mapped_blocks\": %" PRIu64 ",\n"
@@ -247,16 +247,16 @@ stat_volume (struct cas_store *st, const char *name, bool json)
             vs.map_nodes, vs.generation, hex);
     return 0;
   }
-  printf ("volume:         %s\n", name);
-  printf ("size:           %s\n", bytes (vs.size, b, sizeof b));
-  printf ("block size:     %s\n", bytes (bs, b, sizeof b));
-  printf ("blocks:         %" PRIu64 "\n", vs.blocks);
-  printf ("mapped blocks:  %" PRIu64 " (%.1f%%)\n", vs.mapped_blocks,
+  tool_printf ("volume:         %s\n", name);
+  tool_printf ("size:           %s\n", bytes (vs.size, b, sizeof b));
+  tool_printf ("block size:     %s\n", bytes (bs, b, sizeof b));
+  tool_printf ("blocks:         %" PRIu64 "\n", vs.blocks);
+  tool_printf ("mapped blocks:  %" PRIu64 " (%.1f%%)\n", vs.mapped_blocks,
           vs.blocks ? 100.0 * vs.mapped_blocks / vs.blocks : 0);
-  printf ("mapped bytes:   %s\n", bytes (vs.mapped_bytes, b, sizeof b));
-  printf ("map nodes:      %" PRIu64 "\n", vs.map_nodes);
-  printf ("generation:     %" PRIu64 "\n", vs.generation);
-  printf ("root:           %s\n", cas_hash_is_zero (&vs.root) ? "(empty)"
+  tool_printf ("mapped bytes:   %s\n", bytes (vs.mapped_bytes, b, sizeof b));
+  tool_printf ("map nodes:      %" PRIu64 "\n", vs.map_nodes);
+  tool_printf ("generation:     %" PRIu64 "\n", vs.generation);
+  tool_printf ("root:           %s\n", cas_hash_is_zero (&vs.root) ? "(empty)"
           : hex);
   return 0;
 }
@@ -286,7 +286,7 @@ cmd_stat (int argc, char **argv)
   else if (want_args ("stat", argc, argv, optind, 1, "STORE [VOLUME]") == -1)
     return usage_error ("stat");
   dir = argv[optind];
-  if (name && tool_check_name (name) == -1)
+  if (name && tool_check_name (name, true) == -1)
     return usage_error ("stat");
 
   st = tool_open_store (dir, true, CAS_VERIFY_CHECKSUM);
