@@ -216,11 +216,12 @@ ff_config_complete (void)
     goto bad_type;
   }
 
-  /* Open read-write unless told not to; a file we may only read (mode,
+  /* Open read-write unless told not to (readonly=true, or a read-only
+   * server: nbdkit -r, minnbd -r); a file we may only read (mode,
    * read-only mount, immutable) is served read-only rather than refused,
    * as nbdkit's file plugin does.
    */
-  fd_writable = !readonly_param;
+  fd_writable = !readonly_param && !backend_server_readonly ();
   fd = open (filename, flags | (fd_writable ? O_RDWR : O_RDONLY));
   if (fd == -1 && fd_writable &&
       (errno == EACCES || errno == EROFS || errno == EPERM ||
@@ -276,9 +277,11 @@ ff_config_complete (void)
 
   if (fd_size () == -1)
     goto err;
-  backend_debug ("flatfile: serving %s (%s, %s)", filename,
+  backend_debug ("flatfile: serving %s (%s, %s%s)", filename,
                  is_block ? "block device" : "regular file",
-                 fd_writable ? "read-write" : "read-only");
+                 fd_writable ? "read-write" : "read-only",
+                 backend_server_readonly () ? ": the server is read-only"
+                 : readonly_param ? ": readonly=true" : "");
   return 0;
 
  bad_type:
