@@ -317,6 +317,11 @@ daemonize (void)
   }
   close (pfd[0]);
   setsid ();
+  /* As nbdkit does: a daemon keeps no directory busy.  Every path was
+   * made absolute when it was parsed (-U, -P, the backends' parameters).
+   */
+  if (chdir ("/") == -1)
+    log_error ("chdir /: %m");
   /* A daemon keeps no terminal or pipe of its caller open (a caller
    * reading our output would wait forever); messages go to syslog.
    */
@@ -399,6 +404,7 @@ main (int argc, char **argv)
   int c, nfds, port = 0, wake[2], ready_fd = -1;
   int *fds = NULL;
   char *unix_path = NULL, *tmpdir = NULL;
+  char *unix_socket_abs = NULL, *pidfile_abs = NULL;
   uint64_t u;
   pid_t parent = getppid ();
   bool activated;
@@ -416,7 +422,15 @@ main (int argc, char **argv)
        */
       if (optarg[0] == '\0')
         bad_usage ("-U: empty socket path: give a path, or - for a private one");
-      opts.unix_socket = optarg;
+      /* Absolute: a daemon runs in / (and removes the socket on exit). */
+      free (unix_socket_abs);
+      unix_socket_abs = NULL;
+      if (strcmp (optarg, "-") == 0)
+        opts.unix_socket = optarg;
+      else if (parse_path ("-U", optarg, &unix_socket_abs) == -1)
+        exit (1);
+      else
+        opts.unix_socket = unix_socket_abs;
       break;
     case 'p':
       if (parse_uint ("-p", optarg, 0, 65535, &u) == -1)
@@ -442,7 +456,12 @@ main (int argc, char **argv)
         exit (1);
       opts.threads = u;
       break;
-    case 'P': opts.pidfile = optarg; break;
+    case 'P':
+      free (pidfile_abs);
+      if (parse_path ("-P", optarg, &pidfile_abs) == -1)
+        exit (1);
+      opts.pidfile = pidfile_abs;
+      break;
     case 'v': opts.verbose = true; break;
     case 'V': printf ("minnbd %s\n", PACKAGE_VERSION); exit (0);
     case OPT_RUN: opts.run = optarg; break;
@@ -539,6 +558,8 @@ main (int argc, char **argv)
   free (unix_path);
   free (tmpdir);
   free (fds);
+  free (unix_socket_abs);
+  free (pidfile_abs);
   if (B->unload)
     B->unload ();
   debug ("exiting");

@@ -7,8 +7,8 @@
  * fdatasync on it makes every connection's writes durable, which is what
  * makes can_multi_conn true.  A plain descriptor survives the fork of a
  * daemonizing front end; it is close-on-exec so --run children do not
- * inherit it.  The path is not used again after config_complete, so a
- * front end that chdir("/")s after config does no harm.
+ * inherit it.  file= is made absolute when parsed (parse_path), as
+ * every path parameter is: a daemonizing front end chdir("/")s.
  *
  * Thread safety: PARALLEL.  After config_complete the only shared mutable
  * state is a few "the kernel said EOPNOTSUPP" flags, relaxed atomics that
@@ -117,12 +117,10 @@ ff_config (const char *key, const char *value)
       errno = EINVAL;
       return -1;
     }
-    filename = strdup (value);
-    if (filename == NULL) {
-      backend_error ("flatfile: strdup: %m");
-      return -1;
-    }
-    return 0;
+    /* Absolute from here on: every message names the file unambiguously
+     * whatever directory the server later runs in.
+     */
+    return parse_path ("flatfile: file", value, &filename);
   }
   if (strcmp (key, "readonly") == 0)
     return parse_bool ("readonly", value, &readonly_param);
