@@ -538,6 +538,7 @@ conn_serve (int rfd, int wfd, bool is_socket)
   static atomic_ulong next_id;
   pthread_mutexattr_t ma;
   struct conn *c;
+  bool ok;
 
   c = calloc (1, sizeof *c);
   if (c == NULL || (c->rbuf = malloc (READ_BUFFER_SIZE)) == NULL) {
@@ -561,14 +562,12 @@ conn_serve (int rfd, int wfd, bool is_socket)
   pthread_cond_init (&c->qcond, NULL);
   pthread_cond_init (&c->done_cond, NULL);
 
-  if (connection_register (c) == -1) {
-    log_error ("too many connections (%d): refusing one", MAX_CONNECTIONS);
-    conn_free (c);
-    goto close_fds;
-  }
+  connection_register (c);
   debug ("conn %lu: new connection", c->id);
 
-  if (handshake (c) == 0)
+  ok = handshake (c) == 0;
+  connection_handshake_done (c);
+  if (ok)
     transmission (c);
 
   /* Join the workers before touching the handle. */

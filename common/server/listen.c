@@ -15,6 +15,8 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
+#include <stdint.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -35,7 +37,16 @@
 static pthread_mutex_t reg_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t reg_cond = PTHREAD_COND_INITIALIZER;
 static struct conn *reg_head;
-static unsigned reg_count;
+/* Connection threads started and not yet finished (a thread holds its
+ * slot from before it exists until after its connection is gone, so
+ * connections_wait never misses one that is just starting).
+ */
+static unsigned reg_slots;
+/* Connections still in the handshake with a deadline, oldest first:
+ * every deadline is its connection's start plus the same timeout, so the
+ * head always expires first.
+ */
+static struct conn *hs_head, *hs_tail;
 static int wake_fd = -1;        /* write end of the main wake-up pipe */
 bool listen_activated;
 
@@ -57,36 +68,108 @@ wake_main (void)
   errno = saved;
 }
 
+static int64_t
+now_ms (void)
+{
+  struct timespec ts;
+
+  clock_gettime (CLOCK_MONOTONIC, &ts);
+  return ts.tv_sec * INT64_C (1000) + ts.tv_nsec / 1000000;
+}
+
+/* Called with reg_lock held. */
+static void
+hs_remove_locked (struct conn *c)
+{
+  if (!c->hs_listed)
+    return;
+  if (c->hs_prev)
+    c->hs_prev->hs_next = c->hs_next;
+  else
+    hs_head = c->hs_next;
+  if (c->hs_next)
+    c->hs_next->hs_prev = c->hs_prev;
+  else
+    hs_tail = c->hs_prev;
+  c->hs_prev = c->hs_next = NULL;
+  c->hs_listed = false;
+}
+
 int
 connection_register (struct conn *c)
 {
   SCOPED_LOCK (&reg_lock);
 
-  if (reg_count >= MAX_CONNECTIONS)
-    return -1;
   c->prev = NULL;
   c->next = reg_head;
   if (reg_head)
     reg_head->prev = c;
   reg_head = c;
-  reg_count++;
+
+  /* The handshake deadline: only sockets can be cut off (shutdown). */
+  if (opts.handshake_timeout > 0 && c->is_socket && !opts.single) {
+    bool was_empty = hs_head == NULL;
+
+    c->hs_deadline = now_ms () + opts.handshake_timeout * INT64_C (1000);
+    c->hs_prev = hs_tail;
+    c->hs_next = NULL;
+    if (hs_tail)
+      hs_tail->hs_next = c;
+    else
+      hs_head = c;
+    hs_tail = c;
+    c->hs_listed = true;
+    /* The main loop sleeps without a deadline while the list is empty. */
+    if (was_empty)
+      wake_main ();
+  }
   return 0;
+}
+
+void
+connection_handshake_done (struct conn *c)
+{
+  SCOPED_LOCK (&reg_lock);
+
+  hs_remove_locked (c);
 }
 
 void
 connection_unregister (struct conn *c)
 {
-  pthread_mutex_lock (&reg_lock);
+  SCOPED_LOCK (&reg_lock);
+
+  hs_remove_locked (c);
   if (c->prev)
     c->prev->next = c->next;
   else
     reg_head = c->next;
   if (c->next)
     c->next->prev = c->prev;
-  reg_count--;
-  pthread_cond_broadcast (&reg_cond);
-  pthread_mutex_unlock (&reg_lock);
-  wake_main ();
+}
+
+/* Cut off every connection whose handshake deadline passed (shutdown:
+ * its reader's next read or write fails and it closes).  Returns the
+ * milliseconds until the next deadline, -1 for none.
+ */
+static int
+handshake_deadlines (void)
+{
+  int64_t now = now_ms ();
+  struct conn *c;
+  SCOPED_LOCK (&reg_lock);
+
+  while ((c = hs_head) != NULL && c->hs_deadline <= now) {
+    log_error ("conn %lu: no export chosen within %u s "
+               "(--handshake-timeout): closing", c->id,
+               opts.handshake_timeout);
+    shutdown (c->rfd, SHUT_RDWR);
+    hs_remove_locked (c);
+  }
+  if (hs_head == NULL)
+    return -1;
+  return hs_head->hs_deadline - now > INT_MAX ? INT_MAX
+    : (int) (hs_head->hs_deadline - now);
 }
 
 /* Stop reading on every connection: each then finishes its in-flight
@@ -127,9 +210,9 @@ connections_wait (void)
       ts.tv_sec++;
       ts.tv_nsec -= 1000000000;
     }
-    while (reg_count > 0 && r == 0)
+    while (reg_slots > 0 && r == 0)
       r = pthread_cond_timedwait (&reg_cond, &reg_lock, &ts);
-    if (reg_count == 0) {
+    if (reg_slots == 0) {
       pthread_mutex_unlock (&reg_lock);
       return;
     }
@@ -367,11 +450,40 @@ conn_thread (void *va)
     atomic_store (&single_finished, true);
     wake_main ();
   }
+  /* Last: the slot keeps the main thread from unloading the backend. */
+  pthread_mutex_lock (&reg_lock);
+  reg_slots--;
+  pthread_cond_broadcast (&reg_cond);
+  pthread_mutex_unlock (&reg_lock);
+  wake_main ();
   return NULL;
 }
 
-int
-start_connection (int rfd, int wfd, bool is_socket)
+/* Take a connection slot; false when --max-connections are live. */
+static bool
+slot_take (bool limited)
+{
+  SCOPED_LOCK (&reg_lock);
+
+  if (limited && opts.max_connections > 0 &&
+      reg_slots >= opts.max_connections)
+    return false;
+  reg_slots++;
+  return true;
+}
+
+static void
+slot_give_back (void)
+{
+  SCOPED_LOCK (&reg_lock);
+
+  reg_slots--;
+  pthread_cond_broadcast (&reg_cond);
+}
+
+/* Start the thread of a connection whose slot is taken. */
+static int
+spawn_connection (int rfd, int wfd, bool is_socket)
 {
   struct conn_args *a = malloc (sizeof *a);
   pthread_attr_t attr;
@@ -379,8 +491,10 @@ start_connection (int rfd, int wfd, bool is_socket)
   pthread_t t;
   int err;
 
-  if (a == NULL)
+  if (a == NULL) {
+    slot_give_back ();
     return -1;
+  }
   *a = (struct conn_args) { rfd, wfd, is_socket };
   pthread_attr_init (&attr);
   pthread_attr_setdetachstate (&attr, PTHREAD_CREATE_DETACHED);
@@ -390,6 +504,7 @@ start_connection (int rfd, int wfd, bool is_socket)
   pthread_sigmask (SIG_SETMASK, &old, NULL);
   pthread_attr_destroy (&attr);
   if (err) {
+    slot_give_back ();
     free (a);
     errno = err;
     return -1;
@@ -397,11 +512,38 @@ start_connection (int rfd, int wfd, bool is_socket)
   return 0;
 }
 
+int
+start_connection (int rfd, int wfd, bool is_socket)
+{
+  slot_take (false);
+  return spawn_connection (rfd, wfd, is_socket);
+}
+
+/* Errors of accept() that mean "no resources now": waiting for a
+ * connection to end is the only cure; trying again at once would spin.
+ */
+static bool
+accept_out_of_resources (int err)
+{
+  return err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM;
+}
+
+/* How long accepting pauses after running out of descriptors when no
+ * connection ends meanwhile (one ending wakes the loop at once).
+ */
+#define ACCEPT_PAUSE_MS 1000
+
+/* Over-limit refusals logged at most once per this many ms. */
+#define REFUSAL_LOG_MS 1000
+
 void
 listen_loop (int *fds, int nfds, int wakefd)
 {
   struct pollfd *pfd;
-  int i, one = 1;
+  int i, one = 1, timeout;
+  bool paused = false;          /* out of descriptors: not accepting */
+  int64_t pause_until = 0, refusal_logged = 0;
+  unsigned long refused = 0;
 
   pfd = calloc (nfds + 1, sizeof *pfd);
   if (pfd == NULL) {
@@ -415,13 +557,27 @@ listen_loop (int *fds, int nfds, int wakefd)
   }
 
   while (pfd && !atomic_load (&shutting_down)) {
-    if (poll (pfd, nfds + 1, -1) == -1) {
+    timeout = handshake_deadlines ();
+    if (paused) {
+      int64_t left = pause_until - now_ms ();
+
+      if (left <= 0)
+        paused = false;
+      else if (timeout == -1 || left < timeout)
+        timeout = left;
+    }
+    /* While paused only the wake-up pipe is watched (fd -1 is ignored). */
+    for (i = 0; i < nfds; i++)
+      pfd[i].fd = paused ? -1 : fds[i];
+    if (poll (pfd, nfds + 1, timeout) == -1) {
       if (errno != EINTR)
         log_error ("poll: %m");
     }
     if (pfd[nfds].revents & POLLIN) {
       char buf[64];
 
+      /* A connection ended (or a signal came): accepting may work again. */
+      paused = false;
       while (read (wakefd, buf, sizeof buf) > 0)
         ;
     }
@@ -429,20 +585,45 @@ listen_loop (int *fds, int nfds, int wakefd)
     if (atomic_load (&shutting_down) ||
         (opts.single && atomic_load (&single_finished)))
       break;
-    for (i = 0; i < nfds; i++) {
+    for (i = 0; i < nfds && !paused; i++) {
       int fd;
 
-      if (!(pfd[i].revents & POLLIN))
+      if (pfd[i].fd == -1 || !(pfd[i].revents & POLLIN))
         continue;
       fd = accept4 (fds[i], NULL, NULL, SOCK_CLOEXEC);
       if (fd == -1) {
-        if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED)
+        if (accept_out_of_resources (errno)) {
+          log_error ("accept: %m: not accepting connections until one "
+                     "ends (--max-connections %u; raise the open files "
+                     "limit, ulimit -n, or lower --max-connections)",
+                     opts.max_connections);
+          paused = true;
+          pause_until = now_ms () + ACCEPT_PAUSE_MS;
+        }
+        else if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED)
           log_error ("accept: %m");
+        continue;
+      }
+      /* Over the limit: closed at once, before any thread or buffer is
+       * spent on it (the client sees the connection closed before the
+       * greeting).  Logged at most once a second, with a count.
+       */
+      if (!slot_take (true)) {
+        int64_t now = now_ms ();
+
+        close (fd);
+        refused++;
+        if (now - refusal_logged >= REFUSAL_LOG_MS) {
+          log_error ("%u connections (--max-connections): refused %lu "
+                     "new one(s)", opts.max_connections, refused);
+          refusal_logged = now;
+          refused = 0;
+        }
         continue;
       }
       /* Fails harmlessly on Unix sockets. */
       setsockopt (fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-      if (start_connection (fd, fd, true) == -1) {
+      if (spawn_connection (fd, fd, true) == -1) {
         log_error ("cannot start a connection thread: %m");
         close (fd);
       }

@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -29,7 +30,11 @@
 #include "parse.h"
 #include "server.h"
 
-struct options opts = { .threads = DEFAULT_THREADS };
+struct options opts = {
+  .threads = DEFAULT_THREADS,
+  .max_connections = DEFAULT_MAX_CONNECTIONS,
+  .handshake_timeout = DEFAULT_HANDSHAKE_TIMEOUT,
+};
 const struct backend *B;
 const char *progname = "minnbd";
 atomic_bool shutting_down;
@@ -38,7 +43,8 @@ static pid_t run_pid;           /* the --run command, 0 when none/done */
 static int run_status = -1;     /* its exit code once reaped */
 
 enum {
-  OPT_RUN = 256, OPT_EXIT_WITH_PARENT, OPT_HELP,
+  OPT_RUN = 256, OPT_EXIT_WITH_PARENT, OPT_HELP, OPT_MAX_CONNECTIONS,
+  OPT_HANDSHAKE_TIMEOUT,
 };
 
 static const char short_opts[] = "+U:p:i:srfe:D:t:P:vV";
@@ -60,6 +66,8 @@ static const struct option long_opts[] = {
   { "run", required_argument, NULL, OPT_RUN },
   { "exit-with-parent", no_argument, NULL, OPT_EXIT_WITH_PARENT },
   { "help", no_argument, NULL, OPT_HELP },
+  { "max-connections", required_argument, NULL, OPT_MAX_CONNECTIONS },
+  { "handshake-timeout", required_argument, NULL, OPT_HANDSHAKE_TIMEOUT },
   { NULL, 0, NULL, 0 },
 };
 
@@ -69,6 +77,7 @@ usage (FILE *f)
   fprintf (f,
 "usage: minnbd [-U SOCKET | -p PORT [-i ADDR] | -s] [-r] [-f] [-e EXPORT]\n"
 "              [-D DESCRIPTION] [-t THREADS] [-P PIDFILE] [-v]\n"
+"              [--max-connections N] [--handshake-timeout SECONDS]\n"
 "              [--run CMD] [--exit-with-parent] BACKEND [key=value...]\n"
 "       minnbd --help | --version\n");
 }
@@ -94,6 +103,10 @@ help (void)
 "  -D, --description TEXT description shown by NBD_OPT_LIST / INFO\n"
 "  -t, --threads N        worker threads per connection (default %d)\n"
 "  -P, --pidfile FILE     write the server's pid to FILE\n"
+"      --max-connections N  serve at most N clients at once; more are\n"
+"                         closed at once (default %d, 0: no limit)\n"
+"      --handshake-timeout SECONDS  close a client that has not chosen\n"
+"                         an export after SECONDS (default %d, 0: never)\n"
 "  -v, --verbose          debug messages on stderr\n"
 "      --run CMD          run CMD ($uri $nbd $unixsocket $port set), then\n"
 "                         exit with its status\n"
@@ -103,7 +116,8 @@ help (void)
 "Socket activation: with LISTEN_PID=<pid> and LISTEN_FDS=N in the\n"
 "environment minnbd serves the sockets on fds 3..3+N-1.\n"
 "\n"
-"Backends:\n", DEFAULT_THREADS);
+"Backends:\n", DEFAULT_THREADS, DEFAULT_MAX_CONNECTIONS,
+          DEFAULT_HANDSHAKE_TIMEOUT);
   for (i = 0; (b = backend_nth (i)) != NULL; i++) {
     printf ("\n  %s", b->name);
     if (b->longname)
@@ -352,6 +366,23 @@ write_pidfile (const char *path)
   return 0;
 }
 
+/* Each connection holds a descriptor, and the soft limit on them is
+ * often 1024, kept low only for programs using select(): minnbd polls,
+ * so it raises its soft limit to the hard one (as systemd suggests for
+ * servers).  Whatever the limit, running out only pauses accepting.
+ */
+static void
+raise_nofile_limit (void)
+{
+  struct rlimit rl;
+
+  if (getrlimit (RLIMIT_NOFILE, &rl) == -1 || rl.rlim_cur >= rl.rlim_max)
+    return;
+  rl.rlim_cur = rl.rlim_max == RLIM_INFINITY ? 1048576 : rl.rlim_max;
+  if (setrlimit (RLIMIT_NOFILE, &rl) == -1)
+    debug ("cannot raise the open files limit: %m");
+}
+
 static bool
 fd_is_socket (int fd)
 {
@@ -467,6 +498,16 @@ main (int argc, char **argv)
     case OPT_RUN: opts.run = optarg; break;
     case OPT_EXIT_WITH_PARENT: opts.exit_with_parent = true; break;
     case OPT_HELP: help (); exit (0);
+    case OPT_MAX_CONNECTIONS:
+      if (parse_uint ("--max-connections", optarg, 0, 1000000, &u) == -1)
+        exit (1);
+      opts.max_connections = u;
+      break;
+    case OPT_HANDSHAKE_TIMEOUT:
+      if (parse_uint ("--handshake-timeout", optarg, 0, 86400, &u) == -1)
+        exit (1);
+      opts.handshake_timeout = u;
+      break;
     default: usage (stderr); exit (1);
     }
   }
@@ -493,6 +534,7 @@ main (int argc, char **argv)
   if (opts.run && !opts.unix_socket && !opts.port)
     opts.unix_socket = "-";
 
+  raise_nofile_limit ();
   configure_backend (argc - optind - 1, argv + optind + 1);
   if (atomic_load (&shutting_down)) {
     if (B->unload)

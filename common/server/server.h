@@ -40,7 +40,8 @@
 #define MAX_EXPORTS        100000
 #define MAX_THREADS        1024
 #define DEFAULT_THREADS    16
-#define MAX_CONNECTIONS    4096
+#define DEFAULT_MAX_CONNECTIONS   1024
+#define DEFAULT_HANDSHAKE_TIMEOUT 10  /* seconds, as qemu-nbd's */
 #define READ_BUFFER_SIZE   (128u * 1024)
 
 struct options {
@@ -57,6 +58,8 @@ struct options {
   bool verbose;                /* -v */
   const char *run;             /* --run */
   bool exit_with_parent;
+  unsigned max_connections;    /* --max-connections, 0: no limit */
+  unsigned handshake_timeout;  /* --handshake-timeout (s), 0: none */
 };
 extern struct options opts;
 extern const struct backend *B;
@@ -183,6 +186,13 @@ struct conn {
 
   /* Registry (listen.c), under the registry lock. */
   struct conn *prev, *next;
+  /* The handshake deadline (listen.c, under the registry lock): while
+   * hs_listed, the main thread shuts the socket down at hs_deadline
+   * (CLOCK_MONOTONIC, ms).
+   */
+  struct conn *hs_prev, *hs_next;
+  bool hs_listed;
+  int64_t hs_deadline;
 };
 
 /* conn.c */
@@ -232,12 +242,18 @@ void listen_loop (int *fds, int nfds, int wakefd);
  * stop writing too.
  */
 void connections_stop (bool hard);
-/* Register/unregister a connection (for connections_stop). */
+/* Register/unregister a connection (for connections_stop); a socket's
+ * handshake gets its deadline (--handshake-timeout) when registered.
+ */
 int connection_register (struct conn *c);
 void connection_unregister (struct conn *c);
-/* Wait until no connection is left. */
+/* The handshake is over (either way): no deadline any more. */
+void connection_handshake_done (struct conn *c);
+/* Wait until no connection is left (no connection thread either). */
 void connections_wait (void);
-/* Serve a connection on a new thread (fds are closed by it). */
+/* Serve a connection on a new thread (fds are closed by it), whatever
+ * --max-connections says (for -s).
+ */
 int start_connection (int rfd, int wfd, bool is_socket);
 /* The main loop's wake-up pipe (write end); wake_main is signal-safe. */
 void set_wake_fd (int fd);
