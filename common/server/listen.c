@@ -289,6 +289,26 @@ listen_unix (const char *path)
   return fd;
 }
 
+/* "0.0.0.0:10809", "[::]:10809" for messages. */
+static void
+format_addr (const struct sockaddr *sa, socklen_t len, char *buf, size_t n)
+{
+  char host[NI_MAXHOST], serv[NI_MAXSERV];
+
+  if (getnameinfo (sa, len, host, sizeof host, serv, sizeof serv,
+                   NI_NUMERICHOST | NI_NUMERICSERV) != 0)
+    snprintf (buf, n, "(an address of family %d)", sa->sa_family);
+  else
+    snprintf (buf, n, sa->sa_family == AF_INET6 ? "[%s]:%s" : "%s:%s",
+              host, serv);
+}
+
+/* Every address getaddrinfo gives for -i/-p (without -i: the IPv4 and
+ * IPv6 wildcards) is bound, or minnbd fails: listening on some of them
+ * only would send the clients of the others elsewhere (another process
+ * holding 127.0.0.1:PORT gets every IPv4 client).  Only an address
+ * family the kernel lacks altogether is skipped.
+ */
 static int
 listen_tcp (int **fds, int *port_out)
 {
@@ -299,7 +319,8 @@ listen_tcp (int **fds, int *port_out)
     .ai_socktype = SOCK_STREAM,
   };
   struct addrinfo *ai, *a;
-  int n = 0, err, one = 1, last_errno = 0;
+  int n = 0, err, one = 1;
+  char where[NI_MAXHOST + NI_MAXSERV + 8];
 
   err = getaddrinfo (opts.ipaddr, port, &hints, &ai);
   if (err) {
@@ -319,14 +340,6 @@ listen_tcp (int **fds, int *port_out)
     int fd = socket (a->ai_family, a->ai_socktype | SOCK_CLOEXEC,
                      a->ai_protocol);
 
-    if (fd == -1) {
-      last_errno = errno;
-      continue;
-    }
-    setsockopt (fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    /* Separate v4 and v6 sockets, so both can bind the same port. */
-    if (a->ai_family == AF_INET6)
-      setsockopt (fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
     /* -p 0: every address family gets the port the first one got. */
     if (n > 0 && port_out && *port_out) {
       if (a->ai_family == AF_INET6)
@@ -334,11 +347,27 @@ listen_tcp (int **fds, int *port_out)
       else if (a->ai_family == AF_INET)
         ((struct sockaddr_in *) a->ai_addr)->sin_port = htons (*port_out);
     }
+    format_addr (a->ai_addr, a->ai_addrlen, where, sizeof where);
+    if (fd == -1) {
+      if (errno == EAFNOSUPPORT) {
+        debug ("%s: %m: skipped", where);
+        continue;
+      }
+      log_error ("cannot listen on %s: socket: %m", where);
+      goto fail;
+    }
+    setsockopt (fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    /* Separate v4 and v6 sockets, so both can bind the same port. */
+    if (a->ai_family == AF_INET6)
+      setsockopt (fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
     if (bind (fd, a->ai_addr, a->ai_addrlen) == -1 ||
         listen (fd, SOMAXCONN) == -1) {
-      last_errno = errno;
+      log_error ("cannot listen on %s: %m%s", where,
+                 errno == EADDRINUSE ? " (another process listens there; "
+                 "choose another port with -p, or one address with -i)"
+                 : "");
       close (fd);
-      continue;
+      goto fail;
     }
     if (n == 0 && port_out) {
       struct sockaddr_storage ss;
@@ -349,18 +378,26 @@ listen_tcp (int **fds, int *port_out)
                            ? ((struct sockaddr_in6 *) &ss)->sin6_port
                            : ((struct sockaddr_in *) &ss)->sin_port);
     }
+    debug ("listening on %s", where);
     (*fds)[n++] = fd;
   }
   freeaddrinfo (ai);
   if (n == 0) {
-    errno = last_errno;
-    log_error ("-p %s%s%s: cannot listen: %m", port,
+    log_error ("-p %s%s%s: no address to listen on", port,
                opts.ipaddr ? " -i " : "", opts.ipaddr ? opts.ipaddr : "");
     free (*fds);
     *fds = NULL;
     return -1;
   }
   return n;
+
+ fail:
+  freeaddrinfo (ai);
+  while (n > 0)
+    close ((*fds)[--n]);
+  free (*fds);
+  *fds = NULL;
+  return -1;
 }
 
 int
