@@ -1,16 +1,16 @@
 /* minnbd internals shared between the server's source files.
  *
- * Layout: main.c (command line, daemon, signals, --run), listen.c
+ * Layout: cmdline.c (command line, daemon, signals, --run), listen.c
  * (sockets, accept loop, connection registry), handshake.c (option
  * haggling), conn.c (per-connection reader, worker pool, reply writing),
  * requests.c (validation and execution of NBD commands against the
  * backend), services.c (the backend_* services and logging), exports.c
  * (export names: listing, default, resolution).
  *
- * Thread safety: `opts` and `B` are written only by main() before the
- * first connection and read-only afterwards.  A struct conn is owned by
- * its reader thread; the fields workers touch are documented in conn.h
- * style comments below.  Nothing on the data path takes a global lock.
+ * Thread safety: `opts` and `B` are written only by minnbd_main() (or a
+ * test harness setting up) before the first connection and read-only
+ * afterwards.  A struct conn is owned by its reader thread; the fields
+ * workers touch are documented in comments below.  Nothing on the data path takes a global lock.
  */
 #ifndef MINNBD_SERVER_H
 #define MINNBD_SERVER_H
@@ -259,7 +259,12 @@ int start_connection (int rfd, int wfd, bool is_socket);
 void set_wake_fd (int fd);
 void wake_main (void);
 
-/* main.c: reap the --run command; sets shutting_down when it exited. */
+/* cmdline.c: the whole server, from the command line on; the backends
+ * come from backend_lookup() / backend_nth() (backends.h), which the
+ * program linking libminnbd.la provides.
+ */
+int minnbd_main (int argc, char **argv);
+/* cmdline.c: reap the --run command; sets shutting_down when it exited. */
 void check_children (void);
 
 #endif /* MINNBD_SERVER_H */
