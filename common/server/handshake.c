@@ -233,14 +233,28 @@ export_open (struct conn *c, const char *name, char **description,
   }
 }
 
+/* The option error for an export that could not be opened, from the
+ * backend's errno, as libnbd turns each back into an errno:
+ *   ENOENT                -> ERR_UNKNOWN  (libnbd: ENOENT, "no export")
+ *   EINVAL, ENAMETOOLONG  -> ERR_INVALID  (libnbd: EINVAL)
+ *   EPERM, EACCES, EROFS  -> ERR_POLICY   (libnbd: "policy prevents")
+ *   ESHUTDOWN             -> ERR_SHUTDOWN (libnbd: ESHUTDOWN)
+ *   anything else (EIO, ENOMEM, EBUSY ...) -> ERR_PLATFORM: the spec has
+ *     no error for "the server failed"; PLATFORM ("not possible on this
+ *     server") is what nbdkit answers when listing exports fails, and
+ *     unlike ERR_UNKNOWN it does not tell the client the export does not
+ *     exist.
+ * The backend's message goes with it as the reply's text.
+ */
 static uint32_t
 open_error_reply (int err)
 {
   switch (err) {
   case ENOENT: return NBD_REP_ERR_UNKNOWN;
+  case EINVAL: case ENAMETOOLONG: return NBD_REP_ERR_INVALID;
   case EPERM: case EACCES: case EROFS: return NBD_REP_ERR_POLICY;
   case ESHUTDOWN: return NBD_REP_ERR_SHUTDOWN;
-  default: return NBD_REP_ERR_UNKNOWN;
+  default: return NBD_REP_ERR_PLATFORM;
   }
 }
 
@@ -268,7 +282,9 @@ opt_export_name (struct conn *c, const char *payload, uint32_t len)
   if (c->meta_export && strcmp (c->meta_export, name) != 0)
     c->meta_alloc = false;
   if (export_open (c, name, &desc, &msg) == -1) {
-    log_error ("conn %lu: export \"%s\": %s: closing", c->id, name, msg);
+    log_error ("conn %lu: NBD_OPT_EXPORT_NAME: export \"%s\": %s (%s): "
+               "closing (this option has no error reply)", c->id, name,
+               msg, strerror (errno));
     return -1;
   }
   rep.exportsize = htobe64 (c->size);
@@ -335,9 +351,15 @@ opt_info_go (struct conn *c, uint32_t option, const char *p, uint32_t len)
   if (name == NULL)
     return -1;
 
-  if (export_open (c, name, &desc, &msg) == -1)
-    return send_error (c, option, open_error_reply (errno), msg) == -1
+  if (export_open (c, name, &desc, &msg) == -1) {
+    int err = errno;
+
+    log_error ("conn %lu: %s: export \"%s\": %s (%s)", c->id,
+               option == NBD_OPT_GO ? "NBD_OPT_GO" : "NBD_OPT_INFO", name,
+               msg, strerror (err));
+    return send_error (c, option, open_error_reply (err), msg) == -1
       ? -1 : 0;
+  }
 
   ie.info = htobe16 (NBD_INFO_EXPORT);
   ie.exportsize = htobe64 (c->size);
