@@ -18,6 +18,7 @@
 #include <nbdkit-plugin.h>
 
 #include "backend.h"
+#include "capabilities.h"
 
 
 extern const struct backend nbdkit_glue_backend;
@@ -278,106 +279,163 @@ static const char *
 glue_default_export (int readonly, int is_tls)
 {
   (void) is_tls;
-  return B->default_export ? B->default_export (readonly) : "";
+  return backend_get_default_export (B, readonly);
 }
+
+/* Per connection: the backend's handle and its capabilities, resolved
+ * once (capabilities.h) so every can_* answer and the contract checks
+ * use the same rules as minnbd.
+ */
+struct glue_handle {
+  void *h;
+  bool readonly;
+  struct backend_caps caps;
+};
 
 static void *
 glue_open (int readonly)
 {
   const char *name = nbdkit_export_name ();
-  void *h;
+  struct glue_handle *gh = malloc (sizeof *gh);
 
-  h = B->open (name ? name : "", readonly);
-  if (h == NULL)
+  if (gh == NULL) {
+    nbdkit_error ("malloc: %m");
+    return NULL;
+  }
+  gh->readonly = readonly;
+  gh->h = B->open (name ? name : "", readonly);
+  if (gh->h == NULL) {
     nbdkit_set_error (errno);
-  return h;
+    free (gh);
+    return NULL;
+  }
+  if (backend_get_caps (B, gh->h, &gh->caps) == -1) {
+    int err = errno;
+
+    B->close (gh->h);
+    free (gh);
+    nbdkit_set_error (err);
+    return NULL;
+  }
+  if (!gh->caps.can_write)
+    gh->readonly = true;
+  return gh;
 }
 
 static void
 glue_close (void *handle)
 {
-  B->close (handle);
+  struct glue_handle *gh = handle;
+
+  B->close (gh->h);
+  free (gh);
 }
 
 static int64_t
 glue_get_size (void *handle)
 {
-  return B->get_size (handle);
+  struct glue_handle *gh = handle;
+
+  return B->get_size (gh->h);
 }
 
 static int
 glue_block_size (void *handle, uint32_t *min, uint32_t *pref, uint32_t *max)
 {
-  if (!B->block_size) {
-    *min = *pref = *max = 0;
-    return 0;
-  }
-  return B->block_size (handle, min, pref, max);
+  struct glue_handle *gh = handle;
+
+  return backend_get_block_size (B, gh->h, min, pref, max);
 }
 
-#define CAN(fn, dflt)                                   \
+#define CAN(fn)                                         \
   static int                                            \
   glue_##fn (void *handle)                              \
   {                                                     \
-    return B->fn ? B->fn (handle) : (dflt);             \
+    return ((struct glue_handle *) handle)->caps.fn;    \
   }
-CAN (can_write, B->pwrite != NULL)
-CAN (can_flush, 0)
-CAN (can_trim, 0)
-CAN (can_zero, 0)
-CAN (can_fast_zero, 0)
-CAN (can_fua, BACKEND_FUA_NONE)
-CAN (can_multi_conn, 0)
-CAN (can_extents, 0)
-CAN (can_cache, BACKEND_CACHE_NONE)
-CAN (is_rotational, 0)
+CAN (can_write)
+CAN (can_flush)
+CAN (can_trim)
+CAN (can_zero)
+CAN (can_fast_zero)
+CAN (can_fua)
+CAN (can_multi_conn)
+CAN (can_extents)
+CAN (can_cache)
+CAN (is_rotational)
 #undef CAN
+
+/* Each data call checks nbdkit keeps the contract of backend.h. */
+#define CHECK(call, flags) \
+  BACKEND_ASSERT_CALL (B, &gh->caps, gh->readonly, (call), (flags))
 
 static int
 glue_pread (void *handle, void *buf, uint32_t count, uint64_t offset,
             uint32_t flags)
 {
-  return B->pread (handle, buf, count, offset, flags);
+  struct glue_handle *gh = handle;
+
+  CHECK (BACKEND_CALL_PREAD, flags);
+  return B->pread (gh->h, buf, count, offset, flags);
 }
 
 static int
 glue_pwrite (void *handle, const void *buf, uint32_t count, uint64_t offset,
              uint32_t flags)
 {
-  return B->pwrite (handle, buf, count, offset, flags);
+  struct glue_handle *gh = handle;
+
+  CHECK (BACKEND_CALL_PWRITE, flags);
+  return B->pwrite (gh->h, buf, count, offset, flags);
 }
 
 static int
 glue_flush (void *handle, uint32_t flags)
 {
-  return B->flush (handle, flags);
+  struct glue_handle *gh = handle;
+
+  CHECK (BACKEND_CALL_FLUSH, flags);
+  return B->flush (gh->h, flags);
 }
 
 static int
 glue_trim (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
 {
-  return B->trim (handle, count, offset, flags);
+  struct glue_handle *gh = handle;
+
+  CHECK (BACKEND_CALL_TRIM, flags);
+  return B->trim (gh->h, count, offset, flags);
 }
 
 static int
 glue_zero (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
 {
-  return B->zero (handle, count, offset, flags);
+  struct glue_handle *gh = handle;
+
+  CHECK (BACKEND_CALL_ZERO, flags);
+  return B->zero (gh->h, count, offset, flags);
 }
 
 static int
 glue_extents (void *handle, uint32_t count, uint64_t offset, uint32_t flags,
               struct nbdkit_extents *extents)
 {
-  return B->extents (handle, count, offset, flags,
+  struct glue_handle *gh = handle;
+
+  CHECK (BACKEND_CALL_EXTENTS, flags);
+  return B->extents (gh->h, count, offset, flags,
                      (struct backend_extents *) extents);
 }
 
 static int
 glue_cache (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
 {
-  return B->cache (handle, count, offset, flags);
+  struct glue_handle *gh = handle;
+
+  CHECK (BACKEND_CALL_CACHE, flags);
+  return B->cache (gh->h, count, offset, flags);
 }
+#undef CHECK
 
 #define THREAD_MODEL NBDKIT_THREAD_MODEL_PARALLEL
 

@@ -40,6 +40,8 @@
 #include <unistd.h>
 
 #include "backend.h"
+#include "cleanup.h"
+#include "minmax.h"
 #include "nbd-protocol.h"
 #include "server.h"
 
@@ -116,15 +118,12 @@ conn_skip (struct conn *c, uint64_t len)
 int
 conn_writev (struct conn *c, struct iovec *iov, int iovcnt)
 {
-  int ret = 0;
+  SCOPED_LOCK (&c->wlock);
 
-  pthread_mutex_lock (&c->wlock);
-  if (atomic_load (&c->dead)) {
-    ret = -1;
-    goto out;
-  }
+  if (atomic_load (&c->dead))
+    return -1;
   while (iovcnt > 0) {
-    ssize_t r = writev (c->wfd, iov, iovcnt > IOV_MAX ? IOV_MAX : iovcnt);
+    ssize_t r = writev (c->wfd, iov, MIN (iovcnt, IOV_MAX));
 
     if (r < 0) {
       if (errno == EINTR)
@@ -134,8 +133,7 @@ conn_writev (struct conn *c, struct iovec *iov, int iovcnt)
        */
       debug ("conn %lu: write: %m", c->id);
       atomic_store (&c->dead, true);
-      ret = -1;
-      goto out;
+      return -1;
     }
     while (iovcnt > 0 && (size_t) r >= iov->iov_len) {
       r -= iov->iov_len;
@@ -147,9 +145,7 @@ conn_writev (struct conn *c, struct iovec *iov, int iovcnt)
       iov->iov_len -= r;
     }
   }
- out:
-  pthread_mutex_unlock (&c->wlock);
-  return ret;
+  return 0;
 }
 
 int
@@ -211,7 +207,7 @@ request_done_locked (struct conn *c, struct request *r)
     r->buf = NULL;
     r->bufcap = 0;
   }
-  if (r->ex.cap > 4096)
+  if (r->ex.v.cap > 4096)
     extents_free (&r->ex);
   if (c->nfree < POOL_MAX) {
     r->next = c->freelist;
@@ -360,13 +356,14 @@ transmission (struct conn *c)
     log_error ("conn %lu: %m", c->id);
     return;
   }
-  pthread_mutex_lock (&c->qlock);
-  if (worker_start_locked (c) == -1) {
-    pthread_mutex_unlock (&c->qlock);
-    log_error ("conn %lu: cannot start a worker thread: %m", c->id);
-    return;
+  {
+    SCOPED_LOCK (&c->qlock);
+
+    if (worker_start_locked (c) == -1) {
+      log_error ("conn %lu: cannot start a worker thread: %m", c->id);
+      return;
+    }
   }
-  pthread_mutex_unlock (&c->qlock);
 
   for (;;) {
     if (conn_read (c, &h, sizeof h) == -1) {
@@ -579,9 +576,10 @@ conn_serve (int rfd, int wfd, bool is_socket)
     free (c->workers);
     c->workers = NULL;
   }
-  if (c->handle && !c->readonly && c->can_flush &&
+  if (c->handle && !c->readonly && c->caps.can_flush &&
       atomic_load (&c->dirty)) {
     backend_error_clear ();
+    CONN_CHECK_CALL (c, BACKEND_CALL_FLUSH, 0);
     if (B->flush (c->handle, 0) == -1)
       log_error ("conn %lu: flush on close: %s", c->id,
                  backend_error_message () ? : strerror (errno));

@@ -19,7 +19,9 @@
 #include <string.h>
 
 #include "backend.h"
+#include "capabilities.h"
 #include "cleanup.h"
+#include "ispowerof2.h"
 #include "nbd-protocol.h"
 #include "server.h"
 
@@ -85,12 +87,6 @@ valid_string (const char *s, size_t len)
 
 /* Export. */
 
-static bool
-is_power_of_2 (uint32_t v)
-{
-  return v && (v & (v - 1)) == 0;
-}
-
 void
 export_close (struct conn *c)
 {
@@ -102,13 +98,6 @@ export_close (struct conn *c)
   c->export_name = NULL;
 }
 
-/* Ask one capability; NULL callback = dflt.  -1 on error. */
-static int
-cap (int (*fn) (void *), void *h, int dflt)
-{
-  return fn ? fn (h) : dflt;
-}
-
 int
 export_open (struct conn *c, const char *name, char **description,
              const char **msg)
@@ -117,8 +106,7 @@ export_open (struct conn *c, const char *name, char **description,
   char *canonical = NULL;
   void *h;
   int64_t size;
-  uint32_t bmin = 0, bpref = 0, bmax = 0;
-  int can_write, rotational, multi_conn;
+  uint32_t bmin, bpref, bmax;
   uint16_t f;
 
   *description = NULL;
@@ -145,32 +133,12 @@ export_open (struct conn *c, const char *name, char **description,
   size = B->get_size (h);
   if (size < 0)
     goto fail;
-  if (B->block_size && B->block_size (h, &bmin, &bpref, &bmax) == -1)
+  if (backend_get_block_size (B, h, &bmin, &bpref, &bmax) == -1 ||
+      backend_get_caps (B, h, &c->caps) == -1)
     goto fail;
-  if ((can_write = cap (B->can_write, h, B->pwrite != NULL)) == -1 ||
-      (c->can_flush = cap (B->can_flush, h, 0)) == -1 ||
-      (c->can_trim = cap (B->can_trim, h, 0)) == -1 ||
-      (c->can_zero = cap (B->can_zero, h, 0)) == -1 ||
-      (c->can_fast_zero = cap (B->can_fast_zero, h, 0)) == -1 ||
-      (c->can_fua = cap (B->can_fua, h, BACKEND_FUA_NONE)) == -1 ||
-      (multi_conn = cap (B->can_multi_conn, h, 0)) == -1 ||
-      (c->can_extents = cap (B->can_extents, h, 0)) == -1 ||
-      (c->can_cache = cap (B->can_cache, h, BACKEND_CACHE_NONE)) == -1 ||
-      (rotational = cap (B->is_rotational, h, 0)) == -1)
-    goto fail;
-  /* A capability whose callback is missing cannot be used. */
-  if (!B->pwrite) can_write = 0;
-  if (!B->flush) c->can_flush = 0;
-  if (!B->trim) c->can_trim = 0;
-  if (!B->zero) c->can_zero = 0;
-  if (!B->extents) c->can_extents = 0;
-  if (c->can_cache == BACKEND_CACHE_NATIVE && !B->cache)
-    c->can_cache = BACKEND_CACHE_EMULATE;
-  if (c->can_fua == BACKEND_FUA_EMULATE && !c->can_flush)
-    c->can_fua = BACKEND_FUA_NONE;
 
   c->size = size;
-  c->readonly = opts.readonly || !can_write;
+  c->readonly = opts.readonly || !c->caps.can_write;
 
   /* Block sizes: the backend's, sanitised to what the spec allows. */
   if (bmin && (!is_power_of_2 (bmin) || bmin > 65536)) {
@@ -194,13 +162,13 @@ export_open (struct conn *c, const char *name, char **description,
   f = NBD_FLAG_HAS_FLAGS;
   if (c->readonly)
     f |= NBD_FLAG_READ_ONLY;
-  if (c->can_flush)
+  if (c->caps.can_flush)
     f |= NBD_FLAG_SEND_FLUSH;
-  if (!c->readonly && c->can_fua != BACKEND_FUA_NONE)
+  if (!c->readonly && c->caps.can_fua != BACKEND_FUA_NONE)
     f |= NBD_FLAG_SEND_FUA;
-  if (rotational)
+  if (c->caps.is_rotational)
     f |= NBD_FLAG_ROTATIONAL;
-  if (!c->readonly && c->can_trim)
+  if (!c->readonly && c->caps.can_trim)
     f |= NBD_FLAG_SEND_TRIM;
   /* Zeroing is emulated with writes when the backend cannot; fast zero
    * then fails at once with ENOTSUP, which the spec allows.
@@ -209,9 +177,9 @@ export_open (struct conn *c, const char *name, char **description,
     f |= NBD_FLAG_SEND_WRITE_ZEROES | NBD_FLAG_SEND_FAST_ZERO;
   if (c->structured)
     f |= NBD_FLAG_SEND_DF;
-  if (multi_conn)
+  if (c->caps.can_multi_conn)
     f |= NBD_FLAG_CAN_MULTI_CONN;
-  if (c->can_cache != BACKEND_CACHE_NONE)
+  if (c->caps.can_cache != BACKEND_CACHE_NONE)
     f |= NBD_FLAG_SEND_CACHE;
   c->eflags = f;
   debug ("conn %lu: export \"%s\": size %" PRIi64 " flags 0x%x "
@@ -402,9 +370,10 @@ opt_list (struct conn *c, uint32_t len)
     return send_error (c, NBD_OPT_LIST, NBD_REP_ERR_PLATFORM,
                        backend_error_message () ? :
                        "the backend could not list its exports");
-  for (i = 0; i < list.n && r == 0; i++) {
-    size_t nl = strlen (list.v[i].name);
-    size_t dl = list.v[i].description ? strlen (list.v[i].description) : 0;
+  for (i = 0; i < list.v.len && r == 0; i++) {
+    const struct export_entry *x = &list.v.ptr[i];
+    size_t nl = strlen (x->name);
+    size_t dl = x->description ? strlen (x->description) : 0;
     CLEANUP_FREE char *buf = malloc (4 + nl + dl);
     uint32_t be = htobe32 (nl);
 
@@ -413,9 +382,9 @@ opt_list (struct conn *c, uint32_t len)
       break;
     }
     memcpy (buf, &be, 4);
-    memcpy (buf + 4, list.v[i].name, nl);
+    memcpy (buf + 4, x->name, nl);
     if (dl)
-      memcpy (buf + 4 + nl, list.v[i].description, dl);
+      memcpy (buf + 4 + nl, x->description, dl);
     r = send_reply (c, NBD_OPT_LIST, NBD_REP_SERVER, buf, 4 + nl + dl);
   }
   exports_free (&list);

@@ -203,20 +203,20 @@ connections_wait (void)
     struct timespec ts;
     int r = 0;
 
-    pthread_mutex_lock (&reg_lock);
-    clock_gettime (CLOCK_REALTIME, &ts);
-    ts.tv_nsec += 100 * 1000 * 1000;
-    if (ts.tv_nsec >= 1000000000) {
-      ts.tv_sec++;
-      ts.tv_nsec -= 1000000000;
+    {
+      SCOPED_LOCK (&reg_lock);
+
+      clock_gettime (CLOCK_REALTIME, &ts);
+      ts.tv_nsec += 100 * 1000 * 1000;
+      if (ts.tv_nsec >= 1000000000) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000;
+      }
+      while (reg_slots > 0 && r == 0)
+        r = pthread_cond_timedwait (&reg_cond, &reg_lock, &ts);
+      if (reg_slots == 0)
+        return;
     }
-    while (reg_slots > 0 && r == 0)
-      r = pthread_cond_timedwait (&reg_cond, &reg_lock, &ts);
-    if (reg_slots == 0) {
-      pthread_mutex_unlock (&reg_lock);
-      return;
-    }
-    pthread_mutex_unlock (&reg_lock);
     /* A signal sent to interrupt a read can land just before the read
      * starts: repeat until every connection has noticed.  After the
      * grace period, a client that does not read its replies is cut off.
@@ -475,27 +475,6 @@ sigusr1_unblock (void)
   pthread_sigmask (SIG_UNBLOCK, &s, NULL);
 }
 
-static void *
-conn_thread (void *va)
-{
-  struct conn_args a = *(struct conn_args *) va;
-
-  free (va);
-  sigusr1_unblock ();
-  conn_serve (a.rfd, a.wfd, a.is_socket);
-  if (opts.single) {
-    atomic_store (&single_finished, true);
-    wake_main ();
-  }
-  /* Last: the slot keeps the main thread from unloading the backend. */
-  pthread_mutex_lock (&reg_lock);
-  reg_slots--;
-  pthread_cond_broadcast (&reg_cond);
-  pthread_mutex_unlock (&reg_lock);
-  wake_main ();
-  return NULL;
-}
-
 /* Take a connection slot; false when --max-connections are live. */
 static bool
 slot_take (bool limited)
@@ -516,6 +495,24 @@ slot_give_back (void)
 
   reg_slots--;
   pthread_cond_broadcast (&reg_cond);
+}
+
+static void *
+conn_thread (void *va)
+{
+  struct conn_args a = *(struct conn_args *) va;
+
+  free (va);
+  sigusr1_unblock ();
+  conn_serve (a.rfd, a.wfd, a.is_socket);
+  if (opts.single) {
+    atomic_store (&single_finished, true);
+    wake_main ();
+  }
+  /* Last: the slot keeps the main thread from unloading the backend. */
+  slot_give_back ();
+  wake_main ();
+  return NULL;
 }
 
 /* Start the thread of a connection whose slot is taken. */

@@ -24,6 +24,8 @@
 #include <sys/uio.h>
 
 #include "backend.h"
+#include "capabilities.h"
+#include "vector.h"
 
 /* Limits.  Requests up to MAX_REQUEST bytes are accepted (the spec asks
  * servers to take at least 32 MiB); a connection holds at most
@@ -85,11 +87,11 @@ struct extent {
   uint64_t length;
   uint32_t type;
 };
+DEFINE_VECTOR_TYPE (extent_vector, struct extent);
 struct backend_extents {
   uint64_t start, end;         /* the request: [start, end) */
   uint64_t next;               /* where the next extent must begin */
-  struct extent *v;
-  size_t n, cap;
+  extent_vector v;
   bool full;                   /* stop collecting (cap or REQ_ONE) */
   bool req_one;
 };
@@ -102,9 +104,9 @@ struct export_entry {
   char *name;
   char *description;           /* may be NULL */
 };
+DEFINE_VECTOR_TYPE (export_vector, struct export_entry);
 struct backend_exports {
-  struct export_entry *v;
-  size_t n, cap;
+  export_vector v;
 };
 /* Fill with the exports the client may list (the backend's, or the
  * single export of a backend that lists none).  -1 + errno on failure.
@@ -156,8 +158,7 @@ struct conn {
   uint16_t eflags;
   uint32_t min_block, pref_block, max_block; /* advertised */
   uint32_t backend_max;        /* split backend calls (0 = no limit) */
-  int can_flush, can_trim, can_zero, can_fast_zero, can_fua, can_extents,
-    can_cache;
+  struct backend_caps caps;    /* the backend's, resolved */
 
   /* Buffered input (reader thread only). */
   char *rbuf;
@@ -194,6 +195,12 @@ struct conn {
   bool hs_listed;
   int64_t hs_deadline;
 };
+
+/* Every backend call on a connection's handle keeps backend.h's
+ * contract (capabilities.h): asserted before each call.
+ */
+#define CONN_CHECK_CALL(c, call, flags) \
+  BACKEND_ASSERT_CALL (B, &(c)->caps, (c)->readonly, (call), (flags))
 
 /* conn.c */
 /* Serve one connection start to end (handshake, transmission, cleanup)
