@@ -46,7 +46,8 @@ static int run_status = -1;     /* its exit code once reaped */
 
 enum {
   OPT_RUN = 256, OPT_EXIT_WITH_PARENT, OPT_HELP, OPT_MAX_CONNECTIONS,
-  OPT_HANDSHAKE_TIMEOUT,
+  OPT_HANDSHAKE_TIMEOUT, OPT_TLS, OPT_TLS_CERTIFICATES, OPT_TLS_PSK,
+  OPT_TLS_VERIFY_PEER, OPT_ALLOW, OPT_LOG,
 };
 
 static const char short_opts[] = "+U:p:i:srfe:D:t:P:vV";
@@ -70,6 +71,12 @@ static const struct option long_opts[] = {
   { "help", no_argument, NULL, OPT_HELP },
   { "max-connections", required_argument, NULL, OPT_MAX_CONNECTIONS },
   { "handshake-timeout", required_argument, NULL, OPT_HANDSHAKE_TIMEOUT },
+  { "tls", required_argument, NULL, OPT_TLS },
+  { "tls-certificates", required_argument, NULL, OPT_TLS_CERTIFICATES },
+  { "tls-psk", required_argument, NULL, OPT_TLS_PSK },
+  { "tls-verify-peer", no_argument, NULL, OPT_TLS_VERIFY_PEER },
+  { "allow", required_argument, NULL, OPT_ALLOW },
+  { "log", required_argument, NULL, OPT_LOG },
   { NULL, 0, NULL, 0 },
 };
 
@@ -80,6 +87,9 @@ usage (FILE *f)
 "usage: minnbd [-U SOCKET | -p PORT [-i ADDR] | -s] [-r] [-f] [-e EXPORT]\n"
 "              [-D DESCRIPTION] [-t THREADS] [-P PIDFILE] [-v]\n"
 "              [--max-connections N] [--handshake-timeout SECONDS]\n"
+"              [--tls=off|on|require] [--tls-certificates DIR]\n"
+"              [--tls-psk FILE] [--tls-verify-peer] [--allow ADDR[/PREFIX]]\n"
+"              [--log=stderr|syslog]\n"
 "              [--run CMD] [--exit-with-parent] BACKEND [key=value...]\n"
 "       minnbd --help | --version\n");
 }
@@ -109,6 +119,16 @@ help (void)
 "                         closed at once (default %d, 0: no limit)\n"
 "      --handshake-timeout SECONDS  close a client that has not chosen\n"
 "                         an export after SECONDS (default %d, 0: never)\n"
+"      --tls=off|on|require  offer TLS (NBD_OPT_STARTTLS), or require it\n"
+"                         (default off)\n"
+"      --tls-certificates DIR  X.509: DIR/server-cert.pem, server-key.pem\n"
+"                         (and ca-cert.pem for --tls-verify-peer)\n"
+"      --tls-psk FILE     pre-shared keys, identity:hexkey lines (psktool)\n"
+"      --tls-verify-peer  require a client certificate signed by the CA\n"
+"      --allow ADDR[/PREFIX]  accept TCP clients from these addresses only\n"
+"                         (repeatable; IPv4 or IPv6)\n"
+"      --log=stderr|syslog  where messages go (default: syslog in the\n"
+"                         background, stderr otherwise)\n"
 "  -v, --verbose          debug messages on stderr\n"
 "      --run CMD          run CMD ($uri $nbd $unixsocket $port set), then\n"
 "                         exit with its status\n"
@@ -315,6 +335,7 @@ daemonize (void)
   int pfd[2];
   pid_t pid;
   int fd;
+  bool keep_stderr;
 
   if (pipe2 (pfd, O_CLOEXEC) == -1)
     return -1;
@@ -342,15 +363,18 @@ daemonize (void)
    * reading our output would wait forever); messages go to syslog.
    */
   fd = open ("/dev/null", O_RDWR);
+  /* --log=default: syslog, except that -v keeps standard error. */
+  keep_stderr = opts.log_to == LOG_TO_STDERR ||
+    (opts.log_to == LOG_TO_DEFAULT && opts.verbose);
   if (fd >= 0) {
     dup2 (fd, 0);
     dup2 (fd, 1);
-    if (!opts.verbose)
+    if (!keep_stderr)
       dup2 (fd, 2);
     if (fd > 2)
       close (fd);
   }
-  if (!opts.verbose)
+  if (opts.log_to == LOG_TO_DEFAULT && !keep_stderr)
     log_to_syslog ();
   return pfd[1];
 }
@@ -438,6 +462,7 @@ minnbd_main (int argc, char **argv)
   int *fds = NULL;
   char *unix_path = NULL, *tmpdir = NULL;
   char *unix_socket_abs = NULL, *pidfile_abs = NULL;
+  char *tls_certificates_abs = NULL, *tls_psk_abs = NULL;
   uint64_t u;
   pid_t parent = getppid ();
   bool activated;
@@ -505,6 +530,38 @@ minnbd_main (int argc, char **argv)
         exit (1);
       opts.max_connections = u;
       break;
+    case OPT_TLS:
+      if (strcmp (optarg, "off") == 0) opts.tls = TLS_OFF;
+      else if (strcmp (optarg, "on") == 0) opts.tls = TLS_ON;
+      else if (strcmp (optarg, "require") == 0) opts.tls = TLS_REQUIRE;
+      else
+        bad_usage ("--tls=%s: expected off, on or require", optarg);
+      break;
+    case OPT_TLS_CERTIFICATES:
+      free (tls_certificates_abs);
+      if (parse_path ("--tls-certificates", optarg,
+                      &tls_certificates_abs) == -1)
+        exit (1);
+      opts.tls_certificates = tls_certificates_abs;
+      break;
+    case OPT_TLS_PSK:
+      free (tls_psk_abs);
+      if (parse_path ("--tls-psk", optarg, &tls_psk_abs) == -1)
+        exit (1);
+      opts.tls_psk = tls_psk_abs;
+      break;
+    case OPT_TLS_VERIFY_PEER: opts.tls_verify_peer = true; break;
+    case OPT_ALLOW:
+      if (allow_add (optarg) == -1)
+        exit (1);
+      break;
+    case OPT_LOG:
+      if (strcmp (optarg, "stderr") == 0) opts.log_to = LOG_TO_STDERR;
+      else if (strcmp (optarg, "syslog") == 0) opts.log_to = LOG_TO_SYSLOG;
+      else if (strcmp (optarg, "default") == 0) opts.log_to = LOG_TO_DEFAULT;
+      else
+        bad_usage ("--log=%s: expected stderr or syslog", optarg);
+      break;
     case OPT_HANDSHAKE_TIMEOUT:
       if (parse_uint ("--handshake-timeout", optarg, 0, 86400, &u) == -1)
         exit (1);
@@ -536,7 +593,14 @@ minnbd_main (int argc, char **argv)
   if (opts.run && !opts.unix_socket && !opts.port)
     opts.unix_socket = "-";
 
+  if (opts.log_to == LOG_TO_SYSLOG)
+    log_to_syslog ();
   raise_nofile_limit ();
+  /* Credentials are read (and a readable key refused) before the
+   * backend opens anything or minnbd forks.
+   */
+  if (tls_setup () == -1)
+    exit (1);
   configure_backend (argc - optind - 1, argv + optind + 1);
   if (atomic_load (&shutting_down)) {
     if (B->unload)
@@ -604,6 +668,10 @@ minnbd_main (int argc, char **argv)
   free (fds);
   free (unix_socket_abs);
   free (pidfile_abs);
+  free (tls_certificates_abs);
+  free (tls_psk_abs);
+  tls_free ();
+  allow_free ();
   if (B->unload)
     B->unload ();
   debug ("exiting");

@@ -55,8 +55,8 @@ send_error (struct conn *c, uint32_t option, uint32_t reply, const char *msg)
 
   if (len > NBD_MAX_STRING)
     len = NBD_MAX_STRING;
-  debug ("conn %lu: option %" PRIu32 ": error 0x%" PRIx32 ": %s",
-         c->id, option, reply, msg ? msg : "");
+  debug ("%s: option %" PRIu32 ": error 0x%" PRIx32 ": %s",
+         c->name, option, reply, msg ? msg : "");
   return send_reply (c, option, reply, msg, len);
 }
 
@@ -182,8 +182,8 @@ export_open (struct conn *c, const char *name, char **description,
   if (c->caps.can_cache != BACKEND_CACHE_NONE)
     f |= NBD_FLAG_SEND_CACHE;
   c->eflags = f;
-  debug ("conn %lu: export \"%s\": size %" PRIi64 " flags 0x%x "
-         "block sizes %" PRIu32 "/%" PRIu32 "/%" PRIu32, c->id,
+  debug ("%s: export \"%s\": size %" PRIi64 " flags 0x%x "
+         "block sizes %" PRIu32 "/%" PRIu32 "/%" PRIu32, c->name,
          c->export_name, size, f, c->min_block, c->pref_block, c->max_block);
   return 0;
 
@@ -240,8 +240,8 @@ opt_export_name (struct conn *c, const char *payload, uint32_t len)
 
   /* No error reply exists for this option: refusing means closing. */
   if (!valid_string (payload, len)) {
-    log_error ("conn %lu: NBD_OPT_EXPORT_NAME: invalid name: closing",
-               c->id);
+    log_error ("%s: NBD_OPT_EXPORT_NAME: invalid name: closing",
+               c->name);
     return -1;
   }
   name = strndup (payload, len);
@@ -250,8 +250,8 @@ opt_export_name (struct conn *c, const char *payload, uint32_t len)
   if (c->meta_export && strcmp (c->meta_export, name) != 0)
     c->meta_alloc = false;
   if (export_open (c, name, &desc, &msg) == -1) {
-    log_error ("conn %lu: NBD_OPT_EXPORT_NAME: export \"%s\": %s (%s): "
-               "closing (this option has no error reply)", c->id, name,
+    log_error ("%s: NBD_OPT_EXPORT_NAME: export \"%s\": %s (%s): "
+               "closing (this option has no error reply)", c->name, name,
                msg, strerror (errno));
     return -1;
   }
@@ -322,7 +322,7 @@ opt_info_go (struct conn *c, uint32_t option, const char *p, uint32_t len)
   if (export_open (c, name, &desc, &msg) == -1) {
     int err = errno;
 
-    log_error ("conn %lu: %s: export \"%s\": %s (%s)", c->id,
+    log_error ("%s: %s: export \"%s\": %s (%s)", c->name,
                option == NBD_OPT_GO ? "NBD_OPT_GO" : "NBD_OPT_INFO", name,
                msg, strerror (err));
     return send_error (c, option, open_error_reply (err), msg) == -1
@@ -391,6 +391,34 @@ opt_list (struct conn *c, uint32_t len)
   if (r == 0)
     r = send_ack (c, NBD_OPT_LIST);
   return r;
+}
+
+/* NBD_OPT_STARTTLS.  0: go on (TLS up, or refused), -1: close (the
+ * handshake failed after the ACK: there is no way back to plaintext).
+ */
+static int
+opt_starttls (struct conn *c, uint32_t len)
+{
+  if (opts.tls == TLS_OFF)
+    return send_error (c, NBD_OPT_STARTTLS, NBD_REP_ERR_POLICY,
+                       "TLS is off on this server (--tls)");
+  if (len != 0)
+    return send_error (c, NBD_OPT_STARTTLS, NBD_REP_ERR_INVALID,
+                       "NBD_OPT_STARTTLS takes no data");
+  if (c->tls)
+    return send_error (c, NBD_OPT_STARTTLS, NBD_REP_ERR_INVALID,
+                       "TLS is already established");
+  if (!c->fixed_newstyle)
+    return send_error (c, NBD_OPT_STARTTLS, NBD_REP_ERR_INVALID,
+                       "TLS needs the fixed newstyle handshake");
+  if (send_ack (c, NBD_OPT_STARTTLS) == -1 || tls_start (c) == -1)
+    return -1;
+  /* The spec: nothing negotiated before STARTTLS survives it. */
+  c->structured = false;
+  c->meta_alloc = false;
+  free (c->meta_export);
+  c->meta_export = NULL;
+  return 0;
 }
 
 /* NBD_OPT_LIST_META_CONTEXT / NBD_OPT_SET_META_CONTEXT.  We know one
@@ -492,13 +520,13 @@ handshake (struct conn *c)
   if (conn_write (c, &g, sizeof g) == -1)
     return -1;
   if (conn_read (c, &cflags, 4) == -1) {
-    debug ("conn %lu: closed before sending client flags", c->id);
+    debug ("%s: closed before sending client flags", c->name);
     return -1;
   }
   cflags = be32toh (cflags);
   if (cflags & ~(NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES)) {
-    log_error ("conn %lu: unknown client flags 0x%" PRIx32 ": closing",
-               c->id, cflags);
+    log_error ("%s: unknown client flags 0x%" PRIx32 ": closing",
+               c->name, cflags);
     return -1;
   }
   c->fixed_newstyle = cflags & NBD_FLAG_C_FIXED_NEWSTYLE;
@@ -510,27 +538,27 @@ handshake (struct conn *c)
 
   for (n = 0; ; n++) {
     if (n >= MAX_OPTIONS) {
-      log_error ("conn %lu: more than %d options: closing", c->id,
+      log_error ("%s: more than %d options: closing", c->name,
                  MAX_OPTIONS);
       return -1;
     }
     if (conn_read (c, &o, sizeof o) == -1) {
-      debug ("conn %lu: closed during option haggling", c->id);
+      debug ("%s: closed during option haggling", c->name);
       return -1;
     }
     if (be64toh (o.magic) != NBD_OPT_MAGIC) {
-      log_error ("conn %lu: bad option magic: closing", c->id);
+      log_error ("%s: bad option magic: closing", c->name);
       return -1;
     }
     option = be32toh (o.option);
     len = be32toh (o.optlen);
-    debug ("conn %lu: option %" PRIu32 " length %" PRIu32, c->id,
+    debug ("%s: option %" PRIu32 " length %" PRIu32, c->name,
            option, len);
 
     if (len > MAX_OPTION_LEN) {
       if (option == NBD_OPT_EXPORT_NAME || len > MAX_OPTION_SKIP) {
-        log_error ("conn %lu: option %" PRIu32 " with %" PRIu32
-                   " bytes of data: closing", c->id, option, len);
+        log_error ("%s: option %" PRIu32 " with %" PRIu32
+                   " bytes of data: closing", c->name, option, len);
         return -1;
       }
       if (conn_skip (c, len) == -1)
@@ -541,7 +569,7 @@ handshake (struct conn *c)
       continue;
     }
     if (conn_read (c, payload, len) == -1) {
-      debug ("conn %lu: truncated option", c->id);
+      debug ("%s: truncated option", c->name);
       return -1;
     }
 
@@ -553,13 +581,27 @@ handshake (struct conn *c)
       continue;
     }
 
+    /* --tls=require: nothing but STARTTLS and ABORT before TLS. */
+    if (opts.tls == TLS_REQUIRE && c->tls == NULL &&
+        option != NBD_OPT_STARTTLS && option != NBD_OPT_ABORT) {
+      if (option == NBD_OPT_EXPORT_NAME) {
+        log_error ("%s: NBD_OPT_EXPORT_NAME without TLS (--tls=require): "
+                   "closing", c->name);
+        return -1;
+      }
+      if (send_error (c, option, NBD_REP_ERR_TLS_REQD,
+                      "TLS is required: send NBD_OPT_STARTTLS first") == -1)
+        return -1;
+      continue;
+    }
+
     switch (option) {
     case NBD_OPT_EXPORT_NAME:
       return opt_export_name (c, payload, len);
 
     case NBD_OPT_ABORT:
       send_ack (c, option);     /* the client may already be gone */
-      debug ("conn %lu: NBD_OPT_ABORT", c->id);
+      debug ("%s: NBD_OPT_ABORT", c->name);
       return -1;
 
     case NBD_OPT_LIST:
@@ -567,8 +609,7 @@ handshake (struct conn *c)
       break;
 
     case NBD_OPT_STARTTLS:
-      r = send_error (c, option, len ? NBD_REP_ERR_INVALID : NBD_REP_ERR_UNSUP,
-                      "TLS is not supported by this server");
+      r = opt_starttls (c, len);
       break;
 
     case NBD_OPT_INFO:

@@ -17,6 +17,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <stdint.h>
+#include <arpa/inet.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -33,6 +34,7 @@
 
 #include "cleanup.h"
 #include "server.h"
+#include "vector.h"
 
 static pthread_mutex_t reg_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t reg_cond = PTHREAD_COND_INITIALIZER;
@@ -160,8 +162,8 @@ handshake_deadlines (void)
   SCOPED_LOCK (&reg_lock);
 
   while ((c = hs_head) != NULL && c->hs_deadline <= now) {
-    log_error ("conn %lu: no export chosen within %u s "
-               "(--handshake-timeout): closing", c->id,
+    log_error ("%s: no export chosen within %u s "
+               "(--handshake-timeout): closing", c->name,
                opts.handshake_timeout);
     shutdown (c->rfd, SHUT_RDWR);
     hs_remove_locked (c);
@@ -226,6 +228,126 @@ connections_wait (void)
                  "them", SHUTDOWN_GRACE_ROUNDS / 10);
     connections_stop (round >= SHUTDOWN_GRACE_ROUNDS);
   }
+}
+
+/* --allow: TCP peers allowed to connect (none given: everyone).
+ * Written while parsing the command line, read-only afterwards.
+ */
+struct allow_rule {
+  int family;                   /* AF_INET or AF_INET6 */
+  unsigned char addr[16];       /* network byte order, host bits zero */
+  unsigned prefix;
+};
+DEFINE_VECTOR_TYPE (allow_vector, struct allow_rule);
+static allow_vector allows;
+
+static void
+mask_bits (unsigned char *addr, size_t len, unsigned prefix)
+{
+  size_t i;
+
+  for (i = 0; i < len; i++) {
+    unsigned keep = prefix >= 8 * (i + 1) ? 8
+      : prefix > 8 * i ? prefix - 8 * i : 0;
+
+    addr[i] &= keep ? (unsigned char) (0xff << (8 - keep)) : 0;
+  }
+}
+
+int
+allow_add (const char *spec)
+{
+  struct allow_rule r = { 0 };
+  char buf[INET6_ADDRSTRLEN + 8], *slash, *end;
+  unsigned long prefix;
+  size_t len;
+
+  if (strlen (spec) >= sizeof buf)
+    goto bad;
+  strcpy (buf, spec);
+  slash = strchr (buf, '/');
+  if (slash)
+    *slash = '\0';
+  if (inet_pton (AF_INET, buf, r.addr) == 1) {
+    r.family = AF_INET;
+    len = 4;
+  }
+  else if (inet_pton (AF_INET6, buf, r.addr) == 1) {
+    r.family = AF_INET6;
+    len = 16;
+  }
+  else
+    goto bad;
+  r.prefix = 8 * len;
+  if (slash) {
+    errno = 0;
+    prefix = strtoul (slash + 1, &end, 10);
+    if (slash[1] == '\0' || *end != '\0' || errno || prefix > 8 * len)
+      goto bad;
+    r.prefix = prefix;
+  }
+  mask_bits (r.addr, len, r.prefix);
+  if (allow_vector_append (&allows, r) == -1) {
+    log_error ("--allow: %m");
+    return -1;
+  }
+  return 0;
+
+ bad:
+  log_error ("--allow %s: expected an IPv4 or IPv6 address, optionally "
+             "followed by /PREFIX (0 to 32 for IPv4, 0 to 128 for IPv6), "
+             "e.g. 192.168.1.0/24 or fd00::/8", spec);
+  return -1;
+}
+
+bool
+allow_peer (const struct sockaddr *sa, socklen_t salen)
+{
+  unsigned char addr[16];
+  int family;
+  size_t i, len;
+
+  if (allows.len == 0 || sa->sa_family == AF_UNIX)
+    return true;
+  if (sa->sa_family == AF_INET) {
+    family = AF_INET;
+    len = 4;
+    memcpy (addr, &((const struct sockaddr_in *) sa)->sin_addr, 4);
+  }
+  else if (sa->sa_family == AF_INET6) {
+    const struct in6_addr *a6 = &((const struct sockaddr_in6 *) sa)->sin6_addr;
+
+    /* An IPv4 client on a dual-stack socket (socket activation). */
+    if (IN6_IS_ADDR_V4MAPPED (a6)) {
+      family = AF_INET;
+      len = 4;
+      memcpy (addr, &a6->s6_addr[12], 4);
+    }
+    else {
+      family = AF_INET6;
+      len = 16;
+      memcpy (addr, a6, 16);
+    }
+  }
+  else
+    return false;
+  for (i = 0; i < allows.len; i++) {
+    unsigned char masked[16];
+
+    if (allows.ptr[i].family != family)
+      continue;
+    memcpy (masked, addr, len);
+    mask_bits (masked, len, allows.ptr[i].prefix);
+    if (memcmp (masked, allows.ptr[i].addr, len) == 0)
+      return true;
+  }
+  return false;
+}
+
+void
+allow_free (void)
+{
+  allow_vector_reset (&allows);
 }
 
 /* Listening sockets. */
@@ -576,8 +698,10 @@ listen_loop (int *fds, int nfds, int wakefd)
   struct pollfd *pfd;
   int i, one = 1, timeout;
   bool paused = false;          /* out of descriptors: not accepting */
-  int64_t pause_until = 0, refusal_logged = 0;
-  unsigned long refused = 0;
+  int64_t pause_until = 0, refusal_logged = 0, disallowed_logged = 0;
+  unsigned long refused = 0, disallowed = 0;
+  struct sockaddr_storage peer;
+  socklen_t peer_len;
 
   pfd = calloc (nfds + 1, sizeof *pfd);
   if (pfd == NULL) {
@@ -624,7 +748,9 @@ listen_loop (int *fds, int nfds, int wakefd)
 
       if (pfd[i].fd == -1 || !(pfd[i].revents & POLLIN))
         continue;
-      fd = accept4 (fds[i], NULL, NULL, SOCK_CLOEXEC);
+      peer_len = sizeof peer;
+      fd = accept4 (fds[i], (struct sockaddr *) &peer, &peer_len,
+                    SOCK_CLOEXEC);
       if (fd == -1) {
         if (accept_out_of_resources (errno)) {
           log_error ("accept: %m: not accepting connections until one "
@@ -636,6 +762,24 @@ listen_loop (int *fds, int nfds, int wakefd)
         }
         else if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED)
           log_error ("accept: %m");
+        continue;
+      }
+      /* Not allowed (--allow): closed before the greeting. */
+      if (!allow_peer ((struct sockaddr *) &peer, peer_len)) {
+        int64_t now = now_ms ();
+        char where[NI_MAXHOST + NI_MAXSERV + 8];
+
+        close (fd);
+        disallowed++;
+        if (now - disallowed_logged >= REFUSAL_LOG_MS) {
+          format_addr ((struct sockaddr *) &peer, peer_len, where,
+                       sizeof where);
+          log_error ("refused a connection from %s (not allowed by "
+                     "--allow)%s", where, disallowed > 1 ? ", and others"
+                     : "");
+          disallowed_logged = now;
+          disallowed = 0;
+        }
         continue;
       }
       /* Over the limit: closed at once, before any thread or buffer is

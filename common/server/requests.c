@@ -247,8 +247,8 @@ send_error (struct conn *c, struct request *r, uint32_t err, const char *msg)
   struct iovec iov[2];
   size_t len;
 
-  debug ("conn %lu: request type %u offset %" PRIu64 " count %" PRIu32
-         ": error %" PRIu32 ": %s", c->id, r->type, r->offset, r->count,
+  debug ("%s: request type %u offset %" PRIu64 " count %" PRIu32
+         ": error %" PRIu32 ": %s", c->name, r->type, r->offset, r->count,
          err, msg ? msg : "");
   if (!c->structured) {
     send_simple (c, r, err, NULL, 0);

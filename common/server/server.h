@@ -21,6 +21,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/socket.h>
+#include <sys/types.h>
 #include <sys/uio.h>
 
 #include "backend.h"
@@ -62,7 +64,14 @@ struct options {
   bool exit_with_parent;
   unsigned max_connections;    /* --max-connections, 0: no limit */
   unsigned handshake_timeout;  /* --handshake-timeout (s), 0: none */
+  int tls;                     /* --tls: TLS_OFF, TLS_ON, TLS_REQUIRE */
+  const char *tls_certificates; /* --tls-certificates DIR */
+  const char *tls_psk;         /* --tls-psk FILE */
+  bool tls_verify_peer;        /* --tls-verify-peer */
+  int log_to;                  /* --log: LOG_TO_* */
 };
+enum { TLS_OFF, TLS_ON, TLS_REQUIRE };
+enum { LOG_TO_DEFAULT, LOG_TO_STDERR, LOG_TO_SYSLOG };
 extern struct options opts;
 extern const struct backend *B;
 extern const char *progname;
@@ -70,9 +79,13 @@ extern const char *progname;
 /* Set by SIGTERM/SIGINT (or --run's command exiting). */
 extern atomic_bool shutting_down;
 
-/* services.c: logging (stderr, or syslog once log_to_syslog was called). */
+/* services.c: logging (stderr, or syslog once log_to_syslog was called).
+ * log_info: what an admin wants in the log of a daemon (connections,
+ * TLS peers): always in syslog, on stderr only with -v.
+ */
 void log_to_syslog (void);
 void log_error (const char *fmt, ...) __attribute__ ((format (printf, 1, 2)));
+void log_info (const char *fmt, ...) __attribute__ ((format (printf, 1, 2)));
 void log_debug (const char *fmt, ...) __attribute__ ((format (printf, 1, 2)));
 #define debug(...) do { if (opts.verbose) log_debug (__VA_ARGS__); } while (0)
 /* The per-thread backend error message: cleared before each backend
@@ -145,6 +158,9 @@ struct conn {
   bool is_socket;
   pthread_t reader;
   unsigned long id;
+  /* "conn 12 (127.0.0.1:40312)": how log lines name the connection. */
+  char name[96];
+  struct conn_tls *tls;        /* tls.c: NULL until STARTTLS succeeded */
 
   /* Handshake results (written by the reader before any worker runs). */
   bool fixed_newstyle, no_zeroes;
@@ -238,8 +254,30 @@ void request_thread_exit (void);
 /* Map a host errno to the NBD error number. */
 uint32_t nbd_errno (int err);
 
+/* tls.c (OpenSSL).  tls_setup loads the credentials of opts (before
+ * any fork); tls_start runs the server side of the handshake on c
+ * after NBD_OPT_STARTTLS was acknowledged; then conn_read / conn_writev
+ * go through tls_read / tls_writev; tls_end frees it all.
+ */
+int tls_setup (void);
+void tls_free (void);
+int tls_start (struct conn *c);
+void tls_end (struct conn *c);
+/* >0 bytes, 0 at EOF, -1 with errno. */
+ssize_t tls_read (struct conn *c, void *buf, size_t len);
+int tls_writev (struct conn *c, const struct iovec *iov, int iovcnt);
+/* Decrypted input waiting inside the TLS layer. */
+bool tls_pending (struct conn *c);
+
 /* listen.c */
 extern bool listen_activated;  /* the sockets came from LISTEN_FDS */
+/* --allow ADDR[/PREFIX]: add one rule; -1 with a message if malformed. */
+int allow_add (const char *spec);
+/* Whether a peer may connect (no --allow rule: anyone; a Unix socket
+ * peer: always).
+ */
+bool allow_peer (const struct sockaddr *sa, socklen_t len);
+void allow_free (void);
 /* Listening sockets from opts (or socket activation); returns count. */
 int listen_setup (int **fds, char **unix_path_out, char **tmpdir_out,
                   int *port_out);

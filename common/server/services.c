@@ -65,6 +65,20 @@ log_error (const char *fmt, ...)
 }
 
 void
+log_info (const char *fmt, ...)
+{
+  va_list ap;
+  int saved = errno;
+
+  if (!use_syslog && !opts.verbose)
+    return;
+  va_start (ap, fmt);
+  vlog (LOG_INFO, "", fmt, ap);
+  va_end (ap);
+  errno = saved;
+}
+
+void
 log_debug (const char *fmt, ...)
 {
   va_list ap;
