@@ -87,6 +87,7 @@ struct backend {
 
   /* Capabilities: 1 yes, 0 no, -1 error.  NULL means no (for can_fua and
    * can_cache: NONE) except can_write, whose NULL means "pwrite != NULL".
+   * Both front ends apply these rules through common/lib/capabilities.h.
    */
   int (*can_write) (void *handle);
   int (*can_flush) (void *handle);

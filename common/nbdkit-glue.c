@@ -18,6 +18,7 @@
 #include <nbdkit-plugin.h>
 
 #include "backend.h"
+#include "capabilities.h"
 #include "msghook.h"
 
 
@@ -94,33 +95,49 @@ backend_add_export (struct backend_exports *exports,
  * (.open's readonly), but a backend must know before any connection
  * whether it may write to its storage at all (a cas store takes its lock
  * and repairs a torn pack when it is opened).  So read nbdkit's own
- * command line as its option parser does: GNU getopt_long permutes, so
- * an option may come anywhere before "--"; short options cluster ("-fr");
- * a long option may be abbreviated to any unambiguous prefix.  The table
- * is nbdkit 1.32's (server/options.h): the options that take an argument,
- * so that an argument is never mistaken for an option.
+ * command line as its option parser (glibc getopt_long) does:
+ *  - options are permuted: one may come anywhere before "--", also after
+ *    the plugin name (unless POSIXLY_CORRECT is set);
+ *  - short options cluster ("-fr"), and an option taking an argument
+ *    takes the rest of its cluster or the next word ("-e -r" names the
+ *    export "-r");
+ *  - a long option may be abbreviated to any prefix that is unambiguous,
+ *    and a prefix of several names of the same option ("--exp" for
+ *    export, export-name and exportname) is unambiguous.
+ * The tables are nbdkit 1.32's (server/options.h): which options take an
+ * argument, so that an argument is never mistaken for an option, and
+ * which names are the same option.  nbdkit itself refuses any command
+ * line this parser would misread (an unknown or ambiguous option).
  */
 static const char nbdkit_short_with_arg[] = "DegipPtuU";
-enum nbdkit_opt_kind { NOARG, ARG, RO };
+enum nbdkit_opt_kind { NOARG, ARG };
 static const struct {
   const char *name;
   enum nbdkit_opt_kind kind;
+  int id;                       /* equal ids: the same option */
 } nbdkit_long[] = {
-  { "debug", ARG }, { "dump-config", NOARG }, { "dump-plugin", NOARG },
-  { "exit-with-parent", NOARG }, { "export", ARG }, { "export-name", ARG },
-  { "exportname", ARG }, { "filter", ARG }, { "foreground", NOARG },
-  { "no-fork", NOARG }, { "group", ARG }, { "help", NOARG },
-  { "ip-addr", ARG }, { "ipaddr", ARG }, { "log", ARG },
-  { "long-options", NOARG }, { "mask-handshake", ARG },
-  { "new-style", NOARG }, { "newstyle", NOARG }, { "no-sr", NOARG },
-  { "old-style", NOARG }, { "oldstyle", NOARG }, { "pid-file", ARG },
-  { "pidfile", ARG }, { "port", ARG }, { "read-only", RO },
-  { "readonly", RO }, { "run", ARG }, { "selinux-label", ARG },
-  { "short-options", NOARG }, { "single", NOARG }, { "stdin", NOARG },
-  { "swap", NOARG }, { "threads", ARG }, { "tls", ARG },
-  { "tls-certificates", ARG }, { "tls-psk", ARG },
-  { "tls-verify-peer", NOARG }, { "unix", ARG }, { "user", ARG },
-  { "verbose", NOARG }, { "version", NOARG }, { "vsock", NOARG },
+  { "ipv4-only", NOARG, '4' }, { "ipv6-only", NOARG, '6' },
+  { "debug", ARG, 'D' }, { "dump-config", NOARG, 256 },
+  { "dump-plugin", NOARG, 257 }, { "exit-with-parent", NOARG, 258 },
+  { "export", ARG, 'e' }, { "export-name", ARG, 'e' },
+  { "exportname", ARG, 'e' }, { "filter", ARG, 259 },
+  { "foreground", NOARG, 'f' }, { "no-fork", NOARG, 'f' },
+  { "group", ARG, 'g' }, { "help", NOARG, 260 },
+  { "ip-addr", ARG, 'i' }, { "ipaddr", ARG, 'i' }, { "log", ARG, 261 },
+  { "long-options", NOARG, 262 }, { "mask-handshake", ARG, 263 },
+  { "new-style", NOARG, 'n' }, { "newstyle", NOARG, 'n' },
+  { "no-sr", NOARG, 264 }, { "old-style", NOARG, 'o' },
+  { "oldstyle", NOARG, 'o' }, { "pid-file", ARG, 'P' },
+  { "pidfile", ARG, 'P' }, { "port", ARG, 'p' },
+  { "read-only", NOARG, 'r' }, { "readonly", NOARG, 'r' },
+  { "run", ARG, 265 }, { "selinux-label", ARG, 266 },
+  { "short-options", NOARG, 267 }, { "single", NOARG, 's' },
+  { "stdin", NOARG, 's' }, { "swap", NOARG, 268 },
+  { "threads", ARG, 't' }, { "tls", ARG, 269 },
+  { "tls-certificates", ARG, 270 }, { "tls-psk", ARG, 271 },
+  { "tls-verify-peer", NOARG, 272 }, { "unix", ARG, 'U' },
+  { "user", ARG, 'u' }, { "verbose", NOARG, 'v' },
+  { "version", NOARG, 'V' }, { "vsock", NOARG, 273 },
 };
 
 /* One long option (without the leading "--"): sets *ro; returns whether
@@ -129,43 +146,73 @@ static const struct {
 static bool
 nbdkit_long_option (const char *opt, bool *ro)
 {
-  size_t len = strcspn (opt, "="), i, matches = 0, m = 0;
+  size_t len = strcspn (opt, "="), i, m = 0;
+  bool found = false, ambiguous = false;
 
   for (i = 0; i < sizeof nbdkit_long / sizeof nbdkit_long[0]; i++) {
     if (strncmp (nbdkit_long[i].name, opt, len) != 0)
       continue;
-    if (nbdkit_long[i].name[len] == '\0') {    /* exact */
-      m = i, matches = 1;
+    if (nbdkit_long[i].name[len] == '\0') {   /* exact */
+      m = i, found = true, ambiguous = false;
       break;
     }
-    /* Abbreviations of read-only and readonly are the same option. */
-    if (matches == 0 || nbdkit_long[m].kind != RO ||
-        nbdkit_long[i].kind != RO)
-      matches++;
-    m = i;
+    if (!found)
+      m = i, found = true;
+    else if (nbdkit_long[i].id != nbdkit_long[m].id)
+      ambiguous = true;
   }
-  if (matches != 1)
+  if (!found || ambiguous)
     return false;               /* nbdkit itself refused it */
-  if (nbdkit_long[m].kind == RO)
+  if (nbdkit_long[m].id == 'r')
     *ro = true;
   return nbdkit_long[m].kind == ARG && opt[len] != '=';
+}
+
+/* /proc/self/cmdline, whole (a command line may be up to ARG_MAX long):
+ * malloc'd, *len bytes, NUL-terminated words.  NULL on error.
+ */
+static char *
+read_cmdline (size_t *len)
+{
+  size_t cap = 4096, n = 0;
+  char *buf = NULL;
+  FILE *fp = fopen ("/proc/self/cmdline", "re");
+
+  if (fp == NULL)
+    return NULL;
+  for (;;) {
+    char *nb = realloc (buf, cap + 1);
+
+    if (nb == NULL) {
+      free (buf);
+      fclose (fp);
+      return NULL;
+    }
+    buf = nb;
+    n += fread (buf + n, 1, cap - n, fp);
+    if (n < cap)
+      break;
+    cap *= 2;
+  }
+  fclose (fp);
+  buf[n] = '\0';
+  *len = n;
+  return buf;
 }
 
 static bool
 nbdkit_cmdline_readonly (void)
 {
-  char buf[65536], *p, *end;
+  char *buf, *p, *end;
   bool ro = false, skip = false;
-  ssize_t n;
-  FILE *fp = fopen ("/proc/self/cmdline", "re");
+  size_t n;
 
-  if (fp == NULL)
+  buf = read_cmdline (&n);
+  if (buf == NULL) {
+    nbdkit_debug ("cannot read /proc/self/cmdline (%m): assuming nbdkit "
+                  "was started without -r");
     return false;
-  n = fread (buf, 1, sizeof buf - 1, fp);
-  fclose (fp);
-  if (n <= 0)
-    return false;
-  buf[n] = '\0';
+  }
   end = buf + n;
   /* argv[0], then the arguments. */
   for (p = buf + strlen (buf) + 1; p < end; p += strlen (p) + 1) {
@@ -193,22 +240,26 @@ nbdkit_cmdline_readonly (void)
       }
     }
   }
+  free (buf);
   return ro;
 }
+
+/* Set by glue_load, single-threaded, before any other callback. */
+static bool server_readonly;
 
 bool
 backend_server_readonly (void)
 {
-  static int cached = -1;
-
-  if (cached == -1)
-    cached = nbdkit_cmdline_readonly ();
-  return cached;
+  return server_readonly;
 }
 
 static void
 glue_load (void)
 {
+  server_readonly = nbdkit_cmdline_readonly ();
+  if (server_readonly)
+    nbdkit_debug ("nbdkit runs read-only (-r): the backend opens its "
+                  "storage read-only");
   if (B->load)
     B->load ();
 }
@@ -251,106 +302,163 @@ static const char *
 glue_default_export (int readonly, int is_tls)
 {
   (void) is_tls;
-  return B->default_export ? B->default_export (readonly) : "";
+  return backend_get_default_export (B, readonly);
 }
+
+/* Per connection: the backend's handle and its capabilities, resolved
+ * once (capabilities.h) so every can_* answer and the contract checks
+ * use the same rules as minnbd.
+ */
+struct glue_handle {
+  void *h;
+  bool readonly;
+  struct backend_caps caps;
+};
 
 static void *
 glue_open (int readonly)
 {
   const char *name = nbdkit_export_name ();
-  void *h;
+  struct glue_handle *gh = malloc (sizeof *gh);
 
-  h = B->open (name ? name : "", readonly);
-  if (h == NULL)
+  if (gh == NULL) {
+    nbdkit_error ("malloc: %m");
+    return NULL;
+  }
+  gh->readonly = readonly;
+  gh->h = B->open (name ? name : "", readonly);
+  if (gh->h == NULL) {
     nbdkit_set_error (errno);
-  return h;
+    free (gh);
+    return NULL;
+  }
+  if (backend_get_caps (B, gh->h, &gh->caps) == -1) {
+    int err = errno;
+
+    B->close (gh->h);
+    free (gh);
+    nbdkit_set_error (err);
+    return NULL;
+  }
+  if (!gh->caps.can_write)
+    gh->readonly = true;
+  return gh;
 }
 
 static void
 glue_close (void *handle)
 {
-  B->close (handle);
+  struct glue_handle *gh = handle;
+
+  B->close (gh->h);
+  free (gh);
 }
 
 static int64_t
 glue_get_size (void *handle)
 {
-  return B->get_size (handle);
+  struct glue_handle *gh = handle;
+
+  return B->get_size (gh->h);
 }
 
 static int
 glue_block_size (void *handle, uint32_t *min, uint32_t *pref, uint32_t *max)
 {
-  if (!B->block_size) {
-    *min = *pref = *max = 0;
-    return 0;
-  }
-  return B->block_size (handle, min, pref, max);
+  struct glue_handle *gh = handle;
+
+  return backend_get_block_size (B, gh->h, min, pref, max);
 }
 
-#define CAN(fn, dflt)                                   \
+#define CAN(fn)                                         \
   static int                                            \
   glue_##fn (void *handle)                              \
   {                                                     \
-    return B->fn ? B->fn (handle) : (dflt);             \
+    return ((struct glue_handle *) handle)->caps.fn;    \
   }
-CAN (can_write, B->pwrite != NULL)
-CAN (can_flush, 0)
-CAN (can_trim, 0)
-CAN (can_zero, 0)
-CAN (can_fast_zero, 0)
-CAN (can_fua, BACKEND_FUA_NONE)
-CAN (can_multi_conn, 0)
-CAN (can_extents, 0)
-CAN (can_cache, BACKEND_CACHE_NONE)
-CAN (is_rotational, 0)
+CAN (can_write)
+CAN (can_flush)
+CAN (can_trim)
+CAN (can_zero)
+CAN (can_fast_zero)
+CAN (can_fua)
+CAN (can_multi_conn)
+CAN (can_extents)
+CAN (can_cache)
+CAN (is_rotational)
 #undef CAN
+
+/* Each data call checks nbdkit keeps the contract of backend.h. */
+#define CHECK(call, flags) \
+  BACKEND_ASSERT_CALL (B, &gh->caps, gh->readonly, (call), (flags))
 
 static int
 glue_pread (void *handle, void *buf, uint32_t count, uint64_t offset,
             uint32_t flags)
 {
-  return B->pread (handle, buf, count, offset, flags);
+  struct glue_handle *gh = handle;
+
+  CHECK (BACKEND_CALL_PREAD, flags);
+  return B->pread (gh->h, buf, count, offset, flags);
 }
 
 static int
 glue_pwrite (void *handle, const void *buf, uint32_t count, uint64_t offset,
              uint32_t flags)
 {
-  return B->pwrite (handle, buf, count, offset, flags);
+  struct glue_handle *gh = handle;
+
+  CHECK (BACKEND_CALL_PWRITE, flags);
+  return B->pwrite (gh->h, buf, count, offset, flags);
 }
 
 static int
 glue_flush (void *handle, uint32_t flags)
 {
-  return B->flush (handle, flags);
+  struct glue_handle *gh = handle;
+
+  CHECK (BACKEND_CALL_FLUSH, flags);
+  return B->flush (gh->h, flags);
 }
 
 static int
 glue_trim (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
 {
-  return B->trim (handle, count, offset, flags);
+  struct glue_handle *gh = handle;
+
+  CHECK (BACKEND_CALL_TRIM, flags);
+  return B->trim (gh->h, count, offset, flags);
 }
 
 static int
 glue_zero (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
 {
-  return B->zero (handle, count, offset, flags);
+  struct glue_handle *gh = handle;
+
+  CHECK (BACKEND_CALL_ZERO, flags);
+  return B->zero (gh->h, count, offset, flags);
 }
 
 static int
 glue_extents (void *handle, uint32_t count, uint64_t offset, uint32_t flags,
               struct nbdkit_extents *extents)
 {
-  return B->extents (handle, count, offset, flags,
+  struct glue_handle *gh = handle;
+
+  CHECK (BACKEND_CALL_EXTENTS, flags);
+  return B->extents (gh->h, count, offset, flags,
                      (struct backend_extents *) extents);
 }
 
 static int
 glue_cache (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
 {
-  return B->cache (handle, count, offset, flags);
+  struct glue_handle *gh = handle;
+
+  CHECK (BACKEND_CALL_CACHE, flags);
+  return B->cache (gh->h, count, offset, flags);
 }
+#undef CHECK
 
 #define THREAD_MODEL NBDKIT_THREAD_MODEL_PARALLEL
 

@@ -55,12 +55,32 @@ mem_default_export (bool readonly)
   return "";
 }
 
+/* Exports named "error-ENAME" (not listed) fail to open with errno
+ * ENAME and a message, so tests choose how an open fails.
+ */
+static const struct { const char *name; int err; } open_errors[] = {
+  { "ENOENT", ENOENT }, { "EINVAL", EINVAL }, { "EPERM", EPERM },
+  { "EACCES", EACCES }, { "EROFS", EROFS }, { "EIO", EIO },
+  { "ENOMEM", ENOMEM }, { "ESHUTDOWN", ESHUTDOWN },
+  { "ENOTSUP", ENOTSUP }, { "EBUSY", EBUSY },
+};
+
 static void *
 mem_open (const char *name, bool readonly)
 {
   struct mem_handle *h;
   enum mem_kind k;
+  size_t i;
 
+  if (strncmp (name, "error-", 6) == 0) {
+    for (i = 0; i < sizeof open_errors / sizeof open_errors[0]; i++)
+      if (strcmp (name + 6, open_errors[i].name) == 0) {
+        backend_error ("mem: export '%s' fails to open with %s, as its "
+                       "name asks", name, open_errors[i].name);
+        errno = open_errors[i].err;
+        return NULL;
+      }
+  }
   if (strcmp (name, "") == 0) k = MEM_DEFAULT;
   else if (strcmp (name, "ro") == 0) k = MEM_RO;
   else if (strcmp (name, "small") == 0) k = MEM_SMALL;

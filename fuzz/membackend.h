@@ -10,6 +10,9 @@
  *            (the server splits requests)
  *   "emul"   1 MiB, FUA and cache emulated by the server, no zero, no
  *            trim, no extents (the server's fallbacks)
+ * and, unlisted, "error-ENAME" (ENOENT, EINVAL, EPERM, EACCES, EROFS,
+ * EIO, ENOMEM, ESHUTDOWN, ENOTSUP, EBUSY): open fails with that errno
+ * and a message (for tests of how a front end reports it).
  * The data is one static 1 MiB array plus a per-4 KiB "allocated" map
  * (for extents); mem_backend_reset() zeroes both so that every fuzz input
  * starts from the same state.

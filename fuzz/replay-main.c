@@ -14,6 +14,8 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "vector.h"
+
 int LLVMFuzzerTestOneInput (const uint8_t *data, size_t size);
 
 static int
@@ -57,6 +59,14 @@ run_file (const char *path)
   return 0;
 }
 
+DEFINE_VECTOR_TYPE (string_vector, char *);
+
+static void
+free_string (char **s)
+{
+  free (*s);
+}
+
 static int
 cmp (const void *a, const void *b)
 {
@@ -78,34 +88,30 @@ main (int argc, char **argv)
     if (S_ISDIR (st.st_mode)) {
       DIR *d = opendir (argv[i]);
       struct dirent *e;
-      char **names = NULL;
-      size_t k, cnt = 0;
+      string_vector names = empty_vector;
+      size_t k;
 
       if (d == NULL) {
         perror (argv[i]);
         return 1;
       }
       while ((e = readdir (d)) != NULL) {
-        char **nn;
+        char *name;
 
         if (e->d_name[0] == '.')
           continue;
-        nn = realloc (names, (cnt + 1) * sizeof *names);
-        if (nn == NULL || asprintf (&nn[cnt], "%s/%s", argv[i],
-                                    e->d_name) == -1)
+        if (asprintf (&name, "%s/%s", argv[i], e->d_name) == -1 ||
+            string_vector_append (&names, name) == -1)
           return 1;
-        names = nn;
-        cnt++;
       }
       closedir (d);
-      qsort (names, cnt, sizeof *names, cmp);
-      for (k = 0; k < cnt; k++) {
-        if (run_file (names[k]) == -1)
+      qsort (names.ptr, names.len, sizeof *names.ptr, cmp);
+      for (k = 0; k < names.len; k++) {
+        if (run_file (names.ptr[k]) == -1)
           return 1;
         n++;
-        free (names[k]);
       }
-      free (names);
+      string_vector_free_all (&names, free_string);
     }
     else {
       if (run_file (argv[i]) == -1)

@@ -16,17 +16,6 @@
 #include "server.h"
 #include "serverharness.h"
 
-/* What main.c defines in minnbd. */
-struct options opts = { .threads = 4 };
-const struct backend *B = &mem_backend;
-const char *progname = "minnbd-fuzz";
-atomic_bool shutting_down;
-
-void
-check_children (void)
-{
-}
-
 void
 harness_init (void)
 {
@@ -38,6 +27,13 @@ harness_init (void)
   done = true;
   /* The client side may close first: EPIPE, not death by SIGPIPE. */
   sigaction (SIGPIPE, &sa, NULL);
+  /* What minnbd_main would set: the backend, a few workers, and no
+   * handshake deadline (no main loop runs to enforce it).
+   */
+  B = &mem_backend;
+  opts.threads = 4;
+  opts.handshake_timeout = 0;
+  progname = "minnbd-fuzz";
   /* FUZZ_VERBOSE=1 shows the server's debug messages while debugging a
    * reproducer.
    */

@@ -1,9 +1,9 @@
 /* Driving minnbd's real connection code (common/server/conn.c) with a
  * byte stream, for the server fuzz targets.
  *
- * Contract: the harness links every minnbd object except main.c and
- * provides what main.c would: the globals opts, B (the memory backend,
- * membackend.h), progname, shutting_down and check_children().
+ * Contract: the harness links the server library (libminnbd.la) and
+ * sets up what minnbd_main() would (harness_init): the backend B (the
+ * memory backend, membackend.h) and the options.
  * serve_bytes() plays one client: it sends the bytes through a socketpair
  * into conn_serve() (running on the calling thread), then half-closes its
  * side, drains every reply, and returns once conn_serve() has returned --

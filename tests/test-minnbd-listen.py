@@ -219,6 +219,38 @@ def define(e):
         p = run(e.argv("-p", str(port), "--run", script))
         assert p.returncode == 0, p.stderr
 
+    def held_port_refused(family, addr, want):
+        """Another process listens on addr:PORT; minnbd -p PORT without
+        -i must fail naming the address it could not bind (issue 9 item
+        7), not start on the other addresses only."""
+        port = free_port(family, addr)
+        holder = socket.socket(family, socket.SOCK_STREAM)
+        if family == socket.AF_INET6:
+            holder.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        holder.bind((addr, port))
+        holder.listen(1)
+        pidf = os.path.join(e.d, "held.pid")
+        try:
+            p = run(e.argv("-p", str(port), "-P", pidf))
+        finally:
+            holder.close()
+        if p.returncode == 0:
+            os.kill(int(open(pidf).read()), signal.SIGTERM)
+        msg = p.stderr.decode(errors="replace")
+        assert p.returncode == 1, "minnbd started (exit %d) although " \
+            "%s:%d is held:\n%s" % (p.returncode, addr, port, msg)
+        assert (want % port) in msg and "Address already in use" in msg, msg
+
+    @c("-p without -i: 127.0.0.1:PORT held by another process: exit 1")
+    def _():
+        held_port_refused(socket.AF_INET, "127.0.0.1", "0.0.0.0:%d")
+
+    @c("-p without -i: [::1]:PORT held by another process: exit 1")
+    def _():
+        if not has_ipv6():
+            return
+        held_port_refused(socket.AF_INET6, "::1", "[::]:%d")
+
     @c("SIGTERM with requests in flight: they finish, exit 0")
     def _():
         d = os.path.join(e.d, "term")

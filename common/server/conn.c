@@ -34,12 +34,15 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <netdb.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "backend.h"
+#include "cleanup.h"
+#include "minmax.h"
 #include "nbd-protocol.h"
 #include "server.h"
 
@@ -73,12 +76,13 @@ conn_read (struct conn *c, void *buf, size_t len)
      * the buffer so that pipelined requests cost one syscall per batch.
      */
     direct = len >= READ_BUFFER_SIZE / 2;
-    if (direct)
-      r = read (c->rfd, p, len);
-    else {
+    if (!direct)
       c->rstart = c->rend = 0;
-      r = read (c->rfd, c->rbuf, READ_BUFFER_SIZE);
-    }
+    if (c->tls)
+      r = tls_read (c, direct ? p : c->rbuf, direct ? len : READ_BUFFER_SIZE);
+    else
+      r = read (c->rfd, direct ? p : c->rbuf,
+                direct ? len : READ_BUFFER_SIZE);
     if (r == 0) {
       errno = 0;                /* EOF */
       return -1;
@@ -116,15 +120,20 @@ conn_skip (struct conn *c, uint64_t len)
 int
 conn_writev (struct conn *c, struct iovec *iov, int iovcnt)
 {
-  int ret = 0;
+  SCOPED_LOCK (&c->wlock);
 
-  pthread_mutex_lock (&c->wlock);
-  if (atomic_load (&c->dead)) {
-    ret = -1;
-    goto out;
+  if (atomic_load (&c->dead))
+    return -1;
+  if (c->tls) {
+    if (tls_writev (c, iov, iovcnt) == -1) {
+      debug ("%s: write: %m", c->name);
+      atomic_store (&c->dead, true);
+      return -1;
+    }
+    return 0;
   }
   while (iovcnt > 0) {
-    ssize_t r = writev (c->wfd, iov, iovcnt > IOV_MAX ? IOV_MAX : iovcnt);
+    ssize_t r = writev (c->wfd, iov, MIN (iovcnt, IOV_MAX));
 
     if (r < 0) {
       if (errno == EINTR)
@@ -132,10 +141,9 @@ conn_writev (struct conn *c, struct iovec *iov, int iovcnt)
       /* The client is gone: later replies are dropped; the reader sees
        * EOF or an error and winds the connection down.
        */
-      debug ("conn %lu: write: %m", c->id);
+      debug ("%s: write: %m", c->name);
       atomic_store (&c->dead, true);
-      ret = -1;
-      goto out;
+      return -1;
     }
     while (iovcnt > 0 && (size_t) r >= iov->iov_len) {
       r -= iov->iov_len;
@@ -147,9 +155,7 @@ conn_writev (struct conn *c, struct iovec *iov, int iovcnt)
       iov->iov_len -= r;
     }
   }
- out:
-  pthread_mutex_unlock (&c->wlock);
-  return ret;
+  return 0;
 }
 
 int
@@ -211,7 +217,7 @@ request_done_locked (struct conn *c, struct request *r)
     r->buf = NULL;
     r->bufcap = 0;
   }
-  if (r->ex.cap > 4096)
+  if (r->ex.v.cap > 4096)
     extents_free (&r->ex);
   if (c->nfree < POOL_MAX) {
     r->next = c->freelist;
@@ -357,37 +363,38 @@ transmission (struct conn *c)
   }
   c->workers = calloc (opts.threads, sizeof *c->workers);
   if (c->workers == NULL) {
-    log_error ("conn %lu: %m", c->id);
+    log_error ("%s: %m", c->name);
     return;
   }
-  pthread_mutex_lock (&c->qlock);
-  if (worker_start_locked (c) == -1) {
-    pthread_mutex_unlock (&c->qlock);
-    log_error ("conn %lu: cannot start a worker thread: %m", c->id);
-    return;
+  {
+    SCOPED_LOCK (&c->qlock);
+
+    if (worker_start_locked (c) == -1) {
+      log_error ("%s: cannot start a worker thread: %m", c->name);
+      return;
+    }
   }
-  pthread_mutex_unlock (&c->qlock);
 
   for (;;) {
     if (conn_read (c, &h, sizeof h) == -1) {
       if (errno)
-        debug ("conn %lu: read: %m", c->id);
+        debug ("%s: read: %m", c->name);
       else
-        debug ("conn %lu: client closed the connection", c->id);
+        debug ("%s: client closed the connection", c->name);
       break;
     }
     if (be32toh (h.magic) != NBD_REQUEST_MAGIC) {
-      log_error ("conn %lu: bad request magic 0x%08" PRIx32
-                 ": closing the connection", c->id, be32toh (h.magic));
+      log_error ("%s: bad request magic 0x%08" PRIx32
+                 ": closing the connection", c->name, be32toh (h.magic));
       break;
     }
     if (be16toh (h.type) == NBD_CMD_DISC) {
-      debug ("conn %lu: NBD_CMD_DISC", c->id);
+      debug ("%s: NBD_CMD_DISC", c->name);
       break;
     }
     r = request_get (c);
     if (r == NULL) {
-      log_error ("conn %lu: %m", c->id);
+      log_error ("%s: %m", c->name);
       break;
     }
     r->flags = be16toh (h.flags);
@@ -439,7 +446,7 @@ transmission (struct conn *c)
         rr = conn_skip (c, r->count);
       pthread_mutex_lock (&c->qlock);
       if (rr == -1) {
-        debug ("conn %lu: short write payload", c->id);
+        debug ("%s: short write payload", c->name);
         request_done_locked (c, r);
         pthread_mutex_unlock (&c->qlock);
         break;
@@ -464,7 +471,7 @@ transmission (struct conn *c)
      * than one request in flight anyway.
      */
     inline_exec = c->in_flight == 1 &&
-      (c->rstart == c->rend ||
+      ((c->rstart == c->rend && !(c->tls && tls_pending (c))) ||
        atomic_load_explicit (&c->avg_ns, memory_order_relaxed) <
        INLINE_MAX_NS);
     if (!inline_exec)
@@ -523,6 +530,7 @@ conn_free (struct conn *c)
     request_destroy (r);
   }
   export_close (c);
+  tls_end (c);
   free (c->meta_export);
   free (c->rbuf);
   pthread_mutex_destroy (&c->wlock);
@@ -532,12 +540,42 @@ conn_free (struct conn *c)
   free (c);
 }
 
+/* "conn 12 (127.0.0.1:40312)", "conn 12 (unix, pid 4321)", "conn 12". */
+static void
+conn_name (struct conn *c)
+{
+  struct sockaddr_storage ss;
+  socklen_t sl = sizeof ss;
+  char host[NI_MAXHOST], serv[NI_MAXSERV];
+
+  snprintf (c->name, sizeof c->name, "conn %lu", c->id);
+  if (!c->is_socket ||
+      getpeername (c->rfd, (struct sockaddr *) &ss, &sl) == -1)
+    return;
+  if (ss.ss_family == AF_UNIX) {
+    struct ucred cred;
+    socklen_t cl = sizeof cred;
+
+    if (getsockopt (c->rfd, SOL_SOCKET, SO_PEERCRED, &cred, &cl) == 0 &&
+        cred.pid > 0)
+      snprintf (c->name, sizeof c->name, "conn %lu (unix, pid %d)", c->id,
+                (int) cred.pid);
+    return;
+  }
+  if (getnameinfo ((struct sockaddr *) &ss, sl, host, sizeof host,
+                   serv, sizeof serv, NI_NUMERICHOST | NI_NUMERICSERV) == 0)
+    snprintf (c->name, sizeof c->name,
+              ss.ss_family == AF_INET6 ? "conn %lu ([%s]:%s)"
+              : "conn %lu (%s:%s)", c->id, host, serv);
+}
+
 void
 conn_serve (int rfd, int wfd, bool is_socket)
 {
   static atomic_ulong next_id;
   pthread_mutexattr_t ma;
   struct conn *c;
+  bool ok;
 
   c = calloc (1, sizeof *c);
   if (c == NULL || (c->rbuf = malloc (READ_BUFFER_SIZE)) == NULL) {
@@ -550,6 +588,7 @@ conn_serve (int rfd, int wfd, bool is_socket)
   c->is_socket = is_socket;
   c->reader = pthread_self ();
   c->id = atomic_fetch_add (&next_id, 1) + 1;
+  conn_name (c);
   /* Adaptive mutexes spin briefly before sleeping: both locks are held
    * only for a few microseconds, and a futex round trip costs more.
    */
@@ -561,14 +600,12 @@ conn_serve (int rfd, int wfd, bool is_socket)
   pthread_cond_init (&c->qcond, NULL);
   pthread_cond_init (&c->done_cond, NULL);
 
-  if (connection_register (c) == -1) {
-    log_error ("too many connections (%d): refusing one", MAX_CONNECTIONS);
-    conn_free (c);
-    goto close_fds;
-  }
-  debug ("conn %lu: new connection", c->id);
+  connection_register (c);
+  log_info ("%s: new connection", c->name);
 
-  if (handshake (c) == 0)
+  ok = handshake (c) == 0;
+  connection_handshake_done (c);
+  if (ok)
     transmission (c);
 
   /* Join the workers before touching the handle. */
@@ -580,14 +617,15 @@ conn_serve (int rfd, int wfd, bool is_socket)
     free (c->workers);
     c->workers = NULL;
   }
-  if (c->handle && !c->readonly && c->can_flush &&
+  if (c->handle && !c->readonly && c->caps.can_flush &&
       atomic_load (&c->dirty)) {
     backend_error_clear ();
+    CONN_CHECK_CALL (c, BACKEND_CALL_FLUSH, 0);
     if (B->flush (c->handle, 0) == -1)
-      log_error ("conn %lu: flush on close: %s", c->id,
+      log_error ("%s: flush on close: %s", c->name,
                  backend_error_message () ? : strerror (errno));
   }
-  debug ("conn %lu: closed", c->id);
+  log_info ("%s: closed", c->name);
   /* The backend handle is closed before the connection leaves the
    * registry: at shutdown the main thread unloads the backend as soon
    * as the registry is empty, and a close racing with the unload (cas:

@@ -16,27 +16,26 @@
 #include <string.h>
 
 #include "backend.h"
+#include "capabilities.h"
 #include "server.h"
+
+static void
+export_entry_free (struct export_entry *e)
+{
+  free (e->name);
+  free (e->description);
+}
 
 void
 exports_free (struct backend_exports *list)
 {
-  size_t i;
-
-  for (i = 0; i < list->n; i++) {
-    free (list->v[i].name);
-    free (list->v[i].description);
-  }
-  free (list->v);
-  list->v = NULL;
-  list->n = list->cap = 0;
+  export_vector_free_all (&list->v, export_entry_free);
 }
 
 int
 exports_list (struct backend_exports *list)
 {
-  list->v = NULL;
-  list->n = list->cap = 0;
+  list->v = (export_vector) empty_vector;
 
   if (B->list_exports == NULL)
     return backend_add_export (list, opts.export_name ? opts.export_name : "",
@@ -55,13 +54,9 @@ exports_list (struct backend_exports *list)
 static const char *
 default_name (void)
 {
-  const char *d;
-
   if (opts.export_name)
     return opts.export_name;
-  if (B->default_export && (d = B->default_export (opts.readonly)) != NULL)
-    return d;
-  return "";
+  return backend_get_default_export (B, opts.readonly);
 }
 
 int
@@ -94,9 +89,9 @@ exports_resolve (const char *requested, char **canonical,
      * without listing it (its open decides) simply has none.
      */
     if (exports_list (&list) == 0) {
-      for (i = 0; i < list.n; i++)
-        if (strcmp (list.v[i].name, name) == 0) {
-          desc = list.v[i].description;
+      for (i = 0; i < list.v.len; i++)
+        if (strcmp (list.v.ptr[i].name, name) == 0) {
+          desc = list.v.ptr[i].description;
           break;
         }
       if (desc)

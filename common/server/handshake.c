@@ -19,7 +19,9 @@
 #include <string.h>
 
 #include "backend.h"
+#include "capabilities.h"
 #include "cleanup.h"
+#include "ispowerof2.h"
 #include "nbd-protocol.h"
 #include "server.h"
 
@@ -53,8 +55,8 @@ send_error (struct conn *c, uint32_t option, uint32_t reply, const char *msg)
 
   if (len > NBD_MAX_STRING)
     len = NBD_MAX_STRING;
-  debug ("conn %lu: option %" PRIu32 ": error 0x%" PRIx32 ": %s",
-         c->id, option, reply, msg ? msg : "");
+  debug ("%s: option %" PRIu32 ": error 0x%" PRIx32 ": %s",
+         c->name, option, reply, msg ? msg : "");
   return send_reply (c, option, reply, msg, len);
 }
 
@@ -85,12 +87,6 @@ valid_string (const char *s, size_t len)
 
 /* Export. */
 
-static bool
-is_power_of_2 (uint32_t v)
-{
-  return v && (v & (v - 1)) == 0;
-}
-
 void
 export_close (struct conn *c)
 {
@@ -102,13 +98,6 @@ export_close (struct conn *c)
   c->export_name = NULL;
 }
 
-/* Ask one capability; NULL callback = dflt.  -1 on error. */
-static int
-cap (int (*fn) (void *), void *h, int dflt)
-{
-  return fn ? fn (h) : dflt;
-}
-
 int
 export_open (struct conn *c, const char *name, char **description,
              const char **msg)
@@ -117,8 +106,7 @@ export_open (struct conn *c, const char *name, char **description,
   char *canonical = NULL;
   void *h;
   int64_t size;
-  uint32_t bmin = 0, bpref = 0, bmax = 0;
-  int can_write, rotational, multi_conn;
+  uint32_t bmin, bpref, bmax;
   uint16_t f;
 
   *description = NULL;
@@ -145,32 +133,12 @@ export_open (struct conn *c, const char *name, char **description,
   size = B->get_size (h);
   if (size < 0)
     goto fail;
-  if (B->block_size && B->block_size (h, &bmin, &bpref, &bmax) == -1)
+  if (backend_get_block_size (B, h, &bmin, &bpref, &bmax) == -1 ||
+      backend_get_caps (B, h, &c->caps) == -1)
     goto fail;
-  if ((can_write = cap (B->can_write, h, B->pwrite != NULL)) == -1 ||
-      (c->can_flush = cap (B->can_flush, h, 0)) == -1 ||
-      (c->can_trim = cap (B->can_trim, h, 0)) == -1 ||
-      (c->can_zero = cap (B->can_zero, h, 0)) == -1 ||
-      (c->can_fast_zero = cap (B->can_fast_zero, h, 0)) == -1 ||
-      (c->can_fua = cap (B->can_fua, h, BACKEND_FUA_NONE)) == -1 ||
-      (multi_conn = cap (B->can_multi_conn, h, 0)) == -1 ||
-      (c->can_extents = cap (B->can_extents, h, 0)) == -1 ||
-      (c->can_cache = cap (B->can_cache, h, BACKEND_CACHE_NONE)) == -1 ||
-      (rotational = cap (B->is_rotational, h, 0)) == -1)
-    goto fail;
-  /* A capability whose callback is missing cannot be used. */
-  if (!B->pwrite) can_write = 0;
-  if (!B->flush) c->can_flush = 0;
-  if (!B->trim) c->can_trim = 0;
-  if (!B->zero) c->can_zero = 0;
-  if (!B->extents) c->can_extents = 0;
-  if (c->can_cache == BACKEND_CACHE_NATIVE && !B->cache)
-    c->can_cache = BACKEND_CACHE_EMULATE;
-  if (c->can_fua == BACKEND_FUA_EMULATE && !c->can_flush)
-    c->can_fua = BACKEND_FUA_NONE;
 
   c->size = size;
-  c->readonly = opts.readonly || !can_write;
+  c->readonly = opts.readonly || !c->caps.can_write;
 
   /* Block sizes: the backend's, sanitised to what the spec allows. */
   if (bmin && (!is_power_of_2 (bmin) || bmin > 65536)) {
@@ -194,13 +162,13 @@ export_open (struct conn *c, const char *name, char **description,
   f = NBD_FLAG_HAS_FLAGS;
   if (c->readonly)
     f |= NBD_FLAG_READ_ONLY;
-  if (c->can_flush)
+  if (c->caps.can_flush)
     f |= NBD_FLAG_SEND_FLUSH;
-  if (!c->readonly && c->can_fua != BACKEND_FUA_NONE)
+  if (!c->readonly && c->caps.can_fua != BACKEND_FUA_NONE)
     f |= NBD_FLAG_SEND_FUA;
-  if (rotational)
+  if (c->caps.is_rotational)
     f |= NBD_FLAG_ROTATIONAL;
-  if (!c->readonly && c->can_trim)
+  if (!c->readonly && c->caps.can_trim)
     f |= NBD_FLAG_SEND_TRIM;
   /* Zeroing is emulated with writes when the backend cannot; fast zero
    * then fails at once with ENOTSUP, which the spec allows.
@@ -209,13 +177,13 @@ export_open (struct conn *c, const char *name, char **description,
     f |= NBD_FLAG_SEND_WRITE_ZEROES | NBD_FLAG_SEND_FAST_ZERO;
   if (c->structured)
     f |= NBD_FLAG_SEND_DF;
-  if (multi_conn)
+  if (c->caps.can_multi_conn)
     f |= NBD_FLAG_CAN_MULTI_CONN;
-  if (c->can_cache != BACKEND_CACHE_NONE)
+  if (c->caps.can_cache != BACKEND_CACHE_NONE)
     f |= NBD_FLAG_SEND_CACHE;
   c->eflags = f;
-  debug ("conn %lu: export \"%s\": size %" PRIi64 " flags 0x%x "
-         "block sizes %" PRIu32 "/%" PRIu32 "/%" PRIu32, c->id,
+  debug ("%s: export \"%s\": size %" PRIi64 " flags 0x%x "
+         "block sizes %" PRIu32 "/%" PRIu32 "/%" PRIu32, c->name,
          c->export_name, size, f, c->min_block, c->pref_block, c->max_block);
   return 0;
 
@@ -233,14 +201,28 @@ export_open (struct conn *c, const char *name, char **description,
   }
 }
 
+/* The option error for an export that could not be opened, from the
+ * backend's errno, as libnbd turns each back into an errno:
+ *   ENOENT                -> ERR_UNKNOWN  (libnbd: ENOENT, "no export")
+ *   EINVAL, ENAMETOOLONG  -> ERR_INVALID  (libnbd: EINVAL)
+ *   EPERM, EACCES, EROFS  -> ERR_POLICY   (libnbd: "policy prevents")
+ *   ESHUTDOWN             -> ERR_SHUTDOWN (libnbd: ESHUTDOWN)
+ *   anything else (EIO, ENOMEM, EBUSY ...) -> ERR_PLATFORM: the spec has
+ *     no error for "the server failed"; PLATFORM ("not possible on this
+ *     server") is what nbdkit answers when listing exports fails, and
+ *     unlike ERR_UNKNOWN it does not tell the client the export does not
+ *     exist.
+ * The backend's message goes with it as the reply's text.
+ */
 static uint32_t
 open_error_reply (int err)
 {
   switch (err) {
   case ENOENT: return NBD_REP_ERR_UNKNOWN;
+  case EINVAL: case ENAMETOOLONG: return NBD_REP_ERR_INVALID;
   case EPERM: case EACCES: case EROFS: return NBD_REP_ERR_POLICY;
   case ESHUTDOWN: return NBD_REP_ERR_SHUTDOWN;
-  default: return NBD_REP_ERR_UNKNOWN;
+  default: return NBD_REP_ERR_PLATFORM;
   }
 }
 
@@ -258,8 +240,8 @@ opt_export_name (struct conn *c, const char *payload, uint32_t len)
 
   /* No error reply exists for this option: refusing means closing. */
   if (!valid_string (payload, len)) {
-    log_error ("conn %lu: NBD_OPT_EXPORT_NAME: invalid name: closing",
-               c->id);
+    log_error ("%s: NBD_OPT_EXPORT_NAME: invalid name: closing",
+               c->name);
     return -1;
   }
   name = strndup (payload, len);
@@ -268,7 +250,9 @@ opt_export_name (struct conn *c, const char *payload, uint32_t len)
   if (c->meta_export && strcmp (c->meta_export, name) != 0)
     c->meta_alloc = false;
   if (export_open (c, name, &desc, &msg) == -1) {
-    log_error ("conn %lu: export \"%s\": %s: closing", c->id, name, msg);
+    log_error ("%s: NBD_OPT_EXPORT_NAME: export \"%s\": %s (%s): "
+               "closing (this option has no error reply)", c->name, name,
+               msg, strerror (errno));
     return -1;
   }
   rep.exportsize = htobe64 (c->size);
@@ -335,9 +319,15 @@ opt_info_go (struct conn *c, uint32_t option, const char *p, uint32_t len)
   if (name == NULL)
     return -1;
 
-  if (export_open (c, name, &desc, &msg) == -1)
-    return send_error (c, option, open_error_reply (errno), msg) == -1
+  if (export_open (c, name, &desc, &msg) == -1) {
+    int err = errno;
+
+    log_error ("%s: %s: export \"%s\": %s (%s)", c->name,
+               option == NBD_OPT_GO ? "NBD_OPT_GO" : "NBD_OPT_INFO", name,
+               msg, strerror (err));
+    return send_error (c, option, open_error_reply (err), msg) == -1
       ? -1 : 0;
+  }
 
   ie.info = htobe16 (NBD_INFO_EXPORT);
   ie.exportsize = htobe64 (c->size);
@@ -380,9 +370,10 @@ opt_list (struct conn *c, uint32_t len)
     return send_error (c, NBD_OPT_LIST, NBD_REP_ERR_PLATFORM,
                        backend_error_message () ? :
                        "the backend could not list its exports");
-  for (i = 0; i < list.n && r == 0; i++) {
-    size_t nl = strlen (list.v[i].name);
-    size_t dl = list.v[i].description ? strlen (list.v[i].description) : 0;
+  for (i = 0; i < list.v.len && r == 0; i++) {
+    const struct export_entry *x = &list.v.ptr[i];
+    size_t nl = strlen (x->name);
+    size_t dl = x->description ? strlen (x->description) : 0;
     CLEANUP_FREE char *buf = malloc (4 + nl + dl);
     uint32_t be = htobe32 (nl);
 
@@ -391,15 +382,43 @@ opt_list (struct conn *c, uint32_t len)
       break;
     }
     memcpy (buf, &be, 4);
-    memcpy (buf + 4, list.v[i].name, nl);
+    memcpy (buf + 4, x->name, nl);
     if (dl)
-      memcpy (buf + 4 + nl, list.v[i].description, dl);
+      memcpy (buf + 4 + nl, x->description, dl);
     r = send_reply (c, NBD_OPT_LIST, NBD_REP_SERVER, buf, 4 + nl + dl);
   }
   exports_free (&list);
   if (r == 0)
     r = send_ack (c, NBD_OPT_LIST);
   return r;
+}
+
+/* NBD_OPT_STARTTLS.  0: go on (TLS up, or refused), -1: close (the
+ * handshake failed after the ACK: there is no way back to plaintext).
+ */
+static int
+opt_starttls (struct conn *c, uint32_t len)
+{
+  if (opts.tls == TLS_OFF)
+    return send_error (c, NBD_OPT_STARTTLS, NBD_REP_ERR_POLICY,
+                       "TLS is off on this server (--tls)");
+  if (len != 0)
+    return send_error (c, NBD_OPT_STARTTLS, NBD_REP_ERR_INVALID,
+                       "NBD_OPT_STARTTLS takes no data");
+  if (c->tls)
+    return send_error (c, NBD_OPT_STARTTLS, NBD_REP_ERR_INVALID,
+                       "TLS is already established");
+  if (!c->fixed_newstyle)
+    return send_error (c, NBD_OPT_STARTTLS, NBD_REP_ERR_INVALID,
+                       "TLS needs the fixed newstyle handshake");
+  if (send_ack (c, NBD_OPT_STARTTLS) == -1 || tls_start (c) == -1)
+    return -1;
+  /* The spec: nothing negotiated before STARTTLS survives it. */
+  c->structured = false;
+  c->meta_alloc = false;
+  free (c->meta_export);
+  c->meta_export = NULL;
+  return 0;
 }
 
 /* NBD_OPT_LIST_META_CONTEXT / NBD_OPT_SET_META_CONTEXT.  We know one
@@ -501,13 +520,13 @@ handshake (struct conn *c)
   if (conn_write (c, &g, sizeof g) == -1)
     return -1;
   if (conn_read (c, &cflags, 4) == -1) {
-    debug ("conn %lu: closed before sending client flags", c->id);
+    debug ("%s: closed before sending client flags", c->name);
     return -1;
   }
   cflags = be32toh (cflags);
   if (cflags & ~(NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES)) {
-    log_error ("conn %lu: unknown client flags 0x%" PRIx32 ": closing",
-               c->id, cflags);
+    log_error ("%s: unknown client flags 0x%" PRIx32 ": closing",
+               c->name, cflags);
     return -1;
   }
   c->fixed_newstyle = cflags & NBD_FLAG_C_FIXED_NEWSTYLE;
@@ -519,27 +538,27 @@ handshake (struct conn *c)
 
   for (n = 0; ; n++) {
     if (n >= MAX_OPTIONS) {
-      log_error ("conn %lu: more than %d options: closing", c->id,
+      log_error ("%s: more than %d options: closing", c->name,
                  MAX_OPTIONS);
       return -1;
     }
     if (conn_read (c, &o, sizeof o) == -1) {
-      debug ("conn %lu: closed during option haggling", c->id);
+      debug ("%s: closed during option haggling", c->name);
       return -1;
     }
     if (be64toh (o.magic) != NBD_OPT_MAGIC) {
-      log_error ("conn %lu: bad option magic: closing", c->id);
+      log_error ("%s: bad option magic: closing", c->name);
       return -1;
     }
     option = be32toh (o.option);
     len = be32toh (o.optlen);
-    debug ("conn %lu: option %" PRIu32 " length %" PRIu32, c->id,
+    debug ("%s: option %" PRIu32 " length %" PRIu32, c->name,
            option, len);
 
     if (len > MAX_OPTION_LEN) {
       if (option == NBD_OPT_EXPORT_NAME || len > MAX_OPTION_SKIP) {
-        log_error ("conn %lu: option %" PRIu32 " with %" PRIu32
-                   " bytes of data: closing", c->id, option, len);
+        log_error ("%s: option %" PRIu32 " with %" PRIu32
+                   " bytes of data: closing", c->name, option, len);
         return -1;
       }
       if (conn_skip (c, len) == -1)
@@ -550,7 +569,7 @@ handshake (struct conn *c)
       continue;
     }
     if (conn_read (c, payload, len) == -1) {
-      debug ("conn %lu: truncated option", c->id);
+      debug ("%s: truncated option", c->name);
       return -1;
     }
 
@@ -562,13 +581,27 @@ handshake (struct conn *c)
       continue;
     }
 
+    /* --tls=require: nothing but STARTTLS and ABORT before TLS. */
+    if (opts.tls == TLS_REQUIRE && c->tls == NULL &&
+        option != NBD_OPT_STARTTLS && option != NBD_OPT_ABORT) {
+      if (option == NBD_OPT_EXPORT_NAME) {
+        log_error ("%s: NBD_OPT_EXPORT_NAME without TLS (--tls=require): "
+                   "closing", c->name);
+        return -1;
+      }
+      if (send_error (c, option, NBD_REP_ERR_TLS_REQD,
+                      "TLS is required: send NBD_OPT_STARTTLS first") == -1)
+        return -1;
+      continue;
+    }
+
     switch (option) {
     case NBD_OPT_EXPORT_NAME:
       return opt_export_name (c, payload, len);
 
     case NBD_OPT_ABORT:
       send_ack (c, option);     /* the client may already be gone */
-      debug ("conn %lu: NBD_OPT_ABORT", c->id);
+      debug ("%s: NBD_OPT_ABORT", c->name);
       return -1;
 
     case NBD_OPT_LIST:
@@ -576,8 +609,7 @@ handshake (struct conn *c)
       break;
 
     case NBD_OPT_STARTTLS:
-      r = send_error (c, option, len ? NBD_REP_ERR_INVALID : NBD_REP_ERR_UNSUP,
-                      "TLS is not supported by this server");
+      r = opt_starttls (c, len);
       break;
 
     case NBD_OPT_INFO:

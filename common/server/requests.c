@@ -33,8 +33,11 @@
 #include <sys/uio.h>
 
 #include "backend.h"
+#include "capabilities.h"
+#include "minmax.h"
 #include "nbd-protocol.h"
 #include "server.h"
+#define CHECK CONN_CHECK_CALL
 
 /* Structured reads at least this big send zero runs as holes. */
 #define SPARSE_READ_MIN  (64u * 1024)
@@ -244,8 +247,8 @@ send_error (struct conn *c, struct request *r, uint32_t err, const char *msg)
   struct iovec iov[2];
   size_t len;
 
-  debug ("conn %lu: request type %u offset %" PRIu64 " count %" PRIu32
-         ": error %" PRIu32 ": %s", c->id, r->type, r->offset, r->count,
+  debug ("%s: request type %u offset %" PRIu64 " count %" PRIu32
+         ": error %" PRIu32 ": %s", c->name, r->type, r->offset, r->count,
          err, msg ? msg : "");
   if (!c->structured) {
     send_simple (c, r, err, NULL, 0);
@@ -291,6 +294,7 @@ be_pread (struct conn *c, char *buf, uint32_t count, uint64_t off)
   while (count > 0) {
     uint32_t n = piece (c, count);
 
+    CHECK (c, BACKEND_CALL_PREAD, 0);
     if (B->pread (c->handle, buf, n, off, 0) == -1)
       return -1;
     buf += n;
@@ -307,6 +311,7 @@ be_pwrite (struct conn *c, const char *buf, uint32_t count, uint64_t off,
   while (count > 0) {
     uint32_t n = piece (c, count);
 
+    CHECK (c, BACKEND_CALL_PWRITE, flags);
     if (B->pwrite (c->handle, buf, n, off, flags) == -1)
       return -1;
     buf += n;
@@ -320,15 +325,17 @@ be_pwrite (struct conn *c, const char *buf, uint32_t count, uint64_t off,
 static uint32_t
 fua_flag (struct conn *c, struct request *r)
 {
-  return (r->flags & NBD_CMD_FLAG_FUA) && c->can_fua == BACKEND_FUA_NATIVE
+  return (r->flags & NBD_CMD_FLAG_FUA) && c->caps.can_fua == BACKEND_FUA_NATIVE
     ? BACKEND_FLAG_FUA : 0;
 }
 
 static int
 fua_finish (struct conn *c, struct request *r)
 {
-  if ((r->flags & NBD_CMD_FLAG_FUA) && c->can_fua == BACKEND_FUA_EMULATE)
+  if ((r->flags & NBD_CMD_FLAG_FUA) && c->caps.can_fua == BACKEND_FUA_EMULATE) {
+    CHECK (c, BACKEND_CALL_FLUSH, 0);
     return B->flush (c->handle, 0);
+  }
   return 0;
 }
 
@@ -337,7 +344,7 @@ write_zeroes_emulated (struct conn *c, uint32_t count, uint64_t off,
                        uint32_t flags)
 {
   while (count > 0) {
-    uint32_t n = count > ZERO_BUF_SIZE ? ZERO_BUF_SIZE : count;
+    uint32_t n = MIN (count, ZERO_BUF_SIZE);
 
     if (be_pwrite (c, zero_buf, n, off, flags) == -1)
       return -1;
@@ -353,7 +360,7 @@ do_zero (struct conn *c, struct request *r)
   bool fast = r->flags & NBD_CMD_FLAG_FAST_ZERO;
   uint32_t flags = fua_flag (c, r);
 
-  if (fast && !(c->can_zero && c->can_fast_zero)) {
+  if (fast && !(c->caps.can_zero && c->caps.can_fast_zero)) {
     errno = ENOTSUP;
     return -1;
   }
@@ -361,7 +368,8 @@ do_zero (struct conn *c, struct request *r)
     flags |= BACKEND_FLAG_MAY_TRIM;
   if (fast)
     flags |= BACKEND_FLAG_FAST_ZERO;
-  if (c->can_zero) {
+  if (c->caps.can_zero) {
+    CHECK (c, BACKEND_CALL_ZERO, flags);
     if (B->zero (c->handle, r->count, r->offset, flags) == 0)
       return 0;
     if ((errno != ENOTSUP && errno != EOPNOTSUPP) || fast)
@@ -377,15 +385,17 @@ do_cache (struct conn *c, struct request *r)
 {
   uint64_t off = r->offset;
   uint32_t count = r->count;
-  uint32_t chunk = count < THREAD_BUF_KEEP ? count : THREAD_BUF_KEEP;
+  uint32_t chunk = MIN (count, THREAD_BUF_KEEP);
   char *buf;
 
-  if (c->can_cache == BACKEND_CACHE_NATIVE)
+  if (c->caps.can_cache == BACKEND_CACHE_NATIVE) {
+    CHECK (c, BACKEND_CALL_CACHE, 0);
     return B->cache (c->handle, count, off, 0);
+  }
   if ((buf = thread_buf (chunk)) == NULL)
     return -1;
   while (count > 0) {
-    uint32_t n = count > chunk ? chunk : count;
+    uint32_t n = MIN (count, chunk);
 
     if (be_pread (c, buf, n, off) == -1)
       return -1;
@@ -406,7 +416,8 @@ reply_block_status (struct conn *c, struct request *r)
   uint32_t id = htobe32 (1);
 
   extents_reset (e, r->offset, r->offset + r->count, req_one);
-  if (c->can_extents) {
+  if (c->caps.can_extents) {
+    CHECK (c, BACKEND_CALL_EXTENTS, req_one ? BACKEND_FLAG_REQ_ONE : 0);
     if (B->extents (c->handle, r->count, r->offset,
                     req_one ? BACKEND_FLAG_REQ_ONE : 0, e) == -1) {
       send_backend_error (c, r, errno);
@@ -414,13 +425,13 @@ reply_block_status (struct conn *c, struct request *r)
     }
   }
   /* No information is the same as "allocated data" (status 0). */
-  if (e->n == 0 &&
+  if (e->v.len == 0 &&
       backend_add_extent (e, r->offset, r->count, 0) == -1) {
     send_backend_error (c, r, errno);
     return;
   }
 
-  len = hl + 4 + e->n * sizeof (struct nbd_block_descriptor);
+  len = hl + 4 + e->v.len * sizeof (struct nbd_block_descriptor);
   p = rep_buf (r, len);
   if (p == NULL) {
     send_error (c, r, NBD_ENOMEM, "out of memory for the reply");
@@ -429,11 +440,11 @@ reply_block_status (struct conn *c, struct request *r)
   put_chunk_header (p, r, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_BLOCK_STATUS,
                     len - hl);
   memcpy (p + hl, &id, 4);
-  for (i = 0; i < e->n; i++) {
+  for (i = 0; i < e->v.len; i++) {
     struct nbd_block_descriptor d;
 
-    d.length = htobe32 ((uint32_t) e->v[i].length);
-    d.status_flags = htobe32 (e->v[i].type);
+    d.length = htobe32 ((uint32_t) e->v.ptr[i].length);
+    d.status_flags = htobe32 (e->v.ptr[i].type);
     memcpy (p + hl + 4 + i * sizeof d, &d, sizeof d);
   }
   conn_write (c, p, len);
@@ -464,7 +475,7 @@ reply_sparse_read (struct conn *c, struct request *r, const char *buf)
   char *p;
 
   for (pos = 0; pos < r->count; ) {
-    uint32_t len = r->count - pos < ZERO_GRAIN ? r->count - pos : ZERO_GRAIN;
+    uint32_t len = MIN (r->count - pos, ZERO_GRAIN);
     bool zero = is_zero (buf + pos, len);
 
     if (n > 0 && ch[n - 1].zero == zero)
@@ -569,11 +580,13 @@ request_execute (struct conn *c, struct request *r)
     break;
   case NBD_CMD_FLUSH:
     atomic_store (&c->dirty, false);
+    CHECK (c, BACKEND_CALL_FLUSH, 0);
     ret = B->flush (c->handle, 0);
     if (ret == -1)
       atomic_store (&c->dirty, true);
     break;
   case NBD_CMD_TRIM:
+    CHECK (c, BACKEND_CALL_TRIM, fua_flag (c, r));
     ret = B->trim (c->handle, r->count, r->offset, fua_flag (c, r));
     /* Trim is advisory: a backend that cannot do it here is not an
      * error the client needs to see.

@@ -1,16 +1,16 @@
 /* minnbd internals shared between the server's source files.
  *
- * Layout: main.c (command line, daemon, signals, --run), listen.c
+ * Layout: cmdline.c (command line, daemon, signals, --run), listen.c
  * (sockets, accept loop, connection registry), handshake.c (option
  * haggling), conn.c (per-connection reader, worker pool, reply writing),
  * requests.c (validation and execution of NBD commands against the
  * backend), services.c (the backend_* services and logging), exports.c
  * (export names: listing, default, resolution).
  *
- * Thread safety: `opts` and `B` are written only by main() before the
- * first connection and read-only afterwards.  A struct conn is owned by
- * its reader thread; the fields workers touch are documented in conn.h
- * style comments below.  Nothing on the data path takes a global lock.
+ * Thread safety: `opts` and `B` are written only by minnbd_main() (or a
+ * test harness setting up) before the first connection and read-only
+ * afterwards.  A struct conn is owned by its reader thread; the fields
+ * workers touch are documented in comments below.  Nothing on the data path takes a global lock.
  */
 #ifndef MINNBD_SERVER_H
 #define MINNBD_SERVER_H
@@ -21,9 +21,13 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/socket.h>
+#include <sys/types.h>
 #include <sys/uio.h>
 
 #include "backend.h"
+#include "capabilities.h"
+#include "vector.h"
 
 /* Limits.  Requests up to MAX_REQUEST bytes are accepted (the spec asks
  * servers to take at least 32 MiB); a connection holds at most
@@ -40,7 +44,8 @@
 #define MAX_EXPORTS        100000
 #define MAX_THREADS        1024
 #define DEFAULT_THREADS    16
-#define MAX_CONNECTIONS    4096
+#define DEFAULT_MAX_CONNECTIONS   1024
+#define DEFAULT_HANDSHAKE_TIMEOUT 10  /* seconds, as qemu-nbd's */
 #define READ_BUFFER_SIZE   (128u * 1024)
 
 struct options {
@@ -57,7 +62,16 @@ struct options {
   bool verbose;                /* -v */
   const char *run;             /* --run */
   bool exit_with_parent;
+  unsigned max_connections;    /* --max-connections, 0: no limit */
+  unsigned handshake_timeout;  /* --handshake-timeout (s), 0: none */
+  int tls;                     /* --tls: TLS_OFF, TLS_ON, TLS_REQUIRE */
+  const char *tls_certificates; /* --tls-certificates DIR */
+  const char *tls_psk;         /* --tls-psk FILE */
+  bool tls_verify_peer;        /* --tls-verify-peer */
+  int log_to;                  /* --log: LOG_TO_* */
 };
+enum { TLS_OFF, TLS_ON, TLS_REQUIRE };
+enum { LOG_TO_DEFAULT, LOG_TO_STDERR, LOG_TO_SYSLOG };
 extern struct options opts;
 extern const struct backend *B;
 extern const char *progname;
@@ -65,9 +79,13 @@ extern const char *progname;
 /* Set by SIGTERM/SIGINT (or --run's command exiting). */
 extern atomic_bool shutting_down;
 
-/* services.c: logging (stderr, or syslog once log_to_syslog was called). */
+/* services.c: logging (stderr, or syslog once log_to_syslog was called).
+ * log_info: what an admin wants in the log of a daemon (connections,
+ * TLS peers): always in syslog, on stderr only with -v.
+ */
 void log_to_syslog (void);
 void log_error (const char *fmt, ...) __attribute__ ((format (printf, 1, 2)));
+void log_info (const char *fmt, ...) __attribute__ ((format (printf, 1, 2)));
 void log_debug (const char *fmt, ...) __attribute__ ((format (printf, 1, 2)));
 #define debug(...) do { if (opts.verbose) log_debug (__VA_ARGS__); } while (0)
 /* The per-thread backend error message: cleared before each backend
@@ -82,11 +100,11 @@ struct extent {
   uint64_t length;
   uint32_t type;
 };
+DEFINE_VECTOR_TYPE (extent_vector, struct extent);
 struct backend_extents {
   uint64_t start, end;         /* the request: [start, end) */
   uint64_t next;               /* where the next extent must begin */
-  struct extent *v;
-  size_t n, cap;
+  extent_vector v;
   bool full;                   /* stop collecting (cap or REQ_ONE) */
   bool req_one;
 };
@@ -99,9 +117,9 @@ struct export_entry {
   char *name;
   char *description;           /* may be NULL */
 };
+DEFINE_VECTOR_TYPE (export_vector, struct export_entry);
 struct backend_exports {
-  struct export_entry *v;
-  size_t n, cap;
+  export_vector v;
 };
 /* Fill with the exports the client may list (the backend's, or the
  * single export of a backend that lists none).  -1 + errno on failure.
@@ -140,6 +158,9 @@ struct conn {
   bool is_socket;
   pthread_t reader;
   unsigned long id;
+  /* "conn 12 (127.0.0.1:40312)": how log lines name the connection. */
+  char name[96];
+  struct conn_tls *tls;        /* tls.c: NULL until STARTTLS succeeded */
 
   /* Handshake results (written by the reader before any worker runs). */
   bool fixed_newstyle, no_zeroes;
@@ -153,8 +174,7 @@ struct conn {
   uint16_t eflags;
   uint32_t min_block, pref_block, max_block; /* advertised */
   uint32_t backend_max;        /* split backend calls (0 = no limit) */
-  int can_flush, can_trim, can_zero, can_fast_zero, can_fua, can_extents,
-    can_cache;
+  struct backend_caps caps;    /* the backend's, resolved */
 
   /* Buffered input (reader thread only). */
   char *rbuf;
@@ -183,7 +203,20 @@ struct conn {
 
   /* Registry (listen.c), under the registry lock. */
   struct conn *prev, *next;
+  /* The handshake deadline (listen.c, under the registry lock): while
+   * hs_listed, the main thread shuts the socket down at hs_deadline
+   * (CLOCK_MONOTONIC, ms).
+   */
+  struct conn *hs_prev, *hs_next;
+  bool hs_listed;
+  int64_t hs_deadline;
 };
+
+/* Every backend call on a connection's handle keeps backend.h's
+ * contract (capabilities.h): asserted before each call.
+ */
+#define CONN_CHECK_CALL(c, call, flags) \
+  BACKEND_ASSERT_CALL (B, &(c)->caps, (c)->readonly, (call), (flags))
 
 /* conn.c */
 /* Serve one connection start to end (handshake, transmission, cleanup)
@@ -221,8 +254,30 @@ void request_thread_exit (void);
 /* Map a host errno to the NBD error number. */
 uint32_t nbd_errno (int err);
 
+/* tls.c (OpenSSL).  tls_setup loads the credentials of opts (before
+ * any fork); tls_start runs the server side of the handshake on c
+ * after NBD_OPT_STARTTLS was acknowledged; then conn_read / conn_writev
+ * go through tls_read / tls_writev; tls_end frees it all.
+ */
+int tls_setup (void);
+void tls_free (void);
+int tls_start (struct conn *c);
+void tls_end (struct conn *c);
+/* >0 bytes, 0 at EOF, -1 with errno. */
+ssize_t tls_read (struct conn *c, void *buf, size_t len);
+int tls_writev (struct conn *c, const struct iovec *iov, int iovcnt);
+/* Decrypted input waiting inside the TLS layer. */
+bool tls_pending (struct conn *c);
+
 /* listen.c */
 extern bool listen_activated;  /* the sockets came from LISTEN_FDS */
+/* --allow ADDR[/PREFIX]: add one rule; -1 with a message if malformed. */
+int allow_add (const char *spec);
+/* Whether a peer may connect (no --allow rule: anyone; a Unix socket
+ * peer: always).
+ */
+bool allow_peer (const struct sockaddr *sa, socklen_t len);
+void allow_free (void);
 /* Listening sockets from opts (or socket activation); returns count. */
 int listen_setup (int **fds, char **unix_path_out, char **tmpdir_out,
                   int *port_out);
@@ -232,18 +287,29 @@ void listen_loop (int *fds, int nfds, int wakefd);
  * stop writing too.
  */
 void connections_stop (bool hard);
-/* Register/unregister a connection (for connections_stop). */
+/* Register/unregister a connection (for connections_stop); a socket's
+ * handshake gets its deadline (--handshake-timeout) when registered.
+ */
 int connection_register (struct conn *c);
 void connection_unregister (struct conn *c);
-/* Wait until no connection is left. */
+/* The handshake is over (either way): no deadline any more. */
+void connection_handshake_done (struct conn *c);
+/* Wait until no connection is left (no connection thread either). */
 void connections_wait (void);
-/* Serve a connection on a new thread (fds are closed by it). */
+/* Serve a connection on a new thread (fds are closed by it), whatever
+ * --max-connections says (for -s).
+ */
 int start_connection (int rfd, int wfd, bool is_socket);
 /* The main loop's wake-up pipe (write end); wake_main is signal-safe. */
 void set_wake_fd (int fd);
 void wake_main (void);
 
-/* main.c: reap the --run command; sets shutting_down when it exited. */
+/* cmdline.c: the whole server, from the command line on; the backends
+ * come from backend_lookup() / backend_nth() (backends.h), which the
+ * program linking libminnbd.la provides.
+ */
+int minnbd_main (int argc, char **argv);
+/* cmdline.c: reap the --run command; sets shutting_down when it exited. */
 void check_children (void);
 
 #endif /* MINNBD_SERVER_H */

@@ -66,6 +66,20 @@ log_error (const char *fmt, ...)
 }
 
 void
+log_info (const char *fmt, ...)
+{
+  va_list ap;
+  int saved = errno;
+
+  if (!use_syslog && !opts.verbose)
+    return;
+  va_start (ap, fmt);
+  vlog (LOG_INFO, "", fmt, ap);
+  va_end (ap);
+  errno = saved;
+}
+
+void
 log_debug (const char *fmt, ...)
 {
   va_list ap;
@@ -139,7 +153,7 @@ extents_reset (struct backend_extents *e, uint64_t start, uint64_t end,
 {
   e->start = e->next = start;
   e->end = end;
-  e->n = 0;
+  extent_vector_clear (&e->v);
   e->full = false;
   e->req_one = req_one;
 }
@@ -147,9 +161,7 @@ extents_reset (struct backend_extents *e, uint64_t start, uint64_t end,
 void
 extents_free (struct backend_extents *e)
 {
-  free (e->v);
-  e->v = NULL;
-  e->n = e->cap = 0;
+  extent_vector_reset (&e->v);
 }
 
 int
@@ -163,7 +175,7 @@ backend_add_extent (struct backend_extents *e,
   /* Extents before the request are dropped, one straddling its start is
    * clipped (as nbdkit does); after that they must follow each other.
    */
-  if (e->n == 0 && offset < e->start) {
+  if (e->v.len == 0 && offset < e->start) {
     if (length <= e->start - offset)
       return 0;
     length -= e->start - offset;
@@ -193,24 +205,16 @@ backend_add_extent (struct backend_extents *e,
   type &= BACKEND_EXTENT_HOLE | BACKEND_EXTENT_ZERO;
 
   /* Merging keeps the reply small when a backend reports block by block. */
-  if (e->n > 0 && e->v[e->n - 1].type == type && !e->req_one) {
-    e->v[e->n - 1].length += length;
+  if (e->v.len > 0 && e->v.ptr[e->v.len - 1].type == type && !e->req_one) {
+    e->v.ptr[e->v.len - 1].length += length;
     return 0;
   }
-  if (e->n == e->cap) {
-    size_t ncap = e->cap ? e->cap * 2 : 64;
-    struct extent *nv;
-
-    nv = realloc (e->v, ncap * sizeof *nv);
-    if (nv == NULL) {
-      backend_error ("backend_add_extent: %m");
-      return -1;
-    }
-    e->v = nv;
-    e->cap = ncap;
+  if (extent_vector_append (&e->v,
+                            (struct extent) { offset, length, type }) == -1) {
+    backend_error ("backend_add_extent: %m");
+    return -1;
   }
-  e->v[e->n++] = (struct extent) { offset, length, type };
-  if (e->req_one || e->n >= MAX_EXTENTS)
+  if (e->req_one || e->v.len >= MAX_EXTENTS)
     e->full = true;
   return 0;
 }
@@ -230,26 +234,15 @@ backend_add_export (struct backend_exports *x,
     errno = EINVAL;
     return -1;
   }
-  if (x->n >= MAX_EXPORTS) {
+  if (x->v.len >= MAX_EXPORTS) {
     backend_error ("backend_add_export: more than %d exports", MAX_EXPORTS);
     errno = E2BIG;
     return -1;
   }
-  if (x->n == x->cap) {
-    size_t ncap = x->cap ? x->cap * 2 : 16;
-    struct export_entry *nv = realloc (x->v, ncap * sizeof *nv);
-
-    if (nv == NULL)
-      goto nomem;
-    x->v = nv;
-    x->cap = ncap;
-  }
   n = strdup (name);
-  if (description && (d = strdup (description)) == NULL)
+  if (n == NULL || (description && (d = strdup (description)) == NULL) ||
+      export_vector_append (&x->v, (struct export_entry) { n, d }) == -1)
     goto nomem;
-  if (n == NULL)
-    goto nomem;
-  x->v[x->n++] = (struct export_entry) { n, d };
   return 0;
 
  nomem:

@@ -7,8 +7,8 @@
  * fdatasync on it makes every connection's writes durable, which is what
  * makes can_multi_conn true.  A plain descriptor survives the fork of a
  * daemonizing front end; it is close-on-exec so --run children do not
- * inherit it.  The path is not used again after config_complete, so a
- * front end that chdir("/")s after config does no harm.
+ * inherit it.  file= is made absolute when parsed (parse_path), as
+ * every path parameter is: a daemonizing front end chdir("/")s.
  *
  * Thread safety: PARALLEL.  After config_complete the only shared mutable
  * state is a few "the kernel said EOPNOTSUPP" flags, relaxed atomics that
@@ -117,12 +117,10 @@ ff_config (const char *key, const char *value)
       errno = EINVAL;
       return -1;
     }
-    filename = strdup (value);
-    if (filename == NULL) {
-      backend_error ("flatfile: strdup: %m");
-      return -1;
-    }
-    return 0;
+    /* Absolute from here on: every message names the file unambiguously
+     * whatever directory the server later runs in.
+     */
+    return parse_path ("flatfile: file", value, &filename);
   }
   if (strcmp (key, "readonly") == 0)
     return parse_bool ("readonly", value, &readonly_param);
@@ -216,11 +214,12 @@ ff_config_complete (void)
     goto bad_type;
   }
 
-  /* Open read-write unless told not to; a file we may only read (mode,
+  /* Open read-write unless told not to (readonly=true, or a read-only
+   * server: nbdkit -r, minnbd -r); a file we may only read (mode,
    * read-only mount, immutable) is served read-only rather than refused,
    * as nbdkit's file plugin does.
    */
-  fd_writable = !readonly_param;
+  fd_writable = !readonly_param && !backend_server_readonly ();
   fd = open (filename, flags | (fd_writable ? O_RDWR : O_RDONLY));
   if (fd == -1 && fd_writable &&
       (errno == EACCES || errno == EROFS || errno == EPERM ||
@@ -276,9 +275,11 @@ ff_config_complete (void)
 
   if (fd_size () == -1)
     goto err;
-  backend_debug ("flatfile: serving %s (%s, %s)", filename,
+  backend_debug ("flatfile: serving %s (%s, %s%s)", filename,
                  is_block ? "block device" : "regular file",
-                 fd_writable ? "read-write" : "read-only");
+                 fd_writable ? "read-write" : "read-only",
+                 backend_server_readonly () ? ": the server is read-only"
+                 : readonly_param ? ": readonly=true" : "");
   return 0;
 
  bad_type:
