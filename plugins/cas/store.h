@@ -270,6 +270,32 @@ int cas_volume_extents (struct cas_volume *vol, uint64_t count,
                                    void *opaque),
                         void *opaque);
 
+/* ---- Reference sets (refs.c): space accounting, garbage collection ----
+ *
+ * Which chunks the trees of some roots reference, keyed by the first 8
+ * bytes of the hash (16 bytes of memory per chunk at 80% load), with for
+ * each whether one root references it alone.  Not thread-safe.
+ */
+struct cas_refs;
+struct cas_refs *cas_refs_new (uint64_t expected_chunks);
+void cas_refs_free (struct cas_refs *refs);
+uint64_t cas_refs_memory (const struct cas_refs *refs);
+/* Walk root's tree (owner: an id >= 1 naming the root) and mark every map
+ * node and data chunk it references.  *mapped_blocks (may be NULL): its
+ * blocks holding data.
+ */
+int cas_refs_add_root (struct cas_store *st, struct cas_refs *refs,
+                       uint32_t owner, const struct cas_root *root,
+                       uint64_t *mapped_blocks);
+bool cas_refs_has (const struct cas_refs *refs, const struct cas_hash *h);
+/* alone[k] (k = 1 .. nowners): record bytes referenced by owner k and no
+ * other root; *referenced: record bytes referenced by any; *chunks: how
+ * many chunks, *nodes: how many of them are map nodes.
+ */
+void cas_refs_totals (const struct cas_refs *refs, uint64_t *alone,
+                      uint32_t nowners, uint64_t *referenced,
+                      uint64_t *chunks, uint64_t *nodes);
+
 /* ---- Statistics ---- */
 
 struct cas_volume_stats {

@@ -1,36 +1,46 @@
 /* nbdcas stat STORE [VOLUME] [--json]
  *
- * The store: logical bytes of all volumes, bytes they map (non-zero
- * blocks), bytes stored (pack files on disk), the dedup ratio (mapped /
- * stored: 2.0 means every stored byte is used twice on average; zero
- * blocks are neither mapped nor stored), packs, chunks and the RAM of the
- * hash index.  A volume: its size, mapped blocks, map nodes, generation
- * and root hash.
+ * Space, as an admin asks about it.  Every root (each volume and each
+ * snapshot) is walked into one reference set (refs.c), which says for
+ * each chunk whether one root references it alone.  Then:
+ *  - per volume and snapshot: logical size, mapped bytes (blocks that
+ *    hold data), and the bytes it alone references: what deleting it
+ *    (and collecting garbage) would free;
+ *  - the store: bytes stored (pack files on disk), referenced (records
+ *    some root needs), unreferenced (what garbage collection would give
+ *    back), the dedup ratio (mapped bytes of every volume and snapshot /
+ *    referenced bytes), packs, chunks, index memory.
+ * A volume is counted as of its last flush (a server holding the store
+ * flushes each open volume first).  A root whose tree cannot be read is
+ * marked DAMAGED (exit status 1) and the others are still shown.
+ *
+ * With VOLUME: that volume's (or snapshot's) size, blocks, mapped
+ * blocks, map nodes, generation, root hash, and its unique bytes.
  */
 #include <config.h>
 
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
-#include <stdlib.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "nbdcas.h"
 
-/* One volume's line of the store's table. */
-struct vol_row {
+struct row {
   char *name;
-  struct cas_volume_stats vs;
-  bool ok;
+  struct cas_root root;
+  bool snapshot, ok;
+  uint64_t mapped_blocks, unique;
   char error[512];              /* why it could not be read */
 };
 
-struct totals {
+struct rows {
   struct cas_store *st;
-  uint64_t size, mapped_bytes, mapped_blocks, map_nodes;
-  struct vol_row *rows;
-  size_t nrows, alloc;
+  struct cas_refs *refs;
+  struct row *v;
+  size_t n, alloc;
   unsigned broken;
 };
 
@@ -38,69 +48,105 @@ static void
 help (void)
 {
   tool_printf ("Usage: %s stat STORE [VOLUME] [--json]\n"
-          "Show space use of STORE (logical, mapped and stored bytes, dedup\n"
-          "ratio, packs, chunks, index memory, and a line per volume), or of\n"
-          "one VOLUME.  A volume that cannot be read is shown as damaged\n"
-          "(exit status 1); run nbdcas fsck to see what was lost.\n"
-          "\n"
-          "  --json                print one JSON object\n"
-          "  -h, --help            this help\n", tool_name);
+               "Show space use of STORE: logical, mapped, stored, referenced "
+               "and\n"
+               "unreferenced bytes, the dedup ratio, packs, chunks, index "
+               "memory,\n"
+               "and a line per volume and snapshot with the bytes it alone\n"
+               "references (what deleting it would free).  With VOLUME (or\n"
+               "VOLUME@SNAP), that one in detail.  A volume that cannot be "
+               "read\n"
+               "is shown as damaged (exit status 1); run nbdcas fsck to see "
+               "what\n"
+               "was lost.\n"
+               "\n"
+               "  --json                print one JSON object\n"
+               "  -h, --help            this help\n", tool_name);
 }
 
 static int
-add_volume (const char *name, void *opaque)
+add_row (const char *name, void *opaque)
 {
-  struct totals *t = opaque;
-  struct cas_volume *vol;
-  struct vol_row *row;
-  int r = -1;
+  struct rows *t = opaque;
+  struct row *row;
 
-  if (t->nrows == t->alloc) {
+  if (t->n == t->alloc) {
     size_t n = t->alloc ? 2 * t->alloc : 16;
-    struct vol_row *nr = realloc (t->rows, n * sizeof *nr);
+    struct row *nr = realloc (t->v, n * sizeof *nr);
     if (nr == NULL)
       return -1;
-    t->rows = nr;
+    t->v = nr;
     t->alloc = n;
   }
-  row = &t->rows[t->nrows];
+  row = &t->v[t->n];
   memset (row, 0, sizeof *row);
   row->name = strdup (name);
   if (row->name == NULL)
     return -1;
-  t->nrows++;
-  /* The store's messages say why a volume cannot be read: keep them for
-   * its line instead of printing them.
-   */
-  tool_capture (row->error, sizeof row->error);
-  vol = cas_volume_open (t->st, name);
-  if (vol) {
-    r = cas_volume_stat (vol, &row->vs);
-    cas_volume_close (vol);
+  t->n++;
+  /* A volume's snapshots follow it. */
+  if (strchr (name, '@') == NULL &&
+      cas_store_list_snapshots (t->st, name, add_row, t) != 0)
+    return -1;
+  return 0;
+}
+
+/* Walk every root into the reference set; rows whose root or tree
+ * cannot be read are marked, the others counted.
+ */
+static int
+walk_rows (struct rows *t)
+{
+  struct cas_store_stats ss;
+  uint64_t *alone, referenced, chunks, nodes;
+  size_t i;
+
+  if (cas_store_stat (t->st, &ss) == -1)
+    return -1;
+  t->refs = cas_refs_new (ss.chunks.chunks);
+  if (t->refs == NULL)
+    return -1;
+  for (i = 0; i < t->n; i++) {
+    struct row *row = &t->v[i];
+    int r;
+
+    /* The store's messages say why a root cannot be read: keep them for
+     * its line instead of printing them.
+     */
+    tool_capture (row->error, sizeof row->error);
+    r = cas_root_get (t->st, row->name, true, &row->root);
+    if (r == 0)
+      r = cas_refs_add_root (t->st, t->refs, i + 1, &row->root,
+                             &row->mapped_blocks);
+    tool_capture (NULL, 0);
+    if (r == -1) {
+      if (row->error[0] == '\0')
+        snprintf (row->error, sizeof row->error, "%s", strerror (errno));
+      t->broken++;
+      continue;
+    }
+    row->ok = true;
+    row->snapshot = row->root.snapshot;
   }
-  tool_capture (NULL, 0);
-  if (r == -1) {
-    if (row->error[0] == '\0')
-      snprintf (row->error, sizeof row->error, "%s", strerror (errno));
-    t->broken++;
-    return 0;                   /* show the others */
-  }
-  row->ok = true;
-  t->size += row->vs.size;
-  t->mapped_bytes += row->vs.mapped_bytes;
-  t->mapped_blocks += row->vs.mapped_blocks;
-  t->map_nodes += row->vs.map_nodes;
+  alone = calloc (t->n + 1, sizeof *alone);
+  if (alone == NULL)
+    return -1;
+  cas_refs_totals (t->refs, alone, t->n, &referenced, &chunks, &nodes);
+  for (i = 0; i < t->n; i++)
+    t->v[i].unique = alone[i + 1];
+  free (alone);
   return 0;
 }
 
 static void
-free_rows (struct totals *t)
+free_rows (struct rows *t)
 {
   size_t i;
 
-  for (i = 0; i < t->nrows; i++)
-    free (t->rows[i].name);
-  free (t->rows);
+  for (i = 0; i < t->n; i++)
+    free (t->v[i].name);
+  free (t->v);
+  cas_refs_free (t->refs);
 }
 
 /* "N (1.0 GiB)" */
@@ -119,92 +165,149 @@ bytes (uint64_t n, char *buf, size_t len)
 static int
 stat_store (struct cas_store *st, const char *dir, bool json)
 {
+  struct rows t = { .st = st };
   struct cas_store_stats ss;
-  struct totals t = { .st = st };
   const struct cas_chunkstore_stats *cs = &ss.chunks;
-  char b[64], h1[HUMAN_SIZE_LEN], h2[HUMAN_SIZE_LEN];
+  uint64_t logical = 0, mapped = 0, snap_mapped = 0, referenced = 0,
+    chunks = 0, nodes = 0, unreferenced, overhead, nvol = 0, nsnap = 0,
+    *alone;
+  uint32_t bs = cas_store_blocksize (st);
+  char b[64], h1[HUMAN_SIZE_LEN], h2[HUMAN_SIZE_LEN], h3[HUMAN_SIZE_LEN];
   size_t i;
   int r = -1;
 
-  if (cas_store_stat (st, &ss) == -1 ||
-      cas_store_list_volumes (st, add_volume, &t) != 0)
+  if (cas_store_list_volumes (st, add_row, &t) != 0 || walk_rows (&t) == -1 ||
+      cas_store_stat (st, &ss) == -1)
     goto out;
+  alone = calloc (t.n + 1, sizeof *alone);
+  if (alone == NULL)
+    goto out;
+  cas_refs_totals (t.refs, alone, t.n, &referenced, &chunks, &nodes);
+  free (alone);
+  for (i = 0; i < t.n; i++) {
+    const struct row *row = &t.v[i];
+    if (!row->ok)
+      continue;
+    if (row->snapshot) {
+      nsnap++;
+      snap_mapped += row->mapped_blocks * bs;
+    }
+    else {
+      nvol++;
+      logical += row->root.size;
+      mapped += row->mapped_blocks * bs;
+    }
+  }
+  /* Pack headers are neither referenced nor reclaimable. */
+  overhead = cs->packs * 64;
+  unreferenced = cs->stored_bytes > referenced + overhead
+    ? cs->stored_bytes - referenced - overhead : 0;
   if (json) {
     tool_printf ("{\n  \"store\": ");
     json_string (tool_stdout (), dir);
     tool_printf (",\n  \"format_version\": %d,\n"
-            "  \"block_size\": %" PRIu32 ",\n"
-            "  \"volumes\": %" PRIu64 ",\n"
-            "  \"damaged_volumes\": %u,\n"
-            "  \"logical_bytes\": %" PRIu64 ",\n"
-            "  \"mapped_bytes\": %" PRIu64 ",\n"
-            "  \"mapped_blocks\": %" PRIu64 ",\n"
-            "  \"stored_bytes\": %" PRIu64 ",\n",
-            CAS_FORMAT_VERSION, ss.blocksize, ss.volumes, t.broken, t.size,
-            t.mapped_bytes, t.mapped_blocks, cs->stored_bytes);
-    if (cs->stored_bytes)
+                 "  \"block_size\": %" PRIu32 ",\n"
+                 "  \"volumes\": %" PRIu64 ",\n"
+                 "  \"snapshots\": %" PRIu64 ",\n"
+                 "  \"damaged_volumes\": %u,\n"
+                 "  \"logical_bytes\": %" PRIu64 ",\n"
+                 "  \"mapped_bytes\": %" PRIu64 ",\n"
+                 "  \"snapshot_mapped_bytes\": %" PRIu64 ",\n"
+                 "  \"stored_bytes\": %" PRIu64 ",\n"
+                 "  \"referenced_bytes\": %" PRIu64 ",\n"
+                 "  \"unreferenced_bytes\": %" PRIu64 ",\n",
+                 CAS_FORMAT_VERSION, bs, nvol, nsnap, t.broken, logical,
+                 mapped, snap_mapped, cs->stored_bytes, referenced,
+                 unreferenced);
+    if (referenced)
       tool_printf ("  \"dedup_ratio\": %.4f,\n",
-              (double) t.mapped_bytes / cs->stored_bytes);
+                   (double) (mapped + snap_mapped) / referenced);
     else
       tool_printf ("  \"dedup_ratio\": null,\n");
     tool_printf ("  \"packs\": %" PRIu64 ",\n"
-            "  \"chunks\": %" PRIu64 ",\n"
-            "  \"map_nodes\": %" PRIu64 ",\n"
-            "  \"index_bytes\": %" PRIu64 ",\n"
-            "  \"index_slots\": %" PRIu64 ",\n"
-            "  \"volume_list\": [",
-            cs->packs, cs->chunks, t.map_nodes, cs->index_bytes,
-            cs->index_slots);
-    for (i = 0; i < t.nrows; i++) {
-      const struct vol_row *row = &t.rows[i];
+                 "  \"chunks\": %" PRIu64 ",\n"
+                 "  \"referenced_chunks\": %" PRIu64 ",\n"
+                 "  \"map_nodes\": %" PRIu64 ",\n"
+                 "  \"index_bytes\": %" PRIu64 ",\n"
+                 "  \"index_slots\": %" PRIu64 ",\n"
+                 "  \"volume_list\": [",
+                 cs->packs, cs->chunks, chunks, nodes, cs->index_bytes,
+                 cs->index_slots);
+    for (i = 0; i < t.n; i++) {
+      const struct row *row = &t.v[i];
       tool_printf ("%s\n    { \"name\": ", i ? "," : "");
       json_string (tool_stdout (), row->name);
-      if (row->ok)
-        tool_printf (", \"ok\": true, \"size\": %" PRIu64 ", \"mapped_bytes\": %"
-                PRIu64 " }", row->vs.size, row->vs.mapped_bytes);
+      if (row->ok) {
+        tool_printf (", \"ok\": true, \"snapshot\": %s, \"size\": %" PRIu64
+                     ", \"mapped_bytes\": %" PRIu64 ", \"unique_bytes\": %"
+                     PRIu64, row->snapshot ? "true" : "false",
+                     row->root.size, row->mapped_blocks * bs, row->unique);
+        if (row->snapshot) {
+          char when[32];
+          iso_time (row->root.mtime, when);
+          tool_printf (", \"created\": \"%s\"", when);
+        }
+        tool_printf (" }");
+      }
       else {
         tool_printf (", \"ok\": false, \"error\": ");
         json_string (tool_stdout (), row->error);
         tool_printf (" }");
       }
     }
-    tool_printf ("%s]\n}\n", t.nrows ? "\n  " : "");
+    tool_printf ("%s]\n}\n", t.n ? "\n  " : "");
     r = t.broken ? -1 : 0;
     goto out;
   }
   tool_printf ("store:          %s\n", dir);
   tool_printf ("format version: %d\n", CAS_FORMAT_VERSION);
-  tool_printf ("block size:     %s\n", bytes (ss.blocksize, b, sizeof b));
-  tool_printf ("volumes:        %" PRIu64, ss.volumes);
+  tool_printf ("block size:     %s\n", bytes (bs, b, sizeof b));
+  tool_printf ("volumes:        %" PRIu64, nvol);
   if (t.broken)
-    tool_printf (" (%u damaged: not counted below)", t.broken);
+    tool_printf (" (and %u damaged: not counted below)", t.broken);
   tool_printf ("\n");
-  tool_printf ("logical size:   %s\n", bytes (t.size, b, sizeof b));
-  tool_printf ("mapped bytes:   %s\n", bytes (t.mapped_bytes, b, sizeof b));
+  tool_printf ("snapshots:      %" PRIu64 "\n", nsnap);
+  tool_printf ("logical size:   %s\n", bytes (logical, b, sizeof b));
+  tool_printf ("mapped bytes:   %s\n", bytes (mapped, b, sizeof b));
+  if (nsnap)
+    tool_printf ("  snapshots:    %s\n", bytes (snap_mapped, b, sizeof b));
   tool_printf ("stored bytes:   %s\n", bytes (cs->stored_bytes, b, sizeof b));
-  if (cs->stored_bytes)
+  tool_printf ("  referenced:   %s\n", bytes (referenced, b, sizeof b));
+  tool_printf ("  unreferenced: %s (garbage collection gives it back)\n",
+               bytes (unreferenced, b, sizeof b));
+  if (referenced)
     tool_printf ("dedup ratio:    %.2f\n",
-            (double) t.mapped_bytes / cs->stored_bytes);
+                 (double) (mapped + snap_mapped) / referenced);
   else
     tool_printf ("dedup ratio:    -\n");
   tool_printf ("packs:          %" PRIu64 "\n", cs->packs);
-  tool_printf ("chunks:         %" PRIu64 " (%" PRIu64 " map nodes)\n",
-          cs->chunks, t.map_nodes);
+  tool_printf ("chunks:         %" PRIu64 " (%" PRIu64 " referenced, %"
+               PRIu64 " of them map nodes)\n", cs->chunks, chunks, nodes);
   tool_printf ("index memory:   %s", bytes (cs->index_bytes, b, sizeof b));
   if (cs->chunks)
-    tool_printf (", %.1f bytes per chunk", (double) cs->index_bytes / cs->chunks);
+    tool_printf (", %.1f bytes per chunk",
+                 (double) cs->index_bytes / cs->chunks);
   tool_printf ("\n");
-  if (t.nrows)
-    tool_printf ("\n%-24s %12s %12s  %s\n", "VOLUME", "SIZE", "MAPPED", "STATUS");
-  for (i = 0; i < t.nrows; i++) {
-    const struct vol_row *row = &t.rows[i];
-    if (row->ok)
-      tool_printf ("%-24s %12s %12s  ok\n", row->name,
-              human_size (row->vs.size, h1),
-              human_size (row->vs.mapped_bytes, h2));
+  if (t.n)
+    tool_printf ("\n%-28s %10s %10s %10s  %s\n", "VOLUME", "SIZE", "MAPPED",
+                 "UNIQUE", "STATUS");
+  for (i = 0; i < t.n; i++) {
+    const struct row *row = &t.v[i];
+    if (row->ok) {
+      char status[48] = "ok";
+      if (row->snapshot) {
+        char when[32];
+        iso_time (row->root.mtime, when);
+        snprintf (status, sizeof status, "snapshot %s", when);
+      }
+      tool_printf ("%-28s %10s %10s %10s  %s\n", row->name,
+                   human_size (row->root.size, h1),
+                   human_size (row->mapped_blocks * bs, h2),
+                   human_size (row->unique, h3), status);
+    }
     else
-      tool_printf ("%-24s %12s %12s  DAMAGED: %s\n", row->name, "-", "-",
-              row->error);
+      tool_printf ("%-28s %10s %10s %10s  DAMAGED: %s\n", row->name, "-",
+                   "-", "-", row->error);
   }
   r = t.broken ? -1 : 0;
  out:
@@ -217,8 +320,11 @@ stat_volume (struct cas_store *st, const char *name, bool json)
 {
   struct cas_volume *vol;
   struct cas_volume_stats vs;
+  struct rows t = { .st = st };
   char hex[2 * CAS_HASH_SIZE + 1], b[64];
+  uint64_t unique = 0;
   uint32_t bs;
+  size_t i;
   int r;
 
   vol = cas_volume_open (st, name);
@@ -231,33 +337,43 @@ stat_volume (struct cas_store *st, const char *name, bool json)
     tool_error ("volume '%s': cannot read its map", name);
     return -1;
   }
+  /* What it alone references needs every root. */
+  if (cas_store_list_volumes (st, add_row, &t) == 0 && walk_rows (&t) == 0)
+    for (i = 0; i < t.n; i++)
+      if (strcmp (t.v[i].name, name) == 0)
+        unique = t.v[i].unique;
+  free_rows (&t);
   cas_hash_hex (&vs.root, hex);
   if (json) {
     tool_printf ("{\n  \"volume\": ");
     json_string (tool_stdout (), name);
     tool_printf (",\n  \"size\": %" PRIu64 ",\n"
-            "  \"block_size\": %" PRIu32 ",\n"
-            "  \"blocks\": %" PRIu64 ",\n"
-            "  \"mapped_blocks\": %" PRIu64 ",\n"
-            "  \"mapped_bytes\": %" PRIu64 ",\n"
-            "  \"map_nodes\": %" PRIu64 ",\n"
-            "  \"generation\": %" PRIu64 ",\n"
-            "  \"root\": \"%s\"\n}\n",
-            vs.size, bs, vs.blocks, vs.mapped_blocks, vs.mapped_bytes,
-            vs.map_nodes, vs.generation, hex);
+                 "  \"block_size\": %" PRIu32 ",\n"
+                 "  \"blocks\": %" PRIu64 ",\n"
+                 "  \"mapped_blocks\": %" PRIu64 ",\n"
+                 "  \"mapped_bytes\": %" PRIu64 ",\n"
+                 "  \"unique_bytes\": %" PRIu64 ",\n"
+                 "  \"map_nodes\": %" PRIu64 ",\n"
+                 "  \"generation\": %" PRIu64 ",\n"
+                 "  \"root\": \"%s\"\n}\n",
+                 vs.size, bs, vs.blocks, vs.mapped_blocks, vs.mapped_bytes,
+                 unique, vs.map_nodes, vs.generation, hex);
     return 0;
   }
-  tool_printf ("volume:         %s\n", name);
+  tool_printf ("%-15s %s\n", strchr (name, '@') ? "snapshot:" : "volume:",
+               name);
   tool_printf ("size:           %s\n", bytes (vs.size, b, sizeof b));
   tool_printf ("block size:     %s\n", bytes (bs, b, sizeof b));
   tool_printf ("blocks:         %" PRIu64 "\n", vs.blocks);
   tool_printf ("mapped blocks:  %" PRIu64 " (%.1f%%)\n", vs.mapped_blocks,
-          vs.blocks ? 100.0 * vs.mapped_blocks / vs.blocks : 0);
+               vs.blocks ? 100.0 * vs.mapped_blocks / vs.blocks : 0);
   tool_printf ("mapped bytes:   %s\n", bytes (vs.mapped_bytes, b, sizeof b));
+  tool_printf ("unique bytes:   %s (only this references them)\n",
+               bytes (unique, b, sizeof b));
   tool_printf ("map nodes:      %" PRIu64 "\n", vs.map_nodes);
   tool_printf ("generation:     %" PRIu64 "\n", vs.generation);
-  tool_printf ("root:           %s\n", cas_hash_is_zero (&vs.root) ? "(empty)"
-          : hex);
+  tool_printf ("root:           %s\n", cas_hash_is_zero (&vs.root)
+               ? "(empty)" : hex);
   return 0;
 }
 

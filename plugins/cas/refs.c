@@ -1,0 +1,278 @@
+/* Reference sets: which chunks the trees of some roots reference, and for
+ * each chunk whether one root references it alone or several do.  Space
+ * accounting (nbdcas stat: what deleting a volume or snapshot would free,
+ * what nobody references) and garbage collection's mark are built on it.
+ * See store.h for the contract.
+ *
+ * An open-addressing table (linear probing) of 16-byte entries: the first
+ * 8 bytes of the chunk's hash (as the index keys chunks), its owner (the
+ * one root that references it, or SHARED) and its payload length.  Two
+ * chunks whose hashes share 8 bytes count as one here: at 10^9 chunks the
+ * chance of any such pair is 3%, and the effect is a few KiB counted
+ * once instead of twice -- never a chunk wrongly deleted, since garbage
+ * collection keeps everything whose key is marked.
+ *
+ * Each root's tree is walked whole (its mapped blocks are counted on the
+ * way): the cost is the mapped part of every root, in map node reads.
+ *
+ * Thread safety: none; one user at a time.
+ */
+#include <config.h>
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend.h"
+#include "cleanup.h"
+#include "le.h"
+#include "storeint.h"
+
+#define F CAS_MAP_FANOUT
+#define SHARED UINT32_MAX
+#define NODE (UINT32_C (1) << 31)    /* in length: a map node */
+
+struct ref {
+  uint64_t key;                 /* 0: empty (a zero key is made 1) */
+  uint32_t owner;               /* a root's id, or SHARED */
+  uint32_t length;              /* payload bytes */
+};
+
+struct cas_refs {
+  struct ref *tab;
+  uint64_t mask, count;
+};
+
+static uint64_t
+key_of (const struct cas_hash *h)
+{
+  uint64_t k = get_le64 (h->b);
+  return k ? k : 1;
+}
+
+static uint64_t
+slot_of (uint64_t key, uint64_t mask)
+{
+  /* The low bits of a SHA-256 prefix are uniform already. */
+  return key & mask;
+}
+
+struct cas_refs *
+cas_refs_new (uint64_t expect)
+{
+  struct cas_refs *r = calloc (1, sizeof *r);
+  uint64_t slots = 1024;
+
+  if (r == NULL)
+    return NULL;
+  while (slots < expect + expect / 4 + 16)
+    slots *= 2;
+  r->tab = calloc (slots, sizeof *r->tab);
+  if (r->tab == NULL) {
+    free (r);
+    errno = ENOMEM;
+    return NULL;
+  }
+  r->mask = slots - 1;
+  return r;
+}
+
+void
+cas_refs_free (struct cas_refs *r)
+{
+  if (r) {
+    free (r->tab);
+    free (r);
+  }
+}
+
+uint64_t
+cas_refs_memory (const struct cas_refs *r)
+{
+  return sizeof *r + (r->mask + 1) * sizeof *r->tab;
+}
+
+static int
+grow (struct cas_refs *r)
+{
+  uint64_t slots = 2 * (r->mask + 1), i;
+  struct ref *tab = calloc (slots, sizeof *tab);
+
+  if (tab == NULL) {
+    errno = ENOMEM;
+    return -1;
+  }
+  for (i = 0; i <= r->mask; i++)
+    if (r->tab[i].key) {
+      uint64_t j = slot_of (r->tab[i].key, slots - 1);
+      while (tab[j].key)
+        j = (j + 1) & (slots - 1);
+      tab[j] = r->tab[i];
+    }
+  free (r->tab);
+  r->tab = tab;
+  r->mask = slots - 1;
+  return 0;
+}
+
+/* The entry of h, added (owner 0) if absent; NULL: out of memory. */
+static struct ref *
+lookup_add (struct cas_refs *r, const struct cas_hash *h, bool *added)
+{
+  uint64_t key = key_of (h), i;
+
+  if ((r->count + 1) * 5 > (r->mask + 1) * 4 && grow (r) == -1)
+    return NULL;
+  for (i = slot_of (key, r->mask); r->tab[i].key; i = (i + 1) & r->mask)
+    if (r->tab[i].key == key) {
+      *added = false;
+      return &r->tab[i];
+    }
+  r->tab[i].key = key;
+  r->tab[i].owner = 0;
+  r->tab[i].length = 0;
+  r->count++;
+  *added = true;
+  return &r->tab[i];
+}
+
+bool
+cas_refs_has (const struct cas_refs *r, const struct cas_hash *h)
+{
+  uint64_t key = key_of (h), i;
+
+  for (i = slot_of (key, r->mask); r->tab[i].key; i = (i + 1) & r->mask)
+    if (r->tab[i].key == key)
+      return true;
+  return false;
+}
+
+/* Note that owner references chunk h (length bytes): 1 first seen,
+ * 0 seen before, -1 out of memory.
+ */
+static int
+mark (struct cas_refs *r, const struct cas_hash *h, uint32_t owner,
+      uint32_t length)
+{
+  bool added;
+  struct ref *e = lookup_add (r, h, &added);
+
+  if (e == NULL)
+    return -1;
+  if (added) {
+    e->owner = owner;
+    e->length = length;
+    return 1;
+  }
+  if (e->owner == owner || e->owner == SHARED)
+    return 0;
+  e->owner = SHARED;
+  return 1;
+}
+
+struct walk {
+  struct cas_store *st;
+  struct cas_refs *refs;
+  uint32_t owner;
+  uint64_t nblocks;
+  uint64_t mapped;              /* blocks with data */
+  struct cas_hash *bufs[8];     /* one node per level */
+};
+
+/* Node h of height `height` (1: a leaf) covering blocks from first. */
+static int
+walk_node (struct walk *w, const struct cas_hash *h, uint32_t height,
+           uint64_t first)
+{
+  struct cas_hash *kids = w->bufs[height];
+  uint64_t span = 1, i;
+  uint32_t len = 0, k;
+
+  if (cas_hash_is_zero (h) || first >= w->nblocks)
+    return 0;
+  if (cs_get (w->st->cs, h, kids, F * CAS_HASH_SIZE, &len,
+              w->st->verify) == -1) {
+    if (errno == ENOENT)
+      errno = EIO;
+    return -1;
+  }
+  if (len % CAS_HASH_SIZE != 0) {
+    backend_error ("cas: map node of bad length %" PRIu32, len);
+    errno = EIO;
+    return -1;
+  }
+  memset ((uint8_t *) kids + len, 0, F * CAS_HASH_SIZE - len);
+  if (mark (w->refs, h, w->owner, len | NODE) == -1)
+    return -1;
+  for (k = 1; k < height; k++)
+    span *= F;
+  for (i = 0; i < F && first + i * span < w->nblocks; i++) {
+    const struct cas_hash *c = &kids[i];
+    if (cas_hash_is_zero (c))
+      continue;
+    if (height == 1) {
+      w->mapped++;
+      if (mark (w->refs, c, w->owner, w->st->sb.blocksize) == -1)
+        return -1;
+      continue;
+    }
+    /* Each level has its own buffer: kids stays valid meanwhile. */
+    if (walk_node (w, c, height - 1, first + i * span) == -1)
+      return -1;
+  }
+  return 0;
+}
+
+int
+cas_refs_add_root (struct cas_store *st, struct cas_refs *refs,
+                   uint32_t owner, const struct cas_root *root,
+                   uint64_t *mapped_blocks)
+{
+  struct walk w = { .st = st, .refs = refs, .owner = owner };
+  uint32_t k;
+  int ret = -1;
+
+  if (owner == 0 || owner == SHARED || root->depth >= 8) {
+    errno = EINVAL;
+    return -1;
+  }
+  w.nblocks = (root->size + st->sb.blocksize - 1) / st->sb.blocksize;
+  for (k = 1; k <= root->depth; k++)
+    if ((w.bufs[k] = malloc (F * sizeof (struct cas_hash))) == NULL)
+      goto out;
+  if (walk_node (&w, &root->root, root->depth, 0) == -1)
+    goto out;
+  if (mapped_blocks)
+    *mapped_blocks = w.mapped;
+  ret = 0;
+ out:
+  for (k = 1; k <= root->depth; k++)
+    free (w.bufs[k]);
+  return ret;
+}
+
+void
+cas_refs_totals (const struct cas_refs *r, uint64_t *alone,
+                 uint32_t nowners, uint64_t *referenced, uint64_t *chunks,
+                 uint64_t *nodes)
+{
+  uint64_t i;
+
+  memset (alone, 0, ((size_t) nowners + 1) * sizeof *alone);
+  *referenced = 0;
+  *chunks = r->count;
+  *nodes = 0;
+  for (i = 0; i <= r->mask; i++) {
+    const struct ref *e = &r->tab[i];
+    uint64_t bytes;
+    if (!e->key)
+      continue;
+    if (e->length & NODE)
+      (*nodes)++;
+    bytes = cas_record_size (e->length & ~NODE);
+    *referenced += bytes;
+    if (e->owner != SHARED && e->owner <= nowners)
+      alone[e->owner] += bytes;
+  }
+}
