@@ -114,6 +114,22 @@ struct backend {
   int (*extents) (void *handle, uint32_t count, uint64_t offset,
                   uint32_t flags, struct backend_extents *extents);
   int (*cache) (void *handle, uint32_t count, uint64_t offset, uint32_t flags);
+
+  /* Optional: metadata contexts of the backend's own besides
+   * base:allocation (minnbd serves them; nbdkit 1.32 cannot).
+   * meta_contexts calls add(name) for each context the export serves that
+   * matches query: a whole name, or for listing a "namespace:" prefix, or
+   * NULL for all.  Names are at most 4096 bytes.  -1 on error.
+   * meta_extents gives a context's extents for an open handle (name is
+   * one that meta_contexts named for its export), as extents does: bit 0
+   * of an extent's type is the context's flag.
+   */
+  int (*meta_contexts) (const char *exportname, const char *query,
+                        int (*add) (const char *name, void *opaque),
+                        void *opaque);
+  int (*meta_extents) (void *handle, const char *name, uint32_t count,
+                       uint64_t offset, uint32_t flags,
+                       struct backend_extents *extents);
 };
 
 /* Services each front end provides to backends. */

@@ -531,6 +531,7 @@ conn_free (struct conn *c)
   }
   export_close (c);
   tls_end (c);
+  meta_drop (c);
   free (c->meta_export);
   free (c->rbuf);
   pthread_mutex_destroy (&c->wlock);

@@ -248,7 +248,7 @@ opt_export_name (struct conn *c, const char *payload, uint32_t len)
   if (name == NULL)
     return -1;
   if (c->meta_export && strcmp (c->meta_export, name) != 0)
-    c->meta_alloc = false;
+    meta_drop (c);
   if (export_open (c, name, &desc, &msg) == -1) {
     log_error ("%s: NBD_OPT_EXPORT_NAME: export \"%s\": %s (%s): "
                "closing (this option has no error reply)", c->name, name,
@@ -350,7 +350,7 @@ opt_info_go (struct conn *c, uint32_t option, const char *p, uint32_t len)
   }
   /* Contexts chosen for another export do not carry over. */
   if (c->meta_export && strcmp (c->meta_export, name) != 0)
-    c->meta_alloc = false;
+    meta_drop (c);
   if (send_ack (c, option) == -1)
     return -1;
   return 1;
@@ -415,14 +415,81 @@ opt_starttls (struct conn *c, uint32_t len)
     return -1;
   /* The spec: nothing negotiated before STARTTLS survives it. */
   c->structured = false;
-  c->meta_alloc = false;
+  meta_drop (c);
   free (c->meta_export);
   c->meta_export = NULL;
   return 0;
 }
 
-/* NBD_OPT_LIST_META_CONTEXT / NBD_OPT_SET_META_CONTEXT.  We know one
- * context, base:allocation (id 1 once selected).
+void
+meta_drop (struct conn *c)
+{
+  uint32_t i;
+
+  c->meta_alloc = false;
+  for (i = 0; i < c->n_meta_names; i++)
+    free (c->meta_names[i]);
+  free (c->meta_names);
+  c->meta_names = NULL;
+  c->n_meta_names = 0;
+}
+
+/* The backend's contexts an option names: each one the backend gives
+ * for (export, query) is replied (with its id when selecting) and, when
+ * selecting, remembered.
+ */
+#define MAX_META_SELECTED 64
+struct meta_add {
+  struct conn *c;
+  uint32_t option;
+  bool set;
+  int err;
+};
+
+static int
+meta_add_one (const char *name, void *opaque)
+{
+  struct meta_add *m = opaque;
+  struct conn *c = m->c;
+  size_t n = strlen (name);
+  uint32_t id = 0, i;
+  char *buf;
+
+  if (n == 0 || n > NBD_MAX_STRING)
+    return 0;
+  if (m->set) {
+    for (i = 0; i < c->n_meta_names; i++)
+      if (strcmp (c->meta_names[i], name) == 0)
+        return 0;               /* asked twice: once is enough */
+    if (c->n_meta_names == MAX_META_SELECTED)
+      return 0;
+    if (c->meta_names == NULL &&
+        (c->meta_names = calloc (MAX_META_SELECTED,
+                                 sizeof *c->meta_names)) == NULL)
+      return -1;
+    c->meta_names[c->n_meta_names] = strdup (name);
+    if (c->meta_names[c->n_meta_names] == NULL)
+      return -1;
+    c->n_meta_names++;
+    id = c->n_meta_names + 1;   /* 1 is base:allocation */
+  }
+  buf = malloc (4 + n);
+  if (buf == NULL)
+    return -1;
+  id = htobe32 (id);
+  memcpy (buf, &id, 4);
+  memcpy (buf + 4, name, n);
+  if (send_reply (c, m->option, NBD_REP_META_CONTEXT, buf, 4 + n) == -1) {
+    m->err = -1;
+    free (buf);
+    return -1;
+  }
+  free (buf);
+  return 0;
+}
+
+/* NBD_OPT_LIST_META_CONTEXT / NBD_OPT_SET_META_CONTEXT: base:allocation
+ * (id 1 once selected), and the backend's own contexts (ids from 2).
  */
 static int
 opt_meta_context (struct conn *c, uint32_t option, const char *p,
@@ -432,10 +499,13 @@ opt_meta_context (struct conn *c, uint32_t option, const char *p,
   bool set = option == NBD_OPT_SET_META_CONTEXT;
   uint32_t namelen, nq, i, pos, qlen;
   bool match = false;
+  char *export = NULL;
+  struct meta_add m = { .c = c, .option = option, .set = set };
+  int ret = -1;
 
   if (set) {
     /* SET replaces the selection even when it fails. */
-    c->meta_alloc = false;
+    meta_drop (c);
     free (c->meta_export);
     c->meta_export = NULL;
   }
@@ -453,6 +523,7 @@ opt_meta_context (struct conn *c, uint32_t option, const char *p,
                        "export name too long or contains NUL");
   nq = get32 (p + 4 + namelen);
   pos = 8 + namelen;
+  /* Check every query before answering any. */
   for (i = 0; i < nq; i++) {
     const char *q, *colon;
 
@@ -495,13 +566,44 @@ opt_meta_context (struct conn *c, uint32_t option, const char *p,
     if (send_reply (c, option, NBD_REP_META_CONTEXT, buf, sizeof buf) == -1)
       return -1;
   }
+  /* The backend's own contexts, query by query (all of them when
+   * listing with no query).  A whole name selects; a bare "namespace:"
+   * only lists.
+   */
+  export = strndup (p + 4, namelen);
+  if (export == NULL)
+    return -1;
+  if (B->meta_contexts) {
+    if (!set && nq == 0) {
+      if (B->meta_contexts (export, NULL, meta_add_one, &m) == -1 &&
+          m.err)
+        goto out;
+    }
+    for (i = 0, pos = 8 + namelen; i < nq; i++) {
+      char *q;
+      qlen = get32 (p + pos);
+      q = strndup (p + pos + 4, qlen);
+      pos += 4 + qlen;
+      if (q == NULL)
+        goto out;
+      if (strncmp (q, "base:", 5) != 0 &&
+          (!set || q[qlen - 1] != ':') &&
+          B->meta_contexts (export, q, meta_add_one, &m) == -1 && m.err) {
+        free (q);
+        goto out;
+      }
+      free (q);
+    }
+  }
   if (set) {
-    c->meta_export = strndup (p + 4, namelen);
-    if (c->meta_export == NULL)
-      return -1;
+    c->meta_export = export;
+    export = NULL;
     c->meta_alloc = match;
   }
-  return send_ack (c, option);
+  ret = send_ack (c, option);
+ out:
+  free (export);
+  return ret;
 }
 
 int

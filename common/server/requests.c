@@ -147,7 +147,8 @@ request_validate (struct conn *c, struct request *r)
     return fail (r, NBD_EINVAL, "trim is not supported");
   if (r->type == NBD_CMD_CACHE && !(c->eflags & NBD_FLAG_SEND_CACHE))
     return fail (r, NBD_EINVAL, "cache is not supported");
-  if (r->type == NBD_CMD_BLOCK_STATUS && !c->meta_alloc)
+  if (r->type == NBD_CMD_BLOCK_STATUS && !c->meta_alloc &&
+      c->n_meta_names == 0)
     return fail (r, NBD_EINVAL, "no metadata context was negotiated");
 
   /* Flags: each valid only where the spec says, and only if advertised. */
@@ -405,40 +406,33 @@ do_cache (struct conn *c, struct request *r)
   return 0;
 }
 
-static void
-reply_block_status (struct conn *c, struct request *r)
+/* One BLOCK_STATUS chunk: context id's extents in e.  done: the last. */
+static int
+send_status_chunk (struct conn *c, struct request *r, uint32_t context,
+                   bool done)
 {
-  bool req_one = r->flags & NBD_CMD_FLAG_REQ_ONE;
   struct backend_extents *e = &r->ex;
   const size_t hl = sizeof (struct nbd_structured_reply);
+  uint32_t id = htobe32 (context);
   size_t i, len;
   char *p;
-  uint32_t id = htobe32 (1);
 
-  extents_reset (e, r->offset, r->offset + r->count, req_one);
-  if (c->caps.can_extents) {
-    CHECK (c, BACKEND_CALL_EXTENTS, req_one ? BACKEND_FLAG_REQ_ONE : 0);
-    if (B->extents (c->handle, r->count, r->offset,
-                    req_one ? BACKEND_FLAG_REQ_ONE : 0, e) == -1) {
-      send_backend_error (c, r, errno);
-      return;
-    }
-  }
-  /* No information is the same as "allocated data" (status 0). */
+  /* No information is the same as flags 0 ("allocated data" for
+   * base:allocation, "not set" for any other context).
+   */
   if (e->v.len == 0 &&
       backend_add_extent (e, r->offset, r->count, 0) == -1) {
     send_backend_error (c, r, errno);
-    return;
+    return -1;
   }
-
   len = hl + 4 + e->v.len * sizeof (struct nbd_block_descriptor);
   p = rep_buf (r, len);
   if (p == NULL) {
     send_error (c, r, NBD_ENOMEM, "out of memory for the reply");
-    return;
+    return -1;
   }
-  put_chunk_header (p, r, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_BLOCK_STATUS,
-                    len - hl);
+  put_chunk_header (p, r, done ? NBD_REPLY_FLAG_DONE : 0,
+                    NBD_REPLY_TYPE_BLOCK_STATUS, len - hl);
   memcpy (p + hl, &id, 4);
   for (i = 0; i < e->v.len; i++) {
     struct nbd_block_descriptor d;
@@ -448,6 +442,41 @@ reply_block_status (struct conn *c, struct request *r)
     memcpy (p + hl + 4 + i * sizeof d, &d, sizeof d);
   }
   conn_write (c, p, len);
+  return 0;
+}
+
+/* One chunk per selected context: base:allocation (id 1), then the
+ * backend's (ids 2, 3, ...); the last one carries the DONE flag.
+ */
+static void
+reply_block_status (struct conn *c, struct request *r)
+{
+  bool req_one = r->flags & NBD_CMD_FLAG_REQ_ONE;
+  uint32_t flags = req_one ? BACKEND_FLAG_REQ_ONE : 0, i;
+  struct backend_extents *e = &r->ex;
+
+  if (c->meta_alloc) {
+    extents_reset (e, r->offset, r->offset + r->count, req_one);
+    if (c->caps.can_extents) {
+      CHECK (c, BACKEND_CALL_EXTENTS, flags);
+      if (B->extents (c->handle, r->count, r->offset, flags, e) == -1) {
+        send_backend_error (c, r, errno);
+        return;
+      }
+    }
+    if (send_status_chunk (c, r, 1, c->n_meta_names == 0) == -1)
+      return;
+  }
+  for (i = 0; i < c->n_meta_names; i++) {
+    extents_reset (e, r->offset, r->offset + r->count, req_one);
+    if (B->meta_extents (c->handle, c->meta_names[i], r->count, r->offset,
+                         flags, e) == -1) {
+      send_backend_error (c, r, errno);
+      return;
+    }
+    if (send_status_chunk (c, r, i + 2, i + 1 == c->n_meta_names) == -1)
+      return;
+  }
 }
 
 static bool

@@ -165,7 +165,10 @@ struct conn {
   /* Handshake results (written by the reader before any worker runs). */
   bool fixed_newstyle, no_zeroes;
   bool structured;             /* NBD_OPT_STRUCTURED_REPLY acked */
-  bool meta_alloc;             /* base:allocation selected */
+  bool meta_alloc;             /* base:allocation selected (id 1) */
+  char **meta_names;           /* the backend's contexts selected: ids
+                                  2, 3, ... (B->meta_contexts) */
+  uint32_t n_meta_names;
   char *meta_export;           /* export name given to SET_META_CONTEXT */
   void *handle;                /* backend handle, NULL before GO */
   char *export_name;           /* canonical */
@@ -278,6 +281,11 @@ int allow_add (const char *spec);
  */
 bool allow_peer (const struct sockaddr *sa, socklen_t len);
 void allow_free (void);
+/* Forget the metadata contexts selected (base:allocation and the
+ * backend's): a new SET_META_CONTEXT, another export, STARTTLS.
+ */
+void meta_drop (struct conn *c);
+
 /* Listening sockets from opts (or socket activation); returns count. */
 int listen_setup (int **fds, char **unix_path_out, char **tmpdir_out,
                   int *port_out);

@@ -494,6 +494,129 @@ cas_cache (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
   return cas_volume_prefetch (h->vol, count, offset);
 }
 
+/* ---- the nbdcas:changed:SNAP metadata context (minnbd) ----
+ *
+ * On the export of a volume, or of a snapshot or clone of it: flag bit 0
+ * set where a block differs from the same block of snapshot SNAP, which
+ * is a snapshot of the export's volume (SNAP), or any snapshot of the
+ * store (VOLUME@SNAP).  An incremental backup reads only those.
+ */
+#define CHANGED_PREFIX "nbdcas:changed:"
+
+/* The volume an export belongs to: "vm1" for "vm1" and "vm1@s". */
+static void
+export_volume (const char *exportname, char vol[CAS_VOLUME_NAME_MAX + 1])
+{
+  const char *name = exportname[0] ? exportname : default_volume;
+  size_t n = strcspn (name, "@");
+
+  if (n > CAS_VOLUME_NAME_MAX)
+    n = CAS_VOLUME_NAME_MAX;
+  memcpy (vol, name, n);
+  vol[n] = '\0';
+}
+
+/* The root SNAP names (after the prefix), for the export's volume. */
+static int
+changed_base (const char *exportname, const char *snap, struct cas_root *r)
+{
+  char vol[CAS_VOLUME_NAME_MAX + 1], full[2 * CAS_VOLUME_NAME_MAX + 2];
+
+  if (strchr (snap, '@') == NULL) {
+    export_volume (exportname, vol);
+    snprintf (full, sizeof full, "%s@%s", vol, snap);
+    snap = full;
+  }
+  if (cas_volume_exists (store, snap) != 1) {
+    errno = ENOENT;
+    return -1;
+  }
+  return cas_root_get (store, snap, false, r);
+}
+
+struct meta_list {
+  int (*add) (const char *, void *);
+  void *opaque;
+};
+
+static int
+meta_list_one (const char *name, void *opaque)
+{
+  struct meta_list *l = opaque;
+  char ctx[sizeof CHANGED_PREFIX + CAS_VOLUME_NAME_MAX];
+  const char *at = strchr (name, '@');
+
+  snprintf (ctx, sizeof ctx, "%s%s", CHANGED_PREFIX, at ? at + 1 : name);
+  return l->add (ctx, l->opaque);
+}
+
+static int
+cas_meta_contexts (const char *exportname, const char *query,
+                   int (*add) (const char *, void *), void *opaque)
+{
+  char vol[CAS_VOLUME_NAME_MAX + 1];
+  struct meta_list l = { add, opaque };
+  struct cas_root r;
+  size_t n;
+
+  /* Listing: every snapshot of the export's volume, for a NULL query or
+   * one that is a prefix of the context's names ("nbdcas:").
+   */
+  n = query ? strlen (query) : 0;
+  if (query == NULL ||
+      (n > 0 && query[n - 1] == ':' &&
+       strncmp (CHANGED_PREFIX, query, n) == 0)) {
+    export_volume (exportname, vol);
+    if (cas_volume_name_check (vol) == -1)
+      return 0;
+    return cas_store_list_snapshots (store, vol, meta_list_one, &l);
+  }
+  if (strncmp (query, CHANGED_PREFIX, strlen (CHANGED_PREFIX)) != 0 ||
+      query[strlen (CHANGED_PREFIX)] == '\0')
+    return 0;
+  if (changed_base (exportname, query + strlen (CHANGED_PREFIX), &r) == -1)
+    return 0;                   /* not a context of ours: ignored */
+  return add (query, opaque);
+}
+
+struct changed_ctx {
+  struct backend_extents *extents;
+  bool one;
+};
+
+static int
+add_changed (uint64_t off, uint64_t len, bool changed, void *opaque)
+{
+  struct changed_ctx *c = opaque;
+
+  if (backend_add_extent (c->extents, off, len, changed ? 1 : 0) == -1)
+    return -1;
+  return c->one ? 1 : 0;
+}
+
+static int
+cas_meta_extents (void *handle, const char *name, uint32_t count,
+                  uint64_t offset, uint32_t flags,
+                  struct backend_extents *extents)
+{
+  struct handle *h = handle;
+  struct changed_ctx c = { extents, flags & BACKEND_FLAG_REQ_ONE };
+  struct cas_root r;
+
+  if (strncmp (name, CHANGED_PREFIX, strlen (CHANGED_PREFIX)) != 0) {
+    errno = EINVAL;
+    return -1;
+  }
+  /* The snapshot may have been deleted since it was selected. */
+  if (changed_base (cas_volume_name (h->vol), name + strlen (CHANGED_PREFIX),
+                    &r) == -1) {
+    backend_error ("cas: %s: the snapshot is gone", name);
+    errno = EIO;
+    return -1;
+  }
+  return cas_volume_changed (h->vol, &r, count, offset, add_changed, &c);
+}
+
 const struct backend cas_backend = {
   .name = "cas",
   .longname = "nbdcas content-addressed deduplicating store",
@@ -533,4 +656,6 @@ const struct backend cas_backend = {
   .zero = cas_zero,
   .extents = cas_extents,
   .cache = cas_cache,
+  .meta_contexts = cas_meta_contexts,
+  .meta_extents = cas_meta_extents,
 };

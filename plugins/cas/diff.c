@@ -20,8 +20,8 @@
 #include "backend.h"
 #include "cleanup.h"
 #include "storeint.h"
+#include "volumeint.h"
 
-#define F CAS_MAP_FANOUT
 
 struct diff {
   struct cas_store *st;
@@ -188,4 +188,132 @@ cas_diff (struct cas_store *st, const struct cas_root *a,
       flush_run (&d) == -1)
     return -1;
   return 0;
+}
+
+/* ---- a live volume against a root: the nbdcas:changed context ---- */
+
+/* Leaf i of a committed tree, with the path above it kept from the last
+ * call (consecutive leaves share it).
+ */
+struct tree_reader {
+  struct cas_store *st;
+  const struct cas_root *root;
+  struct cas_hash node[8];      /* node[h]: hash of the cached node ... */
+  struct cas_hash *kids[8];     /* ... and its children */
+};
+
+static int
+tree_leaf (struct tree_reader *t, uint64_t i, struct cas_hash *out)
+{
+  uint32_t depth = t->root->depth, h;
+  const struct cas_hash *cur = &t->root->root;
+  uint64_t span = 1;
+
+  memset (out, 0, F * sizeof *out);
+  for (h = 1; h < depth; h++)
+    span *= F;                  /* leaves under the root */
+  if (i >= span || depth >= 8)
+    return 0;
+  for (h = depth; h >= 2; h--) {
+    /* cur is the node of height h on the path to leaf i. */
+    span /= F;
+    if (cas_hash_is_zero (cur))
+      return 0;
+    if (!cas_hash_equal (&t->node[h], cur)) {
+      uint32_t len = 0;
+      if (cs_get (t->st->cs, cur, t->kids[h], F * CAS_HASH_SIZE, &len,
+                  t->st->verify) == -1) {
+        if (errno == ENOENT)
+          errno = EIO;
+        return -1;
+      }
+      memset ((uint8_t *) t->kids[h] + len, 0, F * CAS_HASH_SIZE - len);
+      t->node[h] = *cur;
+    }
+    cur = &t->kids[h][(i / span) % F];
+  }
+  /* cur is leaf i's hash. */
+  if (cas_hash_is_zero (cur))
+    return 0;
+  {
+    uint32_t len = 0;
+    if (cs_get (t->st->cs, cur, out, F * CAS_HASH_SIZE, &len,
+                t->st->verify) == -1) {
+      if (errno == ENOENT)
+        errno = EIO;
+      return -1;
+    }
+    memset ((uint8_t *) out + len, 0, F * CAS_HASH_SIZE - len);
+  }
+  return 0;
+}
+
+int
+cas_volume_changed (struct cas_volume *vol, const struct cas_root *base,
+                    uint64_t count, uint64_t offset,
+                    int (*fn) (uint64_t off, uint64_t len, bool changed,
+                               void *opaque),
+                    void *opaque)
+{
+  struct tree_reader t = { .st = vol->st, .root = base };
+  CLEANUP_FREE struct cas_hash *cur = NULL, *old = NULL;
+  uint64_t b, end, run_start = offset, leaf = UINT64_MAX;
+  bool run_changed = false, have_run = false;
+  int r = -1;
+  uint32_t h;
+
+  if (base->blocksize != vol->bs || base->depth >= 8) {
+    backend_error ("cas: volume %s and the root compared with it differ in "
+                   "block size", vol->name);
+    errno = EINVAL;
+    return -1;
+  }
+  if (offset > vol->size || count > vol->size - offset) {
+    errno = EINVAL;
+    return -1;
+  }
+  cur = malloc (F * sizeof *cur);
+  old = malloc (F * sizeof *old);
+  if (cur == NULL || old == NULL)
+    goto out;
+  for (h = 2; h < 8; h++)
+    if ((t.kids[h] = malloc (F * sizeof (struct cas_hash))) == NULL)
+      goto out;
+  end = offset + count;
+  for (b = offset / vol->bs; b < vol->nblocks && b * vol->bs < end; b++) {
+    bool changed;
+    if (b / F != leaf) {
+      leaf = b / F;
+      if (peek_leaf (vol, leaf, cur) == -1 || tree_leaf (&t, leaf, old) == -1)
+        goto out;
+    }
+    changed = !cas_hash_equal (&cur[b % F], &old[b % F]);
+    if (!have_run) {
+      have_run = true;
+      run_changed = changed;
+    }
+    else if (changed != run_changed) {
+      uint64_t s = b * vol->bs;
+      int k = fn (run_start, s - run_start, run_changed, opaque);
+      if (k != 0) {
+        r = k == 1 ? 0 : -1;
+        goto out;
+      }
+      run_start = s;
+      run_changed = changed;
+    }
+  }
+  {
+    uint64_t s = b * vol->bs;
+    if (s > vol->size)
+      s = vol->size;
+    r = s > run_start ? fn (run_start, s - run_start, run_changed, opaque)
+      : 0;
+    if (r == 1)
+      r = 0;
+  }
+ out:
+  for (h = 2; h < 8; h++)
+    free (t.kids[h]);
+  return r;
 }

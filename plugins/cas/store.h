@@ -296,6 +296,17 @@ void cas_refs_totals (const struct cas_refs *refs, uint64_t *alone,
                       uint32_t nowners, uint64_t *referenced,
                       uint64_t *chunks, uint64_t *nodes);
 
+/* Extents of [offset, offset+count) of an open volume (its state now,
+ * unflushed writes included) by whether each block differs from the same
+ * block of root (a snapshot, say): fn(off, len, changed), as
+ * cas_volume_extents calls its fn (1 stops early with 0).
+ */
+int cas_volume_changed (struct cas_volume *vol, const struct cas_root *root,
+                        uint64_t count, uint64_t offset,
+                        int (*fn) (uint64_t off, uint64_t len, bool changed,
+                                   void *opaque),
+                        void *opaque);
+
 /* ---- Statistics ---- */
 
 struct cas_volume_stats {
