@@ -335,6 +335,13 @@ class Server:
             h.close() if hasattr(h, "close") else None
             del h
 
+    def ready(self):
+        """Return once the server has started up: it answered a handshake
+        (a server started by socket activation accepts connections in the
+        kernel before it has even configured its backend)."""
+        self._wait_ready()
+        return self
+
     def stop(self, sig=signal.SIGTERM):
         if self.proc is None:
             return 0

@@ -22,7 +22,6 @@
 import os
 import re
 import shutil
-import subprocess
 import sys
 
 import nbd
@@ -31,96 +30,14 @@ sys.path.insert(0, os.environ.get("srcdir", os.path.dirname(__file__)))
 import casformat as cf  # noqa: E402
 import nbdtest  # noqa: E402
 
-NBDCAS = os.environ["NBDCAS"]
-BS = 64 * 1024
-MiB = 1024 * 1024
-
-
-def tool(*args, check=None, env=None):
-    p = subprocess.run([NBDCAS] + [str(a) for a in args],
-                       stdin=subprocess.DEVNULL, capture_output=True,
-                       text=True, timeout=600,
-                       env=dict(os.environ, **(env or {})))
-    if check is not None and p.returncode != check:
-        raise AssertionError("nbdcas %s: exit %d, expected %d\nstdout:\n%s\n"
-                             "stderr:\n%s" % (" ".join(map(str, args)),
-                                              p.returncode, check, p.stdout,
-                                              p.stderr))
-    return p
-
-
-def image(d, name, size, seed):
-    path = os.path.join(d, name)
-    with open(path, "wb") as f:
-        f.write(nbdtest.random_bytes(size, seed))
-    return path
-
-
-def make_store(d, vols):
-    """A store at d/store with volumes {name: image path}, imported in
-    order (so the last volume's records, its map node last, end the
-    pack)."""
-    store = os.path.join(d, "store")
-    tool("create", store, check=0)
-    for name, img in vols.items():
-        tool("import", store, name, img, "--create", check=0)
-    return store
-
-
-class connection:
-    """with connection(srv, export) as h: a handle that is closed however
-    the block ends (a server waits for its clients before it exits)."""
-
-    def __init__(self, srv, export=""):
-        self.h = srv.connect(export)
-
-    def __enter__(self):
-        return self.h
-
-    def __exit__(self, *exc):
-        try:
-            self.h.shutdown()
-        except nbd.Error:
-            pass
-        if hasattr(self.h, "close"):
-            self.h.close()
-        del self.h
-
-
-def read_volume(srv, export, size):
-    with connection(srv, export) as h:
-        out = bytearray()
-        for off in range(0, size, 4 * MiB):
-            out += h.pread(min(4 * MiB, size - off), off)
-        return bytes(out)
-
-
-def serve(server, store, d, params=(), readonly=False):
-    return nbdtest.Server(server, "cas", ["store=" + store] + list(params),
-                          d, readonly=readonly).start()
-
-
-def stopped(srv):
-    rc = srv.stop()
-    assert rc == 0 or srv.server == "nbdkit", \
-        "server exited with %s:\n%s" % (rc, srv.log())
+from castest import (BS, MiB, check_reads, connection, image,  # noqa
+                     make_store, read_volume, run_cases, serve, stopped,
+                     tool)
 
 
 def last_record(store):
     pack = cf.packs(store)[-1]
     return pack, list(cf.records(pack))[-1]
-
-
-def check_reads(server, store, d, vols):
-    srv = serve(server, store, d, ["volume=" + next(iter(vols))])
-    try:
-        for name, img in vols.items():
-            with open(img, "rb") as f:
-                want = f.read()
-            assert read_volume(srv, name, len(want)) == want, \
-                "volume %s reads back wrong" % name
-    finally:
-        stopped(srv)
 
 
 # ---- the index cache is never trusted to cut or hide ----
@@ -416,9 +333,6 @@ def import_full_disk(d):
 
 
 def main():
-    servers = [s for s, _ in nbdtest.pairs(backends=["cas"])]
-    if not servers:
-        nbdtest.skip_all("no cas pair selected (NBDCAS_PAIRS)")
     per_server = [
         ("index cache v1 marked inside the last record: no cut",
          lambda s, d: forged_cache(s, d, forge_v1_mid_record)),
@@ -443,22 +357,7 @@ def main():
         ("messages: truncated files, symlinks, sizes", messages),
         ("import on a full disk says so and how to finish", import_full_disk),
     ]
-    tap = nbdtest.TAP(len(per_server) * len(servers) + len(tool_only))
-    nbdtest._watchdog(int(os.environ.get("NBDCAS_TEST_TIMEOUT", "900")))
-    cases = [("%s [%s+cas]" % (n, s), (lambda fn, s: lambda d: fn(s, d))(fn, s))
-             for s in servers for n, fn in per_server]
-    cases += [("%s [nbdcas]" % n, fn) for n, fn in tool_only]
-    for name, fn in cases:
-        d = nbdtest.tmpdir()
-        try:
-            fn(d)
-            tap.ok(True, name)
-        except Exception:
-            import traceback
-            tap.ok(False, name, traceback.format_exc())
-        finally:
-            shutil.rmtree(d, ignore_errors=True)
-    raise SystemExit(1 if tap.failed else 0)
+    run_cases(per_server, tool_only)
 
 
 main()

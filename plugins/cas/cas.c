@@ -94,7 +94,24 @@ cas_config (const char *key, const char *value)
     return 0;
   }
   if (strcmp (key, "volume") == 0) {
-    if (cas_volume_name_check (value) == -1)
+    /* A volume, or a snapshot VOLUME@SNAP (then served read-only). */
+    const char *at = strchr (value, '@');
+    if (at) {
+      char vol[CAS_VOLUME_NAME_MAX + 1];
+      size_t n = at - value;
+      if (n == 0 || n > CAS_VOLUME_NAME_MAX) {
+        backend_error ("cas: volume=%s: a snapshot is named VOLUME@SNAP",
+                       value);
+        errno = EINVAL;
+        return -1;
+      }
+      memcpy (vol, value, n);
+      vol[n] = '\0';
+      if (cas_volume_name_check (vol) == -1 ||
+          cas_snapshot_name_check (at + 1) == -1)
+        return -1;
+    }
+    else if (cas_volume_name_check (value) == -1)
       return -1;
     volume_given = true;
     return set_string (&default_volume, key, value);
@@ -164,6 +181,12 @@ prepare_default_volume (void)
 {
   uint64_t old;
 
+  if (strchr (default_volume, '@') && want_size >= 0) {
+    backend_error ("cas: size= cannot create or grow %s: it is a snapshot "
+                   "(read-only)", default_volume);
+    errno = EINVAL;
+    return -1;
+  }
   switch (cas_volume_exists (store, default_volume)) {
   case -1:
     return -1;

@@ -31,6 +31,7 @@ struct diff {
   void *opaque;
   uint64_t run_start, run_end;  /* pending run of changed blocks */
   bool have_run;
+  uint64_t nodes_read;
 };
 
 static const struct cas_hash zero_hash;
@@ -44,6 +45,7 @@ read_children (struct diff *d, const struct cas_hash *h, struct cas_hash *out)
   memset (out, 0, F * sizeof *out);
   if (cas_hash_is_zero (h))
     return 0;
+  d->nodes_read++;
   if (cs_get (d->st->cs, h, out, F * CAS_HASH_SIZE, &len,
               d->st->verify) == -1) {
     if (errno == ENOENT)
@@ -172,7 +174,8 @@ compare (struct diff *d, const struct cas_hash *a, uint32_t ha,
 int
 cas_diff (struct cas_store *st, const struct cas_root *a,
           const struct cas_root *b,
-          int (*fn) (uint64_t off, uint64_t len, void *opaque), void *opaque)
+          int (*fn) (uint64_t off, uint64_t len, void *opaque), void *opaque,
+          uint64_t *nodes_read)
 {
   struct diff d = { .st = st, .bs = st->sb.blocksize, .fn = fn,
                     .opaque = opaque };
@@ -187,6 +190,8 @@ cas_diff (struct cas_store *st, const struct cas_root *a,
   if (compare (&d, &a->root, a->depth, &b->root, b->depth, 0) == -1 ||
       flush_run (&d) == -1)
     return -1;
+  if (nodes_read)
+    *nodes_read = d.nodes_read;
   return 0;
 }
 

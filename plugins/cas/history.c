@@ -146,6 +146,7 @@ cas_snapshot_create (struct cas_store *st, const char *volume,
   cas_root_encode (&r, buf);
   if (make_snapdir (st, volume, &dir) == -1)
     goto out;
+  cas_test_point ("snapshot");
   if (cas_write_file (dir, snap, buf, sizeof buf, true) == -1) {
     if (errno == EEXIST)
       backend_error ("cas: snapshot '%s@%s' already exists", volume, snap);
@@ -175,6 +176,7 @@ cas_volume_clone (struct cas_store *st, const char *source,
   r.generation = 1;
   r.mtime = time (NULL);
   cas_root_encode (&r, buf);
+  cas_test_point ("clone");
   if (cas_write_file (st->voldir, newvol, buf, sizeof buf, true) == -1) {
     if (errno == EEXIST)
       backend_error ("cas: volume '%s' already exists", newvol);
@@ -271,11 +273,13 @@ do_delete_volume (struct cas_store *st, const char *volume)
   if (asprintf (&path, "%s/%s", st->voldir, volume) == -1)
     return -1;
   /* The root first: from here on the volume is gone for everyone. */
+  cas_test_point ("delete-root");
   if ((unlink (path) == -1 && errno != ENOENT) ||
       cas_fsync_dir (st->voldir) == -1) {
     backend_error ("cas: removing %s: %m", path);
     return -1;
   }
+  cas_test_point ("delete-snapshots");
   return remove_snapshots (st, volume);
 }
 
@@ -300,6 +304,7 @@ do_rename_volume (struct cas_store *st, const char *old, const char *new)
       return -1;
     }
   }
+  cas_test_point ("rename-snapshots");
   if (lstat (sa, &s) == 0) {
     if (renameat2 (AT_FDCWD, sa, AT_FDCWD, sb, RENAME_NOREPLACE) == -1 ||
         cas_fsync_dir (st->snapdir) == -1) {
@@ -545,8 +550,10 @@ cas_store_rename (struct cas_store *st, const char *old, const char *new)
     errno = EEXIST;
     goto out;
   }
-  if (intent_write (st, "rename", old, new) == -1 ||
-      do_rename_volume (st, old, new) == -1 || intent_clear (st) == -1)
+  if (intent_write (st, "rename", old, new) == -1)
+    goto out;
+  cas_test_point ("rename-root");
+  if (do_rename_volume (st, old, new) == -1 || intent_clear (st) == -1)
     goto out;
   ret = 0;
  out:

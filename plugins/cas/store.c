@@ -432,6 +432,29 @@ cas_store_close (struct cas_store *st)
   return r;
 }
 
+void
+cas_test_point (const char *name)
+{
+  const char *want = getenv ("NBDCAS_TEST_STOP");
+  const char *path = getenv ("NBDCAS_TEST_STOP_FIFO");
+  char line[300];
+  int n, fd;
+
+  if (want == NULL || strcmp (want, name) != 0)
+    return;
+  n = snprintf (line, sizeof line, "%s\n", name);
+  if (path) {
+    fd = open (path, O_WRONLY | O_CLOEXEC);
+    if (fd >= 0) {
+      if (write (fd, line, n) != n)
+        n = -1;
+      close (fd);
+    }
+  }
+  for (;;)
+    pause ();
+}
+
 /* ---- root files ---- */
 
 int

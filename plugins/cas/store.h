@@ -206,12 +206,13 @@ int cas_store_list_snapshots (struct cas_store *st, const char *volume,
  * changed part, not the size.  fn(offset, length) is called for maximal
  * runs of changed blocks, in order, in bytes (up to the larger size; a
  * block past the end of the smaller volume counts as unmapped there).
- * fn returning non-zero stops (-1 is returned).
+ * fn returning non-zero stops (-1 is returned).  *nodes_read (may be
+ * NULL): how many map nodes were read.
  */
 int cas_diff (struct cas_store *st, const struct cas_root *a,
               const struct cas_root *b,
               int (*fn) (uint64_t offset, uint64_t length, void *opaque),
-              void *opaque);
+              void *opaque, uint64_t *nodes_read);
 
 /* ---- Volumes ---- */
 

@@ -58,6 +58,13 @@ int cas_write_file (const char *dir, const char *name, const void *buf,
 int cas_list_dir (const char *dir, int (*fn) (const char *, void *),
                   void *opaque);
 
+/* A point where a test stops the process (crash tests of multi-step
+ * operations): if the environment variable NBDCAS_TEST_STOP names this
+ * point, write "NAME\n" to the FIFO NBDCAS_TEST_STOP_FIFO (if set) and
+ * block until killed.  Otherwise nothing (a getenv).
+ */
+void cas_test_point (const char *name);
+
 /* history.c: finish a delete or rename that a crash interrupted (called
  * by a read-write open, with the store lock held).
  */

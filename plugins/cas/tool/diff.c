@@ -67,6 +67,7 @@ cmd_diff (int argc, char **argv)
   struct out o = { .json = false };
   const char *dir, *from, *to;
   double t0;
+  uint64_t nodes = 0;
   int c, ret = EXIT_FAIL;
 
   while ((c = tool_getopt (argc, argv, "diff", "hv", long_options, help,
@@ -92,7 +93,7 @@ cmd_diff (int argc, char **argv)
   t0 = now_seconds ();
   if (o.json)
     tool_printf ("[");
-  if (cas_diff (st, &a, &b, one, &o) == -1) {
+  if (cas_diff (st, &a, &b, one, &o, &nodes) == -1) {
     tool_error ("diff: comparing '%s' with '%s' failed", from, to);
     goto out;
   }
@@ -100,9 +101,9 @@ cmd_diff (int argc, char **argv)
     tool_printf ("%s]\n", o.n ? "\n" : "");
   if (tool_verbose) {
     char hs[HUMAN_SIZE_LEN];
-    tool_info ("%" PRIu64 " changed range%s, %s, in %.3f s", o.n,
-               o.n == 1 ? "" : "s", human_size (o.bytes, hs),
-               now_seconds () - t0);
+    tool_info ("%" PRIu64 " changed range%s, %s; %" PRIu64 " map nodes "
+               "read in %.3f s", o.n, o.n == 1 ? "" : "s",
+               human_size (o.bytes, hs), nodes, now_seconds () - t0);
   }
   ret = EXIT_OK;
  out:
