@@ -335,6 +335,17 @@ def case_osd_restart(c):
     assert d.close() == 0, d.stderr()
 
 
+def case_primitives(c):
+    # Facts the multi-host design (volume roots, leases, fencing) rests
+    # on, checked on this Ceph version; the program says what it saw.
+    p = subprocess.run([os.environ["RADOS_PRIMITIVES"], "-c", c.conf, "-p",
+                        POOL, "-l", "1"], capture_output=True, text=True,
+                       env=c.env(), timeout=120)
+    for line in p.stdout.splitlines():
+        print("# " + line, flush=True)
+    assert p.returncode == 0, p.stdout + p.stderr
+
+
 CASES = [
     ("put/get/has round trips, two chunk sizes, both record types",
      case_roundtrip),
@@ -350,6 +361,9 @@ CASES = [
     # osd_fast_shutdown off): a SIGKILLed OSD would come back empty.
     ("OSD stopped and restarted under a running client: timeouts, "
      "then the retried writes are stored", case_osd_restart),
+    ("RADOS primitives for roots and leases: exclusive create, "
+     "cmpxattr+write_full, assert_version, locks, expiry, assert_locked, "
+     "blocklist fencing", case_primitives),
 ]
 
 
