@@ -19,7 +19,8 @@
  * Payloads are pseudo-random (pre-generated: generation is not timed);
  * hashing is the caller's cost in both layouts and is not measured.  Each
  * run writes into a fresh namespace, so nothing dedups against an earlier
- * run.  Output: one line per (layout, operation): MB/s and operations/s.
+ * run.  Output: one line per (layout, operation), tab-separated: layout,
+ * chunk bytes, operation, MB/s, operations/s.
  *
  *   rados-layouts -c CONF -p POOL [-s CHUNK] [-N CHUNKS] [-q QD]
  *                 [-P PACK] [-S SHARDS] [-l A|B|AB]
@@ -416,7 +417,7 @@ complete (struct op *o)
 static void
 report (const char *layout, const char *what, double secs, size_t n)
 {
-  printf ("%-2s %7zu %-18s %9.1f MB/s %9.0f ops/s\n", layout, chunk, what,
+  printf ("%s\t%zu\t%s\t%.1f\t%.0f\n", layout, chunk, what,
           n * (double) chunk / secs / 1e6, n / secs);
   fflush (stdout);
 }
