@@ -332,9 +332,9 @@ command (char *line)
     }
     cas_radosstore_counters (cs, &c);
     printf ("ok sent=%" PRIu64 " written=%" PRIu64 " duplicates=%" PRIu64
-            " cache_hits=%" PRIu64 " failed=%" PRIu64 " retried=%" PRIu64
-            "\n", c.sent, c.written, c.duplicates, c.cache_hits, c.failed,
-            c.retried);
+            " healed=%" PRIu64 " cache_hits=%" PRIu64 " failed=%" PRIu64
+            " retried=%" PRIu64 "\n", c.sent, c.written, c.duplicates,
+            c.healed, c.cache_hits, c.failed, c.retried);
   }
   else if (strcmp (args[0], "stats") == 0) {
     struct cas_chunkstore_stats st;

@@ -224,6 +224,21 @@ def case_damage(c):
     recs, last = d.lines("enumerate check=rehash")
     assert last == "ok records=10 bad=0", (last, recs)
     assert d.close() == 0
+    # A client that never read them: an EEXIST is checked before it is
+    # trusted (header and the OSD's CRC of the payload), so damaged
+    # objects are overwritten, good ones left alone.
+    put(2, flip(get(2), 64 + 5))
+    put(8, get(8)[:64])
+    put(9, get(9) + b"trailing")
+    d = Driver(c, POOL + "/" + ns)
+    d.ok("put seed=7 n=10 len=65536")
+    d.ok("sync")
+    cn = d.counters()
+    assert cn["healed"] == 3 and cn["written"] == 3 and \
+        cn["duplicates"] == 7, cn
+    recs, last = d.lines("enumerate check=rehash")
+    assert last == "ok records=10 bad=0", (last, recs)
+    assert d.close() == 0
 
 
 def case_enumerate(c):
@@ -352,7 +367,8 @@ CASES = [
     ("dedup across two clients (processes), one after the other and at once",
      case_dedup_two_clients),
     ("damaged objects: EIO naming the object, enumerate reports them, "
-     "a put heals them", case_damage),
+     "a put heals them (also one that only found them by EEXIST)",
+     case_damage),
     ("enumerate: exactly the chunks, other objects ignored",
      case_enumerate),
     ("errors: missing pool, unknown user, wrong key, no OSD caps, "

@@ -40,6 +40,7 @@
  */
 #include <config.h>
 
+#include <assert.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
@@ -159,15 +160,38 @@ known_remove (struct known *k, const struct cas_hash *h)
 
 struct radosstore;
 
+/* A put's stages: WRITE {create exclusive, write_full}.  On EEXIST,
+ * VERIFY the object that is there before trusting it for dedup: a read op
+ * {stat, the 64-byte header, the OSD's CRC32C of the payload}, so no
+ * payload crosses the network.  A damaged object is overwritten (WRITE
+ * again, without the exclusive create): healing.  A retry by sync starts
+ * again at WRITE.
+ */
+enum write_stage { STAGE_WRITE, STAGE_VERIFY };
+
 struct write {
   struct write *prev, *next;   /* on one of rs->inflight, done, failed */
   struct radosstore *rs;
   struct cas_hash hash;
   uint64_t seq;                /* order of first submission */
-  rados_completion_t c;
-  rados_write_op_t op;
-  bool overwrite;              /* heal a damaged object */
+  enum write_stage stage;
+  bool overwrite;              /* heal a damaged object: no exclusive create */
   int result;                  /* librados result, once complete */
+  /* librados objects of the stages sent in this attempt (at most WRITE,
+   * VERIFY, WRITE), released by a caller thread, never in a callback.
+   */
+  rados_completion_t comps[3];
+  unsigned ncomps;
+  rados_write_op_t wops[2];
+  unsigned nwops;
+  rados_read_op_t vop;
+  /* VERIFY's results */
+  uint64_t vsize;
+  size_t vhdr_got;
+  int vstat_rv, vhdr_rv, vsum_rv;
+  uint8_t vhdr[HDR];
+  uint8_t vsum[8];             /* le32 count, le32 raw CRC32C */
+  uint32_t crc;                /* CRC32C of the payload */
   uint32_t len;                /* payload bytes */
   uint8_t rec[];               /* record header + payload */
 };
@@ -277,51 +301,171 @@ damaged_set (struct radosstore *rs, const struct cas_hash *h, bool damaged)
     rs->damaged[rs->damaged_next++ % DAMAGED_MAX] = *h;
 }
 
-/* librados' thread.  Only list moves and counters: no librados calls on
- * this completion but reading its result, no messages, no allocation.
- */
-static void
-write_complete (rados_completion_t c, void *arg)
-{
-  struct write *w = arg;
-  struct radosstore *rs = w->rs;
-  int r = rados_aio_get_return_value (c);
+enum outcome { WRITTEN, DUPLICATE, FAILED };
 
-  if (r == 0 || r == -EEXIST)
+/* The end of a write attempt (any thread; rs->lock not held). */
+static void
+finish (struct radosstore *rs, struct write *w, int r, enum outcome how)
+{
+  if (how != FAILED)
     known_add (rs->known, &w->hash);
   pthread_mutex_lock (&rs->lock);
   wlist_remove (&rs->inflight, w);
   w->result = r;
-  if (r == 0 || r == -EEXIST) {
-    if (r == 0)
-      rs->counters.written++;
-    else
-      rs->counters.duplicates++;
-    if (w->overwrite && r == 0) {
+  switch (how) {
+  case WRITTEN:
+    rs->counters.written++;
+    if (w->overwrite) {
       unsigned i;
       for (i = 0; i < DAMAGED_MAX; i++)
         if (cas_hash_equal (&rs->damaged[i], &w->hash))
           memset (&rs->damaged[i], 0, sizeof rs->damaged[i]);
     }
     wlist_append (&rs->done, w);
-  }
-  else {
+    break;
+  case DUPLICATE:
+    rs->counters.duplicates++;
+    wlist_append (&rs->done, w);
+    break;
+  case FAILED:
     rs->counters.failed++;
     wlist_append (&rs->failed, w);
+    break;
   }
   pthread_cond_broadcast (&rs->completed);
   pthread_mutex_unlock (&rs->lock);
 }
 
+static void stage_complete (rados_completion_t c, void *arg);
+
+static int
+send_write (struct radosstore *rs, struct write *w)
+{
+  char oid[CAS_RADOS_CHUNK_OID_MAX];
+  rados_completion_t c;
+  rados_write_op_t op;
+  int r;
+
+  assert (w->ncomps < 3 && w->nwops < 2);
+  r = rados_aio_create_completion2 (w, stage_complete, &c);
+  if (r < 0)
+    return r;
+  w->comps[w->ncomps++] = c;
+  op = rados_create_write_op ();
+  if (op == NULL)
+    return -ENOMEM;
+  w->wops[w->nwops++] = op;
+  w->stage = STAGE_WRITE;
+  if (!w->overwrite)
+    rados_write_op_create (op, LIBRADOS_CREATE_EXCLUSIVE, NULL);
+  rados_write_op_write_full (op, (const char *) w->rec, HDR + w->len);
+  chunk_oid (&w->hash, oid);
+  return rados_aio_write_op_operate (op, rs->io, c, oid, NULL, 0);
+}
+
+static int
+send_verify (struct radosstore *rs, struct write *w)
+{
+  static const uint32_t crc_init = 0xffffffff;  /* Ceph's raw CRC32C */
+  char oid[CAS_RADOS_CHUNK_OID_MAX];
+  rados_completion_t c;
+  int r;
+
+  assert (w->ncomps < 3 && w->vop == NULL);
+  r = rados_aio_create_completion2 (w, stage_complete, &c);
+  if (r < 0)
+    return r;
+  w->comps[w->ncomps++] = c;
+  w->vop = rados_create_read_op ();
+  if (w->vop == NULL)
+    return -ENOMEM;
+  w->stage = STAGE_VERIFY;
+  w->vsize = 0;
+  w->vhdr_got = 0;
+  w->vstat_rv = w->vhdr_rv = w->vsum_rv = 0;
+  memset (w->vsum, 0, sizeof w->vsum);
+  rados_read_op_stat (w->vop, &w->vsize, NULL, &w->vstat_rv);
+  rados_read_op_read (w->vop, 0, HDR, (char *) w->vhdr, &w->vhdr_got,
+                      &w->vhdr_rv);
+  rados_read_op_checksum (w->vop, LIBRADOS_CHECKSUM_TYPE_CRC32C,
+                          (const char *) &crc_init, sizeof crc_init, HDR,
+                          w->len, 0, (char *) w->vsum, sizeof w->vsum,
+                          &w->vsum_rv);
+  chunk_oid (&w->hash, oid);
+  return rados_aio_read_op_operate (w->vop, rs->io, c, oid, 0);
+}
+
+/* Is the object found by VERIFY this chunk's intact record? */
+static bool
+verified (const struct write *w)
+{
+  struct cas_record_header h;
+
+  return w->vhdr_got == HDR &&
+    cas_record_header_decode (w->vhdr, &h) == 0 &&
+    cas_hash_equal (&h.hash, &w->hash) &&
+    h.length == w->len && h.payload_crc == w->crc &&
+    w->vsize == HDR + (uint64_t) w->len &&
+    get_le32 (w->vsum) == 1 && ~get_le32 (w->vsum + 4) == w->crc;
+}
+
+/* librados' thread: the callback of every stage.  Moves the write on to
+ * its next stage or finishes it.  Never releases a completion (the
+ * caller threads do, reap()), never blocks but on rs->lock.
+ */
+static void
+stage_complete (rados_completion_t c, void *arg)
+{
+  struct write *w = arg;
+  struct radosstore *rs = w->rs;
+  int r = rados_aio_get_return_value (c);
+
+  if (w->stage == STAGE_WRITE) {
+    if (r == 0)
+      finish (rs, w, 0, WRITTEN);
+    else if (r == -EEXIST && !w->overwrite) {
+      r = send_verify (rs, w);
+      if (r < 0)
+        finish (rs, w, r, FAILED);
+    }
+    else
+      finish (rs, w, r, FAILED);
+    return;
+  }
+  if (r == 0)
+    r = w->vstat_rv < 0 ? w->vstat_rv : w->vhdr_rv < 0 ? w->vhdr_rv
+      : w->vsum_rv;
+  if (r < 0)                    /* ENOENT too: the retry writes it anew */
+    finish (rs, w, r, FAILED);
+  else if (verified (w))
+    finish (rs, w, 0, DUPLICATE);
+  else {
+    pthread_mutex_lock (&rs->lock);
+    rs->counters.healed++;
+    pthread_mutex_unlock (&rs->lock);
+    w->overwrite = true;
+    r = send_write (rs, w);
+    if (r < 0)
+      finish (rs, w, r, FAILED);
+  }
+}
+
+/* Release the librados objects of w's last attempt (its callbacks have
+ * all run: w is on done or failed, or was never sent).
+ */
 static void
 release_aio (struct write *w)
 {
-  if (w->c)
-    rados_aio_release (w->c);
-  if (w->op)
-    rados_release_write_op (w->op);
-  w->c = NULL;
-  w->op = NULL;
+  unsigned i;
+
+  for (i = 0; i < w->ncomps; i++)
+    rados_aio_release (w->comps[i]);
+  for (i = 0; i < w->nwops; i++)
+    rados_release_write_op (w->wops[i]);
+  if (w->vop)
+    rados_release_read_op (w->vop);
+  w->ncomps = w->nwops = 0;
+  w->vop = NULL;
 }
 
 /* Free the writes that completed well (outside the lock). */
@@ -341,36 +485,19 @@ reap (struct radosstore *rs)
   }
 }
 
-/* Send w (already on rs->inflight).  On failure to submit, w is moved to
- * rs->failed with the error and -1 is returned (errno set).
+/* Send w (already on rs->inflight), from its first stage.  On failure to
+ * submit, w is moved to rs->failed with the error and -1 is returned
+ * (errno set).
  */
 static int
 submit (struct radosstore *rs, struct write *w)
 {
-  char oid[CAS_RADOS_CHUNK_OID_MAX];
   int r;
 
   release_aio (w);
-  chunk_oid (&w->hash, oid);
-  r = rados_aio_create_completion2 (w, write_complete, &w->c);
-  if (r == 0) {
-    w->op = rados_create_write_op ();
-    if (w->op == NULL)
-      r = -ENOMEM;
-  }
-  if (r == 0) {
-    if (!w->overwrite)
-      rados_write_op_create (w->op, LIBRADOS_CREATE_EXCLUSIVE, NULL);
-    rados_write_op_write_full (w->op, (const char *) w->rec, HDR + w->len);
-    r = rados_aio_write_op_operate (w->op, rs->io, w->c, oid, NULL, 0);
-  }
+  r = send_write (rs, w);
   if (r < 0) {
-    pthread_mutex_lock (&rs->lock);
-    wlist_remove (&rs->inflight, w);
-    w->result = r;
-    wlist_append (&rs->failed, w);
-    pthread_cond_broadcast (&rs->completed);
-    pthread_mutex_unlock (&rs->lock);
+    finish (rs, w, r, FAILED);
     errno = -r;
     return -1;
   }
@@ -441,6 +568,7 @@ rs_put (struct chunkstore *cs, const struct cas_hash *hash,
   h.payload_crc = crc32c (0, data, len);
   h.hash = *hash;
   cas_record_header_encode (&h, w->rec);
+  w->crc = h.payload_crc;
   memcpy (w->rec + HDR, data, len);
 
   pthread_mutex_lock (&rs->lock);
@@ -928,6 +1056,9 @@ rs_stats (struct chunkstore *cs, struct cas_chunkstore_stats *st)
     st->chunks = ps.num_objects;
     st->stored_bytes = ps.num_bytes;
   }
+  pthread_mutex_lock (&rs->lock);
+  st->appended = rs->counters.written;
+  pthread_mutex_unlock (&rs->lock);
   st->index_slots = rs->known->nsets * KNOWN_WAYS;
   st->index_bytes = rs->known->nsets * sizeof *rs->known->sets;
 }

@@ -69,10 +69,13 @@ struct cas_radosstore_params {
 /* The chunk store on conn's pool/namespace: one object per chunk, the
  * record header then the payload.  put() is asynchronous (sync() waits
  * for every write and reports the first that failed, after retrying it
- * once); a chunk already in the pool costs an exclusive create answered
- * with EEXIST, or nothing when this client knows it already.  get()
- * checks the record as the pack store does.  close() syncs but does not
- * disconnect.  Returns NULL with errno set and a message.
+ * once; *stored says whether a write was sent).  A chunk already in the
+ * pool costs an exclusive create answered with EEXIST plus a check of
+ * the object there (its header and the OSD's CRC32C of its payload; a
+ * damaged one is overwritten), once per process; nothing when this
+ * client knows it already.  get() checks the record as the pack store
+ * does.  close() syncs but does not disconnect.  Returns NULL with errno
+ * set and a message.
  */
 struct chunkstore *cas_radosstore_open (struct cas_rados *conn,
                                         const struct cas_radosstore_params *p);
@@ -81,7 +84,9 @@ struct chunkstore *cas_radosstore_open (struct cas_rados *conn,
 struct cas_radosstore_counters {
   uint64_t sent;           /* writes sent (first attempts) */
   uint64_t written;        /* writes that stored a new object */
-  uint64_t duplicates;     /* writes answered EEXIST: stored already */
+  uint64_t duplicates;     /* writes answered EEXIST, and the object there
+                              checked good: stored already */
+  uint64_t healed;         /* ... checked damaged: overwritten */
   uint64_t cache_hits;     /* puts the known-names cache answered */
   uint64_t failed;         /* write attempts that failed */
   uint64_t retried;        /* failed writes sent again by sync */
