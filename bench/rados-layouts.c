@@ -5,7 +5,9 @@
  *      and the payload.  put = {create exclusive, write_full}: a duplicate
  *      is -EEXIST from the OSD, in the same round trip (the payload is sent
  *      anyway); "stat (dup check)" is the alternative, a stat before the
- *      write.  get = one read of the whole object.
+ *      write; "verify (after EEXIST)" is the check the chunk store makes
+ *      of an object it found that way (header + the OSD's CRC32C of the
+ *      payload).  get = one read of the whole object.
  *   B  chunks appended to pack objects (PACK bytes) with a shared index:
  *      omap entries hash -> (pack, offset, length) spread over SHARDS index
  *      objects.  put = append to a pack in memory; each full pack is one
@@ -78,7 +80,7 @@ hex (const uint8_t *b, size_t n, char *out)
 
 /* ---- a FIFO window of QD asynchronous operations ---- */
 
-enum kind { A_PUT, A_STAT, A_GET, B_PACK, B_INDEX, B_LOOKUP, B_READ };
+enum kind { A_PUT, A_STAT, A_VERIFY, A_GET, B_PACK, B_INDEX, B_LOOKUP, B_READ };
 
 struct op {
   enum kind kind;
@@ -87,8 +89,8 @@ struct op {
   rados_write_op_t w;
   rados_read_op_t r;
   rados_omap_iter_t it;
-  int rval;
-  size_t got;
+  int rval, rval2, rval3;
+  size_t got, got2;
   uint8_t *buf;                    /* read buffer (HDR + chunk) */
   /* B_INDEX: keys/values owned by the op */
   char **keys;
@@ -185,6 +187,31 @@ a_stat (size_t i)
   int r = rados_aio_read_op_operate (o->r, io, o->c, oid, 0);
   if (r < 0)
     die ("aio stat", r);
+}
+
+/* What the chunk store does after an EEXIST, before trusting the object
+ * for dedup: its header and the OSD's CRC32C of its payload (nothing but
+ * 64 + 8 bytes cross the network).
+ */
+static void
+a_verify (size_t i)
+{
+  static const uint32_t init = 0xffffffff;
+  struct op *o = slot ();
+  char oid[80];
+
+  o->kind = A_VERIFY;
+  o->idx = i;
+  name_a (i, oid);
+  o->r = rados_create_read_op ();
+  rados_read_op_stat (o->r, &o->got, NULL, &o->rval);
+  rados_read_op_read (o->r, 0, HDR, (char *) o->buf, &o->got2, &o->rval2);
+  rados_read_op_checksum (o->r, LIBRADOS_CHECKSUM_TYPE_CRC32C,
+                          (const char *) &init, sizeof init, HDR, chunk, 0,
+                          (char *) o->buf + HDR, 8, &o->rval3);
+  int r = rados_aio_read_op_operate (o->r, io, o->c, oid, 0);
+  if (r < 0)
+    die ("aio verify", r);
 }
 
 static void
@@ -355,6 +382,13 @@ complete (struct op *o)
     else
       die ("stat", r < 0 ? r : -EIO);
     break;
+  case A_VERIFY:
+    if (r < 0 || o->rval < 0 || o->rval2 < 0 || o->rval3 < 0 ||
+        o->got != HDR + chunk || o->got2 != HDR ||
+        memcmp (o->buf + 16, names[o->idx], 32) != 0)
+      die ("verify", r < 0 ? r : -EIO);
+    found++;
+    break;
   case B_PACK:
   case B_INDEX:
     if (r < 0)
@@ -510,6 +544,12 @@ main (int argc, char **argv)
     report ("A", "stat (dup check)", now () - t, nchunks);
     if (found != nchunks)
       die ("A: not every stat found the chunk", -EIO);
+    found = 0;
+    t = now ();
+    for (i = 0; i < nchunks; i++)
+      a_verify (i);
+    drain ();
+    report ("A", "verify (after EEXIST)", now () - t, nchunks);
     t = now ();
     for (i = 0; i < nchunks; i++)
       a_get (i);
