@@ -53,6 +53,16 @@ if [ -z "${RADOS_BENCH_INNER:-}" ]; then
     -m 4096 -p bench -- "$0" "$@"
 fi
 
+# A fresh pool before each measurement: the memstore OSD keeps every
+# object in RAM, and a full OSD is a slower one.
+fresh_pool () {
+  ceph osd pool rm bench bench --yes-i-really-really-mean-it >/dev/null 2>&1
+  ceph osd pool create bench 8 >/dev/null 2>&1 &&
+    ceph osd pool application enable bench nbdcas >/dev/null 2>&1 &&
+    echo ready | rados -p bench put ready-probe - ||
+    { echo "rados.sh: cannot recreate pool bench" >&2; exit 1; }
+}
+
 median () { sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "ceph: $(ceph-osd --version | cut -d' ' -f1-3), $(nproc) CPUs"
@@ -63,7 +73,9 @@ if [ "$MODE" = layouts ] || [ "$MODE" = all ]; then
   echo
   tmp=$(mktemp)
   for r in $(seq "$REPEATS"); do
+    fresh_pool
     "$LAYOUTS" -c "$CEPH_CONF" -p bench -s 65536 -N 4096 -q 32
+    fresh_pool
     "$LAYOUTS" -c "$CEPH_CONF" -p bench -s 4096 -N 16384 -q 32
   done > "$tmp"
   printf '| layout | chunk | operation | MB/s | ops/s |\n'
@@ -101,7 +113,7 @@ if [ "$MODE" = stores ] || [ "$MODE" = all ]; then
       for r in $(seq "$REPEATS"); do
         run=$((run + 1))
         case $store in
-          rados) args=(bench/run$run) ;;
+          rados) fresh_pool; args=(bench/run$run) ;;
           shm) dir=$PACK_DIR/nbdcas-bench.$$; rm -rf "$dir"; args=(-P "$dir") ;;
           disk) dir=/tmp/nbdcas-bench.$$; rm -rf "$dir"; args=(-P "$dir") ;;
         esac
