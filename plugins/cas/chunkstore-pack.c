@@ -25,6 +25,7 @@
 #include "index.h"
 #include "le.h"
 #include "pack.h"
+#include "testpoint.h"
 
 #define MAX_CANDIDATES 8
 
@@ -36,7 +37,18 @@ struct packstore {
   struct cas_packs *packs;
   struct cas_index *index;
   _Atomic uint64_t appended;     /* records written by put */
+  /* While garbage collection runs: packs below this number are sealed
+   * and may be removed, so put never deduplicates against a record in
+   * one of them (it stores a new copy).  0: no collection.
+   */
+  _Atomic uint32_t gc_below;
 };
+
+/* A read raced with garbage collection retiring a pack: the index points
+ * at the copy by now, so the lookup is done again (a bounded number of
+ * times: one collection retires each pack once).
+ */
+#define MAX_STALE_RETRIES 16
 
 static inline struct packstore *
 PS (struct chunkstore *cs)
@@ -79,6 +91,8 @@ payload_intact (struct packstore *ps, const struct cas_hash *hash,
     cas_index_set_verified (ps->index, hash, loc);
     return 1;
   }
+  if (errno == ESTALE)
+    return 2;                   /* retired meanwhile: not damaged */
   backend_error ("cas: pack %" PRIu32 " offset %" PRIu64 ": chunk %s is "
                  "damaged; storing a good copy", CAS_LOC_PACK (loc),
                  CAS_LOC_OFFSET (loc), cas_hash_hex (hash, hex));
@@ -98,12 +112,19 @@ locate (struct packstore *ps, const struct cas_hash *hash, uint64_t *loc)
 {
   uint64_t locs[MAX_CANDIDATES];
   struct cas_record_header h;
+  uint32_t gc_below = atomic_load (&ps->gc_below);
   int n, i, r;
 
   n = cas_index_lookup (ps->index, hash, locs, MAX_CANDIDATES);
   for (i = 0; i < n; i++) {
+    /* Garbage collection's rule (FORMAT.md): no new reference to a
+     * record it may remove.
+     */
+    if (CAS_LOC_PACK (locs[i]) < gc_below)
+      continue;
     if (cas_packs_read_header (ps->packs, locs[i], &h) == -1) {
-      forget (ps, hash, locs[i]);
+      if (errno != ESTALE)
+        forget (ps, hash, locs[i]);
       continue;                 /* damaged: maybe another copy is good */
     }
     if (!cas_hash_equal (&h.hash, hash))
@@ -111,6 +132,8 @@ locate (struct packstore *ps, const struct cas_hash *hash, uint64_t *loc)
     r = payload_intact (ps, hash, locs[i], h.length);
     if (r == -1)
       return -1;
+    if (r == 2)
+      continue;
     if (r == 0) {
       forget (ps, hash, locs[i]);
       continue;
@@ -165,8 +188,9 @@ ps_get (struct chunkstore *cs, const struct cas_hash *hash, void *buf,
   uint64_t locs[MAX_CANDIDATES];
   struct cas_record_header h;
   char hex[2 * CAS_HASH_SIZE + 1];
-  int n, i, err = ENOENT;
+  int n, i, err = ENOENT, stale = 0;
 
+ again:
   n = cas_index_lookup (ps->index, hash, locs, MAX_CANDIDATES);
   for (i = 0; i < n; i++) {
     uint32_t pack = CAS_LOC_PACK (locs[i]);
@@ -176,6 +200,8 @@ ps_get (struct chunkstore *cs, const struct cas_hash *hash, void *buf,
      * buffer: on a full-block read that is the client's own buffer.
      */
     if (cas_packs_read (ps->packs, locs[i], &h, buf, bufsize) == -1) {
+      if (errno == ESTALE && stale++ < MAX_STALE_RETRIES)
+        goto again;             /* retired meanwhile: the copy is indexed */
       forget (ps, hash, locs[i]);
       err = EIO;
       continue;
@@ -326,6 +352,328 @@ ps_close (struct chunkstore *cs)
   return r;
 }
 
+
+/* ---- garbage collection (gc.c drives it; FORMAT.md has the protocol) ---- */
+
+static int
+ps_gc_begin (struct chunkstore *cs)
+{
+  struct packstore *ps = PS (cs);
+
+  if (ps->readonly) {
+    backend_error ("cas: the store is read-only: no garbage collection");
+    errno = EROFS;
+    return -1;
+  }
+  atomic_store (&ps->gc_below, cas_packs_seal (ps->packs));
+  return 0;
+}
+
+static void
+ps_gc_end (struct chunkstore *cs)
+{
+  atomic_store (&PS (cs)->gc_below, 0);
+}
+
+/* Is the record at loc the copy of its chunk that garbage collection
+ * keeps?  It must be in the index, and of the indexed copies of the same
+ * chunk it must be the last (the highest pack and offset): copies made
+ * by an earlier collection that was interrupted, or by two writers at
+ * once, are garbage, and copies above the seal (never collected now)
+ * always win.  Other chunks that share the 8-byte key are told apart by
+ * their headers.
+ */
+static bool
+kept_copy (struct packstore *ps, const struct cas_hash *h, uint64_t loc)
+{
+  uint64_t locs[MAX_CANDIDATES];
+  bool here = false;
+  int n, i;
+
+  n = cas_index_lookup (ps->index, h, locs, MAX_CANDIDATES);
+  for (i = 0; i < n; i++)
+    if (CAS_LOC_PLAIN (locs[i]) == loc)
+      here = true;
+  if (!here)
+    return false;
+  for (i = 0; i < n; i++) {
+    struct cas_record_header other;
+    uint64_t l = CAS_LOC_PLAIN (locs[i]);
+
+    if (l <= loc)
+      continue;
+    /* A later record with this key: the same chunk? */
+    if (cas_packs_read_header (ps->packs, l, &other) == 0 &&
+        cas_hash_equal (&other.hash, h))
+      return false;
+  }
+  return true;
+}
+
+/* What a sealed pack holds, by the first pass. */
+struct pack_use {
+  uint32_t id;
+  uint64_t size, live, dead;    /* bytes */
+  uint64_t dead_records;
+  bool keep;                    /* a damaged record is still referenced */
+};
+
+struct count_ctx {
+  struct packstore *ps;
+  bool (*is_live) (const struct cas_hash *, void *);
+  void *opaque;
+  struct pack_use *u;
+};
+
+static int
+count_record (const struct cas_record_info *ri, void *opaque)
+{
+  struct count_ctx *c = opaque;
+  uint64_t size = cas_record_size (ri->length);
+
+  if (ri->status != 0) {
+    /* Damaged: nothing can be copied.  If a root still references its
+     * chunk, the pack is kept (fsck has something to show); else it is
+     * a failed or torn append, garbage like any other.
+     */
+    if (!cas_hash_is_zero (&ri->hash) && c->is_live (&ri->hash, c->opaque)) {
+      backend_error ("cas: pack %" PRIu32 " offset %" PRIu64 ": a damaged "
+                     "record that volumes still reference: keeping the pack "
+                     "(run nbdcas fsck)", ri->pack, ri->offset);
+      c->u->keep = true;
+    }
+    c->u->dead += ri->length;
+    c->u->dead_records++;
+    return 0;
+  }
+  if (c->is_live (&ri->hash, c->opaque) &&
+      kept_copy (c->ps, &ri->hash, CAS_LOC (ri->pack, ri->offset)))
+    c->u->live += size;
+  else {
+    c->u->dead += size;
+    c->u->dead_records++;
+  }
+  return 0;
+}
+
+/* The records of one pack being collected. */
+struct record_list {
+  struct packstore *ps;
+  bool (*is_live) (const struct cas_hash *, void *);
+  void *opaque;
+  struct { struct cas_hash h; uint64_t off; bool live; } *v;
+  size_t n, alloc;
+};
+
+static int
+list_record (const struct cas_record_info *ri, void *opaque)
+{
+  struct record_list *l = opaque;
+
+  if (ri->status != 0)
+    return 0;                   /* never indexed, nothing to copy */
+  if (l->n == l->alloc) {
+    size_t n = l->alloc ? 2 * l->alloc : 1024;
+    void *nv = realloc (l->v, n * sizeof *l->v);
+    if (nv == NULL)
+      return -1;
+    l->v = nv;
+    l->alloc = n;
+  }
+  l->v[l->n].h = ri->hash;
+  l->v[l->n].off = ri->offset;
+  l->v[l->n].live = l->is_live (&ri->hash, l->opaque) &&
+    kept_copy (l->ps, &ri->hash, CAS_LOC (ri->pack, ri->offset));
+  l->n++;
+  return 0;
+}
+
+/* Collect pack id: copy its live records to packs above the seal and
+ * make them durable, point the index at the copies and forget every
+ * entry into this pack, then retire it.  A live record whose payload no
+ * longer checks out is not copied (the copy would carry a new, valid
+ * checksum over damaged bytes): the pack is kept, 0 is returned with
+ * *kept set.
+ */
+static int
+collect_pack (struct packstore *ps, uint32_t id,
+              bool (*is_live) (const struct cas_hash *, void *),
+              void *opaque, struct cas_gc_stats *gs, bool *kept)
+{
+  struct record_list l = { .ps = ps, .is_live = is_live, .opaque = opaque };
+  CLEANUP_FREE uint8_t *buf = malloc (CAS_MAX_PAYLOAD);
+  CLEANUP_FREE uint64_t *newloc = NULL;
+  uint64_t copied = 0;
+  size_t i;
+  int ret = -1;
+
+  *kept = false;
+  if (buf == NULL || cas_packs_scan_one (ps->packs, id, list_record, &l) != 0)
+    goto out;
+  newloc = calloc (l.n + 1, sizeof *newloc);
+  if (newloc == NULL)
+    goto out;
+  for (i = 0; i < l.n; i++) {
+    struct cas_record_header h;
+    uint64_t loc = CAS_LOC (id, l.v[i].off);
+
+    if (!l.v[i].live)
+      continue;
+    if (cas_packs_read (ps->packs, loc, &h, buf, CAS_MAX_PAYLOAD) == -1 ||
+        !cas_hash_equal (&h.hash, &l.v[i].h) ||
+        crc32c (0, buf, h.length) != h.payload_crc) {
+      backend_error ("cas: pack %" PRIu32 " offset %" PRIu64 ": a live "
+                     "record does not check out: keeping the pack (run "
+                     "nbdcas fsck)", id, l.v[i].off);
+      *kept = true;
+      ret = 0;
+      goto out;
+    }
+    if (cas_packs_append (ps->packs, &h, buf, &newloc[i]) == -1)
+      goto out;
+    copied += cas_record_size (h.length);
+  }
+  /* The copies are durable before anything points at them, and long
+   * before the original goes.
+   */
+  if (copied && cas_packs_sync (ps->packs) == -1)
+    goto out;
+  cas_test_point ("gc-copied");
+  for (i = 0; i < l.n; i++)
+    if (l.v[i].live && cas_index_insert (ps->index, &l.v[i].h,
+                                         newloc[i]) == -1)
+      goto out;
+  for (i = 0; i < l.n; i++)
+    cas_index_remove (ps->index, &l.v[i].h, CAS_LOC (id, l.v[i].off));
+  cas_test_point ("gc-indexed");
+  if (cas_packs_retire (ps->packs, id) == -1)
+    goto out;
+  gs->bytes_copied += copied;
+  if (copied)
+    gs->packs_rewritten++;
+  else
+    gs->packs_deleted++;
+  cas_test_point ("gc-retired");
+  ret = 0;
+ out:
+  free (l.v);
+  return ret;
+}
+
+static int
+cmp_live_share (const void *a, const void *b)
+{
+  const struct pack_use *x = a, *y = b;
+  /* live/size ascending, by cross-multiplication (no division). */
+  unsigned __int128 l = (unsigned __int128) x->live * (y->live + y->dead);
+  unsigned __int128 r = (unsigned __int128) y->live * (x->live + x->dead);
+
+  return l < r ? -1 : l > r;
+}
+
+static int
+cmp_id (const void *a, const void *b)
+{
+  const struct pack_use *x = a, *y = b;
+
+  return x->id < y->id ? -1 : x->id > y->id;
+}
+
+static int
+ps_gc_sweep (struct chunkstore *cs,
+             bool (*is_live) (const struct cas_hash *, void *), void *opaque,
+             const struct cas_gc_options *opts, struct cas_gc_stats *gs)
+{
+  struct packstore *ps = PS (cs);
+  uint32_t below = atomic_load (&ps->gc_below), id;
+  CLEANUP_FREE struct pack_use *use = NULL;
+  size_t n = 0, i, nsel = 0;
+  uint64_t total_live = 0, total_dead = 0;
+  int ret = 0;
+
+  if (below == 0) {
+    errno = EINVAL;
+    return -1;
+  }
+  /* Pass 1: what each sealed pack holds (record headers only). */
+  use = calloc (below, sizeof *use);
+  if (use == NULL)
+    return -1;
+  for (id = 1; id < below; id++) {
+    struct count_ctx c = { .ps = ps, .is_live = is_live, .opaque = opaque,
+                           .u = &use[n] };
+    int64_t size = cas_packs_size (ps->packs, id);
+
+    if (size < 0)
+      continue;                 /* absent, or already removed */
+    use[n].id = id;
+    use[n].size = size;
+    if (cas_packs_scan_one (ps->packs, id, count_record, &c) != 0)
+      return -1;
+    gs->packs_scanned++;
+    gs->bytes_scanned += size;
+    gs->live_bytes += use[n].live;
+    total_live += use[n].live;
+    total_dead += use[n].dead;
+    if (opts->progress)
+      opts->progress (size, opts->opaque);
+    n++;
+  }
+  /* Which to collect: every pack with nothing live; then the emptiest
+   * first, until what stays unreferenced is at most max_unused_pct of the
+   * live bytes (so a store ends within that of its live data).
+   */
+  qsort (use, n, sizeof *use, cmp_live_share);
+  for (i = 0; i < n; i++) {
+    if (use[i].keep)
+      continue;
+    if (use[i].live == 0 ||
+        total_dead * 100 > (uint64_t) opts->max_unused_pct * total_live) {
+      total_dead -= use[i].dead;
+      use[nsel++] = use[i];
+    }
+  }
+  qsort (use, nsel, sizeof *use, cmp_id);
+
+  /* Pass 2.  From the first removal on, the index cache on disk would
+   * name a removed pack: it is dropped first (a crash then means a
+   * rebuild from the packs, never an index into a missing pack); a new
+   * one is saved at the end.
+   */
+  if (!opts->dry_run && nsel && unlink (ps->index_path) == -1 &&
+      errno != ENOENT) {
+    backend_error ("cas: removing %s: %m", ps->index_path);
+    return -1;
+  }
+  for (i = 0; i < nsel; i++) {
+    bool kept = false;
+
+    gs->dead_chunks += use[i].dead_records;
+    if (opts->dry_run) {
+      gs->bytes_freed += use[i].size;
+      gs->bytes_copied += use[i].live;
+      if (use[i].live)
+        gs->packs_rewritten++;
+      else
+        gs->packs_deleted++;
+      continue;
+    }
+    if (collect_pack (ps, use[i].id, is_live, opaque, gs, &kept) == -1) {
+      ret = -1;
+      break;
+    }
+    if (!kept)
+      gs->bytes_freed += use[i].size;
+  }
+  if (!opts->dry_run && nsel && ret == 0 && cas_packs_sync (ps->packs) == 0) {
+    uint32_t npacks = cas_packs_last (ps->packs);
+    CLEANUP_FREE struct cas_index_pack *t = cover_table (ps, npacks);
+    if (t)
+      cas_index_save (ps->index, ps->index_path, ps->uuid, t, npacks);
+  }
+  return ret;
+}
+
 static const struct chunkstore_ops packstore_ops = {
   .put = ps_put,
   .get = ps_get,
@@ -334,6 +682,9 @@ static const struct chunkstore_ops packstore_ops = {
   .enumerate = ps_enumerate,
   .stats = ps_stats,
   .close = ps_close,
+  .gc_begin = ps_gc_begin,
+  .gc_sweep = ps_gc_sweep,
+  .gc_end = ps_gc_end,
 };
 
 static int

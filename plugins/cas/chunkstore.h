@@ -63,6 +63,27 @@ struct cas_chunkstore_stats {
   uint64_t appended;        /* records written since the store was opened */
 };
 
+/* Garbage collection (gc.c drives it through the ops below). */
+struct cas_gc_options {
+  bool dry_run;               /* measure and report, change nothing */
+  unsigned max_unused_pct;    /* collect packs, emptiest first, until the
+                                 unreferenced bytes left are at most this
+                                 share of the live ones (0..100); a pack
+                                 holding nothing referenced always goes */
+  void (*progress) (uint64_t bytes, void *opaque);  /* may be NULL */
+  void *opaque;
+};
+struct cas_gc_stats {
+  uint64_t roots;             /* volumes and snapshots marked from */
+  uint64_t marked_chunks;     /* chunks they reference */
+  uint64_t mark_bytes;        /* memory of the mark set */
+  uint64_t packs_scanned, bytes_scanned;
+  uint64_t live_chunks, live_bytes;       /* in the packs scanned */
+  uint64_t dead_chunks;       /* in the packs removed or rewritten */
+  uint64_t packs_rewritten, packs_deleted;
+  uint64_t bytes_copied, bytes_freed;     /* bytes_freed: packs removed */
+};
+
 /* enumerate() flags. */
 #define CAS_ENUM_CHECK_CRC  (1u << 0)  /* read payloads and check CRC32C */
 #define CAS_ENUM_REHASH     (1u << 1)  /* ... and re-hash with SHA-256 */
@@ -99,6 +120,20 @@ struct chunkstore_ops {
    * failed (the store is still freed).
    */
   int (*close) (struct chunkstore *cs);
+
+  /* Garbage collection, in this order (FORMAT.md, "Garbage collection").
+   * gc_begin: from now until gc_end, put never references a chunk stored
+   * before (it stores a new copy): those may be removed.  gc_sweep: give
+   * back the space of every chunk stored before gc_begin for which
+   * is_live() is false -- live ones are copied first, durably, and
+   * reads are never broken.  May be NULL (no collection).
+   */
+  int (*gc_begin) (struct chunkstore *cs);
+  int (*gc_sweep) (struct chunkstore *cs,
+                   bool (*is_live) (const struct cas_hash *, void *),
+                   void *opaque, const struct cas_gc_options *opts,
+                   struct cas_gc_stats *stats);
+  void (*gc_end) (struct chunkstore *cs);
 };
 
 struct chunkstore {

@@ -114,19 +114,30 @@ cas_index_clear (struct cas_index *idx)
   }
 }
 
+/* An entry's location, read atomically: see cas_index_set_verified. */
+static inline uint64_t
+load_loc (struct entry *e)
+{
+  return __atomic_load_n (&e->loc, __ATOMIC_RELAXED);
+}
+
 int
 cas_index_lookup (struct cas_index *idx, const struct cas_hash *hash,
                   uint64_t *locs, int max)
 {
   uint64_t key = hash_key (hash);
   struct shard *s = shard_of (idx, key);
-  uint64_t i;
+  uint64_t i, l;
   int n = 0;
 
   pthread_rwlock_rdlock (&s->lock);
-  for (i = key & s->mask; s->tab[i].loc != 0; i = (i + 1) & s->mask) {
+  /* Under the read lock another reader may set an entry's verified bit
+   * (cas_index_set_verified): loc is read atomically.
+   */
+  for (i = key & s->mask; (l = load_loc (&s->tab[i])) != 0;
+       i = (i + 1) & s->mask) {
     if (s->tab[i].key == key && n < max)
-      locs[n++] = __atomic_load_n (&s->tab[i].loc, __ATOMIC_RELAXED);
+      locs[n++] = l;
   }
   pthread_rwlock_unlock (&s->lock);
   return n;
@@ -208,15 +219,16 @@ cas_index_set_verified (struct cas_index *idx, const struct cas_hash *hash,
 {
   uint64_t key = hash_key (hash);
   struct shard *s = shard_of (idx, key);
-  uint64_t i;
+  uint64_t i, l;
 
   loc = CAS_LOC_PLAIN (loc);
   /* A read lock is enough: the flag is the entry's own bit, set with an
    * atomic OR, and nothing else changes the slot without the write lock.
    */
   pthread_rwlock_rdlock (&s->lock);
-  for (i = key & s->mask; s->tab[i].loc != 0; i = (i + 1) & s->mask)
-    if (s->tab[i].key == key && CAS_LOC_PLAIN (s->tab[i].loc) == loc) {
+  for (i = key & s->mask; (l = load_loc (&s->tab[i])) != 0;
+       i = (i + 1) & s->mask)
+    if (s->tab[i].key == key && CAS_LOC_PLAIN (l) == loc) {
       __atomic_fetch_or (&s->tab[i].loc, CAS_LOC_VERIFIED, __ATOMIC_RELAXED);
       break;
     }
@@ -286,7 +298,7 @@ cas_index_last_offsets (struct cas_index *idx, uint64_t *last,
 
     pthread_rwlock_rdlock (&s->lock);
     for (j = 0; j <= s->mask; j++) {
-      uint64_t loc = s->tab[j].loc;
+      uint64_t loc = load_loc (&s->tab[j]);
       uint32_t p = CAS_LOC_PACK (loc);
       if (loc != 0 && p >= 1 && p <= npacks &&
           CAS_LOC_OFFSET (loc) > last[p])
@@ -376,10 +388,11 @@ cas_index_save (struct cas_index *idx, const char *path,
     struct shard *s = &idx->shards[i];
     pthread_rwlock_rdlock (&s->lock);
     for (j = 0; j <= s->mask; j++) {
-      if (s->tab[j].loc == 0)
+      uint64_t loc = load_loc (&s->tab[j]);
+      if (loc == 0)
         continue;
       put_le64 (buf + used, s->tab[j].key);
-      put_le64 (buf + used + 8, CAS_LOC_PLAIN (s->tab[j].loc));
+      put_le64 (buf + used + 8, CAS_LOC_PLAIN (loc));
       used += ENTRY_SIZE;
       count++;
       if (used == sizeof buf) {

@@ -13,6 +13,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "backend.h"
@@ -36,6 +37,12 @@ struct pack {
   atomic_bool dirty;             /* written since the last sync */
   unsigned nfailed;              /* append_lock */
   struct span failed[MAX_FAILED];
+  /* Garbage collection retires a pack (cas_packs_retire): from then on
+   * no read may start on it, and its fd is closed only once the reads
+   * in progress (pinned) have ended.  The struct stays until close.
+   */
+  atomic_uint readers;
+  atomic_bool retired;
 };
 
 struct cas_packs {
@@ -48,6 +55,8 @@ struct cas_packs {
   pthread_mutex_t sync_lock;     /* one sync at a time: see cas_packs_sync */
   int sync_err;                  /* sticky: errno of a failed fdatasync */
   _Atomic uint32_t last;         /* highest pack number, 0: none */
+  uint32_t sealed_below;         /* append_lock: no append to a pack with
+                                    a lower number (cas_packs_seal) */
   /* Indexed by pack number; an entry is published (release) once its fd
    * is open and never changes afterwards, so readers need no lock.
    */
@@ -60,6 +69,46 @@ get_pack (struct cas_packs *p, uint32_t id)
   if (id == 0 || id >= CAS_MAX_PACKS)
     return NULL;
   return atomic_load_explicit (&p->packs[id], memory_order_acquire);
+}
+
+/* A pack a read may use: pinned until unpin_pack.  NULL with errno EIO
+ * if there is no such pack, ESTALE if garbage collection retired it (its
+ * records were copied and the index points at the copies: look again).
+ */
+static struct pack *
+pin_pack (struct cas_packs *p, uint32_t id)
+{
+  struct pack *pk = get_pack (p, id);
+
+  if (pk == NULL) {
+    errno = EIO;
+    return NULL;
+  }
+  /* Pin, then check: cas_packs_retire marks, then waits for the pins it
+   * can see (both sequentially consistent: one of us sees the other).
+   */
+  atomic_fetch_add (&pk->readers, 1);
+  if (atomic_load (&pk->retired)) {
+    atomic_fetch_sub (&pk->readers, 1);
+    errno = ESTALE;
+    return NULL;
+  }
+  return pk;
+}
+
+static void
+unpin_pack (struct pack *pk)
+{
+  atomic_fetch_sub (&pk->readers, 1);
+}
+
+/* A pack that is there and not retired, or NULL. */
+static struct pack *
+live_pack (struct cas_packs *p, uint32_t id)
+{
+  struct pack *pk = get_pack (p, id);
+
+  return pk && !atomic_load (&pk->retired) ? pk : NULL;
 }
 
 static char *
@@ -244,7 +293,8 @@ cas_packs_close (struct cas_packs *p)
   for (i = 1; i <= p->last; i++) {
     struct pack *pk = get_pack (p, i);
     if (pk) {
-      close (pk->fd);
+      if (pk->fd >= 0)
+        close (pk->fd);
       free (pk);
     }
   }
@@ -437,8 +487,8 @@ cas_packs_append (struct cas_packs *p, struct cas_record_header *h,
   /* Reserve: the only serialised step of an append. */
   pthread_mutex_lock (&p->append_lock);
   id = p->last;
-  pk = get_pack (p, id);
-  if (pk == NULL || pk->end + size > p->cap) {
+  pk = live_pack (p, id);
+  if (pk == NULL || pk->end + size > p->cap || id < p->sealed_below) {
     pk = new_pack (p, id + 1);
     if (pk == NULL) {
       pthread_mutex_unlock (&p->append_lock);
@@ -488,15 +538,16 @@ cas_packs_read_header (struct cas_packs *p, uint64_t loc,
   uint8_t hdr[CAS_RECORD_HEADER_SIZE];
   uint32_t id = CAS_LOC_PACK (loc);
   uint64_t off = CAS_LOC_OFFSET (loc);
-  struct pack *pk = get_pack (p, id);
+  struct pack *pk = pin_pack (p, id);
   ssize_t n;
 
   if (pk == NULL) {
-    backend_error ("cas: pack %" PRIu32 " is missing", id);
-    errno = EIO;
+    if (errno != ESTALE)
+      backend_error ("cas: pack %" PRIu32 " is missing", id);
     return -1;
   }
   n = pread (pk->fd, hdr, sizeof hdr, off);
+  unpin_pack (pk);
   if (n != sizeof hdr || cas_record_header_decode (hdr, h) == -1) {
     backend_error ("cas: pack %" PRIu32 " offset %" PRIu64
                    ": damaged record header", id, off);
@@ -513,13 +564,13 @@ cas_packs_read (struct cas_packs *p, uint64_t loc,
   uint8_t hdr[CAS_RECORD_HEADER_SIZE];
   uint32_t id = CAS_LOC_PACK (loc);
   uint64_t off = CAS_LOC_OFFSET (loc);
-  struct pack *pk = get_pack (p, id);
+  struct pack *pk = pin_pack (p, id);
   struct iovec iov[2];
   ssize_t n;
 
   if (pk == NULL) {
-    backend_error ("cas: pack %" PRIu32 " is missing", id);
-    errno = EIO;
+    if (errno != ESTALE)
+      backend_error ("cas: pack %" PRIu32 " is missing", id);
     return -1;
   }
   iov[0].iov_base = hdr;
@@ -527,6 +578,7 @@ cas_packs_read (struct cas_packs *p, uint64_t loc,
   iov[1].iov_base = buf;
   iov[1].iov_len = bufsize;
   n = preadv (pk->fd, iov, 2, off);
+  unpin_pack (pk);
   if (n < (ssize_t) sizeof hdr || cas_record_header_decode (hdr, h) == -1) {
     backend_error ("cas: pack %" PRIu32 " offset %" PRIu64
                    ": damaged record header", id, off);
@@ -575,7 +627,7 @@ cas_packs_sync (struct cas_packs *p)
     if (p->any_failed) {
       p->any_failed = false;
       for (i = 1; i <= last; i++) {
-        struct pack *pk = get_pack (p, i);
+        struct pack *pk = live_pack (p, i);
         if (pk && pk->nfailed) {
           release_failed (pk, i);
           if (pk->nfailed)
@@ -585,7 +637,7 @@ cas_packs_sync (struct cas_packs *p)
     }
     pthread_mutex_unlock (&p->append_lock);
     for (i = 1; i <= last; i++) {
-      struct pack *pk = get_pack (p, i);
+      struct pack *pk = live_pack (p, i);
       if (pk && atomic_exchange (&pk->dirty, false)) {
         if (fdatasync (pk->fd) == -1) {
           p->sync_err = errno ? errno : EIO;
@@ -615,7 +667,7 @@ cas_packs_last (struct cas_packs *p)
 int64_t
 cas_packs_size (struct cas_packs *p, uint32_t id)
 {
-  struct pack *pk = get_pack (p, id);
+  struct pack *pk = live_pack (p, id);
 
   return pk ? (int64_t) atomic_load (&pk->end) : -1;
 }
@@ -627,7 +679,7 @@ cas_packs_count (struct cas_packs *p)
   uint64_t n = 0;
 
   for (i = 1; i <= last; i++)
-    if (get_pack (p, i))
+    if (live_pack (p, i))
       n++;
   return n;
 }
@@ -639,11 +691,59 @@ cas_packs_bytes (struct cas_packs *p)
   uint64_t n = 0;
 
   for (i = 1; i <= last; i++) {
-    struct pack *pk = get_pack (p, i);
+    struct pack *pk = live_pack (p, i);
     if (pk)
       n += pk->end;
   }
   return n;
+}
+
+/* ---- garbage collection's part ---- */
+
+uint32_t
+cas_packs_seal (struct cas_packs *p)
+{
+  uint32_t below;
+
+  pthread_mutex_lock (&p->append_lock);
+  below = p->last + 1;
+  p->sealed_below = below;
+  pthread_mutex_unlock (&p->append_lock);
+  return below;
+}
+
+int
+cas_packs_retire (struct cas_packs *p, uint32_t id)
+{
+  CLEANUP_FREE char *path = pack_path (p, id);
+  struct pack *pk = live_pack (p, id);
+  struct timespec pause = { 0, 100 * 1000 };
+
+  if (pk == NULL || path == NULL) {
+    errno = ENOENT;
+    return -1;
+  }
+  pthread_mutex_lock (&p->append_lock);
+  if (id >= p->sealed_below) {
+    pthread_mutex_unlock (&p->append_lock);
+    backend_error ("cas: pack %" PRIu32 " is not sealed: not retiring it",
+                   id);
+    errno = EINVAL;
+    return -1;
+  }
+  atomic_store (&pk->retired, true);
+  pthread_mutex_unlock (&p->append_lock);
+  /* No read starts now; the few in progress (one pread each) end soon. */
+  while (atomic_load (&pk->readers) > 0)
+    nanosleep (&pause, NULL);
+  close (pk->fd);
+  pk->fd = -1;
+  if (unlink (path) == -1 || cas_fsync_dir (p->packdir) == -1) {
+    backend_error ("cas: removing %s: %m", path);
+    return -1;
+  }
+  backend_debug ("cas: pack %" PRIu32 " removed", id);
+  return 0;
 }
 
 /* ---- scanning ---- */
@@ -857,6 +957,27 @@ scan_pack (struct scan *s, uint64_t off, unsigned flags)
 }
 
 int
+cas_packs_scan_one (struct cas_packs *p, uint32_t id,
+                    int (*fn) (const struct cas_record_info *, void *),
+                    void *opaque)
+{
+  struct scan s = { .p = p, .fn = fn, .opaque = opaque, .id = id };
+  int r;
+
+  s.pk = live_pack (p, id);
+  if (s.pk == NULL)
+    return 0;
+  s.buf = malloc (CAS_MAX_PAYLOAD);
+  if (s.buf == NULL)
+    return -1;
+  s.size = s.pk->end;
+  s.keep = s.size;              /* never cut */
+  r = scan_pack (&s, CAS_PACK_HEADER_SIZE, 0);
+  free (s.buf);
+  return r;
+}
+
+int
 cas_packs_scan (struct cas_packs *p, const struct cas_scan_start *from,
                 uint32_t nfrom, unsigned flags,
                 int (*fn) (const struct cas_record_info *, void *),
@@ -874,7 +995,7 @@ cas_packs_scan (struct cas_packs *p, const struct cas_scan_start *from,
     uint64_t start = CAS_PACK_HEADER_SIZE;
 
     s.id = id;
-    s.pk = get_pack (p, id);
+    s.pk = live_pack (p, id);
     if (s.pk == NULL)
       continue;
     s.size = s.pk->end;

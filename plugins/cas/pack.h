@@ -13,8 +13,11 @@
  * over a damaged region in the middle by searching for the next valid,
  * SHA-256-verified record.
  *
- * Thread safety: append, read and sync may run concurrently from any
- * thread.  open/close/scan are single-threaded (open and close time).
+ * Thread safety: append, read, sync, seal and retire may run
+ * concurrently from any thread (a read pins its pack, so a retired pack's
+ * file stays open until the reads in progress end).  open/close/scan are
+ * single-threaded (open and close time), except that garbage collection
+ * scans sealed packs while the store serves.
  */
 #ifndef NBDCAS_PACK_H
 #define NBDCAS_PACK_H
@@ -81,12 +84,31 @@ int cas_packs_scan (struct cas_packs *p, const struct cas_scan_start *from,
                     int (*fn) (const struct cas_record_info *, void *),
                     void *opaque);
 
+/* The same for one pack, headers only (each record's own CRC; damaged
+ * regions reported), never cutting: garbage collection's look at a
+ * sealed pack.
+ */
+int cas_packs_scan_one (struct cas_packs *p, uint32_t id,
+                        int (*fn) (const struct cas_record_info *, void *),
+                        void *opaque);
+
 /* Highest pack number (0 if none). */
 uint32_t cas_packs_last (struct cas_packs *p);
 /* The size (bytes in use) of pack id, or -1 if there is no such pack. */
 int64_t cas_packs_size (struct cas_packs *p, uint32_t id);
 uint64_t cas_packs_count (struct cas_packs *p);
 uint64_t cas_packs_bytes (struct cas_packs *p);
+
+/* Garbage collection.  seal: no record is appended to any pack that
+ * exists now (the next append starts a new one); returns the first pack
+ * number appends may use.  retire: a sealed pack whose live records were
+ * copied elsewhere (and made durable, and the index updated): reads stop
+ * using it (a read of it fails with ESTALE: look the hash up again), the
+ * file is closed once the reads in progress are done, and removed
+ * (durably).
+ */
+uint32_t cas_packs_seal (struct cas_packs *p);
+int cas_packs_retire (struct cas_packs *p, uint32_t id);
 
 /* fsync a directory, so that a rename or a new file in it is durable.
  * -1 with errno set; no message.

@@ -175,6 +175,7 @@ struct walk {
   struct cas_store *st;
   struct cas_refs *refs;
   uint32_t owner;
+  bool skip_seen;               /* a node already marked: its subtree is */
   uint64_t nblocks;
   uint64_t mapped;              /* blocks with data */
   struct cas_hash *bufs[8];     /* one node per level */
@@ -190,6 +191,11 @@ walk_node (struct walk *w, const struct cas_hash *h, uint32_t height,
   uint32_t len = 0, k;
 
   if (cas_hash_is_zero (h) || first >= w->nblocks)
+    return 0;
+  /* Marking only: a node seen before was walked whole (depth first), so
+   * everything under it is marked already.
+   */
+  if (w->skip_seen && cas_refs_has (w->refs, h))
     return 0;
   if (cs_get (w->st->cs, h, kids, F * CAS_HASH_SIZE, &len,
               w->st->verify) == -1) {
@@ -224,12 +230,13 @@ walk_node (struct walk *w, const struct cas_hash *h, uint32_t height,
   return 0;
 }
 
-int
-cas_refs_add_root (struct cas_store *st, struct cas_refs *refs,
-                   uint32_t owner, const struct cas_root *root,
-                   uint64_t *mapped_blocks)
+static int
+walk_root (struct cas_store *st, struct cas_refs *refs, uint32_t owner,
+           bool skip_seen, const struct cas_root *root,
+           uint64_t *mapped_blocks)
 {
-  struct walk w = { .st = st, .refs = refs, .owner = owner };
+  struct walk w = { .st = st, .refs = refs, .owner = owner,
+                    .skip_seen = skip_seen };
   uint32_t k;
   int ret = -1;
 
@@ -250,6 +257,27 @@ cas_refs_add_root (struct cas_store *st, struct cas_refs *refs,
   for (k = 1; k <= root->depth; k++)
     free (w.bufs[k]);
   return ret;
+}
+
+int
+cas_refs_add_root (struct cas_store *st, struct cas_refs *refs,
+                   uint32_t owner, const struct cas_root *root,
+                   uint64_t *mapped_blocks)
+{
+  return walk_root (st, refs, owner, false, root, mapped_blocks);
+}
+
+int
+cas_refs_mark_root (struct cas_store *st, struct cas_refs *refs,
+                    const struct cas_root *root)
+{
+  return walk_root (st, refs, 1, true, root, NULL);
+}
+
+uint64_t
+cas_refs_count (const struct cas_refs *r)
+{
+  return r->count;
 }
 
 void

@@ -345,6 +345,15 @@ cas_store_open (const char *dir, const struct cas_open_options *opts)
   st->lockfd = -1;
   pthread_mutex_init (&st->vol_lock, NULL);
   pthread_mutex_init (&st->admin_lock, NULL);
+  pthread_mutex_init (&st->gc_lock, NULL);
+  {
+    pthread_rwlockattr_t a;
+    pthread_rwlockattr_init (&a);
+    pthread_rwlockattr_setkind_np (&a,
+                                   PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+    pthread_rwlock_init (&st->gc_gate, &a);
+    pthread_rwlockattr_destroy (&a);
+  }
   st->readonly = opts ? opts->readonly : false;
   st->verify = opts ? opts->verify : CAS_VERIFY_CHECKSUM;
   st->map_cache = opts && opts->map_cache ? opts->map_cache
@@ -399,6 +408,8 @@ cas_store_open (const char *dir, const struct cas_open_options *opts)
     free (st->snapdir);
     pthread_mutex_destroy (&st->vol_lock);
     pthread_mutex_destroy (&st->admin_lock);
+    pthread_mutex_destroy (&st->gc_lock);
+    pthread_rwlock_destroy (&st->gc_gate);
     free (st);
     errno = saved;
     return NULL;
@@ -425,34 +436,13 @@ cas_store_close (struct cas_store *st)
   close (st->lockfd);           /* releases the flock */
   pthread_mutex_destroy (&st->vol_lock);
   pthread_mutex_destroy (&st->admin_lock);
+  pthread_mutex_destroy (&st->gc_lock);
+  pthread_rwlock_destroy (&st->gc_gate);
   free (st->dir);
   free (st->voldir);
   free (st->snapdir);
   free (st);
   return r;
-}
-
-void
-cas_test_point (const char *name)
-{
-  const char *want = getenv ("NBDCAS_TEST_STOP");
-  const char *path = getenv ("NBDCAS_TEST_STOP_FIFO");
-  char line[300];
-  int n, fd;
-
-  if (want == NULL || strcmp (want, name) != 0)
-    return;
-  n = snprintf (line, sizeof line, "%s\n", name);
-  if (path) {
-    fd = open (path, O_WRONLY | O_CLOEXEC);
-    if (fd >= 0) {
-      if (write (fd, line, n) != n)
-        n = -1;
-      close (fd);
-    }
-  }
-  for (;;)
-    pause ();
 }
 
 /* ---- root files ---- */

@@ -288,7 +288,14 @@ uint64_t cas_refs_memory (const struct cas_refs *refs);
 int cas_refs_add_root (struct cas_store *st, struct cas_refs *refs,
                        uint32_t owner, const struct cas_root *root,
                        uint64_t *mapped_blocks);
+/* Marking only (garbage collection): every chunk root references, not
+ * who else does; a subtree already marked is not walked again, so the
+ * cost is the nodes not seen before.
+ */
+int cas_refs_mark_root (struct cas_store *st, struct cas_refs *refs,
+                        const struct cas_root *root);
 bool cas_refs_has (const struct cas_refs *refs, const struct cas_hash *h);
+uint64_t cas_refs_count (const struct cas_refs *refs);
 /* alone[k] (k = 1 .. nowners): record bytes referenced by owner k and no
  * other root; *referenced: record bytes referenced by any; *chunks: how
  * many chunks, *nodes: how many of them are map nodes.
@@ -307,6 +314,17 @@ int cas_volume_changed (struct cas_volume *vol, const struct cas_root *root,
                         int (*fn) (uint64_t off, uint64_t len, bool changed,
                                    void *opaque),
                         void *opaque);
+
+/* ---- Garbage collection (gc.c) ---- */
+
+/* Give back the space of every chunk that no volume, snapshot, or write
+ * already acknowledged to a volume open in this process references.
+ * Safe while volumes are served and written (the protocol is in
+ * FORMAT.md); refused (-1, a message) if a root cannot be read, since
+ * what it references would be unknown.  stats is filled in either way.
+ */
+int cas_store_gc (struct cas_store *st, const struct cas_gc_options *opts,
+                  struct cas_gc_stats *stats);
 
 /* ---- Statistics ---- */
 

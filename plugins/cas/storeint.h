@@ -14,6 +14,7 @@
 #include "chunkstore.h"
 #include "format.h"
 #include "store.h"
+#include "testpoint.h"
 
 struct cas_store {
   char *dir;                    /* const */
@@ -29,6 +30,13 @@ struct cas_store {
   struct cas_volume *vols;      /* open volumes (list), under vol_lock */
   pthread_mutex_t admin_lock;   /* one snapshot/clone/delete/rename at a
                                    time (history.c) */
+  /* Garbage collection (gc.c): every write holds gc_gate shared while it
+   * stores chunks and sets its map; a collection takes it exclusively for
+   * a moment, to start with no write in progress.  Writer-preferring, so
+   * a stream of writes cannot keep a collection out.
+   */
+  pthread_rwlock_t gc_gate;
+  pthread_mutex_t gc_lock;      /* one collection at a time */
 };
 
 /* Where the root of n lives: DIR/volumes/NAME or
@@ -58,12 +66,6 @@ int cas_write_file (const char *dir, const char *name, const void *buf,
 int cas_list_dir (const char *dir, int (*fn) (const char *, void *),
                   void *opaque);
 
-/* A point where a test stops the process (crash tests of multi-step
- * operations): if the environment variable NBDCAS_TEST_STOP names this
- * point, write "NAME\n" to the FIFO NBDCAS_TEST_STOP_FIFO (if set) and
- * block until killed.  Otherwise nothing (a getenv).
- */
-void cas_test_point (const char *name);
 
 /* history.c: finish a delete or rename that a crash interrupted (called
  * by a read-write open, with the store lock held).

@@ -257,16 +257,15 @@ rmw_block (struct cas_volume *vol, uint64_t b, uint32_t o, uint32_t n,
   return -1;
 }
 
+/* The pieces of a write (data) or a zeroing (data NULL). */
 static int
-write_or_zero (struct cas_volume *vol, const uint8_t *data, uint64_t count,
-               uint64_t offset, bool fua)
+write_pieces (struct cas_volume *vol, const uint8_t *data, uint64_t count,
+              uint64_t offset)
 {
   CLEANUP_FREE uint8_t *tmp = NULL;
   static const struct cas_hash zero;
   struct piece p = { .offset = offset, .count = count };
 
-  if (check_range (vol, count, offset, true) == -1)
-    return -1;
   while (next_piece (vol, &p)) {
     const uint8_t *src = data ? data + p.done : NULL;   /* NULL: zeros */
     struct cas_hash h;
@@ -288,6 +287,25 @@ write_or_zero (struct cas_volume *vol, const uint8_t *data, uint64_t count,
         return -1;
     }
   }
+  return 0;
+}
+
+static int
+write_or_zero (struct cas_volume *vol, const uint8_t *data, uint64_t count,
+               uint64_t offset, bool fua)
+{
+  int r;
+
+  if (check_range (vol, count, offset, true) == -1)
+    return -1;
+  /* Garbage collection starts with no write between storing a chunk and
+   * setting the map to it (gc.c).
+   */
+  pthread_rwlock_rdlock (&vol->st->gc_gate);
+  r = write_pieces (vol, data, count, offset);
+  pthread_rwlock_unlock (&vol->st->gc_gate);
+  if (r == -1)
+    return -1;
   if (fua)
     return cas_volume_flush (vol);
   return 0;

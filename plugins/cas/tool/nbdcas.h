@@ -83,6 +83,7 @@ int cmd_clone (int argc, char **argv);
 int cmd_delete (int argc, char **argv);
 int cmd_rename (int argc, char **argv);
 int cmd_diff (int argc, char **argv);
+int cmd_gc (int argc, char **argv);
 
 /* Messages on stderr, "nbdcas: " prefixed, clearing any progress bar. */
 void tool_error (const char *fmt, ...) __attribute__ ((format (printf, 1, 2)));
@@ -174,6 +175,16 @@ unsigned default_threads (void);
 void progress_clear_locked (void);
 void output_lock (void);
 void output_unlock (void);
+
+/* A bar for work done by the caller itself: NULL (and every call a
+ * no-op) when stderr is not a terminal.  add is thread-safe; update
+ * redraws at most ~10 times a second.
+ */
+struct progress;
+struct progress *progress_start (const char *what, uint64_t total);
+void progress_add (struct progress *p, uint64_t done);
+void progress_update (struct progress *p);
+void progress_end (struct progress *p);
 
 /* Work through [0, size) in chunks of chunk bytes on several threads
  * (import, export), with a progress bar labelled "label".

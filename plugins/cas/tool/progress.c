@@ -46,7 +46,7 @@ progress_clear_locked (void)
 /* what: "importing"...; total: bytes expected.  Returns NULL if stderr is
  * not a terminal (every other function accepts NULL and does nothing).
  */
-static struct progress *
+struct progress *
 progress_start (const char *what, uint64_t total)
 {
   struct progress *p;
@@ -63,7 +63,7 @@ progress_start (const char *what, uint64_t total)
 }
 
 /* Add done bytes (thread-safe, lock-free). */
-static void
+void
 progress_add (struct progress *p, uint64_t done)
 {
   if (p)
@@ -105,7 +105,7 @@ draw (struct progress *p, double t)
 }
 
 /* Redraw if enough time passed (call from one thread, often). */
-static void
+void
 progress_update (struct progress *p)
 {
   double t;
@@ -120,7 +120,7 @@ progress_update (struct progress *p)
 }
 
 /* Erase the bar and free it. */
-static void
+void
 progress_end (struct progress *p)
 {
   if (!p)

@@ -438,6 +438,7 @@ static const struct command {
   { "delete", cmd_delete, "delete a volume or a snapshot" },
   { "rename", cmd_rename, "rename a volume or a snapshot" },
   { "diff",   cmd_diff,   "the byte ranges that differ between two" },
+  { "gc",     cmd_gc,     "give back the space nothing references" },
 };
 #define NCOMMANDS (sizeof commands / sizeof commands[0])
 

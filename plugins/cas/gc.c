@@ -1,0 +1,199 @@
+/* Garbage collection: mark from every root, then let the chunk store give
+ * back what nothing references.  See store.h for the contract and
+ * FORMAT.md ("Garbage collection") for the protocol and the argument that
+ * no reachable chunk is ever removed.  In short:
+ *
+ *  1. The gate: wait for every write in progress (each holds st->gc_gate
+ *     shared while it stores chunks and sets its map), then start the
+ *     chunk store's collection: from here on a write never references a
+ *     chunk that existed before (it stores a new copy, in a pack that is
+ *     not collected).
+ *  2. Flush every open volume: every write acknowledged before the gate
+ *     is now in a committed root.
+ *  3. Take every root at once (under admin_lock: no snapshot, clone,
+ *     delete or rename meanwhile), then mark what their trees reference.
+ *     A root that cannot be read stops the collection.
+ *  4. Sweep: every chunk stored before the gate that is not marked is
+ *     garbage: nothing committed references it (3), nothing acknowledged
+ *     and unflushed does (2), and nothing written after the gate can (1).
+ *
+ * Thread safety: one collection at a time (gc_lock); it runs beside
+ * every other operation of the store.
+ */
+#include <config.h>
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend.h"
+#include "cleanup.h"
+#include "storeint.h"
+
+struct root_list {
+  struct cas_store *st;
+  char **names;
+  struct cas_root *roots;
+  size_t n, alloc;
+};
+
+static int
+add_root (const char *name, void *opaque)
+{
+  struct root_list *l = opaque;
+
+  if (l->n == l->alloc) {
+    size_t n = l->alloc ? 2 * l->alloc : 32;
+    char **nn = realloc (l->names, n * sizeof *nn);
+    struct cas_root *nr;
+    if (nn == NULL)
+      return -1;
+    l->names = nn;
+    nr = realloc (l->roots, n * sizeof *nr);
+    if (nr == NULL)
+      return -1;
+    l->roots = nr;
+    l->alloc = n;
+  }
+  if ((l->names[l->n] = strdup (name)) == NULL)
+    return -1;
+  if (cas_root_read (l->st, name, &l->roots[l->n]) == -1) {
+    backend_error ("cas: garbage collection stopped: '%s' cannot be read, "
+                   "so what it references is unknown (run nbdcas fsck)",
+                   name);
+    free (l->names[l->n]);
+    return -1;
+  }
+  l->n++;
+  /* A volume's snapshots are roots too. */
+  if (strchr (name, '@') == NULL)
+    return cas_store_list_snapshots (l->st, name, add_root, l);
+  return 0;
+}
+
+static void
+free_roots (struct root_list *l)
+{
+  size_t i;
+
+  for (i = 0; i < l->n; i++)
+    free (l->names[i]);
+  free (l->names);
+  free (l->roots);
+}
+
+/* Flush every volume open in this process. */
+static int
+flush_open_volumes (struct cas_store *st)
+{
+  CLEANUP_FREE struct cas_volume **vols = NULL;
+  struct cas_volume *v;
+  size_t n = 0, i;
+  int r = 0;
+
+  pthread_mutex_lock (&st->vol_lock);
+  for (v = st->vols; v; v = *cas_volume_next (v))
+    n++;
+  vols = calloc (n + 1, sizeof *vols);
+  if (vols == NULL) {
+    pthread_mutex_unlock (&st->vol_lock);
+    return -1;
+  }
+  n = 0;
+  for (v = st->vols; v; v = *cas_volume_next (v)) {
+    (*cas_volume_refs (v))++;
+    vols[n++] = v;
+  }
+  pthread_mutex_unlock (&st->vol_lock);
+  for (i = 0; i < n; i++) {
+    if (r == 0 && cas_volume_flush (vols[i]) == -1) {
+      backend_error ("cas: garbage collection: flushing volume '%s' failed",
+                     cas_volume_name (vols[i]));
+      r = -1;
+    }
+    cas_volume_close (vols[i]);
+  }
+  return r;
+}
+
+static bool
+marked (const struct cas_hash *h, void *opaque)
+{
+  return cas_refs_has (opaque, h);
+}
+
+int
+cas_store_gc (struct cas_store *st, const struct cas_gc_options *opts,
+              struct cas_gc_stats *stats)
+{
+  struct chunkstore *cs = st->cs;
+  struct root_list roots = { .st = st };
+  struct cas_chunkstore_stats cst;
+  struct cas_refs *refs = NULL;
+  size_t i;
+  int ret = -1, r;
+
+  memset (stats, 0, sizeof *stats);
+  if (st->readonly) {
+    backend_error ("cas: the store is open read-only: no garbage "
+                   "collection");
+    errno = EROFS;
+    return -1;
+  }
+  if (cs->ops->gc_begin == NULL) {
+    backend_error ("cas: this chunk store has no garbage collection");
+    errno = ENOTSUP;
+    return -1;
+  }
+  if (pthread_mutex_trylock (&st->gc_lock) != 0) {
+    backend_error ("cas: a garbage collection is already running");
+    errno = EBUSY;
+    return -1;
+  }
+
+  /* 1. The gate. */
+  pthread_rwlock_wrlock (&st->gc_gate);
+  r = cs->ops->gc_begin (cs);
+  pthread_rwlock_unlock (&st->gc_gate);
+  if (r == -1)
+    goto out_unlock;
+
+  /* 2. Everything acknowledged into a committed root. */
+  if (flush_open_volumes (st) == -1)
+    goto out;
+
+  /* 3. The roots, all at once; then their trees. */
+  pthread_mutex_lock (&st->admin_lock);
+  r = cas_store_list_volumes (st, add_root, &roots);
+  pthread_mutex_unlock (&st->admin_lock);
+  if (r != 0)
+    goto out;
+  cs->ops->stats (cs, &cst);
+  refs = cas_refs_new (cst.chunks);
+  if (refs == NULL)
+    goto out;
+  for (i = 0; i < roots.n; i++)
+    if (cas_refs_mark_root (st, refs, &roots.roots[i]) == -1) {
+      backend_error ("cas: garbage collection stopped: the map of '%s' "
+                     "cannot be read, so what it references is unknown "
+                     "(run nbdcas fsck)", roots.names[i]);
+      goto out;
+    }
+  stats->roots = roots.n;
+  stats->marked_chunks = cas_refs_count (refs);
+  stats->mark_bytes = cas_refs_memory (refs);
+  cas_test_point ("gc-marked");
+
+  /* 4. Sweep. */
+  if (cs->ops->gc_sweep (cs, marked, refs, opts, stats) == -1)
+    goto out;
+  ret = 0;
+ out:
+  cs->ops->gc_end (cs);
+ out_unlock:
+  pthread_mutex_unlock (&st->gc_lock);
+  cas_refs_free (refs);
+  free_roots (&roots);
+  return ret;
+}
