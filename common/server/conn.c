@@ -291,6 +291,8 @@ worker (void *vc)
   }
   pthread_mutex_unlock (&c->qlock);
   request_thread_exit ();
+  if (c->tls)
+    tls_thread_end ();
   return NULL;
 }
 

@@ -631,6 +631,7 @@ conn_thread (void *va)
     atomic_store (&single_finished, true);
     wake_main ();
   }
+  tls_thread_end ();
   /* Last: the slot keeps the main thread from unloading the backend. */
   slot_give_back ();
   wake_main ();

@@ -271,6 +271,10 @@ ssize_t tls_read (struct conn *c, void *buf, size_t len);
 int tls_writev (struct conn *c, const struct iovec *iov, int iovcnt);
 /* Decrypted input waiting inside the TLS layer. */
 bool tls_pending (struct conn *c);
+/* A thread that used TLS frees OpenSSL's per-thread state before it
+ * ends (harmless in one that did not).
+ */
+void tls_thread_end (void);
 
 /* listen.c */
 extern bool listen_activated;  /* the sockets came from LISTEN_FDS */

@@ -417,6 +417,16 @@ tls_start (struct conn *c)
 }
 
 void
+tls_thread_end (void)
+{
+  /* OpenSSL keeps per-thread state (its random generators) that a
+   * thread-exit destructor frees; a detached connection thread may not
+   * get that far before the process exits, so free it now.
+   */
+  OPENSSL_thread_stop ();
+}
+
+void
 tls_end (struct conn *c)
 {
   struct conn_tls *t = c->tls;
