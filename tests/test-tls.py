@@ -237,6 +237,36 @@ def x509_checks(srv, creds, pair):
         finally:
             s.close()
 
+    @c("X.509: plaintext sent right after STARTTLS is never taken as "
+       "part of the TLS session (STARTTLS injection)")
+    def _():
+        s = socket.create_connection(("127.0.0.1", srv.port), timeout=60)
+        try:
+            assert len(recv_exact(s, 18)) == 18
+            # Flags, STARTTLS and an injected LIST in one packet.
+            s.sendall(struct.pack(">I", 3) +
+                      struct.pack(">QII", IHAVEOPT, OPT_STARTTLS, 0) +
+                      struct.pack(">QII", IHAVEOPT, OPT_LIST, 0))
+            h = recv_exact(s, 20)
+            if len(h) < 20:
+                return              # refused: closed before the ACK
+            _, opt, rep, _ = struct.unpack(">QIII", h)
+            assert opt == OPT_STARTTLS and rep == REP_ACK, (opt, rep)
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            ctx.load_verify_locations(ca)
+            try:
+                t = ctx.wrap_socket(s, server_hostname="127.0.0.1")
+            except (ssl.SSLError, OSError):
+                return              # the injected bytes broke the handshake
+            # TLS is up: the first reply inside it must answer what we
+            # send inside it (ABORT), not the injected LIST.
+            send_opt(t, OPT_ABORT)
+            opt, rep, _ = read_reply(t)
+            assert opt == OPT_ABORT, "the server answered option %d, " \
+                "injected before TLS, inside TLS" % opt
+        finally:
+            s.close()
+
     @c("X.509: a client trusting another CA is refused")
     def _():
         refused(lambda: client(srv, certs=creds.client_wrongca),
