@@ -584,7 +584,7 @@ conn_serve (int rfd, int wfd, bool is_socket)
   if (c == NULL || (c->rbuf = malloc (READ_BUFFER_SIZE)) == NULL) {
     log_error ("new connection: %m");
     free (c);
-    goto close_fds;
+    return;
   }
   c->rfd = rfd;
   c->wfd = wfd;
@@ -637,9 +637,4 @@ conn_serve (int rfd, int wfd, bool is_socket)
   export_close (c);
   connection_unregister (c);
   conn_free (c);
-
- close_fds:
-  close (rfd);
-  if (wfd != rfd)
-    close (wfd);
 }

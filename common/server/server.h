@@ -223,7 +223,10 @@ struct conn {
 
 /* conn.c */
 /* Serve one connection start to end (handshake, transmission, cleanup)
- * on the calling thread.  Closes the fds.
+ * on the calling thread.  The caller closes the fds afterwards: the
+ * client sees its connection end only then (listen.c gives the
+ * connection's slot back first, so a client that saw its connection
+ * closed finds the slot free).
  */
 void conn_serve (int rfd, int wfd, bool is_socket);
 /* Read exactly len bytes through the connection's buffer: 0 ok, -1 on
