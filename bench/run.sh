@@ -3,7 +3,7 @@
 # server, each serving one file (or cas store) over a Unix socket.
 #
 #   bench/run.sh [-B BUILDDIR] [-s SIZE_MB] [-t FIO_SECONDS] [-r REPEATS]
-#                [-m peers|cas|all] [-d TMPFS_DIR] [-D DISK_DIR]
+#                [-m peers|cas|tls|all] [-d TMPFS_DIR] [-D DISK_DIR]
 #                [-S "row row ..."] [-o REPORT.md]
 #
 # -o also writes every single measurement to REPORT.md.raw.
@@ -18,6 +18,12 @@
 #          (duplicates), sequential read, 4 KiB random read and write at
 #          QD32 (fresh random data per write: nothing dedups), zeros written
 #          as data; plus `openssl speed -evp sha256` (the hash ceiling).
+#   tls    minnbd+flatfile and nbdkit+flatfile over TCP on 127.0.0.1 with
+#          TLS (X.509, --tls=require; @tls) and without (@tcp), disk on
+#          tmpfs.  Columns: nbdcopy sequential write and read (MB/s).
+#          (fio's nbd engine cannot be given the certificates: libnbd
+#          refuses a local file in its URI unless the program allows it.)
+#          Certificates are made with certtool (gnutls-bin) for the run.
 # Every row also reports the server's peak resident memory (VmHWM).
 #
 # Rows are "server+backend@medium"; -S picks rows by name, e.g.
@@ -63,8 +69,9 @@ fi
 case $MODE in
   peers) default_rows="minnbd+flatfile@shm nbdkit+flatfile@shm nbdkit+file@shm qemu-nbd@shm nbd-server@shm" ;;
   cas)   default_rows="minnbd+flatfile@shm nbdkit+flatfile@shm minnbd+cas@shm nbdkit+cas@shm minnbd+flatfile@disk nbdkit+flatfile@disk minnbd+cas@disk nbdkit+cas@disk" ;;
+  tls)   default_rows="minnbd+flatfile@tls nbdkit+flatfile@tls minnbd+flatfile@tcp nbdkit+flatfile@tcp" ;;
   all)   default_rows="minnbd+flatfile@shm nbdkit+flatfile@shm nbdkit+file@shm qemu-nbd@shm nbd-server@shm minnbd+cas@shm nbdkit+cas@shm minnbd+flatfile@disk nbdkit+flatfile@disk minnbd+cas@disk nbdkit+cas@disk" ;;
-  *) echo "run.sh: -m must be peers, cas or all" >&2; exit 2 ;;
+  *) echo "run.sh: -m must be peers, cas, tls or all" >&2; exit 2 ;;
 esac
 ROWS=${ROWS:-$default_rows}
 
@@ -86,6 +93,28 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+# TLS rows: a CA and a server certificate for 127.0.0.1, made for this run.
+TLS_DIR=$W_SHM/tls
+case " $ROWS " in
+  *@tls*)
+    command -v certtool >/dev/null ||
+      { echo "run.sh: certtool not found (apt-get install gnutls-bin)" >&2; exit 2; }
+    mkdir -p "$TLS_DIR"
+    ( cd "$TLS_DIR" &&
+      certtool --generate-privkey --outfile ca-key.pem &&
+      printf 'cn = bench CA\nca\ncert_signing_key\nexpiration_days = 2\n' > ca.info &&
+      certtool --generate-self-signed --load-privkey ca-key.pem \
+        --template ca.info --outfile ca-cert.pem &&
+      certtool --generate-privkey --outfile server-key.pem &&
+      chmod 600 server-key.pem &&
+      printf 'cn = localhost\nip_address = 127.0.0.1\ntls_www_server\nencryption_key\nsigning_key\nexpiration_days = 2\n' > server.info &&
+      certtool --generate-certificate --load-ca-certificate ca-cert.pem \
+        --load-ca-privkey ca-key.pem --load-privkey server-key.pem \
+        --template server.info --outfile server-cert.pem ) >/dev/null 2>&1 ||
+      { echo "run.sh: cannot make the TLS certificates" >&2; exit 2; } ;;
+esac
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
 # Source data lives on tmpfs for every row, so reading it costs the same.
 dd if=/dev/urandom of="$W_SHM/src.img" bs=1M count="$SIZE_MB" status=none
 truncate -s "${SIZE_MB}M" "$W_SHM/zero.img"
@@ -95,12 +124,30 @@ dir_of() { case $1 in *@disk) echo "$W_DISK" ;; *) echo "$W_SHM" ;; esac; }
 # start_server ROW: serve a fresh disk (or a fresh cas store) on $SOCK,
 # set PID and URI, and wait until a client can connect.
 start_server() {
-  local row=$1 d disk srv
+  local row=$1 d disk srv port
   d=$(dir_of "$row"); disk=$d/disk.img; srv=${row%@*}
   rm -rf "$SOCK" "$disk" "$d/store"
   truncate -s "${SIZE_MB}M" "$disk"
   URI="nbd+unix:///?socket=$SOCK"
+  case $row in
+    *@tls|*@tcp)
+      # TCP on 127.0.0.1, with TLS (@tls) or without (@tcp).
+      port=$(free_port)
+      local tls=()
+      URI="nbd://127.0.0.1:$port/"
+      if [ "${row#*@}" = tls ]; then
+        tls=(--tls=require --tls-certificates "$TLS_DIR")
+        URI="nbds://127.0.0.1:$port/?tls-certificates=$TLS_DIR"
+      fi
+      case $srv in
+        minnbd+flatfile) "$B/minnbd" -f -p "$port" -i 127.0.0.1 "${tls[@]}" flatfile file="$disk" & PID=$! ;;
+        nbdkit+flatfile) nbdkit -f -p "$port" -i 127.0.0.1 "${tls[@]}" "$B/flatfile-plugin.so" file="$disk" & PID=$! ;;
+        *) echo "run.sh: no TCP/TLS row for $srv" >&2; return 1 ;;
+      esac
+      srv=started ;;
+  esac
   case $srv in
+    started) ;;
     minnbd+flatfile) "$B/minnbd" -f -U "$SOCK" flatfile file="$disk" & PID=$! ;;
     nbdkit+flatfile) nbdkit -f -U "$SOCK" "$B/flatfile-plugin.so" file="$disk" & PID=$! ;;
     minnbd+cas)      rm -f "$disk"
@@ -165,7 +212,10 @@ iops() {
 measure() {
   local row=$1 srv=${1%@*} mode
   start_server "$row" || { echo "$COLUMNS" | sed 's/[^ ]*/FAIL/g'; return; }
-  if [ "$TABLE" = peers ]; then
+  if [ "$TABLE" = tls ]; then
+    echo "$(mbs "$(secs nbdcopy --flush "$W_SHM/src.img" "$URI")")" \
+         "$(mbs "$(secs nbdcopy "$URI" null:)")" "$(hwm)"
+  elif [ "$TABLE" = peers ]; then
     echo "$(mbs "$(secs nbdcopy --flush "$W_SHM/src.img" "$URI")")" \
          "$(mbs "$(secs nbdcopy "$URI" null:)")" \
          "$(iops randread 32)" "$(iops randwrite 32)" \
@@ -230,11 +280,12 @@ ORIG_ARGS="$*"
 {
   machine
   echo
-  peer_rows=() cas_rows=()
+  peer_rows=() cas_rows=() tls_rows=()
   for r in $ROWS; do
     case $MODE in
       peers) peer_rows+=("$r") ;;
       cas) cas_rows+=("$r") ;;
+      tls) tls_rows+=("$r") ;;
       all) case $r in *@shm) case $r in *+cas*) ;; *) peer_rows+=("$r") ;; esac ;; esac
            case $r in *flatfile*|*+cas*) cas_rows+=("$r") ;; esac ;;
     esac
@@ -243,6 +294,12 @@ ORIG_ARGS="$*"
     echo "Sequential MB/s (nbdcopy, 10^6 bytes/s), random 4 KiB IOPS (fio), peak RSS MiB:"
     echo
     run_table peers "seqW_MB/s seqR_MB/s rr4k_qd32 rw4k_qd32 rr4k_qd1 rw4k_qd1 RSS_MiB" "${peer_rows[@]}"
+    echo
+  fi
+  if [ ${#tls_rows[@]} -gt 0 ]; then
+    echo "TLS over TCP on 127.0.0.1: sequential MB/s (nbdcopy, 10^6 bytes/s), peak RSS MiB:"
+    echo
+    run_table tls "seqW_MB/s seqR_MB/s RSS_MiB" "${tls_rows[@]}"
     echo
   fi
   if [ ${#cas_rows[@]} -gt 0 ]; then

@@ -113,7 +113,8 @@ serve_bytes (const uint8_t *data, size_t size)
     perror ("pthread_create");
     abort ();
   }
-  conn_serve (sv[0], sv[0], true);   /* closes sv[0] */
+  conn_serve (sv[0], sv[0], true);
+  close (sv[0]);                     /* the client then sees EOF */
   pthread_join (t, NULL);
   close (sv[1]);
 }

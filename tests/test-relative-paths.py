@@ -81,10 +81,21 @@ class Daemon:
         # A handshake proves the daemon serves, and that it wrote its
         # pidfile (before accepting).
         h = nbd.NBD()
-        h.connect_unix(self.sock)
+        try:
+            h.connect_unix(self.sock)
+        except nbd.Error:
+            # The daemon runs but does not serve: learn its pid anyway
+            # (nbdkit writes it after forking), so that it is stopped.
+            nbdtest.wait_until(lambda: os.path.exists(self.pidfile),
+                               "the pidfile", timeout=30)
+            self.read_pid()
+            raise
+        self.read_pid()
+        return h
+
+    def read_pid(self):
         with open(self.pidfile) as f:
             self.pid = int(f.read().strip())
-        return h
 
     def stop(self):
         if self.pid is None:

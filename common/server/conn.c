@@ -291,6 +291,8 @@ worker (void *vc)
   }
   pthread_mutex_unlock (&c->qlock);
   request_thread_exit ();
+  if (c->tls)
+    tls_thread_end ();
   return NULL;
 }
 
@@ -582,7 +584,7 @@ conn_serve (int rfd, int wfd, bool is_socket)
   if (c == NULL || (c->rbuf = malloc (READ_BUFFER_SIZE)) == NULL) {
     log_error ("new connection: %m");
     free (c);
-    goto close_fds;
+    return;
   }
   c->rfd = rfd;
   c->wfd = wfd;
@@ -635,9 +637,4 @@ conn_serve (int rfd, int wfd, bool is_socket)
   export_close (c);
   connection_unregister (c);
   conn_free (c);
-
- close_fds:
-  close (rfd);
-  if (wfd != rfd)
-    close (wfd);
 }

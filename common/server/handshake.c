@@ -411,6 +411,16 @@ opt_starttls (struct conn *c, uint32_t len)
   if (!c->fixed_newstyle)
     return send_error (c, NBD_OPT_STARTTLS, NBD_REP_ERR_INVALID,
                        "TLS needs the fixed newstyle handshake");
+  /* Bytes the client sent after STARTTLS, before our ACK, are already in
+   * the plaintext buffer: taking them as if they had come over TLS would
+   * let anyone on the path inject options into the encrypted session
+   * (the STARTTLS injection flaw).  A client must wait for the ACK.
+   */
+  if (c->rstart != c->rend) {
+    log_error ("%s: data after NBD_OPT_STARTTLS before its reply: closing",
+               c->name);
+    return -1;
+  }
   if (send_ack (c, NBD_OPT_STARTTLS) == -1 || tls_start (c) == -1)
     return -1;
   /* The spec: nothing negotiated before STARTTLS survives it. */

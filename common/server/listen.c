@@ -631,9 +631,16 @@ conn_thread (void *va)
     atomic_store (&single_finished, true);
     wake_main ();
   }
-  /* Last: the slot keeps the main thread from unloading the backend. */
+  tls_thread_end ();
+  /* The slot keeps the main thread from unloading the backend; it is
+   * free before the client sees the socket close, so a client that saw
+   * its connection end may connect again within --max-connections.
+   */
   slot_give_back ();
   wake_main ();
+  close (a.rfd);
+  if (a.wfd != a.rfd)
+    close (a.wfd);
   return NULL;
 }
 

@@ -223,7 +223,10 @@ struct conn {
 
 /* conn.c */
 /* Serve one connection start to end (handshake, transmission, cleanup)
- * on the calling thread.  Closes the fds.
+ * on the calling thread.  The caller closes the fds afterwards: the
+ * client sees its connection end only then (listen.c gives the
+ * connection's slot back first, so a client that saw its connection
+ * closed finds the slot free).
  */
 void conn_serve (int rfd, int wfd, bool is_socket);
 /* Read exactly len bytes through the connection's buffer: 0 ok, -1 on
@@ -271,6 +274,10 @@ ssize_t tls_read (struct conn *c, void *buf, size_t len);
 int tls_writev (struct conn *c, const struct iovec *iov, int iovcnt);
 /* Decrypted input waiting inside the TLS layer. */
 bool tls_pending (struct conn *c);
+/* A thread that used TLS frees OpenSSL's per-thread state before it
+ * ends (harmless in one that did not).
+ */
+void tls_thread_end (void);
 
 /* listen.c */
 extern bool listen_activated;  /* the sockets came from LISTEN_FDS */
