@@ -49,13 +49,14 @@ def referenced(store):
                            check=0).stdout)["referenced_bytes"]
 
 
-def new_server(server, d, size=SIZE, env=None):
+def new_server(server, d, size=SIZE, env=None, params=("gc=off",)):
     store = os.path.join(d, "store")
     if env:
         os.environ.update(env)
     try:
         srv = nbdtest.Server(server, "cas", ["store=" + store,
-                                             "size=%d" % size], d)
+                                             "size=%d" % size] + list(params),
+                             d)
         srv.start().ready()
     finally:
         for k in env or ():
@@ -123,6 +124,24 @@ def snapshots_then_gc(server, d):
         tool("delete", store, "default@s2", check=0)
         tool("gc", store, check=0)
         check_gc(store, referenced(store))
+        assert read_volume(srv, "", SIZE) == bytes(model)
+    finally:
+        stopped(srv)
+    tool("fsck", store, "--full", check=0)
+
+
+def automatic_gc(server, d):
+    # gc=auto collects by itself once enough was overwritten (here past
+    # 1M and a quarter of the store); there is no event to wait on, so
+    # poll the disk use, with a deadline.
+    rnd = random.Random(5)
+    model = bytearray(SIZE)
+    srv, store = new_server(server, d, params=("gc=auto", "gc-min=1M"))
+    try:
+        with connection(srv) as h:
+            overwrite(h, rnd, model, 4)
+        nbdtest.wait_until(lambda: du_packs(store) < 1.2 * SIZE,
+                           "the automatic collection", timeout=120)
         assert read_volume(srv, "", SIZE) == bytes(model)
     finally:
         stopped(srv)
@@ -386,6 +405,7 @@ def main():
         ("4 writers with flushes while gc runs: data as the model",
          writers_during_gc),
         ("kill -9 of the server during gc", kill_server_during_gc),
+        ("gc=auto gives the space back by itself", automatic_gc),
     ]
     tool_only = [
         ("kill -9 of gc at 20+ points: nothing lost, gc finishes later",

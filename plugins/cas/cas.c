@@ -16,6 +16,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,6 +40,18 @@ static uint64_t map_cache;           /* mapcache=, 0: the default */
 static struct cas_store *store;
 static struct cas_control *control;  /* admin commands while serving */
 
+/* gc=auto: a background thread collects garbage when enough was
+ * overwritten (see autogc_thread).
+ */
+static bool gc_auto = true;
+static uint64_t gc_auto_min = UINT64_C (256) * 1024 * 1024;  /* gc-min= */
+static pthread_t gc_thread;
+static bool gc_running;
+static pthread_mutex_t gc_mutex = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t gc_cond = PTHREAD_COND_INITIALIZER;
+static bool gc_stop;                 /* under gc_mutex */
+static double gc_pace_t0;            /* the collection thread's own */
+
 #define DEFAULT_VOLUME "default"
 
 struct handle {
@@ -46,9 +59,12 @@ struct handle {
   bool readonly;
 };
 
+static void autogc_stop (void);
+
 static void
 cas_unload (void)
 {
+  autogc_stop ();
   cas_control_close (control);
   control = NULL;
   if (store && cas_store_close (store) == -1)
@@ -124,6 +140,26 @@ cas_config (const char *key, const char *value)
                           &n) == -1)
       return -1;
     map_cache = n;
+    return 0;
+  }
+  if (strcmp (key, "gc") == 0) {
+    if (strcmp (value, "off") == 0)
+      gc_auto = false;
+    else if (strcmp (value, "auto") == 0)
+      gc_auto = true;
+    else {
+      backend_error ("cas: gc=%s: must be off or auto", value);
+      errno = EINVAL;
+      return -1;
+    }
+    return 0;
+  }
+  if (strcmp (key, "gc-min") == 0) {
+    int64_t n;
+    if (parse_size_range (key, value, 1024 * 1024, INT64_C (1) << 50,
+                          &n) == -1)
+      return -1;
+    gc_auto_min = n;
     return 0;
   }
   if (strcmp (key, "verify") == 0) {
@@ -316,11 +352,125 @@ cas_config_complete (void)
   return 0;
 }
 
-/* The serving process: start the control socket's thread. */
+/* ---- automatic garbage collection (gc=auto) ----
+ *
+ * Every few seconds the thread looks at what was overwritten since the
+ * last collection (cas_store_garbage_hint, an upper bound of what a
+ * collection would give back); past a quarter of the stored bytes and
+ * gc-min= (256M), it collects, taking at most a fifth of the time for
+ * itself: after each pack it waits four times as long as the pack took,
+ * so clients keep most of the disk and the CPU.
+ */
+#define AUTOGC_PERIOD 5                 /* seconds between looks */
+#define AUTOGC_SHARE 4                  /* collect past 1/4 of the store */
+#define AUTOGC_WAIT 4                   /* wait 4x the work: 20% duty */
+
+static double
+now_mono (void)
+{
+  struct timespec ts;
+
+  clock_gettime (CLOCK_MONOTONIC, &ts);
+  return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+/* Wait secs or until stopped: -1 if stopped. */
+static int
+autogc_wait (double secs)
+{
+  struct timespec until;
+  int r = 0;
+
+  clock_gettime (CLOCK_REALTIME, &until);
+  until.tv_sec += (time_t) secs;
+  until.tv_nsec += (long) ((secs - (time_t) secs) * 1e9);
+  if (until.tv_nsec >= 1000000000) {
+    until.tv_sec++;
+    until.tv_nsec -= 1000000000;
+  }
+  pthread_mutex_lock (&gc_mutex);
+  while (!gc_stop &&
+         pthread_cond_timedwait (&gc_cond, &gc_mutex, &until) == 0)
+    ;
+  if (gc_stop)
+    r = -1;
+  pthread_mutex_unlock (&gc_mutex);
+  return r;
+}
+
+static int
+autogc_pace (void *opaque)
+{
+  double t = now_mono (), worked = t - gc_pace_t0;
+  int r;
+
+  r = autogc_wait (worked * AUTOGC_WAIT);
+  gc_pace_t0 = now_mono ();
+  return r;
+}
+
+static void *
+autogc_thread (void *arg)
+{
+  pthread_setname_np (pthread_self (), "bg:cas-gc");
+  while (autogc_wait (AUTOGC_PERIOD) == 0) {
+    struct cas_store_stats ss;
+    struct cas_gc_options o = { .max_unused_pct = 5, .pace = autogc_pace };
+    struct cas_gc_stats gs;
+    uint64_t hint = cas_store_garbage_hint (store);
+
+    if (hint < gc_auto_min || cas_store_stat (store, &ss) == -1 ||
+        hint < ss.chunks.stored_bytes / AUTOGC_SHARE)
+      continue;
+    backend_debug ("cas: gc=auto: %" PRIu64 " bytes overwritten, %" PRIu64
+                   " stored: collecting", hint, ss.chunks.stored_bytes);
+    gc_pace_t0 = now_mono ();
+    if (cas_store_gc (store, &o, &gs) == -1) {
+      if (errno != ECANCELED && errno != EBUSY)
+        backend_error ("cas: gc=auto: the collection failed (it will be "
+                       "tried again)");
+      continue;
+    }
+    backend_debug ("cas: gc=auto: %" PRIu64 " packs removed, %" PRIu64
+                   " rewritten, %" PRIu64 " bytes copied", gs.packs_deleted,
+                   gs.packs_rewritten, gs.bytes_copied);
+  }
+  return NULL;
+}
+
+static void
+autogc_stop (void)
+{
+  if (!gc_running)
+    return;
+  pthread_mutex_lock (&gc_mutex);
+  gc_stop = true;
+  pthread_cond_broadcast (&gc_cond);
+  pthread_mutex_unlock (&gc_mutex);
+  pthread_join (gc_thread, NULL);
+  gc_running = false;
+}
+
+/* The serving process: start the control socket's and the collector's
+ * threads.
+ */
 static int
 cas_after_fork (void)
 {
-  return cas_control_start (control);
+  int err;
+
+  if (cas_control_start (control) == -1)
+    return -1;
+  if (gc_auto && !store_readonly) {
+    err = pthread_create (&gc_thread, NULL, autogc_thread, NULL);
+    if (err) {
+      errno = err;
+      backend_error ("cas: gc=auto: cannot start its thread: %m");
+      return -1;
+    }
+    gc_running = true;
+  }
+  return 0;
 }
 
 struct list_ctx {
@@ -651,7 +801,9 @@ const struct backend cas_backend = {
   "volume=NAME         the default volume (default: \"default\")\n"
   "readonly=BOOL       open the store read-only\n"
   "verify=off|checksum|full  check chunks on every read (default checksum)\n"
-  "mapcache=SIZE       block map kept in memory per volume (default 64M)",
+  "mapcache=SIZE       block map kept in memory per volume (default 64M)\n"
+  "gc=off|auto         collect garbage in the background (default auto)\n"
+  "gc-min=SIZE         ... once this much was overwritten (default 256M)",
   .unload = cas_unload,
   .config = cas_config,
   .config_complete = cas_config_complete,

@@ -618,6 +618,10 @@ ps_gc_sweep (struct chunkstore *cs,
     if (opts->progress)
       opts->progress (size, opts->opaque);
     n++;
+    if (opts->pace && opts->pace (opts->opaque) == -1) {
+      errno = ECANCELED;
+      return -1;
+    }
   }
   /* Which to collect: every pack with nothing live; then the emptiest
    * first, until what stays unreferenced is at most max_unused_pct of the
@@ -664,6 +668,11 @@ ps_gc_sweep (struct chunkstore *cs,
     }
     if (!kept)
       gs->bytes_freed += use[i].size;
+    if (opts->pace && opts->pace (opts->opaque) == -1) {
+      errno = ECANCELED;
+      ret = -1;
+      break;
+    }
   }
   if (!opts->dry_run && nsel && ret == 0 && cas_packs_sync (ps->packs) == 0) {
     uint32_t npacks = cas_packs_last (ps->packs);

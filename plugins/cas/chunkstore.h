@@ -71,6 +71,10 @@ struct cas_gc_options {
                                  share of the live ones (0..100); a pack
                                  holding nothing referenced always goes */
   void (*progress) (uint64_t bytes, void *opaque);  /* may be NULL */
+  /* May be NULL: called between packs; it may wait (to leave the disk to
+   * the clients), and returns -1 to stop the collection (ECANCELED).
+   */
+  int (*pace) (void *opaque);
   void *opaque;
 };
 struct cas_gc_stats {

@@ -117,6 +117,12 @@ flush_open_volumes (struct cas_store *st)
   return r;
 }
 
+uint64_t
+cas_store_garbage_hint (struct cas_store *st)
+{
+  return atomic_load (&st->garbage_hint);
+}
+
 static bool
 marked (const struct cas_hash *h, void *opaque)
 {
@@ -181,6 +187,8 @@ cas_store_gc (struct cas_store *st, const struct cas_gc_options *opts,
       goto out;
     }
   stats->roots = roots.n;
+  /* What was overwritten before the mark is this collection's to take. */
+  atomic_store (&st->garbage_hint, 0);
   stats->marked_chunks = cas_refs_count (refs);
   stats->mark_bytes = cas_refs_memory (refs);
   cas_test_point ("gc-marked");

@@ -326,6 +326,13 @@ int cas_volume_changed (struct cas_volume *vol, const struct cas_root *root,
 int cas_store_gc (struct cas_store *st, const struct cas_gc_options *opts,
                   struct cas_gc_stats *stats);
 
+/* Bytes this process overwrote (blocks and map nodes whose old chunk may
+ * have become garbage) since the last collection began: an upper bound
+ * of what one would reclaim now (less where the old chunk is shared),
+ * cheap to read, for deciding when to collect.
+ */
+uint64_t cas_store_garbage_hint (struct cas_store *st);
+
 /* ---- Statistics ---- */
 
 struct cas_volume_stats {

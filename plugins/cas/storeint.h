@@ -8,6 +8,7 @@
 #define NBDCAS_STOREINT_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -37,6 +38,8 @@ struct cas_store {
    */
   pthread_rwlock_t gc_gate;
   pthread_mutex_t gc_lock;      /* one collection at a time */
+  _Atomic uint64_t garbage_hint; /* bytes overwritten since the last
+                                    collection (cas_store_garbage_hint) */
 };
 
 /* Where the root of n lives: DIR/volumes/NAME or

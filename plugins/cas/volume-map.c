@@ -443,6 +443,8 @@ commit_leaf (struct cas_volume *vol, uint64_t i, struct leaf *l,
   old = volume_level_hash (vol, 0, i);
   if (cas_hash_equal (&nh, &old))
     goto out;
+  if (!cas_hash_is_zero (&old))         /* the leaf's old node */
+    atomic_fetch_add (&vol->st->garbage_hint, F * CAS_HASH_SIZE);
   /* Both slots first, so that a failed allocation changes nothing. */
   if ((vol->depth > 1 && (up = sparse_get (&vol->stale[1], i / F)) == NULL)
       || (slot = sparse_get (&vol->levels[0], i)) == NULL)

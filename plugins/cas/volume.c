@@ -88,6 +88,11 @@ set_slot (struct cas_volume *vol, uint64_t b, const struct cas_hash *h,
   if (expect && !cas_hash_equal (&l->h[b % F], expect))
     r = 1;
   else if (!cas_hash_equal (&l->h[b % F], h)) {
+    /* The block's old chunk may be garbage now (automatic collection
+     * counts what may be reclaimed: see cas_store_garbage_hint).
+     */
+    if (!cas_hash_is_zero (&l->h[b % F]))
+      atomic_fetch_add (&vol->st->garbage_hint, vol->bs);
     l->h[b % F] = *h;
     l->dirty = true;
     atomic_store (&vol->dirty, true);
