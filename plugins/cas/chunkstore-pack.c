@@ -26,6 +26,7 @@
 #include "le.h"
 #include "pack.h"
 #include "testpoint.h"
+#include "vector.h"
 
 #define MAX_CANDIDATES 8
 
@@ -457,35 +458,31 @@ count_record (const struct cas_record_info *ri, void *opaque)
 }
 
 /* The records of one pack being collected. */
+struct pack_record {
+  struct cas_hash h;
+  uint64_t off;
+  bool live;
+};
+DEFINE_VECTOR_TYPE (record_vector, struct pack_record);
+
 struct record_list {
   struct packstore *ps;
   bool (*is_live) (const struct cas_hash *, void *);
   void *opaque;
-  struct { struct cas_hash h; uint64_t off; bool live; } *v;
-  size_t n, alloc;
+  record_vector v;
 };
 
 static int
 list_record (const struct cas_record_info *ri, void *opaque)
 {
   struct record_list *l = opaque;
+  struct pack_record r = { .h = ri->hash, .off = ri->offset };
 
   if (ri->status != 0)
     return 0;                   /* never indexed, nothing to copy */
-  if (l->n == l->alloc) {
-    size_t n = l->alloc ? 2 * l->alloc : 1024;
-    void *nv = realloc (l->v, n * sizeof *l->v);
-    if (nv == NULL)
-      return -1;
-    l->v = nv;
-    l->alloc = n;
-  }
-  l->v[l->n].h = ri->hash;
-  l->v[l->n].off = ri->offset;
-  l->v[l->n].live = l->is_live (&ri->hash, l->opaque) &&
+  r.live = l->is_live (&ri->hash, l->opaque) &&
     kept_copy (l->ps, &ri->hash, CAS_LOC (ri->pack, ri->offset));
-  l->n++;
-  return 0;
+  return record_vector_append (&l->v, r);
 }
 
 /* Collect pack id: copy its live records to packs above the seal and
@@ -500,7 +497,8 @@ collect_pack (struct packstore *ps, uint32_t id,
               bool (*is_live) (const struct cas_hash *, void *),
               void *opaque, struct cas_gc_stats *gs, bool *kept)
 {
-  struct record_list l = { .ps = ps, .is_live = is_live, .opaque = opaque };
+  struct record_list l = { .ps = ps, .is_live = is_live, .opaque = opaque,
+                           .v = empty_vector };
   CLEANUP_FREE uint8_t *buf = malloc (CAS_MAX_PAYLOAD);
   CLEANUP_FREE uint64_t *newloc = NULL;
   uint64_t copied = 0;
@@ -510,21 +508,22 @@ collect_pack (struct packstore *ps, uint32_t id,
   *kept = false;
   if (buf == NULL || cas_packs_scan_one (ps->packs, id, list_record, &l) != 0)
     goto out;
-  newloc = calloc (l.n + 1, sizeof *newloc);
+  newloc = calloc (l.v.len + 1, sizeof *newloc);
   if (newloc == NULL)
     goto out;
-  for (i = 0; i < l.n; i++) {
+  for (i = 0; i < l.v.len; i++) {
+    const struct pack_record *r = &l.v.ptr[i];
     struct cas_record_header h;
-    uint64_t loc = CAS_LOC (id, l.v[i].off);
+    uint64_t loc = CAS_LOC (id, r->off);
 
-    if (!l.v[i].live)
+    if (!r->live)
       continue;
     if (cas_packs_read (ps->packs, loc, &h, buf, CAS_MAX_PAYLOAD) == -1 ||
-        !cas_hash_equal (&h.hash, &l.v[i].h) ||
+        !cas_hash_equal (&h.hash, &r->h) ||
         crc32c (0, buf, h.length) != h.payload_crc) {
       backend_error ("cas: pack %" PRIu32 " offset %" PRIu64 ": a live "
                      "record does not check out: keeping the pack (run "
-                     "nbdcas fsck)", id, l.v[i].off);
+                     "nbdcas fsck)", id, r->off);
       *kept = true;
       ret = 0;
       goto out;
@@ -539,12 +538,13 @@ collect_pack (struct packstore *ps, uint32_t id,
   if (copied && cas_packs_sync (ps->packs) == -1)
     goto out;
   cas_test_point ("gc-copied");
-  for (i = 0; i < l.n; i++)
-    if (l.v[i].live && cas_index_insert (ps->index, &l.v[i].h,
-                                         newloc[i]) == -1)
+  for (i = 0; i < l.v.len; i++)
+    if (l.v.ptr[i].live && cas_index_insert (ps->index, &l.v.ptr[i].h,
+                                             newloc[i]) == -1)
       goto out;
-  for (i = 0; i < l.n; i++)
-    cas_index_remove (ps->index, &l.v[i].h, CAS_LOC (id, l.v[i].off));
+  for (i = 0; i < l.v.len; i++)
+    cas_index_remove (ps->index, &l.v.ptr[i].h,
+                      CAS_LOC (id, l.v.ptr[i].off));
   cas_test_point ("gc-indexed");
   if (cas_packs_retire (ps->packs, id) == -1)
     goto out;
@@ -556,7 +556,7 @@ collect_pack (struct packstore *ps, uint32_t id,
   cas_test_point ("gc-retired");
   ret = 0;
  out:
-  free (l.v);
+  record_vector_reset (&l.v);
   return ret;
 }
 

@@ -8,6 +8,7 @@
 #include "backend.h"
 #include "crc32c.h"
 #include "format.h"
+#include "ispowerof2.h"
 #include "le.h"
 
 /* Common tail: CRC32C of bytes [0, size-4) stored in the last 4 bytes. */
@@ -27,7 +28,7 @@ bool
 cas_blocksize_valid (uint64_t bs)
 {
   return bs >= CAS_MIN_BLOCKSIZE && bs <= CAS_MAX_BLOCKSIZE &&
-    (bs & (bs - 1)) == 0;
+    is_power_of_2 (bs);
 }
 
 int

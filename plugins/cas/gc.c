@@ -30,42 +30,36 @@
 #include "backend.h"
 #include "cleanup.h"
 #include "storeint.h"
+#include "vector.h"
+
+struct named_root {
+  char *name;
+  struct cas_root root;
+};
+DEFINE_VECTOR_TYPE (root_vector, struct named_root);
 
 struct root_list {
   struct cas_store *st;
-  char **names;
-  struct cas_root *roots;
-  size_t n, alloc;
+  root_vector v;
 };
 
 static int
 add_root (const char *name, void *opaque)
 {
   struct root_list *l = opaque;
+  struct named_root r;
 
-  if (l->n == l->alloc) {
-    size_t n = l->alloc ? 2 * l->alloc : 32;
-    char **nn = realloc (l->names, n * sizeof *nn);
-    struct cas_root *nr;
-    if (nn == NULL)
-      return -1;
-    l->names = nn;
-    nr = realloc (l->roots, n * sizeof *nr);
-    if (nr == NULL)
-      return -1;
-    l->roots = nr;
-    l->alloc = n;
-  }
-  if ((l->names[l->n] = strdup (name)) == NULL)
-    return -1;
-  if (cas_root_read (l->st, name, &l->roots[l->n]) == -1) {
+  if (cas_root_read (l->st, name, &r.root) == -1) {
     backend_error ("cas: garbage collection stopped: '%s' cannot be read, "
                    "so what it references is unknown (run nbdcas fsck)",
                    name);
-    free (l->names[l->n]);
     return -1;
   }
-  l->n++;
+  if ((r.name = strdup (name)) == NULL ||
+      root_vector_append (&l->v, r) == -1) {
+    free (r.name);
+    return -1;
+  }
   /* A volume's snapshots are roots too. */
   if (strchr (name, '@') == NULL)
     return cas_store_list_snapshots (l->st, name, add_root, l);
@@ -73,14 +67,9 @@ add_root (const char *name, void *opaque)
 }
 
 static void
-free_roots (struct root_list *l)
+free_root (struct named_root *r)
 {
-  size_t i;
-
-  for (i = 0; i < l->n; i++)
-    free (l->names[i]);
-  free (l->names);
-  free (l->roots);
+  free (r->name);
 }
 
 /* Flush every volume open in this process. */
@@ -134,7 +123,7 @@ cas_store_gc (struct cas_store *st, const struct cas_gc_options *opts,
               struct cas_gc_stats *stats)
 {
   struct chunkstore *cs = st->cs;
-  struct root_list roots = { .st = st };
+  struct root_list roots = { .st = st, .v = empty_vector };
   struct cas_chunkstore_stats cst;
   struct cas_refs *refs = NULL;
   size_t i;
@@ -179,14 +168,14 @@ cas_store_gc (struct cas_store *st, const struct cas_gc_options *opts,
   refs = cas_refs_new (cst.chunks);
   if (refs == NULL)
     goto out;
-  for (i = 0; i < roots.n; i++)
-    if (cas_refs_mark_root (st, refs, &roots.roots[i]) == -1) {
+  for (i = 0; i < roots.v.len; i++)
+    if (cas_refs_mark_root (st, refs, &roots.v.ptr[i].root) == -1) {
       backend_error ("cas: garbage collection stopped: the map of '%s' "
                      "cannot be read, so what it references is unknown "
-                     "(run nbdcas fsck)", roots.names[i]);
+                     "(run nbdcas fsck)", roots.v.ptr[i].name);
       goto out;
     }
-  stats->roots = roots.n;
+  stats->roots = roots.v.len;
   /* What was overwritten before the mark is this collection's to take. */
   atomic_store (&st->garbage_hint, 0);
   stats->marked_chunks = cas_refs_count (refs);
@@ -202,6 +191,6 @@ cas_store_gc (struct cas_store *st, const struct cas_gc_options *opts,
  out_unlock:
   pthread_mutex_unlock (&st->gc_lock);
   cas_refs_free (refs);
-  free_roots (&roots);
+  root_vector_free_all (&roots.v, free_root);
   return ret;
 }

@@ -22,6 +22,7 @@
 #include "index.h"
 #include "le.h"
 #include "pack.h"
+#include "vector.h"
 
 /* Reservations whose write failed and that could not be given back or
  * zeroed yet (append_lock); see release_failed.
@@ -133,6 +134,8 @@ cas_fsync_dir (const char *dir)
   return r;
 }
 
+DEFINE_VECTOR_TYPE (u32_vector, uint32_t);
+
 static int
 cmp_u32 (const void *a, const void *b)
 {
@@ -209,8 +212,8 @@ cas_packs_open (const char *dir, bool readonly, const uint8_t uuid[16])
   struct cas_packs *p;
   DIR *d = NULL;
   struct dirent *de;
-  uint32_t *ids = NULL;
-  size_t n = 0, alloc = 0, i;
+  u32_vector ids = empty_vector;
+  size_t i;
   const char *env;
 
   p = calloc (1, sizeof *p);
@@ -247,15 +250,8 @@ cas_packs_open (const char *dir, bool readonly, const uint8_t uuid[16])
       errno = EIO;
       goto err;
     }
-    if (n == alloc) {
-      uint32_t *nids;
-      alloc = alloc ? alloc * 2 : 64;
-      nids = realloc (ids, alloc * sizeof *ids);
-      if (nids == NULL)
-        goto err;
-      ids = nids;
-    }
-    ids[n++] = id;
+    if (u32_vector_append (&ids, id) == -1)
+      goto err;
   }
   if (errno) {
     backend_error ("cas: reading %s: %m", p->packdir);
@@ -263,12 +259,12 @@ cas_packs_open (const char *dir, bool readonly, const uint8_t uuid[16])
   }
   closedir (d);
   d = NULL;
-  if (n > 0)
-    qsort (ids, n, sizeof *ids, cmp_u32);
-  for (i = 0; i < n; i++)
-    if (open_pack (p, ids[i], i == n - 1) == -1)
+  if (ids.len > 0)
+    qsort (ids.ptr, ids.len, sizeof *ids.ptr, cmp_u32);
+  for (i = 0; i < ids.len; i++)
+    if (open_pack (p, ids.ptr[i], i == ids.len - 1) == -1)
       goto err;
-  free (ids);
+  u32_vector_reset (&ids);
   return p;
 
  err:
@@ -276,7 +272,7 @@ cas_packs_open (const char *dir, bool readonly, const uint8_t uuid[16])
     int saved = errno ? errno : EIO;
     if (d)
       closedir (d);
-    free (ids);
+    u32_vector_reset (&ids);
     cas_packs_close (p);
     errno = saved;
     return NULL;

@@ -21,6 +21,7 @@
 #include "cleanup.h"
 #include "pack.h"
 #include "storeint.h"
+#include "vector.h"
 
 uint32_t cas_store_blocksize (const struct cas_store *st) { return st->sb.blocksize; }
 const char *cas_store_dir (const struct cas_store *st) { return st->dir; }
@@ -500,14 +501,22 @@ cmp_str (const void *a, const void *b)
   return strcmp (*(char *const *) a, *(char *const *) b);
 }
 
+DEFINE_VECTOR_TYPE (string_vector, char *);
+
+static void
+free_string (char **s)
+{
+  free (*s);
+}
+
 int
 cas_list_dir (const char *dir, int (*fn) (const char *, void *),
               void *opaque)
 {
+  string_vector names = empty_vector;
   DIR *d;
   struct dirent *de;
-  char **names = NULL;
-  size_t n = 0, alloc = 0, i;
+  size_t i;
   int r = 0;
 
   d = opendir (dir);
@@ -518,34 +527,23 @@ cas_list_dir (const char *dir, int (*fn) (const char *, void *),
     return -1;
   }
   while ((de = readdir (d)) != NULL) {
+    char *name;
     if (de->d_name[0] == '.')
       continue;                 /* ., .., temp files */
-    if (n == alloc) {
-      char **nn;
-      alloc = alloc ? alloc * 2 : 16;
-      nn = realloc (names, alloc * sizeof *names);
-      if (nn == NULL) {
-        r = -1;
-        goto out;
-      }
-      names = nn;
-    }
-    names[n] = strdup (de->d_name);
-    if (names[n] == NULL) {
+    if ((name = strdup (de->d_name)) == NULL ||
+        string_vector_append (&names, name) == -1) {
+      free (name);
       r = -1;
       goto out;
     }
-    n++;
   }
-  if (n > 0)
-    qsort (names, n, sizeof *names, cmp_str);
-  for (i = 0; i < n && r == 0; i++)
-    r = fn (names[i], opaque);
+  if (names.len > 0)
+    qsort (names.ptr, names.len, sizeof *names.ptr, cmp_str);
+  for (i = 0; i < names.len && r == 0; i++)
+    r = fn (names.ptr[i], opaque);
  out:
   closedir (d);
-  for (i = 0; i < n; i++)
-    free (names[i]);
-  free (names);
+  string_vector_free_all (&names, free_string);
   return r;
 }
 

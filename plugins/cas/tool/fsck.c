@@ -33,6 +33,7 @@
 
 #include "format.h"             /* CAS_MAP_FANOUT: blocks per map leaf */
 #include "nbdcas.h"
+#include "vector.h"
 
 /* Damaged records remembered in detail (more are counted). */
 #define MAX_DAMAGED 100000
@@ -50,6 +51,8 @@ struct lost_run {
   char what[1200];              /* cause, with the first chunk and detail */
 };
 
+DEFINE_VECTOR_TYPE (hash_vector, struct cas_hash);
+
 struct fsck {
   struct cas_store *st;
   bool full, repair, quiet;
@@ -65,8 +68,7 @@ struct fsck {
   struct damaged **by_hash;     /* damaged records with a hash, sorted */
   size_t nby_hash;
   uint64_t damaged_total;
-  struct cas_hash *lost;        /* hashes volumes could not read */
-  size_t nlost, lost_alloc;
+  hash_vector lost;             /* hashes volumes could not read */
   char msg[1024];               /* the store's last message (captured) */
 };
 
@@ -183,16 +185,7 @@ find_damaged (const struct fsck *f, const struct cas_hash *h)
 static int
 remember_lost (struct fsck *f, const struct cas_hash *h)
 {
-  if (f->nlost == f->lost_alloc) {
-    size_t n = f->lost_alloc ? 2 * f->lost_alloc : 64;
-    struct cas_hash *nl = realloc (f->lost, n * sizeof *nl);
-    if (nl == NULL)
-      return -1;
-    f->lost = nl;
-    f->lost_alloc = n;
-  }
-  f->lost[f->nlost++] = *h;
-  return 0;
+  return hash_vector_append (&f->lost, *h);
 }
 
 static bool
@@ -200,8 +193,8 @@ was_lost (const struct fsck *f, const struct cas_hash *h)
 {
   size_t i;
 
-  for (i = 0; i < f->nlost; i++)
-    if (cas_hash_equal (&f->lost[i], h))
+  for (i = 0; i < f->lost.len; i++)
+    if (cas_hash_equal (&f->lost.ptr[i], h))
       return true;
   return false;
 }
@@ -351,7 +344,7 @@ print_damaged (struct fsck *f)
     const char *verdict =
       has_hash ? (was_lost (f, &ri->hash) ? "volumes lost this chunk"
                   : "no volume lost data from it")
-      : f->nlost || f->bad_volumes ? "it may have held the lost data listed"
+      : f->lost.len || f->bad_volumes ? "it may have held the lost data listed"
       : "no volume lost data from it";
 
     if (!has_hash)
@@ -398,7 +391,7 @@ repair (struct fsck *f, const char *dir)
       cas_packstore_forget (cs, &ri->hash, ri->pack, ri->offset);
   }
   f->lost_blocks = f->lost_volumes = f->bad_volumes = f->volumes = 0;
-  f->nlost = 0;
+  hash_vector_clear (&f->lost);
   check_volumes (f);
   tool_printf ("%s: repair: %zu damaged records no longer used; %" PRIu64
           " of %" PRIu64 " lost blocks healed from other copies\n", dir,
@@ -529,7 +522,7 @@ cmd_fsck (int argc, char **argv)
     ret = EXIT_USAGE;
   free (f.damaged);
   free (f.by_hash);
-  free (f.lost);
+  hash_vector_reset (&f.lost);
   fflush (tool_stdout ());
   return ret;
 }

@@ -27,6 +27,7 @@
 #include <string.h>
 
 #include "nbdcas.h"
+#include "vector.h"
 
 struct row {
   char *name;
@@ -36,11 +37,12 @@ struct row {
   char error[512];              /* why it could not be read */
 };
 
+DEFINE_VECTOR_TYPE (row_vector, struct row);
+
 struct rows {
   struct cas_store *st;
   struct cas_refs *refs;
-  struct row *v;
-  size_t n, alloc;
+  row_vector v;
   unsigned broken;
 };
 
@@ -68,22 +70,12 @@ static int
 add_row (const char *name, void *opaque)
 {
   struct rows *t = opaque;
-  struct row *row;
+  struct row row = { .name = strdup (name) };
 
-  if (t->n == t->alloc) {
-    size_t n = t->alloc ? 2 * t->alloc : 16;
-    struct row *nr = realloc (t->v, n * sizeof *nr);
-    if (nr == NULL)
-      return -1;
-    t->v = nr;
-    t->alloc = n;
-  }
-  row = &t->v[t->n];
-  memset (row, 0, sizeof *row);
-  row->name = strdup (name);
-  if (row->name == NULL)
+  if (row.name == NULL || row_vector_append (&t->v, row) == -1) {
+    free (row.name);
     return -1;
-  t->n++;
+  }
   /* A volume's snapshots follow it. */
   if (strchr (name, '@') == NULL &&
       cas_store_list_snapshots (t->st, name, add_row, t) != 0)
@@ -106,8 +98,8 @@ walk_rows (struct rows *t)
   t->refs = cas_refs_new (ss.chunks.chunks);
   if (t->refs == NULL)
     return -1;
-  for (i = 0; i < t->n; i++) {
-    struct row *row = &t->v[i];
+  for (i = 0; i < t->v.len; i++) {
+    struct row *row = &t->v.ptr[i];
     int r;
 
     /* The store's messages say why a root cannot be read: keep them for
@@ -128,24 +120,26 @@ walk_rows (struct rows *t)
     row->ok = true;
     row->snapshot = row->root.snapshot;
   }
-  alone = calloc (t->n + 1, sizeof *alone);
+  alone = calloc (t->v.len + 1, sizeof *alone);
   if (alone == NULL)
     return -1;
-  cas_refs_totals (t->refs, alone, t->n, &referenced, &chunks, &nodes);
-  for (i = 0; i < t->n; i++)
-    t->v[i].unique = alone[i + 1];
+  cas_refs_totals (t->refs, alone, t->v.len, &referenced, &chunks, &nodes);
+  for (i = 0; i < t->v.len; i++)
+    t->v.ptr[i].unique = alone[i + 1];
   free (alone);
   return 0;
 }
 
 static void
+free_row (struct row *r)
+{
+  free (r->name);
+}
+
+static void
 free_rows (struct rows *t)
 {
-  size_t i;
-
-  for (i = 0; i < t->n; i++)
-    free (t->v[i].name);
-  free (t->v);
+  row_vector_free_all (&t->v, free_row);
   cas_refs_free (t->refs);
 }
 
@@ -179,13 +173,13 @@ stat_store (struct cas_store *st, const char *dir, bool json)
   if (cas_store_list_volumes (st, add_row, &t) != 0 || walk_rows (&t) == -1 ||
       cas_store_stat (st, &ss) == -1)
     goto out;
-  alone = calloc (t.n + 1, sizeof *alone);
+  alone = calloc (t.v.len + 1, sizeof *alone);
   if (alone == NULL)
     goto out;
-  cas_refs_totals (t.refs, alone, t.n, &referenced, &chunks, &nodes);
+  cas_refs_totals (t.refs, alone, t.v.len, &referenced, &chunks, &nodes);
   free (alone);
-  for (i = 0; i < t.n; i++) {
-    const struct row *row = &t.v[i];
+  for (i = 0; i < t.v.len; i++) {
+    const struct row *row = &t.v.ptr[i];
     if (!row->ok)
       continue;
     if (row->snapshot) {
@@ -233,8 +227,8 @@ stat_store (struct cas_store *st, const char *dir, bool json)
                  "  \"volume_list\": [",
                  cs->packs, cs->chunks, chunks, nodes, cs->index_bytes,
                  cs->index_slots);
-    for (i = 0; i < t.n; i++) {
-      const struct row *row = &t.v[i];
+    for (i = 0; i < t.v.len; i++) {
+      const struct row *row = &t.v.ptr[i];
       tool_printf ("%s\n    { \"name\": ", i ? "," : "");
       json_string (tool_stdout (), row->name);
       if (row->ok) {
@@ -255,7 +249,7 @@ stat_store (struct cas_store *st, const char *dir, bool json)
         tool_printf (" }");
       }
     }
-    tool_printf ("%s]\n}\n", t.n ? "\n  " : "");
+    tool_printf ("%s]\n}\n", t.v.len ? "\n  " : "");
     r = t.broken ? -1 : 0;
     goto out;
   }
@@ -288,11 +282,11 @@ stat_store (struct cas_store *st, const char *dir, bool json)
     tool_printf (", %.1f bytes per chunk",
                  (double) cs->index_bytes / cs->chunks);
   tool_printf ("\n");
-  if (t.n)
+  if (t.v.len)
     tool_printf ("\n%-28s %10s %10s %10s  %s\n", "VOLUME", "SIZE", "MAPPED",
                  "UNIQUE", "STATUS");
-  for (i = 0; i < t.n; i++) {
-    const struct row *row = &t.v[i];
+  for (i = 0; i < t.v.len; i++) {
+    const struct row *row = &t.v.ptr[i];
     if (row->ok) {
       char status[48] = "ok";
       if (row->snapshot) {
@@ -339,9 +333,9 @@ stat_volume (struct cas_store *st, const char *name, bool json)
   }
   /* What it alone references needs every root. */
   if (cas_store_list_volumes (st, add_row, &t) == 0 && walk_rows (&t) == 0)
-    for (i = 0; i < t.n; i++)
-      if (strcmp (t.v[i].name, name) == 0)
-        unique = t.v[i].unique;
+    for (i = 0; i < t.v.len; i++)
+      if (strcmp (t.v.ptr[i].name, name) == 0)
+        unique = t.v.ptr[i].unique;
   free_rows (&t);
   cas_hash_hex (&vs.root, hex);
   if (json) {
