@@ -332,6 +332,31 @@ def import_full_disk(d):
     tool("fsck", store, check=0)
 
 
+def interrupted_creation(server, d):
+    # What a power cut during store creation leaves before the superblock
+    # is there: the empty directories (and maybe the superblock's temp
+    # file).  The next start with size= creates the store there.
+    store = os.path.join(d, "store")
+    for sub in ("", "packs", "volumes", "snapshots"):
+        os.mkdir(os.path.join(store, sub))
+    open(os.path.join(store, ".superblock.tmp"), "wb").close()
+    srv = serve(server, store, d, ["size=1M"])
+    try:
+        with connection(srv) as h:
+            h.pwrite(b"x" * 4096, 0)
+            h.flush()
+    finally:
+        stopped(srv)
+    tool("fsck", store, check=0)
+    # Anything else there is still refused.
+    other = os.path.join(d, "other")
+    os.makedirs(os.path.join(other, "packs"))
+    open(os.path.join(other, "packs", "x"), "w").close()
+    p = tool("create", other, check=1)
+    assert "not a cas store (no superblock) and is not empty" in p.stderr, \
+        p.stderr
+
+
 def main():
     per_server = [
         ("index cache v1 marked inside the last record: no cut",
@@ -350,6 +375,7 @@ def main():
         ("readonly=true writes nothing, shares the store",
          lambda s, d: readonly_writes_nothing(s, d, "readonly=true")),
         ("no default volume: served by name", no_default_volume),
+        ("an interrupted store creation is completed", interrupted_creation),
     ]
     tool_only = [
         ("import heals a damaged record", import_heals),

@@ -238,6 +238,32 @@ cas_root_path (struct cas_store *st, const struct cas_name *n)
   return path;
 }
 
+/* Is dir/name something cas_store_create makes before the superblock:
+ * an empty packs/, volumes/ or snapshots/, or the superblock's temp file?
+ */
+static bool
+creation_leftover (const char *dir, const char *name)
+{
+  CLEANUP_FREE char *path = NULL;
+  struct dirent *de;
+  bool empty = true;
+  DIR *d;
+
+  if (strcmp (name, ".superblock.tmp") == 0)
+    return true;
+  if (strcmp (name, "packs") != 0 && strcmp (name, "volumes") != 0 &&
+      strcmp (name, "snapshots") != 0)
+    return false;
+  if (asprintf (&path, "%s/%s", dir, name) == -1 ||
+      (d = opendir (path)) == NULL)
+    return false;
+  while ((de = readdir (d)) != NULL)
+    if (strcmp (de->d_name, ".") != 0 && strcmp (de->d_name, "..") != 0)
+      empty = false;
+  closedir (d);
+  return empty;
+}
+
 int
 cas_store_exists (const char *dir)
 {
@@ -267,8 +293,12 @@ cas_store_exists (const char *dir)
     backend_error ("cas: store %s: %m", dir);
     return -1;
   }
+  /* Empty, or what an interrupted cas_store_create leaves (it makes these
+   * first and the superblock last): either way a store can be made here.
+   */
   while ((de = readdir (d)) != NULL)
-    if (strcmp (de->d_name, ".") != 0 && strcmp (de->d_name, "..") != 0) {
+    if (strcmp (de->d_name, ".") != 0 && strcmp (de->d_name, "..") != 0 &&
+        !creation_leftover (dir, de->d_name)) {
       empty = false;
       break;
     }
@@ -302,7 +332,22 @@ cas_store_create (const char *dir, uint32_t blocksize)
     errno = EEXIST;
     return -1;
   }
-  if (mkdir (dir, 0755) == -1 && errno != EEXIST) {
+  if (mkdir (dir, 0755) == 0) {
+    /* The store directory itself must survive a power cut. */
+    CLEANUP_FREE char *parent = strdup (dir);
+    char *slash = parent ? strrchr (parent, '/') : NULL;
+    if (parent == NULL)
+      return -1;
+    if (slash == parent)
+      slash[1] = '\0';
+    else if (slash)
+      *slash = '\0';
+    if (cas_fsync_dir (slash ? parent : ".") == -1) {
+      backend_error ("cas: syncing the directory holding %s: %m", dir);
+      return -1;
+    }
+  }
+  else if (errno != EEXIST) {
     backend_error ("cas: cannot create store directory %s: %m", dir);
     return -1;
   }
