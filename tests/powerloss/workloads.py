@@ -1,0 +1,404 @@
+# The power-loss simulator's workloads (README.md: adding one).
+#
+# A workload is a function of a Session (powerloss.py) that starts the
+# server and drives it like a client would: s.write(offset, n or bytes,
+# fua=), s.zero(offset, n, fua=), s.trim(offset, n), s.flush(),
+# s.start(size=), s.stop(), s.restart(size=).  Everything it does is
+# logged; the simulator then checks the states a power cut could leave.
+# The data is reproducible (s.data(n): non-zero bytes from a generator
+# seeded by the workload's name), so two recordings of one workload
+# differ only in what the servers' threads and clocks do.
+
+import os
+import re
+
+import powerloss
+from powerloss import CheckFailure, check_data
+
+WORKLOADS = {}
+
+
+class Workload:
+    """backend: "cas" or "flatfile"; server: the one recording
+    ("minnbd" or "nbdkit"); servers: those that read states back (some
+    cut points go through a real server, alternating); size, blocksize
+    (cas): the volume; env: for the server (e.g. NBDCAS_PACK_SIZE)."""
+
+    def __init__(self, name, body, backend, server, size, blocksize=4096,
+                 env=None, servers=("minnbd", "nbdkit")):
+        self.name = name
+        self.body = body
+        self.backend = backend
+        self.server = server
+        self.servers = servers
+        self.size = size
+        self.blocksize = blocksize
+        self.env = dict(env or {})
+        # cas: a FUA write flushes everything (store.h); flatfile:
+        # RWF_DSYNC makes that write durable, which is all NBD asks.
+        self.fua_flushes_all = backend == "cas"
+        self.stop_at_first = False
+
+    def prepare(self, root):
+        """The recorded directory before the server first starts (all
+        of it durable)."""
+        if self.backend == "cas":
+            # The store's own directory exists: the server fills it.
+            os.mkdir(os.path.join(root, "store"))
+        else:
+            with open(os.path.join(root, "disk.img"), "wb") as f:
+                f.truncate(self.size)
+
+    def server_params(self, root, size):
+        if self.backend == "cas":
+            return ["store=" + os.path.join(root, "store"),
+                    "size=%d" % size, "blocksize=%d" % self.blocksize]
+        return ["file=" + os.path.join(root, "disk.img")]
+
+    def check(self, ck, state, P, via_server, rewrite, scratch):
+        if self.backend == "cas":
+            return check_cas(self, ck, state, P, via_server, rewrite, scratch)
+        return check_flatfile(self, ck, state, P, via_server, scratch)
+
+
+def check_cas(wl, ck, state, P, via_server, rewrite, scratch):
+    store = os.path.join(state, "store")
+    facts = store_facts(store)
+    try:
+        _check_cas(wl, ck, store, P, via_server, rewrite, scratch)
+    except CheckFailure as e:
+        e.finding = classify_cas(str(e), facts)
+        raise
+
+
+def _check_cas(wl, ck, store, P, via_server, rewrite, scratch):
+    # fsck first, on the state as the power cut left it (it is
+    # read-only: a torn tail stays for the open below to cut).
+    if not ck.skip_fsck and os.path.exists(os.path.join(store, "superblock")):
+        ck.fsck(store)
+    params = [p if not p.startswith("store=") else "store=" + store
+              for p in ck.params_at(P)]
+    size = int(next(p for p in params if p.startswith("size="))[5:])
+    env = dict(wl.env)
+    if via_server:
+        got = ck.read_server(via_server, "cas", params, scratch, env)
+    else:
+        out = os.path.join(scratch, "volume")
+        argv = [os.environ["PLR_CASREAD"], store, "default", str(size),
+                str(wl.blocksize), out]
+        if rewrite:
+            # After the crash, the client writes what it last wrote (acked
+            # or not) again: it must read back, from a clean store.
+            img = latest_image(ck, P)
+            rw = os.path.join(scratch, "rewrite")
+            with open(rw, "wb") as f:
+                f.write(img)
+            argv.append(rw)
+        p = powerloss.subprocess.run(argv, capture_output=True, text=True,
+                                     env=dict(os.environ, **env),
+                                     timeout=300)
+        if p.returncode != 0:
+            raise CheckFailure("the store does not open, read%s: %s" % (
+                " or take the rewrite" if rewrite else "",
+                p.stderr.strip()))
+        with open(out, "rb") as f:
+            got = f.read()
+        if rewrite and not ck.skip_fsck:
+            ck.fsck(store)
+    check_data(ck.client, ck.model, P, got, True, wl.blocksize)
+
+
+def check_flatfile(wl, ck, state, P, via_server, scratch):
+    disk = os.path.join(state, "disk.img")
+    if not os.path.exists(disk):
+        raise CheckFailure("disk.img is gone")
+    if via_server:
+        got = ck.read_server(via_server, "flatfile", ["file=" + disk],
+                             scratch)
+    else:
+        with open(disk, "rb") as f:
+            got = f.read()
+    check_data(ck.client, ck.model, P, got, False, 4096)
+
+
+def latest_image(ck, P):
+    """The volume as the client last wrote it before cut P."""
+    c = ck.client
+    img = bytearray(c.initial)
+    size = len(img)
+    for sent, params in ck.info["starts"]:
+        if ck.model.count(sent) < P:
+            for p in params:
+                if p.startswith("size="):
+                    size = max(size, int(p[5:]))
+    img.extend(bytes(size - len(img)))
+    for w in c.writes:
+        if ck.model.count(w.sent) < P:
+            img[w.off:w.off + len(w.data)] = w.data
+    return bytes(img)
+
+
+# ---- known findings ----
+#
+# Each is a bug in the store the simulator found, described in
+# README.md ("Findings").  A state failing as a known finding does not
+# fail its workload's TAP line (it is counted in the diagnostics); each
+# finding has a deterministic regression case below, expected to fail
+# (TAP TODO) until the store is fixed.  The classifiers are narrow on
+# purpose: anything they do not recognise is a new failure.
+
+FINDINGS = {
+    "F1": "store creation: a power cut before the superblock is published "
+          "can leave packs/ and volumes/ without it (the server then "
+          "refuses the directory), or the superblock without them",
+    "F2": "torn records in a pack older than the last two are indexed "
+          "when the index is rebuilt: fsck reports damage, and new "
+          "writes of that data deduplicate against them (EIO on read)",
+}
+
+
+def store_facts(store):
+    """What a classifier needs to know of a crash state, taken before
+    anything opened it."""
+    packs = os.path.join(store, "packs")
+    nums = []
+    if os.path.isdir(packs):
+        for n in os.listdir(packs):
+            if n.startswith("pack-") and n.endswith(".cas"):
+                nums.append(int(n[5:13]))
+    return {"superblock": os.path.exists(os.path.join(store, "superblock")),
+            "packs_dir": os.path.isdir(packs),
+            "volumes_dir": os.path.isdir(os.path.join(store, "volumes")),
+            "last_pack": max(nums) if nums else 0,
+            "index": os.path.exists(os.path.join(store, "index"))}
+
+
+_DAMAGE = re.compile(r"\bpack (\d+) offset \d+: (?:data "
+                     r"record|map node record|chunk) [0-9a-f]{64}: payload "
+                     r"(?:checksum|does not match)")
+
+
+def classify_cas(msg, facts):
+    """The known finding a failure message is an instance of, or None."""
+    if not facts["superblock"] and \
+            "is not a cas store (no superblock) and is not empty" in msg:
+        return "F1"
+    if facts["superblock"] and not (facts["packs_dir"] and
+                                    facts["volumes_dir"]) and \
+            ("/packs: No such file or directory" in msg or
+             "/volumes: No such file or directory" in msg):
+        return "F1"
+    if not facts["index"] and ("nbdcas fsck" in msg or
+                               "after the rewrite" in msg):
+        # Every damaged record the store could reach (fsck: not marked
+        # unreachable; casread: read after the rewrite) lies in a pack
+        # the index rebuild did not check payloads of.
+        reach = []
+        for m in _DAMAGE.finditer(msg):
+            eol = msg.find("\n", m.start())
+            if "(unreachable" not in msg[m.start():eol if eol >= 0 else None]:
+                reach.append(int(m.group(1)))
+        if reach and all(p <= facts["last_pack"] - 2 for p in reach):
+            if "nbdcas fsck" in msg and " bad reference" in msg and \
+                    ", 0 bad references" not in msg:
+                return None        # something worse than F2
+            return "F2"
+    return None
+
+
+def workload(name, **kw):
+    def deco(fn):
+        WORKLOADS[name] = Workload(name, fn, **kw)
+        return fn
+    return deco
+
+
+def get(name):
+    return WORKLOADS[name]
+
+
+def names(backend=None):
+    return [n for n, w in WORKLOADS.items()
+            if backend is None or w.backend == backend]
+
+
+BS = 4096
+
+
+def mixed_round(s, r, fua=False):
+    """One round of writes: full blocks, partial blocks across block
+    boundaries, an overwrite, zero and trim, all inside the first 256
+    blocks.  fua: make some of them FUA instead of flushing."""
+    base = (r * 37) % 200
+    s.write(base * BS, 3 * BS)                              # full blocks
+    s.write((base + 5) * BS + 1000, 5000, fua=fua)          # partial, 2 blocks
+    s.write((base + 1) * BS, BS)                            # overwrite
+    s.write(7 * BS + 512 * r, 512)                          # sub-block
+    s.zero((base + 2) * BS, BS, fua=fua)                    # whole block
+    s.zero((base + 5) * BS + 3000, 300)                     # partial zero
+    if s.wl.backend == "cas":
+        s.trim((base + 20) * BS, 2 * BS)
+    else:
+        # flatfile: a trim may do nothing (it is advisory); zero instead.
+        s.zero((base + 20) * BS, 2 * BS)
+
+
+@workload("cas-flush", backend="cas", server="minnbd", size=1 << 20)
+def cas_flush(s):
+    s.start()
+    for r in range(6):
+        mixed_round(s, r)
+        if r % 2 == 0:
+            s.flush()
+        s.write(((r * 11) % 250) * BS, 2 * BS)
+        s.flush()
+    s.stop()
+
+
+@workload("cas-fua", backend="cas", server="nbdkit", size=1 << 20)
+def cas_fua(s):
+    s.start()
+    for r in range(6):
+        mixed_round(s, r, fua=True)
+        s.write(((r * 13) % 250) * BS, 2 * BS, fua=True)
+    s.stop()
+
+
+@workload("cas-index", backend="cas", server="nbdkit", size=1 << 20)
+def cas_index(s):
+    # Clean stops save the index cache; the next start loads it and
+    # scans past its mark.  Some rounds end without a flush: the close
+    # commits them.
+    s.start()
+    for r in range(4):
+        mixed_round(s, r)
+        s.flush()
+        s.write(((r * 7) % 250) * BS, 4 * BS)
+        s.restart(server=("minnbd", "nbdkit")[r % 2])
+    s.write(100 * BS, 8 * BS)
+    s.stop()
+
+
+@workload("cas-rollover", backend="cas", server="minnbd", size=1 << 20,
+          env={"NBDCAS_PACK_SIZE": "65536"})
+def cas_rollover(s):
+    # 64 KiB packs hold 15 records of a 4 KiB block: each round fills
+    # two or three packs before its flush.
+    s.start()
+    for r in range(5):
+        for k in range(40):
+            s.write(((r * 40 + k) % 256) * BS, BS)
+        s.flush()
+        if r == 2:
+            s.restart()
+    s.stop()
+
+
+@workload("cas-grow", backend="cas", server="nbdkit", size=1 << 20)
+def cas_grow(s):
+    # 256 blocks (map depth 1), then 1280 (depth 2), then 1536.
+    s.start()
+    s.write(0, 4 * BS)
+    s.write((1 << 20) - BS, BS)
+    s.flush()
+    s.restart(size=5 << 20)
+    s.write((5 << 20) - 3 * BS, 3 * BS)
+    s.write(1 << 20, 2 * BS)
+    s.flush()
+    s.restart(size=6 << 20, server="minnbd")
+    s.write((11 << 19), 5 * BS)
+    s.stop()
+
+
+@workload("flatfile-flush", backend="flatfile", server="minnbd",
+          size=1 << 20)
+def flatfile_flush(s):
+    s.start()
+    for r in range(6):
+        mixed_round(s, r)
+        s.flush()
+        s.write(((r * 11) % 250) * BS + 100, 3 * BS)
+        if r % 2:
+            s.flush()
+    s.stop()
+
+
+@workload("flatfile-fua", backend="flatfile", server="nbdkit", size=1 << 20)
+def flatfile_fua(s):
+    s.start()
+    for r in range(6):
+        mixed_round(s, r, fua=True)
+        s.write(((r * 13) % 250) * BS + 7, 2 * BS, fua=True)
+    s.stop()
+
+
+# ---- regression cases: one per finding (or per way to hit it) ----
+
+def _index_of(model, pred, what):
+    for i, e in enumerate(model.entries):
+        if pred(e):
+            return i
+    raise powerloss.ModelError("regression case: no %s in the log" % what)
+
+
+def _superblock_rename(model):
+    return _index_of(model, lambda e: e.type == powerloss.RENAME and
+                     e.path2.endswith("/store/superblock"),
+                     "rename of the superblock")
+
+
+def _first_flush_of_three_packs(model):
+    """The cut right before the first flush that has to sync three or
+    more packs: everything since the last flush is written, none of it
+    synced."""
+    syncs = [i for i, e in enumerate(model.entries)
+             if e.type == powerloss.SYNC_BEGIN and "/packs/pack-" in e.path
+             and e.a == powerloss.SYNC_FDATASYNC and
+             model.entries[i - 1].type in (powerloss.WRITE,
+                                           powerloss.SYNC_END)]
+    for i in syncs:
+        run = 0
+        j = i
+        while model.entries[j].type in (powerloss.SYNC_BEGIN,
+                                        powerloss.SYNC_END):
+            run += model.entries[j].type == powerloss.SYNC_BEGIN
+            j += 1
+        if run >= 3 and model.entries[i].path.endswith("pack-00000001.cas"):
+            return i
+    raise powerloss.ModelError("regression case: no flush of 3 packs")
+
+
+def _tear_first_record(path, sec, lo, hi):
+    # Pack 1's first record: header at 64, payload from 128; its second
+    # sector (bytes 512..1023, payload) keeps its durable value (zeros),
+    # everything else written reaches the disk.
+    if path.endswith("/packs/pack-00000001.cas") and sec == 1:
+        return lo
+    return None
+
+
+REGRESSIONS = [
+    powerloss.Regression(
+        "F1", "cut between mkdir packs/ and the superblock's rename: the "
+        "server refuses the directory ('not a cas store ... not empty')",
+        "cas-flush", _superblock_rename,
+        {"ns": lambda op: op.kind == "mkdir"}),
+    powerloss.Regression(
+        "F1", "the superblock's rename survives the cut, mkdir packs/ "
+        "does not (no fsync of the store directory between them)",
+        "cas-flush", lambda m: _superblock_rename(m) + 1,
+        {"ns": lambda op: op.kind == "rename"}),
+    powerloss.Regression(
+        "F2", "cut before a flush of 3 packs, one sector of pack 1 lost: "
+        "fsck finds a reachable damaged record",
+        "cas-rollover", _first_flush_of_three_packs,
+        {"latest": 1.0, "floor": 0.0, "ns": 0.0,
+         "sector": _tear_first_record}),
+    powerloss.Regression(
+        "F2", "same state: writing the data again and flushing, then "
+        "reading it back fails with EIO (the write deduplicated against "
+        "the torn record)",
+        "cas-rollover", _first_flush_of_three_packs,
+        {"latest": 1.0, "floor": 0.0, "ns": 0.0,
+         "sector": _tear_first_record}, rewrite=True, skip_fsck=True),
+]
