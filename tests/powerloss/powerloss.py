@@ -791,10 +791,14 @@ def check_data(client, model, P, got, whole_volume, blocksize):
                      client.points.index(req))):
                 cands.append(d.image)
 
-        def pad(img):
-            return img + bytes(len(got) - len(img)) \
-                if len(img) < len(got) else img
-        if not any(pad(c) == got for c in cands):
+        def same(img):
+            # img, then zeros (a volume grown since) up to the read size.
+            n = len(img)
+            return n <= len(got) and got.startswith(img) and \
+                got.count(0, n) == len(got) - n
+        if not any(same(c) for c in cands):
+            def pad(img):
+                return img + bytes(len(got) - len(img))
             best = max(cands, key=lambda c: _first_diff(pad(c), got))
             i = _first_diff(pad(best), got)
             raise CheckFailure(
@@ -1309,15 +1313,17 @@ def run_workload(tap, wl, ncuts, seed, jobs, findings):
 
 
 class Regression:
-    """A known finding reproduced on purpose: a workload, a cut point
-    found in its log (locate(model) -> P), and forced choices (force: see
-    Policy).  Reported as an expected failure (TAP TODO) while the state
-    fails as the finding says; once it passes, the TODO line is an
-    unexpected pass (a failure), and the case should lose its TODO."""
+    """A finding reproduced on purpose: a workload, a cut point found in
+    its logs (locate(model, client log) -> P), and forced choices (force: see Policy).
+    Reported as an expected failure (TAP TODO) while the state fails as
+    the finding says; once it passes, the TODO line is an unexpected pass
+    (a failure): mark the case fixed=True, and from then on it is a plain
+    test that must pass."""
 
     def __init__(self, finding, text, workload, locate, force, rewrite=False,
-                 skip_fsck=False):
+                 skip_fsck=False, fixed=False):
         self.finding, self.text = finding, text
+        self.fixed = fixed
         self.workload = workload
         self.locate, self.force, self.rewrite = locate, force, rewrite
         self.skip_fsck = skip_fsck
@@ -1331,14 +1337,16 @@ def run_regression(tap, reg, wl):
         ck = Checker(wl, rec)
         ck.check_complete()
         ck.skip_fsck = reg.skip_fsck
-        P = reg.locate(ck.model)
+        P = reg.locate(ck.model, ck.client)
         scratch = os.path.join(tmp, "scratch")
         os.makedirs(scratch)
         r = ck.check_state(StateBuilder(ck.model), P, 0, scratch,
                            rewrite=reg.rewrite, force=reg.force)
-        if r is None:
+        if reg.fixed:
+            tap.ok(r is None, desc, "cut %d: %s" % (P, r[0]) if r else None)
+        elif r is None:
             tap.todo(True, desc, reg.finding, "the state at cut %d passes: "
-                     "the finding is fixed; drop the TODO" % P)
+                     "the finding is fixed; mark the case fixed" % P)
         elif r[1] == reg.finding:
             tap.todo(False, desc, reg.finding, "cut %d: %s" % (P, r[0]))
         else:
