@@ -14,7 +14,7 @@
 #  4. a real recording with one sync dropped from its log: for cas the
 #     pack fdatasync before a root is published, for flatfile a flush's
 #     fdatasync.  A state at the cut right after the acknowledgement
-#     must fail.
+#     must fail; and a flatfile FUA write logged without RWF_DSYNC.
 import os
 import shutil
 import subprocess
@@ -229,6 +229,33 @@ def test_dropped_sync(tmp, name):
         which, entries[end], P2)
 
 
+def test_fua_not_durable(tmp):
+    """flatfile-fua with the DSYNC flag taken off its first FUA write in
+    the log (as if the server had written it without RWF_DSYNC): the
+    cut right after that write's acknowledgement, nothing unsynced
+    surviving, must fail; with the flag, it passes."""
+    wl = workloads.get("flatfile-fua")
+    rec = powerloss.record(wl, os.path.join(tmp, "rec"))
+    ck = powerloss.Checker(wl, rec)
+    ck.check_complete()
+    fua = next(d for d in ck.client.points if d.kind == "range")
+    P = ck.model.count(fua.acked)
+    force = {"latest": 0.0, "floor": 1.0, "ns": 0.0}
+    scratch = os.path.join(tmp, "scratch")
+    os.makedirs(scratch)
+    r = ck.check_state(StateBuilder(ck.model), P, 0, scratch, force=force)
+    assert r is None, "cut %d fails with RWF_DSYNC: %s" % (P, r[0])
+    n = 0
+    for ino in ck.model.inodes:
+        for k, (i, op) in enumerate(ino.ops):
+            if i < P and len(op) > 3 and op[3] == "dsync":
+                ino.ops[k] = (i, op[:3])
+                n += 1
+    assert n, "no RWF_DSYNC write in the log"
+    r = ck.check_state(StateBuilder(ck.model), P, 0, scratch, force=force)
+    assert r is not None, "a FUA write that was not durable went unnoticed"
+
+
 def main():
     why = powerloss.prerequisites()
     if why:
@@ -249,6 +276,8 @@ def main():
          lambda t: test_dropped_sync(t, "cas-flush")),
         ("flatfile with a flush's fdatasync dropped is caught",
          lambda t: test_dropped_sync(t, "flatfile-flush")),
+        ("flatfile with a FUA write not durable is caught",
+         test_fua_not_durable),
     ]
     tap = powerloss.TAP(len(cases))
     for desc, fn in cases:

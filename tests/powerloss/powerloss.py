@@ -842,7 +842,7 @@ class Session:
     every request is logged (writes, and the recorder log's size when a
     flush or FUA is acknowledged)."""
 
-    def __init__(self, wl, rec):
+    def __init__(self, wl, rec, initial=None):
         import nbdtest
         self.nbdtest = nbdtest
         self.wl = wl
@@ -852,14 +852,10 @@ class Session:
         self.srv = None
         self.h = None
         self.rng = random.Random(wl.name)
-        self.client = ClientLog(self._initial())
+        self.client = ClientLog(initial if initial is not None
+                                else bytes(self.size))
         self.env = dict(wl.env)
         self.starts = []
-
-    def _initial(self):
-        if self.wl.backend == "flatfile":
-            return bytes(self.size)
-        return bytes(self.size)
 
     # -- data --
 
@@ -980,10 +976,10 @@ def record(wl, path):
     os.makedirs(path)
     rec = Recording(path)
     os.makedirs(rec.root)
-    wl.prepare(rec.root)
+    initial = wl.prepare(rec.root)
     shutil.copytree(rec.root, rec.baseline, symlinks=True)
     open(rec.log, "wb").close()
-    s = Session(wl, rec)
+    s = Session(wl, rec, initial)
     try:
         wl.body(s)
     finally:

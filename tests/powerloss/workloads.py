@@ -11,6 +11,7 @@
 
 import os
 import re
+import shutil
 
 import powerloss
 from powerloss import CheckFailure, check_data
@@ -26,7 +27,7 @@ class Workload:
 
     def __init__(self, name, body, backend, server, size, blocksize=4096,
                  env=None, servers=("minnbd", "nbdkit"), store_dir=True,
-                 ci=True):
+                 ci=True, base=None):
         self.name = name
         self.body = body
         self.backend = backend
@@ -43,10 +44,17 @@ class Workload:
         self.store_dir = store_dir
         # False: only for regression cases, not run by the test scripts.
         self.ci = ci
+        # (workload, locate, force): start from the state a power cut
+        # left in another workload's recording (see _prepare_from).
+        self.base = base
+        self.pending = []
 
     def prepare(self, root):
         """The recorded directory before the server first starts (all
-        of it durable)."""
+        of it durable).  Returns the volume's initial contents (None:
+        zeros)."""
+        if self.base:
+            return self._prepare_from(root)
         if self.backend == "cas":
             # The store's own directory exists: the server fills it.
             if self.store_dir:
@@ -54,6 +62,41 @@ class Workload:
         else:
             with open(os.path.join(root, "disk.img"), "wb") as f:
                 f.truncate(self.size)
+
+    def _prepare_from(self, root):
+        """Record the base workload, build the state its cut point and
+        forced choices give (always with seed 1), and start from it: the
+        recovery of a crashed store is then itself under power loss.
+        self.pending: the writes the base's client had sent before the
+        cut (a client after a crash writes them again)."""
+        name, locate, force = self.base
+        bw = get(name)
+        work = os.path.join(os.path.dirname(root), "base")
+        rec = powerloss.record(bw, os.path.join(work, "rec"))
+        ck = powerloss.Checker(bw, rec)
+        ck.check_complete()
+        P = locate(ck.model, ck.client)
+        state = os.path.join(work, "state")
+        powerloss.StateBuilder(ck.model).build(P, 1, state, force)
+        shutil.copytree(state, os.path.join(work, "copy"))
+        for n in os.listdir(state):
+            shutil.move(os.path.join(state, n), os.path.join(root, n))
+        # The volume as the server will find it: open a copy.
+        out = os.path.join(work, "volume")
+        p = powerloss.subprocess.run(
+            [os.environ["PLR_CASREAD"], os.path.join(work, "copy", "store"),
+             "default", str(self.size), str(self.blocksize), out],
+            capture_output=True, text=True, timeout=300,
+            env=dict(os.environ, **self.env))
+        if p.returncode != 0:
+            raise RuntimeError("the base state (%s at cut %d) does not "
+                               "open: %s" % (name, P, p.stderr))
+        with open(out, "rb") as f:
+            initial = f.read()
+        self.pending = [w for w in ck.client.writes
+                        if ck.model.count(w.sent) < P]
+        shutil.rmtree(work)
+        return initial
 
     def server_params(self, root, size):
         if self.backend == "cas":
@@ -315,6 +358,42 @@ def cas_create(s):
     s.stop()
 
 
+def recover(s):
+    # The server recovers the crashed store (cuts torn tails, rebuilds
+    # or checks the index); the client writes again what it had sent
+    # before the crash, then more, with flushes.
+    s.start()
+    for k, w in enumerate(s.wl.pending):
+        s.write(w.off, w.data)
+        if k % 25 == 24:
+            s.flush()
+    s.flush()
+    for k in range(20):
+        s.write(((k * 5) % 256) * BS, BS)
+    s.flush()
+    s.stop()
+
+
+@workload("cas-recover", backend="cas", server="nbdkit", size=1 << 20,
+          env={"NBDCAS_PACK_SIZE": "65536"},
+          base=("cas-rollover", lambda m, c: _first_flush_of_three_packs(m),
+                {"latest": 0.5, "floor": 0.3, "ns": 0.0}))
+def cas_recover(s):
+    # From cas-rollover cut before its first flush of three packs (no
+    # index cache; torn records in all three).
+    recover(s)
+
+
+@workload("cas-recover-index", backend="cas", server="minnbd",
+          size=1 << 20, env={"NBDCAS_PACK_SIZE": "65536"},
+          base=("cas-rollover", lambda m, c: _last_flush(m),
+                {"latest": 0.5, "floor": 0.3, "ns": 0.0}))
+def cas_recover_index(s):
+    # From cas-rollover cut before its last flush (after a restart: the
+    # index cache of the first session is there).
+    recover(s)
+
+
 @workload("flatfile-flush", backend="flatfile", server="minnbd",
           size=1 << 20)
 def flatfile_flush(s):
@@ -377,6 +456,18 @@ def _first_flush_ack(model, client):
     """The cut right after the first flush was acknowledged."""
     return next(model.count(d.acked) for d in client.points
                 if d.what.startswith("flush"))
+
+
+def _last_flush(model):
+    """The cut right before the last flush's first pack sync."""
+    last = None
+    for i, e in enumerate(model.entries):
+        if e.type == powerloss.SYNC_BEGIN and "/packs/pack-" in e.path and \
+                model.entries[i - 1].type == powerloss.WRITE:
+            last = i
+    if last is None:
+        raise powerloss.ModelError("no flush in the log")
+    return last
 
 
 def _tear_first_record(path, sec, lo, hi):
