@@ -265,11 +265,17 @@ class Model:
             node.ops.append((i, op))
             apply_data(node.current, op)
 
-        def by_fd(i, e):
-            node = fds.get((e.pid, e.fd))
+        def by_fd(i, e, fd=None):
+            node = fds.get((e.pid, e.fd if fd is None else fd))
             if node is None:
                 raise ModelError("entry %d: %s: an fd the log never opened "
                                  "(a call the recorder missed?)" % (i, e))
+            # The recorder logs the fd's path as the kernel sees it: the
+            # model must agree on which file that is.
+            if (fd is None and e.path and not e.path.endswith(" (deleted)")
+                    and names.get(e.path) is not node):
+                raise ModelError("entry %d: %s: the kernel says the fd is "
+                                 "%s, the model disagrees" % (i, e, e.path))
             return node
 
         for i, e in enumerate(self.entries):
@@ -298,8 +304,7 @@ class Model:
             elif t == CLOSE:
                 fds.pop((e.pid, e.fd), None)
             elif t == DUP:
-                fds[(e.pid, e.fd)] = by_fd(i, type("E", (), {
-                    "pid": e.pid, "fd": e.a, "__str__": lambda s: str(e)})())
+                fds[(e.pid, e.fd)] = by_fd(i, e, fd=e.a)
             elif t == WRITE:
                 node = by_fd(i, e)
                 op = ("write", e.a, e.data)
@@ -968,6 +973,26 @@ class Session:
     def restart(self, size=None, server=None):
         self.stop()
         return self.start(size=size, server=server)
+
+    def recorded_env(self):
+        """The environment of a recorded process."""
+        env = dict(os.environ)
+        env["LD_PRELOAD"] = os.environ["PLR_RECORDER"]
+        env["PLR_DIR"] = self.rec.root
+        env["PLR_LOG"] = self.rec.log
+        env.update(self.env)
+        return env
+
+    def nbdcas(self, *args):
+        """Run the nbdcas tool on the store, recorded (the server must
+        be stopped); STORE in args is replaced by the store's path.
+        Returns its CompletedProcess."""
+        store = os.path.join(self.rec.root, "store")
+        argv = [os.environ["NBDCAS"]] + [store if a == "STORE" else a
+                                         for a in args]
+        return subprocess.run(argv, env=self.recorded_env(),
+                              stdin=subprocess.DEVNULL, capture_output=True,
+                              text=True, timeout=300)
 
 
 def record(wl, path):

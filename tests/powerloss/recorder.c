@@ -20,6 +20,14 @@
  *     SYNC_END (with its errno) after it.  A sync covers what was logged
  *     before its SYNC_BEGIN, once its SYNC_END is logged.
  *
+ * Order: the log's order is an order the calls could have taken effect
+ * in.  A data write is logged after it completed (before its caller can
+ * act on it); a sync's begin before the call.  Name operations (opens,
+ * creates, renames, unlinks, mkdirs, links, closes) hold the log's lock
+ * across the call itself, so their order is exact: an open racing a
+ * rename of the same name finds the file the log says it found, and a
+ * close is logged before another thread's open can reuse its number.
+ *
  * Streams: glibc's stdio writes through internal calls no preload can
  * see, so a stream opened for writing under PLR_DIR is re-made with
  * fopencookie over a plain fd whose writes go through write() here
@@ -32,8 +40,8 @@
  * Log format: entries back to back, each a struct plr_entry (host byte
  * order: the log is read on the machine that wrote it), then path, path2
  * and data (lengths in the header), then zero padding to 8 bytes.  One
- * entry is one write(2) to an O_APPEND file under a process-wide lock, so
- * the log is totally ordered and never holds a partial entry; several
+ * entry is one writev(2) to an O_APPEND file under a process-wide lock,
+ * so the log is totally ordered and never holds a partial entry; several
  * processes (a server, restarted) append to one log one after the other.
  * A failure to log aborts the process: a log with a hole proves nothing.
  *
@@ -192,7 +200,8 @@ fd_watched (int fd, char *path, size_t size)
 
 /* ---- the log ---- */
 
-static pthread_mutex_t log_lock = PTHREAD_MUTEX_INITIALIZER;
+/* Recursive: name operations hold it across the call (names_lock). */
+static pthread_mutex_t log_lock = PTHREAD_RECURSIVE_MUTEX_INITIALIZER_NP;
 static int log_fd = -1;
 static uint64_t log_seq;
 
@@ -296,6 +305,42 @@ fd_sync_flags (int fd)
   return r;
 }
 
+/* ---- name operations ----
+ *
+ * Opens, creates, renames, unlinks, mkdirs, links and closes under the
+ * directory run with the log locked, call and entry together: the log's
+ * order of them is then the order they took effect in.  (An open racing
+ * a rename of the same name in another thread must find the file the
+ * log says it found; a close must be logged before its fd number can be
+ * reused by another thread's open.)  Data writes and syncs need no such
+ * care: each is logged after it completed, before its caller can act
+ * on it, and a sync's begin entry precedes the call.
+ */
+
+static bool
+names_lock (int dirfd, const char *path, int dirfd2, const char *path2)
+{
+  char p[PATH_MAX];
+  bool ours;
+
+  abs_path (dirfd, path, p, sizeof p);
+  ours = under (p);
+  if (!ours && path2) {
+    abs_path (dirfd2, path2, p, sizeof p);
+    ours = under (p);
+  }
+  if (ours)
+    pthread_mutex_lock (&log_lock);
+  return ours;
+}
+
+static void
+names_unlock (bool locked)
+{
+  if (locked)
+    pthread_mutex_unlock (&log_lock);
+}
+
 /* ---- open ---- */
 
 static int
@@ -323,6 +368,17 @@ mode_arg (int flags, va_list ap)
   return (flags & (O_CREAT | __O_TMPFILE)) ? va_arg (ap, mode_t) : 0;
 }
 
+/* Make the real call with the log locked if the path is ours, log the
+ * open, return the fd.
+ */
+#define OPEN_CALL(dirfd, path, flags, mode, call)                       \
+  do {                                                                  \
+    bool locked_ = names_lock (dirfd, path, AT_FDCWD, NULL);            \
+    int fd_ = after_open (call, dirfd, path, flags, mode);              \
+    names_unlock (locked_);                                             \
+    return fd_;                                                         \
+  } while (0)
+
 int
 open (const char *path, int flags, ...)
 {
@@ -333,8 +389,7 @@ open (const char *path, int flags, ...)
   va_start (ap, flags);
   mode = mode_arg (flags, ap);
   va_end (ap);
-  return after_open (real_open (path, flags, mode), AT_FDCWD, path, flags,
-                     mode);
+  OPEN_CALL (AT_FDCWD, path, flags, mode, real_open (path, flags, mode));
 }
 
 int
@@ -347,8 +402,7 @@ open64 (const char *path, int flags, ...)
   va_start (ap, flags);
   mode = mode_arg (flags, ap);
   va_end (ap);
-  return after_open (real_open64 (path, flags, mode), AT_FDCWD, path, flags,
-                     mode);
+  OPEN_CALL (AT_FDCWD, path, flags, mode, real_open64 (path, flags, mode));
 }
 
 int
@@ -361,8 +415,8 @@ openat (int dirfd, const char *path, int flags, ...)
   va_start (ap, flags);
   mode = mode_arg (flags, ap);
   va_end (ap);
-  return after_open (real_openat (dirfd, path, flags, mode), dirfd, path,
-                     flags, mode);
+  OPEN_CALL (dirfd, path, flags, mode,
+             real_openat (dirfd, path, flags, mode));
 }
 
 int
@@ -375,8 +429,8 @@ openat64 (int dirfd, const char *path, int flags, ...)
   va_start (ap, flags);
   mode = mode_arg (flags, ap);
   va_end (ap);
-  return after_open (real_openat64 (dirfd, path, flags, mode), dirfd, path,
-                     flags, mode);
+  OPEN_CALL (dirfd, path, flags, mode,
+             real_openat64 (dirfd, path, flags, mode));
 }
 
 /* _FORTIFY_SOURCE entry points (no mode: they refuse O_CREAT). */
@@ -389,30 +443,28 @@ int
 __open_2 (const char *path, int flags)
 {
   REAL (__open_2);
-  return after_open (real___open_2 (path, flags), AT_FDCWD, path, flags, 0);
+  OPEN_CALL (AT_FDCWD, path, flags, 0, real___open_2 (path, flags));
 }
 
 int
 __open64_2 (const char *path, int flags)
 {
   REAL (__open64_2);
-  return after_open (real___open64_2 (path, flags), AT_FDCWD, path, flags, 0);
+  OPEN_CALL (AT_FDCWD, path, flags, 0, real___open64_2 (path, flags));
 }
 
 int
 __openat_2 (int dirfd, const char *path, int flags)
 {
   REAL (__openat_2);
-  return after_open (real___openat_2 (dirfd, path, flags), dirfd, path,
-                     flags, 0);
+  OPEN_CALL (dirfd, path, flags, 0, real___openat_2 (dirfd, path, flags));
 }
 
 int
 __openat64_2 (int dirfd, const char *path, int flags)
 {
   REAL (__openat64_2);
-  return after_open (real___openat64_2 (dirfd, path, flags), dirfd, path,
-                     flags, 0);
+  OPEN_CALL (dirfd, path, flags, 0, real___openat64_2 (dirfd, path, flags));
 }
 
 int
@@ -637,11 +689,14 @@ do_rename (int olddir, const char *old, int newdir, const char *new,
   char a[PATH_MAX], b[PATH_MAX];
   int r;
 
+  bool l = names_lock (olddir, old, newdir, new);
+
   abs_path (olddir, old, a, sizeof a);
   abs_path (newdir, new, b, sizeof b);
   r = syscall (SYS_renameat2, olddir, old, newdir, new, flags);
   if (r == 0 && (under (a) || under (b)))
     log_entry (PLR_RENAME, -1, 0, flags, 0, 0, a, b, NULL, 0, NULL);
+  names_unlock (l);
   return r;
 }
 
@@ -670,11 +725,14 @@ do_unlink (int dirfd, const char *p, int flags)
   char path[PATH_MAX];
   int r;
 
+  bool l = names_lock (dirfd, p, AT_FDCWD, NULL);
+
   abs_path (dirfd, p, path, sizeof path);
   r = syscall (SYS_unlinkat, dirfd, p, flags);
   if (r == 0 && under (path))
     log_entry (PLR_UNLINK, -1, 0, (flags & AT_REMOVEDIR) != 0, 0, 0, path,
                NULL, NULL, 0, NULL);
+  names_unlock (l);
   return r;
 }
 
@@ -702,10 +760,13 @@ mkdirat (int dirfd, const char *p, mode_t mode)
   char path[PATH_MAX];
   int r;
 
+  bool l = names_lock (dirfd, p, AT_FDCWD, NULL);
+
   abs_path (dirfd, p, path, sizeof path);
   r = syscall (SYS_mkdirat, dirfd, p, mode);
   if (r == 0 && under (path))
     log_entry (PLR_MKDIR, -1, 0, mode, 0, 0, path, NULL, NULL, 0, NULL);
+  names_unlock (l);
   return r;
 }
 
@@ -721,11 +782,14 @@ linkat (int olddir, const char *old, int newdir, const char *new, int flags)
   char a[PATH_MAX], b[PATH_MAX];
   int r;
 
+  bool l = names_lock (olddir, old, newdir, new);
+
   abs_path (olddir, old, a, sizeof a);
   abs_path (newdir, new, b, sizeof b);
   r = syscall (SYS_linkat, olddir, old, newdir, new, flags);
   if (r == 0 && (under (a) || under (b)))
     log_entry (PLR_LINK, -1, 0, flags, 0, 0, a, b, NULL, 0, NULL);
+  names_unlock (l);
   return r;
 }
 
@@ -741,15 +805,19 @@ int
 close (int fd)
 {
   char path[PATH_MAX];
-  bool w = fd_watched (fd, path, sizeof path);
   int r;
   REAL (close);
 
+  if (!fd_watched (fd, path, sizeof path))
+    return real_close (fd);
+  /* Logged first, and with the log locked until the fd is gone: once it
+   * is, another thread's open may get the same number.  close releases
+   * the fd even when it reports an error.
+   */
+  pthread_mutex_lock (&log_lock);
+  log_entry (PLR_CLOSE, fd, 0, 0, 0, 0, path, NULL, NULL, 0, NULL);
   r = real_close (fd);
-  /* Logged even if close reports an error: the fd is gone anyway. */
-  if (w)
-    log_entry (PLR_CLOSE, fd, r == 0 ? 0 : errno, 0, 0, 0, path, NULL, NULL,
-               0, NULL);
+  pthread_mutex_unlock (&log_lock);
   return r;
 }
 
@@ -770,35 +838,37 @@ dup (int fd)
   return after_dup (real_dup (fd), fd);
 }
 
+/* dup2/dup3 over a watched fd close it first (atomically). */
+static int
+dup_over (int fd, int fd2, int flags, bool three)
+{
+  char path[PATH_MAX];
+  bool w = fd != fd2 && fd_watched (fd2, path, sizeof path);
+  int r;
+  REAL (dup2);
+  REAL (dup3);
+
+  if (w) {
+    pthread_mutex_lock (&log_lock);
+    log_entry (PLR_CLOSE, fd2, 0, 0, 0, 0, path, NULL, NULL, 0, NULL);
+  }
+  r = three ? real_dup3 (fd, fd2, flags) : real_dup2 (fd, fd2);
+  r = after_dup (r, fd);
+  if (w)
+    pthread_mutex_unlock (&log_lock);
+  return r;
+}
+
 int
 dup2 (int fd, int fd2)
 {
-  char path[PATH_MAX];
-  REAL (dup2);
-
-  /* dup2 over a watched fd closes it. */
-  if (fd != fd2 && fd_watched (fd2, path, sizeof path)) {
-    int r = real_dup2 (fd, fd2);
-    if (r >= 0)
-      log_entry (PLR_CLOSE, fd2, 0, 0, 0, 0, path, NULL, NULL, 0, NULL);
-    return after_dup (r, fd);
-  }
-  return after_dup (real_dup2 (fd, fd2), fd);
+  return dup_over (fd, fd2, 0, false);
 }
 
 int
 dup3 (int fd, int fd2, int flags)
 {
-  char path[PATH_MAX];
-  REAL (dup3);
-
-  if (fd_watched (fd2, path, sizeof path)) {
-    int r = real_dup3 (fd, fd2, flags);
-    if (r >= 0)
-      log_entry (PLR_CLOSE, fd2, 0, 0, 0, 0, path, NULL, NULL, 0, NULL);
-    return after_dup (r, fd);
-  }
-  return after_dup (real_dup3 (fd, fd2, flags), fd);
+  return dup_over (fd, fd2, flags, true);
 }
 
 /* ---- syncs ---- */

@@ -394,6 +394,21 @@ def cas_recover_index(s):
     recover(s)
 
 
+@workload("cas-repair", backend="cas", server="minnbd", size=1 << 20,
+          env={"NBDCAS_PACK_SIZE": "65536"},
+          base=("cas-rollover", lambda m, c: _first_flush_of_three_packs(m),
+                {"latest": 0.5, "floor": 0.3, "ns": 0.0}))
+def cas_repair(s):
+    # From the same torn state as cas-recover, `nbdcas fsck --repair`
+    # first (it cuts torn tails, drops damaged records from the index and
+    # rewrites the index cache), then the server and the client.
+    p = s.nbdcas("fsck", "--repair", "STORE")
+    if p.returncode not in (0, 1):
+        raise RuntimeError("nbdcas fsck --repair: exit %d: %s%s" % (
+            p.returncode, p.stdout, p.stderr))
+    recover(s)
+
+
 @workload("flatfile-flush", backend="flatfile", server="minnbd",
           size=1 << 20)
 def flatfile_flush(s):
