@@ -616,20 +616,24 @@ class StateBuilder:
 class DurabilityPoint:
     """A moment after which data must survive: kind "flush" (a flush, a
     cas FUA write, a cas clean close, a server start that created or grew
-    the volume: the whole image is durable) or "range" (a flatfile FUA
-    write: only its bytes).  nwrites: writes before it; image: the
-    volume then (barriers only)."""
+    the volume: every write acknowledged before it was sent is durable
+    once it is acknowledged) or "range" (a flatfile FUA write: only its
+    own bytes).  size: the volume's size then."""
 
-    def __init__(self, kind, what, sent, acked, nwrites, image=None,
-                 rng=None):
+    def __init__(self, kind, what, sent, acked, size, write=None):
         self.kind, self.what = kind, what
         self.sent, self.acked = sent, acked      # log byte positions
-        self.nwrites = nwrites
-        self.image = image
-        self.range = rng                         # (offset, data)
+        self.size = size
+        self.write = write                       # range: the Write
 
 
 class Write:
+    """A write (or zero, or trim: data is zeros).  n: its place in the
+    order the client sent them; sent, acked: the recorder log's size
+    just before it was sent and when its reply was seen (None: never).
+    Writes whose byte ranges overlap are never in flight together, so
+    each byte's writes are totally ordered by n."""
+
     def __init__(self, n, off, data, sent, acked, what):
         self.n, self.off, self.data = n, off, data
         self.sent, self.acked = sent, acked
@@ -639,32 +643,58 @@ class Write:
 class ClientLog:
     def __init__(self, initial):
         self.initial = bytes(initial)
-        self.image = bytearray(initial)
+        self.size = len(initial)
         self.writes = []
         self.points = []
-        self.starts = []           # (sent position, params)
+        # Requests one at a time: then a cas volume after a crash is the
+        # volume as of one flush exactly.  Workloads with requests in
+        # flight clear it.
+        self.sequential = True
+        self._images = {}
 
     def write(self, off, data, sent, acked, what):
+        if off + len(data) > self.size:
+            raise ValueError("write past the end")
         w = Write(len(self.writes), off, bytes(data), sent, acked, what)
         self.writes.append(w)
-        end = off + len(data)
-        if end > len(self.image):
-            raise ValueError("write past the end")
-        self.image[off:end] = data
         return w
 
     def barrier(self, what, sent, acked):
         self.points.append(DurabilityPoint("flush", what, sent, acked,
-                                           len(self.writes),
-                                           bytes(self.image)))
+                                           self.size))
 
     def range_point(self, w):
         self.points.append(DurabilityPoint("range", w.what, w.sent, w.acked,
-                                           w.n + 1, rng=(w.off, w.data)))
+                                           self.size, w))
 
     def grow(self, size):
-        if size > len(self.image):
-            self.image.extend(bytes(size - len(self.image)))
+        self.size = max(self.size, size)
+
+    def required(self, d):
+        """The writes barrier d makes durable: those acknowledged before
+        it was sent (all writes, for a sequential client)."""
+        if d is None:
+            return []
+        return [w for w in self.writes
+                if w.acked is not None and w.acked <= d.sent]
+
+    def image(self, d):
+        """The volume as barrier d makes it durable (None: initially)."""
+        key = id(d)
+        img = self._images.get(key)
+        if img is None:
+            img = bytearray(self.initial)
+            if d is not None and d.size > len(img):
+                img.extend(bytes(d.size - len(img)))
+            for w in self.required(d):
+                img[w.off:w.off + len(w.data)] = w.data
+            img = self._images[key] = bytes(img)
+        return img
+
+    def __getstate__(self):
+        st = dict(self.__dict__)
+        st["_images"] = {}
+        return st
 
 
 # ---- checking a state ----
@@ -718,38 +748,38 @@ _ALL_ONES = _Ones()
 
 def check_data(client, model, P, got, whole_volume, blocksize):
     """Raise CheckFailure unless the volume read at cut P (bytes got) is
-    one the client may see: every byte as of the last durability point
-    acknowledged before P, or written after it; with whole_volume (cas:
-    a root is published atomically), the whole volume as of one
-    barrier."""
+    one the client may see: every byte as of the last barrier
+    acknowledged before P, or as written by a write not covered by it
+    (sent before P).  whole_volume (cas: a root is published atomically,
+    a block is written atomically): with a sequential client, the whole
+    volume as of one barrier; otherwise each block as of some point of
+    its own history."""
     count = model.count
     req = None
     for d in client.points:
         if d.kind == "flush" and count(d.acked) <= P:
             req = d
-    if req is None:
-        floor = bytearray(client.initial)
-        nreq = 0
-        req_what = "the initial contents"
-    else:
-        floor = bytearray(req.image)
-        nreq = req.nwrites
-        req_what = "%s (acknowledged at log entry %d <= cut %d)" % (
-            req.what, count(req.acked), P)
+    floor = bytearray(client.image(req))
+    covered = {w.n for w in client.required(req)}
+    req_what = "%s (acknowledged at log entry %d <= cut %d)" % (
+        req.what, count(req.acked), P) if req else "the initial contents"
     if len(got) < len(floor):
         raise CheckFailure("the volume is %d bytes, but %s made it %d" % (
             len(got), req_what, len(floor)))
     floor.extend(bytes(len(got) - len(floor)))
-    # Writes that may have reached the server before the cut.
-    later = [w for w in client.writes[nreq:] if count(w.sent) < P]
+    # Writes that may have reached the server before the cut, and are
+    # not covered by the barrier.
+    later = [w for w in client.writes
+             if w.n not in covered and count(w.sent) < P]
     # Flatfile FUA writes acknowledged before the cut raise the floor of
-    # their own bytes.
+    # their own bytes: (start, end, n of the write).
     raised = []
     for d in client.points:
-        if d.kind == "range" and d.nwrites > nreq and count(d.acked) <= P:
-            off, data = d.range
-            floor[off:off + len(data)] = data
-            raised.append((off, off + len(data), d.nwrites))
+        w = d.write
+        if d.kind == "range" and w.n not in covered and \
+                count(d.acked) <= P:
+            floor[w.off:w.off + len(w.data)] = w.data
+            raised.append((w.off, w.off + len(w.data), w.n))
     if bytes(floor) != got:
         step = 4096
         for lo in range(0, len(got), step):
@@ -765,7 +795,7 @@ def check_data(client, model, P, got, whole_volume, blocksize):
                 # under a FUA write acknowledged after it.
                 spans = [(max(lo, w.off), min(hi, w.off + len(w.data)))]
                 for r in rs:
-                    if w.n < r[2]:
+                    if w.n <= r[2]:
                         spans = [p for a, b in spans
                                  for p in ((a, min(b, r[0])),
                                            (max(a, r[1]), b)) if p[0] < p[1]]
@@ -775,41 +805,72 @@ def check_data(client, model, P, got, whole_volume, blocksize):
             if ok == _ALL_ONES[hi - lo]:
                 continue
             i = lo + _first_clear(ok, hi - lo)
-            start = nreq
+            start = -1
             for r in rs:
                 if r[0] <= i < r[1]:
                     start = max(start, r[2])
             cands = sorted({w.data[i - w.off] for w in ws
-                            if w.n >= start and
+                            if w.n > start and
                             w.off <= i < w.off + len(w.data)})
             raise CheckFailure(
                 "offset %d (block %d) reads %#04x: the durable value is "
                 "%#04x as of %s; later writes there: %s" % (
                     i, i // blocksize, got[i], floor[i], req_what,
                     ", ".join("%#04x" % c for c in cands) or "none"))
-    if whole_volume:
-        cands = [req.image if req else client.initial]
-        for d in client.points:
-            if (d.kind == "flush" and d is not req and
-                    d.nwrites >= nreq and count(d.sent) < P and
-                    (req is None or client.points.index(d) >
-                     client.points.index(req))):
-                cands.append(d.image)
+    if not whole_volume:
+        return
+    if client.sequential:
+        _check_one_flush(client, count, P, got, req, blocksize, req_what)
+    else:
+        _check_blocks(floor, later, got, blocksize, req_what)
 
-        def same(img):
-            # img, then zeros (a volume grown since) up to the read size.
-            n = len(img)
-            return n <= len(got) and got.startswith(img) and \
-                got.count(0, n) == len(got) - n
-        if not any(same(c) for c in cands):
-            def pad(img):
-                return img + bytes(len(got) - len(img))
-            best = max(cands, key=lambda c: _first_diff(pad(c), got))
-            i = _first_diff(pad(best), got)
-            raise CheckFailure(
-                "the volume is not as of any one flush from %s on (%d "
-                "candidates; the closest differs from offset %d, block %d)"
-                % (req_what, len(cands), i, i // blocksize))
+
+def _check_one_flush(client, count, P, got, req, blocksize, req_what):
+    cands = [client.image(req)]
+    after = req is None
+    for d in client.points:
+        if d is req:
+            after = True
+        elif after and d.kind == "flush" and count(d.sent) < P:
+            cands.append(client.image(d))
+
+    def same(img):
+        # img, then zeros (a volume grown since) up to the read size.
+        n = len(img)
+        return n <= len(got) and got.startswith(img) and \
+            got.count(0, n) == len(got) - n
+    if not any(same(c) for c in cands):
+        def pad(img):
+            return img + bytes(len(got) - len(img))
+        best = max(cands, key=lambda c: _first_diff(pad(c), got))
+        i = _first_diff(pad(best), got)
+        raise CheckFailure(
+            "the volume is not as of any one flush from %s on (%d "
+            "candidates; the closest differs from offset %d, block %d)"
+            % (req_what, len(cands), i, i // blocksize))
+
+
+def _check_blocks(floor, later, got, bs, req_what):
+    """Each block is as of some point of its own history: the durable
+    value, then each later write to it applied in turn (writes to one
+    block are never in flight together in such workloads)."""
+    for lo in range(0, len(got), bs):
+        hi = min(lo + bs, len(got))
+        if got[lo:hi] == floor[lo:hi]:
+            continue
+        blk = bytearray(floor[lo:hi])
+        ok = False
+        for w in sorted((w for w in later
+                         if w.off < hi and lo < w.off + len(w.data)),
+                        key=lambda w: w.n):
+            a, b = max(lo, w.off), min(hi, w.off + len(w.data))
+            blk[a - lo:b - lo] = w.data[a - w.off:b - w.off]
+            if blk == got[lo:hi]:
+                ok = True
+                break
+        if not ok:
+            raise CheckFailure("block %d is a mixture: not its contents at "
+                               "any point since %s" % (lo // bs, req_what))
 
 
 # ---- running a workload ----
@@ -904,6 +965,56 @@ class Session:
 
     def trim(self, off, n, fua=False):
         return self.zero(off, n, fua=fua, trim=True)
+
+    def aio(self, ops):
+        """Send ops all at once (requests in flight together) and wait
+        for every reply: ("write", offset, n or bytes), ("zero", offset,
+        n), ("flush",).  Writes in one call must not overlap each other
+        (their order would be unknown); a flush covers the writes whose
+        replies were seen before it was sent.  The client log is then no
+        longer sequential."""
+        import nbd
+        self.client.sequential = False
+        pending = []
+        for op in ops:
+            sent = self.pos()
+            if op[0] == "flush":
+                c = self.h.aio_flush()
+                pending.append((c, ("flush", sent)))
+                continue
+            off = op[1]
+            if op[0] == "write":
+                data = self.data(op[2]) if isinstance(op[2], int) else op[2]
+                c = self.h.aio_pwrite(data, off)
+            else:
+                data = bytes(op[2])
+                c = self.h.aio_zero(op[2], off)
+            w = self.client.write(off, data, sent, None, "%s #%d at %d+%d "
+                                  "(in flight)" % (op[0],
+                                                   len(self.client.writes),
+                                                   off, len(data)))
+            pending.append((c, w))
+            # Replies that came in meanwhile.
+            self._reap(pending, block=False)
+        while pending:
+            self._reap(pending, block=True)
+
+    def _reap(self, pending, block):
+        if block:
+            self.h.poll(-1)
+        else:
+            self.h.poll(0)
+        for item in list(pending):
+            c, what = item
+            if not self.h.aio_command_completed(c):
+                continue
+            acked = self.pos()
+            pending.remove(item)
+            if isinstance(what, Write):
+                what.acked = acked
+            else:
+                self.client.barrier("flush #%d (in flight)" %
+                                    len(self.client.points), what[1], acked)
 
     def _fua_point(self, w):
         if self.wl.fua_flushes_all:

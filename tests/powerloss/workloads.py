@@ -409,6 +409,45 @@ def cas_repair(s):
     recover(s)
 
 
+def waves(s, nwaves, per_wave):
+    """Waves of requests in flight together: writes to distinct blocks
+    (whole or partial), zeroes, and a flush in the middle of each wave,
+    sent while writes are in flight."""
+    for r in range(nwaves):
+        blocks = s.rng.sample(range(256), per_wave)
+        ops = []
+        for k, b in enumerate(blocks):
+            if k == per_wave // 2:
+                ops.append(("flush",))
+            if k % 5 == 4:
+                ops.append(("zero", b * BS, BS))
+            elif k % 3 == 2:
+                ops.append(("write", b * BS + 512 * (k % 7), 1536))
+            else:
+                ops.append(("write", b * BS, BS))
+        s.aio(ops)
+
+
+@workload("cas-inflight", backend="cas", server="nbdkit", size=1 << 20)
+def cas_inflight(s):
+    # Flushes racing writes in the server (group commit, dirty leaves
+    # committed while being written): the check is per block.
+    s.start()
+    waves(s, 6, 16)
+    s.flush()
+    waves(s, 2, 16)
+    s.stop()
+
+
+@workload("flatfile-inflight", backend="flatfile", server="minnbd",
+          size=1 << 20)
+def flatfile_inflight(s):
+    s.start()
+    waves(s, 6, 16)
+    s.flush()
+    s.stop()
+
+
 @workload("flatfile-flush", backend="flatfile", server="minnbd",
           size=1 << 20)
 def flatfile_flush(s):
