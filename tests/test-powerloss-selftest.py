@@ -14,7 +14,8 @@
 #  4. a real recording with one sync dropped from its log: for cas the
 #     pack fdatasync before a root is published, for flatfile a flush's
 #     fdatasync.  A state at the cut right after the acknowledgement
-#     must fail; and a flatfile FUA write logged without RWF_DSYNC.
+#     must fail; and a flatfile FUA write logged without RWF_DSYNC, and a
+#     cas snapshot whose directory fsync is dropped.
 import os
 import shutil
 import subprocess
@@ -229,6 +230,39 @@ def test_dropped_sync(tmp, name):
         which, entries[end], P2)
 
 
+def test_snapshot_not_durable(tmp):
+    """cas-history with the directory fsync after the first snapshot's
+    link dropped: at the snapshot's acknowledgement, unsynced names
+    lost, the snapshot is gone, which the volume check must notice."""
+    wl = workloads.get("cas-history")
+    rec = powerloss.record(wl, os.path.join(tmp, "rec"))
+    entries = read_log(rec.log)
+    link = next(i for i, e in enumerate(entries)
+                if e.type == powerloss.LINK and
+                "/snapshots/default/s1" in e.path2)
+    end = next(i for i in range(link, len(entries))
+               if entries[i].type == powerloss.SYNC_END and
+               entries[i].path.endswith("/snapshots/default"))
+    which = [i for i, e in enumerate(entries)
+             if e.type == powerloss.SYNC_END and e.err == 0].index(end)
+    ck = powerloss.Checker(wl, rec)
+    ck.check_complete()
+    snap = next(d for d in ck.vols["default"].log.points
+                if d.what == "snapshot default@s1")
+    P = ck.model.count(snap.acked)
+    force = {"latest": 1.0, "floor": 0.0, "ns": 0.0}
+    scratch = os.path.join(tmp, "scratch")
+    os.makedirs(scratch)
+    r = ck.check_state(StateBuilder(ck.model), P, 0, scratch, force=force)
+    assert r is None, "cut %d fails with every sync: %s" % (P, r[0])
+    ck2 = powerloss.Checker(wl, rec, drop=which)
+    r = ck2.check_state(StateBuilder(ck2.model), P - 2, 0, scratch,
+                        force=force)
+    assert r is not None and "default@s1" in r[0], \
+        "a snapshot lost after its acknowledgement went unnoticed: %s" % (
+            r and r[0])
+
+
 def test_fua_not_durable(tmp):
     """flatfile-fua with the DSYNC flag taken off its first FUA write in
     the log (as if the server had written it without RWF_DSYNC): the
@@ -278,6 +312,8 @@ def main():
          lambda t: test_dropped_sync(t, "flatfile-flush")),
         ("flatfile with a FUA write not durable is caught",
          test_fua_not_durable),
+        ("cas with a snapshot's directory fsync dropped is caught",
+         test_snapshot_not_durable),
     ]
     tap = powerloss.TAP(len(cases))
     for desc, fn in cases:

@@ -1,18 +1,20 @@
-/* casread: open a cas store the way the server does and dump a volume,
- * for the power-loss simulator (a process per state is much cheaper
- * than a server and a client).
+/* casread: open a cas store the way the server does and dump every
+ * volume and snapshot in it, for the power-loss simulator (a process per
+ * state is much cheaper than a server and a client).
  *
- *   casread STORE VOLUME SIZE BLOCKSIZE OUT [REWRITE]
+ *   casread STORE VOLUME SIZE BLOCKSIZE OUTDIR [REWRITE]
  *
  * Like the cas backend's config_complete: a store that does not exist
- * (or an empty directory) is created with BLOCKSIZE, a missing volume
- * is created with SIZE bytes, a smaller one grown to SIZE; the store is
- * opened read-write (which cuts torn pack tails).  The whole volume is
- * written to OUT.
+ * (or an empty directory) is created with BLOCKSIZE, VOLUME (the served
+ * one) is created with SIZE bytes if missing and grown to SIZE if
+ * smaller; the store is opened read-write, which finishes an interrupted
+ * delete or rename and cuts torn pack tails.  Then every volume and
+ * every snapshot (VOLUME@SNAP) is read whole into OUTDIR/NAME, and one
+ * line "NAME SIZE" per volume is printed on stdout.
  *
- * REWRITE (a file): then write its contents over the volume from offset
- * 0, flush, close the store, open it again and read it back: it must
- * read as REWRITE.  This is what a client does after a crash (write its
+ * REWRITE (a file): then write its contents over VOLUME from offset 0,
+ * flush, close the store, open it again and read it back: it must read
+ * as REWRITE.  This is what a client does after a crash (write its
  * unacknowledged data again); it catches a store that deduplicates new
  * writes against records a crash left damaged.
  *
@@ -118,6 +120,49 @@ read_volume (struct cas_volume *v, const char *what)
   return buf;
 }
 
+struct dump {
+  struct cas_store *st;
+  const char *outdir;
+};
+
+/* Read volume or snapshot name into OUTDIR/NAME; print "NAME SIZE". */
+static int
+dump_one (const char *name, void *opaque)
+{
+  struct dump *d = opaque;
+  struct cas_volume *v = cas_volume_open (d->st, name);
+  char *path;
+  uint8_t *data;
+  FILE *fp;
+
+  if (v == NULL)
+    fail (name);
+  data = read_volume (v, name);
+  if (asprintf (&path, "%s/%s", d->outdir, name) == -1)
+    fail ("asprintf");
+  fp = fopen (path, "wb");
+  if (fp == NULL ||
+      fwrite (data, 1, cas_volume_size (v), fp) != cas_volume_size (v) ||
+      fclose (fp) != 0)
+    fail (path);
+  printf ("%s %" PRIu64 "\n", name, cas_volume_size (v));
+  free (path);
+  free (data);
+  cas_volume_close (v);
+  return 0;
+}
+
+static int
+dump_volume (const char *name, void *opaque)
+{
+  struct dump *d = opaque;
+
+  dump_one (name, opaque);
+  if (cas_store_list_snapshots (d->st, name, dump_one, opaque) == -1)
+    fail ("listing snapshots");
+  return 0;
+}
+
 static uint8_t *
 slurp (const char *path, uint64_t *len)
 {
@@ -139,16 +184,16 @@ slurp (const char *path, uint64_t *len)
 int
 main (int argc, char **argv)
 {
-  const char *dir, *name, *out, *rewrite;
-  uint64_t size, vsize;
+  const char *dir, *name, *rewrite;
+  uint64_t size;
   uint32_t bs;
   struct cas_store *st;
   struct cas_volume *v;
+  struct dump d;
   uint8_t *data;
-  FILE *fp;
 
   if (argc != 6 && argc != 7) {
-    fprintf (stderr, "usage: casread STORE VOLUME SIZE BLOCKSIZE OUT "
+    fprintf (stderr, "usage: casread STORE VOLUME SIZE BLOCKSIZE OUTDIR "
              "[REWRITE]\n");
     return EXIT_FAILURE;
   }
@@ -156,24 +201,23 @@ main (int argc, char **argv)
   name = argv[2];
   size = strtoull (argv[3], NULL, 0);
   bs = strtoul (argv[4], NULL, 0);
-  out = argv[5];
+  d.outdir = argv[5];
   rewrite = argc == 7 ? argv[6] : NULL;
 
   st = open_like_server (dir, name, size, bs);
-  v = cas_volume_open (st, name);
-  if (v == NULL)
-    fail ("opening the volume");
-  vsize = cas_volume_size (v);
-  data = read_volume (v, "reading the volume");
-  fp = fopen (out, "wb");
-  if (fp == NULL || fwrite (data, 1, vsize, fp) != vsize || fclose (fp) != 0)
-    fail (out);
-  free (data);
+  d.st = st;
+  if (cas_store_list_volumes (st, dump_volume, &d) == -1)
+    fail ("listing volumes");
+  fflush (stdout);
 
   if (rewrite) {
-    uint64_t len;
+    uint64_t len, vsize;
     uint8_t *want = slurp (rewrite, &len);
 
+    v = cas_volume_open (st, name);
+    if (v == NULL)
+      fail ("opening the volume");
+    vsize = cas_volume_size (v);
     if (len > vsize)
       len = vsize;
     if (cas_volume_write (v, want, len, 0, false) == -1 ||
@@ -200,8 +244,8 @@ main (int argc, char **argv)
     }
     free (data);
     free (want);
+    cas_volume_close (v);
   }
-  cas_volume_close (v);
   if (cas_store_close (st) == -1)
     fail ("closing the store");
   return EXIT_SUCCESS;

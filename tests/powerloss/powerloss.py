@@ -36,6 +36,7 @@ import pickle
 import random
 import shutil
 import signal
+import stat
 import struct
 import subprocess
 import sys
@@ -53,12 +54,12 @@ PLR_MAGIC = 0x31524c50
 HEADER = struct.Struct("=IHHIIiiQQQQIIII")
 assert HEADER.size == 72
 (OPEN, CLOSE, WRITE, TRUNCATE, FALLOCATE, RENAME, UNLINK, MKDIR, LINK,
- SYNC_BEGIN, SYNC_END, DUP) = range(1, 13)
+ SYNC_BEGIN, SYNC_END, DUP, MKNOD) = range(1, 14)
 TYPE_NAMES = {OPEN: "open", CLOSE: "close", WRITE: "write",
               TRUNCATE: "truncate", FALLOCATE: "fallocate",
               RENAME: "rename", UNLINK: "unlink", MKDIR: "mkdir",
               LINK: "link", SYNC_BEGIN: "sync-begin", SYNC_END: "sync-end",
-              DUP: "dup"}
+              DUP: "dup", MKNOD: "mknod"}
 SYNC_FSYNC, SYNC_FDATASYNC, SYNC_ALL = 1, 2, 3
 WRITE_DSYNC = 1
 
@@ -136,6 +137,11 @@ class Dir:
         self.syncs = []            # (begin index, end index)
 
 
+class Socket:
+    """A Unix socket's name (bind): no contents; a state holds a fresh
+    socket file there if the name survived."""
+
+
 class Inode:
     _next = 0
 
@@ -150,8 +156,9 @@ class Inode:
 
 
 class NsOp:
-    """A change to names: ("create"|"mkdir"|"link", path, node),
-    ("unlink", path, node), ("rename", old, new, node)."""
+    """A change to names: ("create"|"mkdir"|"link"|"mknod", path, node),
+    ("unlink", path, node), ("rename", old, new, node); renaming a
+    directory moves every name under it."""
     __slots__ = ("index", "kind", "args", "dirs")
 
     def __init__(self, index, kind, args, dirs):
@@ -160,6 +167,17 @@ class NsOp:
 
 def parent(path):
     return os.path.dirname(path)
+
+
+def rename_names(names, a, b, node):
+    """Apply rename a -> b of node to a dict of names (a directory takes
+    every name under it along)."""
+    names[b] = node
+    if names.get(a) is node:
+        del names[a]
+    if isinstance(node, Dir):
+        for p in [p for p in names if p.startswith(a + "/")]:
+            names[b + p[len(a):]] = names.pop(p)
 
 
 def apply_data(buf, op):
@@ -329,22 +347,23 @@ class Model:
                 node = names.get(a)
                 if node is None:
                     raise ModelError("entry %d: %s: no such name" % (i, e))
-                if isinstance(node, Dir):
-                    raise ModelError("entry %d: renaming a directory is not "
-                                     "modelled" % i)
                 if names.get(b) is node:
                     continue
                 ns(i, "rename", (a, b, node), [parent(a), parent(b)])
-                names[b] = node
-                del names[a]
+                rename_names(names, a, b, node)
             elif t == UNLINK:
                 node = names.pop(e.path, None)
                 if node is None:
                     raise ModelError("entry %d: %s: no such name" % (i, e))
                 ns(i, "unlink", (e.path, node), [parent(e.path)])
             elif t == MKDIR:
-                node = self._dir(e.path)
+                node = Dir(e.path)
+                self.dirs[e.path + "#%d" % i] = node
                 ns(i, "mkdir", (e.path, node), [parent(e.path)])
+                names[e.path] = node
+            elif t == MKNOD:
+                node = Socket()
+                ns(i, "mknod", (e.path, node), [parent(e.path)])
                 names[e.path] = node
             elif t == LINK:
                 node = names.get(e.path)
@@ -407,8 +426,11 @@ class Model:
                 node = self.names_final.get(p)
                 if node is None:
                     problems.append("%s exists but the log never made it" % p)
-                elif os.path.isdir(p) != isinstance(node, Dir):
-                    problems.append("%s: file/directory mismatch" % p)
+                elif os.path.isdir(p) != isinstance(node, Dir) or \
+                        stat.S_ISSOCK(os.lstat(p).st_mode) != \
+                        isinstance(node, Socket):
+                    problems.append("%s: the log made a %s" % (
+                        p, type(node).__name__.lower()))
                 elif isinstance(node, Inode):
                     with open(p, "rb") as f:
                         real = f.read()
@@ -546,6 +568,18 @@ class InodeTracker:
         return img
 
 
+def _make_socket(path):
+    """A socket file nobody listens on, as a power cut leaves one."""
+    import socket
+    try:
+        sk = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sk.bind(path)
+        sk.close()
+    except OSError:
+        # A path too long for a socket: an empty file stands in for it.
+        open(path, "wb").close()
+
+
 class StateBuilder:
     """Builds states at increasing cut points."""
 
@@ -569,7 +603,7 @@ class StateBuilder:
                           for d in op.dirs)
             if not durable and not policy.survives(op):
                 continue
-            if op.kind in ("create", "mkdir", "link"):
+            if op.kind in ("create", "mkdir", "link", "mknod"):
                 path, node = op.args
                 names[path] = node
             elif op.kind == "unlink":
@@ -578,9 +612,7 @@ class StateBuilder:
                     del names[path]
             elif op.kind == "rename":
                 a, b, node = op.args
-                names[b] = node
-                if names.get(a) is node:
-                    del names[a]
+                rename_names(names, a, b, node)
         os.mkdir(out)
         root = model.root
         for path in sorted(names):
@@ -600,6 +632,10 @@ class StateBuilder:
             node = names[path]
             if isinstance(node, Dir):
                 os.makedirs(dst, exist_ok=True)
+                continue
+            if isinstance(node, Socket):
+                os.makedirs(os.path.dirname(dst), exist_ok=True)
+                _make_socket(dst)
                 continue
             t = self.trackers.get(node.id)
             if t is None:
@@ -903,10 +939,37 @@ class Recording:
             return pickle.load(f)
 
 
+class VolumeLife:
+    """A volume or snapshot the client knows of: its client log, and when
+    its name came to be and went away, as (sent, acked) log positions
+    (born None: with the first server start; died None: still there).
+    A renamed volume is two lives sharing one log."""
+
+    def __init__(self, name, log, born=None, snapshot=False):
+        self.name, self.log, self.born = name, log, born
+        self.died = None
+        self.snapshot = snapshot
+
+    def expect(self, count, P):
+        """At cut P: "present", "absent" or "maybe" (being created or
+        removed when the power went)."""
+        if self.died and count(self.died[1]) <= P:
+            return "absent"
+        dying = self.died is not None and count(self.died[0]) < P
+        if self.born is None or count(self.born[1]) <= P:
+            return "maybe" if dying else "present"
+        if count(self.born[0]) < P:
+            return "maybe"
+        return "absent"
+
+
 class Session:
-    """What a workload function is given: the server and a client whose
+    """What a workload function is given: the server, and a client whose
     every request is logged (writes, and the recorder log's size when a
-    flush or FUA is acknowledged)."""
+    flush or FUA is acknowledged), on the current volume (use(), open()).
+    History operations (snapshot, clone, delete, rename) go through the
+    nbdcas tool: to the server through its control socket while it runs,
+    to the store itself (recorded too) when it does not."""
 
     def __init__(self, wl, rec, initial=None):
         import nbdtest
@@ -916,12 +979,24 @@ class Session:
         self.size = wl.size
         self.blocksize = wl.blocksize
         self.srv = None
-        self.h = None
         self.rng = random.Random(wl.name)
-        self.client = ClientLog(initial if initial is not None
-                                else bytes(self.size))
+        self.vols = {"default": VolumeLife(
+            "default", ClientLog(initial if initial is not None
+                                 else bytes(self.size)))}
+        self.cur = "default"
+        self.handles = {}
+        self.renames = []          # (old, new, sent, acked)
         self.env = dict(wl.env)
         self.starts = []
+
+    @property
+    def client(self):
+        """The current volume's client log."""
+        return self.vols[self.cur].log
+
+    @property
+    def h(self):
+        return self.handles.get(self.cur)
 
     # -- data --
 
@@ -973,7 +1048,6 @@ class Session:
         (their order would be unknown); a flush covers the writes whose
         replies were seen before it was sent.  The client log is then no
         longer sequential."""
-        import nbd
         self.client.sequential = False
         pending = []
         for op in ops:
@@ -1000,10 +1074,7 @@ class Session:
             self._reap(pending, block=True)
 
     def _reap(self, pending, block):
-        if block:
-            self.h.poll(-1)
-        else:
-            self.h.poll(0)
+        self.h.poll(-1 if block else 0)
         for item in list(pending):
             c, what = item
             if not self.h.aio_command_completed(c):
@@ -1028,16 +1099,84 @@ class Session:
         self.client.barrier("flush #%d" % len(self.client.points), sent,
                             self.pos())
 
+    # -- volumes --
+
+    def open(self, name):
+        """Connect to volume (or snapshot) name; it becomes current."""
+        self.handles[name] = self.srv.connect(name)
+        self.cur = name
+        return self.handles[name]
+
+    def use(self, name):
+        self.cur = name
+
+    def live(self):
+        return [v for v in self.vols.values() if v.died is None]
+
+    def _tool(self, *args):
+        p = self.nbdcas(*args)
+        if p.returncode != 0:
+            raise RuntimeError("nbdcas %s: exit %d: %s%s" % (
+                " ".join(args), p.returncode, p.stdout, p.stderr))
+
+    def snapshot(self, vol, snap):
+        """nbdcas snapshot: VOL@SNAP, as of a flush of vol."""
+        self._copy("snapshot", vol, snap, "%s@%s" % (vol, snap), True)
+
+    def clone(self, source, new):
+        """nbdcas clone: a new writable volume as source is now."""
+        self._copy("clone", source, new, new, False)
+
+    def _copy(self, cmd, source, arg, name, snapshot):
+        sent = self.pos()
+        self._tool(cmd, "STORE", source, arg)
+        acked = self.pos()
+        src = self.vols[source].log
+        src.barrier("%s %s" % (cmd, name), sent, acked)
+        self.vols[name] = VolumeLife(
+            name, ClientLog(src.image(src.points[-1])), born=(sent, acked),
+            snapshot=snapshot)
+
+    def delete(self, name, recursive=False):
+        sent = self.pos()
+        self._tool(*(["delete", "STORE", name] +
+                     (["--recursive"] if recursive else [])))
+        acked = self.pos()
+        for v in self.live():
+            if v.name == name or (recursive and
+                                  v.name.startswith(name + "@")):
+                v.died = (sent, acked)
+
+    def rename(self, old, new):
+        """nbdcas rename (a volume's snapshots follow it)."""
+        sent = self.pos()
+        self._tool("rename", "STORE", old, new)
+        acked = self.pos()
+        pairs = [(old, new)]
+        if "@" not in old:
+            pairs += [(v.name, new + v.name[len(old):]) for v in self.live()
+                      if v.name.startswith(old + "@")]
+        for o, n in pairs:
+            life = self.vols[o]
+            life.died = (sent, acked)
+            self.vols[n] = VolumeLife(n, life.log, born=(sent, acked),
+                                      snapshot=life.snapshot)
+            self.renames.append((o, n, sent, acked))
+            if self.cur == o:
+                self.cur = n
+
     # -- the server --
 
     def params(self, size=None):
         return self.wl.server_params(self.rec.root, size or self.size)
 
     def start(self, size=None, server=None):
-        """Start the server (recorded) and connect."""
+        """Start the server (recorded) and connect to the default
+        volume."""
         nbdtest = self.nbdtest
+        default = self.vols["default"].log
         if size:
-            self.client.grow(size)
+            default.grow(size)
             self.size = size
         sent = self.pos()
         params = self.params()
@@ -1059,26 +1198,29 @@ class Session:
         finally:
             os.environ.clear()
             os.environ.update(saved)
-        self.h = self.srv.connect()
+        self.cur = "default"
+        self.handles = {"default": self.srv.connect()}
         if self.wl.backend == "cas":
             # The volume exists (created, or grown) once a client is in.
-            self.client.barrier("server start (size %d)" % self.size, sent,
-                                self.pos())
+            default.barrier("server start (size %d)" % self.size, sent,
+                            self.pos())
         return self.h
 
     def stop(self):
         """Disconnect and stop the server cleanly (cas: the last close
-        flushes and saves the index cache)."""
+        of each volume flushes it; the index cache is saved)."""
         sent = self.pos()
-        if self.h is not None:
-            self.h.shutdown()
-            self.h = None
+        for h in self.handles.values():
+            h.shutdown()
+        self.handles = {}
         rc = self.srv.stop()
         if rc != 0 and self.srv.server != "nbdkit":
             raise RuntimeError("server exited with %s:\n%s" % (
                 rc, self.srv.log()))
         if self.wl.backend == "cas":
-            self.client.barrier("clean server stop", sent, self.pos())
+            for v in self.live():
+                if not v.snapshot:
+                    v.log.barrier("clean server stop", sent, self.pos())
         self.srv = None
 
     def restart(self, size=None, server=None):
@@ -1095,16 +1237,16 @@ class Session:
         return env
 
     def nbdcas(self, *args):
-        """Run the nbdcas tool on the store, recorded (the server must
-        be stopped); STORE in args is replaced by the store's path.
-        Returns its CompletedProcess."""
+        """Run the nbdcas tool, recorded; STORE in args is replaced by
+        the store's path.  With the server running the tool hands the
+        command to it (the control socket).  Returns its
+        CompletedProcess."""
         store = os.path.join(self.rec.root, "store")
         argv = [os.environ["NBDCAS"]] + [store if a == "STORE" else a
                                          for a in args]
         return subprocess.run(argv, env=self.recorded_env(),
                               stdin=subprocess.DEVNULL, capture_output=True,
                               text=True, timeout=300)
-
 
 def record(wl, path):
     """Run workload wl, recording into path (created).  Returns the
@@ -1120,8 +1262,13 @@ def record(wl, path):
         wl.body(s)
     finally:
         if s.srv is not None:
+            for h in s.handles.values():
+                h.close() if hasattr(h, "close") else None
             s.srv.stop(signal.SIGKILL)
-    rec.save(s.client, {"workload": wl.name, "starts": s.starts})
+    rec.save(s.vols["default"].log, {"workload": wl.name,
+                                     "starts": s.starts,
+                                     "volumes": s.vols,
+                                     "renames": s.renames})
     return rec
 
 
@@ -1135,6 +1282,8 @@ class Checker:
         self.wl = wl
         self.rec = rec
         self.client, self.info = rec.load()
+        self.vols = self.info.get("volumes") or {
+            "default": VolumeLife("default", self.client)}
         entries = read_log(rec.log)
         if drop is not None:
             entries = drop_sync(entries, drop)

@@ -15,7 +15,8 @@
  *     with the bytes written and the file offset they went to;
  *   ftruncate/truncate (+64): TRUNCATE; fallocate, posix_fallocate:
  *     FALLOCATE; rename/renameat/renameat2, unlink/unlinkat/rmdir,
- *     mkdir/mkdirat, link/linkat: the name operations; close, dup*;
+ *     mkdir/mkdirat, link/linkat, bind of a Unix socket (MKNOD): the
+ *     name operations; close, dup*;
  *   fsync, fdatasync, syncfs, sync: SYNC_BEGIN before the call and
  *     SYNC_END (with its errno) after it.  A sync covers what was logged
  *     before its SYNC_BEGIN, once its SYNC_END is logged.
@@ -56,11 +57,14 @@
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
 #include <sys/uio.h>
@@ -797,6 +801,36 @@ int
 link (const char *old, const char *new)
 {
   return linkat (AT_FDCWD, old, AT_FDCWD, new, 0);
+}
+
+/* A Unix socket bound to a path makes a name in its directory. */
+int
+bind (int fd, const struct sockaddr *addr, socklen_t len)
+{
+  const struct sockaddr_un *sun = (const struct sockaddr_un *) addr;
+  char p[sizeof sun->sun_path + 1], path[PATH_MAX];
+  bool l = false;
+  int r;
+  REAL (bind);
+
+  if (addr == NULL || addr->sa_family != AF_UNIX ||
+      len <= offsetof (struct sockaddr_un, sun_path) ||
+      sun->sun_path[0] == '\0')         /* abstract: no file */
+    return real_bind (fd, addr, len);
+  {
+    size_t n = len - offsetof (struct sockaddr_un, sun_path);
+    if (n > sizeof sun->sun_path)
+      n = sizeof sun->sun_path;
+    memcpy (p, sun->sun_path, n);
+    p[n] = '\0';
+  }
+  l = names_lock (AT_FDCWD, p, AT_FDCWD, NULL);
+  abs_path (AT_FDCWD, p, path, sizeof path);
+  r = real_bind (fd, addr, len);
+  if (r == 0 && under (path))
+    log_entry (PLR_MKNOD, -1, 0, S_IFSOCK, 0, 0, path, NULL, NULL, 0, NULL);
+  names_unlock (l);
+  return r;
 }
 
 /* ---- fds ---- */

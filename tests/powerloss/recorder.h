@@ -22,6 +22,7 @@ enum plr_type {
   PLR_SYNC_BEGIN = 10,  /* fd (-1: sync); a PLR_SYNC_*; path */
   PLR_SYNC_END = 11,    /* fd; err; a PLR_SYNC_*, b seq of the begin */
   PLR_DUP = 12,         /* fd the new fd; a the old fd; path */
+  PLR_MKNOD = 13,       /* a mode (S_IFSOCK: a Unix socket bound); path */
 };
 
 enum plr_sync {

@@ -10,7 +10,6 @@
 # differ only in what the servers' threads and clocks do.
 
 import os
-import re
 import shutil
 
 import powerloss
@@ -129,32 +128,72 @@ def _check_cas(wl, ck, store, P, via_server, rewrite, scratch):
               for p in ck.params_at(P)]
     size = int(next(p for p in params if p.startswith("size="))[5:])
     env = dict(wl.env)
+    served = None
     if via_server:
-        got = ck.read_server(via_server, "cas", params, scratch, env)
-    else:
-        out = os.path.join(scratch, "volume")
-        argv = [os.environ["PLR_CASREAD"], store, "default", str(size),
-                str(wl.blocksize), out]
-        if rewrite:
-            # After the crash, the client writes what it last wrote (acked
-            # or not) again: it must read back, from a clean store.
-            img = latest_image(ck, P)
-            rw = os.path.join(scratch, "rewrite")
-            with open(rw, "wb") as f:
-                f.write(img)
-            argv.append(rw)
-        p = powerloss.subprocess.run(argv, capture_output=True, text=True,
-                                     env=dict(os.environ, **env),
-                                     timeout=300)
-        if p.returncode != 0:
-            raise CheckFailure("the store does not open, read%s: %s" % (
-                " or take the rewrite" if rewrite else "",
-                p.stderr.strip()))
-        with open(out, "rb") as f:
-            got = f.read()
-        if rewrite and not ck.skip_fsck:
-            ck.fsck(store)
-    check_data(ck.client, ck.model, P, got, True, wl.blocksize)
+        # The default volume through a real server (which also does the
+        # recovery); every volume through casread afterwards.
+        served = ck.read_server(via_server, "cas", params, scratch, env)
+    out = os.path.join(scratch, "volumes")
+    shutil.rmtree(out, ignore_errors=True)
+    os.makedirs(out)
+    argv = [os.environ["PLR_CASREAD"], store, "default", str(size),
+            str(wl.blocksize), out]
+    if rewrite:
+        # After the crash, the client writes what it last wrote (acked
+        # or not) again: it must read back, from a clean store.
+        img = latest_image(ck, P)
+        rw = os.path.join(scratch, "rewrite")
+        with open(rw, "wb") as f:
+            f.write(img)
+        argv.append(rw)
+    p = powerloss.subprocess.run(argv, capture_output=True, text=True,
+                                 env=dict(os.environ, **env), timeout=300)
+    if p.returncode != 0:
+        raise CheckFailure("the store does not open, read%s: %s" % (
+            " or take the rewrite" if rewrite else "", p.stderr.strip()))
+    present = {}
+    for line in p.stdout.splitlines():
+        name, _ = line.rsplit(" ", 1)
+        with open(os.path.join(out, name), "rb") as f:
+            present[name] = f.read()
+    if rewrite and not ck.skip_fsck:
+        ck.fsck(store)
+    if served is not None and served != present.get("default"):
+        raise CheckFailure("%s and the store library read the default "
+                           "volume differently" % via_server)
+    check_volumes(ck, P, present, wl.blocksize)
+
+
+def check_volumes(ck, P, present, bs):
+    """Which volumes and snapshots exist, and what each holds."""
+    count = ck.model.count
+    for name in present:
+        if name not in ck.vols:
+            raise CheckFailure("volume '%s' exists; the client never made "
+                               "it" % name)
+    for name, life in sorted(ck.vols.items()):
+        want = "present" if name == "default" else life.expect(count, P)
+        if want == "present" and name not in present:
+            raise CheckFailure("volume '%s' is gone, but %s" % (
+                name, "its creation was acknowledged before the cut"
+                if life.born else "it was never deleted"))
+        if want == "absent" and name in present:
+            raise CheckFailure("volume '%s' is there, but %s" % (
+                name, "its removal was acknowledged before the cut"
+                if life.died and count(life.died[1]) <= P
+                else "it was made after the cut"))
+    for old, new, sent, acked in ck.info.get("renames", []):
+        if count(sent) < P < count(acked):     # in flight at the cut
+            n = (old in present) + (new in present)
+            if n != 1:
+                raise CheckFailure("rename of '%s' to '%s' cut short: %s" % (
+                    old, new, "both names exist" if n
+                    else "neither name exists"))
+    for name, got in sorted(present.items()):
+        try:
+            check_data(ck.vols[name].log, ck.model, P, got, True, bs)
+        except CheckFailure as e:
+            raise CheckFailure("volume '%s': %s" % (name, e))
 
 
 def check_flatfile(wl, ck, state, P, via_server, scratch):
@@ -407,6 +446,36 @@ def cas_repair(s):
         raise RuntimeError("nbdcas fsck --repair: exit %d: %s%s" % (
             p.returncode, p.stdout, p.stderr))
     recover(s)
+
+
+@workload("cas-history", backend="cas", server="minnbd", size=1 << 20)
+def cas_history(s):
+    # Snapshots, clones, deletes and renames, live (through the server's
+    # control socket) and offline (the tool on the store, recorded too).
+    s.start()
+    s.write(0, 8 * BS)
+    s.write(20 * BS, 4 * BS)
+    s.flush()
+    s.snapshot("default", "s1")
+    s.write(0, 2 * BS)                  # not flushed: the snapshot does
+    s.snapshot("default", "s2")
+    s.clone("default@s1", "c1")         # a writable copy of a snapshot
+    s.open("c1")
+    s.write(4 * BS, 3 * BS)
+    s.flush()
+    s.snapshot("c1", "t1")              # of an open clone
+    s.use("default")
+    s.write(40 * BS, BS)
+    s.delete("default@s1")              # one snapshot: an unlink
+    s.stop()
+    s.rename("c1", "c2")                # offline; its snapshot follows
+    s.start()
+    s.clone("default", "c3")
+    s.delete("c2", recursive=True)      # the root, then its snapshots
+    s.write(60 * BS, 2 * BS)
+    s.flush()
+    s.rename("default@s2", "default@s3")
+    s.stop()
 
 
 def waves(s, nwaves, per_wave):
