@@ -421,18 +421,19 @@ class Model:
         seen = set()
         for dirpath, dirnames, filenames in os.walk(real_root):
             for n in dirnames + filenames:
-                p = os.path.join(dirpath, n)
+                path = os.path.join(dirpath, n)
+                p = self.root + path[len(real_root):]
                 seen.add(p)
                 node = self.names_final.get(p)
                 if node is None:
                     problems.append("%s exists but the log never made it" % p)
-                elif os.path.isdir(p) != isinstance(node, Dir) or \
-                        stat.S_ISSOCK(os.lstat(p).st_mode) != \
+                elif os.path.isdir(path) != isinstance(node, Dir) or \
+                        stat.S_ISSOCK(os.lstat(path).st_mode) != \
                         isinstance(node, Socket):
                     problems.append("%s: the log made a %s" % (
                         p, type(node).__name__.lower()))
                 elif isinstance(node, Inode):
-                    with open(p, "rb") as f:
+                    with open(path, "rb") as f:
                         real = f.read()
                     if real != bytes(node.current):
                         k = next((j for j in range(min(len(real),
@@ -653,8 +654,9 @@ class DurabilityPoint:
     """A moment after which data must survive: kind "flush" (a flush, a
     cas FUA write, a cas clean close, a server start that created or grew
     the volume: every write acknowledged before it was sent is durable
-    once it is acknowledged) or "range" (a flatfile FUA write: only its
-    own bytes).  size: the volume's size then."""
+    once it is acknowledged; a FUA write is in its own) or "range" (a
+    flatfile FUA write: only its own bytes).  size: the volume's size
+    then; write: the FUA write."""
 
     def __init__(self, kind, what, sent, acked, size, write=None):
         self.kind, self.what = kind, what
@@ -695,9 +697,10 @@ class ClientLog:
         self.writes.append(w)
         return w
 
-    def barrier(self, what, sent, acked):
+    def barrier(self, what, sent, acked, write=None):
+        """write: the FUA write that made this barrier (it is in it)."""
         self.points.append(DurabilityPoint("flush", what, sent, acked,
-                                           self.size))
+                                           self.size, write))
 
     def range_point(self, w):
         self.points.append(DurabilityPoint("range", w.what, w.sent, w.acked,
@@ -712,7 +715,8 @@ class ClientLog:
         if d is None:
             return []
         return [w for w in self.writes
-                if w.acked is not None and w.acked <= d.sent]
+                if (w.acked is not None and w.acked <= d.sent) or
+                w is d.write]
 
     def image(self, d):
         """The volume as barrier d makes it durable (None: initially)."""
@@ -1089,7 +1093,7 @@ class Session:
 
     def _fua_point(self, w):
         if self.wl.fua_flushes_all:
-            self.client.barrier(w.what, w.sent, w.acked)
+            self.client.barrier(w.what, w.sent, w.acked, w)
         else:
             self.client.range_point(w)
 
@@ -1266,6 +1270,7 @@ def record(wl, path):
                 h.close() if hasattr(h, "close") else None
             s.srv.stop(signal.SIGKILL)
     rec.save(s.vols["default"].log, {"workload": wl.name,
+                                     "root": rec.root,
                                      "starts": s.starts,
                                      "volumes": s.vols,
                                      "renames": s.renames})
@@ -1287,12 +1292,15 @@ class Checker:
         entries = read_log(rec.log)
         if drop is not None:
             entries = drop_sync(entries, drop)
-        self.model = Model(os.path.realpath(rec.root), rec.baseline, entries)
+        # The log names files by the path the recording had, which a
+        # kept recording (copied elsewhere) no longer has.
+        self.model = Model(self.info.get("root", rec.root), rec.baseline,
+                           entries)
         self.nentries = len(entries)
         self.skip_fsck = False
 
     def check_complete(self):
-        self.model.check_complete(os.path.realpath(self.rec.root))
+        self.model.check_complete(self.rec.root)
 
     def params_at(self, P):
         starts = self.info["starts"]
@@ -1530,6 +1538,11 @@ def _keep_base():
                                                               "/tmp")
 
 
+def _sockets(d, names):
+    return [n for n in names
+            if stat.S_ISSOCK(os.lstat(os.path.join(d, n)).st_mode)]
+
+
 def repro_hint(rec_path, P, seed, srv=None, rw=False):
     return ("%s check %s --cut %d --seed %d%s%s" % (
         os.path.join(HERE, "powerloss.py"), rec_path, P, seed,
@@ -1569,11 +1582,11 @@ def run_workload(tap, wl, ncuts, seed, jobs, findings):
             keep = True
             dest = tempfile.mkdtemp(prefix="powerloss-failed-%s." % wl.name,
                                     dir=_keep_base())
-            sock = os.path.join(rec.work, "nbd.sock")
-            if os.path.exists(sock):
-                os.unlink(sock)
-            shutil.move(rec.path, os.path.join(dest, "rec"))
-            shutil.move(kd, os.path.join(dest, "states"))
+            # Sockets (the servers', a store's control socket) do not
+            # copy across file systems; nothing needs them.
+            for src, name in ((rec.path, "rec"), (kd, "states")):
+                shutil.copytree(src, os.path.join(dest, name), symlinks=True,
+                                ignore=_sockets)
             diag.append("%d new failures; recording and states kept in %s"
                         % (len(new), dest))
             for P, s, msg, _, kept in new[:5]:
@@ -1750,4 +1763,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    # Run as the module workloads.py imports, so that both see one
+    # CheckFailure class.
+    import powerloss
+    sys.exit(powerloss.main(sys.argv[1:]))
