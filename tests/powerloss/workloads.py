@@ -330,13 +330,18 @@ def cas_flush(s):
     s.stop()
 
 
-@workload("cas-fua", backend="cas", server="nbdkit", size=1 << 20)
-def cas_fua(s):
+def fua_rounds(s, skew):
+    """Rounds of writes, some FUA, no flush."""
     s.start()
     for r in range(6):
         mixed_round(s, r, fua=True)
-        s.write(((r * 13) % 250) * BS, 2 * BS, fua=True)
+        s.write(((r * 13) % 250) * BS + skew, 2 * BS, fua=True)
     s.stop()
+
+
+@workload("cas-fua", backend="cas", server="nbdkit", size=1 << 20)
+def cas_fua(s):
+    fua_rounds(s, 0)
 
 
 @workload("cas-index", backend="cas", server="nbdkit", size=1 << 20)
@@ -477,6 +482,21 @@ def cas_history(s):
     s.stop()
 
 
+@workload("cas-import", backend="cas", server="minnbd", size=1 << 20)
+def cas_import(s):
+    # nbdcas import (offline, recorded): over the volume, into a new one.
+    s.start()
+    s.write(0, 4 * BS)
+    s.flush()
+    s.stop()
+    s.import_image("default", 1 << 20)
+    s.import_image("imported", 512 << 10, create=True)
+    s.start()
+    s.write(8 * BS, 2 * BS)
+    s.flush()
+    s.stop()
+
+
 def waves(s, nwaves, per_wave):
     """Waves of requests in flight together: writes to distinct blocks
     (whole or partial), zeroes, and a flush in the middle of each wave,
@@ -531,11 +551,7 @@ def flatfile_flush(s):
 
 @workload("flatfile-fua", backend="flatfile", server="nbdkit", size=1 << 20)
 def flatfile_fua(s):
-    s.start()
-    for r in range(6):
-        mixed_round(s, r, fua=True)
-        s.write(((r * 13) % 250) * BS + 7, 2 * BS, fua=True)
-    s.stop()
+    fua_rounds(s, 7)
 
 
 # ---- regression cases: one per finding (or per way to hit it) ----
