@@ -1164,6 +1164,17 @@ class Session:
         log.write(0, data, sent, acked, "import into %s" % vol)
         log.barrier("import into %s" % vol, sent, acked, log.writes[-1])
 
+    def gc(self, *args):
+        """nbdcas gc (through the server if it runs, else on the store):
+        it flushes every open volume first, so it is a barrier for each
+        (a root it publishes must be a candidate state)."""
+        sent = self.pos()
+        self._tool(*(["gc", "STORE"] + list(args)))
+        acked = self.pos()
+        for v in self.live():
+            if not v.snapshot:
+                v.log.barrier("gc", sent, acked)
+
     def delete(self, name, recursive=False):
         sent = self.pos()
         self._tool(*(["delete", "STORE", name] +
