@@ -25,8 +25,10 @@
 #    (casread, or a real server for some cut points), and every byte
 #    acknowledged by a flush or FUA before the cut reads back as written,
 #    every other byte as one of the values it had (never garbage); for
-#    cas also the whole volume as of one flush (its root is atomic), and
-#    writing the data again after the crash reads back.
+#    cas also the whole volume as of one flush (its root is atomic; per
+#    block with requests in flight), every volume and snapshot there or
+#    gone as the client's history says, and writing the data again after
+#    the crash reads back.
 #
 # Python: the system python (/usr/bin/python3, for libnbd's bindings).
 
@@ -1286,6 +1288,7 @@ class Session:
                               stdin=subprocess.DEVNULL, capture_output=True,
                               text=True, timeout=300)
 
+
 def record(wl, path):
     """Run workload wl, recording into path (created).  Returns the
     Recording."""
@@ -1301,7 +1304,8 @@ def record(wl, path):
     finally:
         if s.srv is not None:
             for h in s.handles.values():
-                h.close() if hasattr(h, "close") else None
+                if hasattr(h, "close"):
+                    h.close()
             s.srv.stop(signal.SIGKILL)
     rec.save(s.vols["default"].log, {"workload": wl.name,
                                      "root": rec.root,
