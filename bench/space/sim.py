@@ -44,10 +44,14 @@ from spacelib import (MiB, Codecs, chunks, image_path, kept, load_corpus,
 
 UNIT = 4096
 EXTENT_UNITS = 16                     # 64 KiB extents
-# Index entry: 8-byte key + 8-byte value, in a table kept 40..80% full
-# (the store's index today): 20..40 bytes per entry.
+# Full index entry: 8-byte key + 8-byte value, in a table kept 40..80%
+# full (the store's index today): 20..40 bytes per entry.
 ENTRY_LO, ENTRY_HI = 20, 40
+# Hook entry: 4-byte key fragment + 4-byte group number, same table
+# policy: 10..20 bytes per hook.
+HOOK_LO, HOOK_HI = 10, 20
 EXTENT_TABLE = 8                      # bytes per extent: id -> location
+MANIFEST_ENTRY = 40                   # SHA-256 + extent id + slot
 # The sparse design's base configuration (simulate()'s defaults).
 BASE = dict(S=16, kind="group", group_units=1024, seg_units=256, k=2, R=1,
             cache_units=4096, prev=True)
@@ -262,7 +266,7 @@ def simulate(c, corpus, S=16, kind="group", group_units=1024, seg_units=256,
                 index_hooks(mid, seen)
                 cache_add(mid)
         seal_extent()                 # a flush at the end of each image
-        if kind == "group":
+        if kind == "group" and not full:
             seal_group()
         volmap[vol] = new
 
@@ -279,8 +283,9 @@ def simulate(c, corpus, S=16, kind="group", group_units=1024, seg_units=256,
         "stored_units": stored, "stored": stored * UNIT,
         "vs_ideal": stored / c.ideal_units,
         "entries": entries, "entries_per_64k": per64k,
-        "ram_per_64k": [per64k * ENTRY_LO + (0 if full else EXTENT_TABLE),
-                        per64k * ENTRY_HI + (0 if full else EXTENT_TABLE)],
+        "ram_per_64k": ([per64k * ENTRY_LO, per64k * ENTRY_HI] if full else
+                        [per64k * HOOK_LO + EXTENT_TABLE,
+                         per64k * HOOK_HI + EXTENT_TABLE]),
         "manifest_reads": manifest_reads,
         "manifest_reads_per_block": manifest_reads / max(1, blocks_written),
         "manifest_entries": manifest_entries,
@@ -387,15 +392,17 @@ def main():
             configs.append(dict(cache_units=cu))
         configs.append(dict(prev=False))
         configs.append(dict(kind="segment"))
+        base = None
         for cfg in configs:
             r = simulate(c, corpus, **cfg)
+            if not cfg:
+                base = dict(r)
             full_cfg = dict(BASE)
             full_cfg.update(cfg)
             r["config"] = full_cfg
             add("sparse " + (" ".join("%s=%s" % kv for kv in sorted(cfg.items()))
                              or "(base)"), **r)
         # Compression of the base sparse design's extents.
-        base = simulate(c, corpus)
         res["compression"] = compress_extents(work, c, base["extent_list"],
                                               a.codecs.split(","), cc)
         res["map"] = {
@@ -405,6 +412,8 @@ def main():
                 map_bytes(c, corpus, 8, 1024),
             "8 B ref per 4 KiB unit, 256 per leaf":
                 map_bytes(c, corpus, 8, 256),
+            "8 B ref per 4 KiB unit, 4096 per leaf":
+                map_bytes(c, corpus, 8, 4096),
             "40 B (hash + ref) per 4 KiB unit, 1024 per leaf":
                 map_bytes(c, corpus, 40, 1024),
         }
@@ -423,16 +432,23 @@ def tables(results):
     lines = []
     for corpus, res in results.items():
         lines.append("Corpus (%s): ideal %.1f MiB\n" % (corpus, res["ideal"] / MiB))
-        lines.append("| design | stored MiB | stored/ideal | index entries per stored 64 KiB | index RAM B per stored 64 KiB | manifest reads per 64 KiB written | extents per 64 KiB read |")
-        lines.append("|---|---:|---:|---:|---:|---:|---:|")
+        lines.append("| design | stored MiB | stored/ideal | index entries per stored 64 KiB | index RAM B per stored 64 KiB (a) | manifest reads per 64 KiB written | manifests MiB on disk (b) | extents per 64 KiB read |")
+        lines.append("|---|---:|---:|---:|---:|---:|---:|---:|")
         for d in res["designs"]:
             ram = d.get("ram_per_64k") or [d["entries_per_64k"] * ENTRY_LO,
                                            d["entries_per_64k"] * ENTRY_HI]
-            lines.append("| %s | %.1f | %.3f | %.2f | %.0f..%.0f | %.3f | %s |" % (
+            man = d.get("manifest_entries")
+            lines.append("| %s | %.1f | %.3f | %.2f | %.0f..%.0f | %.3f | %s | %s |" % (
                 d["design"], d["stored"] / MiB, d["vs_ideal"],
                 d["entries_per_64k"], ram[0], ram[1],
                 d.get("manifest_reads_per_block", 0),
+                "%.1f" % (man * MANIFEST_ENTRY / MiB) if man else "-",
                 "%.2f" % d["frag"] if "frag" in d else "-"))
+        lines.append("")
+        lines.append("(a) full index: 16-byte entries, 40..80% full (today's index); sparse: "
+                     "8-byte hook entries (4-byte key fragment, 4-byte group number), "
+                     "40..80% full, + 8 bytes per extent for the extent table.  "
+                     "(b) %d bytes per entry (SHA-256, extent id, slot)." % MANIFEST_ENTRY)
         comp = res.get("compression")
         if comp:
             lines.append("")
