@@ -445,16 +445,16 @@ def tables(results):
                 "%.1f" % (man * MANIFEST_ENTRY / MiB) if man else "-",
                 "%.2f" % d["frag"] if "frag" in d else "-"))
         lines.append("")
-        lines.append("(a) full index: 16-byte entries, 40..80% full (today's index); sparse: "
+        lines.append("(a) full index: 16-byte entries, 40..80%% full (today's index); sparse: "
                      "8-byte hook entries (4-byte key fragment, 4-byte group number), "
-                     "40..80% full, + 8 bytes per extent for the extent table.  "
+                     "40..80%% full, + 8 bytes per extent for the extent table.  "
                      "(b) %d bytes per entry (SHA-256, extent id, slot)." % MANIFEST_ENTRY)
         comp = res.get("compression")
         if comp:
             lines.append("")
             lines.append("The base sparse design's extents compressed (payload %.1f MiB), MiB stored by frame size:\n" %
                          (res["compression_payload"] / MiB))
-            frames = sorted(next(iter(comp.values())))
+            frames = sorted(next(iter(comp.values())), key=int)
             lines.append("| codec | " + " | ".join("%d KiB frames" % (int(f) // 1024) for f in frames) + " |")
             lines.append("|---|" + "---:|" * len(frames))
             for codec, v in comp.items():

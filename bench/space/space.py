@@ -151,7 +151,7 @@ def main():
 def table(out):
     codecs = out["codecs"]
     head = ["corpus", "block", "logical MiB", "data MiB", "ideal MiB",
-            "stored MiB", "stored/ideal", "data/stored"]
+            "stored MiB", "of which unref. MiB", "stored/ideal", "data/stored"]
     head += ["%s MiB (data/stored)" % c for c in codecs]
     lines = ["| " + " | ".join(head) + " |",
              "|" + "|".join(["---"] * 2 + ["---:"] * (len(head) - 2)) + "|"]
@@ -160,6 +160,7 @@ def table(out):
                  "%d KiB" % (r["block_size"] // 1024),
                  "%.0f" % (r["logical"] / MiB), "%.1f" % (r["data"] / MiB),
                  "%.1f" % (r["ideal"] / MiB), "%.1f" % (r["stored"] / MiB),
+                 "%.1f" % (r["unreferenced"] / MiB),
                  "%.2f" % (r["stored"] / r["ideal"]),
                  "%.2f" % (r["data"] / r["stored"])]
         for c in codecs:
