@@ -161,7 +161,7 @@ def simulate(c, corpus, S=16, kind="group", group_units=1024, seg_units=256,
         nonlocal open_group, manifest_entries
         if not open_group:
             return
-        mid = ("g", len(manifests))
+        mid = len(manifests)          # an int: set order must not depend on hash seeds
         manifests[mid] = open_group
         manifest_entries += len(open_group)
         index_hooks(mid, open_group)
@@ -260,7 +260,7 @@ def simulate(c, corpus, S=16, kind="group", group_units=1024, seg_units=256,
                 seen[u] = e
                 new[off] = (u, e)
             if kind == "segment":
-                mid = ("s", segments)
+                mid = len(manifests)
                 manifests[mid] = dict(seen)
                 manifest_entries += len(seen)
                 index_hooks(mid, seen)
