@@ -18,10 +18,12 @@ corpus, in write order):
       and deleted; fstrim at the end of the day), copied after each night.
   (c) a1 again, for ten volumes (no extra image).
 
-mke2fs runs with a fixed UUID, hash seed and time (E2FSPROGS_FAKE_TIME) so
-the same trees give the same images; the nights are made by the running
-kernel's ext4 and carry real timestamps, so they vary slightly from run to
-run (the space figures by well under 1%).  Needs root (loop mount).
+mke2fs runs with a fixed UUID, hash seed and time (E2FSPROGS_FAKE_TIME), so
+a1 is the same from run to run; the trees copied for a2..a4 carry the time
+they were made (their inode tables differ between builds), and the nights
+are made by the running kernel's ext4 with real timestamps, so they vary
+slightly from run to run (the space figures by under 0.5%).  Needs root
+(loop mount).
 """
 
 import argparse
