@@ -518,7 +518,7 @@ cmd_fsck (int argc, char **argv)
   else
     ret = problems ? EXIT_FAIL : EXIT_OK;
  out:
-  if (f.st && cas_store_close (f.st) == -1 && ret == EXIT_OK)
+  if (f.st && tool_close_store (f.st) == -1 && ret == EXIT_OK)
     ret = EXIT_USAGE;
   free (f.damaged);
   free (f.by_hash);
