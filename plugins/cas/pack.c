@@ -1,6 +1,7 @@
 /* Pack files: append, read, sync, scan.  See pack.h for the contract. */
 #include <config.h>
 
+#include <assert.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -100,7 +101,13 @@ pin_pack (struct cas_packs *p, uint32_t id)
 static void
 unpin_pack (struct pack *pk)
 {
-  atomic_fetch_sub (&pk->readers, 1);
+  unsigned was = atomic_fetch_sub (&pk->readers, 1);
+
+  /* An unpin without its pin would let cas_packs_retire close the fd
+   * under a reader that is still in pread.
+   */
+  assert (was > 0);
+  (void) was;
 }
 
 /* A pack that is there and not retired, or NULL. */
