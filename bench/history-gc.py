@@ -15,6 +15,7 @@
 #                  interleaved
 #
 #   bench/history-gc.py [-B BUILDDIR] [-d TMPFS_DIR] [-r ROUNDS] [-o FILE]
+#                       [-s history,gc,impact]
 #
 # Needs python3-libnbd, fio, nbdcopy.  Run it with /usr/bin/python3.
 # Processes started here are ended by pid; the store is removed at the end.
@@ -43,6 +44,8 @@ ap.add_argument("-B", default=os.path.dirname(os.path.dirname(
 ap.add_argument("-d", default="/dev/shm")
 ap.add_argument("-r", type=int, default=3)
 ap.add_argument("-o")
+ap.add_argument("-s", default="history,gc,impact",
+                help="sections to run, comma-separated")
 args = ap.parse_args()
 MINNBD = os.path.join(args.B, "common/server/minnbd")
 NBDCAS = os.path.join(args.B, "plugins/cas/nbdcas")
@@ -55,9 +58,22 @@ def say(s=""):
 
 
 def nbdcas(*a):
+    """Run the tool: (seconds, CompletedProcess), p.maxrss_kib its peak RSS."""
     t0 = time.monotonic()
-    p = subprocess.run([NBDCAS] + [str(x) for x in a], capture_output=True,
-                       text=True, check=True)
+    with tempfile.TemporaryFile("w+") as out, \
+            tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen([NBDCAS] + [str(x) for x in a],
+                                stdout=out, stderr=err, text=True)
+        _, status, ru = os.wait4(proc.pid, 0)   # this child's own rusage
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        p = subprocess.CompletedProcess(proc.args, proc.returncode,
+                                        out.read(), err.read())
+    if p.returncode != 0:
+        raise subprocess.CalledProcessError(p.returncode, p.args, p.stdout,
+                                            p.stderr)
+    p.maxrss_kib = ru.ru_maxrss
     return time.monotonic() - t0, p
 
 
@@ -164,14 +180,14 @@ def gc_throughput():
         srv.stop()
     t, p = nbdcas("gc", store, "--json")
     g = json.loads(p.stdout)
-    say("| stored before | scanned | copied | removed packs | rewritten | "
-        "time | scanned GiB/s | copied GiB/s |")
+    say("| scanned | copied | removed packs | rewritten | "
+        "time | scanned GiB/s | copied GiB/s | peak RSS |")
     say("|---:|---:|---:|---:|---:|---:|---:|---:|")
-    say("| %.2f GiB | %.2f GiB | %.2f GiB | %d | %d | %.2f s | %.2f | %.2f |"
-        % (g["bytes_scanned"] / GiB, g["bytes_scanned"] / GiB,
+    say("| %.2f GiB | %.2f GiB | %d | %d | %.2f s | %.2f | %.2f | %.1f MiB |"
+        % (g["bytes_scanned"] / GiB,
            g["bytes_copied"] / GiB, g["packs_deleted"], g["packs_rewritten"],
            g["seconds"], g["bytes_scanned"] / GiB / g["seconds"],
-           g["bytes_copied"] / GiB / g["seconds"]))
+           g["bytes_copied"] / GiB / g["seconds"], p.maxrss_kib / 1024))
     say()
     shutil.rmtree(os.path.dirname(store), ignore_errors=True)
 
@@ -203,11 +219,17 @@ def client_round(gc_mode):
                             "--runtime=5", "--refill_buffers",
                             "--output-format=json"],
                            capture_output=True, text=True, check=True)
-        iops = json.loads(p.stdout)["jobs"][0]["write"]["iops"]
+        # fio may print notes before its JSON
+        iops = json.loads(p.stdout[p.stdout.index("{"):])["jobs"][0][
+            "write"]["iops"]
+        # The store's size at the end says whether gc=auto collected
+        # while the clients ran (with gc=off nothing is ever removed).
+        size = sum(os.path.getsize(os.path.join(d, f))
+                   for d, _, fs in os.walk(store) for f in fs)
     finally:
         srv.stop()
         shutil.rmtree(os.path.dirname(store), ignore_errors=True)
-    return seq, iops
+    return seq, iops, size
 
 
 def gc_impact():
@@ -217,14 +239,16 @@ def gc_impact():
     for r in range(args.r):
         for mode in (("off", "auto") if r % 2 == 0 else ("auto", "off")):
             res[mode].append(client_round(mode))
-    say("| gc | uniqW MB/s (median [min-max]) | rw4k QD32 IOPS |")
-    say("|---|---:|---:|")
+    say("| gc | uniqW MB/s (median [min-max]) | rw4k QD32 IOPS | "
+        "store at the end |")
+    say("|---|---:|---:|---:|")
     for mode in ("off", "auto"):
         s = [x[0] for x in res[mode]]
         i = [x[1] for x in res[mode]]
-        say("| %s | %.0f [%.0f-%.0f] | %.0f [%.0f-%.0f] |" % (
+        z = [x[2] / GiB for x in res[mode]]
+        say("| %s | %.0f [%.0f-%.0f] | %.0f [%.0f-%.0f] | %.2f GiB |" % (
             mode, statistics.median(s), min(s), max(s),
-            statistics.median(i), min(i), max(i)))
+            statistics.median(i), min(i), max(i), statistics.median(z)))
     ratio_s = statistics.median([x[0] for x in res["auto"]]) / \
         statistics.median([x[0] for x in res["off"]])
     ratio_i = statistics.median([x[1] for x in res["auto"]]) / \
@@ -237,9 +261,13 @@ def gc_impact():
 
 say("Load average at start: %s" % open("/proc/loadavg").read().split()[0])
 say()
-history()
-gc_throughput()
-gc_impact()
+sections = args.s.split(",")
+if "history" in sections:
+    history()
+if "gc" in sections:
+    gc_throughput()
+if "impact" in sections:
+    gc_impact()
 say("Load average at the end: %s" % open("/proc/loadavg").read().split()[0])
 if args.o:
     with open(args.o, "w") as f:
