@@ -4,7 +4,7 @@
 #
 #   bench/run.sh [-B BUILDDIR] [-s SIZE_MB] [-t FIO_SECONDS] [-r REPEATS]
 #                [-m peers|cas|tls|all] [-d TMPFS_DIR] [-D DISK_DIR]
-#                [-S "row row ..."] [-o REPORT.md]
+#                [-S "row row ..."] [-L BUSY_PERCENT] [-o REPORT.md]
 #
 # -o also writes every single measurement to REPORT.md.raw.
 # Modes (what rows and columns the table has; -m picks one or both):
@@ -16,8 +16,12 @@
 #          beside minnbd/nbdkit+flatfile on the same media.  Columns: unique
 #          random data written sequentially, the same data again
 #          (duplicates), sequential read, 4 KiB random read and write at
-#          QD32 (fresh random data per write: nothing dedups), zeros written
-#          as data; plus `openssl speed -evp sha256` (the hash ceiling).
+#          QD32 (fresh random data per write: nothing dedups), the same
+#          random writes with a flush every 32 (fio --fsync=32), random
+#          writes at QD1 (IOPS and fio's completion latency p99.9 in us),
+#          zeros written as data; for cas rows the index's RAM per stored
+#          chunk (nbdcas stat after the row); plus `openssl speed -evp
+#          sha256` (the hash ceiling).
 #   tls    minnbd+flatfile and nbdkit+flatfile over TCP on 127.0.0.1 with
 #          TLS (X.509, --tls=require; @tls) and without (@tcp), disk on
 #          tmpfs.  Columns: nbdcopy sequential write and read (MB/s).
@@ -25,11 +29,21 @@
 #          refuses a local file in its URI unless the program allows it.)
 #          Certificates are made with certtool (gnutls-bin) for the run.
 # Every row also reports the server's peak resident memory (VmHWM).
+# CAS_PARAMS in the environment is added to every cas server's parameters.
 #
 # Rows are "server+backend@medium"; -S picks rows by name, e.g.
 #   -S "minnbd+flatfile@shm qemu-nbd@shm"
-# With -r N every measurement is taken N times, the rows interleaved
-# round-robin (so drift hits every row alike), and the median is reported.
+# With -r N (default 3) every measurement is taken N times, the rows
+# interleaved round-robin, every other round in reverse order (so drift
+# and position hit every row alike).  Each cell is the median with the
+# spread of the N measurements [min-max]; the ratio tables compare rows
+# within each round (cas against flatfile on the same server and medium,
+# minnbd against the best peer) and give the median ratio and its spread.
+#
+# The machine should be quiet: before every row the CPU time used by
+# anything else during one second is measured (the bench itself is idle
+# then); above -L percent (default 10) a warning is printed and the
+# report says how busy the machine was.
 #
 # Needs: nbdkit qemu-utils nbd-server libnbd-bin fio bc python3 openssl.
 # Processes started here are ended by pid; nothing else is touched.
@@ -40,18 +54,20 @@ here=$(cd "$(dirname "$0")" && pwd)
 B=
 SIZE_MB=1024
 FIO_SECS=10
-REPEATS=1
+REPEATS=3
 MODE=peers
 SHM_DIR=/dev/shm
 DISK_DIR=/tmp
 ROWS=
 REPORT=
+BUSY_MAX=10
 usage() { sed -n '2,/^set -u/p' "$0" | sed 's/^# \{0,1\}//; /^set -u/d'; exit "${1:-0}"; }
-while getopts B:s:t:r:m:d:D:S:o:h opt; do
+while getopts B:s:t:r:m:d:D:S:L:o:h opt; do
   case $opt in
     B) B=$OPTARG ;; s) SIZE_MB=$OPTARG ;; t) FIO_SECS=$OPTARG ;;
     r) REPEATS=$OPTARG ;; m) MODE=$OPTARG ;; d) SHM_DIR=$OPTARG ;;
-    D) DISK_DIR=$OPTARG ;; S) ROWS=$OPTARG ;; o) REPORT=$OPTARG ;;
+    D) DISK_DIR=$OPTARG ;; S) ROWS=$OPTARG ;; L) BUSY_MAX=$OPTARG ;;
+    o) REPORT=$OPTARG ;;
     h) usage 0 ;; *) usage 2 >&2 ;;
   esac
 done
@@ -86,6 +102,8 @@ W_DISK=
 case " $ROWS " in *@disk*) W_DISK=$(mktemp -d "$DISK_DIR/nbdbench.XXXXXX") || exit 1 ;; esac
 SOCK=$W_SHM/s.sock
 PID=
+RAW=${REPORT:+$REPORT.raw}
+RAW=${RAW:-$W_SHM/raw}
 cleanup() {
   stop_server
   rm -rf "$W_SHM" ${W_DISK:+"$W_DISK"}
@@ -188,6 +206,20 @@ stop_server() {
 # Peak resident memory of the server so far, MiB.
 hwm() { awk '/^VmHWM/ { printf "%.0f", $2/1024 }' "/proc/$PID/status" 2>/dev/null || echo -; }
 
+# Percent of all CPUs busy during one second, the bench being idle: what
+# everything else on the machine uses.  Counted from the busy ticks in
+# /proc/stat (user, nice, system, irq, softirq, steal) over the wall time:
+# some VMs never advance the idle counter.
+busy_others() {
+  local a b s e
+  s=$(date +%s.%N); a=$(awk '/^cpu / { print $2+$3+$4+$7+$8+$9 }' /proc/stat)
+  sleep 1
+  e=$(date +%s.%N); b=$(awk '/^cpu / { print $2+$3+$4+$7+$8+$9 }' /proc/stat)
+  awk -v a="$a" -v b="$b" -v s="$s" -v e="$e" -v hz="$(getconf CLK_TCK)" \
+      -v n="$(nproc)" 'BEGIN { p = 100 * (b - a) / (hz * (e - s) * n);
+                               if (p > 100) p = 100; printf "%.0f", p }'
+}
+
 # secs CMD...: wall seconds, or FAIL.
 secs() {
   local s e
@@ -198,70 +230,203 @@ secs() {
 }
 mbs() { [ "$1" = FAIL ] && echo FAIL || printf "%.0f" "$(echo "$SIZE_MB * 1.048576 / $1" | bc -l)"; }
 
-# iops RW DEPTH [fio options]: total IOPS of one fio job over NBD.
-iops() {
+# fio_run RW DEPTH [fio options]: one fio job over NBD; prints its IOPS
+# and its completion latency p99.9 in microseconds.
+fio_run() {
   local rw=$1 qd=$2; shift 2
   fio --name=j --ioengine=nbd --uri="$URI" --rw="$rw" --bs=4k --iodepth="$qd" \
       --runtime="$FIO_SECS" --time_based --size="${SIZE_MB}M" "$@" \
       --output-format=json 2>"$W_SHM/err" | sed -n '/^{/,$p' |
-    python3 -c 'import json,sys; j=json.load(sys.stdin)["jobs"][0]; print(int(j["read"]["iops"]+j["write"]["iops"]))' 2>/dev/null ||
-    { echo "run.sh: FAIL: fio $rw qd$qd on $URI $(head -c 300 "$W_SHM/err")" >&2; echo FAIL; }
+    python3 -c '
+import json, sys
+j = json.load(sys.stdin)["jobs"][0]
+d = j["read"] if j["read"]["io_bytes"] else j["write"]
+p = d["clat_ns"].get("percentile", {}).get("99.900000")
+print(int(j["read"]["iops"] + j["write"]["iops"]), "%.0f" % (p / 1000) if p else "-")' 2>/dev/null ||
+    { echo "run.sh: FAIL: fio $rw qd$qd on $URI $(head -c 300 "$W_SHM/err")" >&2; echo FAIL FAIL; }
+}
+iops() { fio_run "$@" | cut -d' ' -f1; }
+
+# Index RAM per stored chunk of the store just served (bytes), from
+# nbdcas stat; "-" without the tool.
+index_per_chunk() {
+  local store=$1/store
+  [ -x "$B/nbdcas" ] && [ -d "$store" ] || { echo -; return; }
+  "$B/nbdcas" stat "$store" --json 2>/dev/null | python3 -c '
+import json, sys
+j = json.load(sys.stdin)
+print("%.1f" % (j["index_bytes"] / j["chunks"]) if j.get("chunks") else "-")' 2>/dev/null || echo -
 }
 
 # measure ROW: one line of numbers for that row, in COLUMNS order.
 measure() {
-  local row=$1 srv=${1%@*} mode
+  local row=$1 srv=${1%@*} q1 idx=-
   start_server "$row" || { echo "$COLUMNS" | sed 's/[^ ]*/FAIL/g'; return; }
   if [ "$TABLE" = tls ]; then
     echo "$(mbs "$(secs nbdcopy --flush "$W_SHM/src.img" "$URI")")" \
          "$(mbs "$(secs nbdcopy "$URI" null:)")" "$(hwm)"
+    stop_server
   elif [ "$TABLE" = peers ]; then
     echo "$(mbs "$(secs nbdcopy --flush "$W_SHM/src.img" "$URI")")" \
          "$(mbs "$(secs nbdcopy "$URI" null:)")" \
          "$(iops randread 32)" "$(iops randwrite 32)" \
          "$(iops randread 1)" "$(iops randwrite 1)" "$(hwm)"
+    stop_server
   else
     # The cas table: every write is data from the client (-S 0: nbdcopy
     # must not turn zeros into WRITE_ZEROES); fio refills its buffers so
     # random writes never dedup.
-    echo "$(mbs "$(secs nbdcopy --flush -S 0 "$W_SHM/src.img" "$URI")")" \
-         "$(mbs "$(secs nbdcopy --flush -S 0 "$W_SHM/src.img" "$URI")")" \
-         "$(mbs "$(secs nbdcopy "$URI" null:)")" \
-         "$(iops randread 32)" "$(iops randwrite 32 --refill_buffers)" \
+    local a b c d e f
+    a=$(mbs "$(secs nbdcopy --flush -S 0 "$W_SHM/src.img" "$URI")")
+    b=$(mbs "$(secs nbdcopy --flush -S 0 "$W_SHM/src.img" "$URI")")
+    c=$(mbs "$(secs nbdcopy "$URI" null:)")
+    d=$(iops randread 32)
+    e=$(iops randwrite 32 --refill_buffers)
+    f=$(iops randwrite 32 --refill_buffers --fsync=32)
+    q1=$(fio_run randwrite 1 --refill_buffers)
+    echo "$a $b $c $d $e $f $q1" \
          "$(mbs "$(secs nbdcopy --flush -S 0 --no-extents "$W_SHM/zero.img" "$URI")")" \
-         "$(hwm)"
+         "$(hwm)" | tr '\n' ' '
+    stop_server
+    case $srv in *+cas) idx=$(index_per_chunk "$(dir_of "$row")") ;; esac
+    echo "$idx"
   fi
-  stop_server
 }
 
-median() { sort -n | awk '{ v[NR] = $1 } END { if (NR == 0) print "-"; else if (v[1] == "FAIL") print "FAIL"; else print v[int((NR + 1) / 2)] }'; }
-
-# run_table NAME HEADER ROWS...: measure, REPEATS times round-robin, print.
+# run_table NAME "COLUMNS" ROWS...: measure, REPEATS times round-robin
+# (every other round reversed), each line to $RAW.
 run_table() {
   TABLE=$1 COLUMNS=$2; shift 2
-  local rows=("$@") rep row i line n=0
-  declare -A res
+  local rows=("$@") rep row line busy i order
   for rep in $(seq "$REPEATS"); do
-    for row in "${rows[@]}"; do
-      echo "run.sh: [$rep/$REPEATS] $row" >&2
+    order=("${rows[@]}")
+    if [ $((rep % 2)) = 0 ]; then
+      order=()
+      for ((i = ${#rows[@]} - 1; i >= 0; i--)); do order+=("${rows[$i]}"); done
+    fi
+    for row in "${order[@]}"; do
+      busy=$(busy_others)
+      echo "run.sh: [$rep/$REPEATS] $row (others busy: $busy% CPU)" >&2
+      [ "$busy" -gt "$BUSY_MAX" ] &&
+        echo "run.sh: WARNING: the machine is busy ($busy% CPU used by others before $row, round $rep): figures are unreliable" >&2
       line=$(measure "$row")
-      res[$row]+="$line"$'\n'
-      # Every single measurement, for whoever doubts a median.
-      [ -n "$REPORT" ] && echo "$TABLE $rep $row $line" >> "$REPORT.raw"
+      echo "$TABLE $rep $row busy=$busy $line" >> "$RAW"
     done
   done
-  n=$(echo "$COLUMNS" | wc -w)
-  printf '| %-22s |' "server+backend@medium"
-  for c in $COLUMNS; do printf ' %10s |' "$c"; done; echo
-  printf '|%s|' "$(printf -- '-%.0s' $(seq 24))"
-  for c in $COLUMNS; do printf '%s|' "$(printf -- '-%.0s' $(seq 11)):"; done; echo
-  for row in "${rows[@]}"; do
-    printf '| %-22s |' "$row"
-    for i in $(seq "$n"); do
-      printf ' %10s |' "$(printf '%s' "${res[$row]}" | awk -v i="$i" 'NF { print $i }' | median)"
-    done
-    echo
-  done
+}
+
+# Tables from the raw lines: median [min-max] per cell, then the ratios.
+print_table() {
+  python3 - "$RAW" "$1" "$2" <<'EOF'
+import sys, statistics
+raw, table, columns = sys.argv[1], sys.argv[2], sys.argv[3].split()
+# Columns where lower is better: a ratio is then other/this.
+lower = {"RSS_MiB", "p999_us", "idxB/chunk"}
+rows, res, busy = [], {}, []
+for line in open(raw):
+    f = line.split()
+    if len(f) < 4 or f[0] != table:
+        continue
+    rep, row = int(f[1]), f[2]
+    busy.append(int(f[3].split("=")[1]))
+    if row not in rows:
+        rows.append(row)
+    res.setdefault(row, {})[rep] = f[4:4 + len(columns)]
+
+def num(v):
+    try:
+        return float(v)
+    except ValueError:
+        return None
+
+def cell(vals):
+    v = sorted(x for x in map(num, vals) if x is not None)
+    if not v:
+        return vals[0] if vals else "-"
+    fmt = (lambda x: "%.0f" % x) if max(v) >= 100 else (lambda x: "%.3g" % x)
+    med = statistics.median_low(v)
+    if len(v) == 1:
+        return fmt(med)
+    return "%s [%s-%s]" % (fmt(med), fmt(v[0]), fmt(v[-1]))
+
+w = max(22, max(len(r) for r in rows))
+cw = [max(len(c), 18) for c in columns]
+print("| %-*s |" % (w, "server+backend@medium") +
+      "".join(" %*s |" % (cw[i], c) for i, c in enumerate(columns)))
+print("|" + "-" * (w + 2) + "|" + "".join("-" * (cw[i] + 1) + ":|"
+                                         for i in range(len(columns))))
+for r in rows:
+    cells = [cell([res[r][k][i] for k in sorted(res[r]) if i < len(res[r][k])])
+             for i in range(len(columns))]
+    print("| %-*s |" % (w, r) +
+          "".join(" %*s |" % (cw[i], c) for i, c in enumerate(cells)))
+print()
+
+def ratios(title, pairs):
+    """pairs: (label, this_row, [other rows]); per round, this / best other
+    (other / this where lower is better), then median [min-max]."""
+    out = []
+    for label, this, others in pairs:
+        if this not in res or not all(o in res for o in others):
+            continue
+        line = []
+        for i, c in enumerate(columns):
+            if c in lower and c != "p999_us":
+                line.append("-")
+                continue
+            rs = []
+            for k in sorted(res[this]):
+                a = num(res[this][k][i]) if i < len(res[this][k]) else None
+                os_ = [num(res[o][k][i]) for o in others
+                       if k in res[o] and i < len(res[o][k])]
+                os_ = [x for x in os_ if x]
+                if a is None or not os_ or not a:
+                    continue
+                best = min(os_) if c in lower else max(os_)
+                rs.append(best / a if c in lower else a / best)
+            if not rs:
+                line.append("-")
+                continue
+            rs.sort()
+            line.append("%.2f [%.2f-%.2f]" % (statistics.median_low(rs),
+                                              rs[0], rs[-1])
+                        if len(rs) > 1 else "%.2f" % rs[0])
+        out.append((label, line))
+    if not out:
+        return
+    print(title)
+    print()
+    lw = max(len(l) for l, _ in out)
+    print("| %-*s |" % (lw, "") +
+          "".join(" %*s |" % (cw[i], c) for i, c in enumerate(columns)))
+    print("|" + "-" * (lw + 2) + "|" + "".join("-" * (cw[i] + 1) + ":|"
+                                              for i in range(len(columns))))
+    for l, line in out:
+        print("| %-*s |" % (lw, l) +
+              "".join(" %*s |" % (cw[i], c) for i, c in enumerate(line)))
+    print()
+
+if table == "peers":
+    peers = [r for r in ("nbdkit+file@shm", "qemu-nbd@shm", "nbd-server@shm")
+             if r in res]
+    if "minnbd+flatfile@shm" in res and peers:
+        ratios("minnbd+flatfile against the best peer (%s), per round "
+               "(p99.9: the peer's over minnbd's):" % ", ".join(peers),
+               [("minnbd / best peer", "minnbd+flatfile@shm", peers)])
+else:
+    pairs = []
+    for r in rows:
+        if "+cas@" in r:
+            ff = r.replace("+cas@", "+flatfile@")
+            pairs.append((r.replace("+cas", "") + " cas/flatfile", r, [ff]))
+    ratios("cas against flatfile on the same server and medium, per round "
+           "(p99.9: flatfile's over cas's; above 1 is cas doing better):",
+           pairs)
+if busy:
+    print("CPU used by others before each row: median %d%%, max %d%% "
+          "(%d rows)." % (statistics.median_low(busy), max(busy), len(busy)))
+    print()
+EOF
 }
 
 machine() {
@@ -270,13 +435,13 @@ machine() {
        "$(awk '/MemTotal/ { printf "%.0f GiB", $2/1048576 }' /proc/meminfo) RAM, Linux $(uname -r)"
   echo "Media: shm=$(df --output=fstype "$SHM_DIR" | tail -1) ($SHM_DIR)${W_DISK:+, disk=$(df --output=fstype "$DISK_DIR" | tail -1) ($DISK_DIR)}"
   echo "Versions: $(nbdkit --version), $(qemu-nbd --version | head -1), nbd-server $(nbd-server -V 2>&1 | grep -o '[0-9][0-9.]*' | head -1), $(nbdcopy --version | head -1), $(fio --version)"
-  echo "Work: ${SIZE_MB} MiB; nbdcopy file<->nbd (default connections and requests); fio ioengine=nbd bs=4k, ${FIO_SECS} s time-based, one job; median of $REPEATS"
-  echo "Command: bench/run.sh $ORIG_ARGS"
+  echo "Work: ${SIZE_MB} MiB; nbdcopy file<->nbd (default connections and requests); fio ioengine=nbd bs=4k, ${FIO_SECS} s time-based, one job; median [min-max] of $REPEATS, rows interleaved"
+  echo "Command: bench/run.sh $ORIG_ARGS${CAS_PARAMS:+ (CAS_PARAMS=$CAS_PARAMS)}"
   echo "Load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 }
 
 ORIG_ARGS="$*"
-[ -n "$REPORT" ] && : > "$REPORT.raw"
+: > "$RAW"
 {
   machine
   echo
@@ -293,20 +458,23 @@ ORIG_ARGS="$*"
   if [ ${#peer_rows[@]} -gt 0 ]; then
     echo "Sequential MB/s (nbdcopy, 10^6 bytes/s), random 4 KiB IOPS (fio), peak RSS MiB:"
     echo
-    run_table peers "seqW_MB/s seqR_MB/s rr4k_qd32 rw4k_qd32 rr4k_qd1 rw4k_qd1 RSS_MiB" "${peer_rows[@]}"
-    echo
+    cols="seqW_MB/s seqR_MB/s rr4k_qd32 rw4k_qd32 rr4k_qd1 rw4k_qd1 RSS_MiB"
+    run_table peers "$cols" "${peer_rows[@]}"
+    print_table peers "$cols"
   fi
   if [ ${#tls_rows[@]} -gt 0 ]; then
     echo "TLS over TCP on 127.0.0.1: sequential MB/s (nbdcopy, 10^6 bytes/s), peak RSS MiB:"
     echo
-    run_table tls "seqW_MB/s seqR_MB/s RSS_MiB" "${tls_rows[@]}"
-    echo
+    cols="seqW_MB/s seqR_MB/s RSS_MiB"
+    run_table tls "$cols" "${tls_rows[@]}"
+    print_table tls "$cols"
   fi
   if [ ${#cas_rows[@]} -gt 0 ]; then
-    echo "cas: unique/duplicate/zero writes and sequential read MB/s (nbdcopy --flush -S 0), 4 KiB IOPS at QD32 (fio), peak RSS MiB:"
+    echo "cas: unique/duplicate/zero writes and sequential read MB/s (nbdcopy --flush -S 0), 4 KiB IOPS (fio; fs32: --fsync=32), QD1 write latency p99.9 (us), peak RSS MiB, index bytes per chunk:"
     echo
-    run_table cas "uniqW_MB/s dupW_MB/s seqR_MB/s rr4k_qd32 rw4k_qd32 zeroW_MB/s RSS_MiB" "${cas_rows[@]}"
-    echo
+    cols="uniqW_MB/s dupW_MB/s seqR_MB/s rr4k_qd32 rw4k_qd32 rw4k_fs32 rw4k_qd1 p999_us zeroW_MB/s RSS_MiB idxB/chunk"
+    run_table cas "$cols" "${cas_rows[@]}"
+    print_table cas "$cols"
     echo "Hash ceiling (openssl speed -evp sha256, one core):"
     echo
     openssl speed -seconds 2 -evp sha256 2>/dev/null | sed -n '/^type/,$p' | sed 's/^/    /'
