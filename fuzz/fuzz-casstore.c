@@ -500,6 +500,7 @@ crafted_root (const uint8_t *p, size_t n)
   if (pack == NULL)
     die ("calloc");
   memcpy (pack, pf->data, pf->len);
+  memset (&rh, 0, sizeof rh);
   rh.type = CAS_CHUNK_MAPNODE;
   rh.length = nlen;
   rh.payload_crc = crc32c (0, node, nlen);

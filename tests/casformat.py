@@ -11,6 +11,9 @@ import struct
 PACK_HEADER = 64
 RECORD_HEADER = 64
 RECORD_MAGIC = 0x43455243
+DATA, MAPNODE, TABLE = 1, 2, 3      # record types; TABLE: a piece table
+F_TABLE = 0x01                      # record header flag: a table precedes
+PIECE = 4096
 
 
 def _crc_table():
@@ -60,6 +63,30 @@ def records(packfile):
         length, = struct.unpack_from("<I", data, off + 8)
         yield off, typ, length, data[off + 16:off + 48]
         off += record_size(length)
+
+
+def record_flags(packfile, off):
+    """The flags byte of the record header at off."""
+    with open(packfile, "rb") as f:
+        f.seek(off + 5)
+        return f.read(1)[0]
+
+
+def piece_table(packfile, off):
+    """The piece CRCs of the data record at off, from the table record in
+    front of it (format version 2), or None if it has none."""
+    if not record_flags(packfile, off) & F_TABLE:
+        return None
+    with open(packfile, "rb") as f:
+        f.seek(off + 8)
+        length, = struct.unpack("<I", f.read(4))
+        n = (length + PIECE - 1) // PIECE
+        tsize = record_size(4 * n)
+        f.seek(off - tsize)
+        hdr = f.read(RECORD_HEADER)
+        magic, typ = struct.unpack_from("<IB", hdr)
+        assert magic == RECORD_MAGIC and typ == TABLE, "no table record"
+        return list(struct.unpack("<%dI" % n, f.read(4 * n)))
 
 
 def record_header_crc(packfile, off):

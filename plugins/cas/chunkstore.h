@@ -108,6 +108,16 @@ struct chunkstore_ops {
   int (*get) (struct chunkstore *cs, const struct cas_hash *hash,
               void *buf, uint32_t bufsize, uint32_t *len,
               enum cas_verify verify);
+  /* Read bytes [off, off + count) of the chunk named *hash, which must be
+   * length bytes long (EIO otherwise), into buf.  With verify=checksum
+   * only the pieces read are checked where the store keeps per-piece
+   * checksums (else the whole chunk is read and checked); verify=full
+   * reads and re-hashes the whole chunk.  Never returns bytes that
+   * failed a check: EIO instead.
+   */
+  int (*get_range) (struct chunkstore *cs, const struct cas_hash *hash,
+                    uint32_t length, void *buf, uint32_t off, uint32_t count,
+                    enum cas_verify verify);
   /* 1 present, 0 absent, -1 error. */
   int (*has) (struct chunkstore *cs, const struct cas_hash *hash);
   /* Make every chunk put so far durable (fdatasync of what was written). */
@@ -150,6 +160,7 @@ struct chunkstore {
  * index cache's).  Returns NULL with errno set and a message.
  */
 #define CAS_PACKSTORE_NO_CACHE (1u << 0)  /* index every pack (fsck) */
+#define CAS_PACKSTORE_TABLES   (1u << 1)  /* format 2: write piece tables */
 struct chunkstore *cas_packstore_open (const char *dir, bool readonly,
                                        const uint8_t uuid[16],
                                        unsigned flags);
@@ -175,6 +186,12 @@ cs_get (struct chunkstore *cs, const struct cas_hash *h, void *buf,
         uint32_t bufsize, uint32_t *len, enum cas_verify v)
 {
   return cs->ops->get (cs, h, buf, bufsize, len, v);
+}
+static inline int
+cs_get_range (struct chunkstore *cs, const struct cas_hash *h, uint32_t length,
+              void *buf, uint32_t off, uint32_t count, enum cas_verify v)
+{
+  return cs->ops->get_range (cs, h, length, buf, off, count, v);
 }
 static inline int
 cs_has (struct chunkstore *cs, const struct cas_hash *h)

@@ -13,8 +13,28 @@
 #define POLY 0x82F63B78u        /* 0x1EDC6F41 reflected */
 
 static uint32_t table[8][256];
+/* x2n[k] = x^(2^k) modulo the polynomial (reflected bit order). */
+static uint32_t x2n[64];
 static bool have_sse42;
 static pthread_once_t once = PTHREAD_ONCE_INIT;
+
+/* a * b modulo the polynomial, both reflected (bit 31 is x^0). */
+static uint32_t
+mulmod (uint32_t a, uint32_t b)
+{
+  uint32_t m = UINT32_C (1) << 31, p = 0;
+
+  for (;;) {
+    if (a & m) {
+      p ^= b;
+      if ((a & (m - 1)) == 0)
+        break;
+    }
+    m >>= 1;
+    b = b & 1 ? (b >> 1) ^ POLY : b >> 1;
+  }
+  return p;
+}
 
 static void
 init (void)
@@ -30,6 +50,9 @@ init (void)
   for (i = 0; i < 256; i++)
     for (j = 1; j < 8; j++)
       table[j][i] = (table[j - 1][i] >> 8) ^ table[0][table[j - 1][i] & 0xff];
+  x2n[0] = UINT32_C (1) << 30;  /* x^1 */
+  for (i = 1; i < 64; i++)
+    x2n[i] = mulmod (x2n[i - 1], x2n[i - 1]);
 #if defined(__x86_64__) || defined(__i386__)
   __builtin_cpu_init ();
   have_sse42 = __builtin_cpu_supports ("sse4.2");
@@ -102,4 +125,21 @@ crc32c (uint32_t crc, const void *buf, size_t len)
     return ~crc_sse42 (c, buf, len);
 #endif
   return ~crc_table (c, buf, len);
+}
+
+/* Appending len2 bytes to a message multiplies its CRC register by
+ * x^(8 len2); the pre- and post-conditioning (~) cancel out of the
+ * combination, so the conditioned CRCs combine directly.
+ */
+uint32_t
+crc32c_combine (uint32_t crc1, uint32_t crc2, uint64_t len2)
+{
+  uint32_t p = UINT32_C (1) << 31;      /* x^0 */
+  unsigned k = 3;                       /* 8 len2 = len2 << 3 */
+
+  pthread_once (&once, init);
+  for (; len2; len2 >>= 1, k++)
+    if (len2 & 1)
+      p = mulmod (x2n[k & 63], p);
+  return mulmod (p, crc1) ^ crc2;
 }

@@ -70,10 +70,10 @@ cas_super_decode (const uint8_t in[CAS_SUPER_SIZE], struct cas_super *s)
    * the CRC, so a newer layout is reported as a version problem.
    */
   s->version = get_le32 (in + 8);
-  if (s->version != CAS_FORMAT_VERSION) {
+  if (s->version < CAS_MIN_FORMAT_VERSION || s->version > CAS_FORMAT_VERSION) {
     backend_error ("cas: store format version %u is not supported "
-                   "(this program reads version %u)",
-                   s->version, CAS_FORMAT_VERSION);
+                   "(this program reads versions %u to %u)",
+                   s->version, CAS_MIN_FORMAT_VERSION, CAS_FORMAT_VERSION);
     errno = EPROTO;
     return -1;
   }
@@ -121,14 +121,14 @@ cas_pack_header_decode (const uint8_t in[CAS_PACK_HEADER_SIZE],
   h->version = get_le32 (in + 8);
   h->pack = get_le32 (in + 12);
   memcpy (h->uuid, in + 16, 16);
-  if (h->version != CAS_FORMAT_VERSION) {
+  if (h->version != CAS_PACK_VERSION) {
     errno = EPROTO;
     return -1;
   }
   return 0;
 }
 
-/* record header: 0 magic 4 type 5 flags(0) 6 reserved[2] 8 length
+/* record header: 0 magic 4 type 5 flags 6 reserved[2] 8 length
  * 12 payload_crc 16 hash[32] 48 reserved[12] 60 header crc
  */
 void
@@ -138,6 +138,7 @@ cas_record_header_encode (const struct cas_record_header *h,
   memset (out, 0, CAS_RECORD_HEADER_SIZE);
   put_le32 (out, CAS_RECORD_MAGIC);
   out[4] = h->type;
+  out[5] = h->flags;
   put_le32 (out + 8, h->length);
   put_le32 (out + 12, h->payload_crc);
   memcpy (out + 16, h->hash.b, CAS_HASH_SIZE);
@@ -151,10 +152,12 @@ cas_record_header_decode (const uint8_t in[CAS_RECORD_HEADER_SIZE],
   if (get_le32 (in) != CAS_RECORD_MAGIC || !sealed (in, CAS_RECORD_HEADER_SIZE))
     goto bad;
   h->type = in[4];
+  h->flags = in[5];
   h->length = get_le32 (in + 8);
   h->payload_crc = get_le32 (in + 12);
   memcpy (h->hash.b, in + 16, CAS_HASH_SIZE);
-  if ((h->type != CAS_CHUNK_DATA && h->type != CAS_CHUNK_MAPNODE) ||
+  if ((h->type != CAS_CHUNK_DATA && h->type != CAS_CHUNK_MAPNODE &&
+       h->type != CAS_RECORD_TABLE) ||
       h->length == 0 || h->length > CAS_MAX_PAYLOAD)
     goto bad;
   return 0;
@@ -196,10 +199,10 @@ cas_root_decode (const uint8_t in[CAS_ROOT_SIZE], struct cas_root *r)
     return -1;
   }
   r->version = get_le32 (in + 8);
-  if (r->version != CAS_FORMAT_VERSION) {
+  if (r->version != CAS_ROOT_VERSION) {
     backend_error ("cas: volume root format version %u is not supported "
                    "(this program reads version %u)",
-                   r->version, CAS_FORMAT_VERSION);
+                   r->version, CAS_ROOT_VERSION);
     errno = EPROTO;
     return -1;
   }

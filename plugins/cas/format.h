@@ -17,10 +17,18 @@
 #include "chunkstore.h"
 #include "hash.h"
 
-/* Format version written into the superblock, pack headers and root
- * files (FORMAT.md).
+/* The store format version (FORMAT.md), in the superblock: new stores
+ * are created at CAS_FORMAT_VERSION; every version from
+ * CAS_MIN_FORMAT_VERSION is read.  Version 2 adds piece tables (records
+ * of type CAS_RECORD_TABLE before data records); a version-1 store is
+ * written in version 1 (no piece tables) so that older programs keep
+ * reading it.  Pack headers and root files did not change: their own
+ * version fields stay at 1.
  */
-#define CAS_FORMAT_VERSION 1
+#define CAS_FORMAT_VERSION 2
+#define CAS_MIN_FORMAT_VERSION 1
+#define CAS_PACK_VERSION 1
+#define CAS_ROOT_VERSION 1
 
 #define CAS_MIN_BLOCKSIZE (4u * 1024)
 #define CAS_MAX_BLOCKSIZE (1024u * 1024)
@@ -76,8 +84,20 @@ int cas_pack_header_decode (const uint8_t in[CAS_PACK_HEADER_SIZE],
 #define CAS_RECORD_HEADER_SIZE 64
 #define CAS_RECORD_ALIGN 8
 #define CAS_MAX_PAYLOAD (1024u * 1024)
+/* Format version 2: a data record longer than one piece is preceded by a
+ * piece table, a record of its own (type CAS_RECORD_TABLE, not a chunk,
+ * never indexed) whose payload is the CRC32C of each CAS_PIECE_SIZE piece
+ * of the data payload and whose hash field names the data chunk; the
+ * data record's header then has CAS_RECORD_F_TABLE in its flags.  Both
+ * are appended together, so the table ends where the data record begins:
+ * a partial read checks only the pieces it reads.
+ */
+#define CAS_RECORD_TABLE 3
+#define CAS_RECORD_F_TABLE 0x01
+#define CAS_PIECE_SIZE 4096u
 struct cas_record_header {
-  uint8_t type;               /* enum cas_chunk_type */
+  uint8_t type;               /* enum cas_chunk_type, or CAS_RECORD_TABLE */
+  uint8_t flags;              /* CAS_RECORD_F_* */
   uint32_t length;            /* payload bytes */
   uint32_t payload_crc;       /* CRC32C of the payload */
   struct cas_hash hash;       /* SHA-256 of the payload */
@@ -94,6 +114,26 @@ cas_record_size (uint32_t length)
 {
   return CAS_RECORD_HEADER_SIZE +
     (((uint64_t) length + CAS_RECORD_ALIGN - 1) & ~(uint64_t) (CAS_RECORD_ALIGN - 1));
+}
+/* Pieces of a payload of length bytes, and whether a data record of that
+ * length gets a piece table (in a version-2 store): only if it has more
+ * than one piece.
+ */
+static inline uint32_t
+cas_pieces (uint32_t length)
+{
+  return (length + CAS_PIECE_SIZE - 1) / CAS_PIECE_SIZE;
+}
+static inline bool
+cas_wants_table (uint32_t length)
+{
+  return length > CAS_PIECE_SIZE;
+}
+/* Bytes of the piece table record in front of a data record of length. */
+static inline uint64_t
+cas_table_record_size (uint32_t length)
+{
+  return cas_record_size (4 * cas_pieces (length));
 }
 
 /* ---- roots: DIR/volumes/NAME and DIR/snapshots/VOLUME/SNAP ---- */

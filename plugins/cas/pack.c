@@ -50,6 +50,7 @@ struct pack {
 struct cas_packs {
   char *packdir;
   bool readonly;
+  bool tables;                   /* format 2: piece tables (format.h) */
   uint8_t uuid[16];
   uint64_t cap;                  /* roll over past this many bytes */
   pthread_mutex_t append_lock;   /* cur pack and its end, creation */
@@ -178,7 +179,7 @@ open_pack (struct cas_packs *p, uint32_t id, bool is_last)
      * say so, but still read the records behind it.
      */
     if (is_last && !p->readonly && sb.st_size <= CAS_PACK_HEADER_SIZE) {
-      struct cas_pack_header nh = { .version = CAS_FORMAT_VERSION, .pack = id };
+      struct cas_pack_header nh = { .version = CAS_PACK_VERSION, .pack = id };
       memcpy (nh.uuid, p->uuid, 16);
       cas_pack_header_encode (&nh, hdr);
       if (pwrite (fd, hdr, sizeof hdr, 0) != sizeof hdr ||
@@ -214,7 +215,8 @@ open_pack (struct cas_packs *p, uint32_t id, bool is_last)
 }
 
 struct cas_packs *
-cas_packs_open (const char *dir, bool readonly, const uint8_t uuid[16])
+cas_packs_open (const char *dir, bool readonly, const uint8_t uuid[16],
+                bool tables)
 {
   struct cas_packs *p;
   DIR *d = NULL;
@@ -229,6 +231,7 @@ cas_packs_open (const char *dir, bool readonly, const uint8_t uuid[16])
   pthread_mutex_init (&p->append_lock, NULL);
   pthread_mutex_init (&p->sync_lock, NULL);
   p->readonly = readonly;
+  p->tables = tables;
   memcpy (p->uuid, uuid, 16);
   p->cap = CAS_DEFAULT_PACK_SIZE;
   env = getenv ("NBDCAS_PACK_SIZE");
@@ -314,7 +317,7 @@ static struct pack *
 new_pack (struct cas_packs *p, uint32_t id)
 {
   CLEANUP_FREE char *path = pack_path (p, id);
-  struct cas_pack_header ph = { .version = CAS_FORMAT_VERSION, .pack = id };
+  struct cas_pack_header ph = { .version = CAS_PACK_VERSION, .pack = id };
   uint8_t hdr[CAS_PACK_HEADER_SIZE];
   struct pack *pk;
   int fd;
@@ -467,25 +470,70 @@ write_all (int fd, struct iovec *iov, int iovcnt, uint64_t off)
   return 0;
 }
 
+/* The piece table of payload[0..length): crcs[i] is the CRC32C of piece
+ * i; returns the CRC32C of the whole payload, combined from them (one
+ * pass over the data for both).
+ */
+static uint32_t
+piece_crcs (const uint8_t *payload, uint32_t length, uint8_t *table)
+{
+  uint32_t i, n = cas_pieces (length), whole = 0;
+
+  for (i = 0; i < n; i++) {
+    uint32_t len = i + 1 < n ? CAS_PIECE_SIZE : length - i * CAS_PIECE_SIZE;
+    uint32_t c = crc32c (0, payload + (size_t) i * CAS_PIECE_SIZE, len);
+    put_le32 (table + 4 * i, c);
+    whole = i ? crc32c_combine (whole, c, len) : c;
+  }
+  return whole;
+}
+
 int
 cas_packs_append (struct cas_packs *p, struct cas_record_header *h,
                   const void *payload, uint64_t *loc)
 {
   static const uint8_t zeros[CAS_RECORD_ALIGN];
-  uint8_t hdr[CAS_RECORD_HEADER_SIZE];
-  uint64_t size = cas_record_size (h->length), off;
-  struct iovec iov[3];
+  uint8_t hdr[CAS_RECORD_HEADER_SIZE], thdr[CAS_RECORD_HEADER_SIZE];
+  uint8_t table[4 * (CAS_MAX_PAYLOAD / CAS_PIECE_SIZE)];
+  uint64_t size = cas_record_size (h->length), tsize = 0, off;
+  struct iovec iov[6];
   struct pack *pk;
   uint32_t id;
   size_t pad = size - CAS_RECORD_HEADER_SIZE - h->length;
+  int n = 0;
 
   if (p->readonly) {
     backend_error ("cas: the store is read-only");
     errno = EROFS;
     return -1;
   }
-  h->payload_crc = crc32c (0, payload, h->length);
+  if (p->tables && h->type == CAS_CHUNK_DATA && cas_wants_table (h->length)) {
+    struct cas_record_header th = {
+      .type = CAS_RECORD_TABLE, .length = 4 * cas_pieces (h->length),
+      .hash = h->hash,
+    };
+
+    h->payload_crc = piece_crcs (payload, h->length, table);
+    h->flags |= CAS_RECORD_F_TABLE;
+    th.payload_crc = crc32c (0, table, th.length);
+    cas_record_header_encode (&th, thdr);
+    tsize = cas_record_size (th.length);
+    iov[n++] = (struct iovec) { thdr, sizeof thdr };
+    iov[n++] = (struct iovec) { table, th.length };
+    if (tsize - CAS_RECORD_HEADER_SIZE - th.length)
+      iov[n++] = (struct iovec) { (void *) zeros,
+                                  tsize - CAS_RECORD_HEADER_SIZE - th.length };
+  }
+  else {
+    h->flags &= ~CAS_RECORD_F_TABLE;
+    h->payload_crc = crc32c (0, payload, h->length);
+  }
   cas_record_header_encode (h, hdr);
+  iov[n++] = (struct iovec) { hdr, sizeof hdr };
+  iov[n++] = (struct iovec) { (void *) payload, h->length };
+  if (pad)
+    iov[n++] = (struct iovec) { (void *) zeros, pad };
+  size += tsize;
 
   /* Reserve: the only serialised step of an append. */
   pthread_mutex_lock (&p->append_lock);
@@ -503,13 +551,7 @@ cas_packs_append (struct cas_packs *p, struct cas_record_header *h,
   pk->end = off + size;
   pthread_mutex_unlock (&p->append_lock);
 
-  iov[0].iov_base = hdr;
-  iov[0].iov_len = sizeof hdr;
-  iov[1].iov_base = (void *) payload;
-  iov[1].iov_len = h->length;
-  iov[2].iov_base = (void *) zeros;
-  iov[2].iov_len = pad;
-  if (write_all (pk->fd, iov, pad ? 3 : 2, off) == -1) {
+  if (write_all (pk->fd, iov, n, off) == -1) {
     int saved = errno;
     backend_error ("cas: writing pack %" PRIu32 " at offset %" PRIu64 ": %m",
                    id, off);
@@ -530,7 +572,7 @@ cas_packs_append (struct cas_packs *p, struct cas_record_header *h,
    * must not miss this record (see cas_packs_sync).
    */
   atomic_store (&pk->dirty, true);
-  *loc = CAS_LOC (id, off);
+  *loc = CAS_LOC (id, off + tsize);
   return 0;
 }
 
@@ -592,6 +634,85 @@ cas_packs_read (struct cas_packs *p, uint64_t loc,
     backend_error ("cas: pack %" PRIu32 " offset %" PRIu64
                    ": record of %" PRIu32 " bytes is %s", id, off, h->length,
                    h->length > bufsize ? "too long" : "truncated");
+    errno = EIO;
+    return -1;
+  }
+  return 0;
+}
+
+int
+cas_packs_read_table (struct cas_packs *p, uint64_t loc, uint32_t length,
+                      struct cas_record_header *h, uint32_t *crcs)
+{
+  uint8_t buf[CAS_RECORD_HEADER_SIZE + 4 * (CAS_MAX_PAYLOAD / CAS_PIECE_SIZE)
+              + CAS_RECORD_HEADER_SIZE];
+  uint32_t id = CAS_LOC_PACK (loc), i, n = cas_pieces (length);
+  uint64_t off = CAS_LOC_OFFSET (loc);
+  uint64_t tsize = cas_table_record_size (length);
+  struct pack *pk = get_pack (p, id);
+  struct cas_record_header th;
+  const char *why;
+  ssize_t r;
+
+  if (pk == NULL) {
+    backend_error ("cas: pack %" PRIu32 " is missing", id);
+    errno = EIO;
+    return -1;
+  }
+  if (!cas_wants_table (length) || off < CAS_PACK_HEADER_SIZE + tsize) {
+    /* No table can be there: just the record header. */
+    if (cas_packs_read_header (p, loc, h) == -1)
+      return -1;
+    return 1;
+  }
+  r = pread (pk->fd, buf, tsize + CAS_RECORD_HEADER_SIZE, off - tsize);
+  if (r != (ssize_t) (tsize + CAS_RECORD_HEADER_SIZE) ||
+      cas_record_header_decode (buf + tsize, h) == -1) {
+    backend_error ("cas: pack %" PRIu32 " offset %" PRIu64
+                   ": damaged record header", id, off);
+    errno = EIO;
+    return -1;
+  }
+  if (!(h->flags & CAS_RECORD_F_TABLE) || h->length != length)
+    return 1;                   /* no table, or not a block: read it whole */
+  why = "damaged header";
+  if (cas_record_header_decode (buf, &th) == -1)
+    goto bad;
+  why = "not the table of this record";
+  if (th.type != CAS_RECORD_TABLE || th.length != 4 * n ||
+      !cas_hash_equal (&th.hash, &h->hash))
+    goto bad;
+  why = "checksum mismatch";
+  if (crc32c (0, buf + CAS_RECORD_HEADER_SIZE, th.length) != th.payload_crc)
+    goto bad;
+  for (i = 0; i < n; i++)
+    crcs[i] = get_le32 (buf + CAS_RECORD_HEADER_SIZE + 4 * i);
+  return 0;
+ bad:
+  /* The data may well be intact: the caller reads the whole payload. */
+  backend_debug ("cas: pack %" PRIu32 " offset %" PRIu64 ": piece table "
+                 "unusable (%s)", id, off - tsize, why);
+  return 1;
+}
+
+int
+cas_packs_read_payload (struct cas_packs *p, uint64_t loc, uint32_t off,
+                        void *buf, uint32_t len)
+{
+  uint32_t id = CAS_LOC_PACK (loc);
+  uint64_t at = CAS_LOC_OFFSET (loc) + CAS_RECORD_HEADER_SIZE + off;
+  struct pack *pk = get_pack (p, id);
+  ssize_t r;
+
+  if (pk == NULL) {
+    backend_error ("cas: pack %" PRIu32 " is missing", id);
+    errno = EIO;
+    return -1;
+  }
+  r = pread (pk->fd, buf, len, at);
+  if (r != (ssize_t) len) {
+    backend_error ("cas: pack %" PRIu32 " offset %" PRIu64 ": record "
+                   "payload is truncated", id, CAS_LOC_OFFSET (loc));
     errno = EIO;
     return -1;
   }
@@ -790,7 +911,7 @@ record_at (struct scan *s, uint64_t off, bool check, bool rehash,
   *problem = "payload checksum (CRC32C) mismatch";
   if (crc32c (0, s->buf, h->length) != h->payload_crc)
     return BAD_PAYLOAD;
-  if (rehash) {
+  if (rehash && h->type != CAS_RECORD_TABLE) {
     struct cas_hash got;
     *problem = "payload does not match its SHA-256";
     if (cas_hash_compute (s->buf, h->length, &got) == -1 ||

@@ -31,14 +31,19 @@
 
 struct cas_packs;
 
-/* dir is the store directory.  uuid goes into new pack headers. */
+/* dir is the store directory.  uuid goes into new pack headers.
+ * tables: a format-version-2 store; data records longer than one piece
+ * are appended with their piece table (format.h CAS_RECORD_TABLE).
+ */
 struct cas_packs *cas_packs_open (const char *dir, bool readonly,
-                                  const uint8_t uuid[16]);
+                                  const uint8_t uuid[16], bool tables);
 void cas_packs_close (struct cas_packs *p);
 
-/* Append one record: h gives type, length and hash; payload_crc is
- * computed here (in the caller's thread).  *loc receives its location.
- * EROFS on a read-only store, ENOSPC past CAS_MAX_PACKS packs.
+/* Append one record: h gives type, length and hash; payload_crc (and,
+ * with tables, the piece table in front of a data record) is computed
+ * here, in the caller's thread.  *loc receives the location of the
+ * record (of its header, never of its table).  EROFS on a read-only
+ * store, ENOSPC past CAS_MAX_PACKS packs.
  */
 int cas_packs_append (struct cas_packs *p, struct cas_record_header *h,
                       const void *payload, uint64_t *loc);
@@ -53,6 +58,23 @@ int cas_packs_read_header (struct cas_packs *p, uint64_t loc,
  */
 int cas_packs_read (struct cas_packs *p, uint64_t loc,
                     struct cas_record_header *h, void *buf, uint32_t bufsize);
+
+/* The piece table of the data record at loc, whose payload should be
+ * length bytes (the caller knows: a data block): one read of the table
+ * record and the record header behind it.  Returns 0 with *h (the data
+ * record's header, checked) and crcs[0 .. cas_pieces (length)) filled;
+ * 1 if the record is there (*h filled and checked) but has no usable
+ * table (none, another length, or the table is damaged: a debug message
+ * says which), so the caller reads the whole payload instead; -1/EIO
+ * (message naming pack and offset) if the record header is damaged.
+ */
+int cas_packs_read_table (struct cas_packs *p, uint64_t loc, uint32_t length,
+                          struct cas_record_header *h, uint32_t *crcs);
+/* Read payload bytes [off, off + len) of the record at loc (whose header
+ * the caller has read and checked): no checks, -1/EIO if short.
+ */
+int cas_packs_read_payload (struct cas_packs *p, uint64_t loc, uint32_t off,
+                            void *buf, uint32_t len);
 
 /* fdatasync every pack appended to since the last sync. */
 int cas_packs_sync (struct cas_packs *p);

@@ -24,6 +24,7 @@
 #include "vector.h"
 
 uint32_t cas_store_blocksize (const struct cas_store *st) { return st->sb.blocksize; }
+uint32_t cas_store_format_version (const struct cas_store *st) { return st->sb.version; }
 const char *cas_store_dir (const struct cas_store *st) { return st->dir; }
 bool cas_store_readonly (const struct cas_store *st) { return st->readonly; }
 struct chunkstore *cas_store_chunks (struct cas_store *st) { return st->cs; }
@@ -438,8 +439,10 @@ cas_store_open (const char *dir, const struct cas_open_options *opts)
   if (!st->readonly && cas_history_recover (st) == -1)
     goto err;
   st->cs = cas_packstore_open (dir, st->readonly, st->sb.uuid,
-                               opts && opts->rebuild_index
-                               ? CAS_PACKSTORE_NO_CACHE : 0);
+                               (opts && opts->rebuild_index
+                                ? CAS_PACKSTORE_NO_CACHE : 0) |
+                               (st->sb.version >= 2
+                                ? CAS_PACKSTORE_TABLES : 0));
   if (st->cs == NULL)
     goto err;
   return st;
@@ -650,7 +653,7 @@ cas_volume_create (struct cas_store *st, const char *name, uint64_t size)
     return -1;
   }
   memset (&r, 0, sizeof r);
-  r.version = CAS_FORMAT_VERSION;
+  r.version = CAS_ROOT_VERSION;
   r.blocksize = st->sb.blocksize;
   r.size = size;
   r.fanout = CAS_MAP_FANOUT;

@@ -90,6 +90,8 @@ struct cas_store *cas_store_open (const char *dir,
 int cas_store_close (struct cas_store *st);
 
 uint32_t cas_store_blocksize (const struct cas_store *st);
+/* The store's format version (its superblock's: FORMAT.md). */
+uint32_t cas_store_format_version (const struct cas_store *st);
 const char *cas_store_dir (const struct cas_store *st);
 bool cas_store_readonly (const struct cas_store *st);
 /* The chunk store underneath (for the tool: fsck, enumeration). */

@@ -673,7 +673,7 @@ cas_volume_flush (struct cas_volume *vol)
    * too: they were stored before step 2), 4. then the root is published
    * atomically.
    */
-  r.version = CAS_FORMAT_VERSION;
+  r.version = CAS_ROOT_VERSION;
   r.blocksize = vol->bs;
   r.size = vol->size;
   r.generation = vol->generation + 1;

@@ -204,7 +204,6 @@ int
 cas_volume_read (struct cas_volume *vol, void *buf, uint64_t count,
                  uint64_t offset)
 {
-  CLEANUP_FREE uint8_t *tmp = NULL;
   struct piece p = { .offset = offset, .count = count };
 
   if (check_range (vol, count, offset, false) == -1)
@@ -221,12 +220,11 @@ cas_volume_read (struct cas_volume *vol, void *buf, uint64_t count,
       if (read_block (vol, &h, out) == -1)   /* straight into buf */
         return -1;
     }
-    else {
-      if (tmp == NULL && (tmp = malloc (vol->bs)) == NULL)
-        return -1;
-      if (read_block (vol, &h, tmp) == -1)
-        return -1;
-      memcpy (out, tmp + p.o, p.n);
+    else if (cs_get_range (vol->st->cs, &h, vol->bs, out, p.o, p.n,
+                           vol->st->verify) == -1) {
+      if (errno == ENOENT)      /* lost data: an I/O error for the client */
+        errno = EIO;
+      return -1;
     }
   }
   return 0;

@@ -210,8 +210,8 @@ stat_store (struct cas_store *st, const char *dir, bool json)
                  "  \"stored_bytes\": %" PRIu64 ",\n"
                  "  \"referenced_bytes\": %" PRIu64 ",\n"
                  "  \"unreferenced_bytes\": %" PRIu64 ",\n",
-                 CAS_FORMAT_VERSION, bs, nvol, nsnap, t.broken, logical,
-                 mapped, snap_mapped, cs->stored_bytes, referenced,
+                 cas_store_format_version (st), bs, nvol, nsnap, t.broken,
+                 logical, mapped, snap_mapped, cs->stored_bytes, referenced,
                  unreferenced);
     if (referenced)
       tool_printf ("  \"dedup_ratio\": %.4f,\n",
@@ -254,7 +254,7 @@ stat_store (struct cas_store *st, const char *dir, bool json)
     goto out;
   }
   tool_printf ("store:          %s\n", dir);
-  tool_printf ("format version: %d\n", CAS_FORMAT_VERSION);
+  tool_printf ("format version: %" PRIu32 "\n", cas_store_format_version (st));
   tool_printf ("block size:     %s\n", bytes (bs, b, sizeof b));
   tool_printf ("volumes:        %" PRIu64, nvol);
   if (t.broken)
