@@ -37,6 +37,7 @@ static bool readonly_param;          /* readonly= */
 static bool store_readonly;          /* readonly= or the server's -r */
 static enum cas_verify verify = CAS_VERIFY_CHECKSUM;
 static uint64_t map_cache;           /* mapcache=, 0: the default */
+static int64_t dirty_cache = -1;     /* dirtycache=, -1: the default */
 static struct cas_store *store;
 static struct cas_control *control;  /* admin commands while serving */
 
@@ -162,6 +163,9 @@ cas_config (const char *key, const char *value)
     gc_auto_min = n;
     return 0;
   }
+  if (strcmp (key, "dirtycache") == 0)
+    /* 0: none; the store's block size sets the smallest other size. */
+    return parse_size_range (key, value, 0, INT64_C (1) << 40, &dirty_cache);
   if (strcmp (key, "verify") == 0) {
     if (strcmp (value, "off") == 0)
       verify = CAS_VERIFY_OFF;
@@ -287,6 +291,21 @@ prepare_default_volume (void)
   return 0;
 }
 
+/* dirtycache= against the block size (of the store, or of the store
+ * about to be created: checked first, so a bad value creates nothing).
+ */
+static int
+check_dirty_cache (uint32_t bs)
+{
+  char v[32], what[64];
+
+  if (dirty_cache <= 0)
+    return 0;
+  format_size (dirty_cache, v);
+  snprintf (what, sizeof what, "cas: dirtycache=%s", v);
+  return cas_dirty_cache_check (what, dirty_cache, bs);
+}
+
 static int
 cas_config_complete (void)
 {
@@ -320,15 +339,20 @@ cas_config_complete (void)
       errno = EROFS;
       return -1;
     }
-    if (cas_store_create (store_dir, want_bs) == -1)
+    if (check_dirty_cache (want_bs ? want_bs : CAS_DEFAULT_BLOCKSIZE) == -1 ||
+        cas_store_create (store_dir, want_bs) == -1)
       return -1;
     backend_debug ("cas: created store %s", store_dir);
   }
   opts.readonly = store_readonly;
   opts.verify = verify;
   opts.map_cache = map_cache;
+  opts.dirty_cache = dirty_cache > 0 ? dirty_cache : 0;
+  opts.write_through = dirty_cache == 0;
   store = cas_store_open (store_dir, &opts);
   if (store == NULL)
+    return -1;
+  if (check_dirty_cache (cas_store_blocksize (store)) == -1)
     return -1;
   if (exists && want_bs && want_bs != cas_store_blocksize (store)) {
     backend_error ("cas: blocksize=%" PRIu32 " differs from the store's "
@@ -803,7 +827,9 @@ const struct backend cas_backend = {
   "verify=off|checksum|full  check chunks on every read (default checksum)\n"
   "mapcache=SIZE       block map kept in memory per volume (default 64M)\n"
   "gc=off|auto         collect garbage in the background (default auto)\n"
-  "gc-min=SIZE         ... once this much was overwritten (default 256M)",
+  "gc-min=SIZE         ... once this much was overwritten (default 256M)\n"
+  "dirtycache=SIZE     written blocks kept in memory per volume before they\n"
+  "                    are hashed and stored (default 64M; 0: none)",
   .unload = cas_unload,
   .config = cas_config,
   .config_complete = cas_config_complete,

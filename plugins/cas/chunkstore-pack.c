@@ -243,20 +243,17 @@ ps_get (struct chunkstore *cs, const struct cas_hash *hash, void *buf,
   return -1;
 }
 
-/* Whole-chunk fallback of get_range: read it all (checked as get does),
- * copy the range out.
- */
-static int
-get_range_whole (struct chunkstore *cs, const struct cas_hash *hash,
-                 uint32_t length, void *buf, uint32_t off, uint32_t count,
-                 enum cas_verify verify)
+int
+cas_chunk_get_range_whole (struct chunkstore *cs, const struct cas_hash *hash,
+                           uint32_t length, void *buf, uint32_t off,
+                           uint32_t count, enum cas_verify verify)
 {
   CLEANUP_FREE uint8_t *tmp = malloc (length);
   uint32_t len;
 
   if (tmp == NULL)
     return -1;
-  if (ps_get (cs, hash, tmp, length, &len, verify) == -1)
+  if (cs->ops->get (cs, hash, tmp, length, &len, verify) == -1)
     return -1;
   if (len != length) {
     char hex[2 * CAS_HASH_SIZE + 1];
@@ -293,7 +290,8 @@ ps_get_range (struct chunkstore *cs, const struct cas_hash *hash,
   }
   if (verify >= CAS_VERIFY_FULL || !cas_wants_table (length) ||
       (off == 0 && count == length))
-    return get_range_whole (cs, hash, length, buf, off, count, verify);
+    return cas_chunk_get_range_whole (cs, hash, length, buf, off, count,
+                                      verify);
   n = cas_index_lookup (ps->index, hash, locs, MAX_CANDIDATES);
   for (i = 0; i < n; i++) {
     uint32_t first = off / CAS_PIECE_SIZE;
@@ -314,7 +312,8 @@ ps_get_range (struct chunkstore *cs, const struct cas_hash *hash,
       continue;                 /* another chunk with the same 8-byte key */
     if (r == 1 || h.length != length)
       /* No usable table: the whole record, checked as get does. */
-      return get_range_whole (cs, hash, length, buf, off, count, verify);
+      return cas_chunk_get_range_whole (cs, hash, length, buf, off, count,
+                                        verify);
     /* Whole pieces straight into buf when the range is piece-aligned. */
     if (off % CAS_PIECE_SIZE == 0 && count == span)
       dst = buf;
@@ -352,7 +351,8 @@ ps_get_range (struct chunkstore *cs, const struct cas_hash *hash,
     return -1;
   }
   /* No candidate at all: the whole-chunk path says it is missing. */
-  return get_range_whole (cs, hash, length, buf, off, count, verify);
+  return cas_chunk_get_range_whole (cs, hash, length, buf, off, count,
+                                    verify);
 }
 
 static int

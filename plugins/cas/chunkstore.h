@@ -109,7 +109,8 @@ struct chunkstore_ops {
               void *buf, uint32_t bufsize, uint32_t *len,
               enum cas_verify verify);
   /* Read bytes [off, off + count) of the chunk named *hash, which must be
-   * length bytes long (EIO otherwise), into buf.  With verify=checksum
+   * length bytes long (EIO otherwise), into buf.  May be NULL: the whole
+   * chunk is read with get (cas_chunk_get_range_whole).  With verify=checksum
    * only the pieces read are checked where the store keeps per-piece
    * checksums (else the whole chunk is read and checked); verify=full
    * reads and re-hashes the whole chunk.  Never returns bytes that
@@ -174,6 +175,14 @@ int cas_packstore_check_cache (struct chunkstore *cs, char *why, size_t len);
 void cas_packstore_forget (struct chunkstore *cs, const struct cas_hash *hash,
                            uint32_t pack, uint64_t offset);
 
+/* get_range for a chunk store without one: get the whole chunk, copy
+ * the range out.
+ */
+int cas_chunk_get_range_whole (struct chunkstore *cs,
+                               const struct cas_hash *hash, uint32_t length,
+                               void *buf, uint32_t off, uint32_t count,
+                               enum cas_verify verify);
+
 /* Convenience wrappers. */
 static inline int
 cs_put (struct chunkstore *cs, const struct cas_hash *h,
@@ -191,6 +200,8 @@ static inline int
 cs_get_range (struct chunkstore *cs, const struct cas_hash *h, uint32_t length,
               void *buf, uint32_t off, uint32_t count, enum cas_verify v)
 {
+  if (cs->ops->get_range == NULL)
+    return cas_chunk_get_range_whole (cs, h, length, buf, off, count, v);
   return cs->ops->get_range (cs, h, length, buf, off, count, v);
 }
 static inline int

@@ -292,7 +292,9 @@ cas_volume_changed (struct cas_volume *vol, const struct cas_root *base,
       if (peek_leaf (vol, leaf, cur) == -1 || tree_leaf (&t, leaf, old) == -1)
         goto out;
     }
-    changed = !cas_hash_equal (&cur[b % F], &old[b % F]);
+    changed = !cas_hash_equal (&cur[b % F], &old[b % F]) ||
+      /* Newer than its slot in the write-back cache: say changed. */
+      wcache_dirty (vol, b);
     if (!have_run) {
       have_run = true;
       run_changed = changed;

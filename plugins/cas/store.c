@@ -405,6 +405,8 @@ cas_store_open (const char *dir, const struct cas_open_options *opts)
   st->verify = opts ? opts->verify : CAS_VERIFY_CHECKSUM;
   st->map_cache = opts && opts->map_cache ? opts->map_cache
     : CAS_DEFAULT_MAP_CACHE;
+  st->dirty_cache = opts && opts->write_through ? 0
+    : opts && opts->dirty_cache ? opts->dirty_cache : CAS_DEFAULT_DIRTY_CACHE;
   st->dir = strdup (dir);
   if (st->dir == NULL || asprintf (&st->voldir, "%s/volumes", dir) == -1 ||
       asprintf (&st->snapdir, "%s/snapshots", dir) == -1 ||

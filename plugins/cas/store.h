@@ -28,9 +28,12 @@
  * Durability: cas_volume_write/zero change the volume immediately for
  * every reader of this store, but survive a crash only after
  * cas_volume_flush() returns (which commits every write made to that
- * volume before it was called, by any thread or connection).  After a
- * crash, each block reads back its content as of some flush, never a
- * mixture within a block and never garbage.
+ * volume before it was called, by any thread or connection), or, for
+ * one write, after a FUA write returns.  After a crash, each block reads
+ * back its content as of some flush or later, never a mixture within a
+ * block and never garbage.  Partial-block writes may wait in the
+ * volume's write-back cache (bounded: dirty_cache) until a flush, a FUA
+ * write or eviction hashes and stores each block once.
  */
 #ifndef NBDCAS_STORE_H
 #define NBDCAS_STORE_H
@@ -56,6 +59,12 @@ struct cas_open_options {
                                 in memory; 0: CAS_DEFAULT_MAP_CACHE */
   bool rebuild_index;        /* do not use the index cache: index every
                                 pack (fsck: trust nothing but the packs) */
+  uint64_t dirty_cache;      /* bytes of written blocks each open volume
+                                may keep in memory before storing them
+                                (the write-back cache); 0:
+                                CAS_DEFAULT_DIRTY_CACHE */
+  bool write_through;        /* no write-back cache: every write is hashed
+                                and stored before it returns */
 };
 
 /* 64 MiB: 2000 leaves, the map of 128 GiB of a volume at the default
@@ -63,6 +72,22 @@ struct cas_open_options {
  */
 #define CAS_DEFAULT_MAP_CACHE (UINT64_C (64) * 1024 * 1024)
 
+/* 64 MiB: 1000 blocks at the default block size.  Partial-block writes
+ * land in this cache and are hashed and stored once per block, at a
+ * flush, a FUA write or eviction (FORMAT.md, "The write-back cache").
+ */
+#define CAS_DEFAULT_DIRTY_CACHE (UINT64_C (64) * 1024 * 1024)
+/* The cache must hold at least this many blocks (a smaller one would
+ * only thrash): cas_dirty_cache_check.
+ */
+#define CAS_MIN_DIRTY_BLOCKS 8
+
+/* The one rule for a write-back cache size against a block size: 0 if
+ * bytes can hold CAS_MIN_DIRTY_BLOCKS blocks of blocksize, else
+ * -1/EINVAL after a message naming what (the parameter).
+ */
+int cas_dirty_cache_check (const char *what, uint64_t bytes,
+                           uint32_t blocksize);
 /* Create a new, empty store in dir (created if absent; must be empty if
  * present).  blocksize: power of two in [CAS_MIN_BLOCKSIZE,
  * CAS_MAX_BLOCKSIZE], or 0 for CAS_DEFAULT_BLOCKSIZE.  EEXIST if dir

@@ -25,6 +25,8 @@ struct cas_store {
   bool readonly;                /* const */
   enum cas_verify verify;       /* const */
   uint64_t map_cache;           /* const: leaf cache bytes per volume */
+  uint64_t dirty_cache;         /* const: write-back cache bytes per volume,
+                                   0: none (write through) */
   struct cas_super sb;          /* const */
   struct chunkstore *cs;        /* const */
   pthread_mutex_t vol_lock;

@@ -217,6 +217,12 @@ cas_volume_load (struct cas_store *st, const char *name)
   }
   if (load_interior (vol, &r.root) == -1)
     goto err;
+  if (wcache_init (vol) == -1)
+    goto err;
+  if (volume_bg_start (vol) == -1) {
+    wcache_free (vol);
+    goto err;
+  }
   return vol;
 
  err:
@@ -282,7 +288,6 @@ committed_leaf_hash (struct cas_volume *vol, uint64_t i)
   return h;
 }
 
-static void evict_leaves (struct cas_volume *vol, bool wait);
 
 /* Leaf i's node *h into out[0..F), zero-padded (the last leaf may cover
  * fewer than F blocks).
@@ -389,12 +394,14 @@ get_leaf (struct cas_volume *vol, uint64_t i, bool create)
     atomic_store (slot, l);
     pthread_mutex_unlock (stripe_of (vol, i));
     n = atomic_fetch_add (&vol->cached, 1) + 1;
-    /* Over the limit: sweep, or leave it to the sweep running.  Far over
-     * it (loads outrun the sweep): wait for the running sweep, then
-     * sweep too.
+    /* Over the limit: the housekeeping thread sweeps.  Far over it
+     * (loads outrun the thread): wait for the running sweep, then sweep
+     * here too, so memory stays bounded under any load.
      */
-    if (n > vol->max_leaves)
-      evict_leaves (vol, n > 2 * vol->max_leaves);
+    if (n > 2 * vol->max_leaves)
+      evict_leaves (vol, true);
+    else if (n > vol->max_leaves)
+      volume_bg_kick_leaves (vol);
     return l;
   }
 }
@@ -472,7 +479,7 @@ commit_leaf (struct cas_volume *vol, uint64_t i, struct leaf *l,
  * gets another round.  A dirty leaf is written back first.  wait: wait
  * for a sweep already running (else leave the work to it).
  */
-static void
+void
 evict_leaves (struct cas_volume *vol, bool wait)
 {
   CLEANUP_FREE struct cas_hash *snap = NULL;
@@ -620,6 +627,19 @@ flush_needed (struct cas_volume *vol)
 int
 cas_volume_flush (struct cas_volume *vol)
 {
+  if (vol->readonly)
+    return 0;
+  /* Every block written before this call is in a slot before the map is
+   * committed (volume-cache.c).
+   */
+  if (wcache_drain (vol) == -1)
+    return -1;
+  return volume_commit (vol);
+}
+
+int
+volume_commit (struct cas_volume *vol)
+{
   CLEANUP_FREE struct cas_hash *snap = NULL;
   struct cas_root r;
   bool publish;
@@ -706,6 +726,9 @@ cas_volume_free (struct cas_volume *vol)
 
   if (r == -1)
     backend_error ("cas: volume %s: final flush failed: %m", vol->name);
+  /* Nobody else uses the volume now but its thread. */
+  volume_bg_stop (vol);
+  wcache_free (vol);
   free_map (vol);
   free (vol->name);
   free (vol);

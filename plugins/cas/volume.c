@@ -1,9 +1,16 @@
 /* Volumes: the data path (read, write, zero, extents), stat and the
  * map check (fsck).  The block map itself, its leaf cache and flush are
- * in volume-map.c; the in-memory state is described in volumeint.h.  See
- * store.h for the contract.
+ * in volume-map.c, the write-back cache of blocks in volume-cache.c; the
+ * in-memory state is described in volumeint.h.  See store.h for the
+ * contract.
  *
- * Concurrency of partial-block writes: read-modify-write is optimistic.
+ * With the write-back cache (the default), every write goes through it
+ * (wcache_write: partial blocks land in memory, whole blocks go straight
+ * to the store) and reads look there first.  Without it
+ * (write_through), partial-block writes are read-modify-write here.
+ *
+ * Concurrency of write-through partial-block writes: read-modify-write
+ * is optimistic.
  * Read the slot's hash H0 and its data, modify, hash and store the new
  * chunk -- all outside locks -- then set the slot under the leaf mutex
  * only if it still holds H0 (compare-and-set), else start again from the
@@ -49,8 +56,8 @@ uint64_t cas_volume_size (const struct cas_volume *v) { return v->size; }
 uint32_t cas_volume_blocksize (const struct cas_volume *v) { return v->bs; }
 uint64_t cas_volume_nblocks (const struct cas_volume *v) { return v->nblocks; }
 
-static int
-get_slot (struct cas_volume *vol, uint64_t b, struct cas_hash *out)
+int
+volume_get_slot (struct cas_volume *vol, uint64_t b, struct cas_hash *out)
 {
   struct leaf *l = get_leaf (vol, b / F, false);
 
@@ -67,12 +74,9 @@ get_slot (struct cas_volume *vol, uint64_t b, struct cas_hash *out)
   return 0;
 }
 
-/* Set slot b to *h; if expect is not NULL, only if it still holds
- * *expect.  Returns 0 set, 1 conflict, -1 error.
- */
-static int
-set_slot (struct cas_volume *vol, uint64_t b, const struct cas_hash *h,
-          const struct cas_hash *expect)
+int
+volume_set_slot (struct cas_volume *vol, uint64_t b, const struct cas_hash *h,
+                 const struct cas_hash *expect)
 {
   struct leaf *l;
   int r = 0;
@@ -110,12 +114,12 @@ cas_volume_block_hash (struct cas_volume *vol, uint64_t block,
     errno = EINVAL;
     return -1;
   }
-  return get_slot (vol, block, out);
+  return volume_get_slot (vol, block, out);
 }
 
-/* Hash and store one block's content; *h = zero hash for zeros. */
-static int
-store_block (struct cas_volume *vol, const void *data, struct cas_hash *h)
+int
+volume_store_block (struct cas_volume *vol, const void *data,
+                    struct cas_hash *h)
 {
   if (cas_is_zero (data, vol->bs)) {
     memset (h, 0, sizeof *h);
@@ -126,9 +130,9 @@ store_block (struct cas_volume *vol, const void *data, struct cas_hash *h)
   return cs_put (vol->st->cs, h, CAS_CHUNK_DATA, data, vol->bs, NULL);
 }
 
-/* Read block b's content (bs bytes) into buf. */
-static int
-read_block (struct cas_volume *vol, const struct cas_hash *h, void *buf)
+int
+volume_read_block (struct cas_volume *vol, const struct cas_hash *h,
+                   void *buf)
 {
   uint32_t len;
 
@@ -212,12 +216,19 @@ cas_volume_read (struct cas_volume *vol, void *buf, uint64_t count,
     uint8_t *out = (uint8_t *) buf + p.done;
     struct cas_hash h;
 
-    if (get_slot (vol, p.b, &h) == -1)
+    if (wcache_on (vol)) {
+      int r = wcache_read (vol, p.b, p.o, p.n, out);
+      if (r == -1)
+        return -1;
+      if (r == 1)
+        continue;
+    }
+    if (volume_get_slot (vol, p.b, &h) == -1)
       return -1;
     if (cas_hash_is_zero (&h))
       memset (out, 0, p.n);
     else if (p.n == vol->bs) {
-      if (read_block (vol, &h, out) == -1)   /* straight into buf */
+      if (volume_read_block (vol, &h, out) == -1)   /* straight into buf */
         return -1;
     }
     else if (cs_get_range (vol->st->cs, &h, vol->bs, out, p.o, p.n,
@@ -242,15 +253,16 @@ rmw_block (struct cas_volume *vol, uint64_t b, uint32_t o, uint32_t n,
   for (tries = 0; tries < MAX_RMW_RETRIES; tries++) {
     struct cas_hash old, new;
 
-    if (get_slot (vol, b, &old) == -1 || read_block (vol, &old, tmp) == -1)
+    if (volume_get_slot (vol, b, &old) == -1 ||
+        volume_read_block (vol, &old, tmp) == -1)
       return -1;
     if (data)
       memcpy (tmp + o, data, n);
     else
       memset (tmp + o, 0, n);
-    if (store_block (vol, tmp, &new) == -1)
+    if (volume_store_block (vol, tmp, &new) == -1)
       return -1;
-    r = set_slot (vol, b, &new, &old);
+    r = volume_set_slot (vol, b, &new, &old);
     if (r <= 0)
       return r;
   }
@@ -275,12 +287,12 @@ write_pieces (struct cas_volume *vol, const uint8_t *data, uint64_t count,
 
     if (p.n == vol->bs) {
       if (src) {
-        if (store_block (vol, src, &h) == -1)
+        if (volume_store_block (vol, src, &h) == -1)
           return -1;
       }
       else
         h = zero;
-      if (set_slot (vol, p.b, &h, NULL) == -1)
+      if (volume_set_slot (vol, p.b, &h, NULL) == -1)
         return -1;
     }
     else {
@@ -301,6 +313,25 @@ write_or_zero (struct cas_volume *vol, const uint8_t *data, uint64_t count,
 
   if (check_range (vol, count, offset, true) == -1)
     return -1;
+  if (wcache_on (vol)) {
+    struct piece p = { .offset = offset, .count = count };
+
+    /* The cache holds gc_gate itself around each store and slot change
+     * (volume-cache.c): an eviction inside it must not take it twice.
+     */
+    while (next_piece (vol, &p))
+      if (wcache_write (vol, p.b, p.o, p.n, data ? data + p.done : NULL) == -1)
+        return -1;
+    /* FUA: this write's blocks, stored and committed; other writes may
+     * stay in the cache.
+     */
+    if (fua && count > 0 &&
+        (wcache_drain_range (vol, offset / vol->bs,
+                             (offset + count - 1) / vol->bs) == -1 ||
+         volume_commit (vol) == -1))
+      return -1;
+    return 0;
+  }
   /* Garbage collection starts with no write between storing a chunk and
    * setting the map to it (gc.c).
    */
@@ -344,7 +375,8 @@ cas_volume_prefetch (struct cas_volume *vol, uint64_t count, uint64_t offset)
   last = (offset + count - 1) / vol->bs;
   for (b = offset / vol->bs; b <= last; b++) {
     struct cas_hash h;
-    if (get_slot (vol, b, &h) == -1 || read_block (vol, &h, tmp) == -1)
+    if (volume_get_slot (vol, b, &h) == -1 ||
+        volume_read_block (vol, &h, tmp) == -1)
       return -1;
   }
   return 0;
@@ -366,6 +398,11 @@ cas_volume_extents (struct cas_volume *vol, uint64_t count, uint64_t offset,
   while (b < vol->nblocks && (uint64_t) b * vol->bs < end) {
     struct leaf *l = get_leaf (vol, b / F, false);
     uint64_t stop = (b / F + 1) * F;
+    /* Blocks in the write-back cache may be newer than the map: data
+     * (a dirty block of zeros is reported as data, which is allowed).
+     */
+    bool cached = wcache_on (vol) && atomic_load (&vol->wc.ndirty) > 0;
+
     if (stop > vol->nblocks)
       stop = vol->nblocks;
     if (l == NULL && errno)
@@ -377,6 +414,8 @@ cas_volume_extents (struct cas_volume *vol, uint64_t count, uint64_t offset,
         mapped = !cas_hash_is_zero (&l->h[b % F]);
         pthread_mutex_unlock (&l->lock);
       }
+      if (!mapped && cached)
+        mapped = wcache_dirty (vol, b);
       if (!have_run) {
         have_run = true;
         run_mapped = mapped;
@@ -391,7 +430,7 @@ cas_volume_extents (struct cas_volume *vol, uint64_t count, uint64_t offset,
         run_start = s;
         run_mapped = mapped;
       }
-      if (!l) {                 /* whole leaf unmapped: skip it */
+      if (!l && !cached) {      /* whole leaf unmapped: skip it */
         b = stop;
         break;
       }
@@ -418,6 +457,9 @@ cas_volume_stat (struct cas_volume *vol, struct cas_volume_stats *vs)
   uint32_t k;
 
   if (hashes == NULL)
+    return -1;
+  /* Count what clients wrote, not what the cache still holds back. */
+  if (wcache_drain (vol) == -1)
     return -1;
   memset (vs, 0, sizeof *vs);
   vs->size = vol->size;

@@ -1,6 +1,7 @@
 /* A volume's in-memory state, shared by volume-map.c (the block map:
- * load, the leaf cache, flush) and volume.c (the data path, stat, fsck).
- * Not for the admin tool: use store.h.
+ * load, the leaf cache, flush), volume.c (the data path, stat, fsck) and
+ * volume-cache.c (the write-back cache of blocks, and the housekeeping
+ * thread).  Not for the admin tool: use store.h.
  *
  * In memory, a volume keeps:
  *  - levels[0] entry i (0 <= i < nleaves): the committed hash of leaf
@@ -12,23 +13,36 @@
  *    Each leaf has a mutex (held only to copy 32 bytes), a dirty flag and
  *    a pin count: get_leaf returns it pinned, put_leaf unpins it, and
  *    only an unpinned leaf can be evicted.
- * All three are sparse arrays (sparse.h): a volume costs memory for what
- * is mapped or cached, not for its size, and walks over them (load,
- * flush, stat, eviction) skip the unallocated parts.  A node's F children
- * are one run in the level below (SPARSE_RUN == F), so they are read and
- * written in place.
+ *  - the write-back cache (struct wcache, volume-cache.c): blocks whose
+ *    newest content is in memory, not yet (or already) stored.  A block's
+ *    slot in its leaf ("the slot") only changes through its cache entry
+ *    while it has one (see volume-cache.c), so an entry's unwritten parts
+ *    are always the slot's content.
+ * levels and leaves are sparse arrays (sparse.h): a volume costs memory
+ * for what is mapped or cached, not for its size, and walks over them
+ * (load, flush, stat, eviction) skip the unallocated parts.  A node's F
+ * children are one run in the level below (SPARSE_RUN == F), so they are
+ * read and written in place.
  *
  * The leaf cache holds about max_leaves leaves (more only while the
- * leaves over the limit are pinned).  Eviction is a clock sweep; a dirty
- * leaf is first written back (stored as a map node, its hash put in
- * levels[0]), which makes the next flush publish it: what a flush
- * publishes is the same either way.  Write-back and flush's own commits
- * take map_lock one leaf at a time, so sweeps go on during a flush.
+ * leaves over the limit are pinned).  Eviction is a clock sweep, run by
+ * the housekeeping thread (a request only sweeps itself when loads
+ * outrun the thread by 2x); a dirty leaf is first written back (stored
+ * as a map node, its hash put in levels[0]), which makes the next flush
+ * publish it: what a flush publishes is the same either way.  Write-back
+ * and flush's own commits take map_lock one leaf at a time, so sweeps go
+ * on during a flush.
  *
  * Lock order: flush_lock, evict_lock, map_lock, then a leaf's mutex or
  * levels_lock.  A leaf stripe is only ever held alone or before a leaf's
  * mutex or levels_lock (never with map_lock).  Pins are taken under the
  * leaf's stripe lock.  Nothing calls get_leaf holding any of these.
+ * The write-back cache's locks come before all of those: its evict_lock
+ * (the clock hand), then a cache stripe, then an entry's lock; get_leaf
+ * (so the map's locks) may be called holding an entry's lock, and the
+ * chunk store may be called holding one; nothing takes a cache lock
+ * holding a map lock or flush_lock (flush writes the cache back before it
+ * takes flush_lock).  bg_lock is innermost: nothing is taken under it.
  */
 #ifndef NBDCAS_VOLUMEINT_H
 #define NBDCAS_VOLUMEINT_H
@@ -45,6 +59,9 @@
 _Static_assert (F == SPARSE_RUN, "a map node's children are one sparse run");
 
 #define LEAF_STRIPES 64
+#define CACHE_STRIPES 64
+/* The write-back cache tracks what clients wrote in 512-byte sectors. */
+#define SECTOR 512u
 
 struct leaf {
   pthread_mutex_t lock;
@@ -52,6 +69,53 @@ struct leaf {
   atomic_uint pins;             /* raised under the stripe lock */
   atomic_bool recent;           /* used since the clock hand passed */
   struct cas_hash h[F];
+};
+
+/* An entry of the write-back cache: block b's newest content, or a
+ * placeholder (on the stack of a thread writing block b whole, straight
+ * to the store: other writers of b wait until it is gone).
+ */
+struct dblock {
+  struct dblock *next;          /* bucket chain, under its stripe */
+  uint64_t b;                   /* const */
+  bool placeholder;             /* const */
+  atomic_uint pins;             /* raised under the stripe lock */
+  atomic_bool recent;           /* used since the clock hand passed */
+  pthread_mutex_t lock;         /* the fields below */
+  pthread_cond_t idle;          /* busy went false */
+  bool busy;                    /* a write-back of it is running */
+  bool full;                    /* data holds the whole block; else only
+                                   the written sectors (the rest is the
+                                   slot's content) */
+  uint64_t gen, clean_gen;      /* dirty (newer than the slot) while they
+                                   differ: gen counts writes, clean_gen is
+                                   the gen last written back */
+  uint8_t *data;                /* bs bytes */
+  uint64_t written[];           /* !full: sectors written (a bitmap) */
+};
+
+struct wcache {
+  uint64_t max;                 /* const: entries at most; 0: no cache */
+  uint64_t high;                /* const: wake the thread above this */
+  uint64_t low;                 /* const: the thread evicts down to this */
+  uint64_t nbuckets;            /* const: a power of two */
+  uint32_t words;               /* const: bitmap words per entry */
+  struct dblock **buckets;      /* chain i under stripe[i % CACHE_STRIPES] */
+  pthread_mutex_t stripe[CACHE_STRIPES];
+  pthread_cond_t gone[CACHE_STRIPES];   /* a placeholder left this stripe */
+  atomic_uint_fast64_t count;   /* entries in use (not placeholders) */
+  atomic_uint_fast64_t ndirty;  /* entries that are dirty */
+  pthread_mutex_t evict_lock;   /* hand, room_gen */
+  uint64_t hand;                /* the clock hand: a bucket */
+  pthread_cond_t room;          /* room_gen changed */
+  uint64_t room_gen;            /* +1 when an entry is freed, written back
+                                   or unpinned with waiters */
+  atomic_uint room_waiters;     /* writers waiting for room */
+  pthread_mutex_t pool_lock;    /* pool */
+  struct dblock *pool;          /* entries no longer used, kept for reuse:
+                                   allocated entries stay <= max, and
+                                   freeing none avoids heap fragmentation
+                                   across threads */
 };
 
 struct cas_volume {
@@ -82,6 +146,20 @@ struct cas_volume {
   uint64_t max_leaves;          /* const */
   pthread_mutex_t evict_lock;   /* one sweep at a time; hand */
   uint64_t hand;                /* the clock hand: a leaf index */
+
+  struct wcache wc;             /* the write-back cache */
+
+  /* The housekeeping thread: leaf sweeps and cache eviction, so that no
+   * request waits for them (volume-cache.c).  Started at load, joined
+   * at free.
+   */
+  pthread_t bg;
+  bool bg_started;              /* const after load */
+  pthread_mutex_t bg_lock;      /* bg_stop, bg_leaves, bg_cond */
+  pthread_cond_t bg_cond;
+  bool bg_stop;
+  bool bg_leaves;               /* a leaf sweep is wanted */
+  atomic_bool bg_kicked;        /* a wake-up is pending (saves the lock) */
 };
 
 /* The committed hash of node j at level k (zero if never set). */
@@ -93,6 +171,62 @@ struct cas_hash volume_level_hash (const struct cas_volume *vol, uint32_t k,
  */
 struct leaf *get_leaf (struct cas_volume *vol, uint64_t i, bool create);
 void put_leaf (struct leaf *l);
+
+/* Sweep the leaf cache down to 7/8 of max_leaves (volume-map.c).  wait:
+ * wait for a sweep already running, else leave the work to it.
+ */
+void evict_leaves (struct cas_volume *vol, bool wait);
+
+/* The data path's block primitives (volume.c). */
+int volume_get_slot (struct cas_volume *vol, uint64_t b, struct cas_hash *out);
+/* Set slot b to *h, if expect is not NULL only if it holds *expect: 0
+ * set, 1 it did not, -1 error.
+ */
+int volume_set_slot (struct cas_volume *vol, uint64_t b,
+                     const struct cas_hash *h, const struct cas_hash *expect);
+/* Hash and store one block (bs bytes); *h = the zero hash for zeros. */
+int volume_store_block (struct cas_volume *vol, const void *data,
+                        struct cas_hash *h);
+/* Read the block named *h (bs bytes, zeros for the zero hash). */
+int volume_read_block (struct cas_volume *vol, const struct cas_hash *h,
+                       void *buf);
+
+/* The write-back cache (volume-cache.c).  wcache_init sizes it from the
+ * store's dirty_cache (none on a read-only store or with write_through);
+ * wcache_free frees it (every entry must be clean: after a flush).
+ */
+int wcache_init (struct cas_volume *vol);
+void wcache_free (struct cas_volume *vol);
+static inline bool
+wcache_on (const struct cas_volume *vol)
+{
+  return vol->wc.max > 0;
+}
+/* Write [o, o+n) of block b (data NULL: zeros) through the cache. */
+int wcache_write (struct cas_volume *vol, uint64_t b, uint32_t o, uint32_t n,
+                  const void *data);
+/* Read [o, o+n) of block b from the cache: 1 done, 0 not cached (read
+ * the slot), -1 error.
+ */
+int wcache_read (struct cas_volume *vol, uint64_t b, uint32_t o, uint32_t n,
+                 void *out);
+/* Whether block b has a cache entry that may be newer than its slot. */
+bool wcache_dirty (struct cas_volume *vol, uint64_t b);
+/* Write back every entry dirty when called (flush, stat), or those of
+ * blocks [first, last] (a FUA write).  -1 with errno if one failed.
+ */
+int wcache_drain (struct cas_volume *vol);
+int wcache_drain_range (struct cas_volume *vol, uint64_t first, uint64_t last);
+
+/* The housekeeping thread (volume-cache.c). */
+int volume_bg_start (struct cas_volume *vol);
+void volume_bg_stop (struct cas_volume *vol);
+/* Ask it for a leaf sweep. */
+void volume_bg_kick_leaves (struct cas_volume *vol);
+/* Publish a new root of what the slots hold now: flush without draining
+ * the write-back cache (volume-map.c; cas_volume_flush drains first).
+ */
+int volume_commit (struct cas_volume *vol);
 
 /* Leaf i's F hashes into out, from the cache if it is there, else from
  * its committed node without caching it (for walks over every leaf that

@@ -1,0 +1,919 @@
+/* A volume's write-back cache of blocks, and its housekeeping thread.
+ * See volumeint.h for the state and the lock order.
+ *
+ * Why: a 4 KiB write into a 64 KiB block used to read, patch, hash and
+ * append the whole block each time.  Now a partial write copies its
+ * bytes into the block's cache entry and returns; the block is hashed
+ * and stored once, when a flush or a FUA write needs it durable or when
+ * eviction needs the room.  Whole-block writes still go straight to the
+ * store (hashed in the writer's thread), except into a block that has a
+ * dirty entry, which they overwrite.
+ *
+ * An entry need not hold the whole block: a partial write into a block
+ * without an entry records only the sectors it wrote (a bitmap), and the
+ * rest is the block's slot -- read, merged and checked only when the
+ * entry is written back or read there ("fill").  That is sound because
+ * while block b has an entry, only the entry's own write-back changes
+ * slot b: a writer of the whole block finds the entry and writes into
+ * it, or, if b has none, puts a placeholder in its place for the time of
+ * its direct write (hash, store, set the slot), and partial writers of b
+ * wait for the placeholder to go before they make an entry.
+ *
+ * Memory is bounded: at most wc.max entries of one block each (the
+ * dirtycache= parameter, counted with the entries' own overhead), plus
+ * one or two blocks of scratch per thread writing back or filling.  A
+ * writer that needs a new entry when the cache is full evicts one itself
+ * (the clock's next unpinned entry: a clean one is dropped, a dirty one
+ * written back first), and if every entry is busy or pinned it waits for
+ * room.  The housekeeping thread evicts from 7/8 full down to 3/4, so
+ * that writers seldom have to.
+ *
+ * A write-back hashes and stores the entry's data in place: it marks the
+ * entry busy, fills it from the slot if it is partial, and writers of
+ * that block wait until it is done (readers need not).  So a write-back
+ * costs no copy of the block, and nothing is written to an entry that is
+ * being hashed.
+ *
+ * Durability: an entry is dirty from the first write after its last
+ * write-back.  cas_volume_flush writes back every entry dirty when it
+ * starts (waiting for a write-back already running on one, then writing
+ * it back again if it is still dirty) before it commits the map, so
+ * every write completed before the flush is in it.
+ * A FUA write writes back the blocks it touched and commits.  A crash
+ * loses only what was in no flush or FUA write, as before: each block
+ * reads its old or its new content, never a mixture of a write-back.
+ *
+ * The housekeeping thread: one per volume, started at load and joined
+ * at free (after the final flush).  It sleeps on bg_cond until kicked:
+ * by a new entry above 7/8 of the cache, or by a leaf load above the
+ * leaf cache's limit.  bg_kicked saves the lock on every kick but the
+ * first.
+ */
+#include <config.h>
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend.h"
+#include "cleanup.h"
+#include "volumeint.h"
+
+/* ---- sizing ---- */
+
+static size_t
+entry_bytes (uint32_t words)
+{
+  return sizeof (struct dblock) + (size_t) words * sizeof (uint64_t);
+}
+
+/* What one entry costs: the block, the struct, the bitmap. */
+static uint64_t
+entry_cost (uint32_t bs)
+{
+  uint32_t words = (bs / SECTOR + 63) / 64;
+  return bs + entry_bytes (words);
+}
+
+int
+cas_dirty_cache_check (const char *what, uint64_t bytes, uint32_t blocksize)
+{
+  uint64_t need = CAS_MIN_DIRTY_BLOCKS * entry_cost (blocksize);
+
+  if (bytes == 0 || bytes >= need)
+    return 0;
+  backend_error ("%s: %" PRIu64 " bytes hold fewer than %d blocks of this "
+                 "store's block size (%" PRIu32 "): give 0 (no write-back "
+                 "cache) or at least %" PRIu64 " bytes (%" PRIu64 "K)", what,
+                 bytes, CAS_MIN_DIRTY_BLOCKS, blocksize, need,
+                 (need + 1023) / 1024);
+  errno = EINVAL;
+  return -1;
+}
+
+int
+wcache_init (struct cas_volume *vol)
+{
+  struct wcache *wc = &vol->wc;
+  unsigned s;
+
+  memset (wc, 0, sizeof *wc);
+  pthread_mutex_init (&wc->evict_lock, NULL);
+  pthread_mutex_init (&wc->pool_lock, NULL);
+  pthread_cond_init (&wc->room, NULL);
+  for (s = 0; s < CACHE_STRIPES; s++) {
+    pthread_mutex_init (&wc->stripe[s], NULL);
+    pthread_cond_init (&wc->gone[s], NULL);
+  }
+  if (vol->readonly || vol->st->dirty_cache == 0)
+    return 0;
+  wc->words = (vol->bs / SECTOR + 63) / 64;
+  wc->max = vol->st->dirty_cache / entry_cost (vol->bs);
+  if (wc->max < CAS_MIN_DIRTY_BLOCKS)
+    wc->max = CAS_MIN_DIRTY_BLOCKS;
+  /* A block never needs more entries than the volume has blocks. */
+  if (wc->max > vol->nblocks)
+    wc->max = vol->nblocks > CAS_MIN_DIRTY_BLOCKS ? vol->nblocks
+      : CAS_MIN_DIRTY_BLOCKS;
+  wc->high = wc->max - wc->max / 8;
+  wc->low = wc->max - wc->max / 4;
+  for (wc->nbuckets = CACHE_STRIPES; wc->nbuckets < wc->max;
+       wc->nbuckets <<= 1)
+    ;
+  wc->buckets = calloc (wc->nbuckets, sizeof *wc->buckets);
+  if (wc->buckets == NULL) {
+    wcache_free (vol);
+    return -1;
+  }
+  return 0;
+}
+
+static void
+free_entry (struct dblock *e)
+{
+  pthread_mutex_destroy (&e->lock);
+  pthread_cond_destroy (&e->idle);
+  free (e->data);
+  free (e);
+}
+
+/* An entry no longer in the cache goes to the pool (count drops: room
+ * for another).
+ */
+static void
+release_entry (struct wcache *wc, struct dblock *e)
+{
+  pthread_mutex_destroy (&e->lock);
+  pthread_cond_destroy (&e->idle);
+  pthread_mutex_lock (&wc->pool_lock);
+  e->next = wc->pool;
+  wc->pool = e;
+  pthread_mutex_unlock (&wc->pool_lock);
+  atomic_fetch_sub (&wc->count, 1);
+}
+
+/* An entry for block b, pinned, from the pool or new.  The caller has
+ * counted it.
+ */
+static struct dblock *
+new_entry (struct cas_volume *vol, uint64_t b)
+{
+  struct wcache *wc = &vol->wc;
+  struct dblock *e;
+
+  pthread_mutex_lock (&wc->pool_lock);
+  e = wc->pool;
+  if (e)
+    wc->pool = e->next;
+  pthread_mutex_unlock (&wc->pool_lock);
+  if (e) {
+    uint8_t *data = e->data;
+    memset (e, 0, entry_bytes (wc->words));
+    e->data = data;
+  }
+  else {
+    e = calloc (1, entry_bytes (wc->words));
+    if (e == NULL)
+      return NULL;
+    if ((e->data = malloc (vol->bs)) == NULL) {
+      free (e);
+      return NULL;
+    }
+  }
+  e->b = b;
+  atomic_init (&e->pins, 1);
+  atomic_init (&e->recent, true);
+  pthread_mutex_init (&e->lock, NULL);
+  pthread_cond_init (&e->idle, NULL);
+  return e;
+}
+
+void
+wcache_free (struct cas_volume *vol)
+{
+  struct wcache *wc = &vol->wc;
+  uint64_t i;
+  unsigned s;
+
+  for (i = 0; wc->buckets && i < wc->nbuckets; i++)
+    while (wc->buckets[i]) {
+      struct dblock *e = wc->buckets[i];
+      wc->buckets[i] = e->next;
+      free_entry (e);
+    }
+  while (wc->pool) {
+    struct dblock *e = wc->pool;
+    wc->pool = e->next;
+    free (e->data);
+    free (e);
+  }
+  free (wc->buckets);
+  wc->buckets = NULL;
+  pthread_mutex_destroy (&wc->pool_lock);
+  pthread_mutex_destroy (&wc->evict_lock);
+  pthread_cond_destroy (&wc->room);
+  for (s = 0; s < CACHE_STRIPES; s++) {
+    pthread_mutex_destroy (&wc->stripe[s]);
+    pthread_cond_destroy (&wc->gone[s]);
+  }
+}
+
+/* ---- lookup ---- */
+
+static uint64_t
+bucket_of (const struct wcache *wc, uint64_t b)
+{
+  return (b * UINT64_C (0x9E3779B97F4A7C15)) >> 32 & (wc->nbuckets - 1);
+}
+
+static pthread_mutex_t *
+stripe_of (struct wcache *wc, uint64_t bucket)
+{
+  return &wc->stripe[bucket % CACHE_STRIPES];
+}
+
+/* Under the bucket's stripe lock. */
+static struct dblock *
+find (struct wcache *wc, uint64_t bucket, uint64_t b)
+{
+  struct dblock *e;
+
+  for (e = wc->buckets[bucket]; e; e = e->next)
+    if (e->b == b)
+      return e;
+  return NULL;
+}
+
+/* Under the stripe lock: take e out of its chain. */
+static void
+unlink_entry (struct wcache *wc, uint64_t bucket, struct dblock *e)
+{
+  struct dblock **pp;
+
+  for (pp = &wc->buckets[bucket]; *pp != e; pp = &(*pp)->next)
+    ;
+  *pp = e->next;
+}
+
+static void
+room_changed (struct wcache *wc)
+{
+  pthread_mutex_lock (&wc->evict_lock);
+  wc->room_gen++;
+  pthread_cond_broadcast (&wc->room);
+  pthread_mutex_unlock (&wc->evict_lock);
+}
+
+static void
+unpin (struct wcache *wc, struct dblock *e)
+{
+  atomic_fetch_sub (&e->pins, 1);
+  /* A writer waiting for room may be waiting for this one. */
+  if (atomic_load (&wc->room_waiters))
+    room_changed (wc);
+}
+
+static bool
+is_dirty (const struct dblock *e)
+{
+  return e->gen != e->clean_gen;
+}
+
+/* ---- sectors ---- */
+
+static bool
+sector_written (const struct dblock *e, uint32_t s)
+{
+  return e->written[s / 64] >> (s % 64) & 1;
+}
+
+/* Are all the sectors of [o, o+n) written? */
+static bool
+range_written (const struct dblock *e, uint32_t o, uint32_t n)
+{
+  uint32_t s;
+
+  for (s = o / SECTOR; s <= (o + n - 1) / SECTOR; s++)
+    if (!sector_written (e, s))
+      return false;
+  return true;
+}
+
+static void
+mark_written (struct cas_volume *vol, struct dblock *e, uint32_t o,
+              uint32_t n)
+{
+  uint32_t s, i, sectors = vol->bs / SECTOR;
+
+  for (s = o / SECTOR; s <= (o + n - 1) / SECTOR; s++)
+    e->written[s / 64] |= UINT64_C (1) << (s % 64);
+  for (i = 0; i < sectors; i++)
+    if (!sector_written (e, i))
+      return;
+  e->full = true;
+}
+
+/* Under e->lock, !e->full: make e whole by reading the slot's content
+ * (checked like any read) into the sectors nobody wrote.
+ */
+static int
+fill (struct cas_volume *vol, struct dblock *e)
+{
+  CLEANUP_FREE uint8_t *base = malloc (vol->bs);
+  uint32_t s, run, sectors = vol->bs / SECTOR;
+  struct cas_hash h;
+
+  if (base == NULL)
+    return -1;
+  if (volume_get_slot (vol, e->b, &h) == -1 ||
+      volume_read_block (vol, &h, base) == -1)
+    return -1;
+  for (s = 0; s < sectors; s = run) {
+    for (run = s; run < sectors && !sector_written (e, run); run++)
+      ;
+    if (run > s)                /* a run of unwritten sectors */
+      memcpy (e->data + (size_t) s * SECTOR, base + (size_t) s * SECTOR,
+              (size_t) (run - s) * SECTOR);
+    else
+      run++;
+  }
+  e->full = true;
+  return 0;
+}
+
+/* ---- write-back ---- */
+
+/* Write back e, which the caller has claimed (busy) and pinned: fill it
+ * if it is partial, hash and store its data in place (writers wait while
+ * it is busy; readers need not), point slot b at it, mark it clean.
+ */
+static int
+write_back (struct cas_volume *vol, struct dblock *e)
+{
+  struct cas_hash old, h;
+  int r = -1;
+
+  pthread_mutex_lock (&e->lock);
+  /* Slot b is stable while b has an entry: only this changes it. */
+  if (volume_get_slot (vol, e->b, &old) == 0 &&
+      (e->full || fill (vol, e) == 0))
+    r = 0;
+  pthread_mutex_unlock (&e->lock);
+  if (r == -1)
+    goto out;
+  /* Garbage collection starts with no store-and-set-slot in progress
+   * (gc.c): a chunk stored before its gate is in the map before it
+   * marks.
+   */
+  pthread_rwlock_rdlock (&vol->st->gc_gate);
+  r = volume_store_block (vol, e->data, &h);
+  if (r == 0)
+    r = volume_set_slot (vol, e->b, &h, &old);
+  pthread_rwlock_unlock (&vol->st->gc_gate);
+  if (r == 1) {
+    /* Cannot happen (see the top): refuse rather than lose a write. */
+    backend_error ("cas: volume %s: block %" PRIu64 " changed under its "
+                   "cache entry", vol->name, e->b);
+    errno = EIO;
+    r = -1;
+  }
+ out:
+  pthread_mutex_lock (&e->lock);
+  if (r == 0) {
+    e->clean_gen = e->gen;      /* writers waited: nothing newer */
+    atomic_fetch_sub (&vol->wc.ndirty, 1);
+  }
+  e->busy = false;
+  pthread_cond_broadcast (&e->idle);
+  pthread_mutex_unlock (&e->lock);
+  room_changed (&vol->wc);
+  return r;
+}
+
+/* Claim pinned e for a write-back if it is dirty: 1 claimed, 0 clean.
+ * wait: wait for a write-back already running (and claim it after if it
+ * is still dirty); else a busy e counts as not claimable (0).
+ */
+static int
+claim (struct dblock *e, bool wait)
+{
+  int r = 0;
+
+  pthread_mutex_lock (&e->lock);
+  while (e->busy && wait)
+    pthread_cond_wait (&e->idle, &e->lock);
+  if (!e->busy && is_dirty (e)) {
+    e->busy = true;
+    r = 1;
+  }
+  pthread_mutex_unlock (&e->lock);
+  return r;
+}
+
+/* Write back every entry of bucket chains [first, end) that is dirty;
+ * only: blocks in [bfirst, blast].  Returns -1 (errno of the first
+ * failure) after trying them all.
+ */
+static int
+drain_buckets (struct cas_volume *vol, uint64_t bfirst, uint64_t blast)
+{
+  struct wcache *wc = &vol->wc;
+  uint64_t i;
+  int err = 0;
+
+  for (i = 0; i < wc->nbuckets; i++) {
+    pthread_mutex_t *m = stripe_of (wc, i);
+    struct dblock *e;
+
+    pthread_mutex_lock (m);
+    for (e = wc->buckets[i]; e; e = e->next) {
+      if (e->placeholder || e->b < bfirst || e->b > blast)
+        continue;
+      /* Pinned, e stays in the chain: its next is valid again once the
+       * stripe is locked.
+       */
+      atomic_fetch_add (&e->pins, 1);
+      pthread_mutex_unlock (m);
+      if (claim (e, true) && write_back (vol, e) == -1 && err == 0)
+        err = errno;
+      pthread_mutex_lock (m);
+      atomic_fetch_sub (&e->pins, 1);
+    }
+    pthread_mutex_unlock (m);
+  }
+  if (err) {
+    errno = err;
+    return -1;
+  }
+  return 0;
+}
+
+int
+wcache_drain (struct cas_volume *vol)
+{
+  if (!wcache_on (vol) || atomic_load (&vol->wc.ndirty) == 0)
+    return 0;
+  return drain_buckets (vol, 0, UINT64_MAX);
+}
+
+int
+wcache_drain_range (struct cas_volume *vol, uint64_t first, uint64_t last)
+{
+  struct wcache *wc = &vol->wc;
+  uint64_t b;
+  int err = 0;
+
+  if (!wcache_on (vol))
+    return 0;
+  if (last - first >= wc->nbuckets)
+    return drain_buckets (vol, first, last);
+  for (b = first; b <= last; b++) {
+    uint64_t i = bucket_of (wc, b);
+    pthread_mutex_t *m = stripe_of (wc, i);
+    struct dblock *e;
+
+    pthread_mutex_lock (m);
+    e = find (wc, i, b);
+    if (e && !e->placeholder)
+      atomic_fetch_add (&e->pins, 1);
+    else
+      e = NULL;
+    pthread_mutex_unlock (m);
+    if (e == NULL)
+      continue;
+    if (claim (e, true) && write_back (vol, e) == -1 && err == 0)
+      err = errno;
+    unpin (wc, e);
+  }
+  if (err) {
+    errno = err;
+    return -1;
+  }
+  return 0;
+}
+
+/* ---- eviction ---- */
+
+/* Evict entries until at most target remain: a clock over the buckets;
+ * an entry used since the hand passed gets another round, a clean one is
+ * dropped, a dirty one is written back (outside evict_lock, so that
+ * other evictors go on meanwhile) and dropped if it is still clean and
+ * unused.  Returns 1 if it freed something, 0 if everything it saw was
+ * busy or pinned, -1 if a write-back failed.
+ */
+static int
+evict (struct cas_volume *vol, uint64_t target)
+{
+  struct wcache *wc = &vol->wc;
+  uint64_t seen = 0;
+  bool freed = false;
+  int err = 0;
+
+  pthread_mutex_lock (&wc->evict_lock);
+  while (atomic_load (&wc->count) > target && seen < 2 * wc->nbuckets) {
+    uint64_t i = wc->hand++ & (wc->nbuckets - 1);
+    pthread_mutex_t *m = stripe_of (wc, i);
+    struct dblock *e, *next, *gone = NULL, *victim = NULL;
+
+    seen++;
+    pthread_mutex_lock (m);
+    for (e = wc->buckets[i]; e; e = next) {
+      next = e->next;
+      if (e->placeholder || atomic_load (&e->pins) > 0)
+        continue;
+      if (atomic_exchange (&e->recent, false))
+        continue;
+      pthread_mutex_lock (&e->lock);
+      if (e->busy) {
+        pthread_mutex_unlock (&e->lock);
+        continue;
+      }
+      if (!is_dirty (e)) {
+        pthread_mutex_unlock (&e->lock);
+        unlink_entry (wc, i, e);
+        e->next = gone;
+        gone = e;
+        continue;
+      }
+      if (victim == NULL) {
+        e->busy = true;
+        atomic_fetch_add (&e->pins, 1);
+        victim = e;
+      }
+      pthread_mutex_unlock (&e->lock);
+    }
+    pthread_mutex_unlock (m);
+    while (gone) {
+      e = gone;
+      gone = e->next;
+      release_entry (wc, e);
+      freed = true;
+      wc->room_gen++;
+      pthread_cond_broadcast (&wc->room);
+    }
+    if (victim) {
+      int r;
+
+      pthread_mutex_unlock (&wc->evict_lock);
+      r = write_back (vol, victim);
+      pthread_mutex_lock (m);
+      atomic_fetch_sub (&victim->pins, 1);
+      if (r == 0 && atomic_load (&victim->pins) == 0) {
+        pthread_mutex_lock (&victim->lock);
+        if (!victim->busy && !is_dirty (victim)) {
+          pthread_mutex_unlock (&victim->lock);
+          unlink_entry (wc, i, victim);
+          pthread_mutex_unlock (m);
+          release_entry (wc, victim);
+          freed = true;
+          victim = NULL;
+        }
+        else
+          pthread_mutex_unlock (&victim->lock);
+      }
+      if (victim)
+        pthread_mutex_unlock (m);
+      pthread_mutex_lock (&wc->evict_lock);
+      wc->room_gen++;
+      pthread_cond_broadcast (&wc->room);
+      if (r == -1) {
+        err = errno;
+        break;
+      }
+    }
+  }
+  pthread_mutex_unlock (&wc->evict_lock);
+  if (err) {
+    errno = err;
+    return -1;
+  }
+  return freed;
+}
+
+/* ---- the housekeeping thread ---- */
+
+static void
+kick (struct cas_volume *vol)
+{
+  if (!vol->bg_started || atomic_exchange (&vol->bg_kicked, true))
+    return;
+  pthread_mutex_lock (&vol->bg_lock);
+  pthread_cond_signal (&vol->bg_cond);
+  pthread_mutex_unlock (&vol->bg_lock);
+}
+
+void
+volume_bg_kick_leaves (struct cas_volume *vol)
+{
+  if (!vol->bg_started) {
+    evict_leaves (vol, false);
+    return;
+  }
+  pthread_mutex_lock (&vol->bg_lock);
+  vol->bg_leaves = true;
+  pthread_cond_signal (&vol->bg_cond);
+  pthread_mutex_unlock (&vol->bg_lock);
+}
+
+static void *
+bg_main (void *arg)
+{
+  struct cas_volume *vol = arg;
+
+  pthread_mutex_lock (&vol->bg_lock);
+  while (!vol->bg_stop) {
+    bool leaves = vol->bg_leaves;
+    bool cache = atomic_exchange (&vol->bg_kicked, false);
+
+    if (!leaves && !cache) {
+      pthread_cond_wait (&vol->bg_cond, &vol->bg_lock);
+      continue;
+    }
+    vol->bg_leaves = false;
+    pthread_mutex_unlock (&vol->bg_lock);
+    if (leaves)
+      evict_leaves (vol, true);
+    /* A failed write-back leaves the entry dirty: the next flush
+     * reports the error to a client.
+     */
+    if (cache && wcache_on (vol) &&
+        atomic_load (&vol->wc.count) > vol->wc.high &&
+        evict (vol, vol->wc.low) == -1)
+      backend_debug ("cas: volume %s: write-back cache eviction: %m",
+                     vol->name);
+    pthread_mutex_lock (&vol->bg_lock);
+  }
+  pthread_mutex_unlock (&vol->bg_lock);
+  return NULL;
+}
+
+int
+volume_bg_start (struct cas_volume *vol)
+{
+  int err;
+
+  pthread_mutex_init (&vol->bg_lock, NULL);
+  pthread_cond_init (&vol->bg_cond, NULL);
+  err = pthread_create (&vol->bg, NULL, bg_main, vol);
+  if (err) {
+    backend_error ("cas: volume %s: cannot start its housekeeping thread: %s",
+                   vol->name, strerror (err));
+    errno = err;
+    return -1;
+  }
+  vol->bg_started = true;
+  return 0;
+}
+
+void
+volume_bg_stop (struct cas_volume *vol)
+{
+  if (vol->bg_started) {
+    pthread_mutex_lock (&vol->bg_lock);
+    vol->bg_stop = true;
+    pthread_cond_signal (&vol->bg_cond);
+    pthread_mutex_unlock (&vol->bg_lock);
+    pthread_join (vol->bg, NULL);
+    vol->bg_started = false;
+  }
+  pthread_mutex_destroy (&vol->bg_lock);
+  pthread_cond_destroy (&vol->bg_cond);
+}
+
+/* ---- the data path ---- */
+
+/* Block b's entry, pinned, made if it has none (waiting for a direct
+ * writer's placeholder to go, and for room).  NULL with errno on error.
+ */
+static struct dblock *
+get_entry (struct cas_volume *vol, uint64_t b)
+{
+  struct wcache *wc = &vol->wc;
+  uint64_t i = bucket_of (wc, b);
+  pthread_mutex_t *m = stripe_of (wc, i);
+  struct dblock *e, *fresh = NULL;
+
+  for (;;) {
+    uint64_t n;
+
+    pthread_mutex_lock (m);
+    while ((e = find (wc, i, b)) != NULL && e->placeholder)
+      pthread_cond_wait (&wc->gone[i % CACHE_STRIPES], m);
+    if (e) {
+      atomic_fetch_add (&e->pins, 1);
+      if (!atomic_load_explicit (&e->recent, memory_order_relaxed))
+        atomic_store (&e->recent, true);
+      pthread_mutex_unlock (m);
+      if (fresh) {
+        release_entry (wc, fresh);
+        room_changed (wc);
+      }
+      return e;
+    }
+    if (fresh) {
+      fresh->next = wc->buckets[i];
+      wc->buckets[i] = fresh;
+      pthread_mutex_unlock (m);
+      return fresh;
+    }
+    pthread_mutex_unlock (m);
+
+    /* Reserve room for a new entry, outside the locks. */
+    n = atomic_load (&wc->count);
+    if (n >= wc->max) {
+      uint64_t gen;
+      int r;
+
+      kick (vol);
+      pthread_mutex_lock (&wc->evict_lock);
+      gen = wc->room_gen;
+      pthread_mutex_unlock (&wc->evict_lock);
+      r = evict (vol, wc->max - 1);
+      if (r == -1)
+        return NULL;
+      if (r == 0) {
+        /* Everything is busy or pinned: wait for a change. */
+        atomic_fetch_add (&wc->room_waiters, 1);
+        pthread_mutex_lock (&wc->evict_lock);
+        while (wc->room_gen == gen && atomic_load (&wc->count) >= wc->max)
+          pthread_cond_wait (&wc->room, &wc->evict_lock);
+        pthread_mutex_unlock (&wc->evict_lock);
+        atomic_fetch_sub (&wc->room_waiters, 1);
+      }
+      continue;
+    }
+    if (!atomic_compare_exchange_weak (&wc->count, &n, n + 1))
+      continue;
+    if (n + 1 > wc->high)
+      kick (vol);
+    fresh = new_entry (vol, b);
+    if (fresh == NULL) {
+      atomic_fetch_sub (&wc->count, 1);
+      return NULL;
+    }
+  }
+}
+
+/* Copy [o, o+n) of data (NULL: zeros) into pinned e. */
+static int
+write_entry (struct cas_volume *vol, struct dblock *e, uint32_t o,
+             uint32_t n, const void *data)
+{
+  SCOPED_LOCK (&e->lock);
+
+  /* Its data is being hashed. */
+  while (e->busy)
+    pthread_cond_wait (&e->idle, &e->lock);
+  /* A write that covers a sector only in part needs that sector's old
+   * bytes: fill the entry from the slot first (rare: writes are almost
+   * always sector-aligned).
+   */
+  if (!e->full &&
+      ((o % SECTOR && !sector_written (e, o / SECTOR)) ||
+       ((o + n) % SECTOR && !sector_written (e, (o + n) / SECTOR))) &&
+      fill (vol, e) == -1)
+    return -1;
+  if (data)
+    memcpy (e->data + o, data, n);
+  else
+    memset (e->data + o, 0, n);
+  if (!e->full)
+    mark_written (vol, e, o, n);
+  if (!is_dirty (e))
+    atomic_fetch_add (&vol->wc.ndirty, 1);
+  e->gen++;
+  return 0;
+}
+
+/* Write all of block b straight to the store, under a placeholder (see
+ * the top), unless b has an entry that must take the write: a dirty,
+ * busy or pinned one.  A clean idle entry is dropped instead (it would
+ * only be stale).  Returns 1 if the caller must write into the entry
+ * *ep (pinned), 0 done, -1 error.
+ */
+static int
+write_direct (struct cas_volume *vol, uint64_t b, const void *data,
+              struct dblock **ep)
+{
+  struct wcache *wc = &vol->wc;
+  uint64_t i = bucket_of (wc, b);
+  pthread_mutex_t *m = stripe_of (wc, i);
+  struct dblock ph = { .b = b, .placeholder = true }, *e, *drop = NULL;
+  struct cas_hash h;
+  int r;
+
+  pthread_mutex_lock (m);
+  while ((e = find (wc, i, b)) != NULL && e->placeholder)
+    pthread_cond_wait (&wc->gone[i % CACHE_STRIPES], m);
+  if (e) {
+    bool keep;
+
+    pthread_mutex_lock (&e->lock);
+    keep = atomic_load (&e->pins) > 0 || e->busy || is_dirty (e);
+    pthread_mutex_unlock (&e->lock);
+    if (keep) {
+      atomic_fetch_add (&e->pins, 1);
+      pthread_mutex_unlock (m);
+      *ep = e;
+      return 1;
+    }
+    unlink_entry (wc, i, e);
+    drop = e;
+  }
+  ph.next = wc->buckets[i];
+  wc->buckets[i] = &ph;
+  pthread_mutex_unlock (m);
+  if (drop) {
+    release_entry (wc, drop);
+    room_changed (wc);
+  }
+
+  r = 0;
+  pthread_rwlock_rdlock (&vol->st->gc_gate);    /* as in write_back */
+  if (data) {
+    if (volume_store_block (vol, data, &h) == -1)
+      r = -1;
+  }
+  else
+    memset (&h, 0, sizeof h);
+  if (r == 0 && volume_set_slot (vol, b, &h, NULL) == -1)
+    r = -1;
+  pthread_rwlock_unlock (&vol->st->gc_gate);
+
+  pthread_mutex_lock (m);
+  unlink_entry (wc, i, &ph);
+  pthread_cond_broadcast (&wc->gone[i % CACHE_STRIPES]);
+  pthread_mutex_unlock (m);
+  return r;
+}
+
+int
+wcache_write (struct cas_volume *vol, uint64_t b, uint32_t o, uint32_t n,
+              const void *data)
+{
+  struct dblock *e = NULL;
+  int r;
+
+  if (n == vol->bs) {
+    r = write_direct (vol, b, data, &e);
+    if (r <= 0)
+      return r;
+  }
+  else if ((e = get_entry (vol, b)) == NULL)
+    return -1;
+  r = write_entry (vol, e, o, n, data);
+  unpin (&vol->wc, e);
+  return r;
+}
+
+int
+wcache_read (struct cas_volume *vol, uint64_t b, uint32_t o, uint32_t n,
+             void *out)
+{
+  struct wcache *wc = &vol->wc;
+  uint64_t i = bucket_of (wc, b);
+  pthread_mutex_t *m = stripe_of (wc, i);
+  struct dblock *e;
+  int r = 1;
+
+  pthread_mutex_lock (m);
+  e = find (wc, i, b);
+  if (e && e->placeholder)
+    e = NULL;                   /* not written yet: the slot is as good */
+  if (e)
+    atomic_fetch_add (&e->pins, 1);
+  pthread_mutex_unlock (m);
+  if (e == NULL)
+    return 0;
+  pthread_mutex_lock (&e->lock);
+  if (!e->full && !range_written (e, o, n) && fill (vol, e) == -1)
+    r = -1;
+  else
+    memcpy (out, e->data + o, n);
+  pthread_mutex_unlock (&e->lock);
+  unpin (wc, e);
+  return r;
+}
+
+bool
+wcache_dirty (struct cas_volume *vol, uint64_t b)
+{
+  struct wcache *wc = &vol->wc;
+  uint64_t i;
+  struct dblock *e;
+  bool r = false;
+
+  if (!wcache_on (vol) || atomic_load (&wc->ndirty) == 0)
+    return false;
+  i = bucket_of (wc, b);
+  pthread_mutex_lock (stripe_of (wc, i));
+  e = find (wc, i, b);
+  if (e && !e->placeholder) {
+    pthread_mutex_lock (&e->lock);
+    r = is_dirty (e) || e->busy;
+    pthread_mutex_unlock (&e->lock);
+  }
+  pthread_mutex_unlock (stripe_of (wc, i));
+  return r;
+}
