@@ -25,8 +25,8 @@
  * writer that needs a new entry when the cache is full evicts one itself
  * (the clock's next unpinned entry: a clean one is dropped, a dirty one
  * written back first), and if every entry is busy or pinned it waits for
- * room.  The housekeeping thread evicts from 7/8 full down to 3/4, so
- * that writers seldom have to.
+ * room.  The housekeeping thread evicts from 15/16 full down to 7/8, so
+ * that writers seldom have to (not at all if the volume fits).
  *
  * A write-back hashes and stores the entry's data in place: it marks the
  * entry busy, fills it from the slot if it is partial, and writers of
@@ -45,7 +45,7 @@
  *
  * The housekeeping thread: one per volume, started at load and joined
  * at free (after the final flush).  It sleeps on bg_cond until kicked:
- * by a new entry above 7/8 of the cache, or by a leaf load above the
+ * by a new entry above 15/16 of the cache, or by a leaf load above the
  * leaf cache's limit.  bg_kicked saves the lock on every kick but the
  * first.
  */
@@ -112,12 +112,18 @@ wcache_init (struct cas_volume *vol)
   wc->max = vol->st->dirty_cache / entry_cost (vol->bs);
   if (wc->max < CAS_MIN_DIRTY_BLOCKS)
     wc->max = CAS_MIN_DIRTY_BLOCKS;
-  /* A block never needs more entries than the volume has blocks. */
-  if (wc->max > vol->nblocks)
+  /* The thread evicts from 15/16 down to 7/8: room for writers without
+   * giving up much of the cache (evicting more would not make eviction
+   * cheaper: each evicted dirty block is one write-back either way).
+   */
+  wc->high = wc->max - wc->max / 16;
+  wc->low = wc->max - wc->max / 8;
+  /* A volume that fits whole never needs eviction at all. */
+  if (wc->max >= vol->nblocks) {
     wc->max = vol->nblocks > CAS_MIN_DIRTY_BLOCKS ? vol->nblocks
       : CAS_MIN_DIRTY_BLOCKS;
-  wc->high = wc->max - wc->max / 8;
-  wc->low = wc->max - wc->max / 4;
+    wc->high = wc->low = wc->max;
+  }
   for (wc->nbuckets = CACHE_STRIPES; wc->nbuckets < wc->max;
        wc->nbuckets <<= 1)
     ;
