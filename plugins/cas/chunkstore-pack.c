@@ -281,7 +281,7 @@ ps_get_range (struct chunkstore *cs, const struct cas_hash *hash,
   uint64_t locs[MAX_CANDIDATES];
   struct cas_record_header h;
   char hex[2 * CAS_HASH_SIZE + 1];
-  int n, i;
+  int n, i, stale = 0;
   bool damaged = false;
 
   if (count == 0 || off > length || count > length - off) {
@@ -292,6 +292,7 @@ ps_get_range (struct chunkstore *cs, const struct cas_hash *hash,
       (off == 0 && count == length))
     return cas_chunk_get_range_whole (cs, hash, length, buf, off, count,
                                       verify);
+ again:
   n = cas_index_lookup (ps->index, hash, locs, MAX_CANDIDATES);
   for (i = 0; i < n; i++) {
     uint32_t first = off / CAS_PIECE_SIZE;
@@ -303,6 +304,8 @@ ps_get_range (struct chunkstore *cs, const struct cas_hash *hash,
     int r;
 
     r = cas_packs_read_table (ps->packs, locs[i], length, &h, crcs);
+    if (r == -1 && errno == ESTALE && stale++ < MAX_STALE_RETRIES)
+      goto again;               /* retired meanwhile: the copy is indexed */
     if (r == -1) {
       forget (ps, hash, locs[i]);
       damaged = true;
@@ -321,6 +324,8 @@ ps_get_range (struct chunkstore *cs, const struct cas_hash *hash,
       return -1;
     if (cas_packs_read_payload (ps->packs, locs[i], first * CAS_PIECE_SIZE,
                                 dst, span) == -1) {
+      if (errno == ESTALE && stale++ < MAX_STALE_RETRIES)
+        goto again;
       forget (ps, hash, locs[i]);
       damaged = true;
       continue;

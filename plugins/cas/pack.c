@@ -649,23 +649,25 @@ cas_packs_read_table (struct cas_packs *p, uint64_t loc, uint32_t length,
   uint32_t id = CAS_LOC_PACK (loc), i, n = cas_pieces (length);
   uint64_t off = CAS_LOC_OFFSET (loc);
   uint64_t tsize = cas_table_record_size (length);
-  struct pack *pk = get_pack (p, id);
+  struct pack *pk;
   struct cas_record_header th;
   const char *why;
   ssize_t r;
 
-  if (pk == NULL) {
-    backend_error ("cas: pack %" PRIu32 " is missing", id);
-    errno = EIO;
-    return -1;
-  }
   if (!cas_wants_table (length) || off < CAS_PACK_HEADER_SIZE + tsize) {
     /* No table can be there: just the record header. */
     if (cas_packs_read_header (p, loc, h) == -1)
       return -1;
     return 1;
   }
+  pk = pin_pack (p, id);
+  if (pk == NULL) {
+    if (errno != ESTALE)
+      backend_error ("cas: pack %" PRIu32 " is missing", id);
+    return -1;
+  }
   r = pread (pk->fd, buf, tsize + CAS_RECORD_HEADER_SIZE, off - tsize);
+  unpin_pack (pk);
   if (r != (ssize_t) (tsize + CAS_RECORD_HEADER_SIZE) ||
       cas_record_header_decode (buf + tsize, h) == -1) {
     backend_error ("cas: pack %" PRIu32 " offset %" PRIu64
@@ -701,15 +703,16 @@ cas_packs_read_payload (struct cas_packs *p, uint64_t loc, uint32_t off,
 {
   uint32_t id = CAS_LOC_PACK (loc);
   uint64_t at = CAS_LOC_OFFSET (loc) + CAS_RECORD_HEADER_SIZE + off;
-  struct pack *pk = get_pack (p, id);
+  struct pack *pk = pin_pack (p, id);
   ssize_t r;
 
   if (pk == NULL) {
-    backend_error ("cas: pack %" PRIu32 " is missing", id);
-    errno = EIO;
+    if (errno != ESTALE)
+      backend_error ("cas: pack %" PRIu32 " is missing", id);
     return -1;
   }
   r = pread (pk->fd, buf, len, at);
+  unpin_pack (pk);
   if (r != (ssize_t) len) {
     backend_error ("cas: pack %" PRIu32 " offset %" PRIu64 ": record "
                    "payload is truncated", id, CAS_LOC_OFFSET (loc));

@@ -66,12 +66,15 @@ int cas_packs_read (struct cas_packs *p, uint64_t loc,
  * 1 if the record is there (*h filled and checked) but has no usable
  * table (none, another length, or the table is damaged: a debug message
  * says which), so the caller reads the whole payload instead; -1/EIO
- * (message naming pack and offset) if the record header is damaged.
+ * (message naming pack and offset) if the record header is damaged, or
+ * -1/ESTALE (no message) if garbage collection retired the pack: the
+ * index points at a copy now, look again.
  */
 int cas_packs_read_table (struct cas_packs *p, uint64_t loc, uint32_t length,
                           struct cas_record_header *h, uint32_t *crcs);
 /* Read payload bytes [off, off + len) of the record at loc (whose header
- * the caller has read and checked): no checks, -1/EIO if short.
+ * the caller has read and checked): no checks, -1/EIO if short, -1/ESTALE
+ * as cas_packs_read_table.
  */
 int cas_packs_read_payload (struct cas_packs *p, uint64_t loc, uint32_t off,
                             void *buf, uint32_t len);
