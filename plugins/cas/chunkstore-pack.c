@@ -176,6 +176,13 @@ ps_put (struct chunkstore *cs, const struct cas_hash *hash,
     backend_error ("cas: index insert: %m");
     return -1;
   }
+  /* This process wrote the payload from the caller's buffer, whose CRC
+   * it computed: as good as a check once per process, which is all the
+   * bit says.  So a duplicate of a chunk written since the store was
+   * opened costs its hash, the lookup and one header read, no payload
+   * read.
+   */
+  cas_index_set_verified (ps->index, hash, loc);
   if (stored)
     *stored = true;
   return 0;
