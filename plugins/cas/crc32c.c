@@ -11,10 +11,14 @@
 #include "crc32c.h"
 
 #define POLY 0x82F63B78u        /* 0x1EDC6F41 reflected */
+#define STRIDE 1360             /* 3 streams (crc_sse42): 3 x 1360 + 16
+                                   is one 4 KiB piece */
 
 static uint32_t table[8][256];
 /* x2n[k] = x^(2^k) modulo the polynomial (reflected bit order). */
 static uint32_t x2n[64];
+/* The raw register after STRIDE more zero bytes, a byte at a time. */
+static uint32_t shift[4][256];
 static bool have_sse42;
 static pthread_once_t once = PTHREAD_ONCE_INIT;
 
@@ -53,6 +57,19 @@ init (void)
   x2n[0] = UINT32_C (1) << 30;  /* x^1 */
   for (i = 1; i < 64; i++)
     x2n[i] = mulmod (x2n[i - 1], x2n[i - 1]);
+#if defined(__x86_64__)
+  {
+    /* x^(8 STRIDE) as a multiplier, then the map of each byte value. */
+    uint32_t m = UINT32_C (1) << 31, n = 8 * STRIDE, k;
+
+    for (k = 0; n; n >>= 1, k++)
+      if (n & 1)
+        m = mulmod (x2n[k], m);
+    for (j = 0; j < 4; j++)
+      for (i = 0; i < 256; i++)
+        shift[j][i] = mulmod (m, i << (8 * j));
+  }
+#endif
 #if defined(__x86_64__) || defined(__i386__)
   __builtin_cpu_init ();
   have_sse42 = __builtin_cpu_supports ("sse4.2");
@@ -85,35 +102,64 @@ crc_table (uint32_t c, const uint8_t *p, size_t len)
 }
 
 #if defined(__x86_64__)
-/* Three independent streams would hide the instruction's 3-cycle latency,
- * but combining them needs extra tables; one stream already runs at
- * several GB/s, far above SHA-256, so keep it simple.
+/* The crc32 instruction has a latency of 3 cycles and a throughput of 1:
+ * one stream runs at a third of its speed.  So long buffers are taken
+ * STRIDE * 3 bytes at a time, as three streams side by side, joined with
+ * shift[]: appending STRIDE bytes multiplies the raw register by
+ * x^(8 STRIDE), a linear map applied a byte of the register at a time.
+ * (Reading and checking the 64 KiB of a block is the whole cost of a
+ * sequential read here: this makes its CRC about 3x cheaper.)
  */
+
 __attribute__ ((target ("sse4.2")))
 static uint32_t
-crc_sse42 (uint32_t c, const uint8_t *p, size_t len)
+crc_sse42_1 (uint64_t c64, const uint8_t *p, size_t len)
 {
-  uint64_t c64;
-
-  while (len && ((uintptr_t) p & 7)) {
-    c = __builtin_ia32_crc32qi (c, *p++);
-    len--;
-  }
-  c64 = c;
   while (len >= 8) {
     uint64_t v;
-    memcpy (&v, p, 8);          /* aligned, but keep strict aliasing */
+    memcpy (&v, p, 8);          /* keep strict aliasing */
     c64 = __builtin_ia32_crc32di (c64, v);
     p += 8;
     len -= 8;
   }
-  c = (uint32_t) c64;
   while (len--)
-    c = __builtin_ia32_crc32qi (c, *p++);
-  return c;
+    c64 = __builtin_ia32_crc32qi ((uint32_t) c64, *p++);
+  return (uint32_t) c64;
+}
+
+static uint32_t
+shift_stride (uint32_t c)
+{
+  return shift[0][c & 0xff] ^ shift[1][(c >> 8) & 0xff] ^
+    shift[2][(c >> 16) & 0xff] ^ shift[3][c >> 24];
+}
+
+__attribute__ ((target ("sse4.2")))
+static uint32_t
+crc_sse42 (uint32_t c, const uint8_t *p, size_t len)
+{
+  while (len >= 3 * STRIDE) {
+    uint64_t a = c, b = 0, d = 0;
+    const uint8_t *q = p + STRIDE, *r = p + 2 * STRIDE;
+    size_t i;
+
+    for (i = 0; i < STRIDE; i += 8) {
+      uint64_t x, y, z;
+      memcpy (&x, p + i, 8);
+      memcpy (&y, q + i, 8);
+      memcpy (&z, r + i, 8);
+      a = __builtin_ia32_crc32di (a, x);
+      b = __builtin_ia32_crc32di (b, y);
+      d = __builtin_ia32_crc32di (d, z);
+    }
+    c = shift_stride (shift_stride ((uint32_t) a) ^ (uint32_t) b) ^
+      (uint32_t) d;
+    p += 3 * STRIDE;
+    len -= 3 * STRIDE;
+  }
+  return crc_sse42_1 (c, p, len);
 }
 #endif
-
 uint32_t
 crc32c (uint32_t crc, const void *buf, size_t len)
 {
