@@ -45,9 +45,10 @@
  *
  * The housekeeping thread: one per volume, started at load and joined
  * at free (after the final flush).  It sleeps on bg_cond until kicked:
- * by a new entry above 15/16 of the cache, or by a leaf load above the
- * leaf cache's limit.  bg_kicked saves the lock on every kick but the
- * first.
+ * by a new entry above 15/16 of the cache, by a leaf load above the
+ * leaf cache's limit, or by a flush with dirty blocks to write back (it
+ * helps, from the other end of the table).  bg_kicked saves the lock on
+ * every cache kick but the first.
  */
 #include <config.h>
 
@@ -417,20 +418,28 @@ claim (struct dblock *e, bool wait)
   return r;
 }
 
-/* Write back every entry of bucket chains [first, end) that is dirty;
- * only: blocks in [bfirst, blast].  Returns -1 (errno of the first
- * failure) after trying them all.
+/* Write back every dirty entry of blocks [bfirst, blast], walking the
+ * buckets in order.  Returns -1 (errno of the first failure) after
+ * trying them all.  helper: the housekeeping thread helping a flush:
+ * walk from the other end, skip entries being written back by anyone,
+ * stop when nothing is dirty, never fail (the flush's own walk sees to
+ * every entry and reports what failed).
  */
 static int
-drain_buckets (struct cas_volume *vol, uint64_t bfirst, uint64_t blast)
+drain_buckets (struct cas_volume *vol, uint64_t bfirst, uint64_t blast,
+               bool helper)
 {
   struct wcache *wc = &vol->wc;
-  uint64_t i;
+  uint64_t k;
   int err = 0;
 
-  for (i = 0; i < wc->nbuckets; i++) {
+  for (k = 0; k < wc->nbuckets; k++) {
+    uint64_t i = helper ? wc->nbuckets - 1 - k : k;
     pthread_mutex_t *m = stripe_of (wc, i);
     struct dblock *e;
+
+    if (helper && atomic_load (&wc->ndirty) == 0)
+      break;
 
     pthread_mutex_lock (m);
     for (e = wc->buckets[i]; e; e = e->next) {
@@ -441,7 +450,7 @@ drain_buckets (struct cas_volume *vol, uint64_t bfirst, uint64_t blast)
        */
       atomic_fetch_add (&e->pins, 1);
       pthread_mutex_unlock (m);
-      if (claim (e, true) && write_back (vol, e) == -1 && err == 0)
+      if (claim (e, !helper) && write_back (vol, e) == -1 && err == 0)
         err = errno;
       pthread_mutex_lock (m);
       atomic_fetch_sub (&e->pins, 1);
@@ -455,12 +464,24 @@ drain_buckets (struct cas_volume *vol, uint64_t bfirst, uint64_t blast)
   return 0;
 }
 
+/* Enough dirty entries to be worth a second thread's help. */
+#define DRAIN_HELP_MIN 4
+
 int
 wcache_drain (struct cas_volume *vol)
 {
   if (!wcache_on (vol) || atomic_load (&vol->wc.ndirty) == 0)
     return 0;
-  return drain_buckets (vol, 0, UINT64_MAX);
+  /* Hashing is the cost: the housekeeping thread writes back from the
+   * other end meanwhile, so a flush uses two cores.
+   */
+  if (vol->bg_started && atomic_load (&vol->wc.ndirty) >= DRAIN_HELP_MIN) {
+    pthread_mutex_lock (&vol->bg_lock);
+    vol->bg_drain = true;
+    pthread_cond_signal (&vol->bg_cond);
+    pthread_mutex_unlock (&vol->bg_lock);
+  }
+  return drain_buckets (vol, 0, UINT64_MAX, false);
 }
 
 int
@@ -473,7 +494,7 @@ wcache_drain_range (struct cas_volume *vol, uint64_t first, uint64_t last)
   if (!wcache_on (vol))
     return 0;
   if (last - first >= wc->nbuckets)
-    return drain_buckets (vol, first, last);
+    return drain_buckets (vol, first, last, false);
   for (b = first; b <= last; b++) {
     uint64_t i = bucket_of (wc, b);
     pthread_mutex_t *m = stripe_of (wc, i);
@@ -629,15 +650,17 @@ bg_main (void *arg)
 
   pthread_mutex_lock (&vol->bg_lock);
   while (!vol->bg_stop) {
-    bool leaves = vol->bg_leaves;
+    bool leaves = vol->bg_leaves, drain = vol->bg_drain;
     bool cache = atomic_exchange (&vol->bg_kicked, false);
 
-    if (!leaves && !cache) {
+    if (!leaves && !cache && !drain) {
       pthread_cond_wait (&vol->bg_cond, &vol->bg_lock);
       continue;
     }
-    vol->bg_leaves = false;
+    vol->bg_leaves = vol->bg_drain = false;
     pthread_mutex_unlock (&vol->bg_lock);
+    if (drain)
+      drain_buckets (vol, 0, UINT64_MAX, true);
     if (leaves)
       evict_leaves (vol, true);
     /* A failed write-back leaves the entry dirty: the next flush

@@ -155,10 +155,11 @@ struct cas_volume {
    */
   pthread_t bg;
   bool bg_started;              /* const after load */
-  pthread_mutex_t bg_lock;      /* bg_stop, bg_leaves, bg_cond */
+  pthread_mutex_t bg_lock;      /* bg_stop, bg_leaves, bg_drain, bg_cond */
   pthread_cond_t bg_cond;
   bool bg_stop;
   bool bg_leaves;               /* a leaf sweep is wanted */
+  bool bg_drain;                /* a flush wants help writing back */
   atomic_bool bg_kicked;        /* a wake-up is pending (saves the lock) */
 };
 
