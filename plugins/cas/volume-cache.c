@@ -101,6 +101,7 @@ wcache_init (struct cas_volume *vol)
 
   memset (wc, 0, sizeof *wc);
   pthread_mutex_init (&wc->evict_lock, NULL);
+  pthread_mutex_init (&wc->room_lock, NULL);
   pthread_mutex_init (&wc->pool_lock, NULL);
   pthread_cond_init (&wc->room, NULL);
   for (s = 0; s < CACHE_STRIPES; s++) {
@@ -220,6 +221,7 @@ wcache_free (struct cas_volume *vol)
   pthread_mutex_destroy (&wc->pool_lock);
   pthread_mutex_destroy (&wc->evict_lock);
   pthread_cond_destroy (&wc->room);
+  pthread_mutex_destroy (&wc->room_lock);
   for (s = 0; s < CACHE_STRIPES; s++) {
     pthread_mutex_destroy (&wc->stripe[s]);
     pthread_cond_destroy (&wc->gone[s]);
@@ -266,10 +268,10 @@ unlink_entry (struct wcache *wc, uint64_t bucket, struct dblock *e)
 static void
 room_changed (struct wcache *wc)
 {
-  pthread_mutex_lock (&wc->evict_lock);
+  pthread_mutex_lock (&wc->room_lock);
   wc->room_gen++;
   pthread_cond_broadcast (&wc->room);
-  pthread_mutex_unlock (&wc->evict_lock);
+  pthread_mutex_unlock (&wc->room_lock);
 }
 
 static void
@@ -576,8 +578,7 @@ evict (struct cas_volume *vol, uint64_t target)
       gone = e->next;
       release_entry (wc, e);
       freed = true;
-      wc->room_gen++;
-      pthread_cond_broadcast (&wc->room);
+      room_changed (wc);
     }
     if (victim) {
       int r;
@@ -601,9 +602,9 @@ evict (struct cas_volume *vol, uint64_t target)
       }
       if (victim)
         pthread_mutex_unlock (m);
+      else
+        room_changed (wc);
       pthread_mutex_lock (&wc->evict_lock);
-      wc->room_gen++;
-      pthread_cond_broadcast (&wc->room);
       if (r == -1) {
         err = errno;
         break;
@@ -755,19 +756,27 @@ get_entry (struct cas_volume *vol, uint64_t b)
       int r;
 
       kick (vol);
-      pthread_mutex_lock (&wc->evict_lock);
+      pthread_mutex_lock (&wc->room_lock);
       gen = wc->room_gen;
-      pthread_mutex_unlock (&wc->evict_lock);
-      r = evict (vol, wc->max - 1);
-      if (r == -1)
-        return NULL;
-      if (r == 0) {
-        /* Everything is busy or pinned: wait for a change. */
-        atomic_fetch_add (&wc->room_waiters, 1);
-        pthread_mutex_lock (&wc->evict_lock);
-        while (wc->room_gen == gen && atomic_load (&wc->count) >= wc->max)
-          pthread_cond_wait (&wc->room, &wc->evict_lock);
+      pthread_mutex_unlock (&wc->room_lock);
+      /* Evict one here, unless another thread is evicting (the
+       * housekeeping thread, usually): then wait for the entry it frees
+       * next rather than queue behind its whole round.
+       */
+      r = 0;
+      if (pthread_mutex_trylock (&wc->evict_lock) == 0) {
         pthread_mutex_unlock (&wc->evict_lock);
+        r = evict (vol, wc->max - 1);
+        if (r == -1)
+          return NULL;
+      }
+      if (r == 0) {
+        /* Wait for a change: an entry freed, written back or unpinned. */
+        atomic_fetch_add (&wc->room_waiters, 1);
+        pthread_mutex_lock (&wc->room_lock);
+        while (wc->room_gen == gen && atomic_load (&wc->count) >= wc->max)
+          pthread_cond_wait (&wc->room, &wc->room_lock);
+        pthread_mutex_unlock (&wc->room_lock);
         atomic_fetch_sub (&wc->room_waiters, 1);
       }
       continue;

@@ -38,7 +38,8 @@
  * mutex or levels_lock (never with map_lock).  Pins are taken under the
  * leaf's stripe lock.  Nothing calls get_leaf holding any of these.
  * The write-back cache's locks come before all of those: its evict_lock
- * (the clock hand), then a cache stripe, then an entry's lock; get_leaf
+ * (the clock hand), then a cache stripe, then an entry's lock (room_lock
+ * and pool_lock are innermost: nothing is taken under them); get_leaf
  * (so the map's locks) may be called holding an entry's lock, and the
  * chunk store may be called holding one; nothing takes a cache lock
  * holding a map lock or flush_lock (flush writes the cache back before it
@@ -105,8 +106,10 @@ struct wcache {
   pthread_cond_t gone[CACHE_STRIPES];   /* a placeholder left this stripe */
   atomic_uint_fast64_t count;   /* entries in use (not placeholders) */
   atomic_uint_fast64_t ndirty;  /* entries that are dirty */
-  pthread_mutex_t evict_lock;   /* hand, room_gen */
+  pthread_mutex_t evict_lock;   /* the hand; one evictor walks at a time
+                                   (released while it writes back) */
   uint64_t hand;                /* the clock hand: a bucket */
+  pthread_mutex_t room_lock;    /* room_gen, room (innermost) */
   pthread_cond_t room;          /* room_gen changed */
   uint64_t room_gen;            /* +1 when an entry is freed, written back
                                    or unpinned with waiters */
