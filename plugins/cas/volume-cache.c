@@ -323,30 +323,73 @@ mark_written (struct cas_volume *vol, struct dblock *e, uint32_t o,
   e->full = true;
 }
 
+/* Copy the runs of sectors of e that are written (want true) or not
+ * (false) from src to dst; returns the bytes copied.  dst_packed: dst
+ * holds the runs back to back (a save area), not at their offsets.
+ */
+static size_t
+copy_runs (struct cas_volume *vol, const struct dblock *e, bool want,
+           uint8_t *dst, bool dst_packed, const uint8_t *src,
+           bool src_packed)
+{
+  uint32_t s, run, sectors = vol->bs / SECTOR;
+  size_t done = 0;
+
+  for (s = 0; s < sectors; s = run) {
+    for (run = s; run < sectors && sector_written (e, run) == want; run++)
+      ;
+    if (run > s) {
+      size_t at = (size_t) s * SECTOR, n = (size_t) (run - s) * SECTOR;
+      memcpy (dst + (dst_packed ? done : at), src + (src_packed ? done : at),
+              n);
+      done += n;
+    }
+    else
+      run++;
+  }
+  return done;
+}
+
 /* Under e->lock, !e->full: make e whole by reading the slot's content
- * (checked like any read) into the sectors nobody wrote.
+ * (checked like any read) into the sectors nobody wrote.  When less than
+ * half is written (the usual case: a 4 KiB write), the written sectors
+ * are put aside and the block is read straight into the entry, then
+ * they go back: the least copying.
  */
 static int
 fill (struct cas_volume *vol, struct dblock *e)
 {
-  CLEANUP_FREE uint8_t *base = malloc (vol->bs);
-  uint32_t s, run, sectors = vol->bs / SECTOR;
+  uint32_t s, written = 0, sectors = vol->bs / SECTOR;
   struct cas_hash h;
+  int r;
 
-  if (base == NULL)
+  if (volume_get_slot (vol, e->b, &h) == -1)
     return -1;
-  if (volume_get_slot (vol, e->b, &h) == -1 ||
-      volume_read_block (vol, &h, base) == -1)
-    return -1;
-  for (s = 0; s < sectors; s = run) {
-    for (run = s; run < sectors && !sector_written (e, run); run++)
-      ;
-    if (run > s)                /* a run of unwritten sectors */
-      memcpy (e->data + (size_t) s * SECTOR, base + (size_t) s * SECTOR,
-              (size_t) (run - s) * SECTOR);
-    else
-      run++;
+  for (s = 0; s < sectors; s++)
+    written += sector_written (e, s);
+  if (written * 2 <= sectors) {
+    CLEANUP_FREE uint8_t *save = malloc ((size_t) written * SECTOR + 1);
+
+    if (save == NULL)
+      return -1;
+    copy_runs (vol, e, true, save, true, e->data, false);
+    r = volume_read_block (vol, &h, e->data);
+    /* Back in place whatever happened: on failure the entry stays
+     * partial, its written sectors intact.
+     */
+    copy_runs (vol, e, true, e->data, false, save, true);
   }
+  else {
+    CLEANUP_FREE uint8_t *base = malloc (vol->bs);
+
+    if (base == NULL)
+      return -1;
+    r = volume_read_block (vol, &h, base);
+    if (r == 0)
+      copy_runs (vol, e, false, e->data, false, base, false);
+  }
+  if (r == -1)
+    return -1;
   e->full = true;
   return 0;
 }
