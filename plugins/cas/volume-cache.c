@@ -39,9 +39,10 @@
  * starts (waiting for a write-back already running on one, then writing
  * it back again if it is still dirty) before it commits the map, so
  * every write completed before the flush is in it.
- * A FUA write writes back the blocks it touched and commits.  A crash
- * loses only what was in no flush or FUA write, as before: each block
- * reads its old or its new content, never a mixture of a write-back.
+ * A FUA write is a flush (it writes back every dirty entry and commits:
+ * volume.c).  A crash loses only what was in no flush or FUA write, as
+ * before: each block reads its old or its new content, never a mixture
+ * of a write-back.
  *
  * The housekeeping thread: one per volume, started at load and joined
  * at free (after the final flush).  It sleeps on bg_cond until kicked:
@@ -463,16 +464,14 @@ claim (struct dblock *e, bool wait)
   return r;
 }
 
-/* Write back every dirty entry of blocks [bfirst, blast], walking the
- * buckets in order.  Returns -1 (errno of the first failure) after
+/* Write back every dirty entry, walking the buckets in order.  Returns -1 (errno of the first failure) after
  * trying them all.  helper: the housekeeping thread helping a flush:
  * walk from the other end, skip entries being written back by anyone,
  * stop when nothing is dirty, never fail (the flush's own walk sees to
  * every entry and reports what failed).
  */
 static int
-drain_buckets (struct cas_volume *vol, uint64_t bfirst, uint64_t blast,
-               bool helper)
+drain_buckets (struct cas_volume *vol, bool helper)
 {
   struct wcache *wc = &vol->wc;
   uint64_t k;
@@ -488,7 +487,7 @@ drain_buckets (struct cas_volume *vol, uint64_t bfirst, uint64_t blast,
 
     pthread_mutex_lock (m);
     for (e = wc->buckets[i]; e; e = e->next) {
-      if (e->placeholder || e->b < bfirst || e->b > blast)
+      if (e->placeholder)
         continue;
       /* Pinned, e stays in the chain: its next is valid again once the
        * stripe is locked.
@@ -526,43 +525,7 @@ wcache_drain (struct cas_volume *vol)
     pthread_cond_signal (&vol->bg_cond);
     pthread_mutex_unlock (&vol->bg_lock);
   }
-  return drain_buckets (vol, 0, UINT64_MAX, false);
-}
-
-int
-wcache_drain_range (struct cas_volume *vol, uint64_t first, uint64_t last)
-{
-  struct wcache *wc = &vol->wc;
-  uint64_t b;
-  int err = 0;
-
-  if (!wcache_on (vol))
-    return 0;
-  if (last - first >= wc->nbuckets)
-    return drain_buckets (vol, first, last, false);
-  for (b = first; b <= last; b++) {
-    uint64_t i = bucket_of (wc, b);
-    pthread_mutex_t *m = stripe_of (wc, i);
-    struct dblock *e;
-
-    pthread_mutex_lock (m);
-    e = find (wc, i, b);
-    if (e && !e->placeholder)
-      atomic_fetch_add (&e->pins, 1);
-    else
-      e = NULL;
-    pthread_mutex_unlock (m);
-    if (e == NULL)
-      continue;
-    if (claim (e, true) && write_back (vol, e) == -1 && err == 0)
-      err = errno;
-    unpin (wc, e);
-  }
-  if (err) {
-    errno = err;
-    return -1;
-  }
-  return 0;
+  return drain_buckets (vol, false);
 }
 
 /* ---- eviction ---- */
@@ -704,7 +667,7 @@ bg_main (void *arg)
     vol->bg_leaves = vol->bg_drain = false;
     pthread_mutex_unlock (&vol->bg_lock);
     if (drain)
-      drain_buckets (vol, 0, UINT64_MAX, true);
+      drain_buckets (vol, true);
     if (leaves)
       evict_leaves (vol, true);
     /* A failed write-back leaves the entry dirty: the next flush

@@ -322,14 +322,13 @@ write_or_zero (struct cas_volume *vol, const uint8_t *data, uint64_t count,
     while (next_piece (vol, &p))
       if (wcache_write (vol, p.b, p.o, p.n, data ? data + p.done : NULL) == -1)
         return -1;
-    /* FUA: this write's blocks, stored and committed; other writes may
-     * stay in the cache.
+    /* FUA is a flush (store.h): every write acknowledged before it is
+     * durable with it, not only its own blocks -- a root holding this
+     * write but not an earlier one still in the cache would be a volume
+     * as of no flush at all.
      */
-    if (fua && count > 0 &&
-        (wcache_drain_range (vol, offset / vol->bs,
-                             (offset + count - 1) / vol->bs) == -1 ||
-         volume_commit (vol) == -1))
-      return -1;
+    if (fua)
+      return cas_volume_flush (vol);
     return 0;
   }
   /* Garbage collection starts with no write between storing a chunk and

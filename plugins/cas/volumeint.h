@@ -216,11 +216,10 @@ int wcache_read (struct cas_volume *vol, uint64_t b, uint32_t o, uint32_t n,
                  void *out);
 /* Whether block b has a cache entry that may be newer than its slot. */
 bool wcache_dirty (struct cas_volume *vol, uint64_t b);
-/* Write back every entry dirty when called (flush, stat), or those of
- * blocks [first, last] (a FUA write).  -1 with errno if one failed.
+/* Write back every entry dirty when called (flush, FUA, stat).  -1 with
+ * errno if one failed.
  */
 int wcache_drain (struct cas_volume *vol);
-int wcache_drain_range (struct cas_volume *vol, uint64_t first, uint64_t last);
 
 /* The housekeeping thread (volume-cache.c). */
 int volume_bg_start (struct cas_volume *vol);
