@@ -262,6 +262,7 @@ cas_volume_changed (struct cas_volume *vol, const struct cas_root *base,
 {
   struct tree_reader t = { .st = vol->st, .root = base };
   CLEANUP_FREE struct cas_hash *cur = NULL, *old = NULL;
+  CLEANUP_FREE bool *dirty = NULL;
   uint64_t b, end, run_start = offset, leaf = UINT64_MAX;
   bool run_changed = false, have_run = false;
   int r = -1;
@@ -279,7 +280,8 @@ cas_volume_changed (struct cas_volume *vol, const struct cas_root *base,
   }
   cur = malloc (F * sizeof *cur);
   old = malloc (F * sizeof *old);
-  if (cur == NULL || old == NULL)
+  dirty = malloc (F * sizeof *dirty);
+  if (cur == NULL || old == NULL || dirty == NULL)
     goto out;
   for (h = 2; h < 8; h++)
     if ((t.kids[h] = malloc (F * sizeof (struct cas_hash))) == NULL)
@@ -288,13 +290,22 @@ cas_volume_changed (struct cas_volume *vol, const struct cas_root *base,
   for (b = offset / vol->bs; b < vol->nblocks && b * vol->bs < end; b++) {
     bool changed;
     if (b / F != leaf) {
+      uint64_t k;
       leaf = b / F;
+      /* Blocks newer in the write-back cache than in their slots are
+       * changed.  Asked before the leaf is read: a block whose entry is
+       * clean by then has its write-back in the slot, which the leaf
+       * read below sees.
+       */
+      memset (dirty, 0, F * sizeof *dirty);
+      if (wcache_on (vol) && atomic_load (&vol->wc.ndirty) > 0)
+        for (k = b; k < (leaf + 1) * F && k < vol->nblocks &&
+               k * vol->bs < end; k++)
+          dirty[k % F] = wcache_dirty (vol, k);
       if (peek_leaf (vol, leaf, cur) == -1 || tree_leaf (&t, leaf, old) == -1)
         goto out;
     }
-    changed = !cas_hash_equal (&cur[b % F], &old[b % F]) ||
-      /* Newer than its slot in the write-back cache: say changed. */
-      wcache_dirty (vol, b);
+    changed = dirty[b % F] || !cas_hash_equal (&cur[b % F], &old[b % F]);
     if (!have_run) {
       have_run = true;
       run_changed = changed;

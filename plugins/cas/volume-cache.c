@@ -655,6 +655,10 @@ bg_main (void *arg)
 {
   struct cas_volume *vol = arg;
 
+  /* Named like the store's other background threads (bg:cas-gc): what
+   * is not serving a request.
+   */
+  pthread_setname_np (pthread_self (), "bg:cas-volume");
   pthread_mutex_lock (&vol->bg_lock);
   while (!vol->bg_stop) {
     bool leaves = vol->bg_leaves, drain = vol->bg_drain;

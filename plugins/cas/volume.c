@@ -395,12 +395,14 @@ cas_volume_extents (struct cas_volume *vol, uint64_t count, uint64_t offset,
   run_start = offset;
   b = offset / vol->bs;
   while (b < vol->nblocks && (uint64_t) b * vol->bs < end) {
-    struct leaf *l = get_leaf (vol, b / F, false);
-    uint64_t stop = (b / F + 1) * F;
     /* Blocks in the write-back cache may be newer than the map: data
      * (a dirty block of zeros is reported as data, which is allowed).
+     * Looked at before the leaf: a block written back meanwhile is in
+     * the leaf by the time it is read (see below).
      */
     bool cached = wcache_on (vol) && atomic_load (&vol->wc.ndirty) > 0;
+    struct leaf *l = get_leaf (vol, b / F, false);
+    uint64_t stop = (b / F + 1) * F;
 
     if (stop > vol->nblocks)
       stop = vol->nblocks;
@@ -413,8 +415,21 @@ cas_volume_extents (struct cas_volume *vol, uint64_t count, uint64_t offset,
         mapped = !cas_hash_is_zero (&l->h[b % F]);
         pthread_mutex_unlock (&l->lock);
       }
-      if (!mapped && cached)
+      if (!mapped && cached) {
+        /* Dirty: data.  Clean or gone: its write-back has set the slot
+         * (before the entry turned clean), so look at the slot again --
+         * the first look may have come before that.
+         */
         mapped = wcache_dirty (vol, b);
+        if (!mapped) {
+          struct cas_hash h;
+          if (volume_get_slot (vol, b, &h) == -1) {
+            put_leaf (l);
+            return -1;
+          }
+          mapped = !cas_hash_is_zero (&h);
+        }
+      }
       if (!have_run) {
         have_run = true;
         run_mapped = mapped;
