@@ -342,17 +342,34 @@ ps_get_range (struct chunkstore *cs, const struct cas_hash *hash,
                   CAS_PIECE_SIZE) != crcs[p])
         break;
     if (p <= last && verify >= CAS_VERIFY_CHECKSUM) {
-      backend_error ("cas: pack %" PRIu32 " offset %" PRIu64 ": chunk %s: "
-                     "checksum mismatch in bytes %" PRIu32 "-%" PRIu32
-                     " (damaged data)", CAS_LOC_PACK (locs[i]),
-                     CAS_LOC_OFFSET (locs[i]), cas_hash_hex (hash, hex),
-                     p * CAS_PIECE_SIZE, (p + 1) * CAS_PIECE_SIZE - 1);
-      forget (ps, hash, locs[i]);
-      damaged = true;
       /* Scribble over what was read: nothing unchecked reaches buf. */
       if (dst == buf)
         memset (buf, 0, count);
-      continue;
+      /* The piece or the table: the whole payload's CRC tells which
+       * (and a damaged record is dropped from the index there).  A
+       * table that does not match intact data costs this read its speed,
+       * not its data (FORMAT.md, "Piece tables").
+       */
+      r = cas_chunk_get_range_whole (cs, hash, length, buf, off, count,
+                                     verify);
+      if (r == 0)
+        backend_error ("cas: pack %" PRIu32 " offset %" PRIu64 ": chunk %s: "
+                       "its piece table does not match its intact data in "
+                       "bytes %" PRIu32 "-%" PRIu32 " (the whole record was "
+                       "read instead; run nbdcas fsck)",
+                       CAS_LOC_PACK (locs[i]), CAS_LOC_OFFSET (locs[i]),
+                       cas_hash_hex (hash, hex), p * CAS_PIECE_SIZE,
+                       (p + 1) * CAS_PIECE_SIZE - 1);
+      else {
+        int saved = errno;
+        backend_error ("cas: pack %" PRIu32 " offset %" PRIu64 ": chunk %s: "
+                       "checksum mismatch in bytes %" PRIu32 "-%" PRIu32
+                       " (damaged data)", CAS_LOC_PACK (locs[i]),
+                       CAS_LOC_OFFSET (locs[i]), cas_hash_hex (hash, hex),
+                       p * CAS_PIECE_SIZE, (p + 1) * CAS_PIECE_SIZE - 1);
+        errno = saved;
+      }
+      return r;
     }
     if (dst != buf)
       memcpy (buf, dst + off % CAS_PIECE_SIZE, count);
@@ -559,9 +576,12 @@ count_record (const struct cas_record_info *ri, void *opaque)
   if (ri->status != 0) {
     /* Damaged: nothing can be copied.  If a root still references its
      * chunk, the pack is kept (fsck has something to show); else it is
-     * a failed or torn append, garbage like any other.
+     * a failed or torn append, garbage like any other.  A piece table
+     * is not the chunk it names: a damaged one costs partial reads
+     * their speed, not data, and the copy of its chunk gets a new one.
      */
-    if (!cas_hash_is_zero (&ri->hash) && c->is_live (&ri->hash, c->opaque)) {
+    if (ri->type != CAS_RECORD_TABLE && !cas_hash_is_zero (&ri->hash) &&
+        c->is_live (&ri->hash, c->opaque)) {
       backend_error ("cas: pack %" PRIu32 " offset %" PRIu64 ": a damaged "
                      "record that volumes still reference: keeping the pack "
                      "(run nbdcas fsck)", ri->pack, ri->offset);

@@ -884,6 +884,16 @@ struct scan {
   uint8_t *buf;                  /* CAS_MAX_PAYLOAD */
   int (*fn) (const struct cas_record_info *, void *);
   void *opaque;
+  /* Checking a data record that has a piece table (format 2): its piece
+   * CRCs (record_at), and the record just before it, if that was a
+   * table and checked out (the scan), to compare the two.
+   */
+  uint32_t pieces[CAS_MAX_PAYLOAD / CAS_PIECE_SIZE];
+  enum { PREV_OTHER, PREV_TABLE, PREV_DAMAGED } prev;
+  uint64_t table_off, table_end;
+  struct cas_hash table_hash;
+  uint32_t table_n;
+  uint32_t table[CAS_MAX_PAYLOAD / CAS_PIECE_SIZE];
 };
 
 /* Is there a whole, verified record at off?  1 yes (h filled); 0 no
@@ -912,7 +922,23 @@ record_at (struct scan *s, uint64_t off, bool check, bool rehash,
       (ssize_t) h->length)
     return BAD_PAYLOAD;
   *problem = "payload checksum (CRC32C) mismatch";
-  if (crc32c (0, s->buf, h->length) != h->payload_crc)
+  if (h->type == CAS_CHUNK_DATA && (h->flags & CAS_RECORD_F_TABLE) &&
+      cas_wants_table (h->length)) {
+    /* The same pass gives the piece CRCs, for the check of its table
+     * (scan_pack), and the whole CRC from them.
+     */
+    uint32_t i, n = cas_pieces (h->length), whole = 0;
+
+    for (i = 0; i < n; i++) {
+      uint32_t len = i + 1 < n ? CAS_PIECE_SIZE
+        : h->length - i * CAS_PIECE_SIZE;
+      s->pieces[i] = crc32c (0, s->buf + (size_t) i * CAS_PIECE_SIZE, len);
+      whole = i ? crc32c_combine (whole, s->pieces[i], len) : s->pieces[i];
+    }
+    if (whole != h->payload_crc)
+      return BAD_PAYLOAD;
+  }
+  else if (crc32c (0, s->buf, h->length) != h->payload_crc)
     return BAD_PAYLOAD;
   if (rehash && h->type != CAS_RECORD_TABLE) {
     struct cas_hash got;
@@ -1000,6 +1026,41 @@ report_bad (struct scan *s, uint64_t off, uint64_t len, const char *problem,
   return s->fn (&info, s->opaque);
 }
 
+/* After record_at checked the data record at off (h), which says a piece
+ * table precedes it: does the table match it?  A table that does not is
+ * reported as a damaged table record (the data itself is intact and is
+ * reported as such): partial reads of the chunk then check the whole
+ * record instead, so it costs speed, not data (FORMAT.md).
+ */
+static int
+check_table (struct scan *s, uint64_t off, const struct cas_record_header *h,
+             unsigned flags)
+{
+  struct cas_record_header th = *h;
+  uint32_t n = cas_pieces (h->length);
+  const char *problem = NULL;
+  uint64_t at = off, len = 0;
+
+  th.type = CAS_RECORD_TABLE;
+  if (s->prev == PREV_DAMAGED)
+    return 0;                   /* the damage in front is reported */
+  if (s->prev != PREV_TABLE || s->table_end != off)
+    problem = "the data record after it says it has a piece table, but "
+      "no table precedes it";
+  else {
+    at = s->table_off;
+    len = off - s->table_off;
+    if (!cas_hash_equal (&s->table_hash, &h->hash) || s->table_n != n)
+      problem = "piece table of another chunk or length in front of a "
+        "data record";
+    else if (memcmp (s->table, s->pieces, n * sizeof *s->pieces) != 0)
+      problem = "piece table does not match the data record after it";
+  }
+  if (problem == NULL)
+    return 0;
+  return report_bad (s, at, len, problem, &th, flags);
+}
+
 static int
 scan_pack (struct scan *s, uint64_t off, unsigned flags)
 {
@@ -1009,6 +1070,7 @@ scan_pack (struct scan *s, uint64_t off, unsigned flags)
   const char *problem;
   int r, found;
 
+  s->prev = PREV_OTHER;
   while (off < s->size) {
     found = record_at (s, off, check, rehash, &h, &problem);
     if (found == 1) {
@@ -1019,9 +1081,27 @@ scan_pack (struct scan *s, uint64_t off, unsigned flags)
       r = s->fn (&info, s->opaque);
       if (r)
         return r;
+      if (check && h.type == CAS_CHUNK_DATA &&
+          (h.flags & CAS_RECORD_F_TABLE) && cas_wants_table (h.length) &&
+          (r = check_table (s, off, &h, flags)) != 0)
+        return r;
+      s->prev = PREV_OTHER;
+      if (check && h.type == CAS_RECORD_TABLE &&
+          h.length <= sizeof s->table) {
+        uint32_t i;
+
+        s->prev = PREV_TABLE;
+        s->table_off = off;
+        s->table_end = off + cas_record_size (h.length);
+        s->table_hash = h.hash;
+        s->table_n = h.length / 4;
+        for (i = 0; i < s->table_n; i++)
+          s->table[i] = get_le32 (s->buf + 4 * i);
+      }
       off += cas_record_size (h.length);
       continue;
     }
+    s->prev = PREV_DAMAGED;
     /* A header that checks out but a payload that does not: one damaged
      * record of known length; report it and go on after it.
      */

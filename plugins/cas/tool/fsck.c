@@ -107,9 +107,10 @@ detail (struct fsck *f, char *buf, size_t len)
 static const char *
 type_name (enum cas_chunk_type t)
 {
-  switch (t) {
+  switch ((int) t) {
   case CAS_CHUNK_DATA: return "data";
   case CAS_CHUNK_MAPNODE: return "map node";
+  case CAS_RECORD_TABLE: return "piece table of data";
   default: return "unknown";
   }
 }
@@ -162,8 +163,12 @@ sort_damaged (struct fsck *f)
   f->by_hash = malloc ((f->ndamaged + 1) * sizeof *f->by_hash);
   if (f->by_hash == NULL)
     return -1;
+  /* A piece table names the chunk it describes, but is not it: a bad
+   * table never loses data (reads check the whole record instead).
+   */
   for (i = 0; i < f->ndamaged; i++)
-    if (!cas_hash_is_zero (&f->damaged[i].info.hash))
+    if (!cas_hash_is_zero (&f->damaged[i].info.hash) &&
+        (int) f->damaged[i].info.type != CAS_RECORD_TABLE)
       f->by_hash[f->nby_hash++] = &f->damaged[i];
   qsort (f->by_hash, f->nby_hash, sizeof *f->by_hash, cmp_damaged);
   return 0;
@@ -342,8 +347,10 @@ print_damaged (struct fsck *f)
      * have held anything, so it is suspect while any volume lost data.
      */
     const char *verdict =
-      has_hash ? (was_lost (f, &ri->hash) ? "volumes lost this chunk"
-                  : "no volume lost data from it")
+      (int) ri->type == CAS_RECORD_TABLE && has_hash
+      ? "partial reads of the chunk check the whole record instead"
+      : has_hash ? (was_lost (f, &ri->hash) ? "volumes lost this chunk"
+                    : "no volume lost data from it")
       : f->lost.len || f->bad_volumes ? "it may have held the lost data listed"
       : "no volume lost data from it";
 
@@ -387,7 +394,9 @@ repair (struct fsck *f, const char *dir)
 
   for (i = 0; i < f->ndamaged; i++) {
     const struct cas_record_info *ri = &f->damaged[i].info;
-    if (!cas_hash_is_zero (&ri->hash))
+    /* A table is never indexed (and its chunk may be intact). */
+    if (!cas_hash_is_zero (&ri->hash) &&
+        (int) ri->type != CAS_RECORD_TABLE)
       cas_packstore_forget (cs, &ri->hash, ri->pack, ri->offset);
   }
   f->lost_blocks = f->lost_volumes = f->bad_volumes = f->volumes = 0;
