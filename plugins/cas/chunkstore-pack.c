@@ -966,6 +966,12 @@ cas_packstore_forget (struct chunkstore *cs, const struct cas_hash *hash,
   forget (PS (cs), hash, CAS_LOC (pack, offset));
 }
 
+void
+cas_packstore_set_tables (struct chunkstore *cs)
+{
+  cas_packs_set_tables (PS (cs)->packs);
+}
+
 struct chunkstore *
 cas_packstore_open (const char *dir, bool readonly, const uint8_t uuid[16],
                     unsigned flags)

@@ -174,6 +174,10 @@ int cas_packstore_check_cache (struct chunkstore *cs, char *why, size_t len);
  */
 void cas_packstore_forget (struct chunkstore *cs, const struct cas_hash *hash,
                            uint32_t pack, uint64_t offset);
+/* The store became format 2 (cas_store_upgrade): write piece tables from
+ * now on.
+ */
+void cas_packstore_set_tables (struct chunkstore *cs);
 
 /* get_range for a chunk store without one: get the whole chunk, copy
  * the range out.

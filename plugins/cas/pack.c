@@ -50,7 +50,7 @@ struct pack {
 struct cas_packs {
   char *packdir;
   bool readonly;
-  bool tables;                   /* format 2: piece tables (format.h) */
+  atomic_bool tables;            /* format 2: piece tables (format.h) */
   uint8_t uuid[16];
   uint64_t cap;                  /* roll over past this many bytes */
   pthread_mutex_t append_lock;   /* cur pack and its end, creation */
@@ -231,7 +231,7 @@ cas_packs_open (const char *dir, bool readonly, const uint8_t uuid[16],
   pthread_mutex_init (&p->append_lock, NULL);
   pthread_mutex_init (&p->sync_lock, NULL);
   p->readonly = readonly;
-  p->tables = tables;
+  atomic_init (&p->tables, tables);
   memcpy (p->uuid, uuid, 16);
   p->cap = CAS_DEFAULT_PACK_SIZE;
   env = getenv ("NBDCAS_PACK_SIZE");
@@ -313,6 +313,12 @@ cas_packs_close (struct cas_packs *p)
 /* Create pack number id; called with append_lock held (rare: once per
  * cap bytes, so the I/O under the lock is acceptable).
  */
+void
+cas_packs_set_tables (struct cas_packs *p)
+{
+  atomic_store (&p->tables, true);
+}
+
 static struct pack *
 new_pack (struct cas_packs *p, uint32_t id)
 {
@@ -507,7 +513,8 @@ cas_packs_append (struct cas_packs *p, struct cas_record_header *h,
     errno = EROFS;
     return -1;
   }
-  if (p->tables && h->type == CAS_CHUNK_DATA && cas_wants_table (h->length)) {
+  if (atomic_load_explicit (&p->tables, memory_order_relaxed) &&
+      h->type == CAS_CHUNK_DATA && cas_wants_table (h->length)) {
     struct cas_record_header th = {
       .type = CAS_RECORD_TABLE, .length = 4 * cas_pieces (h->length),
       .hash = h->hash,

@@ -38,6 +38,10 @@ struct cas_packs;
 struct cas_packs *cas_packs_open (const char *dir, bool readonly,
                                   const uint8_t uuid[16], bool tables);
 void cas_packs_close (struct cas_packs *p);
+/* From now on, append piece tables (the store was upgraded to format 2):
+ * appends already running may still go without one, which is allowed.
+ */
+void cas_packs_set_tables (struct cas_packs *p);
 
 /* Append one record: h gives type, length and hash; payload_crc (and,
  * with tables, the piece table in front of a data record) is computed

@@ -24,7 +24,12 @@
 #include "vector.h"
 
 uint32_t cas_store_blocksize (const struct cas_store *st) { return st->sb.blocksize; }
-uint32_t cas_store_format_version (const struct cas_store *st) { return st->sb.version; }
+uint32_t
+cas_store_format_version (const struct cas_store *st)
+{
+  /* cas_store_upgrade may change it while the store is served. */
+  return __atomic_load_n (&st->sb.version, __ATOMIC_RELAXED);
+}
 const char *cas_store_dir (const struct cas_store *st) { return st->dir; }
 bool cas_store_readonly (const struct cas_store *st) { return st->readonly; }
 struct chunkstore *cas_store_chunks (struct cas_store *st) { return st->cs; }
@@ -377,6 +382,38 @@ cas_store_create (const char *dir, uint32_t blocksize)
       cas_fsync_dir (snaps) == -1 || cas_fsync_dir (dir) == -1)
     return -1;
   return write_atomic (dir, "superblock", buf, sizeof buf);
+}
+
+int
+cas_store_upgrade (struct cas_store *st, uint32_t *from)
+{
+  struct cas_super s;
+  uint8_t buf[CAS_SUPER_SIZE];
+  int r = 0;
+
+  if (st->readonly) {
+    backend_error ("cas: the store is open read-only: it cannot be "
+                   "upgraded");
+    errno = EROFS;
+    return -1;
+  }
+  pthread_mutex_lock (&st->admin_lock);
+  *from = st->sb.version;
+  if (st->sb.version < CAS_FORMAT_VERSION) {
+    /* The superblock first: a piece table in a store that still says
+     * version 1 would be taken for a chunk by a version-1 program.
+     */
+    s = st->sb;
+    s.version = CAS_FORMAT_VERSION;
+    cas_super_encode (&s, buf);
+    r = write_atomic (st->dir, "superblock", buf, sizeof buf);
+    if (r == 0) {
+      __atomic_store_n (&st->sb.version, s.version, __ATOMIC_RELAXED);
+      cas_packstore_set_tables (st->cs);
+    }
+  }
+  pthread_mutex_unlock (&st->admin_lock);
+  return r;
 }
 
 struct cas_store *

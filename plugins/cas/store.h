@@ -117,6 +117,15 @@ int cas_store_close (struct cas_store *st);
 uint32_t cas_store_blocksize (const struct cas_store *st);
 /* The store's format version (its superblock's: FORMAT.md). */
 uint32_t cas_store_format_version (const struct cas_store *st);
+/* Upgrade the store to CAS_FORMAT_VERSION (FORMAT.md, "Versions"): the
+ * superblock is rewritten atomically and durably first, then new data
+ * records get piece tables.  Records already stored stay as they are
+ * (read as before; a garbage collection copies live ones with tables).
+ * *from: the version it had (CAS_FORMAT_VERSION: nothing to do).  Safe
+ * while volumes are served.  -1 with errno and a message on error (EROFS
+ * on a read-only store); the store is then still of its old version.
+ */
+int cas_store_upgrade (struct cas_store *st, uint32_t *from);
 const char *cas_store_dir (const struct cas_store *st);
 bool cas_store_readonly (const struct cas_store *st);
 /* The chunk store underneath (for the tool: fsck, enumeration). */

@@ -84,6 +84,7 @@ int cmd_delete (int argc, char **argv);
 int cmd_rename (int argc, char **argv);
 int cmd_diff (int argc, char **argv);
 int cmd_gc (int argc, char **argv);
+int cmd_upgrade (int argc, char **argv);
 
 /* Messages on stderr, "nbdcas: " prefixed, clearing any progress bar. */
 void tool_error (const char *fmt, ...) __attribute__ ((format (printf, 1, 2)));

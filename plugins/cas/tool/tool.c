@@ -439,6 +439,7 @@ static const struct command {
   { "rename", cmd_rename, "rename a volume or a snapshot" },
   { "diff",   cmd_diff,   "the byte ranges that differ between two" },
   { "gc",     cmd_gc,     "give back the space nothing references" },
+  { "upgrade", cmd_upgrade, "raise an older store to this format version" },
 };
 #define NCOMMANDS (sizeof commands / sizeof commands[0])
 
