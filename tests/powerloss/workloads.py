@@ -22,12 +22,14 @@ class Workload:
     """backend: "cas" or "flatfile"; server: the one recording
     ("minnbd" or "nbdkit"); servers: those that read states back (some
     cut points go through a real server, alternating); size, blocksize
-    (cas): the volume; env: for the server (e.g. NBDCAS_PACK_SIZE)."""
+    (cas): the volume; env: for the server (e.g. NBDCAS_PACK_SIZE);
+    params: more server parameters (cas: e.g. dirtycache=)."""
 
     def __init__(self, name, body, backend, server, size, blocksize=4096,
                  env=None, servers=("minnbd", "nbdkit"), store_dir=True,
-                 ci=True, base=None):
+                 ci=True, base=None, params=()):
         self.name = name
+        self.params = list(params)
         self.body = body
         self.backend = backend
         self.server = server
@@ -101,7 +103,8 @@ class Workload:
     def server_params(self, root, size):
         if self.backend == "cas":
             return ["store=" + os.path.join(root, "store"),
-                    "size=%d" % size, "blocksize=%d" % self.blocksize]
+                    "size=%d" % size,
+                    "blocksize=%d" % self.blocksize] + self.params
         return ["file=" + os.path.join(root, "disk.img")]
 
     def check(self, ck, state, P, via_server, rewrite, scratch):
@@ -521,6 +524,42 @@ def cas_gc(s):
     s.gc("--max-unused", "0")
     s.start()
     s.write(40 * BS, 4 * BS)
+    s.flush()
+    s.stop()
+
+
+@workload("cas-cache", backend="cas", server="minnbd", size=4 << 20,
+          blocksize=65536, params=("dirtycache=640K",),
+          env={"NBDCAS_PACK_SIZE": "262144"})
+def cas_cache(s):
+    # The write-back cache under pressure: 64 KiB blocks (so 4 KiB
+    # writes are partial, and records get piece tables), a cache of 9
+    # blocks, partial writes to 40 blocks between flushes: eviction
+    # stores dirty blocks before any flush asks (a root must still be as
+    # of one flush).  Whole-block writes over dirty entries, unaligned
+    # partial writes (the entry is filled from the store), zero, trim, a
+    # FUA write (a flush: everything before it is durable), a collection
+    # live with dirty blocks in the cache, and a restart.
+    bs = 65536
+    s.start()
+    for r in range(3):
+        for k in range(40):
+            s.write(((k * 7 + r) % 64) * bs + 4096 * ((k + r) % 16), 4096)
+        s.write(((r * 5) % 64) * bs, bs)
+        s.write(((r * 11) % 64) * bs + 1000, 3000)
+        s.zero(((r * 3) % 64) * bs + 8192, 8192)
+        s.trim(((r * 17 + 1) % 64) * bs, bs)
+        if r == 1:
+            s.write(((r * 13) % 64) * bs + 512, 2048, fua=True)
+            s.write(((r * 13 + 1) % 64) * bs + 512, 2048)
+        s.flush()
+    for k in range(20):
+        s.write(((k * 3) % 64) * bs + 512 * k, 1024)
+    s.gc("--max-unused", "0")           # it flushes the dirty blocks
+    for k in range(12):
+        s.write(((k * 5 + 2) % 64) * bs + 4096 * k, 4096)
+    s.restart()                         # the clean stop flushes
+    s.write(3 * bs + 100, 200)
     s.flush()
     s.stop()
 
