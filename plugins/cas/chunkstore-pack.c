@@ -704,8 +704,15 @@ ps_gc_sweep (struct chunkstore *cs,
       break;
     }
   }
+  /* The new cache covers the sealed packs only.  Writes go on above the
+   * seal: an append there may have its space reserved and its bytes not
+   * yet written while a later one is indexed, so no claim "indexed up to
+   * here" about those packs can be made now; the next open scans them
+   * whole (with payload CRCs).  No append goes to a sealed pack, and the
+   * flush of step 2 (gc.c) ended every one that began before the seal.
+   */
   if (!opts->dry_run && nsel && ret == 0 && cas_packs_sync (ps->packs) == 0) {
-    uint32_t npacks = cas_packs_last (ps->packs);
+    uint32_t npacks = below - 1;
     CLEANUP_FREE struct cas_index_pack *t = cover_table (ps, npacks);
     if (t)
       cas_index_save (ps->index, ps->index_path, ps->uuid, t, npacks);
