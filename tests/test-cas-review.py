@@ -39,7 +39,7 @@ import nbdtest  # noqa: E402
 from castest import BS, NBDCAS, connection, stopped, tool  # noqa: E402
 
 # Findings still open: their cases are expected to fail.
-TODO = {"F2", "F3", "F6", "F7"}
+TODO = {"F2", "F6", "F7"}
 
 PACK = 256 * 1024
 

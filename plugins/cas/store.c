@@ -35,7 +35,13 @@ cas_write_file (const char *dir, const char *name, const void *buf,
   CLEANUP_FREE char *tmp = NULL, *path = NULL;
   int fd;
 
-  if (asprintf (&tmp, "%s/.%s.tmp", dir, name) == -1 ||
+  /* An exclusive create has a temp file of its own: .NAME.tmp belongs
+   * to the writes that replace NAME (a volume's flush), and a clone onto
+   * an existing volume's name must not touch what its flush writes and
+   * renames.  Exclusive creates are serialised by admin_lock.
+   */
+  if (asprintf (&tmp, exclusive ? "%s/.%s.new" : "%s/.%s.tmp", dir,
+                name) == -1 ||
       asprintf (&path, "%s/%s", dir, name) == -1)
     return -1;
   fd = open (tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
