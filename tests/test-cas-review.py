@@ -39,7 +39,7 @@ import nbdtest  # noqa: E402
 from castest import BS, NBDCAS, connection, stopped, tool  # noqa: E402
 
 # Findings still open: their cases are expected to fail.
-TODO = {"F2", "F6", "F7"}
+TODO = {"F6", "F7"}
 
 PACK = 256 * 1024
 
@@ -145,6 +145,53 @@ def intent_names_with_spaces(d):
     tool("export", store, "vm", out, "--force", check=0)
     with open(out, "rb") as f, open(img, "rb") as g:
         assert f.read() == g.read()
+
+
+def intents_more(d):
+    """A rename between names with spaces finishes right; version-1
+    intents of earlier releases are still finished, or refused where
+    their names cannot be told apart."""
+    import casformat
+    store = os.path.join(d, "s")
+    img = os.path.join(d, "img")
+    with open(img, "wb") as f:
+        f.write(nbdtest.random_bytes(1024 * 1024, 4))
+    tool("create", store, "--size", "1M", "--volume", "a", check=0)
+    tool("create", store, "--size", "1M", "--volume", "a b", check=0)
+    tool("import", store, "a b", img, check=0)
+    tool("snapshot", store, "a b", "s", check=0)
+    stop = fifo(d, "stop")
+    p = subprocess.Popen([NBDCAS, "rename", store, "a b", "c d"],
+                         env=dict(os.environ, NBDCAS_TEST_STOP="rename-root",
+                                  NBDCAS_TEST_STOP_FIFO=stop),
+                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+    with open(stop) as f:
+        assert f.readline() == "rename-root\n"
+    p.send_signal(signal.SIGKILL)
+    p.communicate()
+    tool("fsck", store, "--repair", check=0)
+
+    def names():
+        return {ln.split("\t")[0] for ln in
+                tool("list", store, check=0).stdout.splitlines()}
+    assert names() == {"a", "c d", "c d@s"}, names()
+    out = os.path.join(d, "out")
+    tool("export", store, "c d@s", out, "--force", check=0)
+    with open(out, "rb") as f, open(img, "rb") as g:
+        assert f.read() == g.read()
+
+    def intent_v1(line):
+        body = "nbdcas-intent 1\n%s\n" % line
+        with open(os.path.join(store, "intent"), "w") as f:
+            f.write(body + "%08x\n" % casformat.crc32c(body.encode()))
+    intent_v1("delete c d")
+    tool("fsck", store, "--repair", check=0)
+    assert names() == {"a"}, names()
+    intent_v1("rename a x y")
+    p = tool("fsck", store, "--repair")
+    assert p.returncode != 0 and "not guessed" in p.stderr, p.stderr
+    assert names() == {"a"}, names()
 
 
 # ---- F3 ----
@@ -402,6 +449,8 @@ def main():
     tool_only = [
         ("F2 recovering the delete of 'vm ' leaves 'vm' alone",
          intent_names_with_spaces),
+        ("F2 intents: names with spaces, version 1 of earlier releases",
+         intents_more),
         ("F7 a volume renamed to a 253-byte name can still be written",
          long_names),
         ("F8 gc's mark survives an 8-byte key collision", refs_collision),
