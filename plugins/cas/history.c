@@ -137,7 +137,8 @@ cas_snapshot_create (struct cas_store *st, const char *volume,
   int ret = -1;
 
   if (writable (st) == -1 || cas_volume_name_check (volume) == -1 ||
-      cas_snapshot_name_check (snap) == -1)
+      cas_snapshot_name_check (snap) == -1 ||
+      cas_new_name_check ("snapshot", snap) == -1)
     return -1;
   pthread_mutex_lock (&st->admin_lock);
   if (cas_root_get (st, volume, true, &r) == -1)
@@ -167,7 +168,8 @@ cas_volume_clone (struct cas_store *st, const char *source,
   struct cas_root r;
   int ret = -1;
 
-  if (writable (st) == -1 || cas_volume_name_check (newvol) == -1)
+  if (writable (st) == -1 || cas_volume_name_check (newvol) == -1 ||
+      cas_new_name_check ("volume", newvol) == -1)
     return -1;
   pthread_mutex_lock (&st->admin_lock);
   if (cas_root_get (st, source, true, &r) == -1)
@@ -542,7 +544,9 @@ cas_store_rename (struct cas_store *st, const char *old, const char *new)
     errno = EINVAL;
     return -1;
   }
-  if (!nw.is_snapshot && cas_volume_name_check (new) == -1)
+  if ((!nw.is_snapshot && cas_volume_name_check (new) == -1) ||
+      cas_new_name_check (nw.is_snapshot ? "snapshot" : "volume",
+                          nw.is_snapshot ? nw.snap : nw.volume) == -1)
     return -1;
   pthread_mutex_lock (&st->admin_lock);
   pthread_mutex_lock (&st->vol_lock);

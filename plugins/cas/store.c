@@ -185,6 +185,23 @@ cas_snapshot_name_check (const char *name)
   return component_check ("snapshot", name);
 }
 
+int
+cas_new_name_check (const char *what, const char *name)
+{
+  size_t len = strlen (name);
+  char safe[64];
+
+  if (len <= CAS_NEW_NAME_MAX)
+    return 0;
+  backend_error ("cas: %s name '%s' is %zu bytes: a new name has at most "
+                 "%d (its root is written through the temp file .NAME.tmp, "
+                 "which must fit the file system's %d-byte limit)", what,
+                 safe_name (name, safe), len, CAS_NEW_NAME_MAX,
+                 CAS_VOLUME_NAME_MAX);
+  errno = ENAMETOOLONG;
+  return -1;
+}
+
 /* A volume named before snapshots existed may contain '@' (it was
  * allowed then): such a root file is still found by its whole name.
  */
@@ -645,7 +662,8 @@ cas_volume_create (struct cas_store *st, const char *name, uint64_t size)
     errno = EROFS;
     return -1;
   }
-  if (cas_volume_name_check (name) == -1 || check_size (size) == -1)
+  if (cas_volume_name_check (name) == -1 ||
+      cas_new_name_check ("volume", name) == -1 || check_size (size) == -1)
     return -1;
   e = cas_volume_exists (st, name);
   if (e == -1)
