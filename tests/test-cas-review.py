@@ -2,9 +2,10 @@
 # Targeted tests from the review of garbage collection, history and the
 # control socket (branch review, REVIEW findings F1..F8).  Each case is a
 # reproduction of one finding: it asserts the behaviour the store
-# promises, and is marked TODO (an expected failure, XFAIL) while the
-# finding is open.  A fix turns its case into an XPASS, which fails the
-# run: then drop the case's finding id from TODO below.
+# promises.  All eight are fixed; a finding reopened (or a new one
+# reproduced here before its fix) goes into TODO, which makes its cases
+# expected failures (XFAIL); an XPASS fails the run.  REVIEW_CASES="F4 F5"
+# runs only those findings' cases.
 #
 #  F1 nbdcas fsck on a served store closes the server's store (fsck.c
 #     calls cas_store_close, not tool_close_store): the server crashes.
@@ -53,7 +54,14 @@ def fifo(d, name):
 def server_with(server, d, store, params, env=None):
     """A server on store with extra environment (test points, shims)."""
     old = dict(os.environ)
-    os.environ.update(env or {})
+    env = dict(env or {})
+    san = os.environ.get("SANITIZER_PRELOAD")
+    if san and "LD_PRELOAD" in env:
+        # The sanitizer runtime comes first; nbdtest gives nbdkit
+        # SANITIZER_PRELOAD as its LD_PRELOAD (faulttest.py does the same).
+        env["LD_PRELOAD"] = san + " " + env["LD_PRELOAD"]
+        env["SANITIZER_PRELOAD"] = env["LD_PRELOAD"]
+    os.environ.update(env)
     try:
         srv = nbdtest.Server(server, "cas", ["store=" + store] + params, d)
         srv.start().ready()
