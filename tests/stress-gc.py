@@ -256,7 +256,10 @@ class Stress:
         moment before its control socket answers: "in use by another
         process", a finding of the review)."""
         return "without an answer" in p.stderr or \
-            (self.args.kill and "in use by another process" in p.stderr)
+            (self.args.kill and ("in use by another process" in p.stderr or
+                                 # killed before the request was sent
+                                 "sending the command to the server"
+                                 in p.stderr))
 
     def paused(self, vol):
         gate = self.vol_gate[vol]
@@ -418,6 +421,13 @@ class Stress:
         self.stop.set()
         for t in threads:
             t.join()
+        if self.args.kill:
+            # nbdkit --exit-with-parent follows the thread that started it
+            # (PR_SET_PDEATHSIG), and the killer's thread has ended: one
+            # more kill -9, and a server started by this thread.
+            self.srv.kill9()
+            self.crashes += 1
+            self.restart()
         bad = [] if self.failures else self.check()
         if not self.failures:
             # The same after a kill -9 (everything was flushed).
