@@ -523,15 +523,22 @@ ps_gc_end (struct chunkstore *cs)
  * by an earlier collection that was interrupted, or by two writers at
  * once, are garbage, and copies above the seal (never collected now)
  * always win.  Other chunks that share the 8-byte key are told apart by
- * their headers.
+ * their headers.  A later copy wins only if its payload checks out (a
+ * torn append indexed from its header alone must not outlive the good
+ * copy); *winner (if not NULL) receives the location of the copy that
+ * wins instead of this one, 0 if none: the caller makes it durable
+ * before this one's pack goes (it may be an unsynced append of a writer).
  */
 static bool
-kept_copy (struct packstore *ps, const struct cas_hash *h, uint64_t loc)
+kept_copy (struct packstore *ps, const struct cas_hash *h, uint64_t loc,
+           uint64_t *winner)
 {
   uint64_t locs[MAX_CANDIDATES];
   bool here = false;
   int n, i;
 
+  if (winner)
+    *winner = 0;
   n = cas_index_lookup (ps->index, h, locs, MAX_CANDIDATES);
   for (i = 0; i < n; i++)
     if (CAS_LOC_PLAIN (locs[i]) == loc)
@@ -544,10 +551,18 @@ kept_copy (struct packstore *ps, const struct cas_hash *h, uint64_t loc)
 
     if (l <= loc)
       continue;
-    /* A later record with this key: the same chunk? */
+    /* A later record with this key: the same chunk, intact? */
     if (cas_packs_read_header (ps->packs, l, &other) == 0 &&
-        cas_hash_equal (&other.hash, h))
+        cas_hash_equal (&other.hash, h)) {
+      int r = payload_intact (ps, h, locs[i], other.length);
+      if (r == 0)
+        forget (ps, h, locs[i]);
+      if (r != 1)
+        continue;
+      if (winner)
+        *winner = l;
       return false;
+    }
   }
   return true;
 }
@@ -592,7 +607,7 @@ count_record (const struct cas_record_info *ri, void *opaque)
     return 0;
   }
   if (c->is_live (&ri->hash, c->opaque) &&
-      kept_copy (c->ps, &ri->hash, CAS_LOC (ri->pack, ri->offset)))
+      kept_copy (c->ps, &ri->hash, CAS_LOC (ri->pack, ri->offset), NULL))
     c->u->live += size;
   else {
     c->u->dead += size;
@@ -614,6 +629,7 @@ struct record_list {
   bool (*is_live) (const struct cas_hash *, void *);
   void *opaque;
   record_vector v;
+  bool superseded;              /* a referenced record lost to another copy */
 };
 
 static int
@@ -624,8 +640,21 @@ list_record (const struct cas_record_info *ri, void *opaque)
 
   if (ri->status != 0)
     return 0;                   /* never indexed, nothing to copy */
-  r.live = l->is_live (&ri->hash, l->opaque) &&
-    kept_copy (l->ps, &ri->hash, CAS_LOC (ri->pack, ri->offset));
+  if (l->is_live (&ri->hash, l->opaque)) {
+    uint64_t winner;
+
+    r.live = kept_copy (l->ps, &ri->hash, CAS_LOC (ri->pack, ri->offset),
+                        &winner);
+    /* This referenced record goes because another copy wins: that copy
+     * must be durable first.  It may be a writer's append not synced yet
+     * (or one an earlier process never synced): its pack is synced
+     * before this pack is retired (collect_pack).
+     */
+    if (winner) {
+      cas_packs_dirty (l->ps->packs, CAS_LOC_PACK (winner));
+      l->superseded = true;
+    }
+  }
   return record_vector_append (&l->v, r);
 }
 
@@ -677,9 +706,10 @@ collect_pack (struct packstore *ps, uint32_t id,
     copied += cas_record_size (h.length);
   }
   /* The copies are durable before anything points at them, and long
-   * before the original goes.
+   * before the original goes; so are the other copies that won over
+   * records of this pack (list_record).
    */
-  if (copied && cas_packs_sync (ps->packs) == -1)
+  if ((copied || l.superseded) && cas_packs_sync (ps->packs) == -1)
     goto out;
   cas_test_point ("gc-copied");
   for (i = 0; i < l.v.len; i++)
@@ -818,8 +848,15 @@ ps_gc_sweep (struct chunkstore *cs,
       break;
     }
   }
+  /* The new cache covers the sealed packs only.  Writes go on above the
+   * seal: an append there may have its space reserved and its bytes not
+   * yet written while a later one is indexed, so no claim "indexed up to
+   * here" about those packs can be made now; the next open scans them
+   * whole (with payload CRCs).  No append goes to a sealed pack, and the
+   * flush of step 2 (gc.c) ended every one that began before the seal.
+   */
   if (!opts->dry_run && nsel && ret == 0 && cas_packs_sync (ps->packs) == 0) {
-    uint32_t npacks = cas_packs_last (ps->packs);
+    uint32_t npacks = below - 1;
     CLEANUP_FREE struct cas_index_pack *t = cover_table (ps, npacks);
     if (t)
       cas_index_save (ps->index, ps->index_path, ps->uuid, t, npacks);

@@ -29,6 +29,10 @@
 #define CONTROL_MAX_ARGC 256
 #define CONTROL_MAX_LENGTH 65536       /* bytes of argv strings */
 #define CONTROL_STATUS_VERSION 2       /* = EXIT_USAGE */
+/* The server drops a client whose whole request has not arrived within
+ * this many seconds of its connection (it serves one at a time).
+ */
+#define CONTROL_REQUEST_TIMEOUT 10
 
 /* Request: magic[8] version[4] flags[4] (0) argc[4] length[4]. */
 #define CONTROL_REQUEST_SIZE 24

@@ -100,6 +100,44 @@ cas_control_open (struct cas_store *st)
   return NULL;
 }
 
+/* Wait until fd has something to read, at most until deadline
+ * (CLOCK_MONOTONIC), and never past the server's close (c->wake).
+ * Commands run one at a time: a client that connects and sends nothing
+ * must not hold up the next ones, nor the server's exit.  0 readable, -1
+ * not (a message says why).
+ */
+static int
+wait_request (struct cas_control *c, int fd, const struct timespec *deadline)
+{
+  for (;;) {
+    struct pollfd pfd[2] = {
+      { .fd = fd, .events = POLLIN },
+      { .fd = c->wake[0], .events = POLLIN },
+    };
+    struct timespec now;
+    int64_t ms;
+    int r;
+
+    clock_gettime (CLOCK_MONOTONIC, &now);
+    ms = (deadline->tv_sec - now.tv_sec) * 1000 +
+      (deadline->tv_nsec - now.tv_nsec) / 1000000;
+    if (ms <= 0) {
+      backend_error ("cas: control: a client sent no complete request in "
+                     "%d seconds: dropped", CONTROL_REQUEST_TIMEOUT);
+      return -1;
+    }
+    r = poll (pfd, 2, ms);
+    if (r == -1 && errno == EINTR)
+      continue;
+    if (r == -1)
+      return -1;
+    if (pfd[1].revents)
+      return -1;                /* closing: the thread loop sees it too */
+    if (pfd[0].revents)
+      return 0;
+  }
+}
+
 /* Receive the request header and its file descriptors.  Returns the
  * number of descriptors received (any extra are closed), -1 on error.
  */
@@ -194,11 +232,22 @@ serve_one (struct cas_control *c, int fd)
   FILE *out = NULL, *err = NULL;
   int nfds, status;
   char *p;
+  struct timespec deadline;
+  struct timeval tv = { CONTROL_REQUEST_TIMEOUT, 0 };
 
   if (!peer_allowed (fd)) {
     backend_error ("cas: control: refused a connection from another user");
     return;
   }
+  /* The request must arrive in time: each read waits for it (and for the
+   * server's close) at most until the deadline; a receive timeout bounds
+   * a read that a client stalls in the middle of a request.
+   */
+  clock_gettime (CLOCK_MONOTONIC, &deadline);
+  deadline.tv_sec += CONTROL_REQUEST_TIMEOUT;
+  if (setsockopt (fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) == -1 ||
+      wait_request (c, fd, &deadline) == -1)
+    return;
   nfds = recv_request (fd, hdr, fds);
   if (nfds < 0 || memcmp (hdr, CONTROL_MAGIC, 8) != 0)
     goto close_fds;
@@ -227,7 +276,9 @@ serve_one (struct cas_control *c, int fd)
     goto close_fds;
   args = malloc (len + 1);
   argv = calloc (argc + 1, sizeof *argv);
-  if (args == NULL || argv == NULL || read_full (fd, args, len) == -1)
+  if (args == NULL || argv == NULL ||
+      (len > 0 && wait_request (c, fd, &deadline) == -1) ||
+      read_full (fd, args, len) == -1)
     goto close_fds;
   args[len] = '\0';
   /* argc strings, each ending in NUL, filling len exactly. */

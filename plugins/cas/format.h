@@ -34,6 +34,12 @@
 #define CAS_MAX_BLOCKSIZE (1024u * 1024)
 #define CAS_DEFAULT_BLOCKSIZE (64u * 1024)   /* see FORMAT.md */
 #define CAS_VOLUME_NAME_MAX 255
+/* A name given now (create, clone, snapshot, rename): its root is written
+ * through a temp file .NAME.tmp (or .NAME.new), 5 bytes longer, which
+ * must fit the file system's NAME_MAX (255).  Longer names made by
+ * earlier releases (rename allowed them) are still found.
+ */
+#define CAS_NEW_NAME_MAX (CAS_VOLUME_NAME_MAX - 5)
 /* Largest volume: 2^50 bytes (1 PiB); keeps block numbers and map sizes
  * well inside 64-bit arithmetic everywhere.
  */

@@ -36,7 +36,8 @@
 #include "pack.h"               /* cas_fsync_dir */
 #include "storeint.h"
 
-#define INTENT_MAGIC "nbdcas-intent 1"
+#define INTENT_MAGIC "nbdcas-intent 2"
+#define INTENT_MAGIC_V1 "nbdcas-intent 1"   /* read only: earlier releases */
 #define INTENT_MAX 1024
 
 /* The open volume object of name, with a reference taken, or NULL.
@@ -136,7 +137,8 @@ cas_snapshot_create (struct cas_store *st, const char *volume,
   int ret = -1;
 
   if (writable (st) == -1 || cas_volume_name_check (volume) == -1 ||
-      cas_snapshot_name_check (snap) == -1)
+      cas_snapshot_name_check (snap) == -1 ||
+      cas_new_name_check ("snapshot", snap) == -1)
     return -1;
   pthread_mutex_lock (&st->admin_lock);
   if (cas_root_get (st, volume, true, &r) == -1)
@@ -166,7 +168,8 @@ cas_volume_clone (struct cas_store *st, const char *source,
   struct cas_root r;
   int ret = -1;
 
-  if (writable (st) == -1 || cas_volume_name_check (newvol) == -1)
+  if (writable (st) == -1 || cas_volume_name_check (newvol) == -1 ||
+      cas_new_name_check ("volume", newvol) == -1)
     return -1;
   pthread_mutex_lock (&st->admin_lock);
   if (cas_root_get (st, source, true, &r) == -1)
@@ -200,7 +203,9 @@ intent_path (struct cas_store *st)
   return p;
 }
 
-/* "nbdcas-intent 1\nOP A [B]\nCRC\n" */
+/* "nbdcas-intent 2\nOP\nA\n[B\n]CRC\n": one name a line (a name may
+ * contain spaces, never a control character).
+ */
 static int
 intent_write (struct cas_store *st, const char *op, const char *a,
               const char *b)
@@ -208,8 +213,8 @@ intent_write (struct cas_store *st, const char *op, const char *a,
   char body[INTENT_MAX], text[INTENT_MAX + 32];
   int n;
 
-  n = snprintf (body, sizeof body, "%s\n%s %s%s%s\n", INTENT_MAGIC, op, a,
-                b ? " " : "", b ? b : "");
+  n = snprintf (body, sizeof body, "%s\n%s\n%s\n%s%s", INTENT_MAGIC, op, a,
+                b ? b : "", b ? "\n" : "");
   if (n < 0 || (size_t) n >= sizeof body) {
     errno = ENAMETOOLONG;
     return -1;
@@ -319,11 +324,11 @@ int
 cas_history_recover (struct cas_store *st)
 {
   CLEANUP_FREE char *p = intent_path (st);
-  char text[INTENT_MAX + 32], op[16], a[CAS_VOLUME_NAME_MAX + 1],
-    b[CAS_VOLUME_NAME_MAX + 1], *nl;
+  char text[INTENT_MAX + 32], *nl, *q, *fld[4];
   unsigned crc;
   ssize_t n;
-  int fd, fields;
+  int fd, nf = 0;
+  bool v1;
 
   if (p == NULL)
     return -1;
@@ -345,20 +350,60 @@ cas_history_recover (struct cas_store *st)
       crc != crc32c (0, text, nl + 1 - text))
     goto bad;
   nl[1] = '\0';
-  if (strncmp (text, INTENT_MAGIC "\n", strlen (INTENT_MAGIC) + 1) != 0)
+  if (strncmp (text, INTENT_MAGIC "\n", strlen (INTENT_MAGIC) + 1) == 0)
+    v1 = false;
+  else if (strncmp (text, INTENT_MAGIC_V1 "\n",
+                    strlen (INTENT_MAGIC_V1) + 1) == 0)
+    v1 = true;
+  else
     goto bad;
-  fields = sscanf (text + strlen (INTENT_MAGIC) + 1, "%15s %255s %255s",
-                   op, a, b);
-  if (fields == 2 && strcmp (op, "delete") == 0) {
+  /* The lines after the magic, each ending in '\n' (text does). */
+  for (q = strchr (text, '\n') + 1; *q && nf < 4; nf++) {
+    fld[nf] = q;
+    q = strchr (q, '\n');
+    *q++ = '\0';
+  }
+  if (*q)
+    goto bad;
+  /* Version 1 (earlier releases) has "OP A [B]" on one line, separated by
+   * spaces, which a name may contain: the name of a delete is the rest of
+   * the line; a rename is taken only if one space can separate the names.
+   */
+  if (v1) {
+    if (nf != 1 || (q = strchr (fld[0], ' ')) == NULL)
+      goto bad;
+    *q++ = '\0';
+    fld[nf++] = q;
+    if (strcmp (fld[0], "rename") == 0) {
+      if ((q = strchr (q, ' ')) == NULL)
+        goto bad;
+      *q++ = '\0';
+      fld[nf++] = q;
+      if (strchr (q, ' ')) {
+        backend_error ("cas: %s (of an earlier release) names a rename "
+                       "whose names contain spaces: which space separates "
+                       "them is not guessed at (finish the rename of "
+                       "volumes/OLD and snapshots/OLD by hand, then remove "
+                       "it)", p);
+        errno = EIO;
+        return -1;
+      }
+    }
+  }
+  /* Checked like any name: the CRC only tells damage apart. */
+  if (nf == 2 && strcmp (fld[0], "delete") == 0 &&
+      cas_volume_name_check (fld[1]) == 0) {
     backend_error ("cas: finishing the deletion of volume '%s' that was "
-                   "interrupted", a);
-    if (do_delete_volume (st, a) == -1)
+                   "interrupted", fld[1]);
+    if (do_delete_volume (st, fld[1]) == -1)
       return -1;
   }
-  else if (fields == 3 && strcmp (op, "rename") == 0) {
+  else if (nf == 3 && strcmp (fld[0], "rename") == 0 &&
+           cas_volume_name_check (fld[1]) == 0 &&
+           cas_volume_name_check (fld[2]) == 0) {
     backend_error ("cas: finishing the rename of volume '%s' to '%s' that "
-                   "was interrupted", a, b);
-    if (do_rename_volume (st, a, b) == -1)
+                   "was interrupted", fld[1], fld[2]);
+    if (do_rename_volume (st, fld[1], fld[2]) == -1)
       return -1;
   }
   else
@@ -499,7 +544,9 @@ cas_store_rename (struct cas_store *st, const char *old, const char *new)
     errno = EINVAL;
     return -1;
   }
-  if (!nw.is_snapshot && cas_volume_name_check (new) == -1)
+  if ((!nw.is_snapshot && cas_volume_name_check (new) == -1) ||
+      cas_new_name_check (nw.is_snapshot ? "snapshot" : "volume",
+                          nw.is_snapshot ? nw.snap : nw.volume) == -1)
     return -1;
   pthread_mutex_lock (&st->admin_lock);
   pthread_mutex_lock (&st->vol_lock);

@@ -389,7 +389,10 @@ cas_index_save (struct cas_index *idx, const char *path,
     pthread_rwlock_rdlock (&s->lock);
     for (j = 0; j <= s->mask; j++) {
       uint64_t loc = load_loc (&s->tab[j]);
-      if (loc == 0)
+      /* An entry into a pack the table does not cover is left out: the
+       * opener scans that pack whole.
+       */
+      if (loc == 0 || CAS_LOC_PACK (loc) > npacks)
         continue;
       put_le64 (buf + used, s->tab[j].key);
       put_le64 (buf + used + 8, CAS_LOC_PLAIN (loc));

@@ -89,7 +89,9 @@ struct cas_index_pack {
 };
 
 /* The on-disk cache (DIR/index): the store's UUID, a table of the packs
- * it covers (packs[1..npacks]; packs[0] unused) and every entry.  save
+ * it covers (packs[1..npacks]; packs[0] unused) and every entry into
+ * them (entries into packs past npacks are not saved: the opener scans
+ * those packs from their header).  save
  * writes path.tmp, fsyncs, renames, fsyncs the directory.  load returns
  * -1 if the file is absent (ENOENT), damaged (EIO), of another version
  * (EPROTO) or of another store (ESTALE); the index is then left empty

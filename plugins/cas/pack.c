@@ -792,6 +792,15 @@ cas_packs_sync (struct cas_packs *p)
   return 0;
 }
 
+void
+cas_packs_dirty (struct cas_packs *p, uint32_t id)
+{
+  struct pack *pk = live_pack (p, id);
+
+  if (pk)
+    atomic_store (&pk->dirty, true);
+}
+
 uint32_t
 cas_packs_last (struct cas_packs *p)
 {

@@ -85,6 +85,11 @@ int cas_packs_read_payload (struct cas_packs *p, uint64_t loc, uint32_t off,
 
 /* fdatasync every pack appended to since the last sync. */
 int cas_packs_sync (struct cas_packs *p);
+/* Make the next cas_packs_sync fdatasync pack id too, although this
+ * process may not have appended to it (a record an earlier process
+ * wrote and never synced).
+ */
+void cas_packs_dirty (struct cas_packs *p, uint32_t id);
 
 /* Where a scan starts in one pack, and how much of it must never be cut
  * (bytes known to have been durable: the index cache's record of the

@@ -21,6 +21,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -42,6 +43,13 @@ struct ref {
 struct cas_refs {
   struct ref *tab;
   uint64_t mask, count;
+  /* Marking skips the subtree of a map node walked before.  A key is not
+   * a name (a data chunk or another node may share a node's 8 bytes), so
+   * the walked nodes are remembered apart, by full hash: there are about
+   * 1/1024 as many nodes as data chunks, so this costs little.
+   */
+  struct cas_hash *nodes;       /* all zero: empty */
+  uint64_t node_mask, node_count;
 };
 
 static uint64_t
@@ -83,6 +91,7 @@ cas_refs_free (struct cas_refs *r)
 {
   if (r) {
     free (r->tab);
+    free (r->nodes);
     free (r);
   }
 }
@@ -90,7 +99,57 @@ cas_refs_free (struct cas_refs *r)
 uint64_t
 cas_refs_memory (const struct cas_refs *r)
 {
-  return sizeof *r + (r->mask + 1) * sizeof *r->tab;
+  return sizeof *r + (r->mask + 1) * sizeof *r->tab +
+    (r->nodes ? (r->node_mask + 1) * sizeof *r->nodes : 0);
+}
+
+/* Was map node h walked before (by full hash)? */
+static bool
+node_walked (const struct cas_refs *r, const struct cas_hash *h)
+{
+  uint64_t i;
+
+  if (r->nodes == NULL)
+    return false;
+  for (i = slot_of (key_of (h), r->node_mask);
+       !cas_hash_is_zero (&r->nodes[i]); i = (i + 1) & r->node_mask)
+    if (cas_hash_equal (&r->nodes[i], h))
+      return true;
+  return false;
+}
+
+/* Remember that map node h (not all zero) is walked: 0, -1 no memory. */
+static int
+node_add (struct cas_refs *r, const struct cas_hash *h)
+{
+  uint64_t i;
+
+  if ((r->node_count + 1) * 5 > (r->node_mask + 1) * 4) {
+    uint64_t slots = r->nodes ? 2 * (r->node_mask + 1) : 64, j;
+    struct cas_hash *t = calloc (slots, sizeof *t);
+
+    if (t == NULL) {
+      errno = ENOMEM;
+      return -1;
+    }
+    for (j = 0; r->nodes && j <= r->node_mask; j++)
+      if (!cas_hash_is_zero (&r->nodes[j])) {
+        i = slot_of (key_of (&r->nodes[j]), slots - 1);
+        while (!cas_hash_is_zero (&t[i]))
+          i = (i + 1) & (slots - 1);
+        t[i] = r->nodes[j];
+      }
+    free (r->nodes);
+    r->nodes = t;
+    r->node_mask = slots - 1;
+  }
+  for (i = slot_of (key_of (h), r->node_mask);
+       !cas_hash_is_zero (&r->nodes[i]); i = (i + 1) & r->node_mask)
+    if (cas_hash_equal (&r->nodes[i], h))
+      return 0;
+  r->nodes[i] = *h;
+  r->node_count++;
+  return 0;
 }
 
 static int
@@ -192,10 +251,11 @@ walk_node (struct walk *w, const struct cas_hash *h, uint32_t height,
 
   if (cas_hash_is_zero (h) || first >= w->nblocks)
     return 0;
-  /* Marking only: a node seen before was walked whole (depth first), so
-   * everything under it is marked already.
+  /* Marking only: a node walked before was walked whole (depth first),
+   * so everything under it is marked already.  By full hash: a key
+   * marked before may be another chunk's.
    */
-  if (w->skip_seen && cas_refs_has (w->refs, h))
+  if (w->skip_seen && node_walked (w->refs, h))
     return 0;
   if (cs_get (w->st->cs, h, kids, F * CAS_HASH_SIZE, &len,
               w->st->verify) == -1) {
@@ -209,7 +269,8 @@ walk_node (struct walk *w, const struct cas_hash *h, uint32_t height,
     return -1;
   }
   memset ((uint8_t *) kids + len, 0, F * CAS_HASH_SIZE - len);
-  if (mark (w->refs, h, w->owner, len | NODE) == -1)
+  if (mark (w->refs, h, w->owner, len | NODE) == -1 ||
+      (w->skip_seen && node_add (w->refs, h) == -1))
     return -1;
   for (k = 1; k < height; k++)
     span *= F;

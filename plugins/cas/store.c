@@ -41,7 +41,13 @@ cas_write_file (const char *dir, const char *name, const void *buf,
   CLEANUP_FREE char *tmp = NULL, *path = NULL;
   int fd;
 
-  if (asprintf (&tmp, "%s/.%s.tmp", dir, name) == -1 ||
+  /* An exclusive create has a temp file of its own: .NAME.tmp belongs
+   * to the writes that replace NAME (a volume's flush), and a clone onto
+   * an existing volume's name must not touch what its flush writes and
+   * renames.  Exclusive creates are serialised by admin_lock.
+   */
+  if (asprintf (&tmp, exclusive ? "%s/.%s.new" : "%s/.%s.tmp", dir,
+                name) == -1 ||
       asprintf (&path, "%s/%s", dir, name) == -1)
     return -1;
   fd = open (tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
@@ -183,6 +189,23 @@ int
 cas_snapshot_name_check (const char *name)
 {
   return component_check ("snapshot", name);
+}
+
+int
+cas_new_name_check (const char *what, const char *name)
+{
+  size_t len = strlen (name);
+  char safe[64];
+
+  if (len <= CAS_NEW_NAME_MAX)
+    return 0;
+  backend_error ("cas: %s name '%s' is %zu bytes: a new name has at most "
+                 "%d (its root is written through the temp file .NAME.tmp, "
+                 "which must fit the file system's %d-byte limit)", what,
+                 safe_name (name, safe), len, CAS_NEW_NAME_MAX,
+                 CAS_VOLUME_NAME_MAX);
+  errno = ENAMETOOLONG;
+  return -1;
 }
 
 /* A volume named before snapshots existed may contain '@' (it was
@@ -681,7 +704,8 @@ cas_volume_create (struct cas_store *st, const char *name, uint64_t size)
     errno = EROFS;
     return -1;
   }
-  if (cas_volume_name_check (name) == -1 || check_size (size) == -1)
+  if (cas_volume_name_check (name) == -1 ||
+      cas_new_name_check ("volume", name) == -1 || check_size (size) == -1)
     return -1;
   e = cas_volume_exists (st, name);
   if (e == -1)

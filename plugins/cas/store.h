@@ -133,13 +133,19 @@ struct chunkstore *cas_store_chunks (struct cas_store *st);
 
 /* ---- Names ---- */
 
-/* 0 if name is usable as a new volume's or snapshot's name (1..255
- * bytes, no '/', no '@', no NUL or control characters (< 0x20, 0x7f),
- * not starting with '.', which covers ".."), else -1/EINVAL with a
- * message saying why.
+/* 0 if name is usable as a volume's or snapshot's name (1..255 bytes,
+ * no '/', no '@', no NUL or control characters (< 0x20, 0x7f), not
+ * starting with '.', which covers ".."), else -1/EINVAL with a message
+ * saying why.  A name given now must also pass cas_new_name_check.
  */
 int cas_volume_name_check (const char *name);
 int cas_snapshot_name_check (const char *name);
+/* 0 if name (checked by the above) is short enough to be given now to a
+ * volume or snapshot (at most CAS_NEW_NAME_MAX bytes: its temp file must
+ * fit NAME_MAX), else -1/ENAMETOOLONG with a message naming the limit.
+ * what: "volume" or "snapshot".
+ */
+int cas_new_name_check (const char *what, const char *name);
 
 /* What a name given by a client or an admin refers to: a volume "NAME",
  * or a snapshot "VOLUME@SNAP".  A volume whose name contains '@' (made
@@ -325,8 +331,9 @@ int cas_refs_add_root (struct cas_store *st, struct cas_refs *refs,
                        uint32_t owner, const struct cas_root *root,
                        uint64_t *mapped_blocks);
 /* Marking only (garbage collection): every chunk root references, not
- * who else does; a subtree already marked is not walked again, so the
- * cost is the nodes not seen before.
+ * who else does; a map node already walked (known by its full hash, 32
+ * bytes per node at 80% load) is not walked again, so the cost is the
+ * nodes not seen before.
  */
 int cas_refs_mark_root (struct cas_store *st, struct cas_refs *refs,
                         const struct cas_root *root);

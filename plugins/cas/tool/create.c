@@ -99,7 +99,8 @@ cmd_create (int argc, char **argv)
   }
   if (!volume)
     volume = DEFAULT_VOLUME;
-  if (have_size && tool_check_name (volume, false) == -1)
+  if (have_size && (tool_check_name (volume, false) == -1 ||
+                    cas_new_name_check ("volume", volume) == -1))
     return usage_error ("create");
 
   /* In a server, STORE is the store it serves. */
