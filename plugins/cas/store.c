@@ -1,6 +1,6 @@
-/* The store: directory layout, superblock, lock, volume names and root
- * files, the registry of open volumes, stats and record checks.  See
- * store.h for the contract.
+/* The store: opening it (a directory or a RADOS pool: meta.h), volume
+ * names and roots, the registry of open volumes, stats and record checks.
+ * See store.h for the contract.
  */
 #include <config.h>
 
@@ -19,9 +19,8 @@
 
 #include "backend.h"
 #include "cleanup.h"
-#include "pack.h"
+#include "meta.h"
 #include "storeint.h"
-#include "vector.h"
 
 uint32_t cas_store_blocksize (const struct cas_store *st) { return st->sb.blocksize; }
 uint32_t
@@ -31,104 +30,12 @@ cas_store_format_version (const struct cas_store *st)
   return __atomic_load_n (&st->sb.version, __ATOMIC_RELAXED);
 }
 const char *cas_store_dir (const struct cas_store *st) { return st->dir; }
+bool cas_store_is_local (const struct cas_store *st)
+{
+  return strcmp (st->meta->ops->kind, "local") == 0;
+}
 bool cas_store_readonly (const struct cas_store *st) { return st->readonly; }
 struct chunkstore *cas_store_chunks (struct cas_store *st) { return st->cs; }
-
-int
-cas_write_file (const char *dir, const char *name, const void *buf,
-                size_t len, bool exclusive)
-{
-  CLEANUP_FREE char *tmp = NULL, *path = NULL;
-  int fd;
-
-  /* An exclusive create has a temp file of its own: .NAME.tmp belongs
-   * to the writes that replace NAME (a volume's flush), and a clone onto
-   * an existing volume's name must not touch what its flush writes and
-   * renames.  Exclusive creates are serialised by admin_lock.
-   */
-  if (asprintf (&tmp, exclusive ? "%s/.%s.new" : "%s/.%s.tmp", dir,
-                name) == -1 ||
-      asprintf (&path, "%s/%s", dir, name) == -1)
-    return -1;
-  fd = open (tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd == -1)
-    goto err;
-  if (write (fd, buf, len) != (ssize_t) len) {
-    if (errno == 0)
-      errno = ENOSPC;
-    close (fd);
-    goto err;
-  }
-  if (fsync (fd) == -1) {
-    close (fd);
-    goto err;
-  }
-  if (close (fd) == -1)
-    goto err;
-  /* link() fails with EEXIST instead of replacing: an exclusive create
-   * that is still all-or-nothing (the file appears complete or not).
-   */
-  if (exclusive) {
-    if (link (tmp, path) == -1) {
-      if (errno == EEXIST) {
-        unlink (tmp);
-        return -1;              /* the caller says what exists */
-      }
-      goto err;
-    }
-    unlink (tmp);
-  }
-  else if (rename (tmp, path) == -1)
-    goto err;
-  if (cas_fsync_dir (dir) == -1)
-    goto err;
-  return 0;
- err:
-  backend_error ("cas: writing %s: %m", path);
-  unlink (tmp);
-  return -1;
-}
-
-static int
-write_atomic (const char *dir, const char *name, const void *buf, size_t len)
-{
-  return cas_write_file (dir, name, buf, len, false);
-}
-
-/* Read the len-byte file path (what: "superblock", "volume root") into
- * buf.  A missing file is ENOENT without a message (the caller knows what
- * that means); anything else is reported: a short file is damage (EIO)
- * and says so, a symbolic link is refused (ELOOP: a store never makes
- * one, and following it could read or clobber anything).
- */
-static int
-read_exact (const char *path, const char *what, void *buf, size_t len)
-{
-  int fd = open (path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
-  ssize_t n;
-
-  if (fd == -1) {
-    if (errno == ELOOP)
-      backend_error ("cas: %s %s is a symbolic link: refused", what, path);
-    else if (errno != ENOENT)
-      backend_error ("cas: reading %s %s: %m", what, path);
-    return -1;
-  }
-  n = read (fd, buf, len);
-  if (n == -1) {
-    backend_error ("cas: reading %s %s: %m", what, path);
-    close (fd);
-    return -1;
-  }
-  close (fd);
-  if (n != (ssize_t) len) {
-    backend_error ("cas: %s %s is truncated: %zd of %zu bytes (damaged)",
-                   what, path, n, len);
-    errno = EIO;
-    return -1;
-  }
-  return 0;
-}
 
 /* A name for messages: a printable prefix of what may be hostile. */
 static const char *
@@ -214,14 +121,10 @@ cas_new_name_check (const char *what, const char *name)
 static bool
 legacy_at_volume (struct cas_store *st, const char *name)
 {
-  CLEANUP_FREE char *path = NULL;
-  struct stat sb;
-
   if (strchr (name, '@') == NULL || strchr (name, '/') || name[0] == '.' ||
-      strlen (name) > CAS_VOLUME_NAME_MAX ||
-      asprintf (&path, "%s/%s", st->voldir, name) == -1)
+      strlen (name) > CAS_VOLUME_NAME_MAX)
     return false;
-  return lstat (path, &sb) == 0 && S_ISREG (sb.st_mode);
+  return st->meta->ops->legacy_volume (st->meta, name);
 }
 
 int
@@ -255,139 +158,69 @@ cas_name_parse (struct cas_store *st, const char *name, struct cas_name *n)
   return 0;
 }
 
-char *
-cas_root_path (struct cas_store *st, const struct cas_name *n)
+/* The meta layer for a store name: a directory, or "rados:POOL[/NS]". */
+static bool
+is_rados (const char *name)
 {
-  char *path;
-
-  if (n->is_snapshot
-      ? asprintf (&path, "%s/%s/%s", st->snapdir, n->volume, n->snap) == -1
-      : asprintf (&path, "%s/%s", st->voldir, n->volume) == -1)
-    return NULL;
-  return path;
+  return cas_store_name_is_rados (name);
 }
 
-/* Is dir/name something cas_store_create makes before the superblock:
- * an empty packs/, volumes/ or snapshots/, or the superblock's temp file?
- */
-static bool
-creation_leftover (const char *dir, const char *name)
+#ifndef HAVE_RADOS
+static int
+no_rados (const char *name)
 {
-  CLEANUP_FREE char *path = NULL;
-  struct dirent *de;
-  bool empty = true;
-  DIR *d;
+  backend_error ("cas: %s: this build has no RADOS support (configure "
+                 "--with-rados, with librados-dev installed)", name);
+  errno = ENOTSUP;
+  return -1;
+}
+#endif
 
-  if (strcmp (name, ".superblock.tmp") == 0)
-    return true;
-  if (strcmp (name, "packs") != 0 && strcmp (name, "volumes") != 0 &&
-      strcmp (name, "snapshots") != 0)
-    return false;
-  if (asprintf (&path, "%s/%s", dir, name) == -1 ||
-      (d = opendir (path)) == NULL)
-    return false;
-  while ((de = readdir (d)) != NULL)
-    if (strcmp (de->d_name, ".") != 0 && strcmp (de->d_name, "..") != 0)
-      empty = false;
-  closedir (d);
-  return empty;
+static const struct cas_ceph_options *
+ceph_options (const struct cas_open_options *opts)
+{
+  static const struct cas_ceph_options defaults;
+
+  return opts && opts->ceph ? opts->ceph : &defaults;
+}
+
+int
+cas_store_exists_opts (const char *name, const struct cas_open_options *opts)
+{
+  if (is_rados (name)) {
+#ifdef HAVE_RADOS
+    return cas_meta_rados_exists (name + strlen (CAS_RADOS_STORE_PREFIX),
+                                  ceph_options (opts));
+#else
+    return no_rados (name);
+#endif
+  }
+  return cas_meta_local_exists (name);
 }
 
 int
 cas_store_exists (const char *dir)
 {
-  CLEANUP_FREE char *sbpath = NULL;
-  struct stat sb;
-  DIR *d;
-  struct dirent *de;
-  bool empty = true;
-
-  if (stat (dir, &sb) == -1) {
-    if (errno == ENOENT)
-      return 0;
-    backend_error ("cas: store %s: %m", dir);
-    return -1;
-  }
-  if (!S_ISDIR (sb.st_mode)) {
-    backend_error ("cas: store %s is not a directory", dir);
-    errno = ENOTDIR;
-    return -1;
-  }
-  if (asprintf (&sbpath, "%s/superblock", dir) == -1)
-    return -1;
-  if (access (sbpath, F_OK) == 0)
-    return 1;
-  d = opendir (dir);
-  if (d == NULL) {
-    backend_error ("cas: store %s: %m", dir);
-    return -1;
-  }
-  /* Empty, or what an interrupted cas_store_create leaves (it makes these
-   * first and the superblock last): either way a store can be made here.
-   */
-  while ((de = readdir (d)) != NULL)
-    if (strcmp (de->d_name, ".") != 0 && strcmp (de->d_name, "..") != 0 &&
-        !creation_leftover (dir, de->d_name)) {
-      empty = false;
-      break;
-    }
-  closedir (d);
-  if (!empty) {
-    backend_error ("cas: %s is not a cas store (no superblock) and is not "
-                   "empty", dir);
-    errno = ENOTEMPTY;
-    return -1;
-  }
-  return 0;
+  return cas_store_exists_opts (dir, NULL);
 }
 
 int
-cas_store_create (const char *dir, uint32_t blocksize)
+cas_store_create_opts (const char *name, uint32_t blocksize,
+                       const struct cas_open_options *opts)
 {
-  CLEANUP_FREE char *packs = NULL, *vols = NULL, *snaps = NULL;
   struct cas_super s;
-  uint8_t buf[CAS_SUPER_SIZE];
   int r;
 
   if (blocksize == 0)
     blocksize = CAS_DEFAULT_BLOCKSIZE;
   if (cas_blocksize_check ("cas: block size", blocksize) == -1)
     return -1;
-  r = cas_store_exists (dir);
+  r = cas_store_exists_opts (name, opts);
   if (r == -1)
     return -1;
   if (r == 1) {
-    backend_error ("cas: %s already holds a cas store", dir);
+    backend_error ("cas: %s already holds a cas store", name);
     errno = EEXIST;
-    return -1;
-  }
-  if (mkdir (dir, 0755) == 0) {
-    /* The store directory itself must survive a power cut. */
-    CLEANUP_FREE char *parent = strdup (dir);
-    char *slash = parent ? strrchr (parent, '/') : NULL;
-    if (parent == NULL)
-      return -1;
-    if (slash == parent)
-      slash[1] = '\0';
-    else if (slash)
-      *slash = '\0';
-    if (cas_fsync_dir (slash ? parent : ".") == -1) {
-      backend_error ("cas: syncing the directory holding %s: %m", dir);
-      return -1;
-    }
-  }
-  else if (errno != EEXIST) {
-    backend_error ("cas: cannot create store directory %s: %m", dir);
-    return -1;
-  }
-  if (asprintf (&packs, "%s/packs", dir) == -1 ||
-      asprintf (&vols, "%s/volumes", dir) == -1 ||
-      asprintf (&snaps, "%s/snapshots", dir) == -1)
-    return -1;
-  if ((mkdir (packs, 0755) == -1 && errno != EEXIST) ||
-      (mkdir (vols, 0755) == -1 && errno != EEXIST) ||
-      (mkdir (snaps, 0755) == -1 && errno != EEXIST)) {
-    backend_error ("cas: creating %s: %m", dir);
     return -1;
   }
   memset (&s, 0, sizeof s);
@@ -399,19 +232,27 @@ cas_store_create (const char *dir, uint32_t blocksize)
     backend_error ("cas: getrandom: %m");
     return -1;
   }
-  cas_super_encode (&s, buf);
-  /* The superblock goes last: a store exists once it is there. */
-  if (cas_fsync_dir (packs) == -1 || cas_fsync_dir (vols) == -1 ||
-      cas_fsync_dir (snaps) == -1 || cas_fsync_dir (dir) == -1)
-    return -1;
-  return write_atomic (dir, "superblock", buf, sizeof buf);
+  if (is_rados (name)) {
+#ifdef HAVE_RADOS
+    return cas_meta_rados_create (name + strlen (CAS_RADOS_STORE_PREFIX),
+                                  ceph_options (opts), &s);
+#else
+    return no_rados (name);
+#endif
+  }
+  return cas_meta_local_create (name, &s);
+}
+
+int
+cas_store_create (const char *dir, uint32_t blocksize)
+{
+  return cas_store_create_opts (dir, blocksize, NULL);
 }
 
 int
 cas_store_upgrade (struct cas_store *st, uint32_t *from)
 {
   struct cas_super s;
-  uint8_t buf[CAS_SUPER_SIZE];
   int r = 0;
 
   if (st->readonly) {
@@ -428,11 +269,11 @@ cas_store_upgrade (struct cas_store *st, uint32_t *from)
      */
     s = st->sb;
     s.version = CAS_FORMAT_VERSION;
-    cas_super_encode (&s, buf);
-    r = write_atomic (st->dir, "superblock", buf, sizeof buf);
+    r = st->meta->ops->super_write (st->meta, &s);
     if (r == 0) {
       __atomic_store_n (&st->sb.version, s.version, __ATOMIC_RELAXED);
-      cas_packstore_set_tables (st->cs);
+      if (cas_store_is_local (st))
+        cas_packstore_set_tables (st->cs);
     }
   }
   pthread_mutex_unlock (&st->admin_lock);
@@ -442,14 +283,11 @@ cas_store_upgrade (struct cas_store *st, uint32_t *from)
 struct cas_store *
 cas_store_open (const char *dir, const struct cas_open_options *opts)
 {
-  CLEANUP_FREE char *sbpath = NULL, *lockpath = NULL;
-  uint8_t buf[CAS_SUPER_SIZE];
   struct cas_store *st;
 
   st = calloc (1, sizeof *st);
   if (st == NULL)
     return NULL;
-  st->lockfd = -1;
   pthread_mutex_init (&st->vol_lock, NULL);
   pthread_mutex_init (&st->admin_lock, NULL);
   pthread_mutex_init (&st->gc_lock, NULL);
@@ -468,43 +306,29 @@ cas_store_open (const char *dir, const struct cas_open_options *opts)
   st->dirty_cache = opts && opts->write_through ? 0
     : opts && opts->dirty_cache ? opts->dirty_cache : CAS_DEFAULT_DIRTY_CACHE;
   st->dir = strdup (dir);
-  if (st->dir == NULL || asprintf (&st->voldir, "%s/volumes", dir) == -1 ||
-      asprintf (&st->snapdir, "%s/snapshots", dir) == -1 ||
-      asprintf (&sbpath, "%s/superblock", dir) == -1 ||
-      asprintf (&lockpath, "%s/lock", dir) == -1)
+  if (st->dir == NULL)
     goto err;
-  if (read_exact (sbpath, "superblock", buf, sizeof buf) == -1) {
-    if (errno == ENOENT)
-      backend_error ("cas: %s is not a cas store (no superblock)", dir);
-    goto err;
+  /* Superblock, store lock (local), an interrupted delete or rename
+   * finished (local, read-write).
+   */
+  if (is_rados (dir)) {
+#ifdef HAVE_RADOS
+    st->meta = cas_meta_rados_open (dir + strlen (CAS_RADOS_STORE_PREFIX),
+                                    ceph_options (opts), st->readonly,
+                                    &st->sb);
+#else
+    no_rados (dir);
+#endif
   }
-  if (cas_super_decode (buf, &st->sb) == -1)
+  else
+    st->meta = cas_meta_local_open (dir, st->readonly, &st->sb);
+  if (st->meta == NULL)
     goto err;
-  /* One writer, or any number of readers, per store. */
-  st->lockfd = open (lockpath, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-  if (st->lockfd == -1 && st->readonly)
-    st->lockfd = open (lockpath, O_RDONLY | O_CLOEXEC);
-  if (st->lockfd == -1) {
-    backend_error ("cas: %s: %m", lockpath);
-    goto err;
-  }
-  if (flock (st->lockfd, (st->readonly ? LOCK_SH : LOCK_EX) | LOCK_NB) == -1) {
-    if (errno == EWOULDBLOCK) {
-      backend_error ("cas: store %s is in use by another process", dir);
-      errno = EBUSY;
-    }
-    else
-      backend_error ("cas: locking %s: %m", lockpath);
-    goto err;
-  }
-  /* A delete or rename that a crash interrupted is finished first. */
-  if (!st->readonly && cas_history_recover (st) == -1)
-    goto err;
-  st->cs = cas_packstore_open (dir, st->readonly, st->sb.uuid,
-                               (opts && opts->rebuild_index
-                                ? CAS_PACKSTORE_NO_CACHE : 0) |
-                               (st->sb.version >= 2
-                                ? CAS_PACKSTORE_TABLES : 0));
+  st->cs = st->meta->ops->open_chunks (st->meta, st->readonly, st->sb.uuid,
+                                       (opts && opts->rebuild_index
+                                        ? CAS_PACKSTORE_NO_CACHE : 0) |
+                                       (st->sb.version >= 2
+                                        ? CAS_PACKSTORE_TABLES : 0));
   if (st->cs == NULL)
     goto err;
   return st;
@@ -512,11 +336,9 @@ cas_store_open (const char *dir, const struct cas_open_options *opts)
  err:
   {
     int saved = errno ? errno : EIO;
-    if (st->lockfd >= 0)
-      close (st->lockfd);
+    if (st->meta)
+      st->meta->ops->close (st->meta);
     free (st->dir);
-    free (st->voldir);
-    free (st->snapdir);
     pthread_mutex_destroy (&st->vol_lock);
     pthread_mutex_destroy (&st->admin_lock);
     pthread_mutex_destroy (&st->gc_lock);
@@ -526,7 +348,6 @@ cas_store_open (const char *dir, const struct cas_open_options *opts)
     return NULL;
   }
 }
-
 int
 cas_store_close (struct cas_store *st)
 {
@@ -544,140 +365,113 @@ cas_store_close (struct cas_store *st)
   }
   if (st->cs->ops->close (st->cs) == -1)
     r = -1;
-  close (st->lockfd);           /* releases the flock */
+  st->meta->ops->close (st->meta);  /* local: releases the flock */
   pthread_mutex_destroy (&st->vol_lock);
   pthread_mutex_destroy (&st->admin_lock);
   pthread_mutex_destroy (&st->gc_lock);
   pthread_rwlock_destroy (&st->gc_gate);
   free (st->dir);
-  free (st->voldir);
-  free (st->snapdir);
   free (st);
   return r;
 }
 
-/* ---- root files ---- */
+/* ---- roots ---- */
 
-int
-cas_root_read (struct cas_store *st, const char *name, struct cas_root *r)
+/* Decode the root of n loaded from where, and check it is the kind of
+ * root that belongs there.
+ */
+static int
+root_decode (const struct cas_name *n, const uint8_t buf[CAS_ROOT_SIZE],
+             const char *where, struct cas_root *r)
 {
-  CLEANUP_FREE char *path = NULL;
-  uint8_t buf[CAS_ROOT_SIZE];
-  struct cas_name n;
-
-  if (cas_name_parse (st, name, &n) == -1 ||
-      (path = cas_root_path (st, &n)) == NULL)
-    return -1;
-  if (read_exact (path, n.is_snapshot ? "snapshot root" : "volume root",
-                  buf, sizeof buf) == -1) {
-    if (errno == ENOENT && n.is_snapshot)
-      backend_error ("cas: volume '%s' has no snapshot named '%s' in store "
-                     "%s", n.volume, n.snap, st->dir);
-    else if (errno == ENOENT)
-      backend_error ("cas: no volume named '%s' in store %s", name, st->dir);
-    return -1;
-  }
   if (cas_root_decode (buf, r) == -1) {
     backend_error ("cas: %s root %s is unusable",
-                   n.is_snapshot ? "snapshot" : "volume", path);
+                   n->is_snapshot ? "snapshot" : "volume", where);
     errno = EIO;
     return -1;
   }
-  if (r->snapshot != n.is_snapshot) {
-    backend_error ("cas: %s holds a %s root where a %s root belongs", path,
+  if (r->snapshot != n->is_snapshot) {
+    backend_error ("cas: %s holds a %s root where a %s root belongs", where,
                    r->snapshot ? "snapshot" : "volume",
-                   n.is_snapshot ? "snapshot" : "volume");
+                   n->is_snapshot ? "snapshot" : "volume");
     errno = EIO;
     return -1;
   }
   return 0;
 }
 
+static void
+report_missing (struct cas_store *st, const char *name,
+                const struct cas_name *n)
+{
+  if (n->is_snapshot)
+    backend_error ("cas: volume '%s' has no snapshot named '%s' in store "
+                   "%s", n->volume, n->snap, st->dir);
+  else
+    backend_error ("cas: no volume named '%s' in store %s", name, st->dir);
+}
+
 int
-cas_root_write (struct cas_store *st, const char *name,
-                const struct cas_root *r)
+cas_root_read (struct cas_store *st, const char *name, struct cas_root *r)
 {
   uint8_t buf[CAS_ROOT_SIZE];
+  char where[CAS_META_WHERE_MAX];
+  struct cas_name n;
 
-  cas_root_encode (r, buf);
-  return write_atomic (st->voldir, name, buf, sizeof buf);
+  if (cas_name_parse (st, name, &n) == -1)
+    return -1;
+  if (st->meta->ops->root_load (st->meta, &n, buf, where) == -1) {
+    if (errno == ENOENT)
+      report_missing (st, name, &n);
+    return -1;
+  }
+  return root_decode (&n, buf, where, r);
+}
+
+struct cas_meta_vol *
+cas_store_volume_open (struct cas_store *st, const char *name, bool writable,
+                       struct cas_root *r)
+{
+  uint8_t buf[CAS_ROOT_SIZE];
+  char where[CAS_META_WHERE_MAX];
+  struct cas_meta_vol *h;
+  struct cas_name n;
+
+  if (cas_name_parse (st, name, &n) == -1)
+    return NULL;
+  h = st->meta->ops->volume_open (st->meta, &n, writable && !n.is_snapshot,
+                                  buf, where);
+  if (h == NULL) {
+    if (errno == ENOENT)
+      report_missing (st, name, &n);
+    return NULL;
+  }
+  if (root_decode (&n, buf, where, r) == -1) {
+    int saved = errno;
+    cas_meta_volume_close (h);
+    errno = saved;
+    return NULL;
+  }
+  return h;
 }
 
 /* ---- volume registry ---- */
-
-static int
-cmp_str (const void *a, const void *b)
-{
-  return strcmp (*(char *const *) a, *(char *const *) b);
-}
-
-DEFINE_VECTOR_TYPE (string_vector, char *);
-
-static void
-free_string (char **s)
-{
-  free (*s);
-}
-
-int
-cas_list_dir (const char *dir, int (*fn) (const char *, void *),
-              void *opaque)
-{
-  string_vector names = empty_vector;
-  DIR *d;
-  struct dirent *de;
-  size_t i;
-  int r = 0;
-
-  d = opendir (dir);
-  if (d == NULL) {
-    if (errno == ENOENT)
-      return 0;
-    backend_error ("cas: %s: %m", dir);
-    return -1;
-  }
-  while ((de = readdir (d)) != NULL) {
-    char *name;
-    if (de->d_name[0] == '.')
-      continue;                 /* ., .., temp files */
-    if ((name = strdup (de->d_name)) == NULL ||
-        string_vector_append (&names, name) == -1) {
-      free (name);
-      r = -1;
-      goto out;
-    }
-  }
-  if (names.len > 0)
-    qsort (names.ptr, names.len, sizeof *names.ptr, cmp_str);
-  for (i = 0; i < names.len && r == 0; i++)
-    r = fn (names.ptr[i], opaque);
- out:
-  closedir (d);
-  string_vector_free_all (&names, free_string);
-  return r;
-}
 
 int
 cas_store_list_volumes (struct cas_store *st,
                         int (*fn) (const char *, void *), void *opaque)
 {
-  return cas_list_dir (st->voldir, fn, opaque);
+  return st->meta->ops->list_volumes (st->meta, fn, opaque);
 }
 
 int
 cas_volume_exists (struct cas_store *st, const char *name)
 {
-  CLEANUP_FREE char *path = NULL;
   struct cas_name n;
-  struct stat sb;
 
-  if (cas_name_parse (st, name, &n) == -1 ||
-      (path = cas_root_path (st, &n)) == NULL)
+  if (cas_name_parse (st, name, &n) == -1)
     return -1;
-  /* lstat: a symbolic link is there (and refused when read), so nothing
-   * is ever created through it.
-   */
-  return lstat (path, &sb) == 0;
+  return st->meta->ops->exists (st->meta, &n);
 }
 
 static int
@@ -723,7 +517,12 @@ cas_volume_create (struct cas_store *st, const char *name, uint64_t size)
   r.depth = cas_map_depth ((size + r.blocksize - 1) / r.blocksize,
                            CAS_MAP_FANOUT);
   r.mtime = time (NULL);
-  return cas_root_write (st, name, &r);
+  if (st->meta->ops->volume_create (st->meta, name, &r) == -1) {
+    if (errno == EEXIST)
+      backend_error ("cas: volume '%s' already exists", name);
+    return -1;
+  }
+  return 0;
 }
 
 int
@@ -731,6 +530,7 @@ cas_volume_resize (struct cas_store *st, const char *name, uint64_t new_size)
 {
   struct cas_root r;
   struct cas_volume *v;
+  struct cas_meta_vol *mh = NULL;
   uint32_t depth;
 
   if (st->readonly) {
@@ -749,8 +549,11 @@ cas_volume_resize (struct cas_store *st, const char *name, uint64_t new_size)
       errno = EBUSY;
       return -1;
     }
-  /* Held until the root is rewritten, so nobody opens it meanwhile. */
-  if (cas_root_read (st, name, &r) == -1)
+  /* Held until the root is rewritten, so nobody opens it meanwhile (in
+   * this process; elsewhere, the handle's lease keeps other writers out).
+   */
+  mh = cas_store_volume_open (st, name, true, &r);
+  if (mh == NULL)
     goto err;
   if (new_size < r.size) {
     backend_error ("cas: volume '%s' is %" PRIu64 " bytes: shrinking it to %"
@@ -779,11 +582,13 @@ cas_volume_resize (struct cas_store *st, const char *name, uint64_t new_size)
   r.size = new_size;
   r.generation++;
   r.mtime = time (NULL);
-  if (cas_root_write (st, name, &r) == -1)
+  if (cas_meta_publish (mh, &r) == -1)
     goto err;
+  cas_meta_volume_close (mh);
   pthread_mutex_unlock (&st->vol_lock);
   return 0;
  err:
+  cas_meta_volume_close (mh);
   pthread_mutex_unlock (&st->vol_lock);
   return -1;
 }

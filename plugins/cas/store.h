@@ -7,6 +7,10 @@
  *   DIR/packs/       append-only pack files of records (the chunk store)
  *   DIR/index        cache of the hash index (rebuilt from packs if bad)
  *   DIR/volumes/NAME one root file per volume: size, root hash of its map
+ * or a pool (and namespace) of a Ceph cluster, named "rados:POOL[/NS]"
+ * (FORMAT.md, "RADOS"; built with configure --with-rados), which many
+ * processes on many hosts open at once, one writer per volume.  What
+ * differs between the two lives behind meta.h and chunkstore.h.
  *
  * A volume is a virtual disk of fixed-size blocks; block b's content is
  * the chunk named by a hash in the volume's block map (a tree of map-node
@@ -52,6 +56,26 @@ struct cas_volume;
 
 /* ---- Store ---- */
 
+/* A RADOS store's connection and lease (ignored for a directory). */
+enum cas_takeover {
+  CAS_TAKEOVER_NO = 0,       /* a volume held by another writer: refused */
+  CAS_TAKEOVER_WAIT,         /* ... wait (one lease at most) for it */
+  CAS_TAKEOVER_FORCE,        /* ... fence that writer (blocklist), take it */
+};
+struct cas_ceph_options {
+  const char *conf;          /* ceph.conf; NULL: librados's own search
+                                (which honours $CEPH_CONF) */
+  const char *user;          /* cephx user; NULL: "admin" */
+  unsigned timeout;          /* seconds for connecting and for each
+                                operation; 0: CAS_CEPH_DEFAULT_TIMEOUT */
+  unsigned lease;            /* a writer's lease on its volume, seconds;
+                                0: CAS_CEPH_DEFAULT_LEASE */
+  enum cas_takeover takeover;
+};
+#define CAS_CEPH_DEFAULT_TIMEOUT 30
+#define CAS_CEPH_DEFAULT_LEASE 30
+#define CAS_CEPH_MIN_LEASE 3
+
 struct cas_open_options {
   bool readonly;             /* open read-only: no writes, no tail cut */
   enum cas_verify verify;    /* applied to every chunk read */
@@ -65,6 +89,7 @@ struct cas_open_options {
                                 CAS_DEFAULT_DIRTY_CACHE */
   bool write_through;        /* no write-back cache: every write is hashed
                                 and stored before it returns */
+  const struct cas_ceph_options *ceph;  /* a RADOS store; NULL: defaults */
 };
 
 /* 64 MiB: 2000 leaves, the map of 128 GiB of a volume at the default
@@ -101,10 +126,22 @@ int cas_store_create (const char *dir, uint32_t blocksize);
  */
 int cas_store_exists (const char *dir);
 
+/* The same for any store name: a directory, or "rados:POOL[/NAMESPACE]"
+ * reached with opts->ceph (a RADOS store exists once its superblock
+ * object does).  opts may be NULL.
+ */
+int cas_store_create_opts (const char *name, uint32_t blocksize,
+                           const struct cas_open_options *opts);
+int cas_store_exists_opts (const char *name,
+                           const struct cas_open_options *opts);
+
 /* Open an existing store.  Checks the superblock (magic, version: a
  * different version fails with EPROTO and a message naming both), takes
  * the store lock (EBUSY if another process has it), loads the index cache
- * and scans pack data beyond it, cutting a torn tail.
+ * and scans pack data beyond it, cutting a torn tail.  A RADOS store
+ * (dir "rados:POOL[/NAMESPACE]") has no store lock: any number of
+ * processes open it; a volume has one writer at a time (its lease,
+ * taken when it is opened writable).
  */
 struct cas_store *cas_store_open (const char *dir,
                                   const struct cas_open_options *opts);
@@ -126,7 +163,12 @@ uint32_t cas_store_format_version (const struct cas_store *st);
  * on a read-only store); the store is then still of its old version.
  */
 int cas_store_upgrade (struct cas_store *st, uint32_t *from);
+/* The store's name: its directory, or "rados:POOL[/NAMESPACE]". */
 const char *cas_store_dir (const struct cas_store *st);
+/* A store in a directory (with packs, an index cache, a control socket),
+ * not in RADOS.
+ */
+bool cas_store_is_local (const struct cas_store *st);
 bool cas_store_readonly (const struct cas_store *st);
 /* The chunk store underneath (for the tool: fsck, enumeration). */
 struct chunkstore *cas_store_chunks (struct cas_store *st);

@@ -1,5 +1,6 @@
-/* Internals shared by store.c (store, names, root files) and volume.c
- * (volume maps and data path).  Not for the admin tool: use store.h.
+/* Internals shared by store.c (store, names, roots), history.c, the meta
+ * implementations (meta.h) and volume*.c (volume maps and data path).
+ * Not for the admin tool: use store.h.
  *
  * Thread safety: fields marked "const" are set at open and never change;
  * vol_lock protects the list of open volumes and their refcounts.
@@ -14,20 +15,19 @@
 
 #include "chunkstore.h"
 #include "format.h"
+#include "meta.h"
 #include "store.h"
 #include "testpoint.h"
 
 struct cas_store {
-  char *dir;                    /* const */
-  char *voldir;                 /* const: DIR/volumes */
-  char *snapdir;                /* const: DIR/snapshots */
-  int lockfd;                   /* const: flock()ed */
+  char *dir;                    /* const: the store's name */
   bool readonly;                /* const */
   enum cas_verify verify;       /* const */
   uint64_t map_cache;           /* const: leaf cache bytes per volume */
   uint64_t dirty_cache;         /* const: write-back cache bytes per volume,
                                    0: none (write through) */
   struct cas_super sb;          /* const */
+  struct cas_meta *meta;        /* const: roots, names, leases (meta.h) */
   struct chunkstore *cs;        /* const */
   pthread_mutex_t vol_lock;
   struct cas_volume *vols;      /* open volumes (list), under vol_lock */
@@ -44,38 +44,41 @@ struct cas_store {
                                     collection (cas_store_garbage_hint) */
 };
 
-/* Where the root of n lives: DIR/volumes/NAME or
- * DIR/snapshots/VOLUME/SNAP (malloc'ed; NULL: ENOMEM).
- */
-char *cas_root_path (struct cas_store *st, const struct cas_name *n);
-
-/* Read a root (a volume's, or a snapshot's: NAME is VOLUME@SNAP) /
- * atomically replace a volume's (temp file, fsync, rename, fsync of the
- * directory).  read: ENOENT (with a message) if absent.
+/* Read a root (a volume's, or a snapshot's: NAME is VOLUME@SNAP), or
+ * open one for the data path (writable: this process becomes the
+ * volume's writer, meta.h volume_open), decoded and checked.  ENOENT
+ * (with a message) if absent.
  */
 int cas_root_read (struct cas_store *st, const char *name,
                    struct cas_root *r);
-int cas_root_write (struct cas_store *st, const char *name,
-                    const struct cas_root *r);
+struct cas_meta_vol *cas_store_volume_open (struct cas_store *st,
+                                            const char *name, bool writable,
+                                            struct cas_root *r);
 
-/* Write buf to dir/name atomically and durably (temp file, fsync,
- * rename or, exclusive, link, then fsync of dir).  exclusive: fail with
- * EEXIST (no message) if name exists.
- */
-int cas_write_file (const char *dir, const char *name, const void *buf,
-                    size_t len, bool exclusive);
+/* A volume handle's operations (meta.h). */
+static inline int
+cas_meta_publish (struct cas_meta_vol *h, const struct cas_root *r)
+{
+  return h->m->ops->volume_publish (h, r);
+}
+static inline int
+cas_meta_volume_check (struct cas_meta_vol *h)
+{
+  return h->m->ops->volume_check (h);
+}
+static inline void
+cas_meta_volume_set_flush (struct cas_meta_vol *h, cas_meta_flush_fn fn,
+                           void *arg)
+{
+  h->m->ops->volume_set_flush (h, fn, arg);
+}
+static inline void
+cas_meta_volume_close (struct cas_meta_vol *h)
+{
+  if (h)
+    h->m->ops->volume_close (h);
+}
 
-/* fn(name) for each entry of dir not starting with '.', in name order
- * (an absent dir has none); stops at fn's first non-zero value.
- */
-int cas_list_dir (const char *dir, int (*fn) (const char *, void *),
-                  void *opaque);
-
-
-/* history.c: finish a delete or rename that a crash interrupted (called
- * by a read-write open, with the store lock held).
- */
-int cas_history_recover (struct cas_store *st);
 
 /* volume.c: load a volume object from its root file (refs = 1), flush
  * and free one.  Called by store.c under vol_lock.

@@ -3,8 +3,9 @@
  *
  * Flush: snapshot each dirty leaf (clear its dirty flag under its mutex),
  * store it as a map node, recompute the dirty interior nodes bottom-up,
- * sync the chunk store (data + nodes durable), then publish the root file
- * atomically.  A write that completes while a flush runs is either in
+ * sync the chunk store (data + nodes durable), then publish the root
+ * atomically (meta.h: a root file renamed into place, or a RADOS write
+ * that also asserts this writer's lease).  A write that completes while a flush runs is either in
  * that flush or in the next; one completed before the flush began is
  * always in it.  Flushes of one volume are serialised (flush_lock).
  */
@@ -155,6 +156,12 @@ load_interior (struct cas_volume *vol, const struct cas_hash *root)
   return 0;
 }
 
+static int
+remote_flush (void *arg)
+{
+  return cas_volume_flush (arg);
+}
+
 struct cas_volume *
 cas_volume_load (struct cas_store *st, const char *name)
 {
@@ -163,19 +170,27 @@ cas_volume_load (struct cas_store *st, const char *name)
   uint32_t k;
   unsigned s;
 
-  if (cas_root_read (st, name, &r) == -1)
+  struct cas_meta_vol *mh;
+
+  /* A writable volume's writer: this process (a RADOS store: its lease). */
+  mh = cas_store_volume_open (st, name, !st->readonly, &r);
+  if (mh == NULL)
     return NULL;
   if (r.blocksize != st->sb.blocksize || r.fanout != F || r.size == 0 ||
       r.size > CAS_MAX_VOLUME_SIZE) {
     backend_error ("cas: volume %s: root file does not match the store "
                    "(block size %" PRIu32 ", fanout %" PRIu32 ", size %"
                    PRIu64 ")", name, r.blocksize, r.fanout, r.size);
+    cas_meta_volume_close (mh);
     errno = EIO;
     return NULL;
   }
   vol = calloc (1, sizeof *vol);
-  if (vol == NULL)
+  if (vol == NULL) {
+    cas_meta_volume_close (mh);
     return NULL;
+  }
+  vol->mh = mh;
   vol->refs = 1;
   vol->st = st;
   vol->readonly = st->readonly || r.snapshot;
@@ -223,11 +238,15 @@ cas_volume_load (struct cas_store *st, const char *name)
     wcache_free (vol);
     goto err;
   }
+  /* Another host taking a snapshot asks for a flush through here. */
+  if (!vol->readonly)
+    cas_meta_volume_set_flush (vol->mh, remote_flush, vol);
   return vol;
 
  err:
   {
     int saved = errno ? errno : ENOMEM;
+    cas_meta_volume_close (vol->mh);
     free_map (vol);
     free (vol->name);
     free (vol);
@@ -648,6 +667,11 @@ volume_commit (struct cas_volume *vol)
 
   if (vol->readonly)
     return 0;
+  /* A writer that lost the volume (RADOS: its lease) cannot commit what
+   * it acknowledged: the flush fails even with nothing left to publish.
+   */
+  if (cas_meta_volume_check (vol->mh) == -1)
+    return -1;
   pthread_mutex_lock (&vol->flush_lock);
   if (!flush_needed (vol)) {
     ret = 0;
@@ -700,8 +724,7 @@ volume_commit (struct cas_volume *vol)
   r.fanout = F;
   r.depth = vol->depth;
   r.mtime = time (NULL);
-  if (cs_sync (vol->st->cs) == -1 ||
-      cas_root_write (vol->st, vol->name, &r) == -1) {
+  if (cs_sync (vol->st->cs) == -1 || cas_meta_publish (vol->mh, &r) == -1) {
     pthread_mutex_lock (&vol->map_lock);
     vol->unpublished = true;
     pthread_mutex_unlock (&vol->map_lock);
@@ -722,13 +745,19 @@ volume_commit (struct cas_volume *vol)
 int
 cas_volume_free (struct cas_volume *vol)
 {
-  int r = cas_volume_flush (vol);
+  int r;
 
+  /* No remote flush request may reach the volume once it is going. */
+  if (!vol->readonly)
+    cas_meta_volume_set_flush (vol->mh, NULL, NULL);
+  r = cas_volume_flush (vol);
   if (r == -1)
     backend_error ("cas: volume %s: final flush failed: %m", vol->name);
   /* Nobody else uses the volume now but its thread. */
   volume_bg_stop (vol);
   wcache_free (vol);
+  /* After the final publish: the lease goes last. */
+  cas_meta_volume_close (vol->mh);
   free_map (vol);
   free (vol->name);
   free (vol);

@@ -161,6 +161,9 @@ static int
 check_range (struct cas_volume *vol, uint64_t count, uint64_t offset,
              bool write)
 {
+  /* A writer that lost its volume (RADOS: its lease) serves nothing. */
+  if (cas_meta_volume_check (vol->mh) == -1)
+    return -1;
   if (write && vol->readonly) {
     backend_error ("cas: %s %s is read-only", strchr (vol->name, '@')
                    ? "snapshot" : "volume", vol->name);

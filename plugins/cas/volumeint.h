@@ -125,6 +125,7 @@ struct cas_volume {
   struct cas_volume *next;      /* store's list, under st->vol_lock */
   unsigned refs;                /* under st->vol_lock */
   struct cas_store *st;
+  struct cas_meta_vol *mh;      /* const: the root's handle (meta.h) */
   char *name;
   bool readonly;                /* const: a snapshot (or a read-only store) */
   uint32_t bs;
