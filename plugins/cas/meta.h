@@ -203,15 +203,6 @@ struct cas_meta *cas_meta_local_open (const char *dir, bool readonly,
 
 /* ---- the RADOS implementation (meta-rados.c; configure --with-rados) ---- */
 
-/* A store name "rados:POOL[/NAMESPACE]" (FORMAT.md, "RADOS"). */
-#define CAS_RADOS_STORE_PREFIX "rados:"
-static inline bool
-cas_store_name_is_rados (const char *name)
-{
-  return name && __builtin_strncmp (name, CAS_RADOS_STORE_PREFIX,
-                                    sizeof CAS_RADOS_STORE_PREFIX - 1) == 0;
-}
-
 /* pool: "POOL[/NAMESPACE]" (the name without the prefix). */
 int cas_meta_rados_exists (const char *pool,
                            const struct cas_ceph_options *ceph);

@@ -28,6 +28,12 @@ cas_rados_ioctx (const struct cas_rados *r)
   return r->io;
 }
 
+rados_t
+cas_rados_cluster (const struct cas_rados *r)
+{
+  return r->cluster;
+}
+
 const char *
 cas_rados_where (const struct cas_rados *r)
 {

@@ -11,8 +11,8 @@
  * failed: the configuration file, the monitors (unreachable: ETIMEDOUT),
  * the key (refused: EACCES), the pool (missing: ENOENT), the OSDs.
  *
- * The connection is shared: the chunk store (and, later, the volume
- * roots) use its ioctx; it must outlive everything opened on it.
+ * The connection is shared: the chunk store and the metadata (meta-rados.c:
+ * roots, leases) use its ioctx; it must outlive everything opened on it.
  *
  * Thread safety: a connection is immutable after cas_rados_connect();
  * librados ioctx operations may be issued from many threads at once.
@@ -52,6 +52,8 @@ struct cas_rados *cas_rados_connect (const struct cas_rados_params *p);
 void cas_rados_disconnect (struct cas_rados *r);
 
 rados_ioctx_t cas_rados_ioctx (const struct cas_rados *r);
+/* The client (blocklisting, the client's own id). */
+rados_t cas_rados_cluster (const struct cas_rados *r);
 /* "pool P" or "pool P namespace N", for messages. */
 const char *cas_rados_where (const struct cas_rados *r);
 unsigned cas_rados_timeout (const struct cas_rados *r);

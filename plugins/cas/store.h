@@ -45,6 +45,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "chunkstore.h"
 #include "format.h"
@@ -125,6 +126,17 @@ int cas_store_create (const char *dir, uint32_t blocksize);
  * ENOTEMPTY, or a file: ENOTDIR).
  */
 int cas_store_exists (const char *dir);
+
+/* A store name "rados:POOL[/NAMESPACE]" (FORMAT.md, "RADOS"): a store in
+ * a Ceph pool, not a directory (a directory of that name is "./rados:X").
+ */
+#define CAS_RADOS_STORE_PREFIX "rados:"
+static inline bool
+cas_store_name_is_rados (const char *name)
+{
+  return name && strncmp (name, CAS_RADOS_STORE_PREFIX,
+                          sizeof CAS_RADOS_STORE_PREFIX - 1) == 0;
+}
 
 /* The same for any store name: a directory, or "rados:POOL[/NAMESPACE]"
  * reached with opts->ceph (a RADOS store exists once its superblock
