@@ -4,7 +4,9 @@
  * Parameters are parsed in config; config_complete creates the store and
  * the default volume if asked (size=), grows the default volume if size=
  * is larger, and opens the store (it stays open, and locked, until
- * unload).  Each connection opens its volume (export name, "" = the
+ * unload).  A RADOS store (store=rados:POOL[/NAMESPACE]) is closed again
+ * at the end of config_complete and reopened in after_fork: librados's
+ * threads would not survive the fork into the background.  Each connection opens its volume (export name, "" = the
  * default volume); connections to one volume share one volume object, so
  * a flush on any connection commits every connection's writes: hence
  * can_multi_conn.
@@ -40,6 +42,12 @@ static uint64_t map_cache;           /* mapcache=, 0: the default */
 static int64_t dirty_cache = -1;     /* dirtycache=, -1: the default */
 static struct cas_store *store;
 static struct cas_control *control;  /* admin commands while serving */
+/* A RADOS store: ceph-conf=, ceph-user=, ceph-timeout=, lease=,
+ * takeover= (the strings are owned here).
+ */
+static struct cas_ceph_options ceph;
+static bool ceph_given;              /* one of them was given */
+static struct cas_open_options open_opts;
 
 /* gc=auto: a background thread collects garbage when enough was
  * overwritten (see autogc_thread).
@@ -74,6 +82,8 @@ cas_unload (void)
   store = NULL;
   free (store_dir);
   free (default_volume);
+  free ((char *) ceph.conf);
+  free ((char *) ceph.user);
 }
 
 static int
@@ -97,8 +107,60 @@ cas_config (const char *key, const char *value)
       errno = EINVAL;
       return -1;
     }
+    /* A pool is not a path. */
+    if (cas_store_name_is_rados (value))
+      return set_string (&store_dir, key, value);
     /* Absolute now: nbdkit changes to / when it goes to the background. */
     return parse_path (key, value, &store_dir);
+  }
+  if (strcmp (key, "ceph-conf") == 0) {
+    ceph_given = true;
+    if (ceph.conf) {
+      backend_error ("cas: %s= given twice", key);
+      errno = EINVAL;
+      return -1;
+    }
+    return parse_path (key, value, (char **) &ceph.conf);
+  }
+  if (strcmp (key, "ceph-user") == 0) {
+    ceph_given = true;
+    if (value[0] == '\0') {
+      backend_error ("cas: ceph-user= is empty: give a cephx user name "
+                     "(default: admin)");
+      errno = EINVAL;
+      return -1;
+    }
+    return set_string ((char **) &ceph.user, key, value);
+  }
+  if (strcmp (key, "ceph-timeout") == 0 || strcmp (key, "lease") == 0) {
+    uint64_t n;
+    bool lease = key[0] == 'l';
+    ceph_given = true;
+    if (parse_uint (key, value, 1, 3600, &n) == -1)
+      return -1;
+    if (lease && n < CAS_CEPH_MIN_LEASE) {
+      backend_error ("cas: lease=%s: a lease is at least %d seconds (it is "
+                     "renewed every third of it)", value, CAS_CEPH_MIN_LEASE);
+      errno = EINVAL;
+      return -1;
+    }
+    *(lease ? &ceph.lease : &ceph.timeout) = n;
+    return 0;
+  }
+  if (strcmp (key, "takeover") == 0) {
+    ceph_given = true;
+    if (strcmp (value, "no") == 0)
+      ceph.takeover = CAS_TAKEOVER_NO;
+    else if (strcmp (value, "wait") == 0)
+      ceph.takeover = CAS_TAKEOVER_WAIT;
+    else if (strcmp (value, "force") == 0)
+      ceph.takeover = CAS_TAKEOVER_FORCE;
+    else {
+      backend_error ("cas: takeover=%s: must be no, wait or force", value);
+      errno = EINVAL;
+      return -1;
+    }
+    return 0;
   }
   if (strcmp (key, "size") == 0)
     return parse_size_range (key, value, 1, CAS_MAX_VOLUME_SIZE, &want_size);
@@ -309,11 +371,20 @@ check_dirty_cache (uint32_t bs)
 static int
 cas_config_complete (void)
 {
-  struct cas_open_options opts = { 0 };
+  struct cas_open_options opts = { .ceph = &ceph };
+  bool rados;
   int exists;
 
   if (store_dir == NULL) {
-    backend_error ("cas: store=DIR is required");
+    backend_error ("cas: store=DIR (or store=rados:POOL) is required");
+    errno = EINVAL;
+    return -1;
+  }
+  rados = cas_store_name_is_rados (store_dir);
+  if (ceph_given && !rados) {
+    backend_error ("cas: ceph-conf=, ceph-user=, ceph-timeout=, lease= and "
+                   "takeover= are for a RADOS store "
+                   "(store=rados:POOL[/NAMESPACE]), not for %s", store_dir);
     errno = EINVAL;
     return -1;
   }
@@ -323,7 +394,7 @@ cas_config_complete (void)
    * no repair of a torn tail, no index cache write.
    */
   store_readonly = readonly_param || backend_server_readonly ();
-  exists = cas_store_exists (store_dir);
+  exists = cas_store_exists_opts (store_dir, &opts);
   if (exists == -1)
     return -1;
   if (exists == 0) {
@@ -340,7 +411,7 @@ cas_config_complete (void)
       return -1;
     }
     if (check_dirty_cache (want_bs ? want_bs : CAS_DEFAULT_BLOCKSIZE) == -1 ||
-        cas_store_create (store_dir, want_bs) == -1)
+        cas_store_create_opts (store_dir, want_bs, &opts) == -1)
       return -1;
     backend_debug ("cas: created store %s", store_dir);
   }
@@ -363,6 +434,16 @@ cas_config_complete (void)
   }
   if (prepare_default_volume () == -1)
     return -1;
+  open_opts = opts;
+  /* RADOS: opened again in the serving process (after_fork).  No
+   * control socket: nbdcas works on a RADOS store directly, beside any
+   * number of servers.
+   */
+  if (rados) {
+    int r = cas_store_close (store);
+    store = NULL;
+    return r;
+  }
   /* A writer holds the store alone: nbdcas commands on it then run here,
    * through the store's control socket.  Without one the server still
    * serves; only admin commands need it stopped.
@@ -483,9 +564,16 @@ cas_after_fork (void)
 {
   int err;
 
+  /* A RADOS store: opened here, in the serving process. */
+  if (store == NULL &&
+      (store = cas_store_open (store_dir, &open_opts)) == NULL)
+    return -1;
   if (cas_control_start (control) == -1)
     return -1;
-  if (gc_auto && !store_readonly) {
+  /* Garbage collection of a RADOS store is not written yet (issue 14,
+   * item 4): its chunk store has no collection to run.
+   */
+  if (gc_auto && !store_readonly && cas_store_is_local (store)) {
     err = pthread_create (&gc_thread, NULL, autogc_thread, NULL);
     if (err) {
       errno = err;
@@ -819,7 +907,13 @@ const struct backend cas_backend = {
   .longname = "nbdcas content-addressed deduplicating store",
   .description = "Serve volumes of a deduplicating content-addressed store",
   .config_help =
-  "store=DIR           (required) the store directory\n"
+  "store=DIR           (required) the store directory, or\n"
+  "store=rados:POOL[/NAMESPACE]  a store in a Ceph RADOS pool\n"
+  "ceph-conf=FILE      RADOS: ceph.conf (default: librados's search)\n"
+  "ceph-user=NAME      RADOS: cephx user (default admin)\n"
+  "ceph-timeout=SECS   RADOS: connecting and each operation (default 30)\n"
+  "lease=SECS          RADOS: a writer's lease on its volume (default 30)\n"
+  "takeover=no|wait|force  RADOS: a volume another writer holds\n"
   "size=SIZE           create the store / default volume if absent; grow it\n"
   "blocksize=SIZE      block size of a new store (4K..1M, default 64K)\n"
   "volume=NAME         the default volume (default: \"default\")\n"

@@ -23,7 +23,8 @@ help (void)
 {
   tool_printf ("Usage: %s create STORE [--size SIZE] [--blocksize N] "
           "[--volume NAME]\n"
-          "Create a cas store in the directory STORE (absent or empty).\n"
+          "Create a cas store in the directory STORE (absent or empty), or\n"
+          "in a Ceph RADOS pool: STORE = rados:POOL[/NAMESPACE].\n"
           "With --size, also create a volume of SIZE bytes: in a new store,\n"
           "or in STORE if it already holds a store.\n"
           "\n"
@@ -104,7 +105,7 @@ cmd_create (int argc, char **argv)
     return usage_error ("create");
 
   /* In a server, STORE is the store it serves. */
-  r = tool_remote () ? 1 : cas_store_exists (dir);
+  r = tool_remote () ? 1 : cas_store_exists_opts (dir, tool_store_options ());
   if (r == -1)
     return EXIT_FAIL;
   if (r == 1 && !have_size) {
@@ -114,7 +115,7 @@ cmd_create (int argc, char **argv)
     return EXIT_FAIL;
   }
   if (r == 0) {
-    if (cas_store_create (dir, blocksize) == -1)
+    if (cas_store_create_opts (dir, blocksize, tool_store_options ()) == -1)
       return EXIT_FAIL;
     if (tool_verbose)
       tool_info ("created store %s (block size %" PRIu32 ")", dir,

@@ -392,7 +392,11 @@ repair (struct fsck *f, const char *dir)
   uint64_t before = f->lost_blocks;
   size_t i;
 
-  for (i = 0; i < f->ndamaged; i++) {
+  /* A RADOS store keeps one object per chunk: no other copy to fall
+   * back on (a damaged object is overwritten by the next write of its
+   * content, as the advice below says).
+   */
+  for (i = 0; i < f->ndamaged && cas_store_is_local (f->st); i++) {
     const struct cas_record_info *ri = &f->damaged[i].info;
     /* A table is never indexed (and its chunk may be intact). */
     if (!cas_hash_is_zero (&ri->hash) &&
@@ -459,7 +463,9 @@ cmd_fsck (int argc, char **argv)
   if (cas_store_stat (f.st, &ss) == -1)
     goto out;
 
-  switch (cas_packstore_check_cache (cas_store_chunks (f.st), why,
+  /* The index cache is the pack store's (a RADOS store has none). */
+  switch (!cas_store_is_local (f.st) ? -1 :
+          cas_packstore_check_cache (cas_store_chunks (f.st), why,
                                      sizeof why)) {
   case 0:
     tool_printf ("index cache: not usable (%s): it is only a cache; the next "

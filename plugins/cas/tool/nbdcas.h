@@ -115,7 +115,24 @@ int tool_getopt (int argc, char **argv, const char *cmd,
  */
 #define TOOL_COMMON_LONG_OPTIONS                \
   { "help", no_argument, NULL, 'h' },           \
-  { "verbose", no_argument, NULL, 'v' }
+  { "verbose", no_argument, NULL, 'v' },        \
+  TOOL_CEPH_LONG_OPTIONS
+/* A RADOS store (STORE = rados:POOL[/NAMESPACE]): how to reach it.  Any
+ * command takes them, before or after its name.
+ */
+#define TOOL_OPT_CEPH_CONF 0x100
+#define TOOL_OPT_CEPH_USER 0x101
+#define TOOL_OPT_CEPH_TIMEOUT 0x102
+#define TOOL_CEPH_LONG_OPTIONS                                          \
+  { "ceph-conf", required_argument, NULL, TOOL_OPT_CEPH_CONF },         \
+  { "ceph-user", required_argument, NULL, TOOL_OPT_CEPH_USER },         \
+  { "ceph-timeout", required_argument, NULL, TOOL_OPT_CEPH_TIMEOUT }
+/* Handle one of them (c: its code): 0, or -1 after a message. */
+int tool_ceph_option (int c, const char *value);
+/* What the tool opens stores with (the --ceph-* options given). */
+extern struct cas_ceph_options tool_ceph;
+/* For cas_store_exists_opts / cas_store_create_opts. */
+const struct cas_open_options *tool_store_options (void);
 
 /* If argv[optind...] does not hold exactly n positional arguments, report
  * it (naming what is expected) and return -1.

@@ -25,6 +25,44 @@
 
 bool tool_verbose;
 const char *tool_name = "nbdcas";
+struct cas_ceph_options tool_ceph;
+
+int
+tool_ceph_option (int c, const char *value)
+{
+  uint64_t n;
+
+  switch (c) {
+  case TOOL_OPT_CEPH_CONF:
+    free ((char *) tool_ceph.conf);
+    tool_ceph.conf = NULL;
+    return parse_path ("--ceph-conf", value, (char **) &tool_ceph.conf);
+  case TOOL_OPT_CEPH_USER:
+    if (value[0] == '\0') {
+      tool_error ("--ceph-user is empty: give a cephx user name (default: "
+                  "admin)");
+      return -1;
+    }
+    free ((char *) tool_ceph.user);
+    tool_ceph.user = strdup (value);
+    return tool_ceph.user ? 0 : -1;
+  case TOOL_OPT_CEPH_TIMEOUT:
+    if (parse_uint ("--ceph-timeout", value, 1, 3600, &n) == -1)
+      return -1;
+    tool_ceph.timeout = n;
+    return 0;
+  }
+  abort ();
+}
+
+const struct cas_open_options *
+tool_store_options (void)
+{
+  static struct cas_open_options opts;
+
+  opts.ceph = &tool_ceph;
+  return &opts;
+}
 
 /* ---- where a command's output goes ---- */
 
@@ -180,8 +218,19 @@ tool_getopt (int argc, char **argv, const char *cmd, const char *shortopts,
    * the user's when the command runs in a server: say it ourselves.
    */
   opterr = 0;
-  while ((c = getopt_long (argc, argv, shortopts, longopts, NULL)) == 'v')
-    tool_verbose = true;
+  for (;;) {
+    c = getopt_long (argc, argv, shortopts, longopts, NULL);
+    if (c == 'v')
+      tool_verbose = true;
+    else if (c >= TOOL_OPT_CEPH_CONF && c <= TOOL_OPT_CEPH_TIMEOUT) {
+      if (tool_ceph_option (c, optarg) == -1) {
+        *status = usage_error (cmd);
+        return -1;
+      }
+    }
+    else
+      break;
+  }
   switch (c) {
   case -1:
     return 0;
@@ -239,11 +288,14 @@ tool_open_store_opts (const char *dir, bool readonly, enum cas_verify verify,
   if (tool_remote ())
     return ctx->store;
   /* In the nbdcas program: a server holding the store runs the command
-   * (this does not return then).
+   * (this does not return then).  A RADOS store has no control socket:
+   * any number of processes open it, the command runs here.
    */
-  tool_remote_forward (dir);
+  if (!cas_store_name_is_rados (dir))
+    tool_remote_forward (dir);
   struct cas_open_options opts = {
     .readonly = readonly, .verify = verify, .rebuild_index = rebuild_index,
+    .ceph = &tool_ceph,
   };
   struct cas_store *st;
   int r;
@@ -252,7 +304,7 @@ tool_open_store_opts (const char *dir, bool readonly, enum cas_verify verify,
    * fails with a bare ENOENT for a missing one: say what the user should
    * do instead.
    */
-  r = cas_store_exists (dir);
+  r = cas_store_exists_opts (dir, &opts);
   if (r == -1)
     return NULL;
   if (r == 0) {
@@ -457,6 +509,10 @@ usage (FILE *fp)
     fprintf (fp, "  %-9s %s\n", commands[i].name, commands[i].summary);
   fprintf (fp,
            "\n"
+           "STORE is a directory, or rados:POOL[/NAMESPACE] for a store in a\n"
+           "Ceph RADOS pool (reached with --ceph-conf FILE, --ceph-user NAME,\n"
+           "--ceph-timeout SECONDS; any command takes them).\n"
+           "\n"
            "Options:\n"
            "  -v, --verbose   show debug messages from the store\n"
            "  -h, --help      this help ('%s COMMAND --help' for a command)\n"
@@ -474,6 +530,7 @@ tool_run (int argc, char **argv)
     { "help", no_argument, NULL, 'h' },
     { "verbose", no_argument, NULL, 'v' },
     { "version", no_argument, NULL, 'V' },
+    TOOL_CEPH_LONG_OPTIONS,
     { NULL, 0, NULL, 0 },
   };
   const char *cmd;
@@ -481,6 +538,9 @@ tool_run (int argc, char **argv)
   int c;
 
   tool_verbose = false;
+  free ((char *) tool_ceph.conf);
+  free ((char *) tool_ceph.user);
+  memset (&tool_ceph, 0, sizeof tool_ceph);
   optind = 0;
   opterr = 0;
   /* "+": stop at the command name; its options are its own. */
@@ -496,6 +556,12 @@ tool_run (int argc, char **argv)
       tool_printf ("%s %s (store format version %d)\n", tool_name, PACKAGE_VERSION,
               CAS_FORMAT_VERSION);
       return EXIT_OK;
+    case TOOL_OPT_CEPH_CONF:
+    case TOOL_OPT_CEPH_USER:
+    case TOOL_OPT_CEPH_TIMEOUT:
+      if (tool_ceph_option (c, optarg) == -1)
+        return usage_error (NULL);
+      break;
     default:
       tool_error ("invalid option: '%s'", argv[optind - 1]);
       return usage_error (NULL);
