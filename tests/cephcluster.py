@@ -393,6 +393,40 @@ log_file = {d}/log/$name.log
         return False
 
 
+def purge_namespace(conf, pool, namespace, timeout=60):
+    """Remove every object of one namespace of a pool (a test's store):
+    with the rados module when it is there (ceph-common's ceph needs
+    it), else with the rados tool."""
+    try:
+        import rados
+    except ImportError:
+        rados = None
+    if rados is not None:
+        cl = rados.Rados(conffile=conf, conf={
+            "client_mount_timeout": str(timeout),
+            "rados_osd_op_timeout": str(timeout)})
+        cl.connect(timeout=timeout)
+        try:
+            io = cl.open_ioctx(pool)
+            io.set_namespace(namespace)
+            done = [io.aio_remove(o.key) for o in io.list_objects()]
+            for c in done:
+                c.wait_for_complete()
+            io.close()
+        finally:
+            cl.shutdown()
+        return
+    env = dict(os.environ, CEPH_CONF=conf)
+    names = subprocess.run(["rados", "-c", conf, "-p", pool, "-N",
+                            namespace, "ls"], capture_output=True,
+                           text=True, env=env, timeout=timeout,
+                           check=True).stdout.split()
+    for i in range(0, len(names), 500):
+        subprocess.run(["rados", "-c", conf, "-p", pool, "-N", namespace,
+                        "rm"] + names[i:i + 500], capture_output=True,
+                       env=env, timeout=timeout, check=True)
+
+
 def main(argv):
     import argparse
     ap = argparse.ArgumentParser(

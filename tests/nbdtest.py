@@ -10,6 +10,15 @@
 # CAS_PLUGIN, NBDCAS, SANITIZER_PRELOAD.  NBDCAS_PAIRS="nbdkit-flatfile ..."
 # restricts the pairs (for debugging one pair by hand).  NBDCAS_VALGRIND=1
 # runs every server under valgrind memcheck (vgcheck.py).
+#
+# The cas backend on Ceph RADOS ("casrados": store=rados:POOL/NAMESPACE,
+# one namespace per test run) is a pair of its own.  A cluster costs
+# seconds to start, so it is opt-in for the whole suite: `make -C tests
+# check-rados` starts one cluster and runs the suite with NBDCAS_RADOS=all
+# (and CEPH_CONF, NBDCAS_RADOS_POOL naming it).  Without it, the scripts
+# in RADOS_SUBSET still run on casrados, each with a cluster of its own
+# (skipped where ceph or librados is absent); NBDCAS_RADOS=no turns that
+# off.
 
 import faulthandler
 import os
@@ -64,22 +73,96 @@ def proc_status(pid, keys=("VmRSS", "VmHWM", "Threads")):
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 ALL_PAIRS = [("nbdkit", "flatfile"), ("minnbd", "flatfile"),
-             ("nbdkit", "cas"), ("minnbd", "cas")]
+             ("nbdkit", "cas"), ("minnbd", "cas"),
+             ("nbdkit", "casrados"), ("minnbd", "casrados")]
+
+# The suite scripts that run on the casrados pairs in every `make check`
+# (each starts a cluster: about 3 s, more on a loaded machine).  Chosen to
+# cover what RADOS changes, cheaply: the data path with FUA, flush and
+# pipelined requests (test-rw), roots published and read back across
+# restarts of the server (test-restart), and many connections sharing one
+# volume, its lease and its flushes (test-parallel).  The rest of the
+# suite only adds clients whose behaviour does not depend on where the
+# store keeps its objects: `make check-rados` runs it all.
+RADOS_SUBSET = ("test-rw.py", "test-restart.py", "test-parallel.py")
+
+
+def rados_wanted():
+    """Whether this script runs on the casrados pairs."""
+    mode = os.environ.get("NBDCAS_RADOS", "")
+    if mode == "no":
+        return False
+    if mode == "all":
+        return True
+    return os.path.basename(sys.argv[0]) in RADOS_SUBSET
+
+
+def backend_name(backend):
+    """The server's name of a backend (casrados is the cas backend)."""
+    return "cas" if backend == "casrados" else backend
 
 
 def pairs(servers=None, backends=None):
-    """The pairs a test runs on, optionally restricted."""
+    """The pairs a test runs on, optionally restricted.  The casrados
+    pairs: for a test of every backend (backends None) when
+    rados_wanted(), or when asked for by name."""
     want = os.environ.get("NBDCAS_PAIRS")
     out = []
     for s, b in ALL_PAIRS:
         if servers and s not in servers:
             continue
+        # A script about one backend's own behaviour (backends=["cas"]:
+        # its files, packs) gets casrados only if it asks for it.
         if backends and b not in backends:
+            continue
+        if b == "casrados" and not backends and not rados_wanted():
             continue
         if want and ("%s-%s" % (s, b)) not in want.split():
             continue
         out.append((s, b))
     return out
+
+
+# ---- the Ceph cluster of the casrados pairs ----
+
+_cluster = None
+
+
+class RadosUnavailable(Exception):
+    pass
+
+
+def rados_cluster():
+    """(conf, pool) of the cluster casrados stores live in: the one
+    `make check-rados` started (CEPH_CONF, NBDCAS_RADOS_POOL), or one
+    started for this script (stopped at exit).  Raises RadosUnavailable
+    where ceph or librados is missing."""
+    global _cluster
+    if not os.environ.get("NBDCAS_HAVE_RADOS"):
+        raise RadosUnavailable("built without librados "
+                               "(configure --with-rados)")
+    pool = os.environ.get("NBDCAS_RADOS_POOL")
+    if pool and os.environ.get("CEPH_CONF"):
+        return os.environ["CEPH_CONF"], pool
+    if _cluster is None:
+        import atexit
+        import cephcluster
+        try:
+            c = cephcluster.Cluster(memstore_bytes=1 << 30)
+        except cephcluster.Unavailable as e:
+            raise RadosUnavailable(str(e))
+        c.start(pool="nbdcas")
+        atexit.register(c.stop)
+        _cluster = c
+    return _cluster.conf, "nbdcas"
+
+
+def rados_purge(pool, namespace):
+    """Remove every object of a test's namespace (the cluster's memory
+    is the OSD's storage)."""
+    conf, _ = rados_cluster()
+    import cephcluster
+    cephcluster.purge_namespace(conf, pool, namespace)
 
 
 class TAP:
@@ -271,8 +354,9 @@ class Server:
         self.stderr_path = os.path.join(workdir, "server.err")
 
     def argv(self):
+        backend = backend_name(self.backend)
         if self.server == "nbdkit":
-            plugin = os.environ["%s_PLUGIN" % self.backend.upper()]
+            plugin = os.environ["%s_PLUGIN" % backend.upper()]
             a = [os.environ.get("NBDKIT", "nbdkit"), "--exit-with-parent"]
             if self.readonly:
                 a.append("-r")
@@ -280,7 +364,7 @@ class Server:
         a = [os.environ["MINNBD"]]
         if self.readonly:
             a.append("-r")
-        return a + self.extra + [self.backend] + self.params
+        return a + self.extra + [backend] + self.params
 
     def start(self):
         if os.path.exists(self.sock):
@@ -414,7 +498,19 @@ def backend_params(backend, workdir, size, **kw):
         store = os.path.join(workdir, "store")
         return ["store=" + store, "size=%d" % size] + \
             ["%s=%s" % kv for kv in kw.items()]
+    if backend == "casrados":
+        # One namespace per test directory: runs never see each other.
+        conf, pool = rados_cluster()
+        return ["store=" + rados_store(workdir), "ceph-conf=" + conf,
+                "ceph-timeout=20", "size=%d" % size] + \
+            ["%s=%s" % kv for kv in kw.items()]
     raise ValueError(backend)
+
+
+def rados_store(workdir):
+    """The casrados store of a test directory: rados:POOL/NAMESPACE."""
+    _, pool = rados_cluster()
+    return "rados:%s/%s" % (pool, os.path.basename(workdir))
 
 
 _live_servers = set()
@@ -463,6 +559,11 @@ def run(name, body, servers=None, backends=None, size=64 * 1024 * 1024,
         d = tmpdir()
         srv = None
         try:
+            if b == "casrados":
+                try:
+                    rados_cluster()
+                except RadosUnavailable as e:
+                    raise Skip(str(e))
             p = backend_params(b, d, size, **(params or {}))
             srv = Server(s, b, p, d, readonly=readonly, extra=extra).start()
             body(srv)
@@ -479,6 +580,13 @@ def run(name, body, servers=None, backends=None, size=64 * 1024 * 1024,
                 srv.stop(signal.SIGKILL)
             tap.ok(False, desc, traceback.format_exc() + "server log:\n" + log)
         finally:
+            if b == "casrados" and (_cluster or
+                                    os.environ.get("NBDCAS_RADOS_POOL")):
+                try:
+                    rados_purge(rados_cluster()[1], os.path.basename(d))
+                except Exception as e:
+                    print("# purging the test's objects failed: %s" % e,
+                          flush=True)
             shutil.rmtree(d, ignore_errors=True)
     sys.exit(1 if tap.failed else 0)
 
