@@ -76,7 +76,7 @@
 #include "le.h"
 #include "meta.h"
 #include "rados.h"
-#include "storeint.h"          /* cas_test_point */
+#include "testpoint.h"
 
 #define SUPER_OID "nbdcas.super"
 #define DIR_OID "nbdcas.volumes"
