@@ -376,7 +376,8 @@ cas_config_complete (void)
   int exists;
 
   if (store_dir == NULL) {
-    backend_error ("cas: store=DIR (or store=rados:POOL) is required");
+    backend_error ("cas: store=DIR is required (or "
+                   "store=rados:POOL[/NAMESPACE])");
     errno = EINVAL;
     return -1;
   }
