@@ -240,6 +240,7 @@ def case_second_writer(d):
     a = serve("nbdkit", d, "a", params(ns))
     b = serve("minnbd", d, "b", params(ns))
     ro = serve("minnbd", d, "ro", params(ns), readonly=True)
+    ha = None
     try:
         ha = a.connect()
         data = nbdtest.random_bytes(BS, 4)
@@ -262,12 +263,15 @@ def case_second_writer(d):
         assert hs.is_read_only() and hs.pread(BS, 0) == data
         close(hs)
         close(ha)
+        ha = None
         # Released with A's last connection: now B may write.
         hb = b.connect()
         hb.pwrite(data[::-1], 0)
         hb.flush()
         close(hb)
     finally:
+        if ha:
+            close(ha)
         for s in (a, b, ro):
             stop(s)
 
@@ -340,13 +344,13 @@ def case_stall(d):
         expect_nbd_error(ha.pread, 16, 0)
         assert volume_generation(ns, "default") == gen_b
         wait_log(a, r"volume 'default': its writer lease")
-        close(ha)
         # Nothing of A's unpublished write; B's writes intact.
         assert hb.pread(MiB, 4 * MiB) == bytes(MiB)
         assert hb.pread(MiB, 8 * MiB) == new
         assert hb.pread(MiB, 0) == one
-        close(hb)
     finally:
+        close(ha)
+        close(hb)
         stop(a)
         stop(b)
 
@@ -363,6 +367,7 @@ def case_force(d):
     ha.pwrite(nbdtest.random_bytes(MiB, 12), MiB)   # never published
     gen = volume_generation(ns, "default")
     b = serve("nbdkit", d, "b", params(ns, "takeover=force", lease=60))
+    hb = None
     try:
         t = time.monotonic()
         hb = b.connect()
@@ -377,9 +382,10 @@ def case_force(d):
         assert volume_generation(ns, "default") == gen
         hb.pwrite(b"new holder", 0)
         hb.flush()
-        close(hb)
-        close(ha)
     finally:
+        close(ha)
+        if hb:
+            close(hb)
         stop(a)
         stop(b)
 
