@@ -3,8 +3,8 @@
 # cluster started here (tests/cephcluster.py), client and OSD on this
 # machine:
 #
-#   bench/rados.sh [-B BUILDDIR] [-r REPEATS] [-m layouts|stores|all]
-#                  [-d PACK_DIR]
+#   bench/rados.sh [-B BUILDDIR] [-r REPEATS] [-m layouts|stores|cas|all]
+#                  [-d PACK_DIR] [-s SIZE_MB] [-t FIO_SECONDS]
 #
 #   layouts  bench/rados-layouts: one object per chunk (A) against chunks
 #            packed into 4 MiB objects with an omap index (B); unique put,
@@ -18,6 +18,13 @@
 #            32 threads; 64 KiB and 4 KiB chunks.  The driver generates
 #            and hashes every chunk (SHA-256) in its own threads: that
 #            cost is in every figure.
+#   cas      the whole cas store over NBD: bench/run.sh -m cas with the
+#            store in the pool (@rados rows: store=rados:bench/NS) against
+#            the store on tmpfs (@shm), minnbd and nbdkit: unique,
+#            duplicate and zero writes, sequential read (nbdcopy), 4 KiB
+#            random read and write at QD32 (fio); SIZE_MB (default 256)
+#            per run, FIO_SECONDS (default 5) per fio job; each @rados
+#            measurement on a cluster of its own.  Not in "all".
 #
 # With -r N each figure is the median of N runs.  The load average is
 # printed before and after: the machine may be shared.
@@ -31,10 +38,12 @@ B=
 REPEATS=1
 MODE=all
 PACK_DIR=/dev/shm
-while getopts B:r:m:d:h opt; do
+SIZE_MB=256
+FIO_SECS=5
+while getopts B:r:m:d:s:t:h opt; do
   case $opt in
     B) B=$OPTARG ;; r) REPEATS=$OPTARG ;; m) MODE=$OPTARG ;;
-    d) PACK_DIR=$OPTARG ;;
+    d) PACK_DIR=$OPTARG ;; s) SIZE_MB=$OPTARG ;; t) FIO_SECS=$OPTARG ;;
     h) sed -n '2,/^set -u/p' "$0" | sed 's/^# \{0,1\}//; /^set -u/d'; exit 0 ;;
     *) exit 2 ;;
   esac
@@ -45,6 +54,55 @@ DRIVER=$B/tests/chunkstore-driver
 for p in "$LAYOUTS" "$DRIVER"; do
   [ -x "$p" ] || { echo "rados.sh: $p not built (configure --with-rados, make)" >&2; exit 1; }
 done
+
+median () { sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+
+# cas: each @rados measurement on a cluster of its own.  One cluster for
+# several would not do: the memstore OSD's space accounting goes wrong
+# after a few GB written and removed ("full status failsafe engaged", and
+# every write then times out), which is the test OSD's problem, not the
+# store's.  Rows interleaved round-robin; medians of REPEATS.
+if [ "$MODE" = cas ]; then
+  rows="minnbd+cas@shm minnbd+cas@rados nbdkit+cas@shm nbdkit+cas@rados"
+  raw=$(mktemp)
+  echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
+  echo "ceph: $(ceph-osd --version | cut -d' ' -f1-3), $(nproc) CPUs"
+  echo
+  for r in $(seq "$REPEATS"); do
+    for row in $rows; do
+      echo "rados.sh: [$r/$REPEATS] $row" >&2
+      args=(-B "$B" -m cas -s "$SIZE_MB" -t "$FIO_SECS" -r 1 -S "$row" -o "$raw.one")
+      case $row in
+        *@rados)
+          /usr/bin/python3 "$here/../tests/cephcluster.py" -m 4096 -p bench -- \
+            env RADOS_BENCH_POOL=bench "$here/run.sh" "${args[@]}" >/dev/null ;;
+        *) "$here/run.sh" "${args[@]}" >/dev/null ;;
+      esac
+      cat "$raw.one.raw" >> "$raw"
+    done
+  done
+  [ -s "$raw.one" ] && sed -n '/^Date/,/^Load average at start/p' "$raw.one" |
+    grep -v '^Command\|^Load' | sed "s/median of 1/median of $REPEATS/"
+  echo "Command: bench/rados.sh -m cas -r $REPEATS -s $SIZE_MB -t $FIO_SECS"
+  echo
+  # run.sh's cas columns; its raw lines are "cas REP ROW busy=N" and then
+  # the columns in this order.
+  cols="uniqW_MB/s dupW_MB/s seqR_MB/s rr4k_qd32 rw4k_qd32 rw4k_fs32 rw4k_qd1 p999_us zeroW_MB/s RSS_MiB idxB/chunk"
+  printf '| server+backend@medium |'; for c in $cols; do printf ' %s |' "$c"; done; echo
+  printf '|---|'; for c in $cols; do printf -- '---:|'; done; echo
+  for row in $rows; do
+    printf '| %s |' "$row"
+    for i in $(seq "$(echo $cols | wc -w)"); do
+      printf ' %s |' "$(awk -v r="$row" -v i=$((i + 4)) '$3 == r {print $i}' "$raw" | median)"
+    done
+    echo
+  done
+  echo
+  echo "(every measurement: $raw)"
+  rm -f "$raw.one" "$raw.one.raw"
+  echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
+  exit 0
+fi
 
 # Run ourselves inside a cluster: cephcluster.py starts it, runs this
 # script again with CEPH_CONF set, and stops it.
@@ -63,7 +121,6 @@ fresh_pool () {
     { echo "rados.sh: cannot recreate pool bench" >&2; exit 1; }
 }
 
-median () { sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "ceph: $(ceph-osd --version | cut -d' ' -f1-3), $(nproc) CPUs"
 

@@ -33,6 +33,9 @@
 #
 # Rows are "server+backend@medium"; -S picks rows by name, e.g.
 #   -S "minnbd+flatfile@shm qemu-nbd@shm"
+# Medium @rados (cas rows only): store=rados:$RADOS_BENCH_POOL/NAMESPACE
+# on the cluster $CEPH_CONF names, a fresh namespace per row, emptied
+# after it (bench/rados.sh -m cas starts a cluster and runs these).
 # With -r N (default 3) every measurement is taken N times, the rows
 # interleaved round-robin, every other round in reverse order (so drift
 # and position hit every row alike).  Each cell is the median with the
@@ -139,6 +142,28 @@ truncate -s "${SIZE_MB}M" "$W_SHM/zero.img"
 
 dir_of() { case $1 in *@disk) echo "$W_DISK" ;; *) echo "$W_SHM" ;; esac; }
 
+# @rados: the store of a row, in a namespace of its own, emptied when the
+# row's server stops (the test cluster's OSD keeps objects in RAM).
+RADOS_NS=
+STORE_ARG=
+set_store() {
+  case $1 in
+    *@rados)
+      [ -n "${CEPH_CONF:-}" ] && [ -n "${RADOS_BENCH_POOL:-}" ] ||
+        { echo "run.sh: @rados rows need CEPH_CONF and RADOS_BENCH_POOL (bench/rados.sh -m cas)" >&2; return 1; }
+      RADOS_NS=run$$.$RANDOM
+      STORE_ARG="rados:$RADOS_BENCH_POOL/$RADOS_NS ceph-conf=$CEPH_CONF" ;;
+    *) STORE_ARG="$(dir_of "$1")/store" ;;
+  esac
+}
+purge_rados() {
+  [ -n "$RADOS_NS" ] || return 0
+  python3 -c 'import sys; sys.path.insert(0, sys.argv[1]); import cephcluster; cephcluster.purge_namespace(*sys.argv[2:])' \
+    "$here/../tests" "$CEPH_CONF" "$RADOS_BENCH_POOL" "$RADOS_NS" ||
+    echo "run.sh: could not empty namespace $RADOS_NS" >&2
+  RADOS_NS=
+}
+
 # start_server ROW: serve a fresh disk (or a fresh cas store) on $SOCK,
 # set PID and URI, and wait until a client can connect.
 start_server() {
@@ -168,10 +193,10 @@ start_server() {
     started) ;;
     minnbd+flatfile) "$B/minnbd" -f -U "$SOCK" flatfile file="$disk" & PID=$! ;;
     nbdkit+flatfile) nbdkit -f -U "$SOCK" "$B/flatfile-plugin.so" file="$disk" & PID=$! ;;
-    minnbd+cas)      rm -f "$disk"
-                     "$B/minnbd" -f -U "$SOCK" cas store="$d/store" size="${SIZE_MB}M" ${CAS_PARAMS:-} & PID=$! ;;
-    nbdkit+cas)      rm -f "$disk"
-                     nbdkit -f -U "$SOCK" "$B/cas-plugin.so" store="$d/store" size="${SIZE_MB}M" ${CAS_PARAMS:-} & PID=$! ;;
+    minnbd+cas)      rm -f "$disk"; set_store "$row" || return 1
+                     "$B/minnbd" -f -U "$SOCK" cas store=$STORE_ARG size="${SIZE_MB}M" ${CAS_PARAMS:-} & PID=$! ;;
+    nbdkit+cas)      rm -f "$disk"; set_store "$row" || return 1
+                     nbdkit -f -U "$SOCK" "$B/cas-plugin.so" store=$STORE_ARG size="${SIZE_MB}M" ${CAS_PARAMS:-} & PID=$! ;;
     nbdkit+file)     nbdkit -f -U "$SOCK" file "$disk" & PID=$! ;;
     qemu-nbd)        qemu-nbd -t -f raw -k "$SOCK" --cache=writeback --aio=threads -e 16 "$disk" & PID=$! ;;
     nbd-server)      # It daemonizes; its pid file says whom to end.
@@ -201,6 +226,7 @@ stop_server() {
   wait "$PID" 2>/dev/null
   for i in $(seq 100); do kill -0 "$PID" 2>/dev/null || break; sleep 0.05; done
   PID=
+  purge_rados
 }
 
 # Peak resident memory of the server so far, MiB.

@@ -14,11 +14,10 @@
 # The cas backend on Ceph RADOS ("casrados": store=rados:POOL/NAMESPACE,
 # one namespace per test run) is a pair of its own.  A cluster costs
 # seconds to start, so it is opt-in for the whole suite: `make -C tests
-# check-rados` starts one cluster and runs the suite with NBDCAS_RADOS=all
-# (and CEPH_CONF, NBDCAS_RADOS_POOL naming it).  Without it, the scripts
-# in RADOS_SUBSET still run on casrados, each with a cluster of its own
-# (skipped where ceph or librados is absent); NBDCAS_RADOS=no turns that
-# off.
+# check-rados` runs the suite with NBDCAS_RADOS=all.  Without it, the scripts
+# in RADOS_SUBSET still run on casrados (skipped where ceph or librados
+# is absent); NBDCAS_RADOS=no turns that off.  Each script starts a
+# cluster of its own, unless NBDCAS_RADOS_POOL and CEPH_CONF name one.
 
 import faulthandler
 import os
@@ -148,7 +147,7 @@ def rados_cluster():
         import atexit
         import cephcluster
         try:
-            c = cephcluster.Cluster(memstore_bytes=1 << 30)
+            c = cephcluster.Cluster(memstore_bytes=2 << 30)
         except cephcluster.Unavailable as e:
             raise RadosUnavailable(str(e))
         c.start(pool="nbdcas")
