@@ -4,7 +4,8 @@
 # pool, against a real cluster this script starts (cephcluster.py: one
 # mon, one memstore OSD, 127.0.0.1 only) and stops.  Each case works in
 # its own namespace.  Servers alternate between minnbd and nbdkit so
-# that both front ends take every role somewhere.
+# that both front ends take every role somewhere (only the selected ones:
+# NBDCAS_PAIRS="minnbd-casrados" makes every server a minnbd).
 #
 #   - two servers writing different volumes with shared data: stored
 #     once (chunk objects counted), each reads back its own
@@ -62,7 +63,17 @@ def params(ns, *extra, timeout=TIMEOUT, lease=LEASE):
             "ceph-timeout=%d" % timeout, "lease=%d" % lease] + list(extra)
 
 
+# The servers the casrados pairs selected (NBDCAS_PAIRS); each role below
+# asks for "minnbd" or "nbdkit" and gets it if selected, else the other.
+KINDS = []
+
+
+def pick(kind):
+    return kind if kind in KINDS else KINDS[0]
+
+
 def serve(kind, d, name, prm, readonly=False, ready=True):
+    kind = pick(kind)
     wd = os.path.join(d, name)
     os.makedirs(wd, exist_ok=True)
     srv = nbdtest.Server(kind, "casrados", prm, wd, readonly=readonly)
@@ -531,6 +542,7 @@ def case_errors(d):
     tool("create", s, "--size", "1M", check=0)
 
     def refused(prm, pattern, kind="minnbd", waits=False):
+        kind = pick(kind)
         srv = serve(kind, d, "e%d" % time.monotonic_ns(), prm, ready=False)
         t = time.monotonic()
         rc = srv.proc.wait(timeout=TIMEOUT + SLACK)
@@ -596,6 +608,9 @@ CASES = [
 
 def main():
     global cluster
+    KINDS.extend(s for s, _ in nbdtest.pairs(backends=["casrados"]))
+    if not KINDS:
+        nbdtest.skip_all("no casrados pair selected (NBDCAS_PAIRS)")
     if not os.environ.get("NBDCAS_HAVE_RADOS"):
         nbdtest.skip_all("built without librados (configure --with-rados)")
     try:
