@@ -893,6 +893,28 @@ rados_snapshot_create (struct cas_meta *m, const char *volume,
   return 0;
 }
 
+/* The object of volume and the root of its snapshot snap (in val, *len
+ * bytes): 0, -1/ENOENT (quiet) if either is absent, -1 (reported).
+ */
+static int
+snapshot_lookup (struct rados_meta *rm, const char *volume, const char *snap,
+                 char oid[VOL_OID_LEN + 1], char val[CAS_ROOT_SIZE + 1],
+                 size_t *len)
+{
+  int r;
+
+  if (dir_lookup (rm, volume, oid) == -1)
+    return -1;
+  r = omap_get (rm, oid, snap, val, CAS_ROOT_SIZE + 1, len);
+  if (r < 0 && r != -ENOENT)    /* -ENOENT: the volume deleted meanwhile */
+    return fail (rm, oid, "looking a snapshot up", r);
+  if (r <= 0) {
+    errno = ENOENT;
+    return -1;
+  }
+  return 0;
+}
+
 static int
 rados_snapshot_delete (struct cas_meta *m, const char *volume,
                        const char *snap)
@@ -904,15 +926,9 @@ rados_snapshot_delete (struct cas_meta *m, const char *volume,
   rados_write_op_t op;
   int rv = 0, ret;
 
-  if (writable (rm) == -1 || dir_lookup (rm, volume, oid) == -1)
+  if (writable (rm) == -1 ||
+      snapshot_lookup (rm, volume, snap, oid, val, &len) == -1)
     return -1;
-  ret = omap_get (rm, oid, snap, val, sizeof val, &len);
-  if (ret < 0)
-    return fail (rm, oid, "looking a snapshot up", ret);
-  if (ret == 0) {
-    errno = ENOENT;
-    return -1;
-  }
   /* Removed only if it is still the root just read. */
   op = rados_create_write_op ();
   rados_write_op_omap_cmp (op, snap, LIBRADOS_CMPXATTR_OP_EQ, val, len, &rv);
@@ -939,15 +955,9 @@ rados_snapshot_rename (struct cas_meta *m, const char *volume,
   rados_write_op_t op;
   int rv1 = 0, rv2 = 0, ret;
 
-  if (writable (rm) == -1 || dir_lookup (rm, volume, oid) == -1)
+  if (writable (rm) == -1 ||
+      snapshot_lookup (rm, volume, old, oid, val, &len) == -1)
     return -1;
-  ret = omap_get (rm, oid, old, val, sizeof val, &len);
-  if (ret < 0)
-    return fail (rm, oid, "looking a snapshot up", ret);
-  if (ret == 0) {
-    errno = ENOENT;
-    return -1;
-  }
   lens[0] = len;
   op = rados_create_write_op ();
   rados_write_op_omap_cmp (op, new, LIBRADOS_CMPXATTR_OP_EQ, "", 0, &rv1);
