@@ -14,6 +14,7 @@
 #include <config.h>
 
 #include <errno.h>
+#include <inttypes.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -138,6 +139,115 @@ encode_assert (char *out, const char *name, const char *cookie)
   v = 0; memcpy (out + n, &v, 4); n += 4;
   v = n - 6; memcpy (out + 2, &v, 4);
   return n;
+}
+
+/* What garbage collection on RADOS builds on (FORMAT.md, "Garbage
+ * collection on RADOS"): object versions read with a read op (the
+ * collector's listing), a touch that changes them (a writer that
+ * deduplicated against an old object), a removal only if the version is
+ * still the one listed, and the directory's epoch compared before it was
+ * ever set.
+ */
+static void
+gc_primitives (rados_ioctx_t a, rados_ioctx_t b)
+{
+  rados_completion_t c;
+  rados_write_op_t op;
+  rados_read_op_t rop;
+  uint64_t v1, v2, v3, size = 0;
+  time_t mt = 0;
+  int r, r2, rv = 0;
+
+  rados_remove (a, "gcchunk");
+  rados_remove (a, "gcdir");
+  r = rados_write_full (a, "gcchunk", "chunk", 5);
+  /* The version of a listed object: an aio read op's completion. */
+  rados_aio_create_completion2 (NULL, NULL, &c);
+  rop = rados_create_read_op ();
+  rados_read_op_stat (rop, &size, &mt, &rv);
+  r2 = rados_aio_read_op_operate (rop, b, c, "gcchunk", 0);
+  rados_aio_wait_for_complete (c);
+  if (r2 == 0)
+    r2 = rados_aio_get_return_value (c);
+  v1 = rados_aio_get_version (c);
+  rados_aio_release (c);
+  rados_release_read_op (rop);
+  check (r == 0 && r2 == 0 && rv == 0 && size == 5 && v1 > 0,
+         "gc-version-by-read", "write %s, read op %s, version %" PRIu64,
+         err (r), err (r2), v1);
+
+  /* A touch: {assert_exists, setxattr} with the same value as before
+   * still makes a new version.
+   */
+  op = rados_create_write_op ();
+  rados_write_op_assert_exists (op);
+  rados_write_op_setxattr (op, "nbdcas.t", "1", 1);
+  r = rados_write_op_operate (op, b, "gcchunk", NULL, 0);
+  rados_release_write_op (op);
+  v2 = rados_get_last_version (b);
+  op = rados_create_write_op ();
+  rados_write_op_assert_exists (op);
+  rados_write_op_setxattr (op, "nbdcas.t", "1", 1);
+  r2 = rados_write_op_operate (op, b, "gcchunk", NULL, 0);
+  rados_release_write_op (op);
+  v3 = rados_get_last_version (b);
+  check (r == 0 && r2 == 0 && v2 > v1 && v3 > v2, "gc-touch-new-version",
+         "touches %s %s: versions %" PRIu64 " -> %" PRIu64 " -> %" PRIu64,
+         err (r), err (r2), v1, v2, v3);
+
+  /* Removal only at the listed version. */
+  op = rados_create_write_op ();
+  rados_write_op_assert_version (op, v1);
+  rados_write_op_remove (op);
+  r = rados_write_op_operate (op, a, "gcchunk", NULL, 0);
+  rados_release_write_op (op);
+  r2 = rados_stat (a, "gcchunk", &size, &mt);
+  check (r < 0 && r2 == 0, "gc-remove-at-version-refused",
+         "remove at the old version %s; object still there: %s", err (r),
+         err (r2));
+  op = rados_create_write_op ();
+  rados_write_op_assert_version (op, v3);
+  rados_write_op_remove (op);
+  r = rados_write_op_operate (op, a, "gcchunk", NULL, 0);
+  rados_release_write_op (op);
+  r2 = rados_stat (a, "gcchunk", &size, &mt);
+  check (r == 0 && r2 == -ENOENT, "gc-remove-at-version",
+         "remove at the current version %s; then stat %s", err (r),
+         err (r2));
+
+  /* A touch does not create: it finds the object removed. */
+  op = rados_create_write_op ();
+  rados_write_op_assert_exists (op);
+  rados_write_op_setxattr (op, "nbdcas.t", "1", 1);
+  r = rados_write_op_operate (op, b, "gcchunk", NULL, 0);
+  rados_release_write_op (op);
+  r2 = rados_stat (a, "gcchunk", &size, &mt);
+  check (r == -ENOENT && r2 == -ENOENT, "gc-touch-removed",
+         "touch %s, stat %s", err (r), err (r2));
+  /* Created again: a version the collector never listed. */
+  r = rados_write_full (a, "gcchunk", "chunk", 5);
+  v2 = rados_get_last_version (a);
+  check (r == 0 && v2 > v3, "gc-recreated-new-version",
+         "%s, version %" PRIu64 " after %" PRIu64, err (r), v2, v3);
+
+  /* An xattr never set compares equal to "". */
+  r = rados_write_full (a, "gcdir", "d", 1);
+  op = rados_create_write_op ();
+  rados_write_op_cmpxattr (op, "nbdcas.epoch", LIBRADOS_CMPXATTR_OP_EQ,
+                           "", 0);
+  rados_write_op_setxattr (op, "x", "1", 1);
+  r = rados_write_op_operate (op, b, "gcdir", NULL, 0);
+  rados_release_write_op (op);
+  op = rados_create_write_op ();
+  rados_write_op_cmpxattr (op, "nbdcas.epoch", LIBRADOS_CMPXATTR_OP_EQ,
+                           "1", 1);
+  rados_write_op_setxattr (op, "x", "2", 1);
+  r2 = rados_write_op_operate (op, b, "gcdir", NULL, 0);
+  rados_release_write_op (op);
+  check (r == 0 && r2 == -ECANCELED, "gc-cmpxattr-unset",
+         "== \"\" on an unset xattr %s; == \"1\" %s", err (r), err (r2));
+  rados_remove (a, "gcchunk");
+  rados_remove (a, "gcdir");
 }
 
 int
@@ -310,6 +420,8 @@ main (int argc, char **argv)
          "expired lease nobody took: %s; then its publish %s", err (r),
          err (r2));
   rados_unlock (b, "root", "lease", "b");
+
+  gc_primitives (a, b);
 
   /* Forced takeover: B blocklists A and breaks A's lock; A is fenced. */
   dur.tv_sec = 600;
