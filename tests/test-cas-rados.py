@@ -25,12 +25,22 @@
 #     snapshot exports beside the writer
 #   - errors: missing pool, refused key, unreachable monitors, bad
 #     parameters -- clear, and within the timeout
+#   - nbdcas gc on a RADOS store (FORMAT.md, "Garbage collection on
+#     RADOS"): garbage past the grace period removed, younger kept, an
+#     orphaned volume object removed, a server that knew a removed chunk
+#     stores it again; what a second server wrote and did not flush
+#     survives (the collector makes it publish); a garbage chunk written
+#     again while the collector sweeps is kept (touched); a writer that
+#     does not answer stops the collection; a snapshot and a clone taken
+#     while a collection marks are made from a root it marked
 #
 # Skipped when the ceph packages are not installed or the tree was built
 # without librados.  RADOS_CASES="two_hosts stall" runs a subset.
 
+import json
 import os
 import re
+import select
 import signal
 import subprocess
 import sys
@@ -192,6 +202,75 @@ def wait_log(srv, pattern, timeout=TIMEOUT + SLACK):
         return re.search(pattern, srv.log())
     nbdtest.wait_until(found, "server log matching %r" % pattern, timeout)
     return found()
+
+
+def chunk_names(ns):
+    return set(n for n in objects(ns) if n.startswith("chunk."))
+
+
+def volume_objects(ns):
+    return [n for n in objects(ns) if n.startswith("vol.")]
+
+
+def gc(ns, *args):
+    """nbdcas gc --json on the store: its figures."""
+    p = tool("gc", store(ns), "--json", *args, check=0)
+    return json.loads(p.stdout)
+
+
+class Paused:
+    """nbdcas ARGS, stopped the first time it reaches test point `point`
+    (testpoint.h) until resume(), or killed there."""
+
+    def __init__(self, d, point, *args):
+        self.stop_fifo = os.path.join(d, point + ".stop")
+        self.resume_fifo = os.path.join(d, point + ".resume")
+        for f in (self.stop_fifo, self.resume_fifo):
+            if os.path.exists(f):
+                os.unlink(f)
+            os.mkfifo(f)
+        env = dict(os.environ, NBDCAS_TEST_STOP=point,
+                   NBDCAS_TEST_STOP_NTH="1",
+                   NBDCAS_TEST_STOP_FIFO=self.stop_fifo,
+                   NBDCAS_TEST_RESUME_FIFO=self.resume_fifo)
+        self.args = args
+        self.p = subprocess.Popen(
+            [castest.NBDCAS, "--ceph-conf", cluster.conf] + list(args),
+            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True)
+        nbdtest._live_servers.add(self.p)
+        # Reached, or exited without reaching it (a failure).
+        fd = os.open(self.stop_fifo, os.O_RDONLY | os.O_NONBLOCK)
+        line = b""
+        try:
+            deadline = time.monotonic() + 60 + SLACK
+            while not line.endswith(b"\n") and self.p.poll() is None and \
+                    time.monotonic() < deadline:
+                r, _, _ = select.select([fd], [], [], 0.2)
+                if r:
+                    line += os.read(fd, 100)
+        finally:
+            os.close(fd)
+        if line != (point + "\n").encode():
+            self.p.kill()
+            out, err = self.p.communicate()
+            raise AssertionError("nbdcas %s did not stop at %s (%r): "
+                                 "exit %s\n%s" % (" ".join(args), point,
+                                                  line, self.p.returncode,
+                                                  err))
+
+    def resume(self):
+        """Let it go on; (exit status, stdout, stderr)."""
+        with open(self.resume_fifo, "w") as f:
+            f.write("go\n")
+        out, err = self.p.communicate(timeout=120)
+        nbdtest._live_servers.discard(self.p)
+        return self.p.returncode, out, err
+
+    def kill(self):
+        self.p.kill()
+        self.p.communicate()
+        nbdtest._live_servers.discard(self.p)
 
 
 # ---- cases ----
@@ -590,6 +669,173 @@ def case_errors(d):
     assert "no cas store here" in p.stderr, p.stderr
 
 
+def case_gc(d):
+    """nbdcas gc: garbage past the grace period removed, younger kept;
+    an orphaned volume object removed; a server that knew a removed chunk
+    stores it again."""
+    ns = "gc"
+    tool("create", store(ns), "--size", "32M", check=0)
+    old = nbdtest.random_bytes(MiB, 20)
+    new = nbdtest.random_bytes(MiB, 21)
+    a = serve("minnbd", d, "a", params(ns))
+    ha = a.connect()
+    try:
+        ha.pwrite(old, 0)
+        ha.flush()
+        ha.pwrite(new, 0)
+        ha.flush()
+        before = chunk_names(ns)
+        g = gc(ns)                      # the default grace: an hour
+        assert g["dead_chunks"] == 0 and g["young_chunks"] >= 16 and \
+            g["roots"] == 1 and g["chunks_listed"] == len(before), g
+        assert chunk_names(ns) == before
+        # A create killed between its object and its name: an orphan.
+        Paused(d, "rados-create-object", "create", store(ns), "--volume",
+               "orphan", "--size", "1M").kill()
+        assert len(volume_objects(ns)) == 2, volume_objects(ns)
+        g = gc(ns, "--grace", "0")
+        # The 16 blocks of `old` and the map leaf that held them.
+        assert g["dead_chunks"] == 17 and g["young_chunks"] == 0 and \
+            g["orphans_removed"] == 1 and g["touched_chunks"] == 0, g
+        assert len(chunk_names(ns)) == len(before) - 17
+        assert len(volume_objects(ns)) == 1, volume_objects(ns)
+        # The server wrote `old` itself: had it not forgotten that, it
+        # would reference removed chunks now.
+        ha.pwrite(old, 4 * MiB)
+        ha.flush()
+        assert ha.pread(MiB, 4 * MiB) == old and ha.pread(MiB, 0) == new
+        close(ha)
+        ha = None
+    finally:
+        if ha:
+            close(ha)
+        stop(a)
+    p = tool("fsck", store(ns), "--full", check=0)
+    assert "clean" in p.stdout, p.stdout
+    g = gc(ns, "--grace", "0", "--dry-run")
+    assert g["orphans_removed"] == 0 and g["roots"] == 1, g
+    p = tool("gc", store(ns), "--max-unused", "3", check=1)
+    assert "--max-unused is for a store in a directory" in p.stderr, p.stderr
+
+
+def case_gc_writers(d):
+    """nbdcas gc beside two servers: what one acknowledged and did not
+    flush survives; a garbage chunk written again while the collector
+    sweeps is kept; a writer that does not answer stops it."""
+    ns = "gcwriters"
+    tool("create", store(ns), "--size", "32M", "--volume", "a", check=0)
+    tool("create", store(ns), "--size", "32M", "--volume", "b", check=0)
+    a = serve("minnbd", d, "a", params(ns, "volume=a"))
+    # A lease longer than the stop below: B stays the holder.
+    b = serve("nbdkit", d, "b", params(ns, "volume=b", lease=60))
+    ha = a.connect("a")
+    hb = b.connect("b")
+    try:
+        garbage = nbdtest.random_bytes(MiB, 22)
+        ha.pwrite(garbage, 0)
+        ha.flush()
+        ha.pwrite(nbdtest.random_bytes(MiB, 23), 0)
+        ha.flush()
+        unflushed = nbdtest.random_bytes(MiB, 24)
+        hb.pwrite(unflushed, 0)         # acknowledged, never flushed
+        gen_b = volume_generation(ns, "b")
+        p = Paused(d, "gc-marked", "gc", store(ns), "--grace", "0",
+                   "--json")
+        # The collector made B publish what it acknowledged, and marked.
+        assert volume_generation(ns, "b") > gen_b
+        # B writes A's garbage (B never saw it: found by EEXIST) after
+        # the marking: the touch keeps the sweep from removing it.
+        hb.pwrite(garbage, 8 * MiB)
+        hb.flush()
+        rc, out, err = p.resume()
+        assert rc == 0, err
+        g = json.loads(out)
+        assert g["touched_chunks"] == 16 and g["dead_chunks"] >= 1 and \
+            g["roots"] == 2, g
+        assert hb.pread(MiB, 0) == unflushed
+        assert hb.pread(MiB, 8 * MiB) == garbage
+        # B stopped: it cannot answer, so nothing is removed.
+        ha.pwrite(nbdtest.random_bytes(MiB, 25), 0)
+        ha.flush()
+        before = chunk_names(ns)
+        os.kill(b.proc.pid, signal.SIGSTOP)
+        try:
+            t = time.monotonic()
+            p = tool("gc", store(ns), "--grace", "0", "--ceph-timeout",
+                     str(TIMEOUT), check=1)
+            secs = time.monotonic() - t
+        finally:
+            os.kill(b.proc.pid, signal.SIGCONT)
+        assert re.search(r"volume 'b' is held by client\.\d+ on host \S+ "
+                         r"\(pid %d.*did not answer the request to flush it "
+                         r"within %d s" % (b.proc.pid, TIMEOUT), p.stderr), \
+            p.stderr
+        assert secs < 2 * TIMEOUT + SLACK, secs
+        assert chunk_names(ns) == before
+        close(ha)
+        close(hb)
+        ha = hb = None
+    finally:
+        for h in (ha, hb):
+            if h:
+                close(h)
+        stop(a)
+        stop(b)
+    p = tool("fsck", store(ns), "--full", check=0)
+    assert "clean" in p.stdout, p.stdout
+
+
+def case_gc_copies(d):
+    """A snapshot and a clone taken while a collection marks: made from a
+    root the collection marked, never from one it did not."""
+    ns = "gccopies"
+    tool("create", store(ns), "--size", "16M", check=0)
+    one, two, three, four = (nbdtest.random_bytes(MiB, s)
+                             for s in (26, 27, 28, 29))
+    a = serve("minnbd", d, "a", params(ns))
+    ha = a.connect()
+    try:
+        ha.pwrite(one, 0)
+        ha.flush()
+        # The snapshot has read the root (`one` at 0); the volume moves
+        # on and `one` becomes garbage, which the collection removes.
+        p = Paused(d, "rados-snapshot", "snapshot", store(ns), "default",
+                   "s")
+        ha.pwrite(two, 0)
+        ha.flush()
+        g = gc(ns, "--grace", "0")
+        assert g["dead_chunks"] >= 16, g
+        rc, out, err = p.resume()
+        assert rc == 0, err
+        # The clone has read the root (`three` at 4M) and made its object,
+        # not its name; likewise.
+        ha.pwrite(three, 4 * MiB)
+        ha.flush()
+        p = Paused(d, "rados-create-object", "clone", store(ns), "default",
+                   "c")
+        ha.pwrite(four, 4 * MiB)
+        ha.flush()
+        g = gc(ns, "--grace", "0")
+        assert g["dead_chunks"] >= 16 and g["orphans_removed"] == 1, g
+        rc, out, err = p.resume()
+        assert rc == 0, err
+        close(ha)
+        ha = None
+    finally:
+        if ha:
+            close(ha)
+        stop(a)
+    for name, off, want in (("default@s", 0, two), ("c", 0, two),
+                            ("c", 4 * MiB, four)):
+        exp = os.path.join(d, "exp.img")
+        tool("export", store(ns), name, exp, "--force", check=0)
+        with open(exp, "rb") as f:
+            f.seek(off)
+            assert f.read(MiB) == want, "%s at %d" % (name, off)
+    p = tool("fsck", store(ns), "--full", check=0)
+    assert "clean" in p.stdout, p.stdout
+
+
 CASES = [
     ("two servers, two volumes, shared data stored once", case_two_hosts),
     ("second writer refused naming the holder; readers beside it",
@@ -603,6 +849,11 @@ CASES = [
      case_snapshot_remote),
     ("nbdcas commands on a RADOS store", case_tool),
     ("errors: pool, key, monitors, parameters", case_errors),
+    ("nbdcas gc: grace, orphans, a server's known chunks forgotten",
+     case_gc),
+    ("nbdcas gc beside servers: unflushed data kept, touched chunks kept, "
+     "a silent writer stops it", case_gc_writers),
+    ("a snapshot and a clone made while gc marks", case_gc_copies),
 ]
 
 

@@ -571,8 +571,8 @@ cas_after_fork (void)
     return -1;
   if (cas_control_start (control) == -1)
     return -1;
-  /* Garbage collection of a RADOS store is not written yet (issue 14,
-   * item 4): its chunk store has no collection to run.
+  /* A RADOS store is collected by nbdcas gc from one host: a collection
+   * lists the whole pool, not something every server should start.
    */
   if (gc_auto && !store_readonly && cas_store_is_local (store)) {
     err = pthread_create (&gc_thread, NULL, autogc_thread, NULL);

@@ -11,7 +11,10 @@
  * costs nothing.  Otherwise one asynchronous write op {create exclusive,
  * write_full}: the OSD answers -EEXIST when another writer (any host)
  * stored it first, in the same round trip -- the dedup check costs no
- * extra one.  Up to max_inflight writes are in flight; put() waits for a
+ * extra one.  An object found that way is then touched (a small write
+ * that gives it a new version) before it is checked and trusted: a
+ * garbage collector removes a chunk only at the version it listed, so
+ * the touch keeps it (FORMAT.md, "Garbage collection on RADOS").  Up to max_inflight writes are in flight; put() waits for a
  * slot.  Each write keeps its own copy of the record until it completed,
  * so that (1) get() of a chunk still in flight is served from memory, not
  * from an object that may not exist yet, and (2) a write that failed
@@ -24,6 +27,12 @@
  * the failed ones once, and fails (-1, the first error) if any is still
  * failed.  A completed write is committed on every replica (librados'
  * "complete" is the commit), so nothing more is needed for durability.
+ *
+ * The known-names cache is emptied when a collector asks (the notify
+ * "gc": cas_radosstore_forget_known) and whenever this process takes a
+ * writer lease; a name enters it only from a write or touch submitted
+ * since the last emptying.  A chunk read is never entered: reading an
+ * object does not keep a collector from removing it.
  *
  * Healing: a get() that finds a damaged object forgets the name from the
  * cache and remembers it as damaged; the next put() of that chunk then
@@ -44,6 +53,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -70,6 +80,10 @@ struct known {
   struct cas_hash (*sets)[KNOWN_WAYS];  /* all-zero hash: empty way */
   pthread_mutex_t locks[KNOWN_LOCKS];
   unsigned victim[KNOWN_LOCKS];         /* round-robin replacement */
+  /* Changed (under every lock) each time the cache is emptied: a write
+   * submitted before adds nothing when it completes.
+   */
+  _Atomic uint64_t epoch;
 };
 
 static size_t
@@ -125,14 +139,19 @@ known_has (struct known *k, const struct cas_hash *h)
   return false;
 }
 
+/* Add h, learnt from an operation submitted in epoch: nothing if the
+ * cache was emptied since.
+ */
 static void
-known_add (struct known *k, const struct cas_hash *h)
+known_add (struct known *k, const struct cas_hash *h, uint64_t epoch)
 {
   size_t s = known_set (k, h);
   unsigned l = s % KNOWN_LOCKS;
   int i;
   SCOPED_LOCK (&k->locks[l]);
 
+  if (epoch != atomic_load (&k->epoch))
+    return;
   for (i = 0; i < KNOWN_WAYS; i++)
     if (cas_hash_equal (&k->sets[s][i], h))
       return;
@@ -142,6 +161,20 @@ known_add (struct known *k, const struct cas_hash *h)
       return;
     }
   k->sets[s][k->victim[l]++ % KNOWN_WAYS] = *h;
+}
+
+/* Empty the cache; every operation in flight adds nothing either. */
+static void
+known_forget_all (struct known *k)
+{
+  unsigned i;
+
+  for (i = 0; i < KNOWN_LOCKS; i++)
+    pthread_mutex_lock (&k->locks[i]);
+  atomic_fetch_add (&k->epoch, 1);
+  memset (k->sets, 0, k->nsets * sizeof *k->sets);
+  for (i = KNOWN_LOCKS; i > 0; i--)
+    pthread_mutex_unlock (&k->locks[i - 1]);
 }
 
 static void
@@ -161,13 +194,17 @@ known_remove (struct known *k, const struct cas_hash *h)
 struct radosstore;
 
 /* A put's stages: WRITE {create exclusive, write_full}.  On EEXIST,
- * VERIFY the object that is there before trusting it for dedup: a read op
- * {stat, the 64-byte header, the OSD's CRC32C of the payload}, so no
- * payload crosses the network.  A damaged object is overwritten (WRITE
- * again, without the exclusive create): healing.  A retry by sync starts
- * again at WRITE.
+ * TOUCH the object there {assert_exists, setxattr}: a new version, which
+ * a collector that listed the object before will not remove (one that
+ * removed it already makes the touch fail with ENOENT: WRITE again,
+ * without the exclusive create).  Then VERIFY it before trusting it for
+ * dedup: a read op {stat, the 64-byte header, the OSD's CRC32C of the
+ * payload}, so no payload crosses the network.  A damaged object is
+ * overwritten (WRITE again, without the exclusive create): healing.  A
+ * retry by sync starts again at WRITE.
  */
-enum write_stage { STAGE_WRITE, STAGE_VERIFY };
+enum write_stage { STAGE_WRITE, STAGE_TOUCH, STAGE_VERIFY };
+#define TOUCH_XATTR "nbdcas.touch"
 
 struct write {
   struct write *prev, *next;   /* on one of rs->inflight, done, failed */
@@ -175,14 +212,17 @@ struct write {
   struct cas_hash hash;
   uint64_t seq;                /* order of first submission */
   enum write_stage stage;
-  bool overwrite;              /* heal a damaged object: no exclusive create */
+  bool overwrite;              /* heal a damaged object, or store one a
+                                  collector removed: no exclusive create */
+  uint64_t known_epoch;        /* the cache's epoch when it was submitted */
   int result;                  /* librados result, once complete */
   /* librados objects of the stages sent in this attempt (at most WRITE,
-   * VERIFY, WRITE), released by a caller thread, never in a callback.
+   * TOUCH, VERIFY, WRITE), released by a caller thread, never in a
+   * callback.
    */
-  rados_completion_t comps[3];
+  rados_completion_t comps[4];
   unsigned ncomps;
-  rados_write_op_t wops[2];
+  rados_write_op_t wops[3];
   unsigned nwops;
   rados_read_op_t vop;
   /* VERIFY's results */
@@ -308,7 +348,7 @@ static void
 finish (struct radosstore *rs, struct write *w, int r, enum outcome how)
 {
   if (how != FAILED)
-    known_add (rs->known, &w->hash);
+    known_add (rs->known, &w->hash, w->known_epoch);
   pthread_mutex_lock (&rs->lock);
   wlist_remove (&rs->inflight, w);
   w->result = r;
@@ -338,6 +378,28 @@ finish (struct radosstore *rs, struct write *w, int r, enum outcome how)
 
 static void stage_complete (rados_completion_t c, void *arg);
 
+/* A completion and a write op for w's next stage (released with w's
+ * other librados objects, by reap()).  0 or -errno.
+ */
+static int
+new_write_stage (struct write *w, enum write_stage stage,
+                 rados_completion_t *c, rados_write_op_t *op)
+{
+  int r;
+
+  assert (w->ncomps < 4 && w->nwops < 3);
+  r = rados_aio_create_completion2 (w, stage_complete, c);
+  if (r < 0)
+    return r;
+  w->comps[w->ncomps++] = *c;
+  *op = rados_create_write_op ();
+  if (*op == NULL)
+    return -ENOMEM;
+  w->wops[w->nwops++] = *op;
+  w->stage = stage;
+  return 0;
+}
+
 static int
 send_write (struct radosstore *rs, struct write *w)
 {
@@ -346,19 +408,32 @@ send_write (struct radosstore *rs, struct write *w)
   rados_write_op_t op;
   int r;
 
-  assert (w->ncomps < 3 && w->nwops < 2);
-  r = rados_aio_create_completion2 (w, stage_complete, &c);
+  r = new_write_stage (w, STAGE_WRITE, &c, &op);
   if (r < 0)
     return r;
-  w->comps[w->ncomps++] = c;
-  op = rados_create_write_op ();
-  if (op == NULL)
-    return -ENOMEM;
-  w->wops[w->nwops++] = op;
-  w->stage = STAGE_WRITE;
   if (!w->overwrite)
     rados_write_op_create (op, LIBRADOS_CREATE_EXCLUSIVE, NULL);
   rados_write_op_write_full (op, (const char *) w->rec, HDR + w->len);
+  chunk_oid (&w->hash, oid);
+  return rados_aio_write_op_operate (op, rs->io, c, oid, NULL, 0);
+}
+
+static int
+send_touch (struct radosstore *rs, struct write *w)
+{
+  char oid[CAS_RADOS_CHUNK_OID_MAX];
+  rados_completion_t c;
+  rados_write_op_t op;
+  int r;
+
+  r = new_write_stage (w, STAGE_TOUCH, &c, &op);
+  if (r < 0)
+    return r;
+  /* Any write makes a new version; this one changes no byte of the
+   * record, and never creates the object.
+   */
+  rados_write_op_assert_exists (op);
+  rados_write_op_setxattr (op, TOUCH_XATTR, "1", 1);
   chunk_oid (&w->hash, oid);
   return rados_aio_write_op_operate (op, rs->io, c, oid, NULL, 0);
 }
@@ -371,7 +446,7 @@ send_verify (struct radosstore *rs, struct write *w)
   rados_completion_t c;
   int r;
 
-  assert (w->ncomps < 3 && w->vop == NULL);
+  assert (w->ncomps < 4 && w->vop == NULL);
   r = rados_aio_create_completion2 (w, stage_complete, &c);
   if (r < 0)
     return r;
@@ -424,11 +499,23 @@ stage_complete (rados_completion_t c, void *arg)
     if (r == 0)
       finish (rs, w, 0, WRITTEN);
     else if (r == -EEXIST && !w->overwrite) {
-      r = send_verify (rs, w);
+      r = send_touch (rs, w);
       if (r < 0)
         finish (rs, w, r, FAILED);
     }
     else
+      finish (rs, w, r, FAILED);
+    return;
+  }
+  if (w->stage == STAGE_TOUCH) {
+    if (r == 0)
+      r = send_verify (rs, w);
+    else if (r == -ENOENT) {
+      /* Removed by a collector since the EEXIST: store it again. */
+      w->overwrite = true;
+      r = send_write (rs, w);
+    }
+    if (r < 0)
       finish (rs, w, r, FAILED);
     return;
   }
@@ -583,6 +670,10 @@ rs_put (struct chunkstore *cs, const struct cas_hash *hash,
     return -1;
   }
   w->overwrite = damaged_has (rs, hash);
+  /* Before the op is sent: a write sent before the cache is emptied
+   * must not enter it afterwards.
+   */
+  w->known_epoch = atomic_load (&rs->known->epoch);
   w->seq = rs->next_seq++;
   wlist_append (&rs->inflight, w);
   rs->counters.sent++;
@@ -751,7 +842,9 @@ rs_get (struct chunkstore *cs, const struct cas_hash *hash, void *buf,
     errno = EIO;
     return -1;
   }
-  known_add (rs->known, hash);
+  /* Not added to the known names: a read does not keep a collector from
+   * removing the object (only a write or a touch does).
+   */
   if (len)
     *len = h.length;
   return 0;
@@ -1121,6 +1214,12 @@ static const struct chunkstore_ops radosstore_ops = {
   .stats = rs_stats,
   .close = rs_close,
 };
+
+void
+cas_radosstore_forget_known (struct chunkstore *cs)
+{
+  known_forget_all (RS (cs)->known);
+}
 
 struct chunkstore *
 cas_radosstore_open (struct cas_rados *conn,

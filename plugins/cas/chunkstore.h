@@ -76,6 +76,11 @@ struct cas_gc_options {
    */
   int (*pace) (void *opaque);
   void *opaque;
+  /* RADOS: only chunks (and orphaned volume objects) whose last write is
+   * older than this many seconds are removed (FORMAT.md, "Garbage
+   * collection on RADOS": a margin beside the protocol, not its basis).
+   */
+  unsigned grace_seconds;
 };
 struct cas_gc_stats {
   uint64_t roots;             /* volumes and snapshots marked from */
@@ -86,6 +91,14 @@ struct cas_gc_stats {
   uint64_t dead_chunks;       /* in the packs removed or rewritten */
   uint64_t packs_rewritten, packs_deleted;
   uint64_t bytes_copied, bytes_freed;     /* bytes_freed: packs removed */
+  /* RADOS: chunk objects listed; unreferenced ones kept because they are
+   * younger than the grace, or were written or touched since they were
+   * listed; volume objects no name refers to (orphans) removed.
+   * dead_chunks and bytes_freed count the chunk objects removed.
+   */
+  uint64_t chunks_listed;
+  uint64_t young_chunks, touched_chunks;
+  uint64_t orphans_removed;
 };
 
 /* enumerate() flags. */

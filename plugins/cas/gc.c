@@ -136,14 +136,26 @@ cas_store_gc (struct cas_store *st, const struct cas_gc_options *opts,
     errno = EROFS;
     return -1;
   }
-  if (cs->ops->gc_begin == NULL) {
-    backend_error ("cas: this chunk store has no garbage collection");
-    errno = ENOTSUP;
-    return -1;
-  }
   if (pthread_mutex_trylock (&st->gc_lock) != 0) {
     backend_error ("cas: a garbage collection is already running");
     errno = EBUSY;
+    return -1;
+  }
+  /* A store in a RADOS pool: writers on other hosts, another protocol. */
+  if (!cas_store_is_local (st)) {
+#ifdef HAVE_RADOS
+    ret = cas_store_gc_rados (st, opts, stats);
+#else
+    backend_error ("cas: this chunk store has no garbage collection");
+    errno = ENOTSUP;
+#endif
+    pthread_mutex_unlock (&st->gc_lock);
+    return ret;
+  }
+  if (cs->ops->gc_begin == NULL) {
+    backend_error ("cas: this chunk store has no garbage collection");
+    errno = ENOTSUP;
+    pthread_mutex_unlock (&st->gc_lock);
     return -1;
   }
 

@@ -90,25 +90,39 @@ writable (struct cas_store *st)
   return 0;
 }
 
+/* How often a snapshot or clone reads its source again when the store
+ * says it changed in between (EAGAIN: RADOS, another host's writer
+ * published, or a collector began marking).
+ */
+#define ROOT_TRIES 20
+
 int
 cas_snapshot_create (struct cas_store *st, const char *volume,
                      const char *snap)
 {
   struct cas_root r;
-  int ret = -1;
+  int ret = -1, tries;
 
   if (writable (st) == -1 || cas_volume_name_check (volume) == -1 ||
       cas_snapshot_name_check (snap) == -1 ||
       cas_new_name_check ("snapshot", snap) == -1)
     return -1;
   pthread_mutex_lock (&st->admin_lock);
-  if (cas_root_get (st, volume, true, &r) == -1)
-    goto out;
-  r.snapshot = true;
-  r.mtime = time (NULL);
-  if (st->meta->ops->snapshot_create (st->meta, volume, snap, &r) == -1) {
+  for (tries = 0; ; tries++) {
+    if (cas_root_get (st, volume, true, &r) == -1)
+      goto out;
+    r.snapshot = true;
+    r.mtime = time (NULL);
+    if (st->meta->ops->snapshot_create (st->meta, volume, snap, &r) == 0)
+      break;
     if (errno == EEXIST)
       backend_error ("cas: snapshot '%s@%s' already exists", volume, snap);
+    if (errno == EAGAIN && tries + 1 < ROOT_TRIES)
+      continue;                 /* published meanwhile: the newer root */
+    if (errno == EAGAIN)
+      backend_error ("cas: snapshot '%s@%s': volume '%s' was published "
+                     "over %d times while the snapshot was taken", volume,
+                     snap, volume, ROOT_TRIES);
     goto out;
   }
   ret = 0;
@@ -122,22 +136,32 @@ cas_volume_clone (struct cas_store *st, const char *source,
                   const char *newvol)
 {
   struct cas_root r;
-  int ret = -1;
+  int ret = -1, tries;
 
   if (writable (st) == -1 || cas_volume_name_check (newvol) == -1 ||
       cas_new_name_check ("volume", newvol) == -1)
     return -1;
   pthread_mutex_lock (&st->admin_lock);
-  if (cas_root_get (st, source, true, &r) == -1)
-    goto out;
-  /* The clone starts where the source is; its own history from here. */
-  r.snapshot = false;
-  r.generation = 1;
-  r.mtime = time (NULL);
-  cas_test_point ("clone");
-  if (st->meta->ops->volume_create (st->meta, newvol, &r) == -1) {
+  for (tries = 0; ; tries++) {
+    if (cas_root_get (st, source, true, &r) == -1)
+      goto out;
+    /* The clone starts where the source is; its own history from here. */
+    r.snapshot = false;
+    r.generation = 1;
+    r.mtime = time (NULL);
+    cas_test_point ("clone");
+    if (st->meta->ops->volume_create (st->meta, newvol, &r, source) == 0)
+      break;
     if (errno == EEXIST)
       backend_error ("cas: volume '%s' already exists", newvol);
+    if (errno == ENOENT)
+      backend_error ("cas: '%s' was deleted or renamed while it was "
+                     "cloned", source);
+    if (errno == EAGAIN && tries + 1 < ROOT_TRIES)
+      continue;                 /* published meanwhile: the newer root */
+    if (errno == EAGAIN)
+      backend_error ("cas: clone of '%s': it was published over %d times "
+                     "while it was cloned", source, ROOT_TRIES);
     goto out;
   }
   ret = 0;

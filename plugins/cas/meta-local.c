@@ -492,9 +492,12 @@ local_root_load (struct cas_meta *m, const struct cas_name *n,
                      buf, CAS_ROOT_SIZE);
 }
 
+/* source: unused (one process holds a local store: admin_lock keeps the
+ * collector out).
+ */
 static int
 local_volume_create (struct cas_meta *m, const char *volume,
-                     const struct cas_root *r)
+                     const struct cas_root *r, const char *source)
 {
   uint8_t buf[CAS_ROOT_SIZE];
 

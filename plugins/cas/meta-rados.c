@@ -73,6 +73,7 @@
 
 #include "backend.h"
 #include "cleanup.h"
+#include "vector.h"
 #include "le.h"
 #include "meta.h"
 #include "rados.h"
@@ -86,6 +87,17 @@
 #define LEASE_NAME "nbdcas.lease"
 #define NOTIFY_FLUSH "nbdcas 1 flush"
 #define NOTIFY_WHO "nbdcas 1 who"
+#define NOTIFY_GC "nbdcas 1 gc"
+/* The directory's xattr that garbage collection increments each round
+ * of marking; a new volume's directory entry is set only if it is still
+ * what the creator read before it read the root it copies.
+ */
+#define EPOCH_XATTR "nbdcas.epoch"
+/* Rounds of marking, and attempts at a consistent read of an object that
+ * keeps changing, before a collection gives up.
+ */
+#define GC_ROUNDS 10
+#define CONSISTENT_TRIES 10
 /* How long a writer fenced by takeover=force stays blocklisted: long
  * enough that it has certainly noticed (its next renewal, a lease/3
  * later, fails) and been restarted; a restarted process is a new client
@@ -105,6 +117,7 @@ struct notify_req {
   struct notify_req *next;
   struct rados_vol *h;
   uint64_t notify_id, cookie;
+  bool gc;                      /* NOTIFY_GC: forget known names first */
 };
 
 struct rados_meta {
@@ -118,6 +131,8 @@ struct rados_meta {
   enum cas_takeover takeover;   /* const */
   char self[WHO_MAX];           /* const: "client.N on host H (pid P)" */
   char host[256];               /* const */
+  struct chunkstore *cs;        /* set once by open_chunks */
+  pthread_rwlock_t *gate;       /* set once: the store's gc_gate */
 
   pthread_mutex_t lock;
   pthread_cond_t cond;          /* wakes the threads; close waits on it */
@@ -677,7 +692,32 @@ rados_open_chunks (struct cas_meta *m, bool readonly, const uint8_t uuid[16],
 {
   struct cas_radosstore_params p = { .readonly = readonly };
 
-  return cas_radosstore_open (RM (m)->conn, &p);
+  RM (m)->cs = cas_radosstore_open (RM (m)->conn, &p);
+  return RM (m)->cs;
+}
+
+void
+cas_meta_rados_set_gate (struct cas_meta *m, pthread_rwlock_t *gate)
+{
+  RM (m)->gate = gate;
+}
+
+/* Empty the known-names cache of this process's chunk store, with no put
+ * between storing a chunk and setting a map to it (FORMAT.md, "Garbage
+ * collection on RADOS": a reference made before is in the map, which the
+ * flush that follows publishes; one made after trusts only what was
+ * written or touched after).
+ */
+static void
+forget_known (struct rados_meta *rm)
+{
+  if (rm->cs == NULL || rm->readonly)
+    return;
+  if (rm->gate)
+    pthread_rwlock_wrlock (rm->gate);
+  cas_radosstore_forget_known (rm->cs);
+  if (rm->gate)
+    pthread_rwlock_unlock (rm->gate);
 }
 
 /* ---- names and roots ---- */
@@ -805,51 +845,150 @@ writable (struct rados_meta *rm)
   return 0;
 }
 
+/* The directory's epoch (EPOCH_XATTR) as stored: "" until a collection
+ * first sets it.  0, or -1 after a message.
+ */
+static int
+read_epoch (struct rados_meta *rm, char val[32], size_t *len)
+{
+  int r = rados_getxattr (rm->io, DIR_OID, EPOCH_XATTR, val, 31);
+
+  if (r == -ENODATA)
+    r = 0;
+  if (r < 0)
+    return fail (rm, DIR_OID, "reading the collection epoch", r);
+  val[r] = '\0';
+  *len = r;
+  return 0;
+}
+
+/* Whether the encoded root buf has the tree r has (the same map, size
+ * and shape; generation, flags and times may differ).
+ */
+static bool
+same_tree (const uint8_t buf[CAS_ROOT_SIZE], const struct cas_root *r)
+{
+  struct cas_root s;
+
+  return cas_root_decode (buf, &s) == 0 &&
+    cas_hash_equal (&s.root, &r->root) && s.size == r->size &&
+    s.depth == r->depth && s.blocksize == r->blocksize &&
+    s.fanout == r->fanout && s.version == r->version;
+}
+
+/* For a clone: the object of source ("VOLUME" or "VOLUME@SNAP") in
+ * soid, and whether its root is still r's tree (0), or not (-1/EAGAIN),
+ * or it is gone (-1/ENOENT); -1 after a message on an error.
+ */
+static int
+source_check (struct rados_meta *rm, const char *source,
+              const struct cas_root *r, char soid[VOL_OID_LEN + 1],
+              char svolume[CAS_VOLUME_NAME_MAX + 1])
+{
+  struct cas_name n;
+  const char *at = strchr (source, '@');
+  uint8_t buf[CAS_ROOT_SIZE];
+  char where[CAS_META_WHERE_MAX];
+
+  memset (&n, 0, sizeof n);
+  snprintf (n.volume, sizeof n.volume, "%.*s",
+            (int) (at ? (size_t) (at - source) : strlen (source)), source);
+  if (at) {
+    snprintf (n.snap, sizeof n.snap, "%s", at + 1);
+    n.is_snapshot = true;
+  }
+  memcpy (svolume, n.volume, sizeof n.volume);
+  if (dir_lookup (rm, n.volume, soid) == -1 ||
+      load_root (rm, soid, &n, buf, where) == -1)
+    return -1;
+  if (!same_tree (buf, r)) {
+    errno = EAGAIN;
+    return -1;
+  }
+  return 0;
+}
+
 static int
 rados_volume_create (struct cas_meta *m, const char *volume,
-                     const struct cas_root *r)
+                     const struct cas_root *r, const char *source)
 {
   struct rados_meta *rm = RM (m);
-  char oid[VOL_OID_LEN + 1], gen[32];
+  char oid[VOL_OID_LEN + 1], soid[VOL_OID_LEN + 1], gen[32], epoch[32];
+  char svolume[CAS_VOLUME_NAME_MAX + 1], other[VOL_OID_LEN + 1];
   uint8_t buf[CAS_ROOT_SIZE];
   const char *keys[1] = { volume }, *vals[1] = { oid };
-  size_t lens[1] = { VOL_OID_LEN };
+  size_t lens[1] = { VOL_OID_LEN }, epoch_len = 0;
   rados_write_op_t op;
-  int rv = 0, ret;
+  int rv = 0, rv2 = 0, ret, tries;
 
   if (writable (rm) == -1)
     return -1;
-  memcpy (oid, VOL_PREFIX, 4);
-  if (random_hex (oid + 4, 16) == -1)
-    return -1;
   cas_root_encode (r, buf);
   snprintf (gen, sizeof gen, "%" PRIu64, r->generation);
-  /* 1. The object, complete, under a name nobody else can pick. */
-  op = rados_create_write_op ();
-  rados_write_op_create (op, LIBRADOS_CREATE_EXCLUSIVE, NULL);
-  rados_write_op_setxattr (op, GEN_XATTR, gen, strlen (gen));
-  rados_write_op_write_full (op, (const char *) buf, sizeof buf);
-  ret = rados_write_op_operate (op, rm->io, oid, NULL, 0);
-  rados_release_write_op (op);
-  if (ret < 0)
-    return fail (rm, oid, "creating a volume object", ret);
-  /* 2. Its name, only if nobody has it (an absent key compares equal to
-   * ""): from here on the volume exists for everyone.
-   */
-  op = rados_create_write_op ();
-  rados_write_op_omap_cmp (op, volume, LIBRADOS_CMPXATTR_OP_EQ, "", 0, &rv);
-  rados_write_op_omap_set (op, keys, vals, lens, 1);
-  ret = rados_write_op_operate (op, rm->io, DIR_OID, NULL, 0);
-  rados_release_write_op (op);
-  if (ret < 0) {
+  for (tries = 0; ; tries++) {
+    /* 0. The collection epoch, then (a clone) the source's root read
+     * again after it: if the epoch is unchanged when the name is set, no
+     * collection began marking in between, so whatever it marks next
+     * covers this root (FORMAT.md, "Garbage collection on RADOS").
+     */
+    if (read_epoch (rm, epoch, &epoch_len) == -1)
+      return -1;
+    if (source && source_check (rm, source, r, soid, svolume) == -1)
+      return -1;
+    memcpy (oid, VOL_PREFIX, 4);
+    if (random_hex (oid + 4, 16) == -1)
+      return -1;
+    /* 1. The object, complete, under a name nobody else can pick. */
+    op = rados_create_write_op ();
+    rados_write_op_create (op, LIBRADOS_CREATE_EXCLUSIVE, NULL);
+    rados_write_op_setxattr (op, GEN_XATTR, gen, strlen (gen));
+    rados_write_op_write_full (op, (const char *) buf, sizeof buf);
+    ret = rados_write_op_operate (op, rm->io, oid, NULL, 0);
+    rados_release_write_op (op);
+    if (ret < 0)
+      return fail (rm, oid, "creating a volume object", ret);
+    cas_test_point ("rados-create-object");
+    /* 2. Its name, only if nobody has it (an absent key compares equal
+     * to ""), the epoch is the one read, and a clone's source still
+     * names the object its root was read from: from here on the volume
+     * exists for everyone.
+     */
+    op = rados_create_write_op ();
+    rados_write_op_cmpxattr (op, EPOCH_XATTR, LIBRADOS_CMPXATTR_OP_EQ, epoch,
+                             epoch_len);
+    rados_write_op_omap_cmp (op, volume, LIBRADOS_CMPXATTR_OP_EQ, "", 0, &rv);
+    if (source)
+      rados_write_op_omap_cmp (op, svolume, LIBRADOS_CMPXATTR_OP_EQ, soid,
+                               VOL_OID_LEN, &rv2);
+    rados_write_op_omap_set (op, keys, vals, lens, 1);
+    ret = rados_write_op_operate (op, rm->io, DIR_OID, NULL, 0);
+    rados_release_write_op (op);
+    if (ret == 0)
+      return 0;
     rados_remove (rm->io, oid); /* unnamed: nobody else can know it */
-    if (ret == -ECANCELED) {
+    if (ret != -ECANCELED)
+      return fail (rm, DIR_OID, "adding a volume to the directory", ret);
+    /* Which comparison failed: the name taken, the source gone, or the
+     * epoch moved on (a collection is marking: read the source again).
+     */
+    if (dir_lookup (rm, volume, other) == 0) {
       errno = EEXIST;
       return -1;
     }
-    return fail (rm, DIR_OID, "adding a volume to the directory", ret);
+    if (errno != ENOENT)
+      return -1;
+    if (source && (dir_lookup (rm, svolume, other) == -1 ||
+                   strcmp (other, soid) != 0)) {
+      errno = ENOENT;
+      return -1;
+    }
+    if (tries + 1 == CONSISTENT_TRIES) {
+      backend_error ("cas: %s: creating volume '%s': the directory kept "
+                     "changing (%d tries)", rm->name, volume, tries + 1);
+      errno = EAGAIN;
+      return -1;
+    }
   }
-  return 0;
 }
 
 static int
@@ -857,7 +996,7 @@ rados_snapshot_create (struct cas_meta *m, const char *volume,
                        const char *snap, const struct cas_root *r)
 {
   struct rados_meta *rm = RM (m);
-  char oid[VOL_OID_LEN + 1];
+  char oid[VOL_OID_LEN + 1], gen[32];
   uint8_t buf[CAS_ROOT_SIZE];
   const char *keys[1] = { snap }, *vals[1] = { (const char *) buf };
   size_t lens[1] = { CAS_ROOT_SIZE };
@@ -873,14 +1012,26 @@ rados_snapshot_create (struct cas_meta *m, const char *volume,
     return -1;
   }
   cas_root_encode (r, buf);
+  snprintf (gen, sizeof gen, "%" PRIu64, r->generation);
+  cas_test_point ("rados-snapshot");
+  /* Only if r is the volume's root still (its generation): a snapshot is
+   * always a root the volume had when the snapshot was set, which is what
+   * a collector marking meanwhile relies on (FORMAT.md, "Garbage
+   * collection on RADOS").
+   */
   op = rados_create_write_op ();
   rados_write_op_assert_exists (op);
+  rados_write_op_cmpxattr (op, GEN_XATTR, LIBRADOS_CMPXATTR_OP_EQ, gen,
+                           strlen (gen));
   rados_write_op_omap_cmp (op, snap, LIBRADOS_CMPXATTR_OP_EQ, "", 0, &rv);
   rados_write_op_omap_set (op, keys, vals, lens, 1);
   ret = rados_write_op_operate (op, rm->io, oid, NULL, 0);
   rados_release_write_op (op);
   if (ret == -ECANCELED) {
-    errno = EEXIST;
+    char val[CAS_ROOT_SIZE + 1];
+    /* The name taken, or a newer root published: read it again. */
+    ret = omap_get (rm, oid, snap, val, sizeof val, NULL);
+    errno = ret == 1 ? EEXIST : EAGAIN;
     return -1;
   }
   if (ret == -ENOENT) {
@@ -1105,7 +1256,10 @@ watch_cb (void *arg, uint64_t notify_id, uint64_t cookie,
   struct rados_meta *rm = h->rm;
   char who[WHO_MAX + 2 * CAS_VOLUME_NAME_MAX + 8];
 
-  if (len == strlen (NOTIFY_FLUSH) && memcmp (data, NOTIFY_FLUSH, len) == 0) {
+  bool gc = len == strlen (NOTIFY_GC) && memcmp (data, NOTIFY_GC, len) == 0;
+
+  if (gc ||
+      (len == strlen (NOTIFY_FLUSH) && memcmp (data, NOTIFY_FLUSH, len) == 0)) {
     struct notify_req *q;
     if (!h->writable) {
       ack (h, notify_id, cookie, "ro");
@@ -1119,6 +1273,7 @@ watch_cb (void *arg, uint64_t notify_id, uint64_t cookie,
     q->h = h;
     q->notify_id = notify_id;
     q->cookie = cookie;
+    q->gc = gc;
     pthread_mutex_lock (&rm->lock);
     *rm->queue_tail = q;
     rm->queue_tail = &q->next;
@@ -1222,6 +1377,11 @@ take_lease (struct rados_vol *h)
     errno = EBUSY;
     return -1;
   }
+  /* A collector that marked while this process held no lease of this
+   * volume did not ask it to forget what it knew: it forgets now, before
+   * it writes anything here.
+   */
+  forget_known (rm);
   /* The OSD's expiry is at least sent + lease; a margin for clock rates. */
   atomic_store (&h->valid_ms, (uint64_t) ((sent + rm->lease - 1.0) * 1000));
   pthread_mutex_lock (&rm->lock);
@@ -1666,6 +1826,9 @@ notify_thread (void *arg)
     rm->notify_busy = h;
     pthread_mutex_unlock (&rm->lock);
 
+    /* A collector: forget, then flush what was referenced before. */
+    if (q->gc)
+      forget_known (rm);
     pthread_mutex_lock (&h->flush_lock);
     switch (h->state) {
     case VOL_OPENING:
@@ -1720,17 +1883,19 @@ notify (struct rados_meta *rm, const char *oid, const char *request,
   return r == -ETIMEDOUT ? 0 : r;
 }
 
+/* Ask the writer of volume (object oid), if any, to carry out request
+ * (NOTIFY_FLUSH, NOTIFY_GC) and answer "flushed": 0 when it did, or when
+ * nobody holds the volume; -1 after a message (why says what for).
+ */
 static int
-rados_volume_sync (struct cas_meta *m, const char *volume)
+ask_writer (struct rados_meta *rm, const char *volume, const char *oid,
+            const char *request, const char *why)
 {
-  struct rados_meta *rm = RM (m);
-  char oid[VOL_OID_LEN + 1], text[512];
+  char text[512];
   double deadline = mono () + rm->timeout;
   struct holder hd;
   int r;
 
-  if (dir_lookup (rm, volume, oid) == -1)
-    return -1;
   for (;;) {
     struct notify_ack_t *acks;
     struct notify_timeout_t *timeouts;
@@ -1741,6 +1906,8 @@ rados_volume_sync (struct cas_meta *m, const char *volume)
     double left;
 
     r = lease_holder (rm, oid, &hd);
+    if (r == -ENOENT)
+      return 0;                 /* deleted meanwhile: nobody writes it */
     if (r < 0)
       return fail (rm, oid, "reading the writer lease", r);
     if (r == 0)
@@ -1749,7 +1916,7 @@ rados_volume_sync (struct cas_meta *m, const char *volume)
     left = deadline - mono ();
     if (left < 1)
       left = 1;
-    r = notify (rm, oid, NOTIFY_FLUSH, left, &acks, &nacks, &timeouts,
+    r = notify (rm, oid, request, left, &acks, &nacks, &timeouts,
                 &ntimeouts);
     if (r < 0)
       return fail (rm, oid, "asking the volume's writer to flush", r);
@@ -1780,14 +1947,25 @@ rados_volume_sync (struct cas_meta *m, const char *volume)
       continue;
     }
     backend_error ("cas: %s: volume '%s' is held by %s, which did not "
-                   "answer the request to flush it within %u s, so what "
-                   "it acknowledged cannot be included: nothing was done.  "
-                   "If that server is dead, its lease lapses within %u s: "
-                   "try again then", rm->name, volume, text, rm->timeout,
-                   hd.lease ? hd.lease : rm->lease);
+                   "answer the request to flush it within %u s, so %s: "
+                   "nothing was done.  If that server is dead, its lease "
+                   "lapses within %u s: try again then", rm->name, volume,
+                   text, rm->timeout, why, hd.lease ? hd.lease : rm->lease);
     errno = ETIMEDOUT;
     return -1;
   }
+}
+
+static int
+rados_volume_sync (struct cas_meta *m, const char *volume)
+{
+  struct rados_meta *rm = RM (m);
+  char oid[VOL_OID_LEN + 1];
+
+  if (dir_lookup (rm, volume, oid) == -1)
+    return -1;
+  return ask_writer (rm, volume, oid, NOTIFY_FLUSH,
+                     "what it acknowledged cannot be included");
 }
 
 static int
@@ -1841,6 +2019,354 @@ rados_volume_users (struct cas_meta *m, const char *volume,
     ret = fn (volume, who, opaque);
   }
   return ret;
+}
+
+/* ---- garbage collection (gc-rados.c drives it; FORMAT.md, "Garbage
+ * collection on RADOS") ---- */
+
+struct cas_rados *
+cas_meta_rados_conn (struct cas_meta *m)
+{
+  return RM (m)->conn;
+}
+
+bool
+cas_meta_rados_is_volume_object (const char *oid)
+{
+  size_t i;
+
+  if (strlen (oid) != VOL_OID_LEN || strncmp (oid, VOL_PREFIX, 4) != 0)
+    return false;
+  for (i = 4; i < VOL_OID_LEN; i++)
+    if (!((oid[i] >= '0' && oid[i] <= '9') || (oid[i] >= 'a' && oid[i] <= 'f')))
+      return false;
+  return true;
+}
+
+/* Run read op on oid and wait: its result, and in *version the version of
+ * the object it read (per operation: the ioctx's "last version" is shared
+ * with every other thread).
+ */
+static int
+read_op_version (struct rados_meta *rm, rados_read_op_t op, const char *oid,
+                 uint64_t *version)
+{
+  rados_completion_t c;
+  int r;
+
+  r = rados_aio_create_completion2 (NULL, NULL, &c);
+  if (r < 0)
+    return r;
+  r = rados_aio_read_op_operate (op, rm->io, c, oid, 0);
+  if (r == 0) {
+    rados_aio_wait_for_complete (c);
+    r = rados_aio_get_return_value (c);
+    *version = rados_aio_get_version (c);
+  }
+  rados_aio_release (c);
+  return r;
+}
+
+struct entry {
+  char *key;
+  char *val;
+  size_t len;
+};
+DEFINE_VECTOR_TYPE (entry_vector, struct entry);
+
+static void
+free_entry (struct entry *e)
+{
+  free (e->key);
+  free (e->val);
+}
+
+/* Every omap entry of oid, and (data != NULL) its first datalen bytes
+ * (*got of them), all as of one version of the object: the pages of a
+ * long omap are read with that version asserted, and read again from the
+ * start if the object changed in between.  0; 1 if oid does not exist;
+ * -1 after a message.
+ */
+static int
+read_consistent (struct rados_meta *rm, const char *oid, uint8_t *data,
+                 size_t datalen, size_t *got, entry_vector *out)
+{
+  int tries;
+
+  for (tries = 0; tries < CONSISTENT_TRIES; tries++) {
+    char after[CAS_VOLUME_NAME_MAX + 1] = "";
+    unsigned char more = 1;
+    bool first = true, changed = false;
+    uint64_t version = 0, v;
+
+    entry_vector_free_all (out, free_entry);
+    while (more && !changed) {
+      rados_read_op_t op = rados_create_read_op ();
+      rados_omap_iter_t it = NULL;
+      int prval = 0, rrv = 0, r;
+      char *k, *val;
+      size_t vl;
+
+      more = 0;
+      if (!first)
+        rados_read_op_assert_version (op, version);
+      else if (data)
+        rados_read_op_read (op, 0, datalen, (char *) data, got, &rrv);
+      rados_read_op_omap_get_vals2 (op, after, "", LIST_PAGE, &it, &more,
+                                    &prval);
+      r = read_op_version (rm, op, oid, &v);
+      rados_release_read_op (op);
+      if (r == 0)
+        r = rrv < 0 ? rrv : prval;
+      if (r < 0) {
+        if (it)
+          rados_omap_get_end (it);
+        if (r == -ENOENT && first)
+          return 1;
+        if (r == -ERANGE || r == -EOVERFLOW || r == -ENOENT) {
+          changed = true;       /* changed between two pages: again */
+          break;
+        }
+        entry_vector_free_all (out, free_entry);
+        return fail (rm, oid, "reading for garbage collection", r);
+      }
+      if (first)
+        version = v;
+      first = false;
+      while (rados_omap_get_next2 (it, &k, &val, NULL, &vl) == 0 && k) {
+        struct entry e = { strdup (k), malloc (vl + 1), vl };
+        if (e.key == NULL || e.val == NULL ||
+            entry_vector_append (out, e) == -1) {
+          free_entry (&e);
+          rados_omap_get_end (it);
+          entry_vector_free_all (out, free_entry);
+          backend_error ("cas: %s: garbage collection: out of memory",
+                         rm->name);
+          errno = ENOMEM;
+          return -1;
+        }
+        memcpy (e.val, val, vl);
+        e.val[vl] = '\0';
+        snprintf (after, sizeof after, "%s", k);
+      }
+      rados_omap_get_end (it);
+    }
+    if (!changed)
+      return 0;
+  }
+  entry_vector_free_all (out, free_entry);
+  backend_error ("cas: %s: garbage collection: %s kept changing while it "
+                 "was read (%d tries): nothing was removed", rm->name, oid,
+                 CONSISTENT_TRIES);
+  errno = EAGAIN;
+  return -1;
+}
+
+/* The directory, consistent, each entry checked to name a volume
+ * object.
+ */
+static int
+read_directory (struct rados_meta *rm, entry_vector *dir)
+{
+  size_t i;
+  int r;
+
+  r = read_consistent (rm, DIR_OID, NULL, 0, NULL, dir);
+  if (r == 1) {
+    backend_error ("cas: %s: the directory %s is missing (damaged)",
+                   rm->name, DIR_OID);
+    errno = EIO;
+    return -1;
+  }
+  if (r == -1)
+    return -1;
+  for (i = 0; i < dir->len; i++)
+    if (!cas_meta_rados_is_volume_object (dir->ptr[i].val)) {
+      backend_error ("cas: %s: the directory %s names '%.60s' for volume "
+                     "'%s': not a volume object (damaged): no garbage "
+                     "collection", rm->name, DIR_OID, dir->ptr[i].val,
+                     dir->ptr[i].key);
+      entry_vector_free_all (dir, free_entry);
+      errno = EIO;
+      return -1;
+    }
+  return 0;
+}
+
+int
+cas_meta_rados_gc_barrier (struct cas_meta *m)
+{
+  struct rados_meta *rm = RM (m);
+  entry_vector dir = empty_vector;
+  size_t i;
+  int ret = 0;
+
+  if (read_directory (rm, &dir) == -1)
+    return -1;
+  for (i = 0; i < dir.len && ret == 0; i++)
+    ret = ask_writer (rm, dir.ptr[i].key, dir.ptr[i].val, NOTIFY_GC,
+                      "what it has written but not published cannot be "
+                      "known to the garbage collection");
+  entry_vector_free_all (&dir, free_entry);
+  return ret;
+}
+
+/* The directory's epoch + 1, by compare-and-swap. */
+static int
+bump_epoch (struct rados_meta *rm)
+{
+  char val[32], next[32];
+  size_t len;
+  int tries, r;
+
+  for (tries = 0; tries < CONSISTENT_TRIES; tries++) {
+    rados_write_op_t op;
+
+    if (read_epoch (rm, val, &len) == -1)
+      return -1;
+    snprintf (next, sizeof next, "%llu", strtoull (val, NULL, 10) + 1);
+    op = rados_create_write_op ();
+    rados_write_op_cmpxattr (op, EPOCH_XATTR, LIBRADOS_CMPXATTR_OP_EQ, val,
+                             len);
+    rados_write_op_setxattr (op, EPOCH_XATTR, next, strlen (next));
+    r = rados_write_op_operate (op, rm->io, DIR_OID, NULL, 0);
+    rados_release_write_op (op);
+    if (r == 0)
+      return 0;
+    if (r != -ECANCELED)
+      return fail (rm, DIR_OID, "setting the collection epoch", r);
+  }
+  backend_error ("cas: %s: the collection epoch kept changing (another "
+                 "garbage collection?)", rm->name);
+  errno = EAGAIN;
+  return -1;
+}
+
+static int
+compare_oid (const void *a, const void *b)
+{
+  const struct cas_meta_rados_oid *x = a, *y = b;
+
+  return strcmp (x->s, y->s);
+}
+
+typedef struct cas_meta_rados_oid oid_t;
+DEFINE_VECTOR_TYPE (oid_vector, oid_t);
+
+static bool
+oid_in (const oid_vector *v, const char *oid)
+{
+  oid_t key;
+
+  snprintf (key.s, sizeof key.s, "%s", oid);
+  return v->len &&
+    bsearch (&key, v->ptr, v->len, sizeof (oid_t), compare_oid) != NULL;
+}
+
+/* The roots of volume name, object oid (not there any more: none). */
+static int
+volume_roots (struct rados_meta *rm, const char *name, const char *oid,
+              int (*fn) (const char *, const uint8_t *, void *),
+              void *opaque)
+{
+  entry_vector snaps = empty_vector;
+  uint8_t root[CAS_ROOT_SIZE];
+  char full[2 * CAS_VOLUME_NAME_MAX + 2];
+  size_t got = 0, i;
+  int r;
+
+  r = read_consistent (rm, oid, root, sizeof root, &got, &snaps);
+  if (r != 0)
+    return r == 1 ? 0 : -1;     /* deleted since the directory was read */
+  if (got != CAS_ROOT_SIZE) {
+    backend_error ("cas: %s: volume '%s' (object %s): its root is truncated: "
+                   "%zu of %d bytes (damaged): no garbage collection",
+                   rm->name, name, oid, got, CAS_ROOT_SIZE);
+    entry_vector_free_all (&snaps, free_entry);
+    errno = EIO;
+    return -1;
+  }
+  r = fn (name, root, opaque);
+  for (i = 0; i < snaps.len && r == 0; i++) {
+    snprintf (full, sizeof full, "%s@%s", name, snaps.ptr[i].key);
+    if (snaps.ptr[i].len != CAS_ROOT_SIZE) {
+      backend_error ("cas: %s: snapshot '%s' (object %s): its root is "
+                     "%zu bytes, not %d (damaged): no garbage collection",
+                     rm->name, full, oid, snaps.ptr[i].len, CAS_ROOT_SIZE);
+      errno = EIO;
+      r = -1;
+      break;
+    }
+    r = fn (full, (const uint8_t *) snaps.ptr[i].val, opaque);
+  }
+  entry_vector_free_all (&snaps, free_entry);
+  return r;
+}
+
+int
+cas_meta_rados_gc_roots (struct cas_meta *m,
+                         int (*fn) (const char *, const uint8_t *, void *),
+                         void *opaque, struct cas_meta_rados_oid **named,
+                         size_t *nnamed)
+{
+  struct rados_meta *rm = RM (m);
+  oid_vector done = empty_vector, last = empty_vector;
+  entry_vector dir = empty_vector;
+  size_t i, before;
+  int round, r = 0;
+
+  *named = NULL;
+  *nnamed = 0;
+  /* Round k: the epoch moves on (a creation that read its source before
+   * this fails and reads it again), the directory, then the objects it
+   * names that no earlier round read.  A round after the first that
+   * finds none ends it: every root made from another since is made from
+   * one read after it was last changed (FORMAT.md has the argument).
+   */
+  for (round = 1; round <= GC_ROUNDS; round++) {
+    if (bump_epoch (rm) == -1 || read_directory (rm, &dir) == -1)
+      goto err;
+    oid_vector_reset (&last);
+    before = done.len;
+    for (i = 0; i < dir.len; i++) {
+      oid_t o;
+      snprintf (o.s, sizeof o.s, "%s", dir.ptr[i].val);
+      if (oid_vector_append (&last, o) == -1)
+        goto nomem;
+      if (oid_in (&done, o.s))
+        continue;
+      r = volume_roots (rm, dir.ptr[i].key, o.s, fn, opaque);
+      if (r != 0)
+        goto err;
+      if (oid_vector_append (&done, o) == -1)
+        goto nomem;
+    }
+    if (done.len > before)
+      qsort (done.ptr, done.len, sizeof (oid_t), compare_oid);
+    if (round > 1 && done.len == before) {
+      qsort (last.ptr, last.len, sizeof (oid_t), compare_oid);
+      *named = last.ptr;
+      *nnamed = last.len;
+      entry_vector_free_all (&dir, free_entry);
+      oid_vector_reset (&done);
+      return 0;
+    }
+  }
+  backend_error ("cas: %s: garbage collection: volumes were created "
+                 "through %d rounds of marking: try again when fewer are",
+                 rm->name, GC_ROUNDS);
+  errno = EAGAIN;
+  r = -1;
+  goto err;
+ nomem:
+  backend_error ("cas: %s: garbage collection: out of memory", rm->name);
+  errno = ENOMEM;
+  r = -1;
+ err:
+  entry_vector_free_all (&dir, free_entry);
+  oid_vector_reset (&done);
+  oid_vector_reset (&last);
+  return r ? r : -1;
 }
 
 static const struct cas_meta_ops rados_ops = {

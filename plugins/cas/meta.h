@@ -32,6 +32,7 @@
 #ifndef NBDCAS_META_H
 #define NBDCAS_META_H
 
+#include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -103,9 +104,16 @@ struct cas_meta_ops {
 
   /* New names, each created exclusively: EEXIST (no message) if the name
    * exists.  A volume's root r (a snapshot root has r->snapshot set).
+   * source (volume_create; NULL for a new empty volume): the name
+   * ("VOLUME" or "VOLUME@SNAP") whose root r's tree was read from, a
+   * clone.  A snapshot's r is the volume's root of generation
+   * r->generation.  Both fail with EAGAIN (no message) if that root is
+   * not the source's any more (RADOS: a writer published since it was
+   * read, or a garbage collection began marking): the caller reads it
+   * again and retries.
    */
   int (*volume_create) (struct cas_meta *m, const char *volume,
-                        const struct cas_root *r);
+                        const struct cas_root *r, const char *source);
   int (*snapshot_create) (struct cas_meta *m, const char *volume,
                           const char *snap, const struct cas_root *r);
 
@@ -212,5 +220,46 @@ int cas_meta_rados_create (const char *pool,
 struct cas_meta *cas_meta_rados_open (const char *pool,
                                       const struct cas_ceph_options *ceph,
                                       bool readonly, struct cas_super *sb);
+
+/* The connection of a RADOS store's meta (its pool and namespace). */
+struct cas_rados;
+struct cas_rados *cas_meta_rados_conn (struct cas_meta *m);
+
+/* A volume object's name: "vol." + 32 hex digits, NUL. */
+#define CAS_META_RADOS_OID_MAX 40
+struct cas_meta_rados_oid {
+  char s[CAS_META_RADOS_OID_MAX];
+};
+
+/* Garbage collection of a RADOS store (gc-rados.c drives it; FORMAT.md,
+ * "Garbage collection on RADOS").
+ *
+ * The store's gc_gate: a collector's request to empty the known-names
+ * cache is carried out holding it exclusively (no put is between storing
+ * a chunk and setting a map to it).  Set once, before any volume opens.
+ */
+void cas_meta_rados_set_gate (struct cas_meta *m, pthread_rwlock_t *gate);
+/* The barrier: the writer (lease holder) of every volume named now
+ * empties its known-names cache and flushes the volume.  0, or -1 after
+ * a message naming a writer that did not answer in time.
+ */
+int cas_meta_rados_gc_barrier (struct cas_meta *m);
+/* Every root of every named volume (its own and its snapshots'), read so
+ * that no root made from another while this runs is missed (rounds of
+ * {epoch += 1, directory, objects not read yet} until a round finds no
+ * new object): fn(name, the root's bytes) for each; fn's non-zero stops
+ * it and is returned.  *named receives the objects named by the last
+ * directory read (free with free()), sorted by strcmp; *nnamed their
+ * number.
+ */
+int cas_meta_rados_gc_roots (struct cas_meta *m,
+                             int (*fn) (const char *name,
+                                        const uint8_t root[CAS_ROOT_SIZE],
+                                        void *opaque),
+                             void *opaque,
+                             struct cas_meta_rados_oid **named,
+                             size_t *nnamed);
+/* Whether oid is the name of a volume object ("vol." + 32 hex digits). */
+bool cas_meta_rados_is_volume_object (const char *oid);
 
 #endif /* NBDCAS_META_H */

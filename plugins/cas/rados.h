@@ -72,15 +72,24 @@ struct cas_radosstore_params {
  * record header then the payload.  put() is asynchronous (sync() waits
  * for every write and reports the first that failed, after retrying it
  * once; *stored says whether a write was sent).  A chunk already in the
- * pool costs an exclusive create answered with EEXIST plus a check of
- * the object there (its header and the OSD's CRC32C of its payload; a
- * damaged one is overwritten), once per process; nothing when this
- * client knows it already.  get() checks the record as the pack store
+ * pool costs an exclusive create answered with EEXIST, a touch of the
+ * object there (a new version: no collector removes it now) and a check
+ * of it (its header and the OSD's CRC32C of its payload; a damaged one is
+ * overwritten), once per process; nothing when this client knows it
+ * already.  get() checks the record as the pack store
  * does.  close() syncs but does not disconnect.  Returns NULL with errno
  * set and a message.
  */
 struct chunkstore *cas_radosstore_open (struct cas_rados *conn,
                                         const struct cas_radosstore_params *p);
+
+/* Empty the known-names cache: from now on a put trusts only a chunk it
+ * wrote or touched itself after this call (FORMAT.md, "Garbage collection
+ * on RADOS": a collector asks every writer for this before it marks, and
+ * a writer does it when it takes a lease).  The caller keeps puts whose
+ * chunks are not referenced yet out of the way (the store's gc_gate).
+ */
+void cas_radosstore_forget_known (struct chunkstore *cs);
 
 /* What the chunk store did (for tests, benchmarks and debug messages). */
 struct cas_radosstore_counters {

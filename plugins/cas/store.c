@@ -316,6 +316,9 @@ cas_store_open (const char *dir, const struct cas_open_options *opts)
     st->meta = cas_meta_rados_open (dir + strlen (CAS_RADOS_STORE_PREFIX),
                                     ceph_options (opts), st->readonly,
                                     &st->sb);
+    /* A collector on another host stops our writes here a moment. */
+    if (st->meta)
+      cas_meta_rados_set_gate (st->meta, &st->gc_gate);
 #else
     no_rados (dir);
 #endif
@@ -517,7 +520,7 @@ cas_volume_create (struct cas_store *st, const char *name, uint64_t size)
   r.depth = cas_map_depth ((size + r.blocksize - 1) / r.blocksize,
                            CAS_MAP_FANOUT);
   r.mtime = time (NULL);
-  if (st->meta->ops->volume_create (st->meta, name, &r) == -1) {
+  if (st->meta->ops->volume_create (st->meta, name, &r, NULL) == -1) {
     if (errno == EEXIST)
       backend_error ("cas: volume '%s' already exists", name);
     return -1;

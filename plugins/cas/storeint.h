@@ -80,6 +80,13 @@ cas_meta_volume_close (struct cas_meta_vol *h)
 }
 
 
+/* gc-rados.c: the collection of a RADOS store (cas_store_gc calls it,
+ * holding gc_lock).
+ */
+int cas_store_gc_rados (struct cas_store *st,
+                        const struct cas_gc_options *opts,
+                        struct cas_gc_stats *stats);
+
 /* volume.c: load a volume object from its root file (refs = 1), flush
  * and free one.  Called by store.c under vol_lock.
  */
