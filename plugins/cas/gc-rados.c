@@ -157,7 +157,7 @@ stat_finish (struct gc *g)
   if (s->chunk) {
     struct listed_chunk c = { s->hash, version, s->size, s->mtime };
     if (chunk_vector_append (&g->chunks, c) == -1)
-      return -1;
+      goto nomem;
     g->stats->bytes_scanned += s->size;
     if (g->opts->progress)
       g->opts->progress (s->size, g->opts->opaque);
@@ -166,9 +166,14 @@ stat_finish (struct gc *g)
     struct listed_volume v = { .version = version, .mtime = s->mtime };
     snprintf (v.oid.s, sizeof v.oid.s, "%s", s->oid);
     if (volume_vector_append (&g->volumes, v) == -1)
-      return -1;
+      goto nomem;
   }
   return 0;
+ nomem:
+  backend_error ("cas: %s: garbage collection: out of memory after %zu "
+                 "objects listed", g->name, g->chunks.len + g->volumes.len);
+  errno = ENOMEM;
+  return -1;
 }
 
 static int
@@ -223,15 +228,16 @@ list_objects (struct gc *g)
     else if (!cas_meta_rados_is_volume_object (s->oid))
       continue;
     s->chunk = chunk;
-    g->n++;
     r = stat_submit (g, s);
     if (r < 0) {
+      release_slot (s);         /* never sent: nothing to wait for */
       backend_error ("cas: %s: garbage collection: reading %s: %s",
                      g->name, s->oid, strerror (-r));
       errno = -r;
       ret = -1;
       break;
     }
+    g->n++;
   }
   while (g->n > 0) {
     if (ret == -1) {            /* drain, keep the first error */
@@ -405,7 +411,7 @@ sweep (struct gc *g, const struct cas_meta_rados_oid *named, size_t nnamed)
   }
   while (g->n > 0)
     remove_finish (g);
-  if (ret == 0 && g->first_error) {
+  if (g->first_error) {
     backend_error ("cas: %s: garbage collection: removing %s: %s (the "
                    "collection removed what it could; nothing referenced "
                    "was removed)", g->name, g->first_error_oid,

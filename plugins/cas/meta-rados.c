@@ -2134,7 +2134,19 @@ read_consistent (struct rados_meta *rm, const char *oid, uint8_t *data,
         version = v;
       first = false;
       while (rados_omap_get_next2 (it, &k, &val, NULL, &vl) == 0 && k) {
-        struct entry e = { strdup (k), malloc (vl + 1), vl };
+        struct entry e = { NULL, NULL, vl };
+        if (strlen (k) >= sizeof after) {
+          /* Not a name this store makes; paging after it would not work. */
+          backend_error ("cas: %s: %s has an omap key of %zu bytes "
+                         "(damaged): no garbage collection", rm->name, oid,
+                         strlen (k));
+          rados_omap_get_end (it);
+          entry_vector_free_all (out, free_entry);
+          errno = EIO;
+          return -1;
+        }
+        e.key = strdup (k);
+        e.val = malloc (vl + 1);
         if (e.key == NULL || e.val == NULL ||
             entry_vector_append (out, e) == -1) {
           free_entry (&e);
