@@ -101,7 +101,7 @@ cas_snapshot_create (struct cas_store *st, const char *volume,
                      const char *snap)
 {
   struct cas_root r;
-  int ret = -1, tries;
+  int ret = -1, tries, e;
 
   if (writable (st) == -1 || cas_volume_name_check (volume) == -1 ||
       cas_snapshot_name_check (snap) == -1 ||
@@ -115,14 +115,16 @@ cas_snapshot_create (struct cas_store *st, const char *volume,
     r.mtime = time (NULL);
     if (st->meta->ops->snapshot_create (st->meta, volume, snap, &r) == 0)
       break;
-    if (errno == EEXIST)
-      backend_error ("cas: snapshot '%s@%s' already exists", volume, snap);
-    if (errno == EAGAIN && tries + 1 < ROOT_TRIES)
+    e = errno;
+    if (e == EAGAIN && tries + 1 < ROOT_TRIES)
       continue;                 /* published meanwhile: the newer root */
-    if (errno == EAGAIN)
+    if (e == EEXIST)
+      backend_error ("cas: snapshot '%s@%s' already exists", volume, snap);
+    if (e == EAGAIN)
       backend_error ("cas: snapshot '%s@%s': volume '%s' was published "
                      "over %d times while the snapshot was taken", volume,
                      snap, volume, ROOT_TRIES);
+    errno = e;
     goto out;
   }
   ret = 0;
@@ -136,7 +138,7 @@ cas_volume_clone (struct cas_store *st, const char *source,
                   const char *newvol)
 {
   struct cas_root r;
-  int ret = -1, tries;
+  int ret = -1, tries, e;
 
   if (writable (st) == -1 || cas_volume_name_check (newvol) == -1 ||
       cas_new_name_check ("volume", newvol) == -1)
@@ -152,16 +154,18 @@ cas_volume_clone (struct cas_store *st, const char *source,
     cas_test_point ("clone");
     if (st->meta->ops->volume_create (st->meta, newvol, &r, source) == 0)
       break;
-    if (errno == EEXIST)
+    e = errno;
+    if (e == EAGAIN && tries + 1 < ROOT_TRIES)
+      continue;                 /* published meanwhile: the newer root */
+    if (e == EEXIST)
       backend_error ("cas: volume '%s' already exists", newvol);
-    if (errno == ENOENT)
+    if (e == ENOENT)
       backend_error ("cas: '%s' was deleted or renamed while it was "
                      "cloned", source);
-    if (errno == EAGAIN && tries + 1 < ROOT_TRIES)
-      continue;                 /* published meanwhile: the newer root */
-    if (errno == EAGAIN)
+    if (e == EAGAIN)
       backend_error ("cas: clone of '%s': it was published over %d times "
                      "while it was cloned", source, ROOT_TRIES);
+    errno = e;
     goto out;
   }
   ret = 0;
