@@ -718,6 +718,10 @@ def case_gc(d):
     assert g["orphans_removed"] == 0 and g["roots"] == 1, g
     p = tool("gc", store(ns), "--max-unused", "3", check=1)
     assert "--max-unused is for a store in a directory" in p.stderr, p.stderr
+    local = os.path.join(d, "local")
+    castest.tool("create", local, "--size", "1M", check=0)
+    p = castest.tool("gc", local, "--grace", "5", check=1)
+    assert "--grace is for a store in a RADOS pool" in p.stderr, p.stderr
 
 
 def case_gc_writers(d):
