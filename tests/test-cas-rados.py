@@ -26,7 +26,8 @@
 #   - errors: missing pool, refused key, unreachable monitors, bad
 #     parameters -- clear, and within the timeout
 #   - nbdcas gc on a RADOS store (FORMAT.md, "Garbage collection on
-#     RADOS"): garbage past the grace period removed, younger kept, an
+#     RADOS"): garbage past the grace period removed, younger kept, the
+#     older root a read-only server serves kept while it serves it, an
 #     orphaned volume object removed, a server that knew a removed chunk
 #     stores it again; what a second server wrote and did not flush
 #     survives (the collector makes it publish); a garbage chunk written
@@ -672,35 +673,46 @@ def case_errors(d):
 
 
 def case_gc(d):
-    """nbdcas gc: garbage past the grace period removed, younger kept;
-    an orphaned volume object removed; a server that knew a removed chunk
-    stores it again."""
+    """nbdcas gc: garbage past the grace period removed, younger kept; a
+    read-only server's older root kept while it serves it; an orphaned
+    volume object removed; a server that knew a removed chunk stores it
+    again."""
     ns = "gc"
     tool("create", store(ns), "--size", "32M", check=0)
     old = nbdtest.random_bytes(MiB, 20)
     new = nbdtest.random_bytes(MiB, 21)
     a = serve("minnbd", d, "a", params(ns))
+    ro = serve("nbdkit", d, "ro", params(ns), readonly=True)
     ha = a.connect()
+    hr = None
     try:
         ha.pwrite(old, 0)
         ha.flush()
+        hr = ro.connect()               # serves the root with `old`
         ha.pwrite(new, 0)
         ha.flush()
         before = chunk_names(ns)
         g = gc(ns)                      # the default grace: an hour
-        assert g["dead_chunks"] == 0 and g["young_chunks"] >= 16 and \
-            g["roots"] == 1 and g["chunks_listed"] == len(before), g
-        assert chunk_names(ns) == before
+        assert g["dead_chunks"] == 0 and g["young_chunks"] == 0 and \
+            g["roots"] == 2 and g["chunks_listed"] == len(before), g
         # A create killed between its object and its name: an orphan.
         Paused(d, "rados-create-object", "create", store(ns), "--volume",
                "orphan", "--size", "1M").kill()
         assert len(volume_objects(ns)) == 2, volume_objects(ns)
         g = gc(ns, "--grace", "0")
+        assert g["dead_chunks"] == 0 and g["orphans_removed"] == 1, g
+        assert len(volume_objects(ns)) == 1, volume_objects(ns)
+        assert hr.pread(MiB, 0) == old
+        close(hr)
+        hr = None
+        stop(ro)
+        g = gc(ns)
+        assert g["dead_chunks"] == 0 and g["young_chunks"] == 17, g
+        g = gc(ns, "--grace", "0")
         # The 16 blocks of `old` and the map leaf that held them.
         assert g["dead_chunks"] == 17 and g["young_chunks"] == 0 and \
-            g["orphans_removed"] == 1 and g["touched_chunks"] == 0, g
+            g["touched_chunks"] == 0, g
         assert len(chunk_names(ns)) == len(before) - 17
-        assert len(volume_objects(ns)) == 1, volume_objects(ns)
         # The server wrote `old` itself: had it not forgotten that, it
         # would reference removed chunks now.
         ha.pwrite(old, 4 * MiB)
@@ -709,9 +721,11 @@ def case_gc(d):
         close(ha)
         ha = None
     finally:
-        if ha:
-            close(ha)
+        for h in (ha, hr):
+            if h:
+                close(h)
         stop(a)
+        stop(ro)
     p = tool("fsck", store(ns), "--full", check=0)
     assert "clean" in p.stdout, p.stdout
     g = gc(ns, "--grace", "0", "--dry-run")
@@ -862,8 +876,8 @@ CASES = [
      case_snapshot_remote),
     ("nbdcas commands on a RADOS store", case_tool),
     ("errors: pool, key, monitors, parameters", case_errors),
-    ("nbdcas gc: grace, orphans, a server's known chunks forgotten",
-     case_gc),
+    ("nbdcas gc: grace, a reader's root, orphans, a server's known chunks "
+     "forgotten", case_gc),
     ("nbdcas gc beside servers: unflushed data kept, touched chunks kept, "
      "a silent writer stops it", case_gc_writers),
     ("a snapshot and a clone made while gc marks", case_gc_copies),

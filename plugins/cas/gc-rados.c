@@ -11,7 +11,9 @@
  *     it published by then, or a chunk it wrote or touched after being
  *     asked: a new version, which step 4 does not remove.
  *  3. Mark from every root of every named volume, read in rounds that a
- *     clone or snapshot made meanwhile cannot slip through (meta-rados.c).
+ *     clone or snapshot made meanwhile cannot slip through (meta-rados.c),
+ *     then from the root every reader on any host serves (each is asked;
+ *     one that does not answer stops the collection).
  *  4. Sweep: each listed chunk that is not marked and whose last write is
  *     older than the grace period is removed at the version listed -- one
  *     op {assert_version, remove}: a chunk written or touched since is
@@ -448,6 +450,9 @@ cas_store_gc_rados (struct cas_store *st, const struct cas_gc_options *opts,
     goto out;
   if (cas_meta_rados_gc_roots (st->meta, mark_root, &g, &named,
                                &nnamed) != 0)
+    goto out;
+  /* 3b. What readers serve: their roots may be older than any named. */
+  if (cas_meta_rados_gc_reader_roots (st->meta, mark_root, &g) != 0)
     goto out;
   stats->marked_chunks = cas_refs_count (g.refs);
   stats->mark_bytes = cas_refs_memory (g.refs);

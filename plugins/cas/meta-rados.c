@@ -57,6 +57,7 @@
  */
 #include <config.h>
 
+#include <ctype.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
@@ -88,6 +89,7 @@
 #define NOTIFY_FLUSH "nbdcas 1 flush"
 #define NOTIFY_WHO "nbdcas 1 who"
 #define NOTIFY_GC "nbdcas 1 gc"
+#define NOTIFY_ROOTS "nbdcas 1 roots"
 /* The directory's xattr that garbage collection increments each round
  * of marking; a new volume's directory entry is set only if it is still
  * what the creator read before it read the root it copies.
@@ -159,6 +161,8 @@ struct rados_vol {
   char oid[VOL_OID_LEN + 1];    /* const */
   bool writable;                /* const */
   char cookie[COOKIE_MAX];      /* const: the lease's */
+  uint8_t root[CAS_ROOT_SIZE];  /* const: the root read at open (a reader
+                                   serves this tree as long as it is open) */
   uint64_t generation;          /* the root last seen or published:
                                    publish is called by one thread */
   atomic_bool lost;             /* lease lost: fenced for good */
@@ -1281,6 +1285,22 @@ watch_cb (void *arg, uint64_t notify_id, uint64_t cookie,
     pthread_mutex_unlock (&rm->lock);
     return;
   }
+  /* A collector: a reader keeps the tree it opened (no later root may
+   * reference all of it); its writer's tree is the barrier's business.
+   */
+  if (len == strlen (NOTIFY_ROOTS) && memcmp (data, NOTIFY_ROOTS, len) == 0) {
+    char answer[5 + 2 * CAS_ROOT_SIZE + 1];
+    size_t i;
+    if (h->writable) {
+      ack (h, notify_id, cookie, "writer");
+      return;
+    }
+    memcpy (answer, "root ", 5);
+    for (i = 0; i < CAS_ROOT_SIZE; i++)
+      sprintf (answer + 5 + 2 * i, "%02x", h->root[i]);
+    ack (h, notify_id, cookie, answer);
+    return;
+  }
   if (len == strlen (NOTIFY_WHO) && memcmp (data, NOTIFY_WHO, len) == 0) {
     snprintf (who, sizeof who, "%s\n%s, %s", h->name, rm->self,
               h->writable ? "its writer" : "reading it");
@@ -1438,6 +1458,7 @@ rados_volume_open (struct cas_meta *m, const struct cas_name *n,
   }
   if (load_root (rm, h->oid, n, buf, where) == -1)
     goto err;
+  memcpy (h->root, buf, CAS_ROOT_SIZE);
   h->generation = get_le64 (buf + ROOT_GENERATION_OFFSET);
   /* From here the lease thread renews the lease and keeps the watch. */
   pthread_mutex_lock (&rm->lock);
@@ -2219,6 +2240,89 @@ cas_meta_rados_gc_barrier (struct cas_meta *m)
     ret = ask_writer (rm, dir.ptr[i].key, dir.ptr[i].val, NOTIFY_GC,
                       "what it has written but not published cannot be "
                       "known to the garbage collection");
+  entry_vector_free_all (&dir, free_entry);
+  return ret;
+}
+
+/* The root in a NOTIFY_ROOTS answer "root <256 hex digits>": 0, or -1. */
+static int
+parse_root_answer (const char *p, size_t len, uint8_t root[CAS_ROOT_SIZE])
+{
+  size_t i;
+
+  if (len != 5 + 2 * CAS_ROOT_SIZE || memcmp (p, "root ", 5) != 0)
+    return -1;
+  for (i = 0; i < CAS_ROOT_SIZE; i++) {
+    unsigned v;
+    char two[3] = { p[5 + 2 * i], p[6 + 2 * i], 0 };
+    if (!isxdigit ((unsigned char) two[0]) ||
+        !isxdigit ((unsigned char) two[1]) || sscanf (two, "%x", &v) != 1)
+      return -1;
+    root[i] = v;
+  }
+  return 0;
+}
+
+int
+cas_meta_rados_gc_reader_roots (struct cas_meta *m,
+                                int (*fn) (const char *, const uint8_t *,
+                                           void *),
+                                void *opaque)
+{
+  struct rados_meta *rm = RM (m);
+  entry_vector dir = empty_vector;
+  char name[CAS_VOLUME_NAME_MAX + 32];
+  uint8_t root[CAS_ROOT_SIZE];
+  size_t i, j;
+  int ret = 0, r;
+
+  if (read_directory (rm, &dir) == -1)
+    return -1;
+  for (i = 0; i < dir.len && ret == 0; i++) {
+    struct notify_ack_t *acks;
+    struct notify_timeout_t *timeouts;
+    size_t nacks, ntimeouts;
+
+    r = notify (rm, dir.ptr[i].val, NOTIFY_ROOTS, rm->timeout, &acks,
+                &nacks, &timeouts, &ntimeouts);
+    if (r == -ENOENT)
+      continue;                 /* deleted meanwhile: nobody has it open */
+    if (r < 0) {
+      ret = fail (rm, dir.ptr[i].val, "asking the volume's readers for "
+                  "their roots", r);
+      break;
+    }
+    for (j = 0; j < nacks && ret == 0; j++) {
+      if (acks[j].payload_len < 5 ||
+          memcmp (acks[j].payload, "root ", 5) != 0)
+        continue;               /* its writer, or an nbdcas without it */
+      if (parse_root_answer (acks[j].payload, acks[j].payload_len,
+                             root) == -1) {
+        backend_error ("cas: %s: volume '%s': client.%" PRIu64 " answered "
+                       "the collector with a malformed root: no garbage "
+                       "collection", rm->name, dir.ptr[i].key,
+                       acks[j].notifier_id);
+        errno = EIO;
+        ret = -1;
+        break;
+      }
+      snprintf (name, sizeof name, "%s (client.%" PRIu64 "'s)",
+                dir.ptr[i].key, acks[j].notifier_id);
+      ret = fn (name, root, opaque);
+    }
+    if (ret == 0 && ntimeouts > 0) {
+      backend_error ("cas: %s: volume '%s' is open on client.%" PRIu64
+                     ", which did not say within %u s which root it reads, "
+                     "so garbage collection cannot know what it needs: "
+                     "nothing was removed.  If that process is dead, its "
+                     "watch lapses within a minute: try again then",
+                     rm->name, dir.ptr[i].key, timeouts[0].notifier_id,
+                     rm->timeout);
+      errno = ETIMEDOUT;
+      ret = -1;
+    }
+    rados_free_notify_response (acks, nacks, timeouts);
+  }
   entry_vector_free_all (&dir, free_entry);
   return ret;
 }

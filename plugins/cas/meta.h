@@ -259,6 +259,18 @@ int cas_meta_rados_gc_roots (struct cas_meta *m,
                              void *opaque,
                              struct cas_meta_rados_oid **named,
                              size_t *nnamed);
+/* The roots that readers (read-only opens of a volume or snapshot, on any
+ * host) serve: each is asked (a notification on every named volume) and
+ * fn(name, root) called for each answer.  Asked after the marking of
+ * cas_meta_rados_gc_roots: a reader that opens later reads a root made
+ * after the collector read that volume.  A watcher that does not answer
+ * stops it: -1 after a message naming it.
+ */
+int cas_meta_rados_gc_reader_roots (struct cas_meta *m,
+                                    int (*fn) (const char *name,
+                                               const uint8_t root[CAS_ROOT_SIZE],
+                                               void *opaque),
+                                    void *opaque);
 /* Whether oid is the name of a volume object ("vol." + 32 hex digits). */
 bool cas_meta_rados_is_volume_object (const char *oid);
 
