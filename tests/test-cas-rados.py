@@ -207,6 +207,26 @@ def wait_log(srv, pattern, timeout=TIMEOUT + SLACK):
     return found()
 
 
+def set_super_version(ns, version):
+    """Rewrite the superblock object with another format version (and
+    its CRC, as format.c seals it)."""
+    import rados
+    import struct
+    import casformat
+    cl = rados.Rados(conffile=cluster.conf)
+    cl.connect(timeout=30)
+    try:
+        io = cl.open_ioctx(POOL)
+        io.set_namespace(ns)
+        sb = bytearray(io.read("nbdcas.super", 64))
+        struct.pack_into("<I", sb, 8, version)
+        struct.pack_into("<I", sb, 60, casformat.crc32c(bytes(sb[:60])))
+        io.write_full("nbdcas.super", bytes(sb))
+        io.close()
+    finally:
+        cl.shutdown()
+
+
 def chunk_names(ns):
     return set(n for n in objects(ns) if n.startswith("chunk."))
 
@@ -615,6 +635,18 @@ def case_tool(d):
     # No orphan volume objects were left by any of it.
     vols = [n for n in objects(ns) if n.startswith("vol.")]
     assert len(vols) == 1, vols
+    # nbdcas upgrade: a store of format version 1 (its superblock forged
+    # here) becomes version 2; then there is nothing to do.
+    p = tool("upgrade", s, check=0)
+    assert "already format version 2" in p.stdout, p.stdout
+    set_super_version(ns, 1)
+    p = tool("stat", s, "--json", check=0)
+    assert '"format_version": 1' in p.stdout, p.stdout
+    p = tool("upgrade", s, check=0)
+    assert "upgraded from format version 1 to 2" in p.stdout, p.stdout
+    p = tool("stat", s, "--json", check=0)
+    assert '"format_version": 2' in p.stdout, p.stdout
+    tool("export", s, "copy", out, "--force", check=0)
 
 
 def case_errors(d):

@@ -700,6 +700,29 @@ rados_open_chunks (struct cas_meta *m, bool readonly, const uint8_t uuid[16],
   return RM (m)->cs;
 }
 
+/* One write_full: the OSD applies it all or nothing.  (A RADOS store has
+ * no piece tables: its chunk store reads whole chunks; the version is
+ * the format's number only.)
+ */
+static int
+rados_super_write (struct cas_meta *m, const struct cas_super *sb)
+{
+  struct rados_meta *rm = RM (m);
+  uint8_t buf[CAS_SUPER_SIZE];
+  int r;
+
+  if (rm->readonly) {
+    backend_error ("cas: %s is open read-only", rm->name);
+    errno = EROFS;
+    return -1;
+  }
+  cas_super_encode (sb, buf);
+  r = rados_write_full (rm->io, SUPER_OID, (const char *) buf, sizeof buf);
+  if (r < 0)
+    return fail (rm, SUPER_OID, "writing the superblock", r);
+  return 0;
+}
+
 void
 cas_meta_rados_set_gate (struct cas_meta *m, pthread_rwlock_t *gate)
 {
@@ -2489,6 +2512,7 @@ static const struct cas_meta_ops rados_ops = {
   .kind = "rados",
   .close = rados_close,
   .open_chunks = rados_open_chunks,
+  .super_write = rados_super_write,
   .exists = rados_exists,
   .legacy_volume = rados_legacy_volume,
   .list_volumes = rados_list_volumes,
