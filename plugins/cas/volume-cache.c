@@ -101,12 +101,12 @@ wcache_init (struct cas_volume *vol)
   unsigned s;
 
   memset (wc, 0, sizeof *wc);
-  pthread_mutex_init (&wc->evict_lock, NULL);
-  pthread_mutex_init (&wc->room_lock, NULL);
-  pthread_mutex_init (&wc->pool_lock, NULL);
+  ranked_mutex_init (&wc->evict_lock, LOCK_CACHE_EVICT);
+  ranked_mutex_init (&wc->room_lock, LOCK_ROOM);
+  ranked_mutex_init (&wc->pool_lock, LOCK_POOL);
   pthread_cond_init (&wc->room, NULL);
   for (s = 0; s < CACHE_STRIPES; s++) {
-    pthread_mutex_init (&wc->stripe[s], NULL);
+    ranked_mutex_init (&wc->stripe[s], LOCK_CACHE_STRIPE);
     pthread_cond_init (&wc->gone[s], NULL);
   }
   if (vol->readonly || vol->st->dirty_cache == 0)
@@ -141,7 +141,7 @@ wcache_init (struct cas_volume *vol)
 static void
 free_entry (struct dblock *e)
 {
-  pthread_mutex_destroy (&e->lock);
+  ranked_mutex_destroy (&e->lock);
   pthread_cond_destroy (&e->idle);
   free (e->data);
   free (e);
@@ -153,12 +153,12 @@ free_entry (struct dblock *e)
 static void
 release_entry (struct wcache *wc, struct dblock *e)
 {
-  pthread_mutex_destroy (&e->lock);
+  ranked_mutex_destroy (&e->lock);
   pthread_cond_destroy (&e->idle);
-  pthread_mutex_lock (&wc->pool_lock);
+  ranked_lock (&wc->pool_lock);
   e->next = wc->pool;
   wc->pool = e;
-  pthread_mutex_unlock (&wc->pool_lock);
+  ranked_unlock (&wc->pool_lock);
   atomic_fetch_sub (&wc->count, 1);
 }
 
@@ -171,11 +171,11 @@ new_entry (struct cas_volume *vol, uint64_t b)
   struct wcache *wc = &vol->wc;
   struct dblock *e;
 
-  pthread_mutex_lock (&wc->pool_lock);
+  ranked_lock (&wc->pool_lock);
   e = wc->pool;
   if (e)
     wc->pool = e->next;
-  pthread_mutex_unlock (&wc->pool_lock);
+  ranked_unlock (&wc->pool_lock);
   if (e) {
     uint8_t *data = e->data;
     memset (e, 0, entry_bytes (wc->words));
@@ -193,7 +193,7 @@ new_entry (struct cas_volume *vol, uint64_t b)
   e->b = b;
   atomic_init (&e->pins, 1);
   atomic_init (&e->recent, true);
-  pthread_mutex_init (&e->lock, NULL);
+  ranked_mutex_init (&e->lock, LOCK_CACHE_ENTRY);
   pthread_cond_init (&e->idle, NULL);
   return e;
 }
@@ -219,12 +219,12 @@ wcache_free (struct cas_volume *vol)
   }
   free (wc->buckets);
   wc->buckets = NULL;
-  pthread_mutex_destroy (&wc->pool_lock);
-  pthread_mutex_destroy (&wc->evict_lock);
+  ranked_mutex_destroy (&wc->pool_lock);
+  ranked_mutex_destroy (&wc->evict_lock);
   pthread_cond_destroy (&wc->room);
-  pthread_mutex_destroy (&wc->room_lock);
+  ranked_mutex_destroy (&wc->room_lock);
   for (s = 0; s < CACHE_STRIPES; s++) {
-    pthread_mutex_destroy (&wc->stripe[s]);
+    ranked_mutex_destroy (&wc->stripe[s]);
     pthread_cond_destroy (&wc->gone[s]);
   }
 }
@@ -237,7 +237,7 @@ bucket_of (const struct wcache *wc, uint64_t b)
   return (b * UINT64_C (0x9E3779B97F4A7C15)) >> 32 & (wc->nbuckets - 1);
 }
 
-static pthread_mutex_t *
+static struct ranked_mutex *
 stripe_of (struct wcache *wc, uint64_t bucket)
 {
   return &wc->stripe[bucket % CACHE_STRIPES];
@@ -269,10 +269,10 @@ unlink_entry (struct wcache *wc, uint64_t bucket, struct dblock *e)
 static void
 room_changed (struct wcache *wc)
 {
-  pthread_mutex_lock (&wc->room_lock);
+  ranked_lock (&wc->room_lock);
   wc->room_gen++;
   pthread_cond_broadcast (&wc->room);
-  pthread_mutex_unlock (&wc->room_lock);
+  ranked_unlock (&wc->room_lock);
 }
 
 static void
@@ -407,23 +407,23 @@ write_back (struct cas_volume *vol, struct dblock *e)
   struct cas_hash old, h;
   int r = -1;
 
-  pthread_mutex_lock (&e->lock);
+  ranked_lock (&e->lock);
   /* Slot b is stable while b has an entry: only this changes it. */
   if (volume_get_slot (vol, e->b, &old) == 0 &&
       (e->full || fill (vol, e) == 0))
     r = 0;
-  pthread_mutex_unlock (&e->lock);
+  ranked_unlock (&e->lock);
   if (r == -1)
     goto out;
   /* Garbage collection starts with no store-and-set-slot in progress
    * (gc.c): a chunk stored before its gate is in the map before it
    * marks.
    */
-  pthread_rwlock_rdlock (&vol->st->gc_gate);
+  ranked_rdlock (&vol->st->gc_gate, LOCK_GC_GATE);
   r = volume_store_block (vol, e->data, &h);
   if (r == 0)
     r = volume_set_slot (vol, e->b, &h, &old);
-  pthread_rwlock_unlock (&vol->st->gc_gate);
+  ranked_rwunlock (&vol->st->gc_gate);
   if (r == 1) {
     /* Cannot happen (see the top): refuse rather than lose a write. */
     backend_error ("cas: volume %s: block %" PRIu64 " changed under its "
@@ -432,14 +432,14 @@ write_back (struct cas_volume *vol, struct dblock *e)
     r = -1;
   }
  out:
-  pthread_mutex_lock (&e->lock);
+  ranked_lock (&e->lock);
   if (r == 0) {
     e->clean_gen = e->gen;      /* writers waited: nothing newer */
     atomic_fetch_sub (&vol->wc.ndirty, 1);
   }
   e->busy = false;
   pthread_cond_broadcast (&e->idle);
-  pthread_mutex_unlock (&e->lock);
+  ranked_unlock (&e->lock);
   room_changed (&vol->wc);
   return r;
 }
@@ -453,14 +453,14 @@ claim (struct dblock *e, bool wait)
 {
   int r = 0;
 
-  pthread_mutex_lock (&e->lock);
+  ranked_lock (&e->lock);
   while (e->busy && wait)
-    pthread_cond_wait (&e->idle, &e->lock);
+    ranked_cond_wait (&e->idle, &e->lock);
   if (!e->busy && is_dirty (e)) {
     e->busy = true;
     r = 1;
   }
-  pthread_mutex_unlock (&e->lock);
+  ranked_unlock (&e->lock);
   return r;
 }
 
@@ -479,13 +479,13 @@ drain_buckets (struct cas_volume *vol, bool helper)
 
   for (k = 0; k < wc->nbuckets; k++) {
     uint64_t i = helper ? wc->nbuckets - 1 - k : k;
-    pthread_mutex_t *m = stripe_of (wc, i);
+    struct ranked_mutex *m = stripe_of (wc, i);
     struct dblock *e;
 
     if (helper && atomic_load (&wc->ndirty) == 0)
       break;
 
-    pthread_mutex_lock (m);
+    ranked_lock (m);
     for (e = wc->buckets[i]; e; e = e->next) {
       if (e->placeholder)
         continue;
@@ -493,13 +493,13 @@ drain_buckets (struct cas_volume *vol, bool helper)
        * stripe is locked.
        */
       atomic_fetch_add (&e->pins, 1);
-      pthread_mutex_unlock (m);
+      ranked_unlock (m);
       if (claim (e, !helper) && write_back (vol, e) == -1 && err == 0)
         err = errno;
-      pthread_mutex_lock (m);
+      ranked_lock (m);
       atomic_fetch_sub (&e->pins, 1);
     }
-    pthread_mutex_unlock (m);
+    ranked_unlock (m);
   }
   if (err) {
     errno = err;
@@ -520,10 +520,10 @@ wcache_drain (struct cas_volume *vol)
    * other end meanwhile, so a flush uses two cores.
    */
   if (vol->bg_started && atomic_load (&vol->wc.ndirty) >= DRAIN_HELP_MIN) {
-    pthread_mutex_lock (&vol->bg_lock);
+    ranked_lock (&vol->bg_lock);
     vol->bg_drain = true;
     pthread_cond_signal (&vol->bg_cond);
-    pthread_mutex_unlock (&vol->bg_lock);
+    ranked_unlock (&vol->bg_lock);
   }
   return drain_buckets (vol, false);
 }
@@ -545,27 +545,27 @@ evict (struct cas_volume *vol, uint64_t target)
   bool freed = false;
   int err = 0;
 
-  pthread_mutex_lock (&wc->evict_lock);
+  ranked_lock (&wc->evict_lock);
   while (atomic_load (&wc->count) > target && seen < 2 * wc->nbuckets) {
     uint64_t i = wc->hand++ & (wc->nbuckets - 1);
-    pthread_mutex_t *m = stripe_of (wc, i);
+    struct ranked_mutex *m = stripe_of (wc, i);
     struct dblock *e, *next, *gone = NULL, *victim = NULL;
 
     seen++;
-    pthread_mutex_lock (m);
+    ranked_lock (m);
     for (e = wc->buckets[i]; e; e = next) {
       next = e->next;
       if (e->placeholder || atomic_load (&e->pins) > 0)
         continue;
       if (atomic_exchange (&e->recent, false))
         continue;
-      pthread_mutex_lock (&e->lock);
+      ranked_lock (&e->lock);
       if (e->busy) {
-        pthread_mutex_unlock (&e->lock);
+        ranked_unlock (&e->lock);
         continue;
       }
       if (!is_dirty (e)) {
-        pthread_mutex_unlock (&e->lock);
+        ranked_unlock (&e->lock);
         unlink_entry (wc, i, e);
         e->next = gone;
         gone = e;
@@ -576,9 +576,9 @@ evict (struct cas_volume *vol, uint64_t target)
         atomic_fetch_add (&e->pins, 1);
         victim = e;
       }
-      pthread_mutex_unlock (&e->lock);
+      ranked_unlock (&e->lock);
     }
-    pthread_mutex_unlock (m);
+    ranked_unlock (m);
     while (gone) {
       e = gone;
       gone = e->next;
@@ -589,35 +589,35 @@ evict (struct cas_volume *vol, uint64_t target)
     if (victim) {
       int r;
 
-      pthread_mutex_unlock (&wc->evict_lock);
+      ranked_unlock (&wc->evict_lock);
       r = write_back (vol, victim);
-      pthread_mutex_lock (m);
+      ranked_lock (m);
       atomic_fetch_sub (&victim->pins, 1);
       if (r == 0 && atomic_load (&victim->pins) == 0) {
-        pthread_mutex_lock (&victim->lock);
+        ranked_lock (&victim->lock);
         if (!victim->busy && !is_dirty (victim)) {
-          pthread_mutex_unlock (&victim->lock);
+          ranked_unlock (&victim->lock);
           unlink_entry (wc, i, victim);
-          pthread_mutex_unlock (m);
+          ranked_unlock (m);
           release_entry (wc, victim);
           freed = true;
           victim = NULL;
         }
         else
-          pthread_mutex_unlock (&victim->lock);
+          ranked_unlock (&victim->lock);
       }
       if (victim)
-        pthread_mutex_unlock (m);
+        ranked_unlock (m);
       else
         room_changed (wc);
-      pthread_mutex_lock (&wc->evict_lock);
+      ranked_lock (&wc->evict_lock);
       if (r == -1) {
         err = errno;
         break;
       }
     }
   }
-  pthread_mutex_unlock (&wc->evict_lock);
+  ranked_unlock (&wc->evict_lock);
   if (err) {
     errno = err;
     return -1;
@@ -632,9 +632,9 @@ kick (struct cas_volume *vol)
 {
   if (!vol->bg_started || atomic_exchange (&vol->bg_kicked, true))
     return;
-  pthread_mutex_lock (&vol->bg_lock);
+  ranked_lock (&vol->bg_lock);
   pthread_cond_signal (&vol->bg_cond);
-  pthread_mutex_unlock (&vol->bg_lock);
+  ranked_unlock (&vol->bg_lock);
 }
 
 void
@@ -644,10 +644,10 @@ volume_bg_kick_leaves (struct cas_volume *vol)
     evict_leaves (vol, false);
     return;
   }
-  pthread_mutex_lock (&vol->bg_lock);
+  ranked_lock (&vol->bg_lock);
   vol->bg_leaves = true;
   pthread_cond_signal (&vol->bg_cond);
-  pthread_mutex_unlock (&vol->bg_lock);
+  ranked_unlock (&vol->bg_lock);
 }
 
 static void *
@@ -659,17 +659,17 @@ bg_main (void *arg)
    * is not serving a request.
    */
   pthread_setname_np (pthread_self (), "bg:cas-volume");
-  pthread_mutex_lock (&vol->bg_lock);
+  ranked_lock (&vol->bg_lock);
   while (!vol->bg_stop) {
     bool leaves = vol->bg_leaves, drain = vol->bg_drain;
     bool cache = atomic_exchange (&vol->bg_kicked, false);
 
     if (!leaves && !cache && !drain) {
-      pthread_cond_wait (&vol->bg_cond, &vol->bg_lock);
+      ranked_cond_wait (&vol->bg_cond, &vol->bg_lock);
       continue;
     }
     vol->bg_leaves = vol->bg_drain = false;
-    pthread_mutex_unlock (&vol->bg_lock);
+    ranked_unlock (&vol->bg_lock);
     if (drain)
       drain_buckets (vol, true);
     if (leaves)
@@ -682,9 +682,9 @@ bg_main (void *arg)
         evict (vol, vol->wc.low) == -1)
       backend_debug ("cas: volume %s: write-back cache eviction: %m",
                      vol->name);
-    pthread_mutex_lock (&vol->bg_lock);
+    ranked_lock (&vol->bg_lock);
   }
-  pthread_mutex_unlock (&vol->bg_lock);
+  ranked_unlock (&vol->bg_lock);
   return NULL;
 }
 
@@ -693,7 +693,7 @@ volume_bg_start (struct cas_volume *vol)
 {
   int err;
 
-  pthread_mutex_init (&vol->bg_lock, NULL);
+  ranked_mutex_init (&vol->bg_lock, LOCK_BG);
   pthread_cond_init (&vol->bg_cond, NULL);
   err = pthread_create (&vol->bg, NULL, bg_main, vol);
   if (err) {
@@ -710,14 +710,14 @@ void
 volume_bg_stop (struct cas_volume *vol)
 {
   if (vol->bg_started) {
-    pthread_mutex_lock (&vol->bg_lock);
+    ranked_lock (&vol->bg_lock);
     vol->bg_stop = true;
     pthread_cond_signal (&vol->bg_cond);
-    pthread_mutex_unlock (&vol->bg_lock);
+    ranked_unlock (&vol->bg_lock);
     pthread_join (vol->bg, NULL);
     vol->bg_started = false;
   }
-  pthread_mutex_destroy (&vol->bg_lock);
+  ranked_mutex_destroy (&vol->bg_lock);
   pthread_cond_destroy (&vol->bg_cond);
 }
 
@@ -731,20 +731,20 @@ get_entry (struct cas_volume *vol, uint64_t b)
 {
   struct wcache *wc = &vol->wc;
   uint64_t i = bucket_of (wc, b);
-  pthread_mutex_t *m = stripe_of (wc, i);
+  struct ranked_mutex *m = stripe_of (wc, i);
   struct dblock *e, *fresh = NULL;
 
   for (;;) {
     uint64_t n;
 
-    pthread_mutex_lock (m);
+    ranked_lock (m);
     while ((e = find (wc, i, b)) != NULL && e->placeholder)
-      pthread_cond_wait (&wc->gone[i % CACHE_STRIPES], m);
+      ranked_cond_wait (&wc->gone[i % CACHE_STRIPES], m);
     if (e) {
       atomic_fetch_add (&e->pins, 1);
       if (!atomic_load_explicit (&e->recent, memory_order_relaxed))
         atomic_store (&e->recent, true);
-      pthread_mutex_unlock (m);
+      ranked_unlock (m);
       if (fresh) {
         release_entry (wc, fresh);
         room_changed (wc);
@@ -754,10 +754,10 @@ get_entry (struct cas_volume *vol, uint64_t b)
     if (fresh) {
       fresh->next = wc->buckets[i];
       wc->buckets[i] = fresh;
-      pthread_mutex_unlock (m);
+      ranked_unlock (m);
       return fresh;
     }
-    pthread_mutex_unlock (m);
+    ranked_unlock (m);
 
     /* Reserve room for a new entry, outside the locks. */
     n = atomic_load (&wc->count);
@@ -766,16 +766,16 @@ get_entry (struct cas_volume *vol, uint64_t b)
       int r;
 
       kick (vol);
-      pthread_mutex_lock (&wc->room_lock);
+      ranked_lock (&wc->room_lock);
       gen = wc->room_gen;
-      pthread_mutex_unlock (&wc->room_lock);
+      ranked_unlock (&wc->room_lock);
       /* Evict one here, unless another thread is evicting (the
        * housekeeping thread, usually): then wait for the entry it frees
        * next rather than queue behind its whole round.
        */
       r = 0;
-      if (pthread_mutex_trylock (&wc->evict_lock) == 0) {
-        pthread_mutex_unlock (&wc->evict_lock);
+      if (ranked_trylock (&wc->evict_lock) == 0) {
+        ranked_unlock (&wc->evict_lock);
         r = evict (vol, wc->max - 1);
         if (r == -1)
           return NULL;
@@ -783,10 +783,10 @@ get_entry (struct cas_volume *vol, uint64_t b)
       if (r == 0) {
         /* Wait for a change: an entry freed, written back or unpinned. */
         atomic_fetch_add (&wc->room_waiters, 1);
-        pthread_mutex_lock (&wc->room_lock);
+        ranked_lock (&wc->room_lock);
         while (wc->room_gen == gen && atomic_load (&wc->count) >= wc->max)
-          pthread_cond_wait (&wc->room, &wc->room_lock);
-        pthread_mutex_unlock (&wc->room_lock);
+          ranked_cond_wait (&wc->room, &wc->room_lock);
+        ranked_unlock (&wc->room_lock);
         atomic_fetch_sub (&wc->room_waiters, 1);
       }
       continue;
@@ -808,11 +808,11 @@ static int
 write_entry (struct cas_volume *vol, struct dblock *e, uint32_t o,
              uint32_t n, const void *data)
 {
-  SCOPED_LOCK (&e->lock);
+  RANKED_SCOPED_LOCK (&e->lock);
 
   /* Its data is being hashed. */
   while (e->busy)
-    pthread_cond_wait (&e->idle, &e->lock);
+    ranked_cond_wait (&e->idle, &e->lock);
   /* A write that covers a sector only in part needs that sector's old
    * bytes: fill the entry from the slot first (rare: writes are almost
    * always sector-aligned).
@@ -846,23 +846,23 @@ write_direct (struct cas_volume *vol, uint64_t b, const void *data,
 {
   struct wcache *wc = &vol->wc;
   uint64_t i = bucket_of (wc, b);
-  pthread_mutex_t *m = stripe_of (wc, i);
+  struct ranked_mutex *m = stripe_of (wc, i);
   struct dblock ph = { .b = b, .placeholder = true }, *e, *drop = NULL;
   struct cas_hash h;
   int r;
 
-  pthread_mutex_lock (m);
+  ranked_lock (m);
   while ((e = find (wc, i, b)) != NULL && e->placeholder)
-    pthread_cond_wait (&wc->gone[i % CACHE_STRIPES], m);
+    ranked_cond_wait (&wc->gone[i % CACHE_STRIPES], m);
   if (e) {
     bool keep;
 
-    pthread_mutex_lock (&e->lock);
+    ranked_lock (&e->lock);
     keep = atomic_load (&e->pins) > 0 || e->busy || is_dirty (e);
-    pthread_mutex_unlock (&e->lock);
+    ranked_unlock (&e->lock);
     if (keep) {
       atomic_fetch_add (&e->pins, 1);
-      pthread_mutex_unlock (m);
+      ranked_unlock (m);
       *ep = e;
       return 1;
     }
@@ -871,14 +871,14 @@ write_direct (struct cas_volume *vol, uint64_t b, const void *data,
   }
   ph.next = wc->buckets[i];
   wc->buckets[i] = &ph;
-  pthread_mutex_unlock (m);
+  ranked_unlock (m);
   if (drop) {
     release_entry (wc, drop);
     room_changed (wc);
   }
 
   r = 0;
-  pthread_rwlock_rdlock (&vol->st->gc_gate);    /* as in write_back */
+  ranked_rdlock (&vol->st->gc_gate, LOCK_GC_GATE);    /* as in write_back */
   if (data) {
     if (volume_store_block (vol, data, &h) == -1)
       r = -1;
@@ -887,12 +887,12 @@ write_direct (struct cas_volume *vol, uint64_t b, const void *data,
     memset (&h, 0, sizeof h);
   if (r == 0 && volume_set_slot (vol, b, &h, NULL) == -1)
     r = -1;
-  pthread_rwlock_unlock (&vol->st->gc_gate);
+  ranked_rwunlock (&vol->st->gc_gate);
 
-  pthread_mutex_lock (m);
+  ranked_lock (m);
   unlink_entry (wc, i, &ph);
   pthread_cond_broadcast (&wc->gone[i % CACHE_STRIPES]);
-  pthread_mutex_unlock (m);
+  ranked_unlock (m);
   return r;
 }
 
@@ -921,25 +921,25 @@ wcache_read (struct cas_volume *vol, uint64_t b, uint32_t o, uint32_t n,
 {
   struct wcache *wc = &vol->wc;
   uint64_t i = bucket_of (wc, b);
-  pthread_mutex_t *m = stripe_of (wc, i);
+  struct ranked_mutex *m = stripe_of (wc, i);
   struct dblock *e;
   int r = 1;
 
-  pthread_mutex_lock (m);
+  ranked_lock (m);
   e = find (wc, i, b);
   if (e && e->placeholder)
     e = NULL;                   /* not written yet: the slot is as good */
   if (e)
     atomic_fetch_add (&e->pins, 1);
-  pthread_mutex_unlock (m);
+  ranked_unlock (m);
   if (e == NULL)
     return 0;
-  pthread_mutex_lock (&e->lock);
+  ranked_lock (&e->lock);
   if (!e->full && !range_written (e, o, n) && fill (vol, e) == -1)
     r = -1;
   else
     memcpy (out, e->data + o, n);
-  pthread_mutex_unlock (&e->lock);
+  ranked_unlock (&e->lock);
   unpin (wc, e);
   return r;
 }
@@ -955,13 +955,13 @@ wcache_dirty (struct cas_volume *vol, uint64_t b)
   if (!wcache_on (vol) || atomic_load (&wc->ndirty) == 0)
     return false;
   i = bucket_of (wc, b);
-  pthread_mutex_lock (stripe_of (wc, i));
+  ranked_lock (stripe_of (wc, i));
   e = find (wc, i, b);
   if (e && !e->placeholder) {
-    pthread_mutex_lock (&e->lock);
+    ranked_lock (&e->lock);
     r = is_dirty (e) || e->busy;
-    pthread_mutex_unlock (&e->lock);
+    ranked_unlock (&e->lock);
   }
-  pthread_mutex_unlock (stripe_of (wc, i));
+  ranked_unlock (stripe_of (wc, i));
   return r;
 }

@@ -27,7 +27,7 @@
 static void
 destroy_leaf (struct leaf *l)
 {
-  pthread_mutex_destroy (&l->lock);
+  ranked_mutex_destroy (&l->lock);
   free (l);
 }
 
@@ -58,12 +58,12 @@ free_map (struct cas_volume *vol)
   free (vol->levels);
   free (vol->stale);
   free (vol->count);
-  pthread_mutex_destroy (&vol->flush_lock);
-  pthread_mutex_destroy (&vol->map_lock);
-  pthread_mutex_destroy (&vol->levels_lock);
-  pthread_mutex_destroy (&vol->evict_lock);
+  ranked_mutex_destroy (&vol->flush_lock);
+  ranked_mutex_destroy (&vol->map_lock);
+  ranked_mutex_destroy (&vol->levels_lock);
+  ranked_mutex_destroy (&vol->evict_lock);
   for (s = 0; s < LEAF_STRIPES; s++)
-    pthread_mutex_destroy (&vol->stripe[s]);
+    ranked_mutex_destroy (&vol->stripe[s]);
 }
 
 struct cas_hash
@@ -203,12 +203,12 @@ cas_volume_load (struct cas_store *st, const char *name)
   vol->max_leaves = st->map_cache / sizeof (struct leaf);
   if (vol->max_leaves < MIN_CACHED_LEAVES)
     vol->max_leaves = MIN_CACHED_LEAVES;
-  pthread_mutex_init (&vol->flush_lock, NULL);
-  pthread_mutex_init (&vol->map_lock, NULL);
-  pthread_mutex_init (&vol->levels_lock, NULL);
-  pthread_mutex_init (&vol->evict_lock, NULL);
+  ranked_mutex_init (&vol->flush_lock, LOCK_FLUSH);
+  ranked_mutex_init (&vol->map_lock, LOCK_MAP);
+  ranked_mutex_init (&vol->levels_lock, LOCK_LEVELS);
+  ranked_mutex_init (&vol->evict_lock, LOCK_MAP_EVICT);
   for (s = 0; s < LEAF_STRIPES; s++)
-    pthread_mutex_init (&vol->stripe[s], NULL);
+    ranked_mutex_init (&vol->stripe[s], LOCK_LEAF_STRIPE);
   if (r.depth != vol->depth) {
     backend_error ("cas: volume %s: map depth %" PRIu32 " should be %" PRIu32,
                    name, r.depth, vol->depth);
@@ -257,7 +257,7 @@ cas_volume_load (struct cas_store *st, const char *name)
 
 /* ---- the leaf cache ---- */
 
-static pthread_mutex_t *
+static struct ranked_mutex *
 stripe_of (struct cas_volume *vol, uint64_t i)
 {
   return &vol->stripe[i % LEAF_STRIPES];
@@ -272,12 +272,12 @@ static struct leaf *
 pin_cached (struct cas_volume *vol, uint64_t i, bool touch)
 {
   struct leaf *_Atomic *slot = sparse_peek (&vol->leaves, i);
-  pthread_mutex_t *m = stripe_of (vol, i);
+  struct ranked_mutex *m = stripe_of (vol, i);
   struct leaf *l;
 
   if (slot == NULL || atomic_load_explicit (slot, memory_order_acquire) == NULL)
     return NULL;
-  pthread_mutex_lock (m);
+  ranked_lock (m);
   l = atomic_load (slot);
   if (l) {
     atomic_fetch_add (&l->pins, 1);
@@ -285,7 +285,7 @@ pin_cached (struct cas_volume *vol, uint64_t i, bool touch)
     if (touch && !atomic_load_explicit (&l->recent, memory_order_relaxed))
       atomic_store (&l->recent, true);
   }
-  pthread_mutex_unlock (m);
+  ranked_unlock (m);
   return l;
 }
 
@@ -299,12 +299,8 @@ put_leaf (struct leaf *l)
 static struct cas_hash
 committed_leaf_hash (struct cas_volume *vol, uint64_t i)
 {
-  struct cas_hash h;
-
-  pthread_mutex_lock (&vol->levels_lock);
-  h = volume_level_hash (vol, 0, i);
-  pthread_mutex_unlock (&vol->levels_lock);
-  return h;
+  RANKED_SCOPED_LOCK (&vol->levels_lock);
+  return volume_level_hash (vol, 0, i);
 }
 
 
@@ -330,9 +326,9 @@ peek_leaf (struct cas_volume *vol, uint64_t i, struct cas_hash *out)
   struct cas_hash h;
 
   if (l) {
-    pthread_mutex_lock (&l->lock);
+    ranked_lock (&l->lock);
     memcpy (out, l->h, sizeof l->h);
-    pthread_mutex_unlock (&l->lock);
+    ranked_unlock (&l->lock);
     put_leaf (l);
     return 0;
   }
@@ -348,7 +344,7 @@ load_leaf (struct cas_volume *vol, uint64_t i, const struct cas_hash *h)
 
   if (l == NULL)
     return NULL;
-  pthread_mutex_init (&l->lock, NULL);
+  ranked_mutex_init (&l->lock, LOCK_LEAF);
   l->dirty = false;
   atomic_init (&l->pins, 1);
   atomic_init (&l->recent, true);
@@ -391,12 +387,12 @@ get_leaf (struct cas_volume *vol, uint64_t i, bool create)
       destroy_leaf (l);
       return NULL;              /* errno = ENOMEM */
     }
-    pthread_mutex_lock (stripe_of (vol, i));
+    ranked_lock (stripe_of (vol, i));
     cur = atomic_load (slot);
     if (cur) {                  /* another thread loaded it: use its */
       atomic_fetch_add (&cur->pins, 1);
       atomic_store (&cur->recent, true);
-      pthread_mutex_unlock (stripe_of (vol, i));
+      ranked_unlock (stripe_of (vol, i));
       destroy_leaf (l);
       return cur;
     }
@@ -406,12 +402,12 @@ get_leaf (struct cas_volume *vol, uint64_t i, bool create)
      */
     now = committed_leaf_hash (vol, i);
     if (!cas_hash_equal (&now, &h)) {
-      pthread_mutex_unlock (stripe_of (vol, i));
+      ranked_unlock (stripe_of (vol, i));
       destroy_leaf (l);
       continue;
     }
     atomic_store (slot, l);
-    pthread_mutex_unlock (stripe_of (vol, i));
+    ranked_unlock (stripe_of (vol, i));
     n = atomic_fetch_add (&vol->cached, 1) + 1;
     /* Over the limit: the housekeeping thread sweeps.  Far over it
      * (loads outrun the thread): wait for the running sweep, then sweep
@@ -452,45 +448,42 @@ commit_leaf (struct cas_volume *vol, uint64_t i, struct leaf *l,
              struct cas_hash *snap)
 {
   struct cas_hash nh, old, *slot;
-  bool *up = NULL;
-  int ret = 0;
+  bool *up = NULL, dirty;
+  RANKED_SCOPED_LOCK (&vol->map_lock);
 
-  pthread_mutex_lock (&vol->map_lock);
-  pthread_mutex_lock (&l->lock);
-  if (!l->dirty) {
-    pthread_mutex_unlock (&l->lock);
-    goto out;
+  ranked_lock (&l->lock);
+  dirty = l->dirty;
+  if (dirty) {
+    memcpy (snap, l->h, F * sizeof *snap);
+    l->dirty = false;
   }
-  memcpy (snap, l->h, F * sizeof *snap);
-  l->dirty = false;
-  pthread_mutex_unlock (&l->lock);
+  ranked_unlock (&l->lock);
+  if (!dirty)
+    return 0;
   if (put_node (vol, snap, F, &nh) == -1)
     goto failed;
   old = volume_level_hash (vol, 0, i);
   if (cas_hash_equal (&nh, &old))
-    goto out;
+    return 0;
   if (!cas_hash_is_zero (&old))         /* the leaf's old node */
     atomic_fetch_add (&vol->st->garbage_hint, F * CAS_HASH_SIZE);
   /* Both slots first, so that a failed allocation changes nothing. */
   if ((vol->depth > 1 && (up = sparse_get (&vol->stale[1], i / F)) == NULL)
       || (slot = sparse_get (&vol->levels[0], i)) == NULL)
     goto failed;
-  pthread_mutex_lock (&vol->levels_lock);
+  ranked_lock (&vol->levels_lock);
   *slot = nh;
-  pthread_mutex_unlock (&vol->levels_lock);
+  ranked_unlock (&vol->levels_lock);
   if (up)
     *up = true;
   vol->unpublished = true;
-  goto out;
+  return 0;
 
  failed:
-  pthread_mutex_lock (&l->lock);
+  ranked_lock (&l->lock);
   l->dirty = true;
-  pthread_mutex_unlock (&l->lock);
-  ret = -1;
- out:
-  pthread_mutex_unlock (&vol->map_lock);
-  return ret;
+  ranked_unlock (&l->lock);
+  return -1;
 }
 
 /* Evict unpinned leaves down to 7/8 of the cache (so that sweeps are not
@@ -506,8 +499,8 @@ evict_leaves (struct cas_volume *vol, bool wait)
   uint64_t i, seen = 0;
 
   if (wait)
-    pthread_mutex_lock (&vol->evict_lock);
-  else if (pthread_mutex_trylock (&vol->evict_lock) != 0)
+    ranked_lock (&vol->evict_lock);
+  else if (ranked_trylock (&vol->evict_lock) != 0)
     return;
   if (!vol->readonly)
     snap = malloc (F * sizeof *snap);   /* none: no write-back */
@@ -516,7 +509,7 @@ evict_leaves (struct cas_volume *vol, bool wait)
   while (atomic_load (&vol->cached) > target &&
          seen < 2 * atomic_load (&vol->cached) + LEAF_STRIPES) {
     struct leaf *_Atomic *slot;
-    pthread_mutex_t *m;
+    struct ranked_mutex *m;
     struct leaf *l;
     bool dirty;
 
@@ -532,46 +525,46 @@ evict_leaves (struct cas_volume *vol, bool wait)
       continue;
     }
     m = stripe_of (vol, i);
-    pthread_mutex_lock (m);
+    ranked_lock (m);
     l = atomic_load (slot);
     if (l == NULL)
       goto next;
     seen++;
     if (atomic_load (&l->pins) > 0 || atomic_exchange (&l->recent, false))
       goto next;
-    pthread_mutex_lock (&l->lock);
+    ranked_lock (&l->lock);
     dirty = l->dirty;
-    pthread_mutex_unlock (&l->lock);
+    ranked_unlock (&l->lock);
     if (dirty) {
       int r;
 
       if (snap == NULL)
         goto next;
       atomic_fetch_add (&l->pins, 1);
-      pthread_mutex_unlock (m);
+      ranked_unlock (m);
       r = commit_leaf (vol, i, l, snap);  /* map_lock: stripe not held */
-      pthread_mutex_lock (m);
+      ranked_lock (m);
       atomic_fetch_sub (&l->pins, 1);
       if (r == -1 || atomic_load (&l->pins) > 0)
         goto next;
-      pthread_mutex_lock (&l->lock);
+      ranked_lock (&l->lock);
       dirty = l->dirty;         /* written to while it was written back */
-      pthread_mutex_unlock (&l->lock);
+      ranked_unlock (&l->lock);
       if (dirty)
         goto next;
     }
     atomic_store (slot, NULL);
-    pthread_mutex_unlock (m);
+    ranked_unlock (m);
     destroy_leaf (l);
     atomic_fetch_sub (&vol->cached, 1);
     i++;
     continue;
   next:
-    pthread_mutex_unlock (m);
+    ranked_unlock (m);
     i++;
   }
   vol->hand = i;
-  pthread_mutex_unlock (&vol->evict_lock);
+  ranked_unlock (&vol->evict_lock);
 }
 
 /* ---- flush ---- */
@@ -580,12 +573,9 @@ uint64_t
 cas_volume_generation (const struct cas_volume *v)
 {
   struct cas_volume *vol = (struct cas_volume *) v;
-  uint64_t g;
+  RANKED_SCOPED_LOCK (&vol->flush_lock);
 
-  pthread_mutex_lock (&vol->flush_lock);
-  g = vol->generation;
-  pthread_mutex_unlock (&vol->flush_lock);
-  return g;
+  return vol->generation;
 }
 
 /* Interior nodes whose children changed, bottom-up.  Under map_lock. */
@@ -629,18 +619,30 @@ commit_interior (struct cas_volume *vol)
   return 0;
 }
 
+/* Under flush_lock: commit the interior nodes, and take the root to
+ * publish (*publish: whether it is new).
+ */
+static int
+commit_tree (struct cas_volume *vol, bool *publish, struct cas_hash *root)
+{
+  RANKED_SCOPED_LOCK (&vol->map_lock);
+
+  if (commit_interior (vol) == -1)
+    return -1;
+  *publish = vol->unpublished;
+  vol->unpublished = false;
+  *root = volume_level_hash (vol, vol->depth - 1, 0);
+  return 0;
+}
+
 /* Under flush_lock: whether there is anything to flush. */
 static bool
 flush_needed (struct cas_volume *vol)
 {
-  bool r;
-
   if (atomic_exchange (&vol->dirty, false))
     return true;
-  pthread_mutex_lock (&vol->map_lock);
-  r = vol->unpublished;
-  pthread_mutex_unlock (&vol->map_lock);
-  return r;
+  RANKED_SCOPED_LOCK (&vol->map_lock);
+  return vol->unpublished;
 }
 
 int
@@ -672,7 +674,7 @@ volume_commit (struct cas_volume *vol)
    */
   if (cas_meta_volume_check (vol->mh) == -1)
     return -1;
-  pthread_mutex_lock (&vol->flush_lock);
+  ranked_lock (&vol->flush_lock);
   if (!flush_needed (vol)) {
     ret = 0;
     goto out;
@@ -699,16 +701,9 @@ volume_commit (struct cas_volume *vol)
   /* 2. Interior nodes, and the root: it holds every leaf committed so
    * far, by step 1 or by a sweep.
    */
-  pthread_mutex_lock (&vol->map_lock);
-  if (commit_interior (vol) == -1) {
-    pthread_mutex_unlock (&vol->map_lock);
-    goto redirty;
-  }
-  publish = vol->unpublished;
-  vol->unpublished = false;
   memset (&r, 0, sizeof r);
-  r.root = volume_level_hash (vol, vol->depth - 1, 0);
-  pthread_mutex_unlock (&vol->map_lock);
+  if (commit_tree (vol, &publish, &r.root) == -1)
+    goto redirty;
   if (!publish) {
     ret = 0;
     goto out;
@@ -725,9 +720,9 @@ volume_commit (struct cas_volume *vol)
   r.depth = vol->depth;
   r.mtime = time (NULL);
   if (cs_sync (vol->st->cs) == -1 || cas_meta_publish (vol->mh, &r) == -1) {
-    pthread_mutex_lock (&vol->map_lock);
+    ranked_lock (&vol->map_lock);
     vol->unpublished = true;
-    pthread_mutex_unlock (&vol->map_lock);
+    ranked_unlock (&vol->map_lock);
     goto out;
   }
   vol->generation++;
@@ -738,7 +733,7 @@ volume_commit (struct cas_volume *vol)
   /* Leaves already cleaned are recorded in levels/unpublished. */
   atomic_store (&vol->dirty, true);
  out:
-  pthread_mutex_unlock (&vol->flush_lock);
+  ranked_unlock (&vol->flush_lock);
   return ret;
 }
 

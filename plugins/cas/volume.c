@@ -30,6 +30,9 @@
 #include "cleanup.h"
 #include "volumeint.h"
 
+/* The lock order checks' per-thread state (lockrank.h). */
+LOCKRANK_DEFINE;
+
 #define MAX_RMW_RETRIES 1000
 
 struct cas_volume **
@@ -67,9 +70,9 @@ volume_get_slot (struct cas_volume *vol, uint64_t b, struct cas_hash *out)
     memset (out, 0, sizeof *out);
     return 0;
   }
-  pthread_mutex_lock (&l->lock);
+  ranked_lock (&l->lock);
   *out = l->h[b % F];
-  pthread_mutex_unlock (&l->lock);
+  ranked_unlock (&l->lock);
   put_leaf (l);
   return 0;
 }
@@ -88,7 +91,7 @@ volume_set_slot (struct cas_volume *vol, uint64_t b, const struct cas_hash *h,
       return -1;
     return expect && !cas_hash_is_zero (expect) ? 1 : 0;
   }
-  pthread_mutex_lock (&l->lock);
+  ranked_lock (&l->lock);
   if (expect && !cas_hash_equal (&l->h[b % F], expect))
     r = 1;
   else if (!cas_hash_equal (&l->h[b % F], h)) {
@@ -101,7 +104,7 @@ volume_set_slot (struct cas_volume *vol, uint64_t b, const struct cas_hash *h,
     l->dirty = true;
     atomic_store (&vol->dirty, true);
   }
-  pthread_mutex_unlock (&l->lock);
+  ranked_unlock (&l->lock);
   put_leaf (l);
   return r;
 }
@@ -337,9 +340,9 @@ write_or_zero (struct cas_volume *vol, const uint8_t *data, uint64_t count,
   /* Garbage collection starts with no write between storing a chunk and
    * setting the map to it (gc.c).
    */
-  pthread_rwlock_rdlock (&vol->st->gc_gate);
+  ranked_rdlock (&vol->st->gc_gate, LOCK_GC_GATE);
   r = write_pieces (vol, data, count, offset);
-  pthread_rwlock_unlock (&vol->st->gc_gate);
+  ranked_rwunlock (&vol->st->gc_gate);
   if (r == -1)
     return -1;
   if (fua)
@@ -414,9 +417,9 @@ cas_volume_extents (struct cas_volume *vol, uint64_t count, uint64_t offset,
     for (; b < stop && b * vol->bs < end; b++) {
       bool mapped = false;
       if (l) {
-        pthread_mutex_lock (&l->lock);
+        ranked_lock (&l->lock);
         mapped = !cas_hash_is_zero (&l->h[b % F]);
-        pthread_mutex_unlock (&l->lock);
+        ranked_unlock (&l->lock);
       }
       if (!mapped && cached) {
         /* Dirty: data.  Clean or gone: its write-back has set the slot
@@ -498,8 +501,8 @@ cas_volume_stat (struct cas_volume *vol, struct cas_volume_stats *vs)
         vs->mapped_blocks++;
   }
   vs->mapped_bytes = vs->mapped_blocks * vol->bs;
-  pthread_mutex_lock (&vol->flush_lock);
-  pthread_mutex_lock (&vol->map_lock);
+  ranked_lock (&vol->flush_lock);
+  ranked_lock (&vol->map_lock);
   for (k = 0; k < vol->depth; k++)
     for (i = sparse_next (&vol->levels[k], 0); i < vol->count[k];
          i = sparse_next (&vol->levels[k], i + 1))
@@ -507,8 +510,8 @@ cas_volume_stat (struct cas_volume *vol, struct cas_volume_stats *vs)
         vs->map_nodes++;
   vs->generation = vol->generation;
   vs->root = volume_level_hash (vol, vol->depth - 1, 0);
-  pthread_mutex_unlock (&vol->map_lock);
-  pthread_mutex_unlock (&vol->flush_lock);
+  ranked_unlock (&vol->map_lock);
+  ranked_unlock (&vol->flush_lock);
   return 0;
 }
 
@@ -590,9 +593,9 @@ cas_volume_check (struct cas_volume *vol, bool full,
   struct cas_hash root;
   int r;
 
-  pthread_mutex_lock (&vol->map_lock);
+  ranked_lock (&vol->map_lock);
   root = volume_level_hash (vol, vol->depth - 1, 0);
-  pthread_mutex_unlock (&vol->map_lock);
+  ranked_unlock (&vol->map_lock);
   if (cas_hash_is_zero (&root))
     return 0;
   c.buf = malloc (vol->bs);

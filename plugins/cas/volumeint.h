@@ -33,17 +33,24 @@
  * and flush's own commits take map_lock one leaf at a time, so sweeps go
  * on during a flush.
  *
- * Lock order: flush_lock, evict_lock, map_lock, then a leaf's mutex or
- * levels_lock.  A leaf stripe is only ever held alone or before a leaf's
- * mutex or levels_lock (never with map_lock).  Pins are taken under the
- * leaf's stripe lock.  Nothing calls get_leaf holding any of these.
- * The write-back cache's locks come before all of those: its evict_lock
- * (the clock hand), then a cache stripe, then an entry's lock (room_lock
- * and pool_lock are innermost: nothing is taken under them); get_leaf
- * (so the map's locks) may be called holding an entry's lock, and the
- * chunk store may be called holding one; nothing takes a cache lock
- * holding a map lock or flush_lock (flush writes the cache back before it
- * takes flush_lock).  bg_lock is innermost: nothing is taken under it.
+ * Lock order, outermost first (lockrank.h ranks these classes and checks
+ * the order at run time in checking builds):
+ *  1. the write-back cache's evict_lock (the clock hand), a cache stripe,
+ *     an entry's lock;
+ *  2. the store's gc_gate, shared, around a store-and-set-slot (never
+ *     taken twice: a collection waiting for it exclusively would block
+ *     the second);
+ *  3. flush_lock, the map's evict_lock, then map_lock or a leaf stripe
+ *     (never both: commit_leaf, under map_lock, is called with the
+ *     stripe released), then a leaf's mutex or levels_lock (never both);
+ *  4. room_lock, pool_lock and bg_lock are innermost: nothing is taken
+ *     under them, nor one under another.
+ * Pins are taken under the leaf's stripe lock.  Nothing calls get_leaf
+ * holding a map lock or flush_lock; get_leaf (so the map's locks) may be
+ * called holding an entry's lock or gc_gate, and the chunk store may be
+ * called holding either.  Nothing takes a cache lock holding gc_gate, a
+ * map lock or flush_lock (flush writes the cache back before it takes
+ * flush_lock).
  */
 #ifndef NBDCAS_VOLUMEINT_H
 #define NBDCAS_VOLUMEINT_H
@@ -53,6 +60,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "lockrank.h"
 #include "sparse.h"
 #include "storeint.h"
 
@@ -65,7 +73,7 @@ _Static_assert (F == SPARSE_RUN, "a map node's children are one sparse run");
 #define SECTOR 512u
 
 struct leaf {
-  pthread_mutex_t lock;
+  struct ranked_mutex lock;
   bool dirty;                   /* under lock */
   atomic_uint pins;             /* raised under the stripe lock */
   atomic_bool recent;           /* used since the clock hand passed */
@@ -82,7 +90,7 @@ struct dblock {
   bool placeholder;             /* const */
   atomic_uint pins;             /* raised under the stripe lock */
   atomic_bool recent;           /* used since the clock hand passed */
-  pthread_mutex_t lock;         /* the fields below */
+  struct ranked_mutex lock;        /* the fields below */
   pthread_cond_t idle;          /* busy went false */
   bool busy;                    /* a write-back of it is running */
   bool full;                    /* data holds the whole block; else only
@@ -102,19 +110,19 @@ struct wcache {
   uint64_t nbuckets;            /* const: a power of two */
   uint32_t words;               /* const: bitmap words per entry */
   struct dblock **buckets;      /* chain i under stripe[i % CACHE_STRIPES] */
-  pthread_mutex_t stripe[CACHE_STRIPES];
+  struct ranked_mutex stripe[CACHE_STRIPES];
   pthread_cond_t gone[CACHE_STRIPES];   /* a placeholder left this stripe */
   atomic_uint_fast64_t count;   /* entries in use (not placeholders) */
   atomic_uint_fast64_t ndirty;  /* entries that are dirty */
-  pthread_mutex_t evict_lock;   /* the hand; one evictor walks at a time
-                                   (released while it writes back) */
+  struct ranked_mutex evict_lock;  /* the hand; one evictor walks at a time
+                                    (released while it writes back) */
   uint64_t hand;                /* the clock hand: a bucket */
-  pthread_mutex_t room_lock;    /* room_gen, room (innermost) */
+  struct ranked_mutex room_lock;   /* room_gen, room (innermost) */
   pthread_cond_t room;          /* room_gen changed */
   uint64_t room_gen;            /* +1 when an entry is freed, written back
                                    or unpinned with waiters */
   atomic_uint room_waiters;     /* writers waiting for room */
-  pthread_mutex_t pool_lock;    /* pool */
+  struct ranked_mutex pool_lock;   /* pool */
   struct dblock *pool;          /* entries no longer used, kept for reuse:
                                    allocated entries stay <= max, and
                                    freeing none avoids heap fragmentation
@@ -133,9 +141,9 @@ struct cas_volume {
   uint32_t depth;
   uint64_t *count;              /* count[k]: entries of levels[k] */
 
-  pthread_mutex_t flush_lock;   /* one flush at a time; generation */
-  pthread_mutex_t map_lock;     /* levels, stale, unpublished */
-  pthread_mutex_t levels_lock;  /* levels[0] element reads/writes */
+  struct ranked_mutex flush_lock;  /* one flush at a time; generation */
+  struct ranked_mutex map_lock;    /* levels, stale, unpublished */
+  struct ranked_mutex levels_lock; /* levels[0] element reads/writes */
   struct sparse *levels;        /* [depth] of struct cas_hash */
   struct sparse *stale;         /* [depth] of bool (k >= 1): recompute */
   atomic_bool dirty;            /* some leaf changed since last flush */
@@ -145,10 +153,10 @@ struct cas_volume {
 
   /* The leaf cache. */
   struct sparse leaves;         /* of struct leaf *_Atomic */
-  pthread_mutex_t stripe[LEAF_STRIPES]; /* slot changes and pins */
+  struct ranked_mutex stripe[LEAF_STRIPES]; /* slot changes and pins */
   atomic_uint_fast64_t cached;  /* leaves in the cache */
   uint64_t max_leaves;          /* const */
-  pthread_mutex_t evict_lock;   /* one sweep at a time; hand */
+  struct ranked_mutex evict_lock;  /* one sweep at a time; hand */
   uint64_t hand;                /* the clock hand: a leaf index */
 
   struct wcache wc;             /* the write-back cache */
@@ -159,7 +167,7 @@ struct cas_volume {
    */
   pthread_t bg;
   bool bg_started;              /* const after load */
-  pthread_mutex_t bg_lock;      /* bg_stop, bg_leaves, bg_drain, bg_cond */
+  struct ranked_mutex bg_lock;     /* bg_stop, bg_leaves, bg_drain, bg_cond */
   pthread_cond_t bg_cond;
   bool bg_stop;
   bool bg_leaves;               /* a leaf sweep is wanted */
