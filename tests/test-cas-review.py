@@ -374,14 +374,24 @@ def gc_torn_later_copy(d):
     packs = casformat.packs(store)
     assert len(packs) >= 5, packs
     want = casformat.sha256(x)
-    src = [(p, off, ln) for p in packs
-           for off, typ, ln, h in casformat.records(p) if h == want]
-    assert len(src) == 1, src
-    p, off, ln = src[0]
+    recs = [(p, off, typ, ln) for p in packs
+            for off, typ, ln, h in casformat.records(p) if h == want]
+    data = [r for r in recs if r[2] == 1]
+    assert len(data) == 1, recs
+    p, off, _, ln = data[0]
+    end = off + casformat.record_size(ln)
+    # In a version-2 store its piece table (type 3) comes right before
+    # it, and goes with it.
+    for tp, toff, typ, tln in recs:
+        if typ == 3 and tp == p and toff + casformat.record_size(tln) == off:
+            off, hdr = toff, off - toff + casformat.RECORD_HEADER
+            break
+    else:
+        hdr = casformat.RECORD_HEADER
     with open(p, "rb") as f:
         f.seek(off)
-        rec = bytearray(f.read(casformat.record_size(ln)))
-    rec[casformat.RECORD_HEADER + 100] ^= 0x5a  # torn payload, header good
+        rec = bytearray(f.read(end - off))
+    rec[hdr + 100] ^= 0x5a              # torn data payload, headers good
     with open(packs[1], "ab") as f:     # not in the last two packs
         f.write(rec)
     os.unlink(os.path.join(store, "index"))
