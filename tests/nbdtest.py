@@ -194,8 +194,10 @@ class TAP:
         # from these (wall time, and CPU time of this script and of the
         # child processes it has reaped: servers, valgrind, clients).
         now = _clock()
-        print("# time: %.1fs wall, %.1fs cpu" % (now[0] - self._last[0],
-                                                 now[1] - self._last[1]),
+        # (A subclass may not call __init__: count from the first line.)
+        last = getattr(self, "_last", now)
+        print("# time: %.1fs wall, %.1fs cpu" % (now[0] - last[0],
+                                                 now[1] - last[1]),
               flush=True)
         self._last = now
 
@@ -243,6 +245,22 @@ def require_tool(name):
     if path is None:
         skip_all("%s is not installed" % name)
     return path
+
+
+def preload(*libs):
+    """An LD_PRELOAD value that preloads libs (a fault shim) into a
+    program of ours: in a sanitizer build the sanitizer runtime must come
+    first, or ASan refuses to start."""
+    san = os.environ.get("SANITIZER_PRELOAD", "")
+    return " ".join(([san] if san else []) + list(libs))
+
+
+def server_env(server, env=None):
+    """Environment for running a server binary ourselves (not through
+    Server): env (default os.environ) with what a sanitizer build needs
+    for that server (nbdkit loading our ASan plugin: the runtime
+    preloaded)."""
+    return _sanitizer_env(dict(os.environ if env is None else env), server)
 
 
 def tool_env(extra=None):
