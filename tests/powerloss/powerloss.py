@@ -1268,9 +1268,10 @@ class Session:
         return self.start(size=size, server=server)
 
     def recorded_env(self):
-        """The environment of a recorded process."""
+        """The environment of a recorded process (of ours: in a sanitizer
+        build the runtime must come first in LD_PRELOAD)."""
         env = dict(os.environ)
-        env["LD_PRELOAD"] = os.environ["PLR_RECORDER"]
+        env["LD_PRELOAD"] = self.nbdtest.preload(os.environ["PLR_RECORDER"])
         env["PLR_DIR"] = self.rec.root
         env["PLR_LOG"] = self.rec.log
         env.update(self.env)
