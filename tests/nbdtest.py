@@ -9,7 +9,8 @@
 # Environment (set by tests/Makefile.am): MINNBD, NBDKIT, FLATFILE_PLUGIN,
 # CAS_PLUGIN, NBDCAS, SANITIZER_PRELOAD.  NBDCAS_PAIRS="nbdkit-flatfile ..."
 # restricts the pairs (by hand, or a CI step); NBDCAS_TEST_PAIRS does so
-# per script (wanted_pairs()).  NBDCAS_VALGRIND=1 runs every server under
+# per script (wanted_pairs()), NBDCAS_TESTS the scripts that run at all
+# (the others skip).  NBDCAS_VALGRIND=1 runs every server under
 # valgrind memcheck (vgcheck.py).  Each result line is followed by a
 # "# time: ..." comment: what the case cost (TAP.ok).
 #
@@ -237,6 +238,17 @@ def skip_all(reason):
     """Skip a whole script (a missing optional tool)."""
     print("1..0 # SKIP %s" % reason, flush=True)
     sys.exit(0)
+
+
+def _run_selected_scripts_only():
+    """NBDCAS_TESTS="test-rw.py ...": only these scripts run, the others
+    skip.  For a smoke run under `make distcheck`, where TESTS= on the
+    command line would reach fuzz/'s tests too."""
+    only = os.environ.get("NBDCAS_TESTS")
+    me = os.path.basename(sys.argv[0])
+    if only is not None and me.startswith("test-") and \
+            me not in only.split():
+        skip_all("not selected (NBDCAS_TESTS='%s')" % only)
 
 
 def require_tool(name):
@@ -664,3 +676,6 @@ def expect_error(errno_name, fn, *args):
             errno_name, e.errno, e.string)
         return e
     raise AssertionError("expected %s, but the call succeeded" % errno_name)
+
+
+_run_selected_scripts_only()
