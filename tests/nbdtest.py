@@ -8,8 +8,11 @@
 #
 # Environment (set by tests/Makefile.am): MINNBD, NBDKIT, FLATFILE_PLUGIN,
 # CAS_PLUGIN, NBDCAS, SANITIZER_PRELOAD.  NBDCAS_PAIRS="nbdkit-flatfile ..."
-# restricts the pairs (for debugging one pair by hand).  NBDCAS_VALGRIND=1
-# runs every server under valgrind memcheck (vgcheck.py).
+# restricts the pairs (by hand, or a CI step); NBDCAS_TEST_PAIRS does so
+# per script (wanted_pairs()), NBDCAS_TESTS the scripts that run at all
+# (the others skip).  NBDCAS_VALGRIND=1 runs every server under
+# valgrind memcheck (vgcheck.py).  Each result line is followed by a
+# "# time: ..." comment: what the case cost (TAP.ok).
 #
 # The cas backend on Ceph RADOS ("casrados": store=rados:POOL/NAMESPACE,
 # one namespace per test run) is a pair of its own.  A cluster costs
@@ -101,11 +104,25 @@ def backend_name(backend):
     return "cas" if backend == "casrados" else backend
 
 
+def wanted_pairs():
+    """The pairs this script may use, as names ("minnbd-cas"), or None for
+    all.  NBDCAS_TEST_PAIRS="test-x.py=minnbd-cas,nbdkit-cas ..." names
+    them for one script (a subset such as `make check-valgrind-ci`);
+    otherwise NBDCAS_PAIRS="minnbd-cas ..." restricts every script."""
+    me = os.path.basename(sys.argv[0])
+    for item in os.environ.get("NBDCAS_TEST_PAIRS", "").split():
+        test, _, names = item.partition("=")
+        if test == me:
+            return names.replace(",", " ").split()
+    want = os.environ.get("NBDCAS_PAIRS")
+    return want.split() if want else None
+
+
 def pairs(servers=None, backends=None):
     """The pairs a test runs on, optionally restricted.  The casrados
     pairs: for a test of every backend (backends None) when
     rados_wanted(), or when asked for by name."""
-    want = os.environ.get("NBDCAS_PAIRS")
+    want = wanted_pairs()
     out = []
     for s, b in ALL_PAIRS:
         if servers and s not in servers:
@@ -116,7 +133,7 @@ def pairs(servers=None, backends=None):
             continue
         if b == "casrados" and not backends and not rados_wanted():
             continue
-        if want and ("%s-%s" % (s, b)) not in want.split():
+        if want is not None and ("%s-%s" % (s, b)) not in want:
             continue
         out.append((s, b))
     return out
@@ -170,7 +187,20 @@ class TAP:
     def __init__(self, n):
         self.n = 0
         self.failed = 0
+        self._last = _clock()
         print("1..%d" % n, flush=True)
+
+    def _time(self):
+        # What each case cost, in the .log file: CI's budget is planned
+        # from these (wall time, and CPU time of this script and of the
+        # child processes it has reaped: servers, valgrind, clients).
+        now = _clock()
+        # (A subclass may not call __init__: count from the first line.)
+        last = getattr(self, "_last", now)
+        print("# time: %.1fs wall, %.1fs cpu" % (now[0] - last[0],
+                                                 now[1] - last[1]),
+              flush=True)
+        self._last = now
 
     def ok(self, cond, desc, diag=None):
         vg = vgcheck.collect()
@@ -185,10 +215,23 @@ class TAP:
         if diag and not cond:
             for line in str(diag).rstrip().splitlines():
                 print("# " + line, flush=True)
+        self._time()
 
     def skip(self, desc, reason):
         self.n += 1
         print("ok %d - %s # SKIP %s" % (self.n, desc, reason), flush=True)
+        self._time()
+
+
+def _clock():
+    """(wall seconds, CPU seconds of this process and its reaped
+    children)."""
+    import resource
+    cpu = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        ru = resource.getrusage(who)
+        cpu += ru.ru_utime + ru.ru_stime
+    return time.monotonic(), cpu
 
 
 def skip_all(reason):
@@ -197,12 +240,39 @@ def skip_all(reason):
     sys.exit(0)
 
 
+def _run_selected_scripts_only():
+    """NBDCAS_TESTS="test-rw.py ...": only these scripts run, the others
+    skip.  For a smoke run under `make distcheck`, where TESTS= on the
+    command line would reach fuzz/'s tests too."""
+    only = os.environ.get("NBDCAS_TESTS")
+    me = os.path.basename(sys.argv[0])
+    if only is not None and me.startswith("test-") and \
+            me not in only.split():
+        skip_all("not selected (NBDCAS_TESTS='%s')" % only)
+
+
 def require_tool(name):
     path = shutil.which(name, path=SYSTEM_PATH + ":" +
                         os.environ.get("PATH", ""))
     if path is None:
         skip_all("%s is not installed" % name)
     return path
+
+
+def preload(*libs):
+    """An LD_PRELOAD value that preloads libs (a fault shim) into a
+    program of ours: in a sanitizer build the sanitizer runtime must come
+    first, or ASan refuses to start."""
+    san = os.environ.get("SANITIZER_PRELOAD", "")
+    return " ".join(([san] if san else []) + list(libs))
+
+
+def server_env(server, env=None):
+    """Environment for running a server binary ourselves (not through
+    Server): env (default os.environ) with what a sanitizer build needs
+    for that server (nbdkit loading our ASan plugin: the runtime
+    preloaded)."""
+    return _sanitizer_env(dict(os.environ if env is None else env), server)
 
 
 def tool_env(extra=None):
@@ -606,3 +676,6 @@ def expect_error(errno_name, fn, *args):
             errno_name, e.errno, e.string)
         return e
     raise AssertionError("expected %s, but the call succeeded" % errno_name)
+
+
+_run_selected_scripts_only()

@@ -370,7 +370,7 @@ def faults_during_gc(d):
                                    ("EIO", "write", 10)):
         store = os.path.join(d, "f-%s-%s" % (errno_name, ops))
         shutil.copytree(base, store)
-        env = {"LD_PRELOAD": os.environ["FAULTSHIM"],
+        env = {"LD_PRELOAD": nbdtest.preload(os.environ["FAULTSHIM"]),
                "FAULT_PATH": os.path.join(store, "packs"),
                "FAULT_ERRNO": errno_name, "FAULT_OPS": ops,
                "FAULT_AFTER": str(after)}

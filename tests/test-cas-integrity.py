@@ -315,7 +315,7 @@ def messages(d):
 def import_full_disk(d):
     store = make_store(d, {"small": image(d, "s.img", MiB, 3)})
     big = image(d, "big.img", 8 * MiB, 4)
-    env = {"LD_PRELOAD": os.environ["FAULTSHIM"],
+    env = {"LD_PRELOAD": nbdtest.preload(os.environ["FAULTSHIM"]),
            "FAULT_PATH": os.path.join(store, "packs"),
            "FAULT_ERRNO": "ENOSPC", "FAULT_AFTER": "40", "FAULT_OPS": "write"}
     p = tool("import", store, "big", big, "--create", env=env)

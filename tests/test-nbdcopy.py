@@ -1,17 +1,19 @@
 #!/usr/bin/python3
-# nbdcopy round trips of 256 MiB (64 under valgrind) of random data with holes, checked with
-# cmp: file -> server with --flush and back through a pipe (1 connection,
-# --synchronous --no-extents); then with several connections (-C 4 -T 4,
-# multi-conn) into the wiped disk and, after a server restart, back into
-# a sparse file using block status.
+# nbdcopy round trips of 256 MiB (64 under valgrind or a sanitizer) of
+# random data with holes, checked with cmp: file -> server with --flush
+# and back through a pipe (1 connection, --synchronous --no-extents);
+# then with several connections (-C 4 -T 4, multi-conn) into the wiped
+# disk and, after a server restart, back into a sparse file using block
+# status.
 
 import os
 
 import nbdtest
 
 MiB = 1024 * 1024
-# 64 MiB under valgrind: the same layout, a quarter of the bytes to check.
-SIZE = (64 if nbdtest.VALGRIND else 256) * MiB
+# 64 MiB under valgrind or a sanitizer: the same layout and requests in
+# flight, a quarter of the bytes to check.
+SIZE = (64 if nbdtest.VALGRIND or nbdtest.SANITIZED else 256) * MiB
 
 
 def make_source(path, regions, seed):

@@ -658,13 +658,21 @@ class DurabilityPoint:
     the volume: every write acknowledged before it was sent is durable
     once it is acknowledged; a FUA write is in its own) or "range" (a
     flatfile FUA write: only its own bytes).  size: the volume's size
-    then; write: the FUA write."""
+    then; write: the FUA write.  covers: with requests in flight, the
+    writes (their n) whose replies were seen before it was sent; None:
+    those acknowledged at a log position up to the one it was sent at
+    (a sequential client: positions order its events).  With requests in
+    flight they do not: a write sent after a flush can be sent and
+    acknowledged before the server logs anything more, at the very
+    position the flush was sent at."""
 
-    def __init__(self, kind, what, sent, acked, size, write=None):
+    def __init__(self, kind, what, sent, acked, size, write=None,
+                 covers=None):
         self.kind, self.what = kind, what
         self.sent, self.acked = sent, acked      # log byte positions
         self.size = size
         self.write = write                       # range: the Write
+        self.covers = covers
 
 
 class Write:
@@ -699,10 +707,11 @@ class ClientLog:
         self.writes.append(w)
         return w
 
-    def barrier(self, what, sent, acked, write=None):
-        """write: the FUA write that made this barrier (it is in it)."""
+    def barrier(self, what, sent, acked, write=None, covers=None):
+        """write: the FUA write that made this barrier (it is in it);
+        covers: see DurabilityPoint."""
         self.points.append(DurabilityPoint("flush", what, sent, acked,
-                                           self.size, write))
+                                           self.size, write, covers))
 
     def range_point(self, w):
         self.points.append(DurabilityPoint("range", w.what, w.sent, w.acked,
@@ -716,6 +725,9 @@ class ClientLog:
         it was sent (all writes, for a sequential client)."""
         if d is None:
             return []
+        covers = getattr(d, "covers", None)     # (older recordings: none)
+        if covers is not None:
+            return [w for w in self.writes if w.n in covers or w is d.write]
         return [w for w in self.writes
                 if (w.acked is not None and w.acked <= d.sent) or
                 w is d.write]
@@ -1059,8 +1071,13 @@ class Session:
         for op in ops:
             sent = self.pos()
             if op[0] == "flush":
+                # What it covers: the writes whose replies were seen by
+                # now (not those acknowledged at a log position up to
+                # sent: see DurabilityPoint).
+                covers = frozenset(w.n for w in self.client.writes
+                                   if w.acked is not None)
                 c = self.h.aio_flush()
-                pending.append((c, ("flush", sent)))
+                pending.append((c, ("flush", sent, covers)))
                 continue
             off = op[1]
             if op[0] == "write":
@@ -1091,7 +1108,8 @@ class Session:
                 what.acked = acked
             else:
                 self.client.barrier("flush #%d (in flight)" %
-                                    len(self.client.points), what[1], acked)
+                                    len(self.client.points), what[1], acked,
+                                    covers=what[2])
 
     def _fua_point(self, w):
         if self.wl.fua_flushes_all:
@@ -1268,9 +1286,10 @@ class Session:
         return self.start(size=size, server=server)
 
     def recorded_env(self):
-        """The environment of a recorded process."""
+        """The environment of a recorded process (of ours: in a sanitizer
+        build the runtime must come first in LD_PRELOAD)."""
         env = dict(os.environ)
-        env["LD_PRELOAD"] = os.environ["PLR_RECORDER"]
+        env["LD_PRELOAD"] = self.nbdtest.preload(os.environ["PLR_RECORDER"])
         env["PLR_DIR"] = self.rec.root
         env["PLR_LOG"] = self.rec.log
         env.update(self.env)
