@@ -660,11 +660,20 @@ class DurabilityPoint:
     flatfile FUA write: only its own bytes).  size: the volume's size
     then; write: the FUA write."""
 
-    def __init__(self, kind, what, sent, acked, size, write=None):
+    def __init__(self, kind, what, sent, acked, size, write=None,
+                 covers=None):
         self.kind, self.what = kind, what
         self.sent, self.acked = sent, acked      # log byte positions
         self.size = size
         self.write = write                       # range: the Write
+        # A flush sent with requests in flight: the numbers (Write.n) of
+        # the writes whose replies the client had seen when it sent it.
+        # Log positions can not tell that: a write answered from memory
+        # (the cas write-back cache) changes nothing on disk, so a write
+        # sent after the flush can be acknowledged at the very position
+        # the flush was sent at.  None: a sequential client, where every
+        # write acknowledged at or before d.sent came before it.
+        self.covers = covers
 
 
 class Write:
@@ -699,10 +708,11 @@ class ClientLog:
         self.writes.append(w)
         return w
 
-    def barrier(self, what, sent, acked, write=None):
-        """write: the FUA write that made this barrier (it is in it)."""
+    def barrier(self, what, sent, acked, write=None, covers=None):
+        """write: the FUA write that made this barrier (it is in it);
+        covers: see DurabilityPoint."""
         self.points.append(DurabilityPoint("flush", what, sent, acked,
-                                           self.size, write))
+                                           self.size, write, covers))
 
     def range_point(self, w):
         self.points.append(DurabilityPoint("range", w.what, w.sent, w.acked,
@@ -716,6 +726,9 @@ class ClientLog:
         it was sent (all writes, for a sequential client)."""
         if d is None:
             return []
+        covers = getattr(d, "covers", None)    # recordings made before it
+        if covers is not None:
+            return [w for w in self.writes if w.n in covers or w is d.write]
         return [w for w in self.writes
                 if (w.acked is not None and w.acked <= d.sent) or
                 w is d.write]
@@ -1059,8 +1072,12 @@ class Session:
         for op in ops:
             sent = self.pos()
             if op[0] == "flush":
+                # What it covers is decided now, by the replies seen so
+                # far, not by log positions (DurabilityPoint.covers).
+                covers = frozenset(w.n for w in self.client.writes
+                                   if w.acked is not None)
                 c = self.h.aio_flush()
-                pending.append((c, ("flush", sent)))
+                pending.append((c, ("flush", sent, covers)))
                 continue
             off = op[1]
             if op[0] == "write":
@@ -1091,7 +1108,8 @@ class Session:
                 what.acked = acked
             else:
                 self.client.barrier("flush #%d (in flight)" %
-                                    len(self.client.points), what[1], acked)
+                                    len(self.client.points), what[1], acked,
+                                    covers=what[2])
 
     def _fua_point(self, w):
         if self.wl.fua_flushes_all:
