@@ -5,7 +5,9 @@
 # expects it to pass.
 #
 #  1. the data check: a lost acknowledged byte, a garbage byte and a
-#     volume as of no flush are rejected; old-or-new is accepted;
+#     volume as of no flush are rejected; old-or-new is accepted; a
+#     flush sent with requests in flight covers only the writes answered
+#     before it was sent, even at an equal log position;
 #  2. a fake store (tests/powerloss/fakestore.py) that commits correctly
 #     passes every cut point; one that renames before its fsync, and one
 #     that does not fsync the directory after its rename, fail;
@@ -80,6 +82,52 @@ def test_check_data():
     # B was sent at 5: at cut 5 it cannot be there yet.
     expect_fail(lambda: check_data(c, m, 5, b + blank, False, 4096),
                 "a write from after the cut")
+
+
+class FakeAioHandle:
+    """libnbd's aio calls for Session.aio, every command done at once."""
+    def __init__(self):
+        self.sent = []
+
+    def _cmd(self, *what):
+        self.sent.append(what)
+        return len(self.sent)
+
+    def aio_pwrite(self, data, off):
+        return self._cmd("write", off, len(data))
+
+    def aio_zero(self, n, off):
+        return self._cmd("zero", off, n)
+
+    def aio_flush(self):
+        return self._cmd("flush")
+
+    def poll(self, timeout):
+        pass
+
+    def aio_command_completed(self, c):
+        return True
+
+
+def test_inflight_flush_covers():
+    """A flush in flight covers the writes whose replies the client saw
+    before sending it, even when the log did not move meanwhile (writes
+    answered from the cas write-back cache): a write sent after it and
+    acknowledged at the same log position is not in it."""
+    import types
+    wl = types.SimpleNamespace(name="fake", size=1 << 16, blocksize=4096,
+                               env={})
+    s = powerloss.Session(wl, rec=None)
+    s.pos = lambda: 100                      # nothing reaches the log
+    s.handles["default"] = FakeAioHandle()
+    s.aio([("write", 0, 512), ("flush",), ("write", 4096, 512)])
+    c = s.client
+    before, after = c.writes
+    assert before.acked == after.acked == c.points[-1].sent == 100
+    got = [w.what for w in c.required(c.points[-1])]
+    if got != [before.what]:
+        raise AssertionError("flush in flight requires %s, expected only "
+                             "%s" % (got, before.what))
 
 
 def run_fakestore(mode, tmp, n=3):
@@ -298,6 +346,8 @@ def main():
     cases = [
         ("the data check rejects lost, garbage and mixed data",
          lambda t: test_check_data()),
+        ("a flush in flight does not cover a write sent after it",
+         lambda t: test_inflight_flush_covers()),
         ("a fake store that commits correctly passes every cut point",
          test_fake_good),
         ("a fake store that renames before its fsync is caught",
