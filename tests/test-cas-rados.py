@@ -200,6 +200,28 @@ def expect_nbd_error(fn, *args):
     raise AssertionError("%s succeeded, expected an error" % fn.__name__)
 
 
+def connect_once_released(srv):
+    """srv.connect() once the volume's writer has let it go.  nbdkit
+    calls the plugin's close, which releases the lease, after it has
+    closed the client's socket (server/connections.c, free_connection):
+    right after a client of an nbdkit writer disconnects, the volume can
+    still be held.  A refusal (NBD_REP_ERR_POLICY, "held by another
+    writer") is tried again for up to TIMEOUT + SLACK seconds."""
+    got = []
+
+    def connected():
+        try:
+            got.append(srv.connect())
+            return True
+        except nbd.Error as e:
+            if "policy" not in str(e):
+                raise
+            return False
+    nbdtest.wait_until(connected, "the volume's release by its writer",
+                       TIMEOUT + SLACK)
+    return got[0]
+
+
 def wait_log(srv, pattern, timeout=TIMEOUT + SLACK):
     def found():
         return re.search(pattern, srv.log())
@@ -378,7 +400,7 @@ def case_second_writer(d):
         close(ha)
         ha = None
         # Released with A's last connection: now B may write.
-        hb = b.connect()
+        hb = connect_once_released(b)
         hb.pwrite(data[::-1], 0)
         hb.flush()
         close(hb)
