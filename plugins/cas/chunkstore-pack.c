@@ -818,10 +818,26 @@ ps_gc_sweep (struct chunkstore *cs,
    * rebuild from the packs, never an index into a missing pack); a new
    * one is saved at the end.
    */
-  if (!opts->dry_run && nsel && unlink (ps->index_path) == -1 &&
-      errno != ENOENT) {
-    backend_error ("cas: removing %s: %m", ps->index_path);
-    return -1;
+  if (!opts->dry_run && nsel) {
+    CLEANUP_FREE char *dir = strdup (ps->index_path);
+    char *slash = dir ? strrchr (dir, '/') : NULL;
+
+    /* The removal is made durable before any pack goes (packs live in
+     * another directory, whose syncs do not cover this one).  A cache
+     * that came back after a power cut would still be refused by its
+     * pack table's check, but then only by that second line of defence.
+     */
+    if (unlink (ps->index_path) == -1 && errno != ENOENT) {
+      backend_error ("cas: removing %s: %m", ps->index_path);
+      return -1;
+    }
+    if (slash)
+      *slash = '\0';
+    if (!dir || cas_fsync_dir (slash ? dir : ".") == -1) {
+      backend_error ("cas: syncing the directory of %s: %m",
+                     ps->index_path);
+      return -1;
+    }
   }
   for (i = 0; i < nsel; i++) {
     bool kept = false;
