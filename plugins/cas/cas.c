@@ -26,6 +26,7 @@
 
 #include "backend.h"
 #include "control.h"
+#include "minmax.h"
 #include "parse.h"
 #include "store.h"
 
@@ -463,13 +464,23 @@ cas_config_complete (void)
  * Every few seconds the thread looks at what was overwritten since the
  * last collection (cas_store_garbage_hint, an upper bound of what a
  * collection would give back); past a quarter of the stored bytes and
- * gc-min= (256M), it collects, taking at most a fifth of the time for
- * itself: after each pack it waits four times as long as the pack took,
- * so clients keep most of the disk and the CPU.
+ * gc-min= (256M), it collects, taking a fifth of the time for itself:
+ * after each pack it waits four times as long as the pack took, so
+ * clients keep most of the disk and the CPU.
+ *
+ * That fifth is not enough when clients overwrite faster than a fifth of
+ * a collection gives back (bench/gc-soak.py: a 1 GiB volume overwritten
+ * at random at 20 MB/s grew by 4 GiB a minute, each 1 GiB pack taking
+ * half a minute under load and earning two minutes of rest).  So the
+ * rest shrinks as garbage takes over the store: none at all once three
+ * quarters of it are garbage.  The disk is then bounded by how fast a
+ * collection at full speed can copy, not by a fixed share.
  */
 #define AUTOGC_PERIOD 5                 /* seconds between looks */
 #define AUTOGC_SHARE 4                  /* collect past 1/4 of the store */
 #define AUTOGC_WAIT 4                   /* wait 4x the work: 20% duty */
+#define AUTOGC_CALM 0.50                /* full rest up to this garbage share */
+#define AUTOGC_URGENT 0.75              /* no rest from this share on */
 
 static double
 now_mono (void)
@@ -504,13 +515,65 @@ autogc_wait (double secs)
   return r;
 }
 
+/* One collection of the thread's: what its pacing needs to estimate how
+ * much of the store is garbage while it runs.
+ */
+struct autogc_run {
+  struct cas_gc_stats gs;               /* filled in by the collection */
+  uint64_t stored0, chunks0;            /* the store when it began */
+};
+
+/* The share of the store's bytes that is garbage now, estimated: what
+ * the mark left unreferenced (chunks not marked, at the store's average
+ * chunk size), less what the sweep gave back so far, plus what clients
+ * overwrote since the mark.  0 before the mark is done.
+ */
+static double
+autogc_garbage_share (const struct autogc_run *run)
+{
+  struct cas_store_stats ss;
+  double live, garbage, freed;
+
+  if (run->gs.marked_chunks == 0 || run->chunks0 == 0)
+    return 0;
+  live = (double) run->gs.marked_chunks * run->stored0 / run->chunks0;
+  garbage = run->stored0 > live ? run->stored0 - live : 0;
+  freed = run->gs.bytes_freed > run->gs.bytes_copied ?
+    run->gs.bytes_freed - run->gs.bytes_copied : 0;
+  garbage = garbage > freed ? garbage - freed : 0;
+  garbage += cas_store_garbage_hint (store);
+  if (cas_store_stat (store, &ss) == -1 || ss.chunks.stored_bytes == 0)
+    return 0;
+  return MIN (1.0, garbage / ss.chunks.stored_bytes);
+}
+
+/* How long to rest per second worked: AUTOGC_WAIT while garbage is at
+ * most AUTOGC_CALM of the store, down to nothing at AUTOGC_URGENT.
+ */
+static double
+autogc_rest_factor (double garbage_share)
+{
+  if (garbage_share <= AUTOGC_CALM)
+    return AUTOGC_WAIT;
+  if (garbage_share >= AUTOGC_URGENT)
+    return 0;
+  return AUTOGC_WAIT * (AUTOGC_URGENT - garbage_share) /
+    (AUTOGC_URGENT - AUTOGC_CALM);
+}
+
 static int
 autogc_pace (void *opaque)
 {
+  const struct autogc_run *run = opaque;
   double t = now_mono (), worked = t - gc_pace_t0;
+  double share = autogc_garbage_share (run);
+  double rest = autogc_rest_factor (share);
   int r;
 
-  r = autogc_wait (worked * AUTOGC_WAIT);
+  backend_debug ("cas: gc=auto: %.1f s worked, garbage about %.0f%% of "
+                 "the store: resting %.1f s", worked, share * 100,
+                 worked * rest);
+  r = autogc_wait (worked * rest);
   gc_pace_t0 = now_mono ();
   return r;
 }
@@ -521,8 +584,11 @@ autogc_thread (void *arg)
   pthread_setname_np (pthread_self (), "bg:cas-gc");
   while (autogc_wait (AUTOGC_PERIOD) == 0) {
     struct cas_store_stats ss;
-    struct cas_gc_options o = { .max_unused_pct = 5, .pace = autogc_pace };
-    struct cas_gc_stats gs;
+    struct autogc_run run = { 0 };
+    struct cas_gc_options o = {
+      .max_unused_pct = 5, .pace = autogc_pace, .opaque = &run,
+    };
+    struct cas_gc_stats *gs = &run.gs;
     uint64_t hint = cas_store_garbage_hint (store);
 
     if (hint < gc_auto_min || cas_store_stat (store, &ss) == -1 ||
@@ -530,16 +596,18 @@ autogc_thread (void *arg)
       continue;
     backend_debug ("cas: gc=auto: %" PRIu64 " bytes overwritten, %" PRIu64
                    " stored: collecting", hint, ss.chunks.stored_bytes);
+    run.stored0 = ss.chunks.stored_bytes;
+    run.chunks0 = ss.chunks.chunks;
     gc_pace_t0 = now_mono ();
-    if (cas_store_gc (store, &o, &gs) == -1) {
+    if (cas_store_gc (store, &o, gs) == -1) {
       if (errno != ECANCELED && errno != EBUSY)
         backend_error ("cas: gc=auto: the collection failed (it will be "
                        "tried again)");
       continue;
     }
     backend_debug ("cas: gc=auto: %" PRIu64 " packs removed, %" PRIu64
-                   " rewritten, %" PRIu64 " bytes copied", gs.packs_deleted,
-                   gs.packs_rewritten, gs.bytes_copied);
+                   " rewritten, %" PRIu64 " bytes copied", gs->packs_deleted,
+                   gs->packs_rewritten, gs->bytes_copied);
   }
   return NULL;
 }
