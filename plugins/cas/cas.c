@@ -33,6 +33,8 @@
 static char *store_dir;
 static int64_t want_size = -1;       /* size=, -1: not given */
 static uint32_t want_bs;             /* blocksize=, 0: not given */
+static struct cas_compression want_comp;  /* compression= */
+static bool comp_given;              /* compression= was given */
 static char *default_volume;         /* volume=, or DEFAULT_VOLUME */
 static bool volume_given;            /* volume= was given */
 static bool default_missing;         /* no such volume: "" is refused */
@@ -171,6 +173,12 @@ cas_config (const char *key, const char *value)
         cas_blocksize_check (key, bs) == -1)
       return -1;
     want_bs = bs;
+    return 0;
+  }
+  if (strcmp (key, "compression") == 0) {
+    if (cas_compression_parse ("cas: compression", value, &want_comp) == -1)
+      return -1;
+    comp_given = true;
     return 0;
   }
   if (strcmp (key, "volume") == 0) {
@@ -396,6 +404,8 @@ cas_config_complete (void)
    * no repair of a torn tail, no index cache write.
    */
   store_readonly = readonly_param || backend_server_readonly ();
+  if (cas_store_compression_check (store_dir, &want_comp) == -1)
+    return -1;
   exists = cas_store_exists_opts (store_dir, &opts);
   if (exists == -1)
     return -1;
@@ -412,6 +422,7 @@ cas_config_complete (void)
       errno = EROFS;
       return -1;
     }
+    opts.compression = want_comp;
     if (check_dirty_cache (want_bs ? want_bs : CAS_DEFAULT_BLOCKSIZE) == -1 ||
         cas_store_create_opts (store_dir, want_bs, &opts) == -1)
       return -1;
@@ -433,6 +444,19 @@ cas_config_complete (void)
                    "created)", want_bs, cas_store_blocksize (store));
     errno = EINVAL;
     return -1;
+  }
+  if (exists && comp_given) {
+    struct cas_compression have = cas_store_compression (store);
+    char w[CAS_COMPRESSION_NAME_LEN], h[CAS_COMPRESSION_NAME_LEN];
+
+    if (!cas_compression_equal (&want_comp, &have)) {
+      backend_error ("cas: compression=%s differs from the store's "
+                     "compression %s (it is fixed when the store is "
+                     "created)", cas_compression_name (&want_comp, w),
+                     cas_compression_name (&have, h));
+      errno = EINVAL;
+      return -1;
+    }
   }
   if (prepare_default_volume () == -1)
     return -1;
@@ -985,6 +1009,8 @@ const struct backend cas_backend = {
   "takeover=no|wait|force  RADOS: a volume another writer holds\n"
   "size=SIZE           create the store / default volume if absent; grow it\n"
   "blocksize=SIZE      block size of a new store (4K..1M, default 64K)\n"
+  "compression=off|lz4|zstd[:LEVEL]  how a new store compresses its\n"
+  "                    data blocks (default off; zstd is zstd:3)\n"
   "volume=NAME         the default volume (default: \"default\")\n"
   "readonly=BOOL       open the store read-only\n"
   "verify=off|checksum|full  check chunks on every read (default checksum)\n"

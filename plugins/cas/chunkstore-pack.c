@@ -21,6 +21,7 @@
 #include "backend.h"
 #include "chunkstore.h"
 #include "cleanup.h"
+#include "compress.h"
 #include "crc32c.h"
 #include "index.h"
 #include "le.h"
@@ -43,6 +44,12 @@ struct packstore {
    * one of them (it stores a new copy).  0: no collection.
    */
   _Atomic uint32_t gc_below;
+  /* How new data records are stored (the superblock's; set once, before
+   * the store serves: cas_packstore_set_compression), and the codecs'
+   * contexts for compressing and decompressing.
+   */
+  struct cas_compression comp;
+  struct cas_codec_pool *pool;
 };
 
 /* A read raced with garbage collection retiring a pack: the index points
@@ -69,6 +76,26 @@ forget (struct packstore *ps, const struct cas_hash *hash, uint64_t loc)
     cas_index_remove (ps->index, hash, loc);
 }
 
+/* A compressed record's stored bytes (their CRC checked) decode to
+ * exactly its raw length: a stream that does not is never trusted to
+ * stand in for new data (its reads would all fail).  Raw records: true.
+ * errno ENOMEM if it could not tell.
+ */
+static bool
+decompresses (struct packstore *ps, const struct cas_record_header *h,
+              const void *stored)
+{
+  CLEANUP_FREE void *raw = NULL;
+
+  if (!(h->flags & CAS_RECORD_F_COMPRESSED))
+    return true;
+  raw = malloc (h->raw_length);
+  if (raw == NULL)
+    return false;
+  return cas_decompress (ps->pool, h->codec, stored, h->length, raw,
+                         h->raw_length) == 0;
+}
+
 /* Is the payload of the record at loc intact?  Read it and check its
  * CRC32C, once per process: the index remembers the answer
  * (CAS_LOC_VERIFIED).  1 intact, 0 damaged (reported), -1 error.
@@ -86,14 +113,18 @@ payload_intact (struct packstore *ps, const struct cas_hash *hash,
   buf = malloc (length ? length : 1);
   if (buf == NULL)
     return -1;
+  errno = 0;
   if (cas_packs_read (ps->packs, loc, &h, buf, length) == 0 &&
       cas_hash_equal (&h.hash, hash) && h.length == length &&
-      crc32c (0, buf, length) == h.payload_crc) {
+      crc32c (0, buf, length) == h.payload_crc &&
+      decompresses (ps, &h, buf)) {
     cas_index_set_verified (ps->index, hash, loc);
     return 1;
   }
   if (errno == ESTALE)
     return 2;                   /* retired meanwhile: not damaged */
+  if (errno == ENOMEM)
+    return -1;
   backend_error ("cas: pack %" PRIu32 " offset %" PRIu64 ": chunk %s is "
                  "damaged; storing a good copy", CAS_LOC_PACK (loc),
                  CAS_LOC_OFFSET (loc), cas_hash_hex (hash, hex));
@@ -152,6 +183,7 @@ ps_put (struct chunkstore *cs, const struct cas_hash *hash,
 {
   struct packstore *ps = PS (cs);
   struct cas_record_header h;
+  CLEANUP_FREE uint8_t *packed = NULL;
   uint64_t loc;
 
   if (stored)
@@ -169,6 +201,26 @@ ps_put (struct chunkstore *cs, const struct cas_hash *hash,
   h.type = type;
   h.length = len;
   h.hash = *hash;
+  /* Hashed raw above (dedup is on the raw bytes); stored compressed only
+   * if that saves at least 1/8, else raw.
+   */
+  if (type == CAS_CHUNK_DATA && ps->comp.codec != CAS_CODEC_NONE) {
+    uint32_t room = cas_compress_limit (len), out;
+
+    packed = malloc (room ? room : 1);
+    if (packed == NULL)
+      return -1;
+    if (cas_compress (ps->pool, &ps->comp, data, len, packed, room,
+                      &out) == -1)
+      return -1;
+    if (out > 0 && out <= room) {
+      h.flags = CAS_RECORD_F_COMPRESSED;
+      h.codec = ps->comp.codec;
+      h.raw_length = len;
+      h.length = out;
+      data = packed;
+    }
+  }
   if (cas_packs_append (ps->packs, &h, data, &loc) == -1)
     return -1;
   atomic_fetch_add (&ps->appended, 1);
@@ -225,9 +277,40 @@ ps_get (struct chunkstore *cs, const struct cas_hash *hash, void *buf,
       err = EIO;
       continue;
     }
+    /* Checked (the CRC is of the stored bytes), now decompressed: the
+     * stored bytes are copied out of the way, the block goes to buf.
+     */
+    if (h.flags & CAS_RECORD_F_COMPRESSED) {
+      CLEANUP_FREE uint8_t *packed = NULL;
+
+      if (h.raw_length > bufsize) {
+        backend_error ("cas: pack %" PRIu32 " offset %" PRIu64 ": chunk %s "
+                       "of %" PRIu32 " bytes is too long", pack, off,
+                       cas_hash_hex (hash, hex), h.raw_length);
+        err = EIO;
+        continue;
+      }
+      packed = malloc (h.length);
+      if (packed == NULL)
+        return -1;
+      memcpy (packed, buf, h.length);
+      if (cas_decompress (ps->pool, h.codec, packed, h.length, buf,
+                          h.raw_length) == -1) {
+        if (errno == ENOMEM)
+          return -1;
+        /* Scribble over what came out: nothing unchecked stays in buf. */
+        memset (buf, 0, h.raw_length);
+        backend_error ("cas: pack %" PRIu32 " offset %" PRIu64 ": chunk %s: "
+                       "compressed payload does not decompress (damaged "
+                       "data)", pack, off, cas_hash_hex (hash, hex));
+        forget (ps, hash, locs[i]);
+        err = EIO;
+        continue;
+      }
+    }
     if (verify >= CAS_VERIFY_FULL) {
       struct cas_hash got;
-      if (cas_hash_compute (buf, h.length, &got) == -1 ||
+      if (cas_hash_compute (buf, h.raw_length, &got) == -1 ||
           !cas_hash_equal (&got, hash)) {
         backend_error ("cas: pack %" PRIu32 " offset %" PRIu64 ": chunk %s: "
                        "payload does not match its SHA-256 (damaged data)",
@@ -240,7 +323,7 @@ ps_get (struct chunkstore *cs, const struct cas_hash *hash, void *buf,
     if (verify >= CAS_VERIFY_CHECKSUM && !(locs[i] & CAS_LOC_VERIFIED))
       cas_index_set_verified (ps->index, hash, locs[i]);
     if (len)
-      *len = h.length;
+      *len = h.raw_length;
     return 0;
   }
   if (err == ENOENT)
@@ -392,6 +475,32 @@ ps_has (struct chunkstore *cs, const struct cas_hash *hash)
 }
 
 static int
+ps_sizes (struct chunkstore *cs, const struct cas_hash *hash, uint32_t *raw,
+          uint32_t *stored)
+{
+  struct packstore *ps = PS (cs);
+  uint64_t locs[MAX_CANDIDATES];
+  struct cas_record_header h;
+  int n, i, stale = 0;
+
+ again:
+  n = cas_index_lookup (ps->index, hash, locs, MAX_CANDIDATES);
+  for (i = 0; i < n; i++) {
+    if (cas_packs_read_header (ps->packs, locs[i], &h) == -1) {
+      if (errno == ESTALE && stale++ < MAX_STALE_RETRIES)
+        goto again;
+      continue;                 /* damaged: maybe another copy is good */
+    }
+    if (!cas_hash_equal (&h.hash, hash) || h.type == CAS_RECORD_TABLE)
+      continue;
+    *raw = h.raw_length;
+    *stored = h.length;
+    return 1;
+  }
+  return 0;
+}
+
+static int
 ps_sync (struct chunkstore *cs)
 {
   return cas_packs_sync (PS (cs)->packs);
@@ -423,6 +532,7 @@ ps_stats (struct chunkstore *cs, struct cas_chunkstore_stats *st)
 static void
 free_ps (struct packstore *ps)
 {
+  cas_codec_pool_free (ps->pool);
   cas_index_free (ps->index);
   cas_packs_close (ps->packs);
   free (ps->index_path);
@@ -885,6 +995,7 @@ static const struct chunkstore_ops packstore_ops = {
   .get = ps_get,
   .get_range = ps_get_range,
   .has = ps_has,
+  .sizes = ps_sizes,
   .sync = ps_sync,
   .enumerate = ps_enumerate,
   .stats = ps_stats,
@@ -1025,6 +1136,13 @@ cas_packstore_set_tables (struct chunkstore *cs)
   cas_packs_set_tables (PS (cs)->packs);
 }
 
+void
+cas_packstore_set_compression (struct chunkstore *cs,
+                               const struct cas_compression *c)
+{
+  PS (cs)->comp = *c;
+}
+
 struct chunkstore *
 cas_packstore_open (const char *dir, bool readonly, const uint8_t uuid[16],
                     unsigned flags)
@@ -1046,7 +1164,8 @@ cas_packstore_open (const char *dir, bool readonly, const uint8_t uuid[16],
     goto err;
   }
   ps->index = cas_index_new ();
-  if (ps->index == NULL)
+  ps->pool = cas_codec_pool_new ();
+  if (ps->index == NULL || ps->pool == NULL)
     goto err;
   ps->packs = cas_packs_open (dir, readonly, uuid,
                               flags & CAS_PACKSTORE_TABLES);

@@ -134,6 +134,13 @@ struct chunkstore_ops {
                     enum cas_verify verify);
   /* 1 present, 0 absent, -1 error. */
   int (*has) (struct chunkstore *cs, const struct cas_hash *hash);
+  /* The sizes of the chunk named *hash, from its record header (the
+   * payload is not read): *raw its length, *stored the payload bytes it
+   * takes (less than *raw if it is stored compressed).  1 found, 0 absent
+   * or unreadable, -1 error.  May be NULL: chunks are stored as they are.
+   */
+  int (*sizes) (struct chunkstore *cs, const struct cas_hash *hash,
+                uint32_t *raw, uint32_t *stored);
   /* Make every chunk put so far durable (fdatasync of what was written). */
   int (*sync) (struct chunkstore *cs);
   /* Call fn for every record stored (in storage order), stopping if fn
@@ -191,6 +198,13 @@ void cas_packstore_forget (struct chunkstore *cs, const struct cas_hash *hash,
  * now on.
  */
 void cas_packstore_set_tables (struct chunkstore *cs);
+/* Compress new data records with c (the superblock's setting; format.h
+ * struct cas_compression).  Called once, right after opening, before
+ * any put.  Records of every codec are read whatever the setting.
+ */
+struct cas_compression;
+void cas_packstore_set_compression (struct chunkstore *cs,
+                                    const struct cas_compression *c);
 
 /* get_range for a chunk store without one: get the whole chunk, copy
  * the range out.

@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "backend.h"
@@ -42,19 +43,105 @@ cas_blocksize_check (const char *what, uint64_t bs)
   return -1;
 }
 
-/* superblock: 0 magic[8] 8 version 12 blocksize 16 fanout 20 pad
- * 24 created 32 uuid[16] 48 reserved[12] 60 crc
+int
+cas_compression_parse (const char *what, const char *value,
+                       struct cas_compression *c)
+{
+  memset (c, 0, sizeof *c);
+  if (strcmp (value, "off") == 0 || strcmp (value, "none") == 0)
+    return 0;
+  if (strcmp (value, "lz4") == 0) {
+    c->codec = CAS_CODEC_LZ4;
+    return 0;
+  }
+  if (strcmp (value, "zstd") == 0) {
+    c->codec = CAS_CODEC_ZSTD;
+    c->level = CAS_ZSTD_DEFAULT_LEVEL;
+    return 0;
+  }
+  if (strncmp (value, "zstd:", 5) == 0) {
+    const char *p = value + 5;
+    unsigned level = 0;
+
+    /* Digits only: no sign, no spaces, no "3abc". */
+    while (*p >= '0' && *p <= '9' && level <= CAS_ZSTD_MAX_LEVEL)
+      level = level * 10 + (*p++ - '0');
+    if (p != value + 5 && *p == '\0' && level >= CAS_ZSTD_MIN_LEVEL &&
+        level <= CAS_ZSTD_MAX_LEVEL) {
+      c->codec = CAS_CODEC_ZSTD;
+      c->level = level;
+      return 0;
+    }
+    backend_error ("%s: '%s': the zstd level must be a number from %d to %d",
+                   what, value, CAS_ZSTD_MIN_LEVEL, CAS_ZSTD_MAX_LEVEL);
+    errno = EINVAL;
+    return -1;
+  }
+  backend_error ("%s: '%s' is not a compression: use off, lz4, zstd or "
+                 "zstd:LEVEL (LEVEL %d to %d; zstd alone is zstd:%d)", what,
+                 value, CAS_ZSTD_MIN_LEVEL, CAS_ZSTD_MAX_LEVEL,
+                 CAS_ZSTD_DEFAULT_LEVEL);
+  errno = EINVAL;
+  return -1;
+}
+
+bool
+cas_compression_valid (const struct cas_compression *c)
+{
+  switch (c->codec) {
+  case CAS_CODEC_NONE:
+  case CAS_CODEC_LZ4:
+    return c->level == 0;
+  case CAS_CODEC_ZSTD:
+    return c->level >= CAS_ZSTD_MIN_LEVEL && c->level <= CAS_ZSTD_MAX_LEVEL;
+  }
+  return false;
+}
+
+const char *
+cas_compression_name (const struct cas_compression *c,
+                      char buf[CAS_COMPRESSION_NAME_LEN])
+{
+  switch (c->codec) {
+  case CAS_CODEC_NONE:
+    snprintf (buf, CAS_COMPRESSION_NAME_LEN, "off");
+    break;
+  case CAS_CODEC_LZ4:
+    snprintf (buf, CAS_COMPRESSION_NAME_LEN, "lz4");
+    break;
+  case CAS_CODEC_ZSTD:
+    snprintf (buf, CAS_COMPRESSION_NAME_LEN, "zstd:%u", c->level);
+    break;
+  default:
+    snprintf (buf, CAS_COMPRESSION_NAME_LEN, "codec-%u", c->codec);
+    break;
+  }
+  return buf;
+}
+
+/* superblock: 0 magic[8] 8 version 12 blocksize 16 fanout 20 incompat
+ * 24 created 32 uuid[16] 48 codec 49 level 50 reserved[10] 60 crc
  */
 void
 cas_super_encode (const struct cas_super *s, uint8_t out[CAS_SUPER_SIZE])
 {
+  uint32_t incompat = s->incompat & ~CAS_INCOMPAT_COMPRESSION;
+
+  /* The flag follows the codec: a store without compression stays
+   * readable by every release that knows its version.
+   */
+  if (s->compression.codec != CAS_CODEC_NONE)
+    incompat |= CAS_INCOMPAT_COMPRESSION;
   memset (out, 0, CAS_SUPER_SIZE);
   memcpy (out, CAS_SUPER_MAGIC, 8);
   put_le32 (out + 8, s->version);
   put_le32 (out + 12, s->blocksize);
   put_le32 (out + 16, s->fanout);
+  put_le32 (out + 20, incompat);
   put_le64 (out + 24, s->created);
   memcpy (out + 32, s->uuid, 16);
+  out[48] = s->compression.codec;
+  out[49] = s->compression.level;
   seal (out, CAS_SUPER_SIZE);
 }
 
@@ -77,6 +164,18 @@ cas_super_decode (const uint8_t in[CAS_SUPER_SIZE], struct cas_super *s)
     errno = EPROTO;
     return -1;
   }
+  /* So are the incompatible features: a store that needs one this
+   * program does not know is refused by name, not called damaged.
+   */
+  s->incompat = get_le32 (in + 20);
+  if (s->incompat & ~CAS_INCOMPAT_KNOWN) {
+    backend_error ("cas: the store uses features this program does not "
+                   "support (incompatible feature flags 0x%x; it knows "
+                   "0x%x: compression): it was made by a newer release",
+                   s->incompat & ~CAS_INCOMPAT_KNOWN, CAS_INCOMPAT_KNOWN);
+    errno = EPROTO;
+    return -1;
+  }
   if (!sealed (in, CAS_SUPER_SIZE)) {
     backend_error ("cas: superblock: checksum mismatch (damaged)");
     errno = EIO;
@@ -86,9 +185,21 @@ cas_super_decode (const uint8_t in[CAS_SUPER_SIZE], struct cas_super *s)
   s->fanout = get_le32 (in + 16);
   s->created = get_le64 (in + 24);
   memcpy (s->uuid, in + 32, 16);
+  s->compression.codec = in[48];
+  s->compression.level = in[49];
   if (!cas_blocksize_valid (s->blocksize) || s->fanout != CAS_MAP_FANOUT) {
     backend_error ("cas: superblock: bad block size %u or fanout %u",
                    s->blocksize, s->fanout);
+    errno = EIO;
+    return -1;
+  }
+  /* The CRC checked out, so these disagreeing is not a torn write. */
+  if (!cas_compression_valid (&s->compression) ||
+      ((s->incompat & CAS_INCOMPAT_COMPRESSION) != 0) !=
+      (s->compression.codec != CAS_CODEC_NONE)) {
+    backend_error ("cas: superblock: bad compression (codec %u, level %u, "
+                   "feature flags 0x%x)", s->compression.codec,
+                   s->compression.level, s->incompat);
     errno = EIO;
     return -1;
   }
@@ -142,6 +253,10 @@ cas_record_header_encode (const struct cas_record_header *h,
   put_le32 (out + 8, h->length);
   put_le32 (out + 12, h->payload_crc);
   memcpy (out + 16, h->hash.b, CAS_HASH_SIZE);
+  if (h->flags & CAS_RECORD_F_COMPRESSED) {
+    put_le32 (out + 48, h->raw_length);
+    out[52] = h->codec;
+  }
   seal (out, CAS_RECORD_HEADER_SIZE);
 }
 
@@ -160,6 +275,18 @@ cas_record_header_decode (const uint8_t in[CAS_RECORD_HEADER_SIZE],
        h->type != CAS_RECORD_TABLE) ||
       h->length == 0 || h->length > CAS_MAX_PAYLOAD)
     goto bad;
+  if (h->flags & CAS_RECORD_F_COMPRESSED) {
+    h->raw_length = get_le32 (in + 48);
+    h->codec = in[52];
+    if (h->type != CAS_CHUNK_DATA || (h->flags & CAS_RECORD_F_TABLE) ||
+        (h->codec != CAS_CODEC_LZ4 && h->codec != CAS_CODEC_ZSTD) ||
+        h->raw_length <= h->length || h->raw_length > CAS_MAX_PAYLOAD)
+      goto bad;
+  }
+  else {
+    h->raw_length = h->length;
+    h->codec = CAS_CODEC_NONE;
+  }
   return 0;
  bad:
   errno = EIO;

@@ -58,15 +58,70 @@ int cas_blocksize_check (const char *what, uint64_t bs);
 #define CAS_MAX_PACKS 65536
 #define CAS_DEFAULT_PACK_SIZE (UINT64_C (1) << 30)
 
+/* ---- compression (FORMAT.md, "Compression") ---- */
+/* Codecs, as numbered in the superblock and in a compressed record's
+ * header.  A store's compression is chosen when it is created and never
+ * changes; only data records are compressed.
+ */
+enum cas_codec {
+  CAS_CODEC_NONE = 0,
+  CAS_CODEC_LZ4 = 1,
+  CAS_CODEC_ZSTD = 2,
+};
+#define CAS_ZSTD_MIN_LEVEL 1
+#define CAS_ZSTD_MAX_LEVEL 19        /* zstd's own without --ultra */
+#define CAS_ZSTD_DEFAULT_LEVEL 3     /* "zstd" alone: zstd's default */
+struct cas_compression {
+  uint8_t codec;              /* enum cas_codec */
+  uint8_t level;              /* zstd: CAS_ZSTD_MIN..MAX_LEVEL; else 0 */
+};
+/* The one rule for a compression setting: "off", "lz4", "zstd" (level
+ * CAS_ZSTD_DEFAULT_LEVEL) or "zstd:LEVEL".  parse: 0, or -1/EINVAL after
+ * a message naming what (the parameter or option) and what is allowed.
+ * valid: a decoded setting is one of those.  name: "off", "lz4",
+ * "zstd:3"; returns buf.
+ */
+int cas_compression_parse (const char *what, const char *value,
+                           struct cas_compression *c);
+bool cas_compression_valid (const struct cas_compression *c);
+#define CAS_COMPRESSION_NAME_LEN 16
+const char *cas_compression_name (const struct cas_compression *c,
+                                  char buf[CAS_COMPRESSION_NAME_LEN]);
+static inline bool
+cas_compression_equal (const struct cas_compression *a,
+                       const struct cas_compression *b)
+{
+  return a->codec == b->codec && a->level == b->level;
+}
+
+/* A data block is stored compressed only if that saves at least 1/8 of
+ * it: the most compressed bytes worth keeping for a block of len bytes.
+ */
+static inline uint32_t
+cas_compress_limit (uint32_t len)
+{
+  return len - len / 8;
+}
+
 /* ---- superblock: DIR/superblock ---- */
 #define CAS_SUPER_MAGIC "NBDCASSB"
 #define CAS_SUPER_SIZE 64
+/* Incompatible features (superblock bytes 20..23), read before the CRC
+ * like the version: a program that finds a bit it does not know refuses
+ * the store, naming the bits, instead of misreading it.  Bit 0: data
+ * records may be compressed (the codec is in bytes 48..49).
+ */
+#define CAS_INCOMPAT_COMPRESSION 0x1u
+#define CAS_INCOMPAT_KNOWN CAS_INCOMPAT_COMPRESSION
 struct cas_super {
   uint32_t version;           /* CAS_FORMAT_VERSION */
   uint32_t blocksize;         /* power of two, 4 KiB .. 1 MiB */
   uint32_t fanout;            /* hashes per map node: CAS_MAP_FANOUT */
+  uint32_t incompat;          /* CAS_INCOMPAT_*: set by the encoder from
+                                 compression, checked by the decoder */
   uint64_t created;           /* seconds since the epoch */
   uint8_t uuid[16];           /* random: tells stores apart */
+  struct cas_compression compression;  /* of new data records */
 };
 void cas_super_encode (const struct cas_super *s, uint8_t out[CAS_SUPER_SIZE]);
 /* version is decoded even when it is wrong, so callers can name it. */
@@ -90,6 +145,14 @@ int cas_pack_header_decode (const uint8_t in[CAS_PACK_HEADER_SIZE],
 #define CAS_RECORD_HEADER_SIZE 64
 #define CAS_RECORD_ALIGN 8
 #define CAS_MAX_PAYLOAD (1024u * 1024)
+/* Compressed data records (format version 2, a store with
+ * CAS_INCOMPAT_COMPRESSION): flag CAS_RECORD_F_COMPRESSED; length and
+ * payload_crc are those of the stored (compressed) bytes, the hash is
+ * the SHA-256 of the raw block, raw_length its length (header bytes
+ * 48..51) and codec its codec (byte 52).  Such a record never has a piece
+ * table: a partial read decompresses the whole block.
+ */
+#define CAS_RECORD_F_COMPRESSED 0x02
 /* Format version 2: a data record longer than one piece is preceded by a
  * piece table, a record of its own (type CAS_RECORD_TABLE, not a chunk,
  * never indexed) whose payload is the CRC32C of each CAS_PIECE_SIZE piece
@@ -106,12 +169,17 @@ struct cas_record_header {
   uint8_t flags;              /* CAS_RECORD_F_* */
   uint32_t length;            /* payload bytes */
   uint32_t payload_crc;       /* CRC32C of the payload */
-  struct cas_hash hash;       /* SHA-256 of the payload */
+  struct cas_hash hash;       /* SHA-256 of the payload (compressed: of
+                                 the raw block) */
+  uint32_t raw_length;        /* compressed: the raw block's length; the
+                                 decoder sets it to length otherwise */
+  uint8_t codec;              /* compressed: enum cas_codec; else 0 */
 };
 void cas_record_header_encode (const struct cas_record_header *h,
                                uint8_t out[CAS_RECORD_HEADER_SIZE]);
 /* Quiet: returns -1 without a message (scans probe bad headers often);
- * errno EIO.
+ * errno EIO.  A compressed record's header must name a known codec, a
+ * data record, no piece table, and a raw length above the stored one.
  */
 int cas_record_header_decode (const uint8_t in[CAS_RECORD_HEADER_SIZE],
                               struct cas_record_header *h);

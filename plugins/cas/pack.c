@@ -19,6 +19,7 @@
 
 #include "backend.h"
 #include "cleanup.h"
+#include "compress.h"
 #include "crc32c.h"
 #include "index.h"
 #include "le.h"
@@ -513,8 +514,12 @@ cas_packs_append (struct cas_packs *p, struct cas_record_header *h,
     errno = EROFS;
     return -1;
   }
+  /* A compressed record has no table: a partial read of it decompresses
+   * the whole block anyway.
+   */
   if (atomic_load_explicit (&p->tables, memory_order_relaxed) &&
-      h->type == CAS_CHUNK_DATA && cas_wants_table (h->length)) {
+      h->type == CAS_CHUNK_DATA && cas_wants_table (h->length) &&
+      !(h->flags & CAS_RECORD_F_COMPRESSED)) {
     struct cas_record_header th = {
       .type = CAS_RECORD_TABLE, .length = 4 * cas_pieces (h->length),
       .hash = h->hash,
@@ -898,6 +903,11 @@ struct scan {
   uint64_t size;
   uint64_t keep;                 /* never cut below this */
   uint8_t *buf;                  /* CAS_MAX_PAYLOAD */
+  /* Re-hashing a compressed record: its raw block (CAS_MAX_PAYLOAD,
+   * allocated when first needed) and the codecs' contexts.
+   */
+  uint8_t *raw;
+  struct cas_codec_pool *pool;
   int (*fn) (const struct cas_record_info *, void *);
   void *opaque;
   /* Checking a data record that has a piece table (format 2): its piece
@@ -958,8 +968,24 @@ record_at (struct scan *s, uint64_t off, bool check, bool rehash,
     return BAD_PAYLOAD;
   if (rehash && h->type != CAS_RECORD_TABLE) {
     struct cas_hash got;
+    const uint8_t *data = s->buf;
+
+    /* The name is the raw block's: decompress it first (the CRC above
+     * was of the stored bytes).
+     */
+    if (h->flags & CAS_RECORD_F_COMPRESSED) {
+      *problem = "compressed payload does not decompress to its length";
+      if (s->raw == NULL && (s->raw = malloc (CAS_MAX_PAYLOAD)) == NULL)
+        return BAD_PAYLOAD;
+      if (s->pool == NULL)
+        s->pool = cas_codec_pool_new ();
+      if (cas_decompress (s->pool, h->codec, s->buf, h->length, s->raw,
+                          h->raw_length) == -1)
+        return BAD_PAYLOAD;
+      data = s->raw;
+    }
     *problem = "payload does not match its SHA-256";
-    if (cas_hash_compute (s->buf, h->length, &got) == -1 ||
+    if (cas_hash_compute (data, h->raw_length, &got) == -1 ||
         !cas_hash_equal (&got, &h->hash))
       return BAD_PAYLOAD;
   }
@@ -1197,6 +1223,8 @@ cas_packs_scan_one (struct cas_packs *p, uint32_t id,
   s.keep = s.size;              /* never cut */
   r = scan_pack (&s, CAS_PACK_HEADER_SIZE, 0);
   free (s.buf);
+  free (s.raw);
+  cas_codec_pool_free (s.pool);
   return r;
 }
 
@@ -1238,5 +1266,7 @@ cas_packs_scan (struct cas_packs *p, const struct cas_scan_start *from,
       break;
   }
   free (s.buf);
+  free (s.raw);
+  cas_codec_pool_free (s.pool);
   return r;
 }

@@ -1,12 +1,15 @@
 /* Reference sets: which chunks the trees of some roots reference, and for
  * each chunk whether one root references it alone or several do.  Space
  * accounting (nbdcas stat: what deleting a volume or snapshot would free,
- * what nobody references) and garbage collection's mark are built on it.
- * See store.h for the contract.
+ * what nobody references, how much compression saves) and garbage
+ * collection's mark are built on it.  See store.h for the contract.
  *
  * An open-addressing table (linear probing) of 16-byte entries: the first
  * 8 bytes of the chunk's hash (as the index keys chunks), its owner (the
- * one root that references it, or SHARED) and its payload length.  Two
+ * last root that marked it; the SHARED bit says another did before) and
+ * its payload length as stored (and whether that is compressed).  Roots
+ * are walked one after the other, so "the last root that marked it"
+ * tells whether the root being walked has counted the chunk yet.  Two
  * chunks whose hashes share 8 bytes count as one here: at 10^9 chunks the
  * chance of any such pair is 3%, and the effect is a few KiB counted
  * once instead of twice -- never a chunk wrongly deleted, since garbage
@@ -31,18 +34,22 @@
 #include "storeint.h"
 
 #define F CAS_MAP_FANOUT
-#define SHARED UINT32_MAX
-#define NODE (UINT32_C (1) << 31)    /* in length: a map node */
+/* In length, above the payload bytes (at most CAS_MAX_PAYLOAD, 21 bits): */
+#define NODE (UINT32_C (1) << 31)        /* a map node */
+#define SHARED (UINT32_C (1) << 30)      /* marked by more than one root */
+#define COMPRESSED (UINT32_C (1) << 29)  /* a data chunk stored compressed */
+#define LENGTH_MASK (COMPRESSED - 1)
 
 struct ref {
   uint64_t key;                 /* 0: empty (a zero key is made 1) */
-  uint32_t owner;               /* a root's id, or SHARED */
-  uint32_t length;              /* payload bytes */
+  uint32_t owner;               /* the last root that marked it */
+  uint32_t length;              /* payload bytes as stored, and the flags */
 };
 
 struct cas_refs {
   struct ref *tab;
   uint64_t mask, count;
+  uint32_t blocksize;           /* a data chunk's raw length */
   /* Marking skips the subtree of a map node walked before.  A key is not
    * a name (a data chunk or another node may share a node's 8 bytes), so
    * the walked nodes are remembered apart, by full hash: there are about
@@ -207,27 +214,23 @@ cas_refs_has (const struct cas_refs *r, const struct cas_hash *h)
   return false;
 }
 
-/* Note that owner references chunk h (length bytes): 1 first seen,
- * 0 seen before, -1 out of memory.
+/* Note that owner references chunk h: its entry, or NULL (out of
+ * memory).  *first: owner had not marked it before; *added: nobody had
+ * (the caller sets its length).
  */
-static int
+static struct ref *
 mark (struct cas_refs *r, const struct cas_hash *h, uint32_t owner,
-      uint32_t length)
+      bool *first, bool *added)
 {
-  bool added;
-  struct ref *e = lookup_add (r, h, &added);
+  struct ref *e = lookup_add (r, h, added);
 
   if (e == NULL)
-    return -1;
-  if (added) {
-    e->owner = owner;
-    e->length = length;
-    return 1;
-  }
-  if (e->owner == owner || e->owner == SHARED)
-    return 0;
-  e->owner = SHARED;
-  return 1;
+    return NULL;
+  *first = *added || e->owner != owner;
+  if (!*added && e->owner != owner)
+    e->length |= SHARED;
+  e->owner = owner;
+  return e;
 }
 
 struct walk {
@@ -235,10 +238,44 @@ struct walk {
   struct cas_refs *refs;
   uint32_t owner;
   bool skip_seen;               /* a node already marked: its subtree is */
+  bool sizes;                   /* read each new data chunk's stored size
+                                   (a store that compresses) */
   uint64_t nblocks;
-  uint64_t mapped;              /* blocks with data */
+  struct cas_refs_root_stats rs;
   struct cas_hash *bufs[8];     /* one node per level */
 };
+
+/* A data chunk h the walk meets, first in the whole set (added) or first
+ * for this root (first).
+ */
+static int
+mark_data (struct walk *w, const struct cas_hash *h)
+{
+  uint32_t bs = w->st->sb.blocksize;
+  bool first, added;
+  struct ref *e = mark (w->refs, h, w->owner, &first, &added);
+
+  if (e == NULL)
+    return -1;
+  if (added) {
+    uint32_t raw = bs, stored = bs;
+
+    /* Its record header says how it is stored (one small read per
+     * distinct chunk, only in a store that compresses).  A chunk that
+     * cannot be found counts as raw: fsck is the place to report it.
+     */
+    if (w->sizes &&
+        w->st->cs->ops->sizes (w->st->cs, h, &raw, &stored) == -1)
+      return -1;
+    e->length = stored < raw ? (stored | COMPRESSED) : bs;
+  }
+  if (first) {
+    w->rs.data_chunks++;
+    w->rs.raw_bytes += bs;
+    w->rs.stored_bytes += e->length & LENGTH_MASK;
+  }
+  return 0;
+}
 
 /* Node h of height `height` (1: a leaf) covering blocks from first. */
 static int
@@ -269,9 +306,15 @@ walk_node (struct walk *w, const struct cas_hash *h, uint32_t height,
     return -1;
   }
   memset ((uint8_t *) kids + len, 0, F * CAS_HASH_SIZE - len);
-  if (mark (w->refs, h, w->owner, len | NODE) == -1 ||
-      (w->skip_seen && node_add (w->refs, h) == -1))
-    return -1;
+  {
+    bool seen_first, added;
+    struct ref *e = mark (w->refs, h, w->owner, &seen_first, &added);
+
+    if (e == NULL || (w->skip_seen && node_add (w->refs, h) == -1))
+      return -1;
+    if (added)
+      e->length = len | NODE;
+  }
   for (k = 1; k < height; k++)
     span *= F;
   for (i = 0; i < F && first + i * span < w->nblocks; i++) {
@@ -279,8 +322,8 @@ walk_node (struct walk *w, const struct cas_hash *h, uint32_t height,
     if (cas_hash_is_zero (c))
       continue;
     if (height == 1) {
-      w->mapped++;
-      if (mark (w->refs, c, w->owner, w->st->sb.blocksize) == -1)
+      w->rs.mapped_blocks++;
+      if (mark_data (w, c) == -1)
         return -1;
       continue;
     }
@@ -293,26 +336,27 @@ walk_node (struct walk *w, const struct cas_hash *h, uint32_t height,
 
 static int
 walk_root (struct cas_store *st, struct cas_refs *refs, uint32_t owner,
-           bool skip_seen, const struct cas_root *root,
-           uint64_t *mapped_blocks)
+           bool skip_seen, bool sizes, const struct cas_root *root,
+           struct cas_refs_root_stats *rs)
 {
   struct walk w = { .st = st, .refs = refs, .owner = owner,
-                    .skip_seen = skip_seen };
+                    .skip_seen = skip_seen, .sizes = sizes };
   uint32_t k;
   int ret = -1;
 
-  if (owner == 0 || owner == SHARED || root->depth >= 8) {
+  if (owner == 0 || root->depth >= 8) {
     errno = EINVAL;
     return -1;
   }
+  refs->blocksize = st->sb.blocksize;
   w.nblocks = (root->size + st->sb.blocksize - 1) / st->sb.blocksize;
   for (k = 1; k <= root->depth; k++)
     if ((w.bufs[k] = malloc (F * sizeof (struct cas_hash))) == NULL)
       goto out;
   if (walk_node (&w, &root->root, root->depth, 0) == -1)
     goto out;
-  if (mapped_blocks)
-    *mapped_blocks = w.mapped;
+  if (rs)
+    *rs = w.rs;
   ret = 0;
  out:
   for (k = 1; k <= root->depth; k++)
@@ -323,16 +367,19 @@ walk_root (struct cas_store *st, struct cas_refs *refs, uint32_t owner,
 int
 cas_refs_add_root (struct cas_store *st, struct cas_refs *refs,
                    uint32_t owner, const struct cas_root *root,
-                   uint64_t *mapped_blocks)
+                   struct cas_refs_root_stats *rs)
 {
-  return walk_root (st, refs, owner, false, root, mapped_blocks);
+  bool sizes = st->sb.compression.codec != CAS_CODEC_NONE &&
+    st->cs->ops->sizes != NULL;
+
+  return walk_root (st, refs, owner, false, sizes, root, rs);
 }
 
 int
 cas_refs_mark_root (struct cas_store *st, struct cas_refs *refs,
                     const struct cas_root *root)
 {
-  return walk_root (st, refs, 1, true, root, NULL);
+  return walk_root (st, refs, 1, true, false, root, NULL);
 }
 
 uint64_t
@@ -343,25 +390,34 @@ cas_refs_count (const struct cas_refs *r)
 
 void
 cas_refs_totals (const struct cas_refs *r, uint64_t *alone,
-                 uint32_t nowners, uint64_t *referenced, uint64_t *chunks,
-                 uint64_t *nodes)
+                 uint32_t nowners, struct cas_refs_totals *t)
 {
   uint64_t i;
 
   memset (alone, 0, ((size_t) nowners + 1) * sizeof *alone);
-  *referenced = 0;
-  *chunks = r->count;
-  *nodes = 0;
+  memset (t, 0, sizeof *t);
+  t->chunks = r->count;
   for (i = 0; i <= r->mask; i++) {
     const struct ref *e = &r->tab[i];
+    uint32_t stored = e->length & LENGTH_MASK;
+    uint32_t raw = e->length & COMPRESSED ? r->blocksize : stored;
     uint64_t bytes;
+
     if (!e->key)
       continue;
     if (e->length & NODE)
-      (*nodes)++;
-    bytes = cas_record_size (e->length & ~NODE);
-    *referenced += bytes;
-    if (e->owner != SHARED && e->owner <= nowners)
+      t->nodes++;
+    else {
+      t->data_chunks++;
+      t->data_raw += raw;
+      t->data_stored += stored;
+      if (e->length & COMPRESSED)
+        t->compressed_chunks++;
+    }
+    bytes = cas_record_size (stored);
+    t->referenced += bytes;
+    t->referenced_raw += cas_record_size (raw);
+    if (!(e->length & SHARED) && e->owner <= nowners)
       alone[e->owner] += bytes;
   }
 }

@@ -23,6 +23,11 @@
 #include "storeint.h"
 
 uint32_t cas_store_blocksize (const struct cas_store *st) { return st->sb.blocksize; }
+struct cas_compression
+cas_store_compression (const struct cas_store *st)
+{
+  return st->sb.compression;
+}
 uint32_t
 cas_store_format_version (const struct cas_store *st)
 {
@@ -205,6 +210,29 @@ cas_store_exists (const char *dir)
 }
 
 int
+cas_store_compression_check (const char *name,
+                             const struct cas_compression *c)
+{
+  char cn[CAS_COMPRESSION_NAME_LEN];
+
+  if (!cas_compression_valid (c)) {
+    backend_error ("cas: compression: codec %u level %u is not valid",
+                   c->codec, c->level);
+    errno = EINVAL;
+    return -1;
+  }
+  /* Chunk objects in RADOS are stored as they are (FORMAT.md, "RADOS"). */
+  if (is_rados (name) && c->codec != CAS_CODEC_NONE) {
+    backend_error ("cas: compression=%s: a RADOS store (%s) does not "
+                   "support compression; use compression=off",
+                   cas_compression_name (c, cn), name);
+    errno = EINVAL;
+    return -1;
+  }
+  return 0;
+}
+
+int
 cas_store_create_opts (const char *name, uint32_t blocksize,
                        const struct cas_open_options *opts)
 {
@@ -214,6 +242,8 @@ cas_store_create_opts (const char *name, uint32_t blocksize,
   if (blocksize == 0)
     blocksize = CAS_DEFAULT_BLOCKSIZE;
   if (cas_blocksize_check ("cas: block size", blocksize) == -1)
+    return -1;
+  if (opts && cas_store_compression_check (name, &opts->compression) == -1)
     return -1;
   r = cas_store_exists_opts (name, opts);
   if (r == -1)
@@ -228,6 +258,8 @@ cas_store_create_opts (const char *name, uint32_t blocksize,
   s.blocksize = blocksize;
   s.fanout = CAS_MAP_FANOUT;
   s.created = time (NULL);
+  if (opts)
+    s.compression = opts->compression;
   if (getrandom (s.uuid, sizeof s.uuid, 0) != sizeof s.uuid) {
     backend_error ("cas: getrandom: %m");
     return -1;
@@ -334,6 +366,18 @@ cas_store_open (const char *dir, const struct cas_open_options *opts)
                                         ? CAS_PACKSTORE_TABLES : 0));
   if (st->cs == NULL)
     goto err;
+  if (st->sb.compression.codec != CAS_CODEC_NONE) {
+    if (!cas_store_is_local (st)) {
+      char c[CAS_COMPRESSION_NAME_LEN];
+      backend_error ("cas: %s: the superblock says compression %s, which a "
+                     "RADOS store does not support", dir,
+                     cas_compression_name (&st->sb.compression, c));
+      st->cs->ops->close (st->cs);
+      errno = ENOTSUP;
+      goto err;
+    }
+    cas_packstore_set_compression (st->cs, &st->sb.compression);
+  }
   return st;
 
  err:

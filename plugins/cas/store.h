@@ -91,6 +91,12 @@ struct cas_open_options {
   bool write_through;        /* no write-back cache: every write is hashed
                                 and stored before it returns */
   const struct cas_ceph_options *ceph;  /* a RADOS store; NULL: defaults */
+  /* cas_store_create_opts: how the new store compresses its data blocks
+   * (all zero: off).  Fixed for the store's life, in its superblock;
+   * not used by cas_store_open (compare cas_store_compression).  A RADOS
+   * store refuses anything but off (EINVAL).
+   */
+  struct cas_compression compression;
 };
 
 /* 64 MiB: 2000 leaves, the map of 128 GiB of a volume at the default
@@ -164,6 +170,15 @@ struct cas_store *cas_store_open (const char *dir,
 int cas_store_close (struct cas_store *st);
 
 uint32_t cas_store_blocksize (const struct cas_store *st);
+/* The store's compression of new data blocks (its superblock's). */
+/* The one rule for creating store name with compression c: 0, or
+ * -1/EINVAL after a message (a RADOS store cannot compress).  Checked by
+ * cas_store_create_opts; callers check it first to refuse before they
+ * connect anywhere.
+ */
+int cas_store_compression_check (const char *name,
+                                 const struct cas_compression *c);
+struct cas_compression cas_store_compression (const struct cas_store *st);
 /* The store's format version (its superblock's: FORMAT.md). */
 uint32_t cas_store_format_version (const struct cas_store *st);
 /* Upgrade the store to CAS_FORMAT_VERSION (FORMAT.md, "Versions"): the
@@ -377,13 +392,23 @@ struct cas_refs;
 struct cas_refs *cas_refs_new (uint64_t expected_chunks);
 void cas_refs_free (struct cas_refs *refs);
 uint64_t cas_refs_memory (const struct cas_refs *refs);
-/* Walk root's tree (owner: an id >= 1 naming the root) and mark every map
- * node and data chunk it references.  *mapped_blocks (may be NULL): its
- * blocks holding data.
+/* What one root references (cas_refs_add_root). */
+struct cas_refs_root_stats {
+  uint64_t mapped_blocks;       /* its blocks holding data */
+  uint64_t data_chunks;         /* the distinct data chunks they name */
+  uint64_t raw_bytes;           /* ... their bytes (a block each) */
+  uint64_t stored_bytes;        /* ... their payload bytes as stored
+                                   (fewer where compressed) */
+};
+/* Walk root's tree (owner: an id >= 1 naming the root, a new one for
+ * each root: roots are walked one after the other) and mark every map
+ * node and data chunk it references.  *rs (may be NULL): what it
+ * references.  In a store that compresses, the first time a data chunk
+ * is met its record header is read (its stored size).
  */
 int cas_refs_add_root (struct cas_store *st, struct cas_refs *refs,
                        uint32_t owner, const struct cas_root *root,
-                       uint64_t *mapped_blocks);
+                       struct cas_refs_root_stats *rs);
 /* Marking only (garbage collection): every chunk root references, not
  * who else does; a map node already walked (known by its full hash, 32
  * bytes per node at 80% load) is not walked again, so the cost is the
@@ -393,13 +418,23 @@ int cas_refs_mark_root (struct cas_store *st, struct cas_refs *refs,
                         const struct cas_root *root);
 bool cas_refs_has (const struct cas_refs *refs, const struct cas_hash *h);
 uint64_t cas_refs_count (const struct cas_refs *refs);
-/* alone[k] (k = 1 .. nowners): record bytes referenced by owner k and no
- * other root; *referenced: record bytes referenced by any; *chunks: how
- * many chunks, *nodes: how many of them are map nodes.
+/* Every chunk referenced by any root marked: */
+struct cas_refs_totals {
+  uint64_t referenced;          /* record bytes (headers included), as
+                                   stored */
+  uint64_t referenced_raw;      /* the same were nothing compressed */
+  uint64_t chunks;              /* how many chunks ... */
+  uint64_t nodes;               /* ... of them map nodes */
+  uint64_t data_chunks;         /* ... data chunks */
+  uint64_t compressed_chunks;   /* ... data chunks stored compressed */
+  uint64_t data_raw;            /* payload bytes of the data chunks ... */
+  uint64_t data_stored;         /* ... and as stored */
+};
+/* alone[k] (k = 1 .. nowners): record bytes (as stored) referenced by
+ * owner k and no other root; *t: the totals.
  */
 void cas_refs_totals (const struct cas_refs *refs, uint64_t *alone,
-                      uint32_t nowners, uint64_t *referenced,
-                      uint64_t *chunks, uint64_t *nodes);
+                      uint32_t nowners, struct cas_refs_totals *t);
 
 /* Extents of [offset, offset+count) of an open volume (its state now,
  * unflushed writes included) by whether each block differs from the same

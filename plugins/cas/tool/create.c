@@ -1,4 +1,5 @@
-/* nbdcas create STORE [--size SIZE] [--blocksize N] [--volume NAME]
+/* nbdcas create STORE [--size SIZE] [--blocksize N] [--compression C]
+ *                    [--volume NAME]
  *
  * Creates the store if STORE is absent or an empty directory.  With
  * --size, also creates a volume (default name "default") in it -- in a
@@ -22,7 +23,8 @@ static void
 help (void)
 {
   tool_printf ("Usage: %s create STORE [--size SIZE] [--blocksize N] "
-          "[--volume NAME]\n"
+          "[--compression C]\n"
+          "                     [--volume NAME]\n"
           "Create a cas store in the directory STORE (absent or empty), or\n"
           "in a Ceph RADOS pool: STORE = rados:POOL[/NAMESPACE].\n"
           "With --size, also create a volume of SIZE bytes: in a new store,\n"
@@ -34,6 +36,12 @@ help (void)
           "from\n"
           "                        4K to 1M (default %uK); fixed for the "
           "store's life\n"
+          "  -c, --compression C   how a new store compresses its data "
+          "blocks:\n"
+          "                        off (default), lz4, zstd or zstd:LEVEL "
+          "(1 to 19;\n"
+          "                        zstd is zstd:3); fixed for the store's "
+          "life\n"
           "  -n, --volume NAME     volume name (default \"%s\"); needs "
           "--size\n"
           "  -h, --help            this help\n",
@@ -58,6 +66,7 @@ cmd_create (int argc, char **argv)
 {
   static const struct option long_options[] = {
     { "blocksize", required_argument, NULL, 'b' },
+    { "compression", required_argument, NULL, 'c' },
     { "size", required_argument, NULL, 's' },
     { "volume", required_argument, NULL, 'n' },
     TOOL_COMMON_LONG_OPTIONS,
@@ -66,17 +75,24 @@ cmd_create (int argc, char **argv)
   const char *dir, *volume = NULL;
   uint64_t size = 0;
   uint32_t blocksize = 0;
-  bool have_size = false;
+  struct cas_open_options opts = *tool_store_options ();
+  bool have_size = false, have_comp = false;
   struct cas_store *st = NULL;
   char hs[HUMAN_SIZE_LEN];
   int c, r, ret = EXIT_FAIL;
 
-  while ((c = tool_getopt (argc, argv, "create", "b:hn:s:v", long_options,
+  while ((c = tool_getopt (argc, argv, "create", "b:c:hn:s:v", long_options,
                            help, &ret)) > 0) {
     switch (c) {
     case 'b':
       if (parse_blocksize (optarg, &blocksize) == -1)
         return usage_error ("create");
+      break;
+    case 'c':
+      if (cas_compression_parse ("--compression", optarg,
+                                 &opts.compression) == -1)
+        return usage_error ("create");
+      have_comp = true;
       break;
     case 'n':
       volume = optarg;
@@ -104,6 +120,8 @@ cmd_create (int argc, char **argv)
                     cas_new_name_check ("volume", volume) == -1))
     return usage_error ("create");
 
+  if (cas_store_compression_check (dir, &opts.compression) == -1)
+    return EXIT_FAIL;
   /* In a server, STORE is the store it serves. */
   r = tool_remote () ? 1 : cas_store_exists_opts (dir, tool_store_options ());
   if (r == -1)
@@ -115,11 +133,14 @@ cmd_create (int argc, char **argv)
     return EXIT_FAIL;
   }
   if (r == 0) {
-    if (cas_store_create_opts (dir, blocksize, tool_store_options ()) == -1)
+    char cn[CAS_COMPRESSION_NAME_LEN];
+
+    if (cas_store_create_opts (dir, blocksize, &opts) == -1)
       return EXIT_FAIL;
     if (tool_verbose)
-      tool_info ("created store %s (block size %" PRIu32 ")", dir,
-                 blocksize ? blocksize : CAS_DEFAULT_BLOCKSIZE);
+      tool_info ("created store %s (block size %" PRIu32 ", compression %s)",
+                 dir, blocksize ? blocksize : CAS_DEFAULT_BLOCKSIZE,
+                 cas_compression_name (&opts.compression, cn));
   }
   if (!have_size)
     return EXIT_OK;
@@ -135,6 +156,18 @@ cmd_create (int argc, char **argv)
                 "size is fixed when a store is created)", dir,
                 cas_store_blocksize (st), blocksize);
     goto out;
+  }
+  if (r == 1 && have_comp) {
+    struct cas_compression have = cas_store_compression (st);
+    char w[CAS_COMPRESSION_NAME_LEN], h[CAS_COMPRESSION_NAME_LEN];
+
+    if (!cas_compression_equal (&have, &opts.compression)) {
+      tool_error ("%s has compression %s, not %s (the compression is fixed "
+                  "when a store is created)", dir,
+                  cas_compression_name (&have, h),
+                  cas_compression_name (&opts.compression, w));
+      goto out;
+    }
   }
   if (cas_volume_create (st, volume, size) == -1)
     goto out;

@@ -4,12 +4,16 @@
  * snapshot) is walked into one reference set (refs.c), which says for
  * each chunk whether one root references it alone.  Then:
  *  - per volume and snapshot: logical size, mapped bytes (blocks that
- *    hold data), and the bytes it alone references: what deleting it
- *    (and collecting garbage) would free;
+ *    hold data), the distinct data chunks it references with their raw
+ *    and stored bytes (its dedup ratio: mapped / raw; its compression
+ *    ratio: raw / stored), and the bytes it alone references: what
+ *    deleting it (and collecting garbage) would free;
  *  - the store: bytes stored (pack files on disk), referenced (records
  *    some root needs), unreferenced (what garbage collection would give
  *    back), the dedup ratio (mapped bytes of every volume and snapshot /
- *    referenced bytes), packs, chunks, index memory.
+ *    referenced bytes before compression), the compression ratio (raw /
+ *    stored bytes of the referenced data chunks), packs, chunks, index
+ *    memory.
  * A volume is counted as of its last flush (a server holding the store
  * flushes each open volume first).  A root whose tree cannot be read is
  * marked DAMAGED (exit status 1) and the others are still shown.
@@ -33,7 +37,8 @@ struct row {
   char *name;
   struct cas_root root;
   bool snapshot, ok;
-  uint64_t mapped_blocks, unique;
+  struct cas_refs_root_stats rs;
+  uint64_t unique;
   char error[512];              /* why it could not be read */
 };
 
@@ -52,10 +57,13 @@ help (void)
   tool_printf ("Usage: %s stat STORE [VOLUME] [--json]\n"
                "Show space use of STORE: logical, mapped, stored, referenced "
                "and\n"
-               "unreferenced bytes, the dedup ratio, packs, chunks, index "
-               "memory,\n"
-               "and a line per volume and snapshot with the bytes it alone\n"
-               "references (what deleting it would free).  With VOLUME (or\n"
+               "unreferenced bytes, the dedup and compression ratios, packs,\n"
+               "chunks, index memory, and a line per volume and snapshot "
+               "with\n"
+               "the stored bytes of the chunks it references, its ratios and "
+               "the\n"
+               "bytes it alone references (what deleting it would free).  "
+               "With VOLUME (or\n"
                "VOLUME@SNAP), that one in detail.  A volume that cannot be "
                "read\n"
                "is shown as damaged (exit status 1); run nbdcas fsck to see "
@@ -90,7 +98,8 @@ static int
 walk_rows (struct rows *t)
 {
   struct cas_store_stats ss;
-  uint64_t *alone, referenced, chunks, nodes;
+  struct cas_refs_totals tt;
+  uint64_t *alone;
   size_t i;
 
   if (cas_store_stat (t->st, &ss) == -1)
@@ -108,8 +117,7 @@ walk_rows (struct rows *t)
     tool_capture (row->error, sizeof row->error);
     r = cas_root_get (t->st, row->name, true, &row->root);
     if (r == 0)
-      r = cas_refs_add_root (t->st, t->refs, i + 1, &row->root,
-                             &row->mapped_blocks);
+      r = cas_refs_add_root (t->st, t->refs, i + 1, &row->root, &row->rs);
     tool_capture (NULL, 0);
     if (r == -1) {
       if (row->error[0] == '\0')
@@ -123,7 +131,7 @@ walk_rows (struct rows *t)
   alone = calloc (t->v.len + 1, sizeof *alone);
   if (alone == NULL)
     return -1;
-  cas_refs_totals (t->refs, alone, t->v.len, &referenced, &chunks, &nodes);
+  cas_refs_totals (t->refs, alone, t->v.len, &tt);
   for (i = 0; i < t->v.len; i++)
     t->v.ptr[i].unique = alone[i + 1];
   free (alone);
@@ -141,6 +149,19 @@ free_rows (struct rows *t)
 {
   row_vector_free_all (&t->v, free_row);
   cas_refs_free (t->refs);
+}
+
+/* a / b, or "null" / "-" if b is 0: a ratio for JSON or for text. */
+static const char *
+ratio (uint64_t a, uint64_t b, bool json, char buf[32])
+{
+  if (b == 0)
+    snprintf (buf, 32, "%s", json ? "null" : "-");
+  else if (json)
+    snprintf (buf, 32, "%.4f", (double) a / b);
+  else
+    snprintf (buf, 32, "%.2f", (double) a / b);
+  return buf;
 }
 
 /* "N (1.0 GiB)" */
@@ -161,12 +182,15 @@ stat_store (struct cas_store *st, const char *dir, bool json)
 {
   struct rows t = { .st = st };
   struct cas_store_stats ss;
+  struct cas_refs_totals tt;
   const struct cas_chunkstore_stats *cs = &ss.chunks;
-  uint64_t logical = 0, mapped = 0, snap_mapped = 0, referenced = 0,
-    chunks = 0, nodes = 0, unreferenced, overhead, nvol = 0, nsnap = 0,
-    *alone;
+  struct cas_compression comp = cas_store_compression (st);
+  uint64_t logical = 0, mapped = 0, snap_mapped = 0, unreferenced, overhead,
+    nvol = 0, nsnap = 0, *alone;
   uint32_t bs = cas_store_blocksize (st);
-  char b[64], h1[HUMAN_SIZE_LEN], h2[HUMAN_SIZE_LEN], h3[HUMAN_SIZE_LEN];
+  char b[64], r1[32], r2[32], cn[CAS_COMPRESSION_NAME_LEN];
+  char h1[HUMAN_SIZE_LEN], h2[HUMAN_SIZE_LEN], h3[HUMAN_SIZE_LEN],
+    h4[HUMAN_SIZE_LEN];
   size_t i;
   int r = -1;
 
@@ -176,31 +200,33 @@ stat_store (struct cas_store *st, const char *dir, bool json)
   alone = calloc (t.v.len + 1, sizeof *alone);
   if (alone == NULL)
     goto out;
-  cas_refs_totals (t.refs, alone, t.v.len, &referenced, &chunks, &nodes);
+  cas_refs_totals (t.refs, alone, t.v.len, &tt);
   free (alone);
+  cas_compression_name (&comp, cn);
   for (i = 0; i < t.v.len; i++) {
     const struct row *row = &t.v.ptr[i];
     if (!row->ok)
       continue;
     if (row->snapshot) {
       nsnap++;
-      snap_mapped += row->mapped_blocks * bs;
+      snap_mapped += row->rs.mapped_blocks * bs;
     }
     else {
       nvol++;
       logical += row->root.size;
-      mapped += row->mapped_blocks * bs;
+      mapped += row->rs.mapped_blocks * bs;
     }
   }
   /* Pack headers are neither referenced nor reclaimable. */
   overhead = cs->packs * 64;
-  unreferenced = cs->stored_bytes > referenced + overhead
-    ? cs->stored_bytes - referenced - overhead : 0;
+  unreferenced = cs->stored_bytes > tt.referenced + overhead
+    ? cs->stored_bytes - tt.referenced - overhead : 0;
   if (json) {
     tool_printf ("{\n  \"store\": ");
     json_string (tool_stdout (), dir);
     tool_printf (",\n  \"format_version\": %d,\n"
                  "  \"block_size\": %" PRIu32 ",\n"
+                 "  \"compression\": \"%s\",\n"
                  "  \"volumes\": %" PRIu64 ",\n"
                  "  \"snapshots\": %" PRIu64 ",\n"
                  "  \"damaged_volumes\": %u,\n"
@@ -209,15 +235,21 @@ stat_store (struct cas_store *st, const char *dir, bool json)
                  "  \"snapshot_mapped_bytes\": %" PRIu64 ",\n"
                  "  \"stored_bytes\": %" PRIu64 ",\n"
                  "  \"referenced_bytes\": %" PRIu64 ",\n"
-                 "  \"unreferenced_bytes\": %" PRIu64 ",\n",
-                 cas_store_format_version (st), bs, nvol, nsnap, t.broken,
-                 logical, mapped, snap_mapped, cs->stored_bytes, referenced,
-                 unreferenced);
-    if (referenced)
-      tool_printf ("  \"dedup_ratio\": %.4f,\n",
-                   (double) (mapped + snap_mapped) / referenced);
-    else
-      tool_printf ("  \"dedup_ratio\": null,\n");
+                 "  \"referenced_raw_bytes\": %" PRIu64 ",\n"
+                 "  \"unreferenced_bytes\": %" PRIu64 ",\n"
+                 "  \"dedup_ratio\": %s,\n"
+                 "  \"data_chunks\": %" PRIu64 ",\n"
+                 "  \"compressed_chunks\": %" PRIu64 ",\n"
+                 "  \"data_raw_bytes\": %" PRIu64 ",\n"
+                 "  \"data_stored_bytes\": %" PRIu64 ",\n"
+                 "  \"compression_ratio\": %s,\n",
+                 cas_store_format_version (st), bs, cn, nvol, nsnap,
+                 t.broken, logical, mapped, snap_mapped, cs->stored_bytes,
+                 tt.referenced, tt.referenced_raw, unreferenced,
+                 ratio (mapped + snap_mapped, tt.referenced_raw, true, r1),
+                 tt.data_chunks, tt.compressed_chunks, tt.data_raw,
+                 tt.data_stored, ratio (tt.data_raw, tt.data_stored, true,
+                                        r2));
     tool_printf ("  \"packs\": %" PRIu64 ",\n"
                  "  \"chunks\": %" PRIu64 ",\n"
                  "  \"referenced_chunks\": %" PRIu64 ",\n"
@@ -225,7 +257,7 @@ stat_store (struct cas_store *st, const char *dir, bool json)
                  "  \"index_bytes\": %" PRIu64 ",\n"
                  "  \"index_slots\": %" PRIu64 ",\n"
                  "  \"volume_list\": [",
-                 cs->packs, cs->chunks, chunks, nodes, cs->index_bytes,
+                 cs->packs, cs->chunks, tt.chunks, tt.nodes, cs->index_bytes,
                  cs->index_slots);
     for (i = 0; i < t.v.len; i++) {
       const struct row *row = &t.v.ptr[i];
@@ -234,8 +266,17 @@ stat_store (struct cas_store *st, const char *dir, bool json)
       if (row->ok) {
         tool_printf (", \"ok\": true, \"snapshot\": %s, \"size\": %" PRIu64
                      ", \"mapped_bytes\": %" PRIu64 ", \"unique_bytes\": %"
-                     PRIu64, row->snapshot ? "true" : "false",
-                     row->root.size, row->mapped_blocks * bs, row->unique);
+                     PRIu64 ", \"data_chunks\": %" PRIu64 ", \"raw_bytes\": %"
+                     PRIu64 ", \"stored_bytes\": %" PRIu64
+                     ", \"dedup_ratio\": %s, \"compression_ratio\": %s",
+                     row->snapshot ? "true" : "false",
+                     row->root.size, row->rs.mapped_blocks * bs, row->unique,
+                     row->rs.data_chunks, row->rs.raw_bytes,
+                     row->rs.stored_bytes,
+                     ratio (row->rs.mapped_blocks * bs, row->rs.raw_bytes,
+                            true, r1),
+                     ratio (row->rs.raw_bytes, row->rs.stored_bytes, true,
+                            r2));
         if (row->snapshot) {
           char when[32];
           iso_time (row->root.mtime, when);
@@ -256,6 +297,7 @@ stat_store (struct cas_store *st, const char *dir, bool json)
   tool_printf ("store:          %s\n", dir);
   tool_printf ("format version: %" PRIu32 "\n", cas_store_format_version (st));
   tool_printf ("block size:     %s\n", bytes (bs, b, sizeof b));
+  tool_printf ("compression:    %s\n", cn);
   tool_printf ("volumes:        %" PRIu64, nvol);
   if (t.broken)
     tool_printf (" (and %u damaged: not counted below)", t.broken);
@@ -266,25 +308,30 @@ stat_store (struct cas_store *st, const char *dir, bool json)
   if (nsnap)
     tool_printf ("  snapshots:    %s\n", bytes (snap_mapped, b, sizeof b));
   tool_printf ("stored bytes:   %s\n", bytes (cs->stored_bytes, b, sizeof b));
-  tool_printf ("  referenced:   %s\n", bytes (referenced, b, sizeof b));
+  tool_printf ("  referenced:   %s\n", bytes (tt.referenced, b, sizeof b));
   tool_printf ("  unreferenced: %s (garbage collection gives it back)\n",
                bytes (unreferenced, b, sizeof b));
-  if (referenced)
-    tool_printf ("dedup ratio:    %.2f\n",
-                 (double) (mapped + snap_mapped) / referenced);
-  else
-    tool_printf ("dedup ratio:    -\n");
+  tool_printf ("dedup ratio:    %s\n",
+               ratio (mapped + snap_mapped, tt.referenced_raw, false, r1));
+  tool_printf ("data chunks:    %" PRIu64 " referenced, %" PRIu64
+               " compressed: %s raw, %s stored\n", tt.data_chunks,
+               tt.compressed_chunks, human_size (tt.data_raw, h1),
+               human_size (tt.data_stored, h2));
+  tool_printf ("compress ratio: %s\n",
+               ratio (tt.data_raw, tt.data_stored, false, r2));
   tool_printf ("packs:          %" PRIu64 "\n", cs->packs);
   tool_printf ("chunks:         %" PRIu64 " (%" PRIu64 " referenced, %"
-               PRIu64 " of them map nodes)\n", cs->chunks, chunks, nodes);
+               PRIu64 " of them map nodes)\n", cs->chunks, tt.chunks,
+               tt.nodes);
   tool_printf ("index memory:   %s", bytes (cs->index_bytes, b, sizeof b));
   if (cs->chunks)
     tool_printf (", %.1f bytes per chunk",
                  (double) cs->index_bytes / cs->chunks);
   tool_printf ("\n");
   if (t.v.len)
-    tool_printf ("\n%-28s %10s %10s %10s  %s\n", "VOLUME", "SIZE", "MAPPED",
-                 "UNIQUE", "STATUS");
+    tool_printf ("\n%-28s %10s %10s %10s %10s %6s %6s  %s\n", "VOLUME",
+                 "SIZE", "MAPPED", "STORED", "UNIQUE", "DEDUP", "COMPR",
+                 "STATUS");
   for (i = 0; i < t.v.len; i++) {
     const struct row *row = &t.v.ptr[i];
     if (row->ok) {
@@ -294,14 +341,20 @@ stat_store (struct cas_store *st, const char *dir, bool json)
         iso_time (row->root.mtime, when);
         snprintf (status, sizeof status, "snapshot %s", when);
       }
-      tool_printf ("%-28s %10s %10s %10s  %s\n", row->name,
+      tool_printf ("%-28s %10s %10s %10s %10s %6s %6s  %s\n", row->name,
                    human_size (row->root.size, h1),
-                   human_size (row->mapped_blocks * bs, h2),
-                   human_size (row->unique, h3), status);
+                   human_size (row->rs.mapped_blocks * bs, h2),
+                   human_size (row->rs.stored_bytes, h3),
+                   human_size (row->unique, h4),
+                   ratio (row->rs.mapped_blocks * bs, row->rs.raw_bytes,
+                          false, r1),
+                   ratio (row->rs.raw_bytes, row->rs.stored_bytes, false,
+                          r2),
+                   status);
     }
     else
-      tool_printf ("%-28s %10s %10s %10s  DAMAGED: %s\n", row->name, "-",
-                   "-", "-", row->error);
+      tool_printf ("%-28s %10s %10s %10s %10s %6s %6s  DAMAGED: %s\n",
+                   row->name, "-", "-", "-", "-", "-", "-", row->error);
   }
   r = t.broken ? -1 : 0;
  out:
@@ -315,7 +368,8 @@ stat_volume (struct cas_store *st, const char *name, bool json)
   struct cas_volume *vol;
   struct cas_volume_stats vs;
   struct rows t = { .st = st };
-  char hex[2 * CAS_HASH_SIZE + 1], b[64];
+  struct cas_refs_root_stats rs = { 0 };
+  char hex[2 * CAS_HASH_SIZE + 1], b[64], b2[64], r1[32], r2[32];
   uint64_t unique = 0;
   uint32_t bs;
   size_t i;
@@ -334,8 +388,10 @@ stat_volume (struct cas_store *st, const char *name, bool json)
   /* What it alone references needs every root. */
   if (cas_store_list_volumes (st, add_row, &t) == 0 && walk_rows (&t) == 0)
     for (i = 0; i < t.v.len; i++)
-      if (strcmp (t.v.ptr[i].name, name) == 0)
+      if (strcmp (t.v.ptr[i].name, name) == 0) {
         unique = t.v.ptr[i].unique;
+        rs = t.v.ptr[i].rs;
+      }
   free_rows (&t);
   cas_hash_hex (&vs.root, hex);
   if (json) {
@@ -347,11 +403,19 @@ stat_volume (struct cas_store *st, const char *name, bool json)
                  "  \"mapped_blocks\": %" PRIu64 ",\n"
                  "  \"mapped_bytes\": %" PRIu64 ",\n"
                  "  \"unique_bytes\": %" PRIu64 ",\n"
+                 "  \"data_chunks\": %" PRIu64 ",\n"
+                 "  \"raw_bytes\": %" PRIu64 ",\n"
+                 "  \"stored_bytes\": %" PRIu64 ",\n"
+                 "  \"dedup_ratio\": %s,\n"
+                 "  \"compression_ratio\": %s,\n"
                  "  \"map_nodes\": %" PRIu64 ",\n"
                  "  \"generation\": %" PRIu64 ",\n"
                  "  \"root\": \"%s\"\n}\n",
                  vs.size, bs, vs.blocks, vs.mapped_blocks, vs.mapped_bytes,
-                 unique, vs.map_nodes, vs.generation, hex);
+                 unique, rs.data_chunks, rs.raw_bytes, rs.stored_bytes,
+                 ratio (rs.mapped_blocks * bs, rs.raw_bytes, true, r1),
+                 ratio (rs.raw_bytes, rs.stored_bytes, true, r2),
+                 vs.map_nodes, vs.generation, hex);
     return 0;
   }
   tool_printf ("%-15s %s\n", strchr (name, '@') ? "snapshot:" : "volume:",
@@ -362,6 +426,13 @@ stat_volume (struct cas_store *st, const char *name, bool json)
   tool_printf ("mapped blocks:  %" PRIu64 " (%.1f%%)\n", vs.mapped_blocks,
                vs.blocks ? 100.0 * vs.mapped_blocks / vs.blocks : 0);
   tool_printf ("mapped bytes:   %s\n", bytes (vs.mapped_bytes, b, sizeof b));
+  tool_printf ("data chunks:    %" PRIu64 " distinct: %s raw, %s stored\n",
+               rs.data_chunks, bytes (rs.raw_bytes, b, sizeof b),
+               bytes (rs.stored_bytes, b2, sizeof b2));
+  tool_printf ("dedup ratio:    %s\n",
+               ratio (rs.mapped_blocks * bs, rs.raw_bytes, false, r1));
+  tool_printf ("compress ratio: %s\n",
+               ratio (rs.raw_bytes, rs.stored_bytes, false, r2));
   tool_printf ("unique bytes:   %s (only this references them)\n",
                bytes (unique, b, sizeof b));
   tool_printf ("map nodes:      %" PRIu64 "\n", vs.map_nodes);
