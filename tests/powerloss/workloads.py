@@ -342,6 +342,34 @@ def cas_fua(s):
     fua_rounds(s, 0)
 
 
+def compressible(s, n):
+    """n reproducible non-zero bytes that lz4 shrinks well: a 512-byte
+    run repeated (FORMAT.md, "Compressed records")."""
+    unit = s.data(512)
+    return (unit * (n // 512 + 1))[:n]
+
+
+@workload("cas-compress", backend="cas", server="minnbd", size=1 << 20,
+          params=("compression=lz4",))
+def cas_compress(s):
+    # A store that compresses: most blocks are stored compressed (no
+    # piece tables), some raw; flushes and FUA writes both commit them.
+    s.start()
+    for r in range(6):
+        base = (r * 37) % 200
+        s.write(base * BS, compressible(s, 3 * BS))
+        s.write((base + 5) * BS + 1000, compressible(s, 5000), fua=True)
+        s.write((base + 1) * BS, BS)                    # random: raw
+        s.write(7 * BS + 512 * r, compressible(s, 512))
+        s.zero((base + 2) * BS, BS, fua=r % 2 == 1)
+        if r % 2 == 0:
+            s.flush()
+        s.write(((r * 11) % 250) * BS, compressible(s, 2 * BS),
+                fua=r % 2 == 1)
+    s.flush()
+    s.stop()
+
+
 @workload("cas-index", backend="cas", server="nbdkit", size=1 << 20)
 def cas_index(s):
     # Clean stops save the index cache; the next start loads it and
