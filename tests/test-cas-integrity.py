@@ -118,9 +118,11 @@ def truncated_pack(server, d):
     assert "volume 'a'" not in p.stdout, p.stdout
     assert "1 volume lost" in p.stdout.splitlines()[-1], p.stdout
     p = tool("stat", store, check=1)
-    assert re.search(r"^a +2\.0 MiB +2\.0 MiB +2\.0 MiB +ok$", p.stdout,
-                     re.M), p.stdout
-    assert re.search(r"^b +- +- +- +DAMAGED: ", p.stdout, re.M), p.stdout
+    # SIZE MAPPED STORED UNIQUE DEDUP COMPR STATUS
+    assert re.search(r"^a +2\.0 MiB +2\.0 MiB +2\.0 MiB +2\.0 MiB +1\.00 "
+                     r"+1\.00 +ok$", p.stdout, re.M), p.stdout
+    assert re.search(r"^b +- +- +- +- +- +- +DAMAGED: ", p.stdout, re.M), \
+        p.stdout
     # The healthy volume is served whole; a lost block of b is EIO.
     srv = serve(server, store, d, ["volume=a"])
     try:
