@@ -472,7 +472,7 @@ def tool_old_layout(d):
     with open(img, "wb") as f:
         for b in range(8):
             f.write(text_block(b))
-    tool("create", store, check=0)
+    tool("create", store, "--compression", "off", check=0)
     tool("import", store, "v", img, "--create", check=0)
     with open(os.path.join(store, "superblock"), "rb") as f:
         sb = f.read(64)

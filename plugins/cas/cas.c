@@ -422,7 +422,8 @@ cas_config_complete (void)
       errno = EROFS;
       return -1;
     }
-    opts.compression = want_comp;
+    opts.compression = comp_given ? want_comp
+      : cas_store_default_compression (store_dir);
     if (check_dirty_cache (want_bs ? want_bs : CAS_DEFAULT_BLOCKSIZE) == -1 ||
         cas_store_create_opts (store_dir, want_bs, &opts) == -1)
       return -1;

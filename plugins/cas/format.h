@@ -71,6 +71,11 @@ enum cas_codec {
 #define CAS_ZSTD_MIN_LEVEL 1
 #define CAS_ZSTD_MAX_LEVEL 19        /* zstd's own without --ultra */
 #define CAS_ZSTD_DEFAULT_LEVEL 3     /* "zstd" alone: zstd's default */
+/* A new store's compression when none is asked for (the plugin's
+ * compression=, nbdcas create --compression): see BENCHMARKS.md.
+ */
+#define CAS_DEFAULT_COMPRESSION \
+  ((struct cas_compression) { .codec = CAS_CODEC_NONE, .level = 0 })
 struct cas_compression {
   uint8_t codec;              /* enum cas_codec */
   uint8_t level;              /* zstd: CAS_ZSTD_MIN..MAX_LEVEL; else 0 */

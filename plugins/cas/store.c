@@ -232,6 +232,14 @@ cas_store_compression_check (const char *name,
   return 0;
 }
 
+struct cas_compression
+cas_store_default_compression (const char *name)
+{
+  if (is_rados (name))
+    return (struct cas_compression) { .codec = CAS_CODEC_NONE };
+  return CAS_DEFAULT_COMPRESSION;
+}
+
 int
 cas_store_create_opts (const char *name, uint32_t blocksize,
                        const struct cas_open_options *opts)

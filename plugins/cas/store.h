@@ -178,6 +178,10 @@ uint32_t cas_store_blocksize (const struct cas_store *st);
  */
 int cas_store_compression_check (const char *name,
                                  const struct cas_compression *c);
+/* A new store's compression when none is asked for: format.h
+ * CAS_DEFAULT_COMPRESSION, off for a RADOS store.
+ */
+struct cas_compression cas_store_default_compression (const char *name);
 struct cas_compression cas_store_compression (const struct cas_store *st);
 /* The store's format version (its superblock's: FORMAT.md). */
 uint32_t cas_store_format_version (const struct cas_store *st);

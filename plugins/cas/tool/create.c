@@ -76,6 +76,7 @@ cmd_create (int argc, char **argv)
   uint64_t size = 0;
   uint32_t blocksize = 0;
   struct cas_open_options opts = *tool_store_options ();
+  char cn[CAS_COMPRESSION_NAME_LEN];
   bool have_size = false, have_comp = false;
   struct cas_store *st = NULL;
   char hs[HUMAN_SIZE_LEN];
@@ -120,6 +121,8 @@ cmd_create (int argc, char **argv)
                     cas_new_name_check ("volume", volume) == -1))
     return usage_error ("create");
 
+  if (!have_comp)
+    opts.compression = cas_store_default_compression (dir);
   if (cas_store_compression_check (dir, &opts.compression) == -1)
     return EXIT_FAIL;
   /* In a server, STORE is the store it serves. */
@@ -133,8 +136,6 @@ cmd_create (int argc, char **argv)
     return EXIT_FAIL;
   }
   if (r == 0) {
-    char cn[CAS_COMPRESSION_NAME_LEN];
-
     if (cas_store_create_opts (dir, blocksize, &opts) == -1)
       return EXIT_FAIL;
     if (tool_verbose)
