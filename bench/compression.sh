@@ -1,0 +1,102 @@
+#!/bin/bash
+# nbdcas compression settings on a compressible corpus (issue 15): for each
+# setting, a fresh cas store on tmpfs served by minnbd, the corpus written
+# with nbdcopy (--flush), read back with nbdcopy to null:, and the bytes
+# stored (nbdcas stat).  Throughput is of this machine at this moment:
+# compare rows of one run only, and read the load printed with them.
+#
+#   bench/compression.sh [-B BUILDDIR] [-c CORPUS] [-d DIR] [-r REPEATS]
+#                        [-s "off lz4 zstd:1 zstd:3"]
+#
+#   -c  the corpus (default: DIR/corpus.tar, made once from
+#       /usr/share/doc, /usr/share/man and /usr/bin: text, compressed
+#       files and binaries, cut to a multiple of 1 MiB)
+#   -d  work directory on tmpfs (default /dev/shm/nbdcas-compression)
+#   -r  runs per setting, interleaved (default 1): one line each
+#
+# Needs: nbdcopy, nbdinfo (libnbd-bin), tar.  Processes started here are
+# ended by pid.
+set -eu
+export LC_ALL=C
+
+here=$(cd "$(dirname "$0")" && pwd)
+B=
+CORPUS=
+DIR=/dev/shm/nbdcas-compression
+REPEATS=1
+SETTINGS="off lz4 zstd:1 zstd:3"
+while getopts B:c:d:r:s:h opt; do
+  case $opt in
+    B) B=$OPTARG ;; c) CORPUS=$OPTARG ;; d) DIR=$OPTARG ;;
+    r) REPEATS=$OPTARG ;; s) SETTINGS=$OPTARG ;;
+    *) sed -n '2,/^set -eu/p' "$0" | sed 's/^# \{0,1\}//; /^set -eu/d'; exit 2 ;;
+  esac
+done
+if [ -z "$B" ]; then
+  for d in "$PWD" "$here/.."; do
+    [ -x "$d/minnbd" ] && [ -x "$d/plugins/cas/nbdcas" ] && { B=$(cd "$d" && pwd); break; }
+  done
+fi
+[ -n "$B" ] || { echo "compression.sh: no build tree; give -B BUILDDIR" >&2; exit 2; }
+mkdir -p "$DIR"
+if [ -z "$CORPUS" ]; then
+  CORPUS=$DIR/corpus.tar
+  if [ ! -s "$CORPUS" ]; then
+    tar -cf "$CORPUS" /usr/share/doc /usr/share/man /usr/bin 2>/dev/null || true
+    truncate -s $(( $(stat -c %s "$CORPUS") / 1048576 * 1048576 )) "$CORPUS"
+  fi
+fi
+SIZE=$(stat -c %s "$CORPUS")
+SOCK=$DIR/nbd.sock
+URI="nbd+unix:///?socket=$SOCK"
+PID=
+
+stop() {
+  [ -n "$PID" ] || return 0
+  kill "$PID" 2>/dev/null || true
+  wait "$PID" 2>/dev/null || true
+  PID=
+}
+trap stop EXIT
+
+now() { date +%s.%N; }
+
+# One run of one setting: "write_MBs read_MBs stored_bytes data_stored ratio"
+run() {
+  local c=$1 t0 t1 t2
+  rm -rf "$DIR/store" "$SOCK"
+  "$B/minnbd" -f -U "$SOCK" cas store="$DIR/store" size="$SIZE" compression="$c" &
+  PID=$!
+  for i in $(seq 200); do
+    nbdinfo --size "$URI" >/dev/null 2>&1 && break
+    sleep 0.05
+  done
+  t0=$(now)
+  nbdcopy --flush "$CORPUS" "$URI"
+  t1=$(now)
+  nbdcopy "$URI" null:
+  t2=$(now)
+  stop
+  "$B/plugins/cas/nbdcas" stat "$DIR/store" --json | /usr/bin/python3 -c '
+import json, sys
+s = json.load(sys.stdin)
+size, t0, t1, t2 = int(sys.argv[1]), *map(float, sys.argv[2:])
+print("%.0f %.0f %d %d %s" % (size / (t1 - t0) / 1e6, size / (t2 - t1) / 1e6,
+      s["stored_bytes"], s["data_stored_bytes"], s["compression_ratio"]))
+' "$SIZE" "$t0" "$t1" "$t2"
+}
+
+declare -A RES
+for r in $(seq "$REPEATS"); do
+  for c in $SETTINGS; do
+    RES[$c]+="$(run "$c")"$'\n'
+  done
+done
+echo "corpus: $CORPUS ($SIZE bytes); $(uptime | sed 's/.*load/load/')"
+printf '%-8s %10s %10s %14s %8s\n' setting "write MB/s" "read MB/s" "stored bytes" ratio
+for c in $SETTINGS; do
+  printf '%s' "${RES[$c]}" | while read -r w rd s ds ratio; do
+    printf '%-8s %10s %10s %14s %8s\n' "$c" "$w" "$rd" "$s" "$ratio"
+  done
+done
+rm -rf "$DIR/store" "$SOCK"
