@@ -60,10 +60,14 @@ stop() {
 trap stop EXIT
 
 now() { date +%s.%N; }
+# CPU seconds (user + system) the server has used so far: robust where
+# MB/s are not, on a shared machine.
+cpu() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$PID/stat"; }
 
-# One run of one setting: "write_MBs read_MBs stored_bytes data_stored ratio"
+# One run of one setting: "write_MBs read_MBs stored_bytes data_stored
+# ratio write_cpu_s read_cpu_s"
 run() {
-  local c=$1 t0 t1 t2
+  local c=$1 t0 t1 t2 c0 c1 c2
   rm -rf "$DIR/store" "$SOCK"
   "$B/minnbd" -f -U "$SOCK" cas store="$DIR/store" size="$SIZE" compression="$c" &
   PID=$!
@@ -71,19 +75,20 @@ run() {
     nbdinfo --size "$URI" >/dev/null 2>&1 && break
     sleep 0.05
   done
-  t0=$(now)
+  c0=$(cpu); t0=$(now)
   nbdcopy --flush "$CORPUS" "$URI"
-  t1=$(now)
+  t1=$(now); c1=$(cpu)
   nbdcopy "$URI" null:
-  t2=$(now)
+  t2=$(now); c2=$(cpu)
   stop
   "$B/plugins/cas/nbdcas" stat "$DIR/store" --json | /usr/bin/python3 -c '
 import json, sys
 s = json.load(sys.stdin)
-size, t0, t1, t2 = int(sys.argv[1]), *map(float, sys.argv[2:])
-print("%.0f %.0f %d %d %s" % (size / (t1 - t0) / 1e6, size / (t2 - t1) / 1e6,
-      s["stored_bytes"], s["data_stored_bytes"], s["compression_ratio"]))
-' "$SIZE" "$t0" "$t1" "$t2"
+size, t0, t1, t2, c0, c1, c2 = int(sys.argv[1]), *map(float, sys.argv[2:])
+print("%.0f %.0f %d %d %s %.2f %.2f" % (
+      size / (t1 - t0) / 1e6, size / (t2 - t1) / 1e6, s["stored_bytes"],
+      s["data_stored_bytes"], s["compression_ratio"], c1 - c0, c2 - c1))
+' "$SIZE" "$t0" "$t1" "$t2" "$c0" "$c1" "$c2"
 }
 
 declare -A RES
@@ -93,10 +98,13 @@ for r in $(seq "$REPEATS"); do
   done
 done
 echo "corpus: $CORPUS ($SIZE bytes); $(uptime | sed 's/.*load/load/')"
-printf '%-8s %10s %10s %14s %8s\n' setting "write MB/s" "read MB/s" "stored bytes" ratio
+echo "CPU s: the server's user+system seconds for the whole write / read"
+printf '%-8s %10s %10s %14s %8s %10s %10s\n' setting "write MB/s" "read MB/s" \
+  "stored bytes" ratio "write CPU" "read CPU"
 for c in $SETTINGS; do
-  printf '%s' "${RES[$c]}" | while read -r w rd s ds ratio; do
-    printf '%-8s %10s %10s %14s %8s\n' "$c" "$w" "$rd" "$s" "$ratio"
+  printf '%s' "${RES[$c]}" | while read -r w rd s ds ratio cw cr; do
+    printf '%-8s %10s %10s %14s %8s %10s %10s\n' "$c" "$w" "$rd" "$s" \
+      "$ratio" "$cw" "$cr"
   done
 done
 rm -rf "$DIR/store" "$SOCK"
