@@ -123,8 +123,11 @@ payload_intact (struct packstore *ps, const struct cas_hash *hash,
   }
   if (errno == ESTALE)
     return 2;                   /* retired meanwhile: not damaged */
-  if (errno == ENOMEM)
+  if (errno == ENOMEM) {
+    backend_error ("cas: checking chunk %s: out of memory",
+                   cas_hash_hex (hash, hex));
     return -1;
+  }
   backend_error ("cas: pack %" PRIu32 " offset %" PRIu64 ": chunk %s is "
                  "damaged; storing a good copy", CAS_LOC_PACK (loc),
                  CAS_LOC_OFFSET (loc), cas_hash_hex (hash, hex));
@@ -208,8 +211,10 @@ ps_put (struct chunkstore *cs, const struct cas_hash *hash,
     uint32_t room = cas_compress_limit (len), out;
 
     packed = malloc (room ? room : 1);
-    if (packed == NULL)
+    if (packed == NULL) {
+      backend_error ("cas: compressing a chunk: out of memory");
       return -1;
+    }
     if (cas_compress (ps->pool, &ps->comp, data, len, packed, room,
                       &out) == -1)
       return -1;
@@ -291,13 +296,19 @@ ps_get (struct chunkstore *cs, const struct cas_hash *hash, void *buf,
         continue;
       }
       packed = malloc (h.length);
-      if (packed == NULL)
+      if (packed == NULL) {
+        backend_error ("cas: reading chunk %s: out of memory",
+                       cas_hash_hex (hash, hex));
         return -1;
+      }
       memcpy (packed, buf, h.length);
       if (cas_decompress (ps->pool, h.codec, packed, h.length, buf,
                           h.raw_length) == -1) {
-        if (errno == ENOMEM)
+        if (errno == ENOMEM) {
+          backend_error ("cas: decompressing chunk %s: out of memory",
+                         cas_hash_hex (hash, hex));
           return -1;
+        }
         /* Scribble over what came out: nothing unchecked stays in buf. */
         memset (buf, 0, h.raw_length);
         backend_error ("cas: pack %" PRIu32 " offset %" PRIu64 ": chunk %s: "
