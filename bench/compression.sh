@@ -6,15 +6,18 @@
 # compare rows of one run only, and read the load printed with them.
 #
 #   bench/compression.sh [-B BUILDDIR] [-c CORPUS] [-d DIR] [-r REPEATS]
-#                        [-s "off lz4 zstd:1 zstd:3"]
+#                        [-f FIO_SECONDS] [-s "off lz4 zstd:1 zstd:3"]
 #
 #   -c  the corpus (default: DIR/corpus.tar, made once from
 #       /usr/share/doc, /usr/share/man and /usr/bin: text, compressed
 #       files and binaries, cut to a multiple of 1 MiB)
 #   -d  work directory on tmpfs (default /dev/shm/nbdcas-compression)
 #   -r  runs per setting, interleaved (default 1): one line each
+#   -f  also fio 4 KiB random reads (ioengine=nbd, QD32) of the written
+#       corpus for this many seconds: a partial read of a compressed
+#       block decompresses all of it (default 0: none)
 #
-# Needs: nbdcopy, nbdinfo (libnbd-bin), tar.  Processes started here are
+# Needs: nbdcopy, nbdinfo (libnbd-bin), tar; fio for -f.  Processes started here are
 # ended by pid.
 set -eu
 export LC_ALL=C
@@ -25,10 +28,11 @@ CORPUS=
 DIR=/dev/shm/nbdcas-compression
 REPEATS=1
 SETTINGS="off lz4 zstd:1 zstd:3"
-while getopts B:c:d:r:s:h opt; do
+FIO_SECS=0
+while getopts B:c:d:f:r:s:h opt; do
   case $opt in
     B) B=$OPTARG ;; c) CORPUS=$OPTARG ;; d) DIR=$OPTARG ;;
-    r) REPEATS=$OPTARG ;; s) SETTINGS=$OPTARG ;;
+    f) FIO_SECS=$OPTARG ;; r) REPEATS=$OPTARG ;; s) SETTINGS=$OPTARG ;;
     *) sed -n '2,/^set -eu/p' "$0" | sed 's/^# \{0,1\}//; /^set -eu/d'; exit 2 ;;
   esac
 done
@@ -64,10 +68,22 @@ now() { date +%s.%N; }
 # MB/s are not, on a shared machine.
 cpu() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$PID/stat"; }
 
+# fio 4 KiB random read IOPS at QD32 over the whole corpus, or "-".
+rr4k() {
+  [ "$FIO_SECS" -gt 0 ] || { echo -; return; }
+  fio --name=j --ioengine=nbd --uri="$URI" --rw=randread --bs=4k \
+      --iodepth=32 --runtime="$FIO_SECS" --time_based --size="$SIZE" \
+      --output-format=json 2>/dev/null | sed -n '/^{/,$p' |
+    /usr/bin/python3 -c '
+import json, sys
+print(int(json.load(sys.stdin)["jobs"][0]["read"]["iops"]))' 2>/dev/null ||
+    echo FAIL
+}
+
 # One run of one setting: "write_MBs read_MBs stored_bytes data_stored
-# ratio write_cpu_s read_cpu_s"
+# ratio write_cpu_s read_cpu_s rr4k_iops"
 run() {
-  local c=$1 t0 t1 t2 c0 c1 c2
+  local c=$1 t0 t1 t2 c0 c1 c2 rr
   rm -rf "$DIR/store" "$SOCK"
   "$B/minnbd" -f -U "$SOCK" cas store="$DIR/store" size="$SIZE" compression="$c" &
   PID=$!
@@ -80,15 +96,17 @@ run() {
   t1=$(now); c1=$(cpu)
   nbdcopy "$URI" null:
   t2=$(now); c2=$(cpu)
+  rr=$(rr4k)
   stop
   "$B/plugins/cas/nbdcas" stat "$DIR/store" --json | /usr/bin/python3 -c '
 import json, sys
 s = json.load(sys.stdin)
-size, t0, t1, t2, c0, c1, c2 = int(sys.argv[1]), *map(float, sys.argv[2:])
+size, t0, t1, t2, c0, c1, c2 = int(sys.argv[1]), *map(float, sys.argv[2:8])
 print("%.0f %.0f %d %d %s %.2f %.2f" % (
       size / (t1 - t0) / 1e6, size / (t2 - t1) / 1e6, s["stored_bytes"],
-      s["data_stored_bytes"], s["compression_ratio"], c1 - c0, c2 - c1))
-' "$SIZE" "$t0" "$t1" "$t2" "$c0" "$c1" "$c2"
+      s["data_stored_bytes"], s["compression_ratio"], c1 - c0, c2 - c1),
+      sys.argv[8])
+' "$SIZE" "$t0" "$t1" "$t2" "$c0" "$c1" "$c2" "$rr"
 }
 
 declare -A RES
@@ -99,12 +117,12 @@ for r in $(seq "$REPEATS"); do
 done
 echo "corpus: $CORPUS ($SIZE bytes); $(uptime | sed 's/.*load/load/')"
 echo "CPU s: the server's user+system seconds for the whole write / read"
-printf '%-8s %10s %10s %14s %8s %10s %10s\n' setting "write MB/s" "read MB/s" \
-  "stored bytes" ratio "write CPU" "read CPU"
+printf '%-8s %10s %10s %14s %8s %10s %10s %10s\n' setting "write MB/s" \
+  "read MB/s" "stored bytes" ratio "write CPU" "read CPU" "rr4k IOPS"
 for c in $SETTINGS; do
-  printf '%s' "${RES[$c]}" | while read -r w rd s ds ratio cw cr; do
-    printf '%-8s %10s %10s %14s %8s %10s %10s\n' "$c" "$w" "$rd" "$s" \
-      "$ratio" "$cw" "$cr"
+  printf '%s' "${RES[$c]}" | while read -r w rd s ds ratio cw cr rr; do
+    printf '%-8s %10s %10s %14s %8s %10s %10s %10s\n' "$c" "$w" "$rd" "$s" \
+      "$ratio" "$cw" "$cr" "$rr"
   done
 done
 rm -rf "$DIR/store" "$SOCK"
