@@ -133,6 +133,10 @@ def check_reads(h, want):
             "partial read of block %d" % b
         assert h.pread(777, b * BS + 1001) == data[1001:1778], \
             "unaligned read of block %d" % b
+        assert h.pread(4096, b * BS) == data[:4096], \
+            "first piece of block %d" % b
+        assert h.pread(5000, b * BS + BS - 5000) == data[BS - 5000:], \
+            "the end of block %d" % b
     # Across two blocks, one compressed, one raw.
     assert h.pread(BS, 23 * BS + 3000) == \
         want[23][3000:] + want[24][:3000]

@@ -367,6 +367,70 @@ cas_chunk_get_range_whole (struct chunkstore *cs, const struct cas_hash *hash,
   return 0;
 }
 
+/* Bytes [off, off + count) of the compressed record at loc (header h,
+ * checked by the caller): all the stored bytes are read and their CRC32C
+ * checked (verify=checksum), then only the first off + count bytes of
+ * the block are decompressed.  0, or -1 with errno: EIO (damaged: the
+ * record is dropped from the index, a message says why), ESTALE (the
+ * pack was retired: look again), ENOMEM.
+ */
+static int
+read_compressed_range (struct packstore *ps, const struct cas_hash *hash,
+                       uint64_t loc, const struct cas_record_header *h,
+                       void *buf, uint32_t off, uint32_t count,
+                       enum cas_verify verify)
+{
+  CLEANUP_FREE uint8_t *packed = malloc (h->length);
+  CLEANUP_FREE uint8_t *raw = NULL;
+  char hex[2 * CAS_HASH_SIZE + 1];
+  uint8_t *dst = buf;
+
+  if (packed == NULL || (off && (dst = raw = malloc (off + count)) == NULL)) {
+    backend_error ("cas: reading chunk %s: out of memory",
+                   cas_hash_hex (hash, hex));
+    errno = ENOMEM;
+    return -1;
+  }
+  if (cas_packs_read_payload (ps->packs, loc, 0, packed, h->length) == -1) {
+    if (errno != ESTALE) {
+      forget (ps, hash, loc);
+      errno = EIO;
+    }
+    return -1;
+  }
+  if (verify >= CAS_VERIFY_CHECKSUM &&
+      crc32c (0, packed, h->length) != h->payload_crc) {
+    backend_error ("cas: pack %" PRIu32 " offset %" PRIu64 ": chunk %s: "
+                   "payload checksum mismatch (damaged data)",
+                   CAS_LOC_PACK (loc), CAS_LOC_OFFSET (loc),
+                   cas_hash_hex (hash, hex));
+    forget (ps, hash, loc);
+    errno = EIO;
+    return -1;
+  }
+  if (cas_decompress_prefix (ps->pool, h->codec, packed, h->length, dst,
+                             off + count) == -1) {
+    if (errno == ENOMEM) {
+      backend_error ("cas: decompressing chunk %s: out of memory",
+                     cas_hash_hex (hash, hex));
+      return -1;
+    }
+    /* Nothing unchecked reaches the client's buffer. */
+    if (dst == buf)
+      memset (buf, 0, count);
+    backend_error ("cas: pack %" PRIu32 " offset %" PRIu64 ": chunk %s: "
+                   "compressed payload does not decompress (damaged data)",
+                   CAS_LOC_PACK (loc), CAS_LOC_OFFSET (loc),
+                   cas_hash_hex (hash, hex));
+    forget (ps, hash, loc);
+    errno = EIO;
+    return -1;
+  }
+  if (raw)
+    memcpy (buf, raw + off, count);
+  return 0;
+}
+
 /* A partial read checks only the pieces it reads, against the piece
  * table in front of the record (format 2): a 4 KiB read of a 64 KiB block
  * reads and checksums 4 KiB, not 64.  Records without a usable table,
@@ -414,6 +478,18 @@ ps_get_range (struct chunkstore *cs, const struct cas_hash *hash,
     }
     if (!cas_hash_equal (&h.hash, hash) || h.type == CAS_RECORD_TABLE)
       continue;                 /* another chunk with the same 8-byte key */
+    /* Compressed: decompress only up to the end of the range. */
+    if ((h.flags & CAS_RECORD_F_COMPRESSED) && h.raw_length == length) {
+      if (read_compressed_range (ps, hash, locs[i], &h, buf, off, count,
+                                 verify) == 0)
+        return 0;
+      if (errno == ESTALE && stale++ < MAX_STALE_RETRIES)
+        goto again;
+      if (errno == ENOMEM)
+        return -1;
+      damaged = true;
+      continue;
+    }
     if (r == 1 || h.length != length)
       /* No usable table: the whole record, checked as get does. */
       return cas_chunk_get_range_whole (cs, hash, length, buf, off, count,

@@ -156,6 +156,62 @@ cas_compress (struct cas_codec_pool *pool, const struct cas_compression *c,
 }
 
 int
+cas_decompress_prefix (struct cas_codec_pool *pool, uint8_t codec,
+                       const void *src, uint32_t len, void *dst,
+                       uint32_t want)
+{
+  struct codec_ctx *x = NULL;
+  int ret = -1;
+
+  switch (codec) {
+  case CAS_CODEC_LZ4: {
+    /* Stops once want bytes are out; never writes past dst + want. */
+    int n = LZ4_decompress_safe_partial (src, dst, len, want, want);
+    if (n < 0 || (uint32_t) n != want) {
+      errno = EIO;
+      return -1;
+    }
+    return 0;
+  }
+  case CAS_CODEC_ZSTD: {
+    ZSTD_inBuffer in = { src, len, 0 };
+    ZSTD_outBuffer out = { dst, want, 0 };
+
+    x = ctx_get (pool);
+    if (x == NULL || (x->zd == NULL && (x->zd = ZSTD_createDCtx ()) == NULL)) {
+      errno = ENOMEM;
+      goto out;
+    }
+    ZSTD_DCtx_reset (x->zd, ZSTD_reset_session_only);
+    /* Until the output is full; a frame that ends first, an error or a
+     * call that makes no progress is damage.
+     */
+    while (out.pos < want) {
+      size_t before_in = in.pos, before_out = out.pos;
+      size_t r = ZSTD_decompressStream (x->zd, &out, &in);
+
+      if (ZSTD_isError (r) || (r == 0 && out.pos < want) ||
+          (in.pos == before_in && out.pos == before_out)) {
+        errno = EIO;
+        goto out;
+      }
+    }
+    ret = 0;
+    break;
+  }
+  default:
+    errno = EIO;
+    return -1;
+  }
+ out:
+  if (x) {
+    /* A session cut short leaves state behind: the next user resets. */
+    ctx_put (pool, x);
+  }
+  return ret;
+}
+
+int
 cas_decompress (struct cas_codec_pool *pool, uint8_t codec, const void *src,
                 uint32_t len, void *dst, uint32_t raw_length)
 {

@@ -45,4 +45,14 @@ int cas_decompress (struct cas_codec_pool *pool, uint8_t codec,
                     const void *src, uint32_t len, void *dst,
                     uint32_t raw_length);
 
+/* The same for only the first want bytes of the block (want <= its raw
+ * length): what a partial read needs, at about want / raw_length of the
+ * work.  The rest of the stream is not decoded, so nothing says it would
+ * decode: callers check the stored bytes' CRC first.  0, or -1 with
+ * errno EIO (the stream is damaged or ends before want) or ENOMEM.
+ */
+int cas_decompress_prefix (struct cas_codec_pool *pool, uint8_t codec,
+                           const void *src, uint32_t len, void *dst,
+                           uint32_t want);
+
 #endif /* NBDCAS_COMPRESS_H */

@@ -155,7 +155,8 @@ int cas_pack_header_decode (const uint8_t in[CAS_PACK_HEADER_SIZE],
  * payload_crc are those of the stored (compressed) bytes, the hash is
  * the SHA-256 of the raw block, raw_length its length (header bytes
  * 48..51) and codec its codec (byte 52).  Such a record never has a piece
- * table: a partial read decompresses the whole block.
+ * table: a partial read reads all the stored bytes (their CRC) and
+ * decompresses the block up to the end of its range.
  */
 #define CAS_RECORD_F_COMPRESSED 0x02
 /* Format version 2: a data record longer than one piece is preceded by a
