@@ -390,7 +390,20 @@ transmission (struct conn *c)
 
   {
     socklen_t sl = sizeof c->sndbuf;
+    int want = SEND_BUFFER_SIZE, have;
 
+    /* The default send buffer (208 KiB on Linux) is smaller than one
+     * 256 KiB read reply (nbdcopy's request size): every such reply
+     * blocked in writev until the client had read most of it, and the
+     * other workers queued on wlock behind it (seqR on cas: about a
+     * third of the server's samples were those sleeps and wake-ups).
+     * Room for a few replies lets workers hand theirs over and go on.
+     * The kernel caps it at net.core.wmem_max; never shrink it.
+     */
+    if (getsockopt (c->wfd, SOL_SOCKET, SO_SNDBUF, &have, &sl) == 0 &&
+        have < want)
+      setsockopt (c->wfd, SOL_SOCKET, SO_SNDBUF, &want, sizeof want);
+    sl = sizeof c->sndbuf;
     if (getsockopt (c->wfd, SOL_SOCKET, SO_SNDBUF, &c->sndbuf, &sl) == -1)
       c->sndbuf = 0;
   }
