@@ -407,16 +407,23 @@ transmission (struct conn *c)
   {
     socklen_t sl = sizeof c->sndbuf;
     int want = SEND_BUFFER_SIZE, have;
+    struct sockaddr_storage ss;
+    socklen_t al = sizeof ss;
 
-    /* The default send buffer (208 KiB on Linux) is smaller than one
-     * 256 KiB read reply (nbdcopy's request size): every such reply
-     * blocked in writev until the client had read most of it, and the
-     * other workers queued on wlock behind it (seqR on cas: about a
-     * third of the server's samples were those sleeps and wake-ups).
-     * Room for a few replies lets workers hand theirs over and go on.
-     * The kernel caps it at net.core.wmem_max; never shrink it.
+    /* A Unix socket's send buffer (208 KiB by default on Linux) is
+     * smaller than one 256 KiB read reply (nbdcopy's request size):
+     * every such reply blocked in writev until the client had read most
+     * of it, and the other workers queued on wlock behind it (seqR on
+     * cas: about a third of the server's samples were those sleeps and
+     * wake-ups).  Room for a few replies lets workers hand theirs over
+     * and go on.  The kernel caps it at net.core.wmem_max; never shrink
+     * it.  TCP is left alone: setting the size would turn off the
+     * kernel's own tuning of it.
      */
-    if (getsockopt (c->wfd, SOL_SOCKET, SO_SNDBUF, &have, &sl) == 0 &&
+    if (c->is_socket &&
+        getsockname (c->wfd, (struct sockaddr *) &ss, &al) == 0 &&
+        ss.ss_family == AF_UNIX &&
+        getsockopt (c->wfd, SOL_SOCKET, SO_SNDBUF, &have, &sl) == 0 &&
         have < want)
       setsockopt (c->wfd, SOL_SOCKET, SO_SNDBUF, &want, sizeof want);
     sl = sizeof c->sndbuf;
