@@ -6,9 +6,10 @@
  * handshake, then reads requests and queues them.  Up to opts.threads
  * workers, started on demand, take requests from the queue.  The reader
  * executes a request itself when nothing else is in flight and no more
- * input is buffered (queue depth 1), or when requests take less time on
- * average than a thread hand-off (INLINE_MAX_NS: page cache, tmpfs), as
- * long as its reply can be written without waiting for the client.
+ * input is waiting, buffered or in the socket (queue depth 1), or when
+ * requests take less time on average than a thread hand-off
+ * (INLINE_MAX_NS: page cache, tmpfs), as long as its reply can be
+ * written without waiting for the client.
  * Slow requests always go to the workers, so a long one never holds up
  * reading the next.
  *
@@ -273,6 +274,21 @@ output_would_block (struct conn *c, size_t len)
   return (size_t) n + len + len / 4 + 8192 > (size_t) c->sndbuf;
 }
 
+/* Is more input waiting in the socket?  A big WRITE's payload is read
+ * past the buffer, so an empty buffer says nothing about what follows:
+ * without this the reader took every such write as the last one in
+ * flight and executed it itself, one at a time, while the client's next
+ * writes waited in the socket (a duplicate write on cas hashed on one
+ * core).  Not a socket, or no way to know: assume nothing.
+ */
+static bool
+input_pending (struct conn *c)
+{
+  int n;
+
+  return ioctl (c->rfd, FIONREAD, &n) == 0 && n > 0;
+}
+
 /* Execute and keep a moving average of how long execution takes. */
 static void
 execute_timed (struct conn *c, struct request *r)
@@ -390,7 +406,27 @@ transmission (struct conn *c)
 
   {
     socklen_t sl = sizeof c->sndbuf;
+    int want = SEND_BUFFER_SIZE, have;
+    struct sockaddr_storage ss;
+    socklen_t al = sizeof ss;
 
+    /* A Unix socket's send buffer (208 KiB by default on Linux) is
+     * smaller than one 256 KiB read reply (nbdcopy's request size):
+     * every such reply blocked in writev until the client had read most
+     * of it, and the other workers queued on wlock behind it (seqR on
+     * cas: about a third of the server's samples were those sleeps and
+     * wake-ups).  Room for a few replies lets workers hand theirs over
+     * and go on.  The kernel caps it at net.core.wmem_max; never shrink
+     * it.  TCP is left alone: setting the size would turn off the
+     * kernel's own tuning of it.
+     */
+    if (c->is_socket &&
+        getsockname (c->wfd, (struct sockaddr *) &ss, &al) == 0 &&
+        ss.ss_family == AF_UNIX &&
+        getsockopt (c->wfd, SOL_SOCKET, SO_SNDBUF, &have, &sl) == 0 &&
+        have < want)
+      setsockopt (c->wfd, SOL_SOCKET, SO_SNDBUF, &want, sizeof want);
+    sl = sizeof c->sndbuf;
     if (getsockopt (c->wfd, SOL_SOCKET, SO_SNDBUF, &c->sndbuf, &sl) == -1)
       c->sndbuf = 0;
   }
@@ -494,14 +530,15 @@ transmission (struct conn *c)
     }
 
     /* Run the request here rather than hand it to a worker when nothing
-     * else is in flight and nothing more is buffered (the reader would
-     * only sleep in read() meanwhile), or when requests take less time
-     * on average than a thread hand-off (files in the page cache or on
-     * tmpfs): then one thread serving the whole connection beats waking
-     * others.  Slow backends (disks) keep requests on the workers, so a
-     * long request never holds up reading the next ones; and a reply
-     * that would have to wait for a client not reading its replies goes
-     * to a worker, so the reader never blocks in write().
+     * else is in flight and no more input is waiting, buffered or in the
+     * socket (the reader would only sleep in read() meanwhile), or when
+     * requests take less time on average than a thread hand-off (files
+     * in the page cache or on tmpfs): then one thread serving the whole
+     * connection beats waking others.  Slow backends (disks) keep
+     * requests on the workers, so a long request never holds up reading
+     * the next ones; and a reply that would have to wait for a client
+     * not reading its replies goes to a worker, so the reader never
+     * blocks in write().
      *
      * Only when this request is the only one in flight: a worker's reply
      * still to be written could otherwise fill the socket after the
@@ -511,9 +548,10 @@ transmission (struct conn *c)
      * than one request in flight anyway.
      */
     inline_exec = c->in_flight == 1 &&
-      ((c->rstart == c->rend && !(c->tls && tls_pending (c))) ||
-       atomic_load_explicit (&c->avg_ns, memory_order_relaxed) <
-       INLINE_MAX_NS);
+      (atomic_load_explicit (&c->avg_ns, memory_order_relaxed) <
+       INLINE_MAX_NS ||
+       (c->rstart == c->rend && !(c->tls && tls_pending (c)) &&
+        !input_pending (c)));
     if (!inline_exec)
       queue_request_locked (c, r);
     pthread_mutex_unlock (&c->qlock);

@@ -47,6 +47,10 @@
 #define DEFAULT_MAX_CONNECTIONS   1024
 #define DEFAULT_HANDSHAKE_TIMEOUT 10  /* seconds, as qemu-nbd's */
 #define READ_BUFFER_SIZE   (128u * 1024)
+/* Asked for on each connection: room for a few big replies (the kernel
+ * doubles it for its overhead and caps it at net.core.wmem_max).
+ */
+#define SEND_BUFFER_SIZE   (1024 * 1024)
 
 struct options {
   const char *unix_socket;     /* -U, NULL if none; "-" = private */
