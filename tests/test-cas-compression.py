@@ -481,6 +481,8 @@ def tool_old_layout(d):
     with open(os.path.join(store, "superblock"), "rb") as f:
         sb = f.read(64)
     assert sb[20:24] == bytes(4) and sb[48:60] == bytes(12), sb.hex()
+    # ... and at format version 2, which releases before compression read.
+    assert struct.unpack_from("<I", sb, 8)[0] == 2, sb.hex()
     assert all(not r[4] & F_COMPRESSED for r in data_records(store))
     s = stat_json(store)
     assert s["compression"] == "off" and s["compressed_chunks"] == 0, s
@@ -491,8 +493,21 @@ def tool_old_layout(d):
         sb = f.read(64)
     assert struct.unpack_from("<I", sb, 20)[0] == 1 and sb[48] == 2 and \
         sb[49] == 7, sb.hex()
-    # An unknown feature: refused, naming it, not called damaged.
+    # At format version 3: releases before the feature flags refuse it by
+    # its version (they would read bytes 20..23 as reserved, serve it and
+    # let their gc copy compressed records without their codec fields).
+    assert struct.unpack_from("<I", sb, 8)[0] == 3, sb.hex()
+    # Feature flags in a version-2 superblock (its CRC right): damaged.
     sbp = os.path.join(c, "superblock")
+    with open(sbp, "r+b") as f:
+        b = bytearray(sb)
+        struct.pack_into("<I", b, 8, 2)
+        struct.pack_into("<I", b, 60, cf.crc32c(bytes(b[:60])))
+        f.write(b)
+    p = tool("stat", c, check=1)
+    assert "feature flags 0x1 in a version-2 store (damaged)" in p.stderr, \
+        p.stderr
+    # An unknown feature: refused, naming it, not called damaged.
     with open(sbp, "r+b") as f:
         b = bytearray(sb)
         struct.pack_into("<I", b, 20, 1 | 4)

@@ -131,7 +131,7 @@ class Tests:
 
     def t_version_help(self):
         rc, out, _ = run("--version", check=0)
-        assert re.match(r"nbdcas \S+ \(store format version \d+\)", out), out
+        assert re.match(r"nbdcas \S+ \(store format version \d+[;)]", out), out
         run("--help", check=0)
         for c in ("create", "import", "export", "list", "stat", "fsck"):
             rc, out, _ = run(c, "--help", check=0)

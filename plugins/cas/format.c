@@ -1,6 +1,7 @@
 /* Encoders/decoders for the on-disk structures; see format.h, FORMAT.md. */
 #include <config.h>
 
+#include <assert.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -132,6 +133,7 @@ cas_super_encode (const struct cas_super *s, uint8_t out[CAS_SUPER_SIZE])
    */
   if (s->compression.codec != CAS_CODEC_NONE)
     incompat |= CAS_INCOMPAT_COMPRESSION;
+  assert (incompat == 0 || s->version >= CAS_FORMAT_VERSION_FEATURES);
   memset (out, 0, CAS_SUPER_SIZE);
   memcpy (out, CAS_SUPER_MAGIC, 8);
   put_le32 (out + 8, s->version);
@@ -157,10 +159,11 @@ cas_super_decode (const uint8_t in[CAS_SUPER_SIZE], struct cas_super *s)
    * the CRC, so a newer layout is reported as a version problem.
    */
   s->version = get_le32 (in + 8);
-  if (s->version < CAS_MIN_FORMAT_VERSION || s->version > CAS_FORMAT_VERSION) {
+  if (s->version < CAS_MIN_FORMAT_VERSION ||
+      s->version > CAS_MAX_FORMAT_VERSION) {
     backend_error ("cas: store format version %u is not supported "
                    "(this program reads versions %u to %u)",
-                   s->version, CAS_MIN_FORMAT_VERSION, CAS_FORMAT_VERSION);
+                   s->version, CAS_MIN_FORMAT_VERSION, CAS_MAX_FORMAT_VERSION);
     errno = EPROTO;
     return -1;
   }
@@ -194,6 +197,12 @@ cas_super_decode (const uint8_t in[CAS_SUPER_SIZE], struct cas_super *s)
     return -1;
   }
   /* The CRC checked out, so these disagreeing is not a torn write. */
+  if (s->incompat != 0 && s->version < CAS_FORMAT_VERSION_FEATURES) {
+    backend_error ("cas: superblock: feature flags 0x%x in a version-%u "
+                   "store (damaged)", s->incompat, s->version);
+    errno = EIO;
+    return -1;
+  }
   if (!cas_compression_valid (&s->compression) ||
       ((s->incompat & CAS_INCOMPAT_COMPRESSION) != 0) !=
       (s->compression.codec != CAS_CODEC_NONE)) {

@@ -27,6 +27,15 @@
  */
 #define CAS_FORMAT_VERSION 2
 #define CAS_MIN_FORMAT_VERSION 1
+/* Version 3 is version 2 with incompatible feature flags in use
+ * (superblock bytes 20..23: compression).  Releases before the flags read
+ * bytes 20..23 as reserved and would serve, and worse, garbage-collect
+ * (copying records without the codec fields) a compressed store: a
+ * version they refuse by number is what keeps them away.  A store without
+ * such features stays at version 2, readable by them.
+ */
+#define CAS_FORMAT_VERSION_FEATURES 3
+#define CAS_MAX_FORMAT_VERSION CAS_FORMAT_VERSION_FEATURES
 #define CAS_PACK_VERSION 1
 #define CAS_ROOT_VERSION 1
 

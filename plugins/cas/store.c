@@ -262,12 +262,13 @@ cas_store_create_opts (const char *name, uint32_t blocksize,
     return -1;
   }
   memset (&s, 0, sizeof s);
-  s.version = CAS_FORMAT_VERSION;
   s.blocksize = blocksize;
   s.fanout = CAS_MAP_FANOUT;
   s.created = time (NULL);
   if (opts)
     s.compression = opts->compression;
+  s.version = s.compression.codec != CAS_CODEC_NONE ?
+    CAS_FORMAT_VERSION_FEATURES : CAS_FORMAT_VERSION;
   if (getrandom (s.uuid, sizeof s.uuid, 0) != sizeof s.uuid) {
     backend_error ("cas: getrandom: %m");
     return -1;

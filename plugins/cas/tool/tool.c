@@ -553,8 +553,9 @@ tool_run (int argc, char **argv)
       tool_verbose = true;
       break;
     case 'V':
-      tool_printf ("%s %s (store format version %d)\n", tool_name, PACKAGE_VERSION,
-              CAS_FORMAT_VERSION);
+      tool_printf ("%s %s (store format version %d; %d with compression)\n",
+                   tool_name, PACKAGE_VERSION, CAS_FORMAT_VERSION,
+                   CAS_FORMAT_VERSION_FEATURES);
       return EXIT_OK;
     case TOOL_OPT_CEPH_CONF:
     case TOOL_OPT_CEPH_USER:

@@ -64,9 +64,9 @@ cmd_upgrade (int argc, char **argv)
                 cas_store_format_version (st));
     goto out;
   }
-  if (from == CAS_FORMAT_VERSION)
-    tool_printf ("%s: already format version %u: nothing to do\n", dir,
-                 CAS_FORMAT_VERSION);
+  if (from >= CAS_FORMAT_VERSION)
+    tool_printf ("%s: already format version %" PRIu32 ": nothing to do\n",
+                 dir, from);
   else
     tool_printf ("%s: upgraded from format version %" PRIu32 " to %u\n",
                  dir, from, CAS_FORMAT_VERSION);
