@@ -18,7 +18,12 @@ For each corpus (corpus.json: a, b, c) and block size:
   * compression, estimated: every distinct chunk the store holds (the
     same cut, from space-chunker) compressed on its own with each codec,
     kept raw unless it shrinks by at least 1/8; the estimate is the
-    measured stored bytes with each chunk's payload replaced by that.
+    measured stored bytes with each chunk's payload replaced by that;
+  * compression, measured (--real-codecs, at --real-block-sizes): the
+    same imports into a store made by `nbdcas create --compression
+    CODEC`; its stored bytes from `nbdcas stat`, beside the estimate.
+The uncompressed stores are made with `--compression off`, whatever the
+default of the build.
 Writes WORK/space.json and prints the table in Markdown.
 """
 
@@ -34,6 +39,7 @@ from spacelib import (MiB, Codecs, chunks, image_path, kept, load_corpus,
                       read_at)
 
 DEFAULT_CODECS = "lz4,zstd:1,zstd:3,zstd:9"
+DEFAULT_REAL_CODECS = "lz4,zstd:1"
 
 
 def nbdcas(tool, *args):
@@ -44,11 +50,12 @@ def nbdcas(tool, *args):
     return r.stdout
 
 
-def build_store(tool, work, corpus, names, bs):
-    store = os.path.join(work, "stores", "%s-%d" % (corpus, bs))
+def build_store(tool, work, corpus, names, bs, codec="off"):
+    store = os.path.join(work, "stores", "%s-%d-%s" % (corpus, bs, codec))
     shutil.rmtree(store, ignore_errors=True)
     os.makedirs(os.path.dirname(store), exist_ok=True)
-    nbdcas(tool, "create", store, "--blocksize", str(bs))
+    nbdcas(tool, "create", store, "--blocksize", str(bs),
+           "--compression", codec)
     t0 = time.time()
     if corpus == "b":
         for i, name in enumerate(names):
@@ -71,6 +78,8 @@ def main():
     ap.add_argument("--chunker", required=True)
     ap.add_argument("--block-sizes", default="4096,16384,65536")
     ap.add_argument("--codecs", default=DEFAULT_CODECS)
+    ap.add_argument("--real-codecs", default=DEFAULT_REAL_CODECS)
+    ap.add_argument("--real-block-sizes", default="65536")
     ap.add_argument("--corpora", default="a,b,c")
     ap.add_argument("--keep-stores", action="store_true")
     a = ap.parse_args()
@@ -78,6 +87,8 @@ def main():
     meta = load_corpus(work)
     sizes = [int(s) for s in a.block_sizes.split(",")]
     codecs = a.codecs.split(",") if a.codecs else []
+    real_codecs = a.real_codecs.split(",") if a.real_codecs else []
+    real_sizes = [int(s) for s in a.real_block_sizes.split(",") if s]
     cc = Codecs()
     comp_cache = {}           # (hash, length) -> {codec: kept bytes}
     comp_seconds = {c: 0.0 for c in codecs}
@@ -134,14 +145,33 @@ def main():
                 "import_seconds": round(secs, 1),
                 "compressed": {c: st["stored_bytes"] - payload + comp[c]
                                for c in codecs},
+                "real": {},
             }
             rows.append(row)
             if not a.keep_stores:
                 shutil.rmtree(store)
+            if bs not in real_sizes:
+                continue
+            for c in real_codecs:
+                print("space: corpus %s, %d KiB blocks, %s ..." %
+                      (corpus, bs // 1024, c), file=sys.stderr, flush=True)
+                store, cst, secs = build_store(a.nbdcas, work, corpus, names,
+                                               bs, c)
+                row["real"][c] = {
+                    "stored": cst["stored_bytes"],
+                    "unreferenced": cst["unreferenced_bytes"],
+                    "data_chunks": cst["data_chunks"],
+                    "compressed_chunks": cst["compressed_chunks"],
+                    "data_raw": cst["data_raw_bytes"],
+                    "data_stored": cst["data_stored_bytes"],
+                    "import_seconds": round(secs, 1),
+                }
+                if not a.keep_stores:
+                    shutil.rmtree(store)
 
     out = {"when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
            "load": os.getloadavg(), "corpus_built": meta["built"],
-           "codecs": codecs, "rows": rows,
+           "codecs": codecs, "real_codecs": real_codecs, "rows": rows,
            "compress_seconds": {c: round(s, 1) for c, s in comp_seconds.items()}}
     with open(os.path.join(work, "space.json"), "w") as f:
         json.dump(out, f, indent=1)
@@ -153,6 +183,8 @@ def table(out):
     head = ["corpus", "block", "logical MiB", "data MiB", "ideal MiB",
             "stored MiB", "of which unref. MiB", "stored/ideal", "data/stored"]
     head += ["%s MiB (data/stored)" % c for c in codecs]
+    real_codecs = out.get("real_codecs", [])
+    head += ["real %s MiB (data/stored)" % c for c in real_codecs]
     lines = ["| " + " | ".join(head) + " |",
              "|" + "|".join(["---"] * 2 + ["---:"] * (len(head) - 2)) + "|"]
     for r in out["rows"]:
@@ -166,6 +198,10 @@ def table(out):
         for c in codecs:
             v = r["compressed"][c]
             cells.append("%.1f (%.2f)" % (v / MiB, r["data"] / v))
+        for c in real_codecs:
+            got = r.get("real", {}).get(c)
+            cells.append("-" if got is None else "%.1f (%.2f)" %
+                         (got["stored"] / MiB, r["data"] / got["stored"]))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
