@@ -2,7 +2,7 @@
 # nbdcas space study (issue 15): a corpus of ext4 images made from this
 # machine's /usr (no downloads), the space table of real cas stores at
 # several block sizes with compression estimated offline and measured in
-# real compressed stores (lz4, zstd:1 at 64 KiB), and the simulation of
+# real compressed stores (lz4, zstd:1), and the simulation of
 # fine-grained dedup designs.  Space figures do not depend
 # on the machine's load; nothing here measures throughput.
 #

@@ -79,7 +79,7 @@ def main():
     ap.add_argument("--block-sizes", default="4096,16384,65536")
     ap.add_argument("--codecs", default=DEFAULT_CODECS)
     ap.add_argument("--real-codecs", default=DEFAULT_REAL_CODECS)
-    ap.add_argument("--real-block-sizes", default="65536")
+    ap.add_argument("--real-block-sizes", default="4096,16384,65536")
     ap.add_argument("--corpora", default="a,b,c")
     ap.add_argument("--keep-stores", action="store_true")
     a = ap.parse_args()
