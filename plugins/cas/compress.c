@@ -94,6 +94,21 @@ ctx_put (struct cas_codec_pool *pool, struct codec_ctx *x)
   ctx_free (x);
 }
 
+/* A context with its zstd decoder made: NULL with errno ENOMEM. */
+static struct codec_ctx *
+zstd_decoder_get (struct cas_codec_pool *pool)
+{
+  struct codec_ctx *x = ctx_get (pool);
+
+  if (x && x->zd == NULL && (x->zd = ZSTD_createDCtx ()) == NULL) {
+    ctx_put (pool, x);
+    x = NULL;
+  }
+  if (x == NULL)
+    errno = ENOMEM;
+  return x;
+}
+
 int
 cas_compress (struct cas_codec_pool *pool, const struct cas_compression *c,
               const void *src, uint32_t len, void *dst, uint32_t room,
@@ -177,11 +192,9 @@ cas_decompress_prefix (struct cas_codec_pool *pool, uint8_t codec,
     ZSTD_inBuffer in = { src, len, 0 };
     ZSTD_outBuffer out = { dst, want, 0 };
 
-    x = ctx_get (pool);
-    if (x == NULL || (x->zd == NULL && (x->zd = ZSTD_createDCtx ()) == NULL)) {
-      errno = ENOMEM;
+    x = zstd_decoder_get (pool);
+    if (x == NULL)
       goto out;
-    }
     ZSTD_DCtx_reset (x->zd, ZSTD_reset_session_only);
     /* Until the output is full; a frame that ends first, an error or a
      * call that makes no progress is damage.
@@ -233,11 +246,9 @@ cas_decompress (struct cas_codec_pool *pool, uint8_t codec, const void *src,
   case CAS_CODEC_ZSTD: {
     size_t n;
 
-    x = ctx_get (pool);
-    if (x == NULL || (x->zd == NULL && (x->zd = ZSTD_createDCtx ()) == NULL)) {
-      errno = ENOMEM;
+    x = zstd_decoder_get (pool);
+    if (x == NULL)
       goto out;
-    }
     n = ZSTD_decompressDCtx (x->zd, dst, raw_length, src, len);
     if (ZSTD_isError (n) || n != raw_length) {
       errno = EIO;
