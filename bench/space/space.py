@@ -50,12 +50,14 @@ def nbdcas(tool, *args):
     return r.stdout
 
 
-def build_store(tool, work, corpus, names, bs, codec="off"):
-    store = os.path.join(work, "stores", "%s-%d-%s" % (corpus, bs, codec))
+def build_store(tool, work, corpus, names, bs, codec="off", fmt=None):
+    store = os.path.join(work, "stores", "%s-%d-%s%s" %
+                         (corpus, bs, codec, "-v%d" % fmt if fmt else ""))
     shutil.rmtree(store, ignore_errors=True)
     os.makedirs(os.path.dirname(store), exist_ok=True)
     nbdcas(tool, "create", store, "--blocksize", str(bs),
-           "--compression", codec)
+           "--compression", codec,
+           *(["--format", str(fmt)] if fmt else []))
     t0 = time.time()
     if corpus == "b":
         for i, name in enumerate(names):
