@@ -34,6 +34,17 @@ night rewritten whole into the same volume):
     anything is appended (new units take the next slots), so a fallback
     block appends nothing twice; a writer that appends first and checks
     after would store the missing units twice ("naive waste").
+  * previous content: a unit equal to the one the old descriptor had at
+    the same position takes that reference (in the plan's order only
+    after the caches: then another copy found first can split an
+    unchanged block into more runs).
+Variants (simulate()'s arguments, the CONFIGS list): MAX 4, 6, 7 or
+unlimited; previous content first; chain (continue the previous unit's
+run first); longest (of every place a unit is known, the one whose run
+goes on longest); align (a block's new units start a new extent when they
+do not fit in the open one); partial fallback (keep the runs that save
+most, store only the others fresh); segments (hooks of 16 blocks vote
+together); cache, own, k sizes.
 Counted: unit payload (4096 B a unit), slot tables (40 B a unit), extent
 headers (64 B an extent), map leaves written (32 B per 64 KiB block, 1024
 slots a leaf: every leaf of a new volume, then every leaf whose slots
@@ -64,7 +75,7 @@ HOOK_ENTRY = 8
 EXTENT_TABLE = 8
 ZERO = -1                     # a zero unit stored by the last fallback stage
 BASE = dict(max_runs=5, cache=4, own=1024, k=2, S=16, order="plan",
-            chain=False, align=False, fallback="plan")
+            chain=False, align=False, fallback="plan", seg=1, choose="first")
 
 
 class Writer:
@@ -138,6 +149,15 @@ class Store:
         self.stored = 0
 
 
+def expand(st, desc):
+    """The units a descriptor reads (None for zero)."""
+    got = []
+    for e, s0, n in desc:
+        got += [None] * n if e == 0 else [
+            None if x == ZERO else x for x in st.extents[e][s0:s0 + n]]
+    return got
+
+
 def runs_of(refs):
     """Runs of a block's per-unit refs ((eid, slot), eid 0 = zero)."""
     runs = []
@@ -206,7 +226,7 @@ def partial_fallback(w, bu, refs, missing, max_runs):
 
 def simulate(c, corpus, max_runs=5, cache=4, own=1024, k=2, S=16,
              order="plan", chain=False, align=False, fallback="plan",
-             check=False):
+             seg=1, choose="first", check=False):
     """One configuration over one corpus; returns its figures.
 
     max_runs: runs a descriptor may hold (None: unlimited).  cache:
@@ -219,7 +239,13 @@ def simulate(c, corpus, max_runs=5, cache=4, own=1024, k=2, S=16,
     in the open extent's room closes it first (cas_extent_appender_room,
     then _flush), so a block's new units are one run.  fallback: "plan"
     (every non-zero unit fresh) or "partial" (keep the runs that save
-    most, store only the others fresh: partial_fallback).  check:
+    most, store only the others fresh: partial_fallback).  seg: blocks
+    whose hooks vote together before the first of them is written (1:
+    each block alone, as the plan's writer sees them; 16: 1 MiB, sim.py's
+    segments of 256 units).  choose: "first" (the first place the lookup
+    order finds) or "longest" (of every place the unit is known -- its
+    own units, every cached group, previous content -- the one whose run
+    goes on longest in the block; chain is then moot).  check:
     assert that every descriptor reads back its block's units.
     """
     st = Store(c, S)
@@ -232,8 +258,23 @@ def simulate(c, corpus, max_runs=5, cache=4, own=1024, k=2, S=16,
     leaf_seen = set()
     leaves_distinct = 0
     imports = c.writes(corpus)
+    per_import = []
     for vol, units in imports:
         w = Writer(st, own)
+
+        def load_groups(votes):
+            """Load the k groups with most votes (slot tables of their extents)."""
+            nonlocal loads
+            for g, _ in sorted(votes.items(), key=lambda kv: (-kv[1], -kv[0]))[:k]:
+                loads += 1
+                snap = {}
+                for e in st.groups[g]:
+                    for sl, gu in enumerate(st.extents[e]):
+                        if gu != ZERO:
+                            snap[gu] = (e, sl)
+                w.cache[g] = snap
+                while len(w.cache) > cache:
+                    w.cache.popitem(last=False)
         old = volmap.get(vol, {})
         new = {}
         byblock = collections.OrderedDict()
@@ -243,10 +284,35 @@ def simulate(c, corpus, max_runs=5, cache=4, own=1024, k=2, S=16,
             if lst is None:
                 lst = byblock[b] = [None] * UNITS
             lst[(off // UNIT) % UNITS] = u
-        for b, bu in byblock.items():
+        order_blocks = list(byblock)
+        imp = {"image": c.images[len(per_import)][0], "blocks": len(byblock),
+               "fallback_blocks": 0, "fallback_unchanged": 0,
+               "units_appended": st.stored}
+        per_import.append(imp)
+        for j, (b, bu) in enumerate(byblock.items()):
             blocks += 1
+            if seg > 1 and j % seg == 0:
+                # Hooks of the next seg blocks vote once for the segment.
+                known = {}
+                for b2 in order_blocks[j:j + seg]:
+                    for e, _, _ in old.get(b2, ()):
+                        if e:
+                            for pu in st.extents[e]:
+                                known[pu] = True
+                votes = collections.Counter()
+                for b2 in order_blocks[j:j + seg]:
+                    for u in byblock[b2]:
+                        if (u is not None and st.hook[u] and u in st.hooks
+                                and u not in known and u not in w.own
+                                and not any(u in m for m in w.cache.values())):
+                            g = st.hooks[u] // GROUP_EXTENTS
+                            if g not in w.cache:
+                                votes[g] += 1
+                if votes:
+                    load_groups(votes)
             od = old.get(b)
             prev = {}
+            old_at = [None] * UNITS       # position i: (unit, ref) before
             if od:
                 for e, _, _ in od:
                     if e:
@@ -254,16 +320,22 @@ def simulate(c, corpus, max_runs=5, cache=4, own=1024, k=2, S=16,
                             if pu != ZERO:
                                 prev[pu] = (e, s)
                 # A unit the old descriptor names takes that reference
-                # (another copy in the same extents must not split a run).
+                # (another copy in the same extents must not split a run);
+                # at its own position, the reference it had there.
+                i = 0
                 for e, s0, n in od:
-                    if e:
-                        for s in range(s0, s0 + n):
+                    for s in range(s0, s0 + n):
+                        if e:
                             pu = st.extents[e][s]
                             if pu != ZERO:
                                 prev[pu] = (e, s)
+                            old_at[i] = (pu, (e, s))
+                        i += 1
 
-            def lookup(u):
+            def lookup(i, u):
                 if order == "prev":
+                    if old_at[i] is not None and old_at[i][0] == u:
+                        return old_at[i][1]
                     r = prev.get(u)
                     if r is not None:
                         return r
@@ -275,13 +347,34 @@ def simulate(c, corpus, max_runs=5, cache=4, own=1024, k=2, S=16,
                     if r is not None:
                         w.cache.move_to_end(g)
                         return r
+                if old_at[i] is not None and old_at[i][0] == u:
+                    return old_at[i][1]
                 return prev.get(u)
+
+            def candidates(i, u):
+                """Every reference known for u, in lookup order."""
+                out = []
+                exact = old_at[i][1] if old_at[i] is not None and old_at[i][0] == u else None
+                p = [exact, prev.get(u)]
+                if order == "prev":
+                    out += p
+                out.append(w.own.get(u))
+                for g in reversed(w.cache):
+                    out.append(w.cache[g].get(u))
+                if order != "prev":
+                    out += p
+                return list(dict.fromkeys(r for r in out if r is not None))
 
             refs = [None] * UNITS
             missing = []
             for i, u in enumerate(bu):
                 if u is None:
-                    refs[i] = (0, 0)
+                    # Previous content first: a zero unit a fallback stored
+                    # here keeps its reference (the block's runs stay).
+                    if order == "prev" and old_at[i] is not None and old_at[i][0] == ZERO:
+                        refs[i] = old_at[i][1]
+                    else:
+                        refs[i] = (0, 0)
                     continue
                 if chain and i and refs[i - 1] is not None and refs[i - 1][0]:
                     e, s = refs[i - 1]
@@ -289,7 +382,7 @@ def simulate(c, corpus, max_runs=5, cache=4, own=1024, k=2, S=16,
                     if s + 1 < len(ext) and ext[s + 1] == u:
                         refs[i] = (e, s + 1)
                         continue
-                r = lookup(u)
+                r = lookup(i, u)
                 if r is None:
                     missing.append(i)
                 else:
@@ -303,24 +396,42 @@ def simulate(c, corpus, max_runs=5, cache=4, own=1024, k=2, S=16,
                         if g not in w.cache:
                             votes[g] += 1
                 if votes:
-                    for g, _ in sorted(votes.items(), key=lambda kv: (-kv[1], -kv[0]))[:k]:
-                        loads += 1
-                        snap = {}
-                        for e in st.groups[g]:
-                            for s, gu in enumerate(st.extents[e]):
-                                if gu != ZERO:
-                                    snap[gu] = (e, s)
-                        w.cache[g] = snap
-                        while len(w.cache) > cache:
-                            w.cache.popitem(last=False)
+                    load_groups(votes)
                     still = []
                     for i in missing:
-                        r = lookup(bu[i])
+                        r = lookup(i, bu[i])
                         if r is None:
                             still.append(i)
                         else:
                             refs[i] = r
                     missing = still
+            if choose == "longest":
+                # Every place a unit is known, the one whose run goes on
+                # longest in the block wins (ties: lookup order).
+                miss = set(missing)
+                i = 0
+                while i < UNITS:
+                    u = bu[i]
+                    if u is None or i in miss:
+                        i += 1
+                        continue
+                    best, bestlen = None, 0
+                    for r in candidates(i, u):
+                        e, s0 = r
+                        ext = st.extents[e]
+                        n = 0
+                        while (i + n < UNITS and bu[i + n] is not None
+                               and i + n not in miss and s0 + n < len(ext)
+                               and ext[s0 + n] == bu[i + n]):
+                            n += 1
+                        if n > bestlen:
+                            best, bestlen = r, n
+                    e, s0 = best
+                    if e // GROUP_EXTENTS in w.cache:
+                        w.cache.move_to_end(e // GROUP_EXTENTS)
+                    for n in range(bestlen):
+                        refs[i + n] = (e, s0 + n)
+                    i += bestlen
             # New units take the next slots, a unit twice in the block once.
             newu = list(dict.fromkeys(bu[i] for i in missing))
             if align and w.eid is not None and len(newu) > SLOTS - w.fill:
@@ -336,6 +447,9 @@ def simulate(c, corpus, max_runs=5, cache=4, own=1024, k=2, S=16,
                 refs2 = refs
             else:
                 fb1 += 1
+                imp["fallback_blocks"] += 1
+                if od and expand(st, od) == bu:
+                    imp["fallback_unchanged"] += 1
                 refs2 = None
                 if fallback == "partial":
                     refs2 = partial_fallback(w, bu, refs, set(missing), max_runs)
@@ -368,12 +482,10 @@ def simulate(c, corpus, max_runs=5, cache=4, own=1024, k=2, S=16,
             if runs != ((0, 0, UNITS),):
                 new[b] = runs
         w.flush()
+        imp["units_appended"] = st.stored - imp["units_appended"]
         if check:                 # every descriptor reads back its block
             for b, bu in byblock.items():
-                got = []
-                for e, s0, n in new.get(b, ((0, 0, UNITS),)):
-                    got += [None] * n if e == 0 else [
-                        None if x == ZERO else x for x in st.extents[e][s0:s0 + n]]
+                got = expand(st, new.get(b, ((0, 0, UNITS),)))
                 assert got == bu, (vol, b, got, bu)
                 assert max_runs is None or len(new.get(b, ())) <= max_runs
         # Map leaves written: all of a new volume's, then the changed ones.
@@ -425,12 +537,14 @@ def simulate(c, corpus, max_runs=5, cache=4, own=1024, k=2, S=16,
                         hooks * HOOK_ENTRY / 0.4 / per64k + EXTENT_TABLE * nextents / per64k],
         "final_runs_per_block": fin_runs / max(1, fin_blocks),
         "final_extents_per_block": fin_ext / max(1, fin_blocks),
+        "imports": per_import,
     }
 
 
 CONFIGS = [
     ("max runs 5 (the plan)", dict()),
     ("max runs 4", dict(max_runs=4)),
+    ("max runs 6", dict(max_runs=6)),
     ("max runs 7", dict(max_runs=7)),
     ("unlimited runs", dict(max_runs=None)),
     ("max 5, previous content first", dict(order="prev")),
@@ -444,6 +558,15 @@ CONFIGS = [
     ("max 5, partial fallback + chain + previous first", dict(fallback="partial", chain=True, order="prev")),
     ("max 5, partial + align + chain + previous first", dict(fallback="partial", align=True, chain=True, order="prev")),
     ("max 4, partial + align + chain + previous first", dict(max_runs=4, fallback="partial", align=True, chain=True, order="prev")),
+    ("max 5, partial + align + chain + previous first, segments of 16 blocks", dict(fallback="partial", align=True, chain=True, order="prev", seg=16)),
+    ("unlimited, segments of 16 blocks", dict(max_runs=None, seg=16)),
+    ("max 5, longest", dict(choose="longest")),
+    ("max 5, longest + previous first", dict(choose="longest", order="prev")),
+    ("max 5, longest + partial + align + previous first", dict(choose="longest", fallback="partial", align=True, order="prev")),
+    ("max 4, longest + partial + align + previous first", dict(max_runs=4, choose="longest", fallback="partial", align=True, order="prev")),
+    ("max 6, longest + partial + align + previous first", dict(max_runs=6, choose="longest", fallback="partial", align=True, order="prev")),
+    ("max 7, longest + partial + align + previous first", dict(max_runs=7, choose="longest", fallback="partial", align=True, order="prev")),
+    ("unlimited, longest + align + previous first", dict(max_runs=None, choose="longest", align=True, order="prev")),
     ("max 5, cache 8 groups", dict(cache=8)),
     ("max 5, own units 4096", dict(own=4096)),
     ("max 5, k=1", dict(k=1)),
@@ -493,6 +616,15 @@ def main():
 
 def tables(results):
     L = []
+    corpora = list(results)
+    if len(corpora) > 1:
+        L.append("total/ideal (units, slot tables, extent headers, map leaves) per corpus:\n")
+        L.append("| configuration | " + " | ".join("(%s)" % c for c in corpora) + " |")
+        L.append("|---|" + "---:|" * len(corpora))
+        for i, r in enumerate(results[corpora[0]]):
+            L.append("| %s | " % r["name"] + " | ".join(
+                "%.3f" % results[c][i]["vs_ideal"] for c in corpora) + " |")
+        L.append("")
     for corpus, res in results.items():
         ideal = res[0]["ideal"]
         L.append("Corpus (%s): ideal %.1f MiB (distinct non-zero 4 KiB units)\n" %
