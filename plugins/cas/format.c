@@ -44,6 +44,173 @@ cas_blocksize_check (const char *what, uint64_t bs)
   return -1;
 }
 
+bool
+cas_blocksize_valid_v4 (uint64_t bs)
+{
+  return bs >= CAS_MIN_BLOCKSIZE && bs <= CAS_V4_MAX_BLOCKSIZE &&
+    is_power_of_2 (bs);
+}
+
+int
+cas_blocksize_check_v4 (const char *what, uint64_t bs)
+{
+  if (cas_blocksize_valid_v4 (bs))
+    return 0;
+  backend_error ("%s: %" PRIu64 " is not a valid block size for a format-4 "
+                 "store: it must be a power of two from 4K (4096) to 64K "
+                 "(65536)", what, bs);
+  errno = EINVAL;
+  return -1;
+}
+
+/* descriptor: 0 nruns, run k at 1 + 6k: eid[5] LE, slot << 4 | (count-1) */
+void
+cas_desc_encode (const struct cas_desc *d, struct cas_hash *out)
+{
+  unsigned k;
+  uint8_t *p;
+
+  memset (out->b, 0, CAS_HASH_SIZE);
+  assert (d->nruns <= CAS_DESC_MAX_RUNS);
+  if (d->nruns == 0 || (d->nruns == 1 && d->run[0].eid == 0))
+    return;
+  out->b[0] = d->nruns;
+  for (k = 0, p = out->b + 1; k < d->nruns; k++, p += 6) {
+    const struct cas_run *r = &d->run[k];
+
+    assert (r->eid <= CAS_EXTENT_ID_MAX);
+    assert (r->count >= 1 && r->count <= CAS_UNITS_MAX);
+    assert (r->eid == 0 ? r->slot == 0 : r->slot + r->count <= CAS_UNITS_MAX);
+    p[0] = r->eid;
+    p[1] = r->eid >> 8;
+    p[2] = r->eid >> 16;
+    p[3] = r->eid >> 24;
+    p[4] = r->eid >> 32;
+    p[5] = (uint8_t) (r->slot << 4 | (r->count - 1));
+  }
+}
+
+int
+cas_desc_decode (const struct cas_hash *in, uint32_t units,
+                 struct cas_desc *d)
+{
+  const uint8_t *p;
+  uint32_t covered = 0;
+  unsigned k, i;
+
+  memset (d, 0, sizeof *d);
+  if (cas_hash_is_zero (in))
+    return 0;
+  d->nruns = in->b[0];
+  if (d->nruns < 1 || d->nruns > CAS_DESC_MAX_RUNS)
+    goto bad;
+  for (k = 0, p = in->b + 1; k < d->nruns; k++, p += 6) {
+    struct cas_run *r = &d->run[k];
+
+    r->eid = (uint64_t) p[0] | (uint64_t) p[1] << 8 | (uint64_t) p[2] << 16 |
+      (uint64_t) p[3] << 24 | (uint64_t) p[4] << 32;
+    r->slot = p[5] >> 4;
+    r->count = (p[5] & 0xf) + 1;
+    if (r->eid == 0 ? r->slot != 0 : r->slot + r->count > CAS_UNITS_MAX)
+      goto bad;
+    covered += r->count;
+  }
+  if (covered != units)
+    goto bad;
+  for (i = 1 + 6 * d->nruns; i < CAS_HASH_SIZE; i++)
+    if (in->b[i] != 0)
+      goto bad;
+  return 0;
+ bad:
+  memset (d, 0, sizeof *d);
+  errno = EIO;
+  return -1;
+}
+
+/* extent fields (a record header's hash field): 0 eid 8 nslots 9 codec
+ * 10 present 12 zero[20]
+ */
+void
+cas_extent_fields_encode (const struct cas_extent_fields *f,
+                          struct cas_hash *out)
+{
+  assert (f->eid >= 1 && f->eid <= CAS_EXTENT_ID_MAX);
+  assert (f->nslots >= 1 && f->nslots <= CAS_UNITS_MAX);
+  memset (out->b, 0, CAS_HASH_SIZE);
+  put_le64 (out->b, f->eid);
+  out->b[8] = f->nslots;
+  out->b[9] = f->codec;
+  put_le16 (out->b + 10, f->present);
+}
+
+int
+cas_extent_fields_decode (const struct cas_hash *in,
+                          struct cas_extent_fields *f)
+{
+  unsigned i;
+
+  f->eid = get_le64 (in->b);
+  f->nslots = in->b[8];
+  f->codec = in->b[9];
+  f->present = get_le16 (in->b + 10);
+  if (f->eid < 1 || f->eid > CAS_EXTENT_ID_MAX ||
+      f->nslots < 1 || f->nslots > CAS_UNITS_MAX ||
+      (f->codec != CAS_CODEC_NONE && f->codec != CAS_CODEC_LZ4 &&
+       f->codec != CAS_CODEC_ZSTD) ||
+      (f->present & ~(uint16_t) ((1u << f->nslots) - 1)) != 0)
+    goto bad;
+  for (i = 12; i < CAS_HASH_SIZE; i++)
+    if (in->b[i] != 0)
+      goto bad;
+  return 0;
+ bad:
+  errno = EIO;
+  return -1;
+}
+
+/* slot entry: 0 hash[32] 32 stored_len u16 34 flags 35 reserved 36 crc */
+void
+cas_slot_entry_encode (const struct cas_slot_entry *e,
+                       uint8_t out[CAS_SLOT_ENTRY_SIZE])
+{
+  memcpy (out, e->hash.b, CAS_HASH_SIZE);
+  put_le16 (out + 32, e->stored_len);
+  out[34] = e->flags;
+  out[35] = 0;
+  put_le32 (out + 36, e->crc);
+}
+
+int
+cas_slot_entry_decode (const uint8_t in[CAS_SLOT_ENTRY_SIZE], bool present,
+                       uint8_t codec, struct cas_slot_entry *e)
+{
+  memcpy (e->hash.b, in, CAS_HASH_SIZE);
+  e->stored_len = get_le16 (in + 32);
+  e->flags = in[34];
+  e->crc = get_le32 (in + 36);
+  if (in[35] != 0 || (e->flags & ~CAS_SLOT_F_COMPRESSED) != 0)
+    goto bad;
+  if (!present) {
+    /* gc may drop a slot's bytes; its entry keeps the hash. */
+    if (e->stored_len != 0 || e->flags != 0)
+      goto bad;
+    return 0;
+  }
+  if (e->stored_len < 1 || e->stored_len > CAS_UNIT_SIZE)
+    goto bad;
+  if (e->flags & CAS_SLOT_F_COMPRESSED) {
+    if (codec == CAS_CODEC_NONE ||
+        e->stored_len > cas_compress_limit (CAS_UNIT_SIZE))
+      goto bad;
+  }
+  else if (e->stored_len != CAS_UNIT_SIZE)
+    goto bad;
+  return 0;
+ bad:
+  errno = EIO;
+  return -1;
+}
+
 int
 cas_compression_parse (const char *what, const char *value,
                        struct cas_compression *c)
@@ -121,7 +288,8 @@ cas_compression_name (const struct cas_compression *c,
 }
 
 /* superblock: 0 magic[8] 8 version 12 blocksize 16 fanout 20 incompat
- * 24 created 32 uuid[16] 48 codec 49 level 50 reserved[10] 60 crc
+ * 24 created 32 uuid[16] 48 codec 49 level 50 unit shift (version 4;
+ * else 0) 51 reserved[9] 60 crc
  */
 void
 cas_super_encode (const struct cas_super *s, uint8_t out[CAS_SUPER_SIZE])
@@ -144,6 +312,8 @@ cas_super_encode (const struct cas_super *s, uint8_t out[CAS_SUPER_SIZE])
   memcpy (out + 32, s->uuid, 16);
   out[48] = s->compression.codec;
   out[49] = s->compression.level;
+  if (s->version >= CAS_FORMAT_VERSION_UNITS)
+    out[50] = CAS_UNIT_SHIFT;
   seal (out, CAS_SUPER_SIZE);
 }
 
@@ -190,6 +360,7 @@ cas_super_decode (const uint8_t in[CAS_SUPER_SIZE], struct cas_super *s)
   memcpy (s->uuid, in + 32, 16);
   s->compression.codec = in[48];
   s->compression.level = in[49];
+  s->unit_shift = in[50];
   if (!cas_blocksize_valid (s->blocksize) || s->fanout != CAS_MAP_FANOUT) {
     backend_error ("cas: superblock: bad block size %u or fanout %u",
                    s->blocksize, s->fanout);
@@ -200,6 +371,15 @@ cas_super_decode (const uint8_t in[CAS_SUPER_SIZE], struct cas_super *s)
   if (s->incompat != 0 && s->version < CAS_FORMAT_VERSION_FEATURES) {
     backend_error ("cas: superblock: feature flags 0x%x in a version-%u "
                    "store (damaged)", s->incompat, s->version);
+    errno = EIO;
+    return -1;
+  }
+  if (s->version >= CAS_FORMAT_VERSION_UNITS ?
+      s->unit_shift != CAS_UNIT_SHIFT ||
+      !cas_blocksize_valid_v4 (s->blocksize) : s->unit_shift != 0) {
+    backend_error ("cas: superblock: version %u with unit size byte %u "
+                   "and block size %u (damaged)", s->version,
+                   s->unit_shift, s->blocksize);
     errno = EIO;
     return -1;
   }
@@ -281,9 +461,25 @@ cas_record_header_decode (const uint8_t in[CAS_RECORD_HEADER_SIZE],
   h->payload_crc = get_le32 (in + 12);
   memcpy (h->hash.b, in + 16, CAS_HASH_SIZE);
   if ((h->type != CAS_CHUNK_DATA && h->type != CAS_CHUNK_MAPNODE &&
-       h->type != CAS_RECORD_TABLE) ||
+       h->type != CAS_RECORD_TABLE && h->type != CAS_RECORD_EXTENT) ||
       h->length == 0 || h->length > CAS_MAX_PAYLOAD)
     goto bad;
+  if (h->type == CAS_RECORD_EXTENT) {
+    struct cas_extent_fields f;
+    uint32_t table, stored;
+
+    if (h->flags != 0 || cas_extent_fields_decode (&h->hash, &f) == -1)
+      goto bad;
+    /* Each present slot stores 1..CAS_UNIT_SIZE bytes. */
+    table = f.nslots * CAS_SLOT_ENTRY_SIZE;
+    stored = __builtin_popcount (f.present);
+    if (h->length < table + stored ||
+        h->length > table + stored * CAS_UNIT_SIZE)
+      goto bad;
+    h->raw_length = h->length;
+    h->codec = CAS_CODEC_NONE;
+    return 0;
+  }
   if (h->flags & CAS_RECORD_F_COMPRESSED) {
     h->raw_length = get_le32 (in + 48);
     h->codec = in[52];

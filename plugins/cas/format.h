@@ -35,7 +35,14 @@
  * such features stays at version 2, readable by them.
  */
 #define CAS_FORMAT_VERSION_FEATURES 3
-#define CAS_MAX_FORMAT_VERSION CAS_FORMAT_VERSION_FEATURES
+/* Version 4 (experimental, only when asked for): volume data is stored
+ * as 4 KiB units in extent records (CAS_RECORD_EXTENT, extent.h) and a
+ * map slot holds a block descriptor (struct cas_desc) instead of the
+ * SHA-256 of a data record.  Superblock byte 50 holds log2 of the unit
+ * size (CAS_UNIT_SHIFT); block sizes are 4 to 64 KiB.
+ */
+#define CAS_FORMAT_VERSION_UNITS 4
+#define CAS_MAX_FORMAT_VERSION CAS_FORMAT_VERSION_UNITS
 #define CAS_PACK_VERSION 1
 #define CAS_ROOT_VERSION 1
 
@@ -117,6 +124,88 @@ cas_compress_limit (uint32_t len)
   return len - len / 8;
 }
 
+/* ---- format version 4: units, extents, block descriptors ---- */
+#define CAS_UNIT_SHIFT 12
+#define CAS_UNIT_SIZE 4096u          /* 1 << CAS_UNIT_SHIFT */
+#define CAS_UNITS_MAX 16             /* units per block and per extent */
+#define CAS_V4_MAX_BLOCKSIZE (CAS_UNITS_MAX * CAS_UNIT_SIZE)
+/* The block sizes of a version-4 store: 4 KiB to 64 KiB (a block is at
+ * most CAS_UNITS_MAX units).  check: 0, or -1/EINVAL after a message
+ * naming what.
+ */
+bool cas_blocksize_valid_v4 (uint64_t bs);
+int cas_blocksize_check_v4 (const char *what, uint64_t bs);
+
+/* Block descriptor: the 32-byte map slot value of a version-4 store
+ * (FORMAT.md, "Format version 4").  All zero: unmapped (nruns 0).  Else
+ * byte 0 is the run count (1..CAS_DESC_MAX_RUNS) and run k sits at bytes
+ * 1 + 6k .. 6 + 6k: extent id (40 bits LE; 0 = a run of zero units),
+ * then first slot << 4 | (count - 1).  The runs cover the block's units
+ * in order; the bytes after the last run are zero.
+ */
+#define CAS_DESC_MAX_RUNS 5
+#define CAS_EXTENT_ID_MAX ((UINT64_C (1) << 40) - 1)
+struct cas_run {
+  uint64_t eid;               /* extent id; 0: count zero units */
+  uint8_t slot;               /* first slot (0 for a zero run) */
+  uint8_t count;              /* units, 1..CAS_UNITS_MAX */
+};
+struct cas_desc {
+  uint8_t nruns;              /* 0: unmapped (reads zeros) */
+  struct cas_run run[CAS_DESC_MAX_RUNS];
+};
+/* d must be valid (the caller built it: asserted).  A descriptor of one
+ * zero run, or of none, is encoded as all zero.
+ */
+void cas_desc_encode (const struct cas_desc *d, struct cas_hash *out);
+/* Quiet: -1/EIO without a message if in is not a valid descriptor of a
+ * block of units units (runs adding up to exactly that, slots inside an
+ * extent, trailing bytes zero).  All zero gives nruns 0.
+ */
+int cas_desc_decode (const struct cas_hash *in, uint32_t units,
+                     struct cas_desc *d);
+
+/* Extent record (type CAS_RECORD_EXTENT): what its header's 32-byte hash
+ * field holds: bytes 0..7 extent id (1..CAS_EXTENT_ID_MAX), byte 8 slot
+ * count (1..CAS_UNITS_MAX), byte 9 codec of the compressed slots, bytes
+ * 10..11 present mask (bit i: slot i stored), bytes 12..31 zero.
+ */
+struct cas_extent_fields {
+  uint64_t eid;
+  uint8_t nslots;
+  uint8_t codec;              /* enum cas_codec; NONE if no slot is
+                                 compressed */
+  uint16_t present;
+};
+void cas_extent_fields_encode (const struct cas_extent_fields *f,
+                               struct cas_hash *out);
+/* Quiet: -1/EIO if out of range. */
+int cas_extent_fields_decode (const struct cas_hash *in,
+                              struct cas_extent_fields *f);
+
+/* Slot table entry, 40 bytes: SHA-256 of the raw unit (32), stored
+ * length u16 (1..CAS_UNIT_SIZE; 0 if not present; CAS_UNIT_SIZE: raw),
+ * flags u8 (CAS_SLOT_F_COMPRESSED), reserved u8 0, CRC32C of the stored
+ * bytes u32.  A compressed slot's stored length is at most
+ * cas_compress_limit (CAS_UNIT_SIZE).
+ */
+#define CAS_SLOT_ENTRY_SIZE 40
+#define CAS_SLOT_F_COMPRESSED 0x01
+struct cas_slot_entry {
+  struct cas_hash hash;
+  uint16_t stored_len;
+  uint8_t flags;
+  uint32_t crc;
+};
+void cas_slot_entry_encode (const struct cas_slot_entry *e,
+                            uint8_t out[CAS_SLOT_ENTRY_SIZE]);
+/* Quiet: -1/EIO if inconsistent with present (the slot's bit of the
+ * record's present mask) and codec (the record's).
+ */
+int cas_slot_entry_decode (const uint8_t in[CAS_SLOT_ENTRY_SIZE],
+                           bool present, uint8_t codec,
+                           struct cas_slot_entry *e);
+
 /* ---- superblock: DIR/superblock ---- */
 #define CAS_SUPER_MAGIC "NBDCASSB"
 #define CAS_SUPER_SIZE 64
@@ -136,6 +225,11 @@ struct cas_super {
   uint64_t created;           /* seconds since the epoch */
   uint8_t uuid[16];           /* random: tells stores apart */
   struct cas_compression compression;  /* of new data records */
+  /* Version 4: log2 of the unit size (byte 50), CAS_UNIT_SHIFT; the
+   * encoder writes it for version 4 whatever this holds, the decoder
+   * sets it (0 before version 4).
+   */
+  uint8_t unit_shift;
 };
 void cas_super_encode (const struct cas_super *s, uint8_t out[CAS_SUPER_SIZE]);
 /* version is decoded even when it is wrong, so callers can name it. */
@@ -177,13 +271,22 @@ int cas_pack_header_decode (const uint8_t in[CAS_PACK_HEADER_SIZE],
  * a partial read checks only the pieces it reads.
  */
 #define CAS_RECORD_TABLE 3
+/* Format version 4: an extent record (extent.h, FORMAT.md "Format version
+ * 4").  Its flags are 0, its hash field holds struct cas_extent_fields,
+ * its payload is the slot table (CAS_SLOT_ENTRY_SIZE per slot) and then
+ * the stored bytes of the present slots; its payload_crc covers the slot
+ * table only (each unit has its own CRC in the table).
+ */
+#define CAS_RECORD_EXTENT 4
 #define CAS_RECORD_F_TABLE 0x01
 #define CAS_PIECE_SIZE 4096u
 struct cas_record_header {
-  uint8_t type;               /* enum cas_chunk_type, or CAS_RECORD_TABLE */
+  uint8_t type;               /* enum cas_chunk_type, CAS_RECORD_TABLE
+                                 or CAS_RECORD_EXTENT */
   uint8_t flags;              /* CAS_RECORD_F_* */
   uint32_t length;            /* payload bytes */
-  uint32_t payload_crc;       /* CRC32C of the payload */
+  uint32_t payload_crc;       /* CRC32C of the payload (an extent: of
+                                 its slot table) */
   struct cas_hash hash;       /* SHA-256 of the payload (compressed: of
                                  the raw block) */
   uint32_t raw_length;        /* compressed: the raw block's length; the
@@ -195,9 +298,18 @@ void cas_record_header_encode (const struct cas_record_header *h,
 /* Quiet: returns -1 without a message (scans probe bad headers often);
  * errno EIO.  A compressed record's header must name a known codec, a
  * data record, no piece table, and a raw length above the stored one.
+ * An extent record's must have flags 0, valid extent fields and a length
+ * its slot table and present slots can have.
  */
 int cas_record_header_decode (const uint8_t in[CAS_RECORD_HEADER_SIZE],
                               struct cas_record_header *h);
+/* Bytes of a record's payload covered by its payload_crc. */
+static inline uint32_t
+cas_record_crc_length (const struct cas_record_header *h)
+{
+  return h->type == CAS_RECORD_EXTENT ?
+    (uint32_t) h->hash.b[8] * CAS_SLOT_ENTRY_SIZE : h->length;
+}
 static inline uint64_t
 cas_record_size (uint32_t length)
 {

@@ -1,0 +1,141 @@
+/* Extents: the unit store of a format-4 store (FORMAT.md, "Format version
+ * 4"; the lead's plan in /work/notes/v4/PLAN.md).
+ *
+ * Contract: a unit (4096 raw bytes, named by its SHA-256) lives in slot s
+ * of extent e, a pack record of up to 16 units with a slot table.  A
+ * reference (e, s) is stable for the store's life: garbage collection may
+ * move an extent's record, never renumber it.  Reads return exactly the
+ * bytes added, or fail with EIO -- never wrong data: every unit read is
+ * checked against its slot's CRC32C (verify=full: also its SHA-256).
+ * Units are added through an appender (one per writer: a volume); they
+ * are readable at once, by any thread, and durable once
+ * cas_extent_appender_flush and then the chunk store's sync return.
+ *
+ * The extent store belongs to the pack chunk store of a format-4 store
+ * (cas_packstore_extents); it is rebuilt from the packs at open.
+ *
+ * Errors: -1 with errno (EIO damaged, ENOENT no such extent or slot,
+ * ENOMEM) after a message through backend_error().
+ *
+ * Thread safety: every function may be called from any thread at once,
+ * except that one appender is used by one thread at a time (its owner
+ * serialises).  Readers never block on appends in progress beyond a
+ * short lock.
+ */
+#ifndef NBDCAS_EXTENT_H
+#define NBDCAS_EXTENT_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "chunkstore.h"
+#include "format.h"
+#include "hash.h"
+
+struct cas_extents;
+struct cas_extent_appender;
+
+/* The extent store of a format-4 pack store; NULL for any other store. */
+struct cas_extents *cas_packstore_extents (struct chunkstore *cs);
+
+/* ---- reading ---- */
+
+/* Read bytes [off, off + len) of the units (eid, slot) .. (eid, slot +
+ * count - 1), taken as one byte string of count * 4096 bytes, into buf.
+ * Checks the CRC32C of every unit it reads from (a partial unit too);
+ * verify=full also re-hashes those units whole.  One pread for the slot
+ * table and one for the units where it can.
+ */
+int cas_extents_read (struct cas_extents *ext, uint64_t eid, unsigned slot,
+                      unsigned count, uint32_t off, uint32_t len, void *buf,
+                      enum cas_verify verify);
+
+/* Read bytes [off, off + len) of a block (bs bytes) described by desc
+ * (a format-4 slot value: format.h cas_desc), into buf: zero runs give
+ * zeros, the others cas_extents_read.  A damaged descriptor is EIO.
+ */
+int cas_desc_read (struct cas_extents *ext, const struct cas_hash *desc,
+                   uint32_t bs, uint32_t off, uint32_t len, void *buf,
+                   enum cas_verify verify);
+
+/* The slot table of extent eid, for deduplication: hashes[i] for slot i
+ * (i < *nslots), *present the mask of slots stored.  The first call for
+ * an extent in this process reads it whole and checks every unit's CRC
+ * (as the index's CAS_LOC_VERIFIED does for chunks): a damaged extent is
+ * never offered for dedup.  Returns 1 if it can be referenced, 0 if not
+ * (no such extent, damaged -- reported once --, or in a pack sealed by a
+ * collection in progress: gc's new-copy rule), -1 on other errors.
+ */
+int cas_extents_slot_hashes (struct cas_extents *ext, uint64_t eid,
+                             struct cas_hash hashes[CAS_UNITS_MAX],
+                             unsigned *nslots, uint16_t *present);
+
+/* Hooks: a sample of stored units (last byte of the SHA-256 % 16 == 0). */
+static inline bool
+cas_unit_is_hook (const struct cas_hash *h)
+{
+  return h->b[31] % 16 == 0;
+}
+/* The newest extent holding hook unit h: 1 found (*eid; it may be
+ * stale: check its slot table), 0 none.
+ */
+int cas_extents_hook_lookup (struct cas_extents *ext,
+                             const struct cas_hash *h, uint64_t *eid);
+
+/* Extents per group (ids 64g .. 64g + 63 belong to one writer). */
+#define CAS_GROUP_EXTENTS 64
+static inline uint64_t cas_extent_group (uint64_t eid) { return eid / CAS_GROUP_EXTENTS; }
+
+/* ---- writing ---- */
+
+struct cas_extent_appender *cas_extent_appender_new (struct cas_extents *ext);
+/* Add one raw unit (4096 bytes, not all zero) named *h to the open
+ * extent (compressed per the store's setting); *eid, *slot receive its
+ * reference.  When the open extent is full it is appended to the packs
+ * (in this thread).  The unit is readable at once.
+ */
+int cas_extent_appender_add (struct cas_extent_appender *a,
+                             const struct cas_hash *h, const void *unit,
+                             uint64_t *eid, unsigned *slot);
+/* Free slots left in the open extent (16 when none is open). */
+unsigned cas_extent_appender_room (const struct cas_extent_appender *a);
+/* Close the open extent now (append it, if it holds any unit): the next
+ * add starts a new extent.  The appended records become durable with the
+ * next chunk store sync.
+ */
+int cas_extent_appender_flush (struct cas_extent_appender *a);
+/* Flush (errors reported) and free. */
+int cas_extent_appender_free (struct cas_extent_appender *a);
+
+/* ---- for stat, fsck, gc ---- */
+struct cas_extents_stats {
+  uint64_t extents, units, unit_bytes_stored, unit_bytes_raw;
+  uint64_t hooks, table_bytes, hook_bytes;   /* RAM */
+  uint64_t max_eid;
+};
+void cas_extents_stats (struct cas_extents *ext, struct cas_extents_stats *s);
+/* Location of extent eid (index.h CAS_LOC layout), 0 if none. */
+uint64_t cas_extents_loc (struct cas_extents *ext, uint64_t eid);
+
+/* ---- garbage collection (the pack store's sweep calls these) ----
+ * A sweep meets extent records in sealed packs.  A record is the current
+ * copy of its id if the table points at its location (an older copy left
+ * by an earlier collection or a crash is garbage whatever its slots).
+ */
+bool cas_extents_is_current (struct cas_extents *ext, uint64_t eid,
+                             uint64_t loc);
+/* The record of eid at oldloc was copied to newloc, durably: point the
+ * table at the copy (only if it still points at oldloc).  The copy is
+ * VERIFIED if the original was.
+ */
+void cas_extents_relocate (struct cas_extents *ext, uint64_t eid,
+                           uint64_t oldloc, uint64_t newloc);
+/* Extent eid (record at loc) has no live slot and its pack goes: forget
+ * it (only if the table still points at loc).  Hooks naming it go stale
+ * (harmless: a hook is checked against the slot table).
+ */
+void cas_extents_drop (struct cas_extents *ext, uint64_t eid, uint64_t loc);
+/* The highest extent id in use (the size of a mark's per-extent array). */
+uint64_t cas_extents_max_eid (struct cas_extents *ext);
+
+#endif /* NBDCAS_EXTENT_H */
