@@ -23,6 +23,7 @@
 #include "cleanup.h"
 #include "compress.h"
 #include "crc32c.h"
+#include "extent.h"
 #include "index.h"
 #include "le.h"
 #include "pack.h"
@@ -50,6 +51,11 @@ struct packstore {
    */
   struct cas_compression comp;
   struct cas_codec_pool *pool;
+  /* A format-4 store's units (extent.h); NULL in the others.  Its data
+   * is in extent records only: no data chunk is put, and the hash index
+   * holds map nodes.
+   */
+  struct cas_extents *extents;
 };
 
 /* A read raced with garbage collection retiring a pack: the index points
@@ -193,6 +199,13 @@ ps_put (struct chunkstore *cs, const struct cas_hash *hash,
     *stored = false;
   if (len == 0 || len > CAS_MAX_PAYLOAD) {
     backend_error ("cas: chunk of %" PRIu32 " bytes is out of range", len);
+    errno = EINVAL;
+    return -1;
+  }
+  if (ps->extents && type == CAS_CHUNK_DATA) {
+    /* A caller's bug: data goes to extents (extent.h) in this store. */
+    backend_error ("cas: internal error: a data chunk put into a format-4 "
+                   "store");
     errno = EINVAL;
     return -1;
   }
@@ -619,6 +632,7 @@ ps_stats (struct chunkstore *cs, struct cas_chunkstore_stats *st)
 static void
 free_ps (struct packstore *ps)
 {
+  cas_extents_free (ps->extents);
   cas_codec_pool_free (ps->pool);
   cas_index_free (ps->index);
   cas_packs_close (ps->packs);
@@ -672,10 +686,13 @@ ps_close (struct chunkstore *cs)
   int r = 0;
 
   if (!ps->readonly) {
-    /* The cache may only cover records that are durable. */
+    /* The cache may only cover records that are durable.  A format-4
+     * store has none yet: its open rebuilds the extent table from the
+     * packs anyway (FORMAT.md, "Format version 4").
+     */
     if (cas_packs_sync (ps->packs) == -1)
       r = -1;
-    else {
+    else if (!ps->extents) {
       uint32_t npacks = cas_packs_last (ps->packs);
       CLEANUP_FREE struct cas_index_pack *t = cover_table (ps, npacks);
 
@@ -702,6 +719,15 @@ ps_gc_begin (struct chunkstore *cs)
   if (ps->readonly) {
     backend_error ("cas: the store is read-only: no garbage collection");
     errno = EROFS;
+    return -1;
+  }
+  if (ps->extents) {
+    /* The sweep below knows chunks only: it would take every extent
+     * record for garbage.
+     */
+    backend_error ("cas: garbage collection of a format-4 store is not "
+                   "implemented yet");
+    errno = ENOTSUP;
     return -1;
   }
   atomic_store (&ps->gc_below, cas_packs_seal (ps->packs));
@@ -1099,6 +1125,14 @@ index_record (const struct cas_record_info *info, void *opaque)
 
   if (info->status != 0 || info->type == CAS_RECORD_TABLE)
     return 0;                   /* damaged, or not a chunk: never index it */
+  if (info->type == CAS_RECORD_EXTENT) {
+    if (ps->extents)
+      return cas_extents_add_record (ps->extents, info->pack, info->offset);
+    backend_error ("cas: pack %" PRIu32 " offset %" PRIu64 ": an extent "
+                   "record in a store of format version 3 or lower: "
+                   "ignored", info->pack, info->offset);
+    return 0;
+  }
   return cas_index_insert (ps->index, &info->hash,
                            CAS_LOC (info->pack, info->offset));
 }
@@ -1228,6 +1262,16 @@ cas_packstore_set_compression (struct chunkstore *cs,
                                const struct cas_compression *c)
 {
   PS (cs)->comp = *c;
+  if (PS (cs)->extents)
+    cas_extents_set_compression (PS (cs)->extents, c);
+}
+
+struct cas_extents *
+cas_packstore_extents (struct chunkstore *cs)
+{
+  if (cs == NULL || cs->ops != &packstore_ops)
+    return NULL;
+  return PS (cs)->extents;
 }
 
 struct chunkstore *
@@ -1258,6 +1302,13 @@ cas_packstore_open (const char *dir, bool readonly, const uint8_t uuid[16],
                               flags & CAS_PACKSTORE_TABLES);
   if (ps->packs == NULL)
     goto err;
+  if (flags & CAS_PACKSTORE_EXTENTS) {
+    ps->extents = cas_extents_new (ps->packs, readonly, &ps->gc_below);
+    if (ps->extents == NULL)
+      goto err;
+    /* No index cache for format 4 yet: every pack is scanned. */
+    flags |= CAS_PACKSTORE_NO_CACHE;
+  }
 
   /* The index cache covers part of each pack; scan the rest, checking
    * payload CRCs there (that is where a crash can have left torn
@@ -1273,7 +1324,8 @@ cas_packstore_open (const char *dir, bool readonly, const uint8_t uuid[16],
   }
   else {
     if (flags & CAS_PACKSTORE_NO_CACHE)
-      backend_debug ("cas: indexing the packs (the index cache is not used)");
+      backend_debug ("cas: indexing the packs (the index cache is not %s)",
+                     ps->extents ? "kept for format 4" : "used");
     else if (strcmp (why, "absent") == 0 ||
              strcmp (why, "of another version") == 0)
       backend_debug ("cas: index cache %s: indexing the packs", why);
@@ -1285,12 +1337,15 @@ cas_packstore_open (const char *dir, bool readonly, const uint8_t uuid[16],
     scan = CAS_SCAN_CRC_LAST2 | CAS_SCAN_CUT_TAIL;
   }
   if (cas_packs_scan (ps->packs, from, from ? npacks + 1 : 0,
-                      scan | CAS_SCAN_QUIET_BAD, index_record, ps) != 0) {
+                      scan | CAS_SCAN_QUIET_BAD | CAS_SCAN_EXTENT_TABLES,
+                      index_record, ps) != 0) {
     backend_error ("cas: scanning packs: %m");
     free (from);
     goto err;
   }
   free (from);
+  if (ps->extents)
+    cas_extents_open_done (ps->extents);
   return &ps->cs;
 
  err:

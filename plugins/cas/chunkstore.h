@@ -182,6 +182,8 @@ struct chunkstore {
  */
 #define CAS_PACKSTORE_NO_CACHE (1u << 0)  /* index every pack (fsck) */
 #define CAS_PACKSTORE_TABLES   (1u << 1)  /* format 2: write piece tables */
+#define CAS_PACKSTORE_EXTENTS  (1u << 2)  /* format 4: units in extents
+                                             (extent.h) */
 struct chunkstore *cas_packstore_open (const char *dir, bool readonly,
                                        const uint8_t uuid[16],
                                        unsigned flags);

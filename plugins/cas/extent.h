@@ -135,7 +135,51 @@ void cas_extents_relocate (struct cas_extents *ext, uint64_t eid,
  * (harmless: a hook is checked against the slot table).
  */
 void cas_extents_drop (struct cas_extents *ext, uint64_t eid, uint64_t loc);
-/* The highest extent id in use (the size of a mark's per-extent array). */
+/* The highest extent id in use (the size of a mark's per-extent array):
+ * ids handed out to extents still being filled count too.
+ */
 uint64_t cas_extents_max_eid (struct cas_extents *ext);
+
+/* ---- extent records (pack.c's scans, fsck) ----
+ * parse_table: the header h (type CAS_RECORD_EXTENT) and the first got
+ * bytes of its payload (at least its slot table): fields, slot entries
+ * and where each slot's stored bytes start in the payload, after
+ * checking the table's CRC32C and that it adds up to the record's
+ * length.  0, or -1/EIO with *problem saying what (no message).
+ * check_units: every present unit of the whole payload against its CRC;
+ * decode: compressed units decompress to 4096 bytes; rehash: each raw
+ * unit matches its SHA-256.  0 good, 1 damaged (*problem, *bad_slot),
+ * -1 error (ENOMEM, or the hash failed).
+ */
+struct cas_codec_pool;
+int cas_extent_parse_table (const struct cas_record_header *h,
+                            const uint8_t *table, uint32_t got,
+                            struct cas_extent_fields *f,
+                            struct cas_slot_entry slot[CAS_UNITS_MAX],
+                            uint32_t start[CAS_UNITS_MAX],
+                            const char **problem);
+int cas_extent_check_units (const struct cas_extent_fields *f,
+                            const struct cas_slot_entry slot[CAS_UNITS_MAX],
+                            const uint32_t start[CAS_UNITS_MAX],
+                            const uint8_t *payload, bool decode, bool rehash,
+                            struct cas_codec_pool *pool,
+                            const char **problem, unsigned *bad_slot);
+
+/* ---- the pack store's part (chunkstore-pack.c) ----
+ * new: over the store's packs (not owned); gc_below is the pack store's
+ * "collection in progress" seal (may be NULL).  Opening: add_record for
+ * each intact extent record the scan finds, in pack and offset order
+ * (-1 only for ENOMEM: a damaged record is reported and skipped), then
+ * open_done.  set_compression: before the store serves.
+ */
+struct cas_packs;
+struct cas_extents *cas_extents_new (struct cas_packs *packs, bool readonly,
+                                     _Atomic uint32_t *gc_below);
+void cas_extents_free (struct cas_extents *ext);
+void cas_extents_set_compression (struct cas_extents *ext,
+                                  const struct cas_compression *c);
+int cas_extents_add_record (struct cas_extents *ext, uint32_t pack,
+                            uint64_t offset);
+void cas_extents_open_done (struct cas_extents *ext);
 
 #endif /* NBDCAS_EXTENT_H */

@@ -21,6 +21,7 @@
 #include "cleanup.h"
 #include "compress.h"
 #include "crc32c.h"
+#include "extent.h"
 #include "index.h"
 #include "le.h"
 #include "pack.h"
@@ -537,8 +538,10 @@ cas_packs_append (struct cas_packs *p, struct cas_record_header *h,
                                   tsize - CAS_RECORD_HEADER_SIZE - th.length };
   }
   else {
-    h->flags &= ~CAS_RECORD_F_TABLE;
-    h->payload_crc = crc32c (0, payload, h->length);
+    if (h->type != CAS_RECORD_EXTENT)
+      h->flags &= ~CAS_RECORD_F_TABLE;
+    /* An extent's covers its slot table, whose entries cover the units. */
+    h->payload_crc = crc32c (0, payload, cas_record_crc_length (h));
   }
   cas_record_header_encode (h, hdr);
   iov[n++] = (struct iovec) { hdr, sizeof hdr };
@@ -646,6 +649,46 @@ cas_packs_read (struct cas_packs *p, uint64_t loc,
     backend_error ("cas: pack %" PRIu32 " offset %" PRIu64
                    ": record of %" PRIu32 " bytes is %s", id, off, h->length,
                    h->length > bufsize ? "too long" : "truncated");
+    errno = EIO;
+    return -1;
+  }
+  return 0;
+}
+
+int
+cas_packs_read_prefix (struct cas_packs *p, uint64_t loc,
+                       struct cas_record_header *h, void *buf, uint32_t want,
+                       uint32_t *got)
+{
+  uint8_t hdr[CAS_RECORD_HEADER_SIZE];
+  uint32_t id = CAS_LOC_PACK (loc);
+  uint64_t off = CAS_LOC_OFFSET (loc);
+  struct pack *pk = pin_pack (p, id);
+  struct iovec iov[2];
+  ssize_t n;
+
+  if (pk == NULL) {
+    if (errno != ESTALE)
+      backend_error ("cas: pack %" PRIu32 " is missing", id);
+    return -1;
+  }
+  iov[0].iov_base = hdr;
+  iov[0].iov_len = sizeof hdr;
+  iov[1].iov_base = buf;
+  iov[1].iov_len = want;
+  n = preadv (pk->fd, iov, 2, off);
+  unpin_pack (pk);
+  if (n < (ssize_t) sizeof hdr || cas_record_header_decode (hdr, h) == -1) {
+    backend_error ("cas: pack %" PRIu32 " offset %" PRIu64
+                   ": damaged record header", id, off);
+    errno = EIO;
+    return -1;
+  }
+  *got = h->length < want ? h->length : want;
+  if ((uint64_t) n < sizeof hdr + *got) {
+    backend_error ("cas: pack %" PRIu32 " offset %" PRIu64
+                   ": record of %" PRIu32 " bytes is truncated", id, off,
+                   h->length);
     errno = EIO;
     return -1;
   }
@@ -908,6 +951,7 @@ struct scan {
    */
   uint8_t *raw;
   struct cas_codec_pool *pool;
+  bool extent_tables;            /* CAS_SCAN_EXTENT_TABLES */
   int (*fn) (const struct cas_record_info *, void *);
   void *opaque;
   /* Checking a data record that has a piece table (format 2): its piece
@@ -921,6 +965,30 @@ struct scan {
   uint32_t table_n;
   uint32_t table[CAS_MAX_PAYLOAD / CAS_PIECE_SIZE];
 };
+
+/* The payload of an extent record (format 4), in s->buf: its slot
+ * table, every present unit's CRC, and with rehash every unit
+ * decompressed and re-hashed with SHA-256 (extent.c).
+ */
+static bool
+extent_ok (struct scan *s, const struct cas_record_header *h, bool rehash,
+           const char **problem)
+{
+  struct cas_extent_fields f;
+  struct cas_slot_entry se[CAS_UNITS_MAX];
+  uint32_t start[CAS_UNITS_MAX];
+  unsigned bad_slot;
+
+  if (cas_extent_parse_table (h, s->buf, h->length, &f, se, start,
+                              problem) == -1)
+    return false;
+  if (s->extent_tables && !rehash)
+    return true;
+  if (rehash && s->pool == NULL)
+    s->pool = cas_codec_pool_new ();
+  return cas_extent_check_units (&f, se, start, s->buf, rehash, rehash,
+                                 s->pool, problem, &bad_slot) == 0;
+}
 
 /* Is there a whole, verified record at off?  1 yes (h filled); 0 no
  * valid header there (or it runs past the end); BAD_PAYLOAD: the header
@@ -947,6 +1015,8 @@ record_at (struct scan *s, uint64_t off, bool check, bool rehash,
   if (pread (s->pk->fd, s->buf, h->length, off + CAS_RECORD_HEADER_SIZE) !=
       (ssize_t) h->length)
     return BAD_PAYLOAD;
+  if (h->type == CAS_RECORD_EXTENT)
+    return extent_ok (s, h, rehash, problem) ? 1 : BAD_PAYLOAD;
   *problem = "payload checksum (CRC32C) mismatch";
   if (h->type == CAS_CHUNK_DATA && (h->flags & CAS_RECORD_F_TABLE) &&
       cas_wants_table (h->length)) {
@@ -1241,6 +1311,7 @@ cas_packs_scan (struct cas_packs *p, const struct cas_scan_start *from,
   s.buf = malloc (CAS_MAX_PAYLOAD);
   if (s.buf == NULL)
     return -1;
+  s.extent_tables = flags & CAS_SCAN_EXTENT_TABLES;
   for (id = 1; id <= last; id++) {
     unsigned f = flags;
     uint64_t start = CAS_PACK_HEADER_SIZE;

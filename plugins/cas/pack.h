@@ -63,6 +63,16 @@ int cas_packs_read_header (struct cas_packs *p, uint64_t loc,
 int cas_packs_read (struct cas_packs *p, uint64_t loc,
                     struct cas_record_header *h, void *buf, uint32_t bufsize);
 
+/* Read the header at loc and the first want bytes of its payload (all
+ * of it if shorter: *got says how many) in one syscall.  -1/EIO with a
+ * message if the header is damaged or the bytes are not there, -1/ESTALE
+ * (no message) if garbage collection retired the pack.  Payload checks
+ * are the caller's.  (Extents: header and slot table at once.)
+ */
+int cas_packs_read_prefix (struct cas_packs *p, uint64_t loc,
+                           struct cas_record_header *h, void *buf,
+                           uint32_t want, uint32_t *got);
+
 /* The piece table of the data record at loc, whose payload should be
  * length bytes (the caller knows: a data block): one read of the table
  * record and the record header behind it.  Returns 0 with *h (the data
@@ -108,6 +118,12 @@ struct cas_scan_start {
 #define CAS_SCAN_CUT_TAIL   (1u << 8)  /* truncate a torn tail */
 #define CAS_SCAN_CRC_LAST2  (1u << 9)  /* check CRCs in the last 2 packs */
 #define CAS_SCAN_QUIET_BAD  (1u << 10) /* do not report damaged regions */
+/* Extent records (format 4): the CRC checks cover their slot tables
+ * only, not their units (each unit is checked when it is read, and the
+ * whole record before dedup uses it: extent.h), so that one damaged unit
+ * does not hide the extent's other units.  rehash still checks all.
+ */
+#define CAS_SCAN_EXTENT_TABLES (1u << 11)
 /* A torn tail is cut only where the scan proved it: after the last valid
  * record of the pack, with no valid record up to the end of the file,
  * and never below from[i].keep (a damaged end there is reported, kept,

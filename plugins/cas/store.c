@@ -19,6 +19,7 @@
 
 #include "backend.h"
 #include "cleanup.h"
+#include "extent.h"
 #include "meta.h"
 #include "storeint.h"
 
@@ -241,15 +242,51 @@ cas_store_default_compression (const char *name)
 }
 
 int
+cas_store_format_check (const char *what, const char *name, uint32_t format,
+                        uint32_t blocksize)
+{
+  if (format != 0 && format != CAS_FORMAT_VERSION &&
+      format != CAS_FORMAT_VERSION_UNITS) {
+    backend_error ("%s: %" PRIu32 " is not a format a new store can be "
+                   "created with: use %d (the default) or %d (experimental: "
+                   "4 KiB dedup units)", what, format, CAS_FORMAT_VERSION,
+                   CAS_FORMAT_VERSION_UNITS);
+    errno = EINVAL;
+    return -1;
+  }
+  if (format != CAS_FORMAT_VERSION_UNITS)
+    return 0;
+  if (is_rados (name)) {
+    backend_error ("%s: format %d: a RADOS store (%s) does not support it; "
+                   "use format %d", what, CAS_FORMAT_VERSION_UNITS, name,
+                   CAS_FORMAT_VERSION);
+    errno = EINVAL;
+    return -1;
+  }
+  if (blocksize != 0 && !cas_blocksize_valid_v4 (blocksize)) {
+    backend_error ("%s: format %d: the block size %" PRIu32 " is too large: "
+                   "a format-%d store has blocks of 4K to 64K", what,
+                   CAS_FORMAT_VERSION_UNITS, blocksize,
+                   CAS_FORMAT_VERSION_UNITS);
+    errno = EINVAL;
+    return -1;
+  }
+  return 0;
+}
+
+int
 cas_store_create_opts (const char *name, uint32_t blocksize,
                        const struct cas_open_options *opts)
 {
   struct cas_super s;
+  uint32_t format = opts ? opts->format : 0;
   int r;
 
   if (blocksize == 0)
     blocksize = CAS_DEFAULT_BLOCKSIZE;
   if (cas_blocksize_check ("cas: block size", blocksize) == -1)
+    return -1;
+  if (cas_store_format_check ("cas: format", name, format, blocksize) == -1)
     return -1;
   if (opts && cas_store_compression_check (name, &opts->compression) == -1)
     return -1;
@@ -267,8 +304,9 @@ cas_store_create_opts (const char *name, uint32_t blocksize,
   s.created = time (NULL);
   if (opts)
     s.compression = opts->compression;
-  s.version = s.compression.codec != CAS_CODEC_NONE ?
-    CAS_FORMAT_VERSION_FEATURES : CAS_FORMAT_VERSION;
+  s.version = format == CAS_FORMAT_VERSION_UNITS ? CAS_FORMAT_VERSION_UNITS
+    : s.compression.codec != CAS_CODEC_NONE ? CAS_FORMAT_VERSION_FEATURES
+    : CAS_FORMAT_VERSION;
   if (getrandom (s.uuid, sizeof s.uuid, 0) != sizeof s.uuid) {
     backend_error ("cas: getrandom: %m");
     return -1;
@@ -372,9 +410,20 @@ cas_store_open (const char *dir, const struct cas_open_options *opts)
                                        (opts && opts->rebuild_index
                                         ? CAS_PACKSTORE_NO_CACHE : 0) |
                                        (st->sb.version >= 2
-                                        ? CAS_PACKSTORE_TABLES : 0));
+                                        ? CAS_PACKSTORE_TABLES : 0) |
+                                       (st->sb.version >=
+                                        CAS_FORMAT_VERSION_UNITS
+                                        ? CAS_PACKSTORE_EXTENTS : 0));
   if (st->cs == NULL)
     goto err;
+  if (st->sb.version >= CAS_FORMAT_VERSION_UNITS &&
+      cas_packstore_extents (st->cs) == NULL) {
+    backend_error ("cas: %s: format %u: a RADOS store does not support it",
+                   dir, st->sb.version);
+    st->cs->ops->close (st->cs);
+    errno = ENOTSUP;
+    goto err;
+  }
   if (st->sb.compression.codec != CAS_CODEC_NONE) {
     if (!cas_store_is_local (st)) {
       char c[CAS_COMPRESSION_NAME_LEN];

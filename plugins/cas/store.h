@@ -97,6 +97,14 @@ struct cas_open_options {
    * store refuses anything but off (EINVAL).
    */
   struct cas_compression compression;
+  /* cas_store_create_opts: the new store's format version: 0 (the
+   * default, CAS_FORMAT_VERSION, or 3 with compression) or
+   * CAS_FORMAT_VERSION_UNITS (4, experimental: 4 KiB dedup units, block
+   * sizes 4 to 64 KiB, local stores only).  Check it first with
+   * cas_store_format_check.  Not used by cas_store_open (a store keeps
+   * its version).
+   */
+  uint32_t format;
 };
 
 /* 64 MiB: 2000 leaves, the map of 128 GiB of a volume at the default
@@ -183,6 +191,13 @@ int cas_store_compression_check (const char *name,
  */
 struct cas_compression cas_store_default_compression (const char *name);
 struct cas_compression cas_store_compression (const struct cas_store *st);
+/* The one rule for asking for a format version when creating store
+ * name (what names the parameter or option): 2 or 4, and 4 only for a
+ * local store with a block size of 4 to 64 KiB (blocksize 0: the
+ * default).  0, or -1/EINVAL after a message naming what.
+ */
+int cas_store_format_check (const char *what, const char *name,
+                            uint32_t format, uint32_t blocksize);
 /* The store's format version (its superblock's: FORMAT.md). */
 uint32_t cas_store_format_version (const struct cas_store *st);
 /* Upgrade the store to CAS_FORMAT_VERSION (FORMAT.md, "Versions"): the

@@ -1,0 +1,1161 @@
+/* Extents: the unit store of a format-4 store.  See extent.h for the
+ * contract, FORMAT.md "Format version 4" for the record.
+ *
+ * The extent table maps an id to the location of its record: a
+ * three-level array (12 + 12 + 16 bits of the 40-bit id) whose leaves
+ * are 2^16 atomic u64 and whose inner levels are allocated on first use
+ * and published with a compare-and-swap, so that readers take no lock.
+ * An entry is a CAS_LOC with flag bits in its low bits (record offsets
+ * are multiples of 8): EXT_VERIFIED, EXT_DAMAGED; pack 0 (never a real
+ * pack) marks an extent still being filled (pending, in RAM).
+ *
+ * A pending extent lives on the list ext->pending (pending_lock) from
+ * before its entry says pending until after the entry holds the
+ * appended record's location: a reader that finds the pending mark and
+ * then no list entry reads the entry again and finds the location.  Its
+ * owner (the appender) writes a unit into slot n outside the lock and
+ * then publishes n + 1 under it; readers copy slots below n under it.
+ *
+ * Hooks: open addressing with linear probing, 8-byte entries (24 bits of
+ * the unit's hash, 40-bit extent id), under a rwlock; grown x2 past 3/4.
+ */
+#include <config.h>
+
+#include <assert.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend.h"
+#include "cleanup.h"
+#include "compress.h"
+#include "crc32c.h"
+#include "extent.h"
+#include "index.h"
+#include "le.h"
+#include "pack.h"
+
+/* Table entry flags and the pending mark. */
+#define EXT_VERIFIED UINT64_C (1)  /* every unit's CRC checked (= CAS_LOC_VERIFIED) */
+#define EXT_DAMAGED UINT64_C (2)   /* a check failed: never offered for dedup */
+#define EXT_FLAGS UINT64_C (7)
+#define EXT_PENDING CAS_LOC (0, 8)
+#define EXT_LOC(v) ((v) & ~EXT_FLAGS)
+#define EXT_IS_PENDING(v) ((v) != 0 && CAS_LOC_PACK (v) == 0)
+
+#define LEAF_BITS 16
+#define MID_BITS 12
+#define TOP_BITS 12
+_Static_assert (LEAF_BITS + MID_BITS + TOP_BITS == 40, "40-bit ids");
+#define LEAF_ENTRIES (1u << LEAF_BITS)
+
+struct table_mid {
+  _Atomic uint64_t *_Atomic leaf[1u << MID_BITS];
+};
+
+#define MAX_STALE_RETRIES 16
+#define SLOT_TABLE_MAX (CAS_UNITS_MAX * CAS_SLOT_ENTRY_SIZE)
+#define EXTENT_PAYLOAD_MAX (SLOT_TABLE_MAX + CAS_UNITS_MAX * CAS_UNIT_SIZE)
+
+struct pending {
+  struct pending *next;
+  uint64_t eid;
+  unsigned n;                    /* slots filled: pending_lock */
+  uint8_t codec;                 /* of the compressed slots, if any */
+  struct cas_slot_entry slot[CAS_UNITS_MAX];
+  uint8_t raw[CAS_UNITS_MAX][CAS_UNIT_SIZE];
+  uint8_t packed[CAS_UNITS_MAX][CAS_UNIT_SIZE];  /* compressed slots */
+};
+
+struct cas_extents {
+  struct cas_packs *packs;
+  bool readonly;
+  _Atomic uint32_t *gc_below;    /* the pack store's (may be NULL) */
+  struct cas_compression comp;
+  struct cas_codec_pool *pool;
+
+  struct table_mid *_Atomic top[1u << TOP_BITS];
+  _Atomic uint64_t leaves, mids; /* allocated, for stats */
+
+  _Atomic uint64_t extents, units, stored_bytes, raw_bytes;
+  _Atomic uint64_t max_eid;      /* highest id seen or handed out */
+  _Atomic uint64_t next_group;
+
+  pthread_mutex_t pending_lock;
+  struct pending *pending;
+
+  pthread_rwlock_t hooks_lock;
+  uint64_t *hooks;
+  size_t hooks_cap, hooks_n;     /* cap: a power of two */
+};
+
+struct cas_extent_appender {
+  struct cas_extents *ext;
+  uint64_t next_eid, group_end;  /* ids left in the writer's group */
+  struct pending *open;
+  uint8_t *payload;              /* EXTENT_PAYLOAD_MAX: record assembly */
+};
+
+/* ---- the table ---- */
+
+/* The entry of eid; with create, allocating the levels on the way;
+ * NULL if absent (or ENOMEM with create).
+ */
+static _Atomic uint64_t *
+entry (struct cas_extents *ext, uint64_t eid, bool create)
+{
+  uint32_t t = eid >> (LEAF_BITS + MID_BITS);
+  uint32_t m = (eid >> LEAF_BITS) & ((1u << MID_BITS) - 1);
+  struct table_mid *mid;
+  _Atomic uint64_t *leaf;
+
+  if (eid == 0 || eid > CAS_EXTENT_ID_MAX)
+    return NULL;
+  mid = atomic_load_explicit (&ext->top[t], memory_order_acquire);
+  if (mid == NULL) {
+    struct table_mid *fresh, *expected = NULL;
+
+    if (!create || (fresh = calloc (1, sizeof *fresh)) == NULL)
+      return NULL;
+    if (atomic_compare_exchange_strong (&ext->top[t], &expected, fresh)) {
+      mid = fresh;
+      atomic_fetch_add (&ext->mids, 1);
+    }
+    else {
+      free (fresh);
+      mid = expected;
+    }
+  }
+  leaf = atomic_load_explicit (&mid->leaf[m], memory_order_acquire);
+  if (leaf == NULL) {
+    _Atomic uint64_t *fresh, *expected = NULL;
+
+    /* calloc: the pages of a sparse leaf stay untouched. */
+    if (!create || (fresh = calloc (LEAF_ENTRIES, sizeof *fresh)) == NULL)
+      return NULL;
+    if (atomic_compare_exchange_strong (&mid->leaf[m], &expected, fresh)) {
+      leaf = fresh;
+      atomic_fetch_add (&ext->leaves, 1);
+    }
+    else {
+      free (fresh);
+      leaf = expected;
+    }
+  }
+  return &leaf[eid & (LEAF_ENTRIES - 1)];
+}
+
+static uint64_t
+load_entry (struct cas_extents *ext, uint64_t eid)
+{
+  _Atomic uint64_t *e = entry (ext, eid, false);
+
+  return e ? atomic_load_explicit (e, memory_order_acquire) : 0;
+}
+
+static void
+note_max (struct cas_extents *ext, uint64_t eid)
+{
+  uint64_t m = atomic_load (&ext->max_eid);
+
+  while (eid > m && !atomic_compare_exchange_weak (&ext->max_eid, &m, eid))
+    ;
+}
+
+/* Set flags on eid's entry if it still holds the record at loc; returns
+ * true if this call set them (so a damaged extent is reported once).
+ */
+static bool
+set_flags (struct cas_extents *ext, uint64_t eid, uint64_t loc,
+           uint64_t set, uint64_t clear)
+{
+  _Atomic uint64_t *e = entry (ext, eid, false);
+  uint64_t v;
+
+  if (e == NULL)
+    return false;
+  v = atomic_load (e);
+  for (;;) {
+    uint64_t nv = (v & ~clear) | set;
+    if (EXT_IS_PENDING (v) || EXT_LOC (v) != EXT_LOC (loc) || nv == v)
+      return false;
+    if (atomic_compare_exchange_weak (e, &v, nv))
+      return true;
+  }
+}
+
+/* ---- hooks ----
+ * An entry keeps 24 bits of the unit's hash (the fragment) and the id;
+ * its home slot is derived from the fragment alone, so the table can be
+ * grown without the hashes.  A lookup's answer is a hint the caller
+ * checks against the slot table: a fragment shared by two units costs a
+ * wasted look, never wrong data.  (Past 2^24 hooks, about 1 TiB of
+ * unique data, fragments repeat often and hooks find less.)
+ */
+
+static uint64_t
+hook_frag (const struct cas_hash *h)
+{
+  return (uint64_t) h->b[0] | (uint64_t) h->b[1] << 8 |
+    (uint64_t) h->b[2] << 16;
+}
+
+static size_t
+hook_home (uint64_t frag, size_t cap)
+{
+  return (size_t) ((frag * UINT64_C (0x9e3779b97f4a7c15)) >> 20) & (cap - 1);
+}
+
+/* Insert into a table of cap entries (hooks_lock held for writing):
+ * newest wins for one fragment.  Returns true if an entry was added.
+ */
+static bool
+hooks_put (uint64_t *t, size_t cap, uint64_t frag, uint64_t eid)
+{
+  size_t i = hook_home (frag, cap);
+
+  for (;; i = (i + 1) & (cap - 1)) {
+    if (t[i] == 0 || t[i] >> 40 == frag) {
+      bool added = t[i] == 0;
+      t[i] = frag << 40 | eid;
+      return added;
+    }
+  }
+}
+
+static int
+hooks_grow (struct cas_extents *ext)
+{
+  size_t cap = ext->hooks_cap ? ext->hooks_cap * 2 : 1024, i;
+  uint64_t *t = calloc (cap, sizeof *t);
+
+  if (t == NULL)
+    return -1;
+  for (i = 0; i < ext->hooks_cap; i++)
+    if (ext->hooks[i])
+      hooks_put (t, cap, ext->hooks[i] >> 40,
+                 ext->hooks[i] & CAS_EXTENT_ID_MAX);
+  free (ext->hooks);
+  ext->hooks = t;
+  ext->hooks_cap = cap;
+  return 0;
+}
+
+static void
+hooks_add (struct cas_extents *ext, const struct cas_hash *h, uint64_t eid)
+{
+  pthread_rwlock_wrlock (&ext->hooks_lock);
+  if ((ext->hooks_n + 1) * 4 > ext->hooks_cap * 3 && hooks_grow (ext) == -1) {
+    /* A hook is a hint: without it dedup finds less, nothing is lost. */
+    pthread_rwlock_unlock (&ext->hooks_lock);
+    return;
+  }
+  if (hooks_put (ext->hooks, ext->hooks_cap, hook_frag (h), eid))
+    ext->hooks_n++;
+  pthread_rwlock_unlock (&ext->hooks_lock);
+}
+
+int
+cas_extents_hook_lookup (struct cas_extents *ext, const struct cas_hash *h,
+                         uint64_t *eid)
+{
+  uint64_t frag = hook_frag (h);
+  int found = 0;
+
+  pthread_rwlock_rdlock (&ext->hooks_lock);
+  if (ext->hooks_cap) {
+    size_t i = hook_home (frag, ext->hooks_cap);
+
+    for (; ext->hooks[i] != 0; i = (i + 1) & (ext->hooks_cap - 1))
+      if (ext->hooks[i] >> 40 == frag) {
+        *eid = ext->hooks[i] & CAS_EXTENT_ID_MAX;
+        found = 1;
+        break;
+      }
+  }
+  pthread_rwlock_unlock (&ext->hooks_lock);
+  return found;
+}
+
+/* ---- records ---- */
+
+int
+cas_extent_parse_table (const struct cas_record_header *h,
+                        const uint8_t *table, uint32_t got,
+                        struct cas_extent_fields *f,
+                        struct cas_slot_entry slot[CAS_UNITS_MAX],
+                        uint32_t start[CAS_UNITS_MAX], const char **problem)
+{
+  uint32_t n, at, i;
+
+  *problem = "not an extent record";
+  if (h->type != CAS_RECORD_EXTENT ||
+      cas_extent_fields_decode (&h->hash, f) == -1)
+    goto bad;
+  n = f->nslots * CAS_SLOT_ENTRY_SIZE;
+  *problem = "slot table is truncated";
+  if (got < n)
+    goto bad;
+  *problem = "slot table checksum (CRC32C) mismatch";
+  if (crc32c (0, table, n) != h->payload_crc)
+    goto bad;
+  for (i = 0, at = n; i < f->nslots; i++) {
+    bool present = f->present & (1u << i);
+
+    *problem = "damaged slot table entry";
+    if (cas_slot_entry_decode (table + i * CAS_SLOT_ENTRY_SIZE, present,
+                               f->codec, &slot[i]) == -1)
+      goto bad;
+    start[i] = at;
+    at += slot[i].stored_len;
+  }
+  *problem = "the slot table does not add up to the record's length";
+  if (at != h->length)
+    goto bad;
+  return 0;
+ bad:
+  errno = EIO;
+  return -1;
+}
+
+int
+cas_extent_check_units (const struct cas_extent_fields *f,
+                        const struct cas_slot_entry slot[CAS_UNITS_MAX],
+                        const uint32_t start[CAS_UNITS_MAX],
+                        const uint8_t *payload, bool decode, bool rehash,
+                        struct cas_codec_pool *pool, const char **problem,
+                        unsigned *bad_slot)
+{
+  uint8_t raw[CAS_UNIT_SIZE];
+  unsigned i;
+
+  for (i = 0; i < f->nslots; i++) {
+    const uint8_t *data = payload + start[i];
+
+    if (!(f->present & (1u << i)))
+      continue;
+    *bad_slot = i;
+    *problem = "unit checksum (CRC32C) mismatch";
+    if (crc32c (0, data, slot[i].stored_len) != slot[i].crc)
+      goto bad;
+    if ((slot[i].flags & CAS_SLOT_F_COMPRESSED) && (decode || rehash)) {
+      *problem = "compressed unit does not decompress to 4096 bytes";
+      if (cas_decompress (pool, f->codec, data, slot[i].stored_len, raw,
+                          CAS_UNIT_SIZE) == -1) {
+        if (errno == ENOMEM)
+          return -1;
+        goto bad;
+      }
+      data = raw;
+    }
+    if (rehash) {
+      struct cas_hash got;
+
+      *problem = "unit does not match its SHA-256";
+      if (cas_hash_compute (data, CAS_UNIT_SIZE, &got) == -1)
+        return -1;
+      if (!cas_hash_equal (&got, &slot[i].hash))
+        goto bad;
+    }
+  }
+  return 0;
+ bad:
+  errno = EIO;
+  return 1;
+}
+
+/* ---- reading ---- */
+
+static void
+report (uint64_t eid, uint64_t loc, const char *what)
+{
+  backend_error ("cas: pack %" PRIu32 " offset %" PRIu64 ": extent %" PRIu64
+                 ": %s (damaged data)", CAS_LOC_PACK (loc),
+                 CAS_LOC_OFFSET (loc), eid, what);
+}
+
+/* Copy bytes of a pending extent: 1 done, 0 it is no longer pending
+ * (look at the table again), -1/ENOENT slots not there.
+ */
+static int
+read_pending (struct cas_extents *ext, uint64_t eid, unsigned slot,
+              unsigned count, uint32_t off, uint32_t len, void *buf,
+              struct cas_hash *hashes, unsigned *nslots)
+{
+  struct pending *p;
+  int r = 0;
+
+  pthread_mutex_lock (&ext->pending_lock);
+  for (p = ext->pending; p; p = p->next)
+    if (p->eid == eid)
+      break;
+  if (p) {
+    if (hashes) {
+      unsigned i;
+      for (i = 0; i < p->n; i++)
+        hashes[i] = p->slot[i].hash;
+      *nslots = p->n;
+      r = 1;
+    }
+    else if (slot + count > p->n) {
+      errno = ENOENT;
+      r = -1;
+    }
+    else {
+      memcpy (buf, &p->raw[slot][0] + off, len);
+      r = 1;
+    }
+  }
+  pthread_mutex_unlock (&ext->pending_lock);
+  if (r == -1)
+    backend_error ("cas: extent %" PRIu64 " has no slots %u..%u", eid,
+                   slot, slot + count - 1);
+  return r;
+}
+
+/* Read from the record at loc (entry value v).  0, or -1 with errno
+ * (ESTALE: the pack was retired, look again; no message then).
+ */
+static int
+read_record (struct cas_extents *ext, uint64_t eid, uint64_t v,
+             unsigned slot, unsigned count, uint32_t off, uint32_t len,
+             uint8_t *buf, enum cas_verify verify)
+{
+  uint64_t loc = EXT_LOC (v);
+  uint8_t table[SLOT_TABLE_MAX];
+  struct cas_record_header h;
+  struct cas_extent_fields f;
+  struct cas_slot_entry se[CAS_UNITS_MAX];
+  uint32_t start[CAS_UNITS_MAX], got, span;
+  unsigned first = slot + off / CAS_UNIT_SIZE;
+  unsigned last = slot + (off + len - 1) / CAS_UNIT_SIZE, u;
+  CLEANUP_FREE uint8_t *tmp = NULL;
+  const char *problem;
+  bool packed = false;
+  uint8_t *src;
+  char msg[128];
+
+  if (cas_packs_read_prefix (ext->packs, loc, &h, table, sizeof table,
+                             &got) == -1)
+    return -1;
+  if (cas_extent_parse_table (&h, table, got, &f, se, start, &problem) == -1)
+    goto damaged;
+  if (f.eid != eid) {
+    snprintf (msg, sizeof msg, "the record there is extent %" PRIu64, f.eid);
+    problem = msg;
+    goto damaged;
+  }
+  if (last >= f.nslots) {
+    backend_error ("cas: extent %" PRIu64 " has %u slots, not %u",
+                   eid, f.nslots, last + 1);
+    errno = ENOENT;
+    return -1;
+  }
+  for (u = first; u <= last; u++) {
+    if (!(f.present & (1u << u))) {
+      snprintf (msg, sizeof msg, "slot %u is referenced but not stored", u);
+      problem = msg;
+      goto damaged;
+    }
+    if (se[u].flags & CAS_SLOT_F_COMPRESSED)
+      packed = true;
+  }
+  span = start[last] + se[last].stored_len - start[first];
+  /* Whole raw units go straight into the caller's buffer. */
+  if (!packed && off % CAS_UNIT_SIZE == 0 && len % CAS_UNIT_SIZE == 0)
+    src = buf;
+  else if ((src = tmp = malloc (span)) == NULL) {
+    backend_error ("cas: reading extent %" PRIu64 ": out of memory", eid);
+    return -1;
+  }
+  if (cas_packs_read_payload (ext->packs, loc, start[first], src,
+                              span) == -1) {
+    if (errno == ESTALE)
+      return -1;
+    problem = "units are truncated";
+    goto damaged_scribble;
+  }
+  for (u = first; u <= last; u++) {
+    const uint8_t *data = src + (start[u] - start[first]);
+    uint8_t raw[CAS_UNIT_SIZE];
+    uint32_t ustart = (u - slot) * CAS_UNIT_SIZE;      /* in the run */
+    uint32_t from = off > ustart ? off - ustart : 0;
+    uint32_t to = off + len < ustart + CAS_UNIT_SIZE ? off + len - ustart
+      : CAS_UNIT_SIZE;
+
+    if (verify >= CAS_VERIFY_CHECKSUM &&
+        crc32c (0, data, se[u].stored_len) != se[u].crc) {
+      snprintf (msg, sizeof msg, "slot %u: unit checksum (CRC32C) "
+                "mismatch", u);
+      problem = msg;
+      goto damaged_scribble;
+    }
+    if (se[u].flags & CAS_SLOT_F_COMPRESSED) {
+      if (cas_decompress (ext->pool, f.codec, data, se[u].stored_len, raw,
+                          CAS_UNIT_SIZE) == -1) {
+        if (errno == ENOMEM) {
+          backend_error ("cas: decompressing extent %" PRIu64 ": out of "
+                         "memory", eid);
+          if (src == buf)
+            memset (buf, 0, len);
+          return -1;
+        }
+        snprintf (msg, sizeof msg, "slot %u: compressed unit does not "
+                  "decompress", u);
+        problem = msg;
+        goto damaged_scribble;
+      }
+      data = raw;
+    }
+    if (verify >= CAS_VERIFY_FULL) {
+      struct cas_hash hh;
+
+      if (cas_hash_compute (data, CAS_UNIT_SIZE, &hh) == -1)
+        return -1;
+      if (!cas_hash_equal (&hh, &se[u].hash)) {
+        snprintf (msg, sizeof msg, "slot %u: unit does not match its "
+                  "SHA-256", u);
+        problem = msg;
+        goto damaged_scribble;
+      }
+    }
+    if (src != buf)
+      memcpy (buf + (ustart + from - off), data + from, to - from);
+  }
+  return 0;
+
+ damaged_scribble:
+  /* Nothing unchecked stays in the caller's buffer. */
+  if (src == buf)
+    memset (buf, 0, len);
+ damaged:
+  report (eid, loc, problem);
+  /* Never offered for dedup again; reads of its intact units go on. */
+  set_flags (ext, eid, loc, EXT_DAMAGED, EXT_VERIFIED);
+  errno = EIO;
+  return -1;
+}
+
+int
+cas_extents_read (struct cas_extents *ext, uint64_t eid, unsigned slot,
+                  unsigned count, uint32_t off, uint32_t len, void *buf,
+                  enum cas_verify verify)
+{
+  int tries = 0;
+
+  if (count < 1 || slot + count > CAS_UNITS_MAX ||
+      off > count * CAS_UNIT_SIZE || len > count * CAS_UNIT_SIZE - off) {
+    backend_error ("cas: extent %" PRIu64 ": bad range (slot %u count %u "
+                   "bytes %" PRIu32 "+%" PRIu32 ")", eid, slot, count, off,
+                   len);
+    errno = EINVAL;
+    return -1;
+  }
+  if (len == 0)
+    return 0;
+  for (;;) {
+    uint64_t v = load_entry (ext, eid);
+    int r;
+
+    if (v == 0) {
+      backend_error ("cas: extent %" PRIu64 " is missing from the store",
+                     eid);
+      errno = ENOENT;
+      return -1;
+    }
+    if (EXT_IS_PENDING (v)) {
+      r = read_pending (ext, eid, slot, count, off, len, buf, NULL, NULL);
+      if (r != 0)
+        return r == 1 ? 0 : -1;
+      continue;                 /* appended meanwhile */
+    }
+    r = read_record (ext, eid, v, slot, count, off, len, buf, verify);
+    if (r == 0 || errno != ESTALE || tries++ >= MAX_STALE_RETRIES)
+      return r;
+    /* Retired by gc meanwhile: the table points at the copy now. */
+  }
+}
+
+int
+cas_desc_read (struct cas_extents *ext, const struct cas_hash *desc,
+               uint32_t bs, uint32_t off, uint32_t len, void *buf,
+               enum cas_verify verify)
+{
+  struct cas_desc d;
+  uint32_t unit = 0;            /* first unit of the run */
+  uint8_t *out = buf;
+  unsigned k;
+
+  if (bs % CAS_UNIT_SIZE || bs / CAS_UNIT_SIZE > CAS_UNITS_MAX ||
+      off > bs || len > bs - off) {
+    errno = EINVAL;
+    return -1;
+  }
+  if (cas_desc_decode (desc, bs / CAS_UNIT_SIZE, &d) == -1) {
+    char hex[2 * CAS_HASH_SIZE + 1];
+    backend_error ("cas: damaged block descriptor %s",
+                   cas_hash_hex (desc, hex));
+    errno = EIO;
+    return -1;
+  }
+  if (d.nruns == 0) {
+    memset (buf, 0, len);
+    return 0;
+  }
+  for (k = 0; k < d.nruns && len > 0; k++) {
+    const struct cas_run *r = &d.run[k];
+    uint32_t rstart = unit * CAS_UNIT_SIZE;
+    uint32_t rend = rstart + r->count * CAS_UNIT_SIZE;
+
+    unit += r->count;
+    if (off >= rend)
+      continue;
+    {
+      uint32_t from = off - rstart;
+      uint32_t n = rend - off < len ? rend - off : len;
+
+      if (r->eid == 0)
+        memset (out, 0, n);
+      else if (cas_extents_read (ext, r->eid, r->slot, r->count, from, n,
+                                 out, verify) == -1)
+        return -1;
+      out += n, off += n, len -= n;
+    }
+  }
+  return 0;
+}
+
+/* ---- for deduplication ---- */
+
+int
+cas_extents_slot_hashes (struct cas_extents *ext, uint64_t eid,
+                         struct cas_hash hashes[CAS_UNITS_MAX],
+                         unsigned *nslots, uint16_t *present)
+{
+  CLEANUP_FREE uint8_t *payload = NULL;
+  int tries = 0;
+
+  for (;;) {
+    uint64_t v = load_entry (ext, eid), loc = EXT_LOC (v);
+    uint32_t gc_below = ext->gc_below ? atomic_load (ext->gc_below) : 0;
+    struct cas_record_header h;
+    struct cas_extent_fields f;
+    struct cas_slot_entry se[CAS_UNITS_MAX];
+    uint32_t start[CAS_UNITS_MAX], got, want;
+    const char *problem;
+    unsigned i, bad_slot = 0;
+    int r;
+
+    if (v == 0 || (v & EXT_DAMAGED))
+      return 0;
+    if (EXT_IS_PENDING (v)) {
+      r = read_pending (ext, eid, 0, 0, 0, 0, NULL, hashes, nslots);
+      if (r == 1) {
+        *present = (uint16_t) ((1u << *nslots) - 1);
+        return 1;
+      }
+      continue;
+    }
+    /* gc's new-copy rule: no new reference into a sealed pack. */
+    if (gc_below && CAS_LOC_PACK (loc) < gc_below)
+      return 0;
+    /* Verified: the slot table is enough; else the whole record. */
+    want = v & EXT_VERIFIED ? SLOT_TABLE_MAX : EXTENT_PAYLOAD_MAX;
+    if (payload == NULL && (payload = malloc (EXTENT_PAYLOAD_MAX)) == NULL)
+      return -1;
+    if (cas_packs_read_prefix (ext->packs, loc, &h, payload, want,
+                               &got) == -1) {
+      if (errno == ESTALE && tries++ < MAX_STALE_RETRIES)
+        continue;
+      if (errno == ENOMEM)
+        return -1;
+      problem = "record unreadable";
+      goto damaged;
+    }
+    if (cas_extent_parse_table (&h, payload, got, &f, se, start,
+                                &problem) == -1)
+      goto damaged;
+    if (f.eid != eid) {
+      problem = "the record there is another extent";
+      goto damaged;
+    }
+    if (!(v & EXT_VERIFIED)) {
+      r = cas_extent_check_units (&f, se, start, payload, true, false,
+                                  ext->pool, &problem, &bad_slot);
+      if (r == -1)
+        return -1;
+      if (r == 1)
+        goto damaged;
+      set_flags (ext, eid, loc, EXT_VERIFIED, 0);
+    }
+    for (i = 0; i < f.nslots; i++)
+      hashes[i] = se[i].hash;
+    *nslots = f.nslots;
+    *present = f.present;
+    return 1;
+  damaged:
+    /* Reported once: the flag is set by one caller. */
+    if (set_flags (ext, eid, loc, EXT_DAMAGED, EXT_VERIFIED))
+      report (eid, loc, problem);
+    return 0;
+  }
+}
+
+/* ---- writing ---- */
+
+struct cas_extent_appender *
+cas_extent_appender_new (struct cas_extents *ext)
+{
+  struct cas_extent_appender *a;
+
+  if (ext->readonly) {
+    backend_error ("cas: the store is read-only");
+    errno = EROFS;
+    return NULL;
+  }
+  a = calloc (1, sizeof *a);
+  if (a == NULL || (a->payload = malloc (EXTENT_PAYLOAD_MAX)) == NULL) {
+    free (a);
+    backend_error ("cas: extent appender: out of memory");
+    errno = ENOMEM;
+    return NULL;
+  }
+  a->ext = ext;
+  return a;
+}
+
+/* A new pending extent with the writer's next id (a fresh group when
+ * its group is used up).
+ */
+static int
+open_extent (struct cas_extent_appender *a)
+{
+  struct cas_extents *ext = a->ext;
+  _Atomic uint64_t *e;
+  struct pending *p;
+  uint64_t eid;
+
+  if (a->next_eid == a->group_end) {
+    uint64_t g = atomic_fetch_add (&ext->next_group, 1);
+
+    if ((g + 1) * CAS_GROUP_EXTENTS - 1 > CAS_EXTENT_ID_MAX) {
+      backend_error ("cas: the store has used up its extent ids");
+      errno = ENOSPC;
+      return -1;
+    }
+    a->next_eid = g * CAS_GROUP_EXTENTS;
+    a->group_end = a->next_eid + CAS_GROUP_EXTENTS;
+  }
+  eid = a->next_eid;
+  p = calloc (1, sizeof *p);
+  e = entry (ext, eid, true);
+  if (p == NULL || e == NULL) {
+    free (p);
+    backend_error ("cas: extent %" PRIu64 ": out of memory", eid);
+    errno = ENOMEM;
+    return -1;
+  }
+  a->next_eid++;
+  p->eid = eid;
+  p->codec = CAS_CODEC_NONE;
+  note_max (ext, eid);
+  /* On the list before the table says pending (see the top). */
+  pthread_mutex_lock (&ext->pending_lock);
+  p->next = ext->pending;
+  ext->pending = p;
+  pthread_mutex_unlock (&ext->pending_lock);
+  atomic_store_explicit (e, EXT_PENDING, memory_order_release);
+  a->open = p;
+  return 0;
+}
+
+static void
+unlink_pending (struct cas_extents *ext, struct pending *p)
+{
+  struct pending **pp;
+
+  pthread_mutex_lock (&ext->pending_lock);
+  for (pp = &ext->pending; *pp; pp = &(*pp)->next)
+    if (*pp == p) {
+      *pp = p->next;
+      break;
+    }
+  pthread_mutex_unlock (&ext->pending_lock);
+}
+
+/* Append the open extent to the packs: the record, then the table entry
+ * (verified: this process wrote the bytes it checksummed), hooks, and
+ * only then off the pending list.  On failure it stays open (and
+ * readable); the next add or flush tries again.
+ */
+static int
+append_open (struct cas_extent_appender *a)
+{
+  struct cas_extents *ext = a->ext;
+  struct pending *p = a->open;
+  struct cas_extent_fields f = { .eid = p->eid, .nslots = p->n,
+                                 .codec = p->codec };
+  struct cas_record_header h = { .type = CAS_RECORD_EXTENT };
+  uint32_t at = p->n * CAS_SLOT_ENTRY_SIZE, stored = 0;
+  uint64_t loc;
+  unsigned i;
+
+  f.present = (uint16_t) ((1u << p->n) - 1);
+  for (i = 0; i < p->n; i++) {
+    const struct cas_slot_entry *se = &p->slot[i];
+
+    cas_slot_entry_encode (se, a->payload + i * CAS_SLOT_ENTRY_SIZE);
+    memcpy (a->payload + at,
+            se->flags & CAS_SLOT_F_COMPRESSED ? p->packed[i] : p->raw[i],
+            se->stored_len);
+    at += se->stored_len;
+    stored += se->stored_len;
+  }
+  cas_extent_fields_encode (&f, &h.hash);
+  h.length = at;
+  if (cas_packs_append (ext->packs, &h, a->payload, &loc) == -1)
+    return -1;
+  atomic_store_explicit (entry (ext, p->eid, false), loc | EXT_VERIFIED,
+                         memory_order_release);
+  atomic_fetch_add (&ext->extents, 1);
+  atomic_fetch_add (&ext->units, p->n);
+  atomic_fetch_add (&ext->stored_bytes, stored);
+  atomic_fetch_add (&ext->raw_bytes, (uint64_t) p->n * CAS_UNIT_SIZE);
+  for (i = 0; i < p->n; i++)
+    if (cas_unit_is_hook (&p->slot[i].hash))
+      hooks_add (ext, &p->slot[i].hash, p->eid);
+  unlink_pending (ext, p);
+  free (p);
+  a->open = NULL;
+  return 0;
+}
+
+int
+cas_extent_appender_add (struct cas_extent_appender *a,
+                         const struct cas_hash *h, const void *unit,
+                         uint64_t *eid, unsigned *slot)
+{
+  struct cas_extents *ext = a->ext;
+  struct cas_slot_entry *se;
+  struct pending *p;
+  unsigned s;
+
+  if (a->open && a->open->n == CAS_UNITS_MAX && append_open (a) == -1)
+    return -1;
+  if (a->open == NULL && open_extent (a) == -1)
+    return -1;
+  p = a->open;
+  s = p->n;
+  se = &p->slot[s];
+  /* Slot s is not visible to readers until n says so. */
+  memcpy (p->raw[s], unit, CAS_UNIT_SIZE);
+  se->hash = *h;
+  se->flags = 0;
+  se->stored_len = CAS_UNIT_SIZE;
+  if (ext->comp.codec != CAS_CODEC_NONE) {
+    uint32_t out;
+
+    /* Kept compressed only if that saves 1/8 (FORMAT.md). */
+    if (cas_compress (ext->pool, &ext->comp, unit, CAS_UNIT_SIZE,
+                      p->packed[s], cas_compress_limit (CAS_UNIT_SIZE),
+                      &out) == -1)
+      return -1;
+    if (out > 0 && out <= cas_compress_limit (CAS_UNIT_SIZE)) {
+      se->flags = CAS_SLOT_F_COMPRESSED;
+      se->stored_len = out;
+      p->codec = ext->comp.codec;
+    }
+  }
+  se->crc = crc32c (0, se->flags ? p->packed[s] : p->raw[s], se->stored_len);
+  pthread_mutex_lock (&ext->pending_lock);
+  p->n = s + 1;
+  pthread_mutex_unlock (&ext->pending_lock);
+  *eid = p->eid;
+  *slot = s;
+  /* Full: appended now.  If that fails the unit is still added (and
+   * readable); the next add or flush tries again and reports.
+   */
+  if (p->n == CAS_UNITS_MAX && append_open (a) == -1)
+    backend_debug ("cas: extent %" PRIu64 ": append failed, retried at the "
+                   "next add or flush", p->eid);
+  return 0;
+}
+
+unsigned
+cas_extent_appender_room (const struct cas_extent_appender *a)
+{
+  return a->open ? CAS_UNITS_MAX - a->open->n : CAS_UNITS_MAX;
+}
+
+int
+cas_extent_appender_flush (struct cas_extent_appender *a)
+{
+  if (a->open == NULL || a->open->n == 0)
+    return 0;
+  return append_open (a);
+}
+
+int
+cas_extent_appender_free (struct cas_extent_appender *a)
+{
+  int r = 0;
+
+  if (a == NULL)
+    return 0;
+  if (cas_extent_appender_flush (a) == -1) {
+    struct pending *p = a->open;
+
+    /* Its units are lost (the caller was told): the id reads as
+     * missing from now on, never as other data.
+     */
+    backend_error ("cas: extent %" PRIu64 ": %u units could not be "
+                   "written", p->eid, p->n);
+    atomic_store (entry (a->ext, p->eid, false), 0);
+    unlink_pending (a->ext, p);
+    free (p);
+    r = -1;
+  }
+  else if (a->open) {
+    atomic_store (entry (a->ext, a->open->eid, false), 0);
+    unlink_pending (a->ext, a->open);
+    free (a->open);
+  }
+  free (a->payload);
+  free (a);
+  return r;
+}
+
+/* ---- the pack store's part ---- */
+
+struct cas_extents *
+cas_extents_new (struct cas_packs *packs, bool readonly,
+                 _Atomic uint32_t *gc_below)
+{
+  struct cas_extents *ext = calloc (1, sizeof *ext);
+
+  if (ext == NULL)
+    return NULL;
+  ext->pool = cas_codec_pool_new ();
+  if (ext->pool == NULL) {
+    free (ext);
+    return NULL;
+  }
+  ext->packs = packs;
+  ext->readonly = readonly;
+  ext->gc_below = gc_below;
+  atomic_init (&ext->next_group, 1);
+  pthread_mutex_init (&ext->pending_lock, NULL);
+  pthread_rwlock_init (&ext->hooks_lock, NULL);
+  return ext;
+}
+
+void
+cas_extents_free (struct cas_extents *ext)
+{
+  uint32_t t, m;
+
+  if (ext == NULL)
+    return;
+  while (ext->pending) {
+    struct pending *p = ext->pending;
+    ext->pending = p->next;
+    free (p);
+  }
+  for (t = 0; t < (1u << TOP_BITS); t++) {
+    struct table_mid *mid = ext->top[t];
+    if (mid == NULL)
+      continue;
+    for (m = 0; m < (1u << MID_BITS); m++)
+      free ((void *) mid->leaf[m]);
+    free (mid);
+  }
+  free (ext->hooks);
+  cas_codec_pool_free (ext->pool);
+  pthread_mutex_destroy (&ext->pending_lock);
+  pthread_rwlock_destroy (&ext->hooks_lock);
+  free (ext);
+}
+
+void
+cas_extents_set_compression (struct cas_extents *ext,
+                             const struct cas_compression *c)
+{
+  ext->comp = *c;
+}
+
+/* Units and bytes of the record at loc, from its header (0 if
+ * unreadable: stats only).
+ */
+static void
+record_sums (struct cas_extents *ext, uint64_t loc, uint64_t *units,
+             uint64_t *stored)
+{
+  struct cas_record_header h;
+  struct cas_extent_fields f;
+
+  *units = *stored = 0;
+  if (cas_packs_read_header (ext->packs, loc, &h) == 0 &&
+      cas_extent_fields_decode (&h.hash, &f) == 0) {
+    *units = __builtin_popcount (f.present);
+    *stored = h.length - f.nslots * CAS_SLOT_ENTRY_SIZE;
+  }
+}
+
+static void
+sums_add (struct cas_extents *ext, uint64_t loc, int sign)
+{
+  uint64_t units, stored;
+
+  record_sums (ext, loc, &units, &stored);
+  if (sign > 0) {
+    atomic_fetch_add (&ext->units, units);
+    atomic_fetch_add (&ext->stored_bytes, stored);
+    atomic_fetch_add (&ext->raw_bytes, units * CAS_UNIT_SIZE);
+  }
+  else {
+    atomic_fetch_sub (&ext->units, units);
+    atomic_fetch_sub (&ext->stored_bytes, stored);
+    atomic_fetch_sub (&ext->raw_bytes, units * CAS_UNIT_SIZE);
+  }
+}
+
+int
+cas_extents_add_record (struct cas_extents *ext, uint32_t pack,
+                        uint64_t offset)
+{
+  uint64_t loc = CAS_LOC (pack, offset), old, units;
+  uint8_t table[SLOT_TABLE_MAX];
+  struct cas_record_header h;
+  struct cas_extent_fields f;
+  struct cas_slot_entry se[CAS_UNITS_MAX];
+  uint32_t start[CAS_UNITS_MAX], got;
+  const char *problem;
+  _Atomic uint64_t *e;
+  unsigned i;
+
+  if (cas_packs_read_prefix (ext->packs, loc, &h, table, sizeof table,
+                             &got) == -1)
+    return 0;                   /* reported; the scan goes on */
+  if (cas_extent_parse_table (&h, table, got, &f, se, start,
+                              &problem) == -1) {
+    backend_error ("cas: pack %" PRIu32 " offset %" PRIu64 ": extent "
+                   "record: %s: not used", pack, offset, problem);
+    return 0;
+  }
+  e = entry (ext, f.eid, true);
+  if (e == NULL) {
+    backend_error ("cas: extent table: out of memory");
+    errno = ENOMEM;
+    return -1;
+  }
+  /* Two records of one id: gc's copy, or an older copy a crash left;
+   * the newer pack, the higher offset wins.
+   */
+  old = atomic_load (e);
+  if (old != 0 && EXT_LOC (old) > loc)
+    return 0;
+  atomic_store (e, loc);
+  if (old != 0)
+    sums_add (ext, EXT_LOC (old), -1);
+  else
+    atomic_fetch_add (&ext->extents, 1);
+  units = __builtin_popcount (f.present);
+  atomic_fetch_add (&ext->units, units);
+  atomic_fetch_add (&ext->stored_bytes,
+                    h.length - f.nslots * CAS_SLOT_ENTRY_SIZE);
+  atomic_fetch_add (&ext->raw_bytes, units * CAS_UNIT_SIZE);
+  note_max (ext, f.eid);
+  for (i = 0; i < f.nslots; i++)
+    if ((f.present & (1u << i)) && cas_unit_is_hook (&se[i].hash))
+      hooks_add (ext, &se[i].hash, f.eid);
+  return 0;
+}
+
+void
+cas_extents_open_done (struct cas_extents *ext)
+{
+  atomic_store (&ext->next_group,
+                atomic_load (&ext->max_eid) / CAS_GROUP_EXTENTS + 1);
+}
+
+/* ---- stat, fsck, gc ---- */
+
+void
+cas_extents_stats (struct cas_extents *ext, struct cas_extents_stats *s)
+{
+  memset (s, 0, sizeof *s);
+  s->extents = atomic_load (&ext->extents);
+  s->units = atomic_load (&ext->units);
+  s->unit_bytes_stored = atomic_load (&ext->stored_bytes);
+  s->unit_bytes_raw = atomic_load (&ext->raw_bytes);
+  pthread_rwlock_rdlock (&ext->hooks_lock);
+  s->hooks = ext->hooks_n;
+  s->hook_bytes = ext->hooks_cap * sizeof *ext->hooks;
+  pthread_rwlock_unlock (&ext->hooks_lock);
+  s->table_bytes = atomic_load (&ext->leaves) * LEAF_ENTRIES * sizeof (uint64_t)
+    + atomic_load (&ext->mids) * sizeof (struct table_mid);
+  s->max_eid = atomic_load (&ext->max_eid);
+}
+
+uint64_t
+cas_extents_loc (struct cas_extents *ext, uint64_t eid)
+{
+  uint64_t v = load_entry (ext, eid);
+
+  return EXT_IS_PENDING (v) ? 0 : EXT_LOC (v);
+}
+
+bool
+cas_extents_is_current (struct cas_extents *ext, uint64_t eid, uint64_t loc)
+{
+  uint64_t v = load_entry (ext, eid);
+
+  return v != 0 && !EXT_IS_PENDING (v) && EXT_LOC (v) == EXT_LOC (loc);
+}
+
+void
+cas_extents_relocate (struct cas_extents *ext, uint64_t eid, uint64_t oldloc,
+                      uint64_t newloc)
+{
+  _Atomic uint64_t *e = entry (ext, eid, false);
+  uint64_t v;
+
+  if (e == NULL)
+    return;
+  v = atomic_load (e);
+  do {
+    if (EXT_IS_PENDING (v) || EXT_LOC (v) != EXT_LOC (oldloc))
+      return;
+  } while (!atomic_compare_exchange_weak (e, &v, EXT_LOC (newloc) |
+                                          (v & EXT_VERIFIED)));
+  /* A compacted copy may hold fewer units. */
+  sums_add (ext, EXT_LOC (oldloc), -1);
+  sums_add (ext, EXT_LOC (newloc), 1);
+}
+
+void
+cas_extents_drop (struct cas_extents *ext, uint64_t eid, uint64_t loc)
+{
+  _Atomic uint64_t *e = entry (ext, eid, false);
+  uint64_t v;
+
+  if (e == NULL)
+    return;
+  v = atomic_load (e);
+  do {
+    if (EXT_IS_PENDING (v) || v == 0 || EXT_LOC (v) != EXT_LOC (loc))
+      return;
+  } while (!atomic_compare_exchange_weak (e, &v, 0));
+  sums_add (ext, EXT_LOC (loc), -1);
+  atomic_fetch_sub (&ext->extents, 1);
+}
+
+uint64_t
+cas_extents_max_eid (struct cas_extents *ext)
+{
+  return atomic_load (&ext->max_eid);
+}
