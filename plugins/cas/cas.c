@@ -35,6 +35,7 @@ static int64_t want_size = -1;       /* size=, -1: not given */
 static uint32_t want_bs;             /* blocksize=, 0: not given */
 static struct cas_compression want_comp;  /* compression= */
 static bool comp_given;              /* compression= was given */
+static uint32_t want_format;         /* format=, 0: not given */
 static char *default_volume;         /* volume=, or DEFAULT_VOLUME */
 static bool volume_given;            /* volume= was given */
 static bool default_missing;         /* no such volume: "" is refused */
@@ -179,6 +180,21 @@ cas_config (const char *key, const char *value)
     if (cas_compression_parse ("cas: compression", value, &want_comp) == -1)
       return -1;
     comp_given = true;
+    return 0;
+  }
+  if (strcmp (key, "format") == 0) {
+    /* The rest of the rule (RADOS, block size) once all are known. */
+    if (strcmp (value, "2") == 0)
+      want_format = CAS_FORMAT_VERSION;
+    else if (strcmp (value, "4") == 0)
+      want_format = CAS_FORMAT_VERSION_UNITS;
+    else {
+      backend_error ("cas: format=%s: a new store is created at format 2 "
+                     "(the default) or 4 (experimental: 4 KiB dedup units)",
+                     value);
+      errno = EINVAL;
+      return -1;
+    }
     return 0;
   }
   if (strcmp (key, "volume") == 0) {
@@ -404,7 +420,9 @@ cas_config_complete (void)
    * no repair of a torn tail, no index cache write.
    */
   store_readonly = readonly_param || backend_server_readonly ();
-  if (cas_store_compression_check (store_dir, &want_comp) == -1)
+  if (cas_store_compression_check (store_dir, &want_comp) == -1 ||
+      cas_store_format_check ("cas: format", store_dir, want_format,
+                              want_bs) == -1)
     return -1;
   exists = cas_store_exists_opts (store_dir, &opts);
   if (exists == -1)
@@ -424,6 +442,7 @@ cas_config_complete (void)
     }
     opts.compression = comp_given ? want_comp
       : cas_store_default_compression (store_dir);
+    opts.format = want_format;
     if (check_dirty_cache (want_bs ? want_bs : CAS_DEFAULT_BLOCKSIZE) == -1 ||
         cas_store_create_opts (store_dir, want_bs, &opts) == -1)
       return -1;
@@ -459,6 +478,12 @@ cas_config_complete (void)
       return -1;
     }
   }
+  /* An existing store keeps its version (format= is for creating). */
+  if (exists && want_format &&
+      want_format != cas_store_format_version (store))
+    backend_debug ("cas: format=%" PRIu32 " ignored: the store exists, at "
+                   "format %" PRIu32, want_format,
+                   cas_store_format_version (store));
   if (prepare_default_volume () == -1)
     return -1;
   open_opts = opts;
@@ -667,7 +692,9 @@ cas_after_fork (void)
   /* A RADOS store is collected by nbdcas gc from one host: a collection
    * lists the whole pool, not something every server should start.
    */
-  if (gc_auto && !store_readonly && cas_store_is_local (store)) {
+  /* Format 4: garbage collection does not know extents yet. */
+  if (gc_auto && !store_readonly && cas_store_is_local (store) &&
+      cas_store_format_version (store) < CAS_FORMAT_VERSION_UNITS) {
     err = pthread_create (&gc_thread, NULL, autogc_thread, NULL);
     if (err) {
       errno = err;
@@ -1012,6 +1039,8 @@ const struct backend cas_backend = {
   "blocksize=SIZE      block size of a new store (4K..1M, default 64K)\n"
   "compression=off|lz4|zstd[:LEVEL]  how a new store compresses its\n"
   "                    data blocks (default off; zstd is zstd:3)\n"
+  "format=2|4          format of a new store (default 2; 4: experimental,\n"
+  "                    4 KiB dedup units, blocksize 4K..64K, local only)\n"
   "volume=NAME         the default volume (default: \"default\")\n"
   "readonly=BOOL       open the store read-only\n"
   "verify=off|checksum|full  check chunks on every read (default checksum)\n"

@@ -1,5 +1,5 @@
 /* nbdcas create STORE [--size SIZE] [--blocksize N] [--compression C]
- *                    [--volume NAME]
+ *                    [--format F] [--volume NAME]
  *
  * Creates the store if STORE is absent or an empty directory.  With
  * --size, also creates a volume (default name "default") in it -- in a
@@ -24,7 +24,7 @@ help (void)
 {
   tool_printf ("Usage: %s create STORE [--size SIZE] [--blocksize N] "
           "[--compression C]\n"
-          "                     [--volume NAME]\n"
+          "                     [--format F] [--volume NAME]\n"
           "Create a cas store in the directory STORE (absent or empty), or\n"
           "in a Ceph RADOS pool: STORE = rados:POOL[/NAMESPACE].\n"
           "With --size, also create a volume of SIZE bytes: in a new store,\n"
@@ -42,6 +42,10 @@ help (void)
           "(1 to 19;\n"
           "                        zstd is zstd:3); fixed for the store's "
           "life\n"
+          "  -f, --format F        format of a new store: 2 (default) or 4\n"
+          "                        (experimental: 4 KiB dedup units, block "
+          "size\n"
+          "                        4K to 64K, local stores only)\n"
           "  -n, --volume NAME     volume name (default \"%s\"); needs "
           "--size\n"
           "  -h, --help            this help\n",
@@ -67,6 +71,7 @@ cmd_create (int argc, char **argv)
   static const struct option long_options[] = {
     { "blocksize", required_argument, NULL, 'b' },
     { "compression", required_argument, NULL, 'c' },
+    { "format", required_argument, NULL, 'f' },
     { "size", required_argument, NULL, 's' },
     { "volume", required_argument, NULL, 'n' },
     TOOL_COMMON_LONG_OPTIONS,
@@ -82,7 +87,7 @@ cmd_create (int argc, char **argv)
   char hs[HUMAN_SIZE_LEN];
   int c, r, ret = EXIT_FAIL;
 
-  while ((c = tool_getopt (argc, argv, "create", "b:c:hn:s:v", long_options,
+  while ((c = tool_getopt (argc, argv, "create", "b:c:f:hn:s:v", long_options,
                            help, &ret)) > 0) {
     switch (c) {
     case 'b':
@@ -94,6 +99,18 @@ cmd_create (int argc, char **argv)
                                  &opts.compression) == -1)
         return usage_error ("create");
       have_comp = true;
+      break;
+    case 'f':
+      if (strcmp (optarg, "2") == 0)
+        opts.format = CAS_FORMAT_VERSION;
+      else if (strcmp (optarg, "4") == 0)
+        opts.format = CAS_FORMAT_VERSION_UNITS;
+      else {
+        tool_error ("--format %s: a new store is created at format 2 (the "
+                    "default) or 4 (experimental: 4 KiB dedup units)",
+                    optarg);
+        return usage_error ("create");
+      }
       break;
     case 'n':
       volume = optarg;
@@ -123,7 +140,8 @@ cmd_create (int argc, char **argv)
 
   if (!have_comp)
     opts.compression = cas_store_default_compression (dir);
-  if (cas_store_compression_check (dir, &opts.compression) == -1)
+  if (cas_store_compression_check (dir, &opts.compression) == -1 ||
+      cas_store_format_check ("--format", dir, opts.format, blocksize) == -1)
     return EXIT_FAIL;
   /* In a server, STORE is the store it serves. */
   r = tool_remote () ? 1 : cas_store_exists_opts (dir, tool_store_options ());
@@ -139,9 +157,10 @@ cmd_create (int argc, char **argv)
     if (cas_store_create_opts (dir, blocksize, &opts) == -1)
       return EXIT_FAIL;
     if (tool_verbose)
-      tool_info ("created store %s (block size %" PRIu32 ", compression %s)",
+      tool_info ("created store %s (block size %" PRIu32 ", compression %s%s)",
                  dir, blocksize ? blocksize : CAS_DEFAULT_BLOCKSIZE,
-                 cas_compression_name (&opts.compression, cn));
+                 cas_compression_name (&opts.compression, cn),
+                 opts.format == CAS_FORMAT_VERSION_UNITS ? ", format 4" : "");
   }
   if (!have_size)
     return EXIT_OK;
@@ -156,6 +175,15 @@ cmd_create (int argc, char **argv)
     tool_error ("%s has block size %" PRIu32 ", not %" PRIu32 " (the block "
                 "size is fixed when a store is created)", dir,
                 cas_store_blocksize (st), blocksize);
+    goto out;
+  }
+  if (r == 1 && opts.format &&
+      opts.format != cas_store_format_version (st) &&
+      !(opts.format == CAS_FORMAT_VERSION &&
+        cas_store_format_version (st) < CAS_FORMAT_VERSION_UNITS)) {
+    tool_error ("%s is a format-%" PRIu32 " store, not format %" PRIu32
+                " (the format is fixed when a store is created)", dir,
+                cas_store_format_version (st), opts.format);
     goto out;
   }
   if (r == 1 && have_comp) {
