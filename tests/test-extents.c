@@ -199,6 +199,28 @@ unit_place (const char *dir, struct cas_extents *ext, unsigned i,
   *at = CAS_LOC_OFFSET (loc) + CAS_RECORD_HEADER_SIZE + start[slot_of[i]] + 7;
 }
 
+/* fsck's record check: each damaged record must be an extent. */
+static int damaged_extents, damaged_others;
+
+static int
+count_damaged (const struct cas_record_info *ri, void *opaque)
+{
+  (void) opaque;
+  if ((int) ri->type == CAS_RECORD_EXTENT)
+    damaged_extents++;
+  else
+    damaged_others++;
+  return 0;
+}
+
+static void
+check_records (struct cas_store *st, bool full, int want)
+{
+  damaged_extents = damaged_others = 0;
+  CHECK (cas_store_check_records (st, full, count_damaged, NULL) == want);
+  CHECK (damaged_extents == want && damaged_others == 0);
+}
+
 static void
 flip_byte (const char *path, off_t at)
 {
@@ -331,6 +353,8 @@ run (const char *codec)
          s2.hooks == s1.hooks && s2.max_eid == s1.max_eid);
   check_reads (ext, NUNITS, CAS_VERIFY_FULL);
   check_slot_tables (ext, NUNITS);      /* first use: whole-record check */
+  check_records (st, false, 0);
+  check_records (st, true, 0);
   CHECK (check_hooks (ext, NUNITS) == hooks);
   /* New ids come from a new group. */
   old_max = s2.max_eid;
@@ -394,6 +418,30 @@ run (const char *codec)
            errno == EIO);
     quiet = false;
   }
+  /* fsck's check finds it, with CRCs and with SHA-256. */
+  check_records (st, false, 1);
+  check_records (st, true, 1);
+
+  /* A damaged record header in the middle of the pack: that extent is
+   * lost, the scan finds the next extent record (resync) and every one
+   * after it.
+   */
+  free (path);
+  unit_place (dir, ext, 40, &path, &at);
+  at = CAS_LOC_OFFSET (cas_extents_loc (ext, eid_of[40])) + 20;
+  CHECK (cas_store_close (st) == 0);
+  flip_byte (path, at);
+  st = open_store (dir, CAS_VERIFY_CHECKSUM);
+  ext = cas_packstore_extents (cas_store_chunks (st));
+  quiet = true;
+  CHECK (cas_extents_read (ext, eid_of[40], 0, 1, 0, U, buf,
+                           CAS_VERIFY_CHECKSUM) == -1 && errno == ENOENT);
+  quiet = false;
+  for (i = 0; i < NUNITS; i++)
+    if (i != damaged && eid_of[i] != eid_of[40])
+    CHECK (cas_extents_read (ext, eid_of[i], slot_of[i], 1, 0, U, buf,
+                             CAS_VERIFY_CHECKSUM) == 0 &&
+           memcmp (buf, data[i], U) == 0);
   CHECK (cas_store_close (st) == 0);
   free (path);
 

@@ -618,44 +618,6 @@ cas_packs_read_header (struct cas_packs *p, uint64_t loc,
 }
 
 int
-cas_packs_read (struct cas_packs *p, uint64_t loc,
-                struct cas_record_header *h, void *buf, uint32_t bufsize)
-{
-  uint8_t hdr[CAS_RECORD_HEADER_SIZE];
-  uint32_t id = CAS_LOC_PACK (loc);
-  uint64_t off = CAS_LOC_OFFSET (loc);
-  struct pack *pk = pin_pack (p, id);
-  struct iovec iov[2];
-  ssize_t n;
-
-  if (pk == NULL) {
-    if (errno != ESTALE)
-      backend_error ("cas: pack %" PRIu32 " is missing", id);
-    return -1;
-  }
-  iov[0].iov_base = hdr;
-  iov[0].iov_len = sizeof hdr;
-  iov[1].iov_base = buf;
-  iov[1].iov_len = bufsize;
-  n = preadv (pk->fd, iov, 2, off);
-  unpin_pack (pk);
-  if (n < (ssize_t) sizeof hdr || cas_record_header_decode (hdr, h) == -1) {
-    backend_error ("cas: pack %" PRIu32 " offset %" PRIu64
-                   ": damaged record header", id, off);
-    errno = EIO;
-    return -1;
-  }
-  if (h->length > bufsize || (uint64_t) n < sizeof hdr + h->length) {
-    backend_error ("cas: pack %" PRIu32 " offset %" PRIu64
-                   ": record of %" PRIu32 " bytes is %s", id, off, h->length,
-                   h->length > bufsize ? "too long" : "truncated");
-    errno = EIO;
-    return -1;
-  }
-  return 0;
-}
-
-int
 cas_packs_read_prefix (struct cas_packs *p, uint64_t loc,
                        struct cas_record_header *h, void *buf, uint32_t want,
                        uint32_t *got)
@@ -689,6 +651,24 @@ cas_packs_read_prefix (struct cas_packs *p, uint64_t loc,
     backend_error ("cas: pack %" PRIu32 " offset %" PRIu64
                    ": record of %" PRIu32 " bytes is truncated", id, off,
                    h->length);
+    errno = EIO;
+    return -1;
+  }
+  return 0;
+}
+
+int
+cas_packs_read (struct cas_packs *p, uint64_t loc,
+                struct cas_record_header *h, void *buf, uint32_t bufsize)
+{
+  uint32_t got;
+
+  if (cas_packs_read_prefix (p, loc, h, buf, bufsize, &got) == -1)
+    return -1;
+  if (h->length > bufsize) {
+    backend_error ("cas: pack %" PRIu32 " offset %" PRIu64
+                   ": record of %" PRIu32 " bytes is too long",
+                   CAS_LOC_PACK (loc), CAS_LOC_OFFSET (loc), h->length);
     errno = EIO;
     return -1;
   }

@@ -111,6 +111,7 @@ type_name (enum cas_chunk_type t)
   case CAS_CHUNK_DATA: return "data";
   case CAS_CHUNK_MAPNODE: return "map node";
   case CAS_RECORD_TABLE: return "piece table of data";
+  case CAS_RECORD_EXTENT: return "extent";
   default: return "unknown";
   }
 }
@@ -168,7 +169,8 @@ sort_damaged (struct fsck *f)
    */
   for (i = 0; i < f->ndamaged; i++)
     if (!cas_hash_is_zero (&f->damaged[i].info.hash) &&
-        (int) f->damaged[i].info.type != CAS_RECORD_TABLE)
+        (int) f->damaged[i].info.type != CAS_RECORD_TABLE &&
+        (int) f->damaged[i].info.type != CAS_RECORD_EXTENT)
       f->by_hash[f->nby_hash++] = &f->damaged[i];
   qsort (f->by_hash, f->nby_hash, sizeof *f->by_hash, cmp_damaged);
   return 0;
@@ -354,7 +356,17 @@ print_damaged (struct fsck *f)
       : f->lost.len || f->bad_volumes ? "it may have held the lost data listed"
       : "no volume lost data from it";
 
-    if (!has_hash)
+    struct cas_extent_fields ef;
+
+    /* Format 4: an extent is named by its id; which volumes reference
+     * its damaged units, fsck does not tell yet.
+     */
+    if ((int) ri->type == CAS_RECORD_EXTENT &&
+        cas_extent_fields_decode (&ri->hash, &ef) == 0)
+      tool_printf ("pack %" PRIu32 " offset %" PRIu64 ": extent %" PRIu64
+                   ": %s: reads of its damaged units fail\n", ri->pack,
+                   ri->offset, ef.eid, f->damaged[i].why);
+    else if (!has_hash)
       tool_printf ("pack %" PRIu32 " offset %" PRIu64 ": %" PRIu32 " bytes: %s: "
               "%s\n", ri->pack, ri->offset, ri->length, f->damaged[i].why,
               verdict);
@@ -400,7 +412,8 @@ repair (struct fsck *f, const char *dir)
     const struct cas_record_info *ri = &f->damaged[i].info;
     /* A table is never indexed (and its chunk may be intact). */
     if (!cas_hash_is_zero (&ri->hash) &&
-        (int) ri->type != CAS_RECORD_TABLE)
+        (int) ri->type != CAS_RECORD_TABLE &&
+        (int) ri->type != CAS_RECORD_EXTENT)
       cas_packstore_forget (cs, &ri->hash, ri->pack, ri->offset);
   }
   f->lost_blocks = f->lost_volumes = f->bad_volumes = f->volumes = 0;
