@@ -445,6 +445,22 @@ run (const char *codec)
   CHECK (cas_store_close (st) == 0);
   free (path);
 
+  /* nbdcas stat shows the units (make check sets NBDCAS). */
+  if (getenv ("NBDCAS") && *getenv ("NBDCAS")) {
+    char *stat_cmd, line[256];
+    bool seen = false;
+    FILE *fp;
+
+    if (asprintf (&stat_cmd, "'%s' stat %s", getenv ("NBDCAS"), dir) == -1 ||
+        (fp = popen (stat_cmd, "r")) == NULL)
+      die ("nbdcas stat");
+    while (fgets (line, sizeof line, fp))
+      if (strncmp (line, "units:", 6) == 0 && strstr (line, " extents: "))
+        seen = true;
+    CHECK (pclose (fp) == 0 && seen);
+    free (stat_cmd);
+  }
+
   snprintf (cmd, sizeof cmd, "rm -rf %s", dir);
   if (system (cmd) != 0)
     die ("rm");

@@ -30,6 +30,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "extent.h"
 #include "nbdcas.h"
 #include "vector.h"
 
@@ -328,6 +329,21 @@ stat_store (struct cas_store *st, const char *dir, bool json)
     tool_printf (", %.1f bytes per chunk",
                  (double) cs->index_bytes / cs->chunks);
   tool_printf ("\n");
+  /* Format 4: the unit store (its records are not chunks). */
+  if (cas_store_is_local (st) &&
+      cas_packstore_extents (cas_store_chunks (st))) {
+    struct cas_extents_stats es;
+
+    cas_extents_stats (cas_packstore_extents (cas_store_chunks (st)), &es);
+    tool_printf ("units:          %" PRIu64 " in %" PRIu64 " extents: %s raw, "
+                 "%s stored\n", es.units, es.extents,
+                 human_size (es.unit_bytes_raw, h1),
+                 human_size (es.unit_bytes_stored, h2));
+    tool_printf ("extent memory:  %s (table %s, %" PRIu64 " hooks %s)\n",
+                 bytes (es.table_bytes + es.hook_bytes, b, sizeof b),
+                 human_size (es.table_bytes, h1), es.hooks,
+                 human_size (es.hook_bytes, h2));
+  }
   if (t.v.len)
     tool_printf ("\n%-28s %10s %10s %10s %10s %6s %6s  %s\n", "VOLUME",
                  "SIZE", "MAPPED", "STORED", "UNIQUE", "DEDUP", "COMPR",
