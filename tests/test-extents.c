@@ -15,6 +15,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -235,6 +237,77 @@ flip_byte (const char *path, off_t at)
   close (fd);
 }
 
+/* Readers while a writer adds: every unit added so far reads back,
+ * across its extent's move from pending to appended.
+ */
+#define RACE_UNITS 3000
+static struct {
+  struct cas_extents *ext;
+  uint64_t eid[RACE_UNITS];
+  unsigned slot[RACE_UNITS];
+  atomic_uint added;
+  atomic_bool done;
+  atomic_uint bad, reads;
+} race;
+
+static void *
+race_reader (void *arg)
+{
+  static __thread uint8_t buf[U];
+  uint64_t x = (uintptr_t) arg * 7919 + 1;
+
+  while (!atomic_load (&race.done)) {
+    unsigned n = atomic_load (&race.added), i;
+
+    if (n == 0)
+      continue;
+    x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+    /* The newest units most often: they are the ones changing state. */
+    i = x % 2 ? n - 1 - (unsigned) (x >> 8) % (n < 20 ? n : 20)
+      : (unsigned) (x >> 8) % n;
+    if (cas_extents_read (race.ext, race.eid[i], race.slot[i], 1, 0, U, buf,
+                          CAS_VERIFY_CHECKSUM) == -1 ||
+        memcmp (buf, data[i % NUNITS], U) != 0)
+      atomic_fetch_add (&race.bad, 1);
+    atomic_fetch_add (&race.reads, 1);
+  }
+  return NULL;
+}
+
+static void
+check_race (struct cas_extents *ext)
+{
+  struct cas_extent_appender *a = cas_extent_appender_new (ext);
+  pthread_t t[2];
+  unsigned i;
+
+  race.ext = ext;
+  atomic_store (&race.added, 0);
+  atomic_store (&race.done, false);
+  atomic_store (&race.bad, 0);
+  atomic_store (&race.reads, 0);
+  for (i = 0; i < 2; i++)
+    if (pthread_create (&t[i], NULL, race_reader, (void *) (uintptr_t) i))
+      die ("pthread_create");
+  for (i = 0; i < RACE_UNITS && a; i++) {
+    if (cas_extent_appender_add (a, &hash[i % NUNITS], data[i % NUNITS],
+                                 &race.eid[i], &race.slot[i]) == -1)
+      break;
+    atomic_store (&race.added, i + 1);
+    if (i % 37 == 0)
+      CHECK (cas_extent_appender_flush (a) == 0);
+  }
+  CHECK (i == RACE_UNITS);
+  CHECK (cas_extent_appender_free (a) == 0);
+  atomic_store (&race.done, true);
+  for (i = 0; i < 2; i++)
+    pthread_join (t[i], NULL);
+  CHECK (atomic_load (&race.bad) == 0);
+  CHECK (atomic_load (&race.reads) > 0);
+  printf ("[%s] %u reads beside %u adds\n", codec_name,
+          atomic_load (&race.reads), RACE_UNITS);
+}
+
 static void
 run (const char *codec)
 {
@@ -442,6 +515,7 @@ run (const char *codec)
     CHECK (cas_extents_read (ext, eid_of[i], slot_of[i], 1, 0, U, buf,
                              CAS_VERIFY_CHECKSUM) == 0 &&
            memcmp (buf, data[i], U) == 0);
+  check_race (ext);
   CHECK (cas_store_close (st) == 0);
   free (path);
 

@@ -12,7 +12,8 @@
  * cas_extent_appender_flush and then the chunk store's sync return.
  *
  * The extent store belongs to the pack chunk store of a format-4 store
- * (cas_packstore_extents); it is rebuilt from the packs at open.
+ * (cas_packstore_extents); it is rebuilt from the packs at open.  Every
+ * appender is freed before the store is closed.
  *
  * Errors: -1 with errno (EIO damaged, ENOENT no such extent or slot,
  * ENOMEM) after a message through backend_error().
