@@ -308,6 +308,49 @@ check_race (struct cas_extents *ext)
           atomic_load (&race.reads), RACE_UNITS);
 }
 
+/* gc's primitives on the table: only the current location moves or
+ * goes.  Extents a and b are intact and appended.
+ */
+static void
+check_gc_primitives (struct cas_extents *ext, uint64_t a, uint64_t b,
+                     unsigned a_unit)
+{
+  static uint8_t buf[U];
+  uint64_t la = cas_extents_loc (ext, a), lb = cas_extents_loc (ext, b);
+  struct cas_extents_stats s0, s1;
+
+  CHECK (la != 0 && lb != 0 && la != lb);
+  CHECK (cas_extents_is_current (ext, a, la));
+  CHECK (!cas_extents_is_current (ext, a, lb));
+  CHECK (cas_extents_max_eid (ext) >= a && cas_extents_max_eid (ext) >= b);
+  /* Not from where it is not. */
+  cas_extents_relocate (ext, a, lb, lb + 8);
+  CHECK (cas_extents_loc (ext, a) == la);
+  cas_extents_drop (ext, a, lb);
+  CHECK (cas_extents_loc (ext, a) == la);
+  /* Moved onto b's record: a read finds another extent there. */
+  cas_extents_relocate (ext, a, la, lb);
+  CHECK (cas_extents_loc (ext, a) == lb && cas_extents_is_current (ext, a, lb));
+  quiet = true;
+  CHECK (cas_extents_read (ext, a, 0, 1, 0, U, buf, CAS_VERIFY_CHECKSUM) == -1
+         && errno == EIO);
+  quiet = false;
+  cas_extents_relocate (ext, a, lb, la);
+  CHECK (cas_extents_read (ext, a, slot_of[a_unit], 1, 0, U, buf,
+                           CAS_VERIFY_CHECKSUM) == 0 &&
+         memcmp (buf, data[a_unit], U) == 0);
+  /* Dropped: missing, one extent fewer. */
+  cas_extents_stats (ext, &s0);
+  cas_extents_drop (ext, a, la);
+  cas_extents_stats (ext, &s1);
+  CHECK (cas_extents_loc (ext, a) == 0 && !cas_extents_is_current (ext, a, la));
+  CHECK (s1.extents == s0.extents - 1 && s1.units < s0.units);
+  quiet = true;
+  CHECK (cas_extents_read (ext, a, 0, 1, 0, U, buf, CAS_VERIFY_CHECKSUM) == -1
+         && errno == ENOENT);
+  quiet = false;
+}
+
 static void
 run (const char *codec)
 {
@@ -516,6 +559,7 @@ run (const char *codec)
                              CAS_VERIFY_CHECKSUM) == 0 &&
            memcmp (buf, data[i], U) == 0);
   check_race (ext);
+  check_gc_primitives (ext, eid_of[0], eid_of[NUNITS - 1], 0);
   CHECK (cas_store_close (st) == 0);
   free (path);
 
