@@ -5,7 +5,12 @@
  * slot tables and hooks; the store reopened (the table and hooks rebuilt
  * from the packs; new ids above the old); a unit's byte damaged on disk
  * (EIO for that unit, its neighbours still read, the extent never offered
- * for dedup); no data chunk accepted; gc refused.
+ * for dedup); no data chunk accepted; gc refused.  The index cache
+ * (version 4: extent table and hooks): a reopen reads no slot table; after
+ * a saved cache, appends and a crash (a child that _exits without
+ * closing) the next open reads only the new extents' tables and finds
+ * every unit; a damaged, truncated or another store's cache is refused
+ * and the packs rescanned; rebuild_index ignores it.
  *
  * Exit 0: all good.  1: a check failed (each is printed).  99: the test
  * itself could not run.
@@ -22,6 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "backend.h"
@@ -221,6 +227,18 @@ check_records (struct cas_store *st, bool full, int want)
   damaged_extents = damaged_others = 0;
   CHECK (cas_store_check_records (st, full, count_damaged, NULL) == want);
   CHECK (damaged_extents == want && damaged_others == 0);
+}
+
+static void
+remove_cache (const char *dir)
+{
+  char *p;
+
+  if (asprintf (&p, "%s/index", dir) == -1)
+    die ("asprintf");
+  if (unlink (p) == -1)
+    die ("removing the index cache");
+  free (p);
 }
 
 static void
@@ -460,10 +478,11 @@ run (const char *codec)
   CHECK (cas_extent_appender_free (a) == 0);
   CHECK (cas_store_close (st) == 0);
 
-  /* Reopened: the table and the hooks are rebuilt from the packs. */
+  /* Reopened: the table and the hooks come from the index cache. */
   st = open_store (dir, CAS_VERIFY_CHECKSUM);
   ext = cas_packstore_extents (cas_store_chunks (st));
   cas_extents_stats (ext, &s2);
+  CHECK (s2.open_tables_read == 0 && s2.cache_extents == s1.extents);
   CHECK (s2.extents == s1.extents && s2.units == s1.units &&
          s2.unit_bytes_stored == s1.unit_bytes_stored &&
          s2.hooks == s1.hooks && s2.max_eid == s1.max_eid);
@@ -540,13 +559,15 @@ run (const char *codec)
 
   /* A damaged record header in the middle of the pack: that extent is
    * lost, the scan finds the next extent record (resync) and every one
-   * after it.
+   * after it.  (The index cache would vouch for the record's place
+   * without reading it, as for any record: this is the rebuild.)
    */
   free (path);
   unit_place (dir, ext, 40, &path, &at);
   at = CAS_LOC_OFFSET (cas_extents_loc (ext, eid_of[40])) + 20;
   CHECK (cas_store_close (st) == 0);
   flip_byte (path, at);
+  remove_cache (dir);
   st = open_store (dir, CAS_VERIFY_CHECKSUM);
   ext = cas_packstore_extents (cas_store_chunks (st));
   quiet = true;
@@ -584,6 +605,173 @@ run (const char *codec)
     die ("rm");
 }
 
+/* Open dir and check what the open took from the cache (cache_extents)
+ * and how many slot tables it read, and that units 0..n-1 read back.
+ */
+static void
+reopen_check (const char *dir, bool rebuild, uint64_t want_cached,
+              uint64_t want_read, uint64_t want_extents, unsigned n)
+{
+  struct cas_open_options o = { .verify = CAS_VERIFY_CHECKSUM,
+                                .rebuild_index = rebuild };
+  struct cas_store *st;
+  struct cas_extents *ext;
+  struct cas_extents_stats s;
+
+  quiet = true;                 /* a refused cache is reported */
+  st = cas_store_open (dir, &o);
+  quiet = false;
+  if (st == NULL)
+    die ("cas_store_open");
+  ext = cas_packstore_extents (cas_store_chunks (st));
+  cas_extents_stats (ext, &s);
+  CHECK (s.cache_extents == want_cached);
+  CHECK (s.open_tables_read == want_read);
+  CHECK (s.extents == want_extents && s.units == n &&
+         s.unit_bytes_raw == (uint64_t) n * U);
+  if (s.cache_extents != want_cached || s.open_tables_read != want_read)
+    fprintf (stderr, "  cached %" PRIu64 " (want %" PRIu64 "), read %"
+             PRIu64 " (want %" PRIu64 ")\n", s.cache_extents, want_cached,
+             s.open_tables_read, want_read);
+  check_reads (ext, n, CAS_VERIFY_CHECKSUM);
+  check_slot_tables (ext, n);
+  check_hooks (ext, n);
+  CHECK (cas_store_close (st) == 0);
+}
+
+static void
+index_path (const char *dir, char *path, size_t len)
+{
+  snprintf (path, len, "%s/index", dir);
+}
+
+/* The index cache of a format-4 store (its extent section). */
+static void
+run_cache (void)
+{
+  char dir[] = "/tmp/test-extents-XXXXXX";
+  char other[] = "/tmp/test-extents-XXXXXX";
+  char ipath[64], cmd[160];
+  struct cas_open_options co = { .format = CAS_FORMAT_VERSION_UNITS };
+  struct cas_extent_appender *a;
+  struct cas_extents *ext;
+  struct cas_extents_stats s1;
+  struct cas_store *st;
+  struct stat sb;
+  unsigned i, half = NUNITS / 2, nhooks;
+  uint64_t first_extents, all_extents;
+  int pipefd[2], status;
+  pid_t pid;
+
+  codec_name = "cache";
+  if (mkdtemp (dir) == NULL || mkdtemp (other) == NULL)
+    die ("mkdtemp");
+  if (cas_store_create_opts (dir, 0, &co) == -1 ||
+      cas_store_create_opts (other, 0, &co) == -1)
+    die ("create");
+  index_path (dir, ipath, sizeof ipath);
+
+  /* Half the units, a clean close: the cache is saved. */
+  st = open_store (dir, CAS_VERIFY_CHECKSUM);
+  ext = cas_packstore_extents (cas_store_chunks (st));
+  a = cas_extent_appender_new (ext);
+  for (i = 0; i < half; i++)
+    CHECK (cas_extent_appender_add (a, &hash[i], data[i], &eid_of[i],
+                                    &slot_of[i]) == 0);
+  CHECK (cas_extent_appender_free (a) == 0);
+  cas_extents_stats (ext, &s1);
+  first_extents = s1.extents;
+  CHECK (first_extents == (half + CAS_UNITS_MAX - 1) / CAS_UNITS_MAX);
+  CHECK (cas_store_close (st) == 0);
+  CHECK (stat (ipath, &sb) == 0);
+
+  /* Reopened from the cache: no slot table read. */
+  reopen_check (dir, false, first_extents, 0, first_extents, half);
+  /* fsck's way (rebuild_index): every record's table, no cache. */
+  reopen_check (dir, true, 0, first_extents, first_extents, half);
+
+  /* The other half appended and synced by a process that dies without
+   * closing (no cache saved): the next open takes the old cache and
+   * scans past what it covers.
+   */
+  if (pipe (pipefd) == -1)
+    die ("pipe");
+  pid = fork ();
+  if (pid == -1)
+    die ("fork");
+  if (pid == 0) {
+    struct chunkstore *cs;
+
+    close (pipefd[0]);
+    st = open_store (dir, CAS_VERIFY_CHECKSUM);
+    cs = cas_store_chunks (st);
+    ext = cas_packstore_extents (cs);
+    a = cas_extent_appender_new (ext);
+    for (i = half; i < NUNITS; i++)
+      if (cas_extent_appender_add (a, &hash[i], data[i], &eid_of[i],
+                                   &slot_of[i]) == -1)
+        _exit (1);
+    if (cas_extent_appender_flush (a) == -1 || cs->ops->sync (cs) == -1 ||
+        write (pipefd[1], eid_of, sizeof eid_of) != sizeof eid_of ||
+        write (pipefd[1], slot_of, sizeof slot_of) != sizeof slot_of)
+      _exit (1);
+    _exit (0);                  /* kill -9 alike: no close */
+  }
+  close (pipefd[1]);
+  if (read (pipefd[0], eid_of, sizeof eid_of) != sizeof eid_of ||
+      read (pipefd[0], slot_of, sizeof slot_of) != sizeof slot_of)
+    die ("reading the child's extent ids");
+  close (pipefd[0]);
+  if (waitpid (pid, &status, 0) != pid)
+    die ("waitpid");
+  CHECK (WIFEXITED (status) && WEXITSTATUS (status) == 0);
+  all_extents = first_extents +
+    (NUNITS - half + CAS_UNITS_MAX - 1) / CAS_UNITS_MAX;
+  reopen_check (dir, false, first_extents, all_extents - first_extents,
+                all_extents, NUNITS);
+  /* That close saved a cache of everything. */
+  reopen_check (dir, false, all_extents, 0, all_extents, NUNITS);
+
+  /* A damaged cache (a byte of its hooks, then of its extent table)
+   * and a truncated one are refused: everything is rescanned.  Each
+   * close saves a good one again.
+   */
+  CHECK (stat (ipath, &sb) == 0);
+  flip_byte (ipath, sb.st_size - 4);
+  reopen_check (dir, false, 0, all_extents, all_extents, NUNITS);
+  reopen_check (dir, false, all_extents, 0, all_extents, NUNITS);
+  for (i = 0, nhooks = 0; i < NUNITS; i++)
+    nhooks += cas_unit_is_hook (&hash[i]);
+  flip_byte (ipath, sb.st_size - 8 * nhooks - 16 * all_extents + 16 * 2 + 9);
+  reopen_check (dir, false, 0, all_extents, all_extents, NUNITS);
+  if (truncate (ipath, sb.st_size - 8) == -1)
+    die ("truncate");
+  reopen_check (dir, false, 0, all_extents, all_extents, NUNITS);
+
+  /* Another store's cache (its UUID differs) is refused. */
+  st = open_store (other, CAS_VERIFY_CHECKSUM);
+  ext = cas_packstore_extents (cas_store_chunks (st));
+  a = cas_extent_appender_new (ext);
+  {
+    uint64_t eid;
+    unsigned slot;
+
+    CHECK (cas_extent_appender_add (a, &hash[0], data[0], &eid,
+                                    &slot) == 0);
+  }
+  CHECK (cas_extent_appender_free (a) == 0);
+  CHECK (cas_store_close (st) == 0);
+  snprintf (cmd, sizeof cmd, "cp %s/index %s", other, ipath);
+  if (system (cmd) != 0)
+    die ("cp");
+  reopen_check (dir, false, 0, all_extents, all_extents, NUNITS);
+  reopen_check (dir, false, all_extents, 0, all_extents, NUNITS);
+
+  snprintf (cmd, sizeof cmd, "rm -rf %s %s", dir, other);
+  if (system (cmd) != 0)
+    die ("rm");
+}
+
 int
 main (void)
 {
@@ -591,6 +779,7 @@ main (void)
   run ("off");
   run ("lz4");
   run ("zstd");
+  run_cache ();
   if (failures) {
     fprintf (stderr, "test-extents: %d checks failed\n", failures);
     return 1;

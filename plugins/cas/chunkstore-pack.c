@@ -655,6 +655,8 @@ cover_table (struct packstore *ps, uint32_t npacks)
   if (last == NULL || t == NULL)
     goto err;
   cas_index_last_offsets (ps->index, last, npacks);
+  if (ps->extents)
+    cas_extents_last_offsets (ps->extents, last, npacks);
   for (p = 1; p <= npacks; p++) {
     int64_t size = cas_packs_size (ps->packs, p);
     struct cas_record_header h;
@@ -680,29 +682,65 @@ cover_table (struct packstore *ps, uint32_t npacks)
 }
 
 static int
+extents_cache_save (void *ext, FILE *fp, uint32_t npacks)
+{
+  return cas_extents_cache_save (ext, fp, npacks);
+}
+
+static int
+extents_cache_load (void *ext, FILE *fp, uint64_t len,
+                    const struct cas_index_pack *packs, uint32_t npacks)
+{
+  return cas_extents_cache_load (ext, fp, len, packs, npacks);
+}
+
+/* The cache's section of a format-4 store (index.h): its extent table
+ * and hooks; NULL in the other formats (a version-2 cache).
+ */
+static const struct cas_index_section *
+cache_section (struct cas_extents *ext, struct cas_index_section *sec)
+{
+  if (ext == NULL)
+    return NULL;
+  *sec = (struct cas_index_section) { .save = extents_cache_save,
+                                      .load = extents_cache_load,
+                                      .opaque = ext };
+  return sec;
+}
+
+/* Save the index cache covering packs 1..npacks, which must be synced
+ * and no longer appended to.  -1 if it could not be written.
+ */
+static int
+save_cache (struct packstore *ps, uint32_t npacks)
+{
+  CLEANUP_FREE struct cas_index_pack *t = cover_table (ps, npacks);
+  struct cas_index_section sec;
+
+  if (t == NULL) {
+    backend_error ("cas: not saving the index cache: a record it "
+                   "lists cannot be read back");
+    return 0;
+  }
+  return cas_index_save_section (ps->index, ps->index_path, ps->uuid, t,
+                                 npacks, cache_section (ps->extents, &sec));
+}
+
+static int
 ps_close (struct chunkstore *cs)
 {
   struct packstore *ps = PS (cs);
   int r = 0;
 
   if (!ps->readonly) {
-    /* The cache may only cover records that are durable.  A format-4
-     * store has none yet: its open rebuilds the extent table from the
-     * packs anyway (FORMAT.md, "Format version 4").
+    /* The cache may only cover records that are durable.  Every
+     * appender of a format-4 store is gone by now (extent.h), so no
+     * extent is pending and the extent table covers every pack.
      */
     if (cas_packs_sync (ps->packs) == -1)
       r = -1;
-    else if (!ps->extents) {
-      uint32_t npacks = cas_packs_last (ps->packs);
-      CLEANUP_FREE struct cas_index_pack *t = cover_table (ps, npacks);
-
-      if (t == NULL)
-        backend_error ("cas: not saving the index cache: a record it "
-                       "lists cannot be read back");
-      else if (cas_index_save (ps->index, ps->index_path, ps->uuid, t,
-                               npacks) == -1)
-        r = -1;
-    }
+    else if (save_cache (ps, cas_packs_last (ps->packs)) == -1)
+      r = -1;
   }
   free_ps (ps);
   return r;
@@ -1095,10 +1133,7 @@ ps_gc_sweep (struct chunkstore *cs,
    * flush of step 2 (gc.c) ended every one that began before the seal.
    */
   if (!opts->dry_run && nsel && ret == 0 && cas_packs_sync (ps->packs) == 0) {
-    uint32_t npacks = below - 1;
-    CLEANUP_FREE struct cas_index_pack *t = cover_table (ps, npacks);
-    if (t)
-      cas_index_save (ps->index, ps->index_path, ps->uuid, t, npacks);
+    save_cache (ps, below - 1);
   }
   return ret;
 }
@@ -1194,13 +1229,18 @@ check_cover (struct packstore *ps, const struct cas_index_pack *t,
  */
 static int
 load_cache (struct packstore *ps, struct cas_index *idx,
+            struct cas_extents *ext,
             struct cas_scan_start **from, uint32_t *npacks,
             char *why, size_t len)
 {
   CLEANUP_FREE struct cas_index_pack *table = NULL;
+  struct cas_index_section sec;
 
   *from = NULL;
-  if (cas_index_load (idx, ps->index_path, ps->uuid, &table, npacks) == -1) {
+  if (cas_index_load_section (idx, ps->index_path, ps->uuid, &table, npacks,
+                              cache_section (ext, &sec)) == -1) {
+    if (ext)
+      cas_extents_reset (ext);
     snprintf (why, len, "%s",
               errno == ENOENT ? "absent"
               : errno == EPROTO ? "of another version"
@@ -1220,6 +1260,8 @@ load_cache (struct packstore *ps, struct cas_index *idx,
   free (*from);
   *from = NULL;
   cas_index_clear (idx);
+  if (ext)
+    cas_extents_reset (ext);
   return -1;
 }
 
@@ -1228,17 +1270,23 @@ cas_packstore_check_cache (struct chunkstore *cs, char *why, size_t len)
 {
   struct packstore *ps = PS (cs);
   struct cas_index *idx = cas_index_new ();
+  struct cas_extents *ext = NULL;
   struct cas_scan_start *from;
   uint32_t npacks;
   int r;
 
-  if (idx == NULL) {
+  /* A format-4 store's cache is checked into an extent table of its own. */
+  if (ps->extents)
+    ext = cas_extents_new (ps->packs, true, NULL);
+  if (idx == NULL || (ps->extents && ext == NULL)) {
+    cas_index_free (idx);
     snprintf (why, len, "out of memory");
     return 0;
   }
-  r = load_cache (ps, idx, &from, &npacks, why, len);
+  r = load_cache (ps, idx, ext, &from, &npacks, why, len);
   free (from);
   cas_index_free (idx);
+  cas_extents_free (ext);
   if (r == 0)
     return 1;
   return strcmp (why, "absent") == 0 ? -1 : 0;
@@ -1306,8 +1354,6 @@ cas_packstore_open (const char *dir, bool readonly, const uint8_t uuid[16],
     ps->extents = cas_extents_new (ps->packs, readonly, &ps->gc_below);
     if (ps->extents == NULL)
       goto err;
-    /* No index cache for format 4 yet: every pack is scanned. */
-    flags |= CAS_PACKSTORE_NO_CACHE;
   }
 
   /* The index cache covers part of each pack; scan the rest, checking
@@ -1317,15 +1363,25 @@ cas_packstore_open (const char *dir, bool readonly, const uint8_t uuid[16],
    * crash can have left torn appends in.
    */
   if (!(flags & CAS_PACKSTORE_NO_CACHE) &&
-      load_cache (ps, ps->index, &from, &npacks, why, sizeof why) == 0) {
-    backend_debug ("cas: index cache: %" PRIu64 " chunks in %" PRIu32
-                   " packs", cas_index_count (ps->index), npacks);
+      load_cache (ps, ps->index, ps->extents, &from, &npacks, why,
+                  sizeof why) == 0) {
+    if (ps->extents) {
+      struct cas_extents_stats es;
+
+      cas_extents_stats (ps->extents, &es);
+      backend_debug ("cas: index cache: %" PRIu64 " map nodes and %" PRIu64
+                     " extents in %" PRIu32 " packs",
+                     cas_index_count (ps->index), es.cache_extents, npacks);
+    }
+    else
+      backend_debug ("cas: index cache: %" PRIu64 " chunks in %" PRIu32
+                     " packs", cas_index_count (ps->index), npacks);
     scan = CAS_ENUM_CHECK_CRC | CAS_SCAN_CUT_TAIL;
   }
   else {
     if (flags & CAS_PACKSTORE_NO_CACHE)
-      backend_debug ("cas: indexing the packs (the index cache is not %s)",
-                     ps->extents ? "kept for format 4" : "used");
+      backend_debug ("cas: indexing the packs (the index cache is not "
+                     "used)");
     else if (strcmp (why, "absent") == 0 ||
              strcmp (why, "of another version") == 0)
       backend_debug ("cas: index cache %s: indexing the packs", why);

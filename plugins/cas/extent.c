@@ -83,6 +83,7 @@ struct cas_extents {
 
   _Atomic uint64_t extents, units, stored_bytes, raw_bytes;
   _Atomic uint64_t max_eid;      /* highest id seen or handed out */
+  _Atomic uint64_t open_tables_read, cache_extents;   /* stats of the open */
   _Atomic uint64_t next_group;
 
   pthread_mutex_t pending_lock;
@@ -1037,6 +1038,7 @@ cas_extents_add_record (struct cas_extents *ext, uint32_t pack,
   _Atomic uint64_t *e;
   unsigned i;
 
+  atomic_fetch_add (&ext->open_tables_read, 1);
   if (cas_packs_read_prefix (ext->packs, loc, &h, table, sizeof table,
                              &got) == -1)
     return 0;                   /* reported; the scan goes on */
@@ -1099,6 +1101,8 @@ cas_extents_stats (struct cas_extents *ext, struct cas_extents_stats *s)
   s->table_bytes = atomic_load (&ext->leaves) * LEAF_ENTRIES * sizeof (uint64_t)
     + atomic_load (&ext->mids) * sizeof (struct table_mid);
   s->max_eid = atomic_load (&ext->max_eid);
+  s->open_tables_read = atomic_load (&ext->open_tables_read);
+  s->cache_extents = atomic_load (&ext->cache_extents);
 }
 
 uint64_t
@@ -1158,4 +1162,316 @@ uint64_t
 cas_extents_max_eid (struct cas_extents *ext)
 {
   return atomic_load (&ext->max_eid);
+}
+
+/* ---- the index cache's section (FORMAT.md, "The index cache") ----
+ * A 64-byte header, then the extents (id, location: 16 bytes each, ids
+ * increasing), then the hooks (8 bytes each, as in the hook table).
+ */
+#define XT_MAGIC "NBDCASXT"
+#define XT_HEADER_SIZE 64
+#define XT_ENTRY_SIZE 16
+#define XT_HOOK_SIZE 8
+#define XT_BUF_ENTRIES 4096
+
+/* Call fn for every entry of the table that holds an appended record,
+ * in id order; stops at the first non-zero return.
+ */
+static int
+walk_table (struct cas_extents *ext,
+            int (*fn) (uint64_t eid, uint64_t v, void *opaque), void *opaque)
+{
+  uint32_t t, m, i;
+  int r;
+
+  for (t = 0; t < (1u << TOP_BITS); t++) {
+    struct table_mid *mid = atomic_load (&ext->top[t]);
+    if (mid == NULL)
+      continue;
+    for (m = 0; m < (1u << MID_BITS); m++) {
+      _Atomic uint64_t *leaf = atomic_load (&mid->leaf[m]);
+      if (leaf == NULL)
+        continue;
+      for (i = 0; i < LEAF_ENTRIES; i++) {
+        uint64_t v = atomic_load_explicit (&leaf[i], memory_order_acquire);
+        if (v == 0 || EXT_IS_PENDING (v))
+          continue;
+        r = fn ((uint64_t) t << (LEAF_BITS + MID_BITS) |
+                (uint64_t) m << LEAF_BITS | i, v, opaque);
+        if (r)
+          return r;
+      }
+    }
+  }
+  return 0;
+}
+
+struct last_ctx {
+  uint64_t *last;
+  uint32_t npacks;
+};
+
+static int
+last_one (uint64_t eid, uint64_t v, void *opaque)
+{
+  struct last_ctx *c = opaque;
+  uint32_t p = CAS_LOC_PACK (v);
+
+  (void) eid;
+  if (p >= 1 && p <= c->npacks && CAS_LOC_OFFSET (v) > c->last[p])
+    c->last[p] = CAS_LOC_OFFSET (v);
+  return 0;
+}
+
+void
+cas_extents_last_offsets (struct cas_extents *ext, uint64_t *last,
+                          uint32_t npacks)
+{
+  struct last_ctx c = { .last = last, .npacks = npacks };
+
+  walk_table (ext, last_one, &c);
+}
+
+struct save_ctx {
+  struct cas_extents *ext;
+  FILE *fp;
+  uint32_t npacks;
+  bool partial;                  /* sum the saved records' headers */
+  uint64_t count, units, stored, max_eid;
+  uint32_t crc;
+  size_t used;
+  uint8_t buf[XT_BUF_ENTRIES * XT_ENTRY_SIZE];
+};
+
+static int
+save_flush (struct save_ctx *c)
+{
+  c->crc = crc32c (c->crc, c->buf, c->used);
+  if (c->used && fwrite (c->buf, c->used, 1, c->fp) != 1)
+    return -1;
+  c->used = 0;
+  return 0;
+}
+
+static int
+save_one (uint64_t eid, uint64_t v, void *opaque)
+{
+  struct save_ctx *c = opaque;
+  uint64_t loc = EXT_LOC (v);
+
+  /* A record in a pack past the table: the opener scans that pack. */
+  if (CAS_LOC_PACK (loc) > c->npacks)
+    return 0;
+  if (c->partial) {
+    uint64_t units, stored;
+
+    record_sums (c->ext, loc, &units, &stored);
+    c->units += units;
+    c->stored += stored;
+  }
+  put_le64 (c->buf + c->used, eid);
+  put_le64 (c->buf + c->used + 8, loc);
+  c->used += XT_ENTRY_SIZE;
+  c->count++;
+  c->max_eid = eid;
+  if (c->used == sizeof c->buf && save_flush (c) == -1)
+    return -1;
+  return 0;
+}
+
+int
+cas_extents_cache_save (struct cas_extents *ext, FILE *fp, uint32_t npacks)
+{
+  CLEANUP_FREE struct save_ctx *c = calloc (1, sizeof *c);
+  uint8_t hdr[XT_HEADER_SIZE];
+  uint32_t hook_crc = 0;
+  uint64_t nhooks = 0, max_eid;
+  off_t at;
+  size_t i;
+
+  if (c == NULL)
+    return -1;
+  c->ext = ext;
+  c->fp = fp;
+  c->npacks = npacks;
+  /* At close every record is in packs 1..npacks and the counters are
+   * exact; a collection's save leaves the packs above its seal out, and
+   * their records' share of the counters with them.
+   */
+  c->partial = npacks < cas_packs_last (ext->packs);
+  at = ftello (fp);
+  memset (hdr, 0, sizeof hdr);
+  if (at == -1 || fwrite (hdr, sizeof hdr, 1, fp) != 1)
+    return -1;
+  if (walk_table (ext, save_one, c) != 0 || save_flush (c) == -1)
+    return -1;
+  pthread_rwlock_rdlock (&ext->hooks_lock);
+  for (i = 0; i < ext->hooks_cap; i++) {
+    uint8_t b[XT_HOOK_SIZE];
+
+    if (ext->hooks[i] == 0)
+      continue;
+    put_le64 (b, ext->hooks[i]);
+    hook_crc = crc32c (hook_crc, b, sizeof b);
+    nhooks++;
+    if (fwrite (b, sizeof b, 1, fp) != 1) {
+      pthread_rwlock_unlock (&ext->hooks_lock);
+      return -1;
+    }
+  }
+  pthread_rwlock_unlock (&ext->hooks_lock);
+  /* The highest id ever seen, not only saved: an id of an extent a
+   * collection dropped is not handed out again.
+   */
+  max_eid = atomic_load (&ext->max_eid);
+  if (c->max_eid > max_eid)
+    max_eid = c->max_eid;
+  memcpy (hdr, XT_MAGIC, 8);
+  put_le64 (hdr + 8, c->count);
+  put_le64 (hdr + 16, nhooks);
+  put_le64 (hdr + 24, max_eid);
+  put_le64 (hdr + 32, c->partial ? c->units : atomic_load (&ext->units));
+  put_le64 (hdr + 40, c->partial ? c->stored
+            : atomic_load (&ext->stored_bytes));
+  put_le32 (hdr + 48, c->crc);
+  put_le32 (hdr + 52, hook_crc);
+  put_le32 (hdr + 60, crc32c (0, hdr, 60));
+  if (fseeko (fp, at, SEEK_SET) == -1 ||
+      fwrite (hdr, sizeof hdr, 1, fp) != 1 ||
+      fseeko (fp, 0, SEEK_END) == -1)
+    return -1;
+  return 0;
+}
+
+int
+cas_extents_cache_load (struct cas_extents *ext, FILE *fp, uint64_t len,
+                        const struct cas_index_pack *packs, uint32_t npacks)
+{
+  CLEANUP_FREE uint8_t *buf = malloc (XT_BUF_ENTRIES * XT_ENTRY_SIZE);
+  uint8_t hdr[XT_HEADER_SIZE];
+  uint64_t count, nhooks, max_eid, units, stored, done, prev = 0;
+  uint32_t crc = 0, hook_crc = 0;
+  size_t cap;
+
+  if (buf == NULL || len < XT_HEADER_SIZE ||
+      fread (hdr, sizeof hdr, 1, fp) != 1 ||
+      memcmp (hdr, XT_MAGIC, 8) != 0 ||
+      get_le32 (hdr + 60) != crc32c (0, hdr, 60))
+    goto bad;
+  count = get_le64 (hdr + 8);
+  nhooks = get_le64 (hdr + 16);
+  max_eid = get_le64 (hdr + 24);
+  units = get_le64 (hdr + 32);
+  stored = get_le64 (hdr + 40);
+  /* Nothing is sized from the header before it agrees with the file. */
+  len -= XT_HEADER_SIZE;
+  if (count > len / XT_ENTRY_SIZE ||
+      nhooks != (len - count * XT_ENTRY_SIZE) / XT_HOOK_SIZE ||
+      len != count * XT_ENTRY_SIZE + nhooks * XT_HOOK_SIZE ||
+      max_eid > CAS_EXTENT_ID_MAX || units > count * CAS_UNITS_MAX ||
+      stored > units * CAS_UNIT_SIZE)
+    goto bad;
+  for (done = 0; done < count; ) {
+    uint64_t n = count - done, k;
+
+    if (n > XT_BUF_ENTRIES)
+      n = XT_BUF_ENTRIES;
+    if (fread (buf, n * XT_ENTRY_SIZE, 1, fp) != 1)
+      goto bad;
+    crc = crc32c (crc, buf, n * XT_ENTRY_SIZE);
+    for (k = 0; k < n; k++) {
+      uint64_t eid = get_le64 (buf + k * XT_ENTRY_SIZE);
+      uint64_t loc = get_le64 (buf + k * XT_ENTRY_SIZE + 8);
+      uint32_t p = CAS_LOC_PACK (loc);
+      _Atomic uint64_t *e;
+
+      /* Ids increase (one entry each) up to the highest; a location is
+       * a record boundary in a part of a pack the cache covers.
+       */
+      if (eid <= prev || eid > max_eid || (loc & EXT_FLAGS) != 0 ||
+          p == 0 || p > npacks ||
+          CAS_LOC_OFFSET (loc) < CAS_PACK_HEADER_SIZE ||
+          CAS_LOC_OFFSET (loc) >= packs[p].covered)
+        goto bad;
+      if ((e = entry (ext, eid, true)) == NULL)
+        goto bad;
+      atomic_store (e, loc);
+      prev = eid;
+    }
+    done += n;
+  }
+  if (crc != get_le32 (hdr + 48))
+    goto bad;
+  for (cap = 1024; nhooks * 4 > (uint64_t) cap * 3; cap *= 2)
+    ;
+  pthread_rwlock_wrlock (&ext->hooks_lock);
+  free (ext->hooks);
+  ext->hooks = calloc (cap, sizeof *ext->hooks);
+  ext->hooks_cap = ext->hooks ? cap : 0;
+  ext->hooks_n = 0;
+  for (done = 0; ext->hooks && done < nhooks; ) {
+    uint64_t n = nhooks - done, k;
+
+    if (n > XT_BUF_ENTRIES)
+      n = XT_BUF_ENTRIES;
+    if (fread (buf, n * XT_HOOK_SIZE, 1, fp) != 1)
+      break;
+    hook_crc = crc32c (hook_crc, buf, n * XT_HOOK_SIZE);
+    for (k = 0; k < n; k++) {
+      uint64_t v = get_le64 (buf + k * XT_HOOK_SIZE);
+      uint64_t eid = v & CAS_EXTENT_ID_MAX;
+
+      if (eid == 0 || eid > max_eid)
+        break;
+      if (hooks_put (ext->hooks, cap, v >> 40, eid))
+        ext->hooks_n++;
+    }
+    if (k < n)
+      break;
+    done += n;
+  }
+  pthread_rwlock_unlock (&ext->hooks_lock);
+  if (ext->hooks == NULL || done != nhooks ||
+      hook_crc != get_le32 (hdr + 52))
+    goto bad;
+  atomic_store (&ext->extents, count);
+  atomic_store (&ext->units, units);
+  atomic_store (&ext->stored_bytes, stored);
+  atomic_store (&ext->raw_bytes, units * CAS_UNIT_SIZE);
+  atomic_store (&ext->cache_extents, count);
+  note_max (ext, max_eid);
+  return 0;
+ bad:
+  errno = EIO;
+  return -1;
+}
+
+void
+cas_extents_reset (struct cas_extents *ext)
+{
+  uint32_t t, m;
+
+  for (t = 0; t < (1u << TOP_BITS); t++) {
+    struct table_mid *mid = ext->top[t];
+    if (mid == NULL)
+      continue;
+    for (m = 0; m < (1u << MID_BITS); m++)
+      free ((void *) mid->leaf[m]);
+    free (mid);
+    ext->top[t] = NULL;
+  }
+  atomic_store (&ext->leaves, 0);
+  atomic_store (&ext->mids, 0);
+  pthread_rwlock_wrlock (&ext->hooks_lock);
+  free (ext->hooks);
+  ext->hooks = NULL;
+  ext->hooks_cap = ext->hooks_n = 0;
+  pthread_rwlock_unlock (&ext->hooks_lock);
+  atomic_store (&ext->extents, 0);
+  atomic_store (&ext->units, 0);
+  atomic_store (&ext->stored_bytes, 0);
+  atomic_store (&ext->raw_bytes, 0);
+  atomic_store (&ext->max_eid, 0);
+  atomic_store (&ext->cache_extents, 0);
+  atomic_store (&ext->next_group, 1);
 }

@@ -32,6 +32,7 @@
 #include "chunkstore.h"
 #include "format.h"
 #include "hash.h"
+#include "index.h"
 
 struct cas_extents;
 struct cas_extent_appender;
@@ -113,6 +114,11 @@ struct cas_extents_stats {
   uint64_t extents, units, unit_bytes_stored, unit_bytes_raw;
   uint64_t hooks, table_bytes, hook_bytes;   /* RAM */
   uint64_t max_eid;
+  /* Extent records whose slot table the open read (its scan); with a
+   * usable index cache, only those appended after the cache was saved.
+   */
+  uint64_t open_tables_read;
+  uint64_t cache_extents;        /* extents the index cache gave at open */
 };
 void cas_extents_stats (struct cas_extents *ext, struct cas_extents_stats *s);
 /* Location of extent eid (index.h CAS_LOC layout), 0 if none. */
@@ -182,5 +188,29 @@ void cas_extents_set_compression (struct cas_extents *ext,
 int cas_extents_add_record (struct cas_extents *ext, uint32_t pack,
                             uint64_t offset);
 void cas_extents_open_done (struct cas_extents *ext);
+
+/* ---- the index cache's extent section (FORMAT.md, "The index cache",
+ * version 4; index.h struct cas_index_section) ----
+ * save: the table's entries whose record is in packs 1..npacks (flags
+ * not saved: a new process verifies again), every hook, the totals and
+ * the highest id; -1 on a write error (errno).  Not while appenders
+ * write into packs 1..npacks: at close, or with npacks below every pack
+ * being appended to (a collection's seal).
+ * load: the section (len bytes of fp) into an extent store that holds
+ * nothing yet, before the open's scan of what the cache does not cover;
+ * every entry must point into the covered part of a pack (packs[p]
+ * .covered, p <= npacks).  -1 (no message) if the section is not good:
+ * then call reset, which forgets everything (before the store serves).
+ * last_offsets: last[p] = max (last[p], the largest record offset in
+ * pack p the table holds), p in 1..npacks: the cache's cover.
+ */
+int cas_extents_cache_save (struct cas_extents *ext, FILE *fp,
+                            uint32_t npacks);
+int cas_extents_cache_load (struct cas_extents *ext, FILE *fp, uint64_t len,
+                            const struct cas_index_pack *packs,
+                            uint32_t npacks);
+void cas_extents_reset (struct cas_extents *ext);
+void cas_extents_last_offsets (struct cas_extents *ext, uint64_t *last,
+                               uint32_t npacks);
 
 #endif /* NBDCAS_EXTENT_H */

@@ -24,6 +24,7 @@
 #define INITIAL_SLOTS 256        /* per shard: 4 KiB */
 #define INDEX_MAGIC "NBDCASIX"
 #define INDEX_VERSION 2
+#define INDEX_VERSION_EXTENTS 4  /* with the extent section (format 4) */
 #define INDEX_HEADER_SIZE 64
 #define ENTRY_SIZE 16
 
@@ -358,6 +359,24 @@ cas_index_save (struct cas_index *idx, const char *path,
                 const uint8_t uuid[16],
                 const struct cas_index_pack *packs, uint32_t npacks)
 {
+  return cas_index_save_section (idx, path, uuid, packs, npacks, NULL);
+}
+
+int
+cas_index_load (struct cas_index *idx, const char *path,
+                const uint8_t uuid[16],
+                struct cas_index_pack **packs_ret, uint32_t *npacks_ret)
+{
+  return cas_index_load_section (idx, path, uuid, packs_ret, npacks_ret,
+                                 NULL);
+}
+
+int
+cas_index_save_section (struct cas_index *idx, const char *path,
+                        const uint8_t uuid[16],
+                        const struct cas_index_pack *packs, uint32_t npacks,
+                        const struct cas_index_section *sec)
+{
   CLEANUP_FREE char *tmp = NULL, *dir = NULL;
   uint8_t hdr[INDEX_HEADER_SIZE];
   uint8_t buf[ENTRY_SIZE * 4096];
@@ -414,8 +433,10 @@ cas_index_save (struct cas_index *idx, const char *path,
     if (fwrite (buf, used, 1, fp) != 1)
       goto err_close;
   }
+  if (sec && sec->save (sec->opaque, fp, npacks) == -1)
+    goto err_close;
   memcpy (hdr, INDEX_MAGIC, 8);
-  put_le32 (hdr + 8, INDEX_VERSION);
+  put_le32 (hdr + 8, sec ? INDEX_VERSION_EXTENTS : INDEX_VERSION);
   put_le32 (hdr + 12, npacks);
   put_le64 (hdr + 16, count);
   put_le32 (hdr + 24, crc);
@@ -454,9 +475,11 @@ cas_index_save (struct cas_index *idx, const char *path,
 }
 
 int
-cas_index_load (struct cas_index *idx, const char *path,
-                const uint8_t uuid[16],
-                struct cas_index_pack **packs_ret, uint32_t *npacks_ret)
+cas_index_load_section (struct cas_index *idx, const char *path,
+                        const uint8_t uuid[16],
+                        struct cas_index_pack **packs_ret,
+                        uint32_t *npacks_ret,
+                        const struct cas_index_section *sec)
 {
   uint8_t hdr[INDEX_HEADER_SIZE];
   uint8_t buf[ENTRY_SIZE * 4096];
@@ -477,7 +500,7 @@ cas_index_load (struct cas_index *idx, const char *path,
       memcmp (hdr, INDEX_MAGIC, 8) != 0 ||
       get_le32 (hdr + 60) != crc32c (0, hdr, 60))
     goto bad;
-  if (get_le32 (hdr + 8) != INDEX_VERSION) {
+  if (get_le32 (hdr + 8) != (sec ? INDEX_VERSION_EXTENTS : INDEX_VERSION)) {
     why = "of another version";
     err = EPROTO;
     goto bad;
@@ -499,7 +522,8 @@ cas_index_load (struct cas_index *idx, const char *path,
   expect_size = INDEX_HEADER_SIZE + (uint64_t) npacks * PACK_ENTRY_SIZE;
   if (npacks >= CAS_MAX_PACKS || count > SIZE_MAX / ENTRY_SIZE / 4 ||
       (uint64_t) sb.st_size < expect_size ||
-      (uint64_t) (sb.st_size - expect_size) != count * ENTRY_SIZE) {
+      (sec ? (uint64_t) (sb.st_size - expect_size) < count * ENTRY_SIZE
+       : (uint64_t) (sb.st_size - expect_size) != count * ENTRY_SIZE)) {
     why = "inconsistent with its size";
     goto bad;
   }
@@ -543,7 +567,14 @@ cas_index_load (struct cas_index *idx, const char *path,
     }
     done += n;
   }
-  if (crc != want_crc || fgetc (fp) != EOF)
+  if (crc != want_crc)
+    goto bad;
+  /* The section checks itself; it must take the rest of the file. */
+  if (sec && sec->load (sec->opaque, fp,
+                        (uint64_t) sb.st_size - expect_size
+                        - count * ENTRY_SIZE, packs, npacks) == -1)
+    goto bad;
+  if (fgetc (fp) != EOF)
     goto bad;
   fclose (fp);
   *packs_ret = packs;

@@ -22,6 +22,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "hash.h"
 
@@ -103,6 +104,31 @@ int cas_index_save (struct cas_index *idx, const char *path,
 int cas_index_load (struct cas_index *idx, const char *path,
                     const uint8_t uuid[16],
                     struct cas_index_pack **packs, uint32_t *npacks);
+/* Version 4 of the file, a format-4 store's cache: the same header,
+ * pack table and entries, then a section of the caller's (the extent
+ * table and the hooks: extent.h) written and read through these, which
+ * carries its own checks.  save writes it at the end of the file (-1 on
+ * a write error); load gets exactly the len bytes after the entries and
+ * returns -1 if they are not a good section (the whole cache is then
+ * refused, EIO; the caller forgets what the section had loaded).  A
+ * cache of one version is never taken for the other (EPROTO).
+ */
+struct cas_index_section {
+  int (*save) (void *opaque, FILE *fp, uint32_t npacks);
+  int (*load) (void *opaque, FILE *fp, uint64_t len,
+               const struct cas_index_pack *packs, uint32_t npacks);
+  void *opaque;
+};
+int cas_index_save_section (struct cas_index *idx, const char *path,
+                            const uint8_t uuid[16],
+                            const struct cas_index_pack *packs,
+                            uint32_t npacks,
+                            const struct cas_index_section *sec);
+int cas_index_load_section (struct cas_index *idx, const char *path,
+                            const uint8_t uuid[16],
+                            struct cas_index_pack **packs, uint32_t *npacks,
+                            const struct cas_index_section *sec);
+
 /* Forget every entry (after a failed load). */
 void cas_index_clear (struct cas_index *idx);
 
