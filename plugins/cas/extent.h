@@ -12,7 +12,8 @@
  * cas_extent_appender_flush and then the chunk store's sync return.
  *
  * The extent store belongs to the pack chunk store of a format-4 store
- * (cas_packstore_extents); it is rebuilt from the packs at open.  Every
+ * (cas_packstore_extents); at open it is loaded from the index cache and
+ * the packs past what the cache covers (or all of them) are scanned.  Every
  * appender is freed before the store is closed.
  *
  * Errors: -1 with errno (EIO damaged, ENOENT no such extent or slot,
@@ -174,10 +175,13 @@ int cas_extent_check_units (const struct cas_extent_fields *f,
 
 /* ---- the pack store's part (chunkstore-pack.c) ----
  * new: over the store's packs (not owned); gc_below is the pack store's
- * "collection in progress" seal (may be NULL).  Opening: add_record for
- * each intact extent record the scan finds, in pack and offset order
- * (-1 only for ENOMEM: a damaged record is reported and skipped), then
- * open_done.  set_compression: before the store serves.
+ * "collection in progress" seal (may be NULL).  Opening: cache_load
+ * (below) if the index cache is usable, then add_record for each intact
+ * extent record the scan finds, in pack and offset order (a record
+ * replaces the table's entry of its id if its location is higher: the
+ * newer-wins rule, over cached entries too; -1 only for ENOMEM: a
+ * damaged record is reported and skipped), then open_done.
+ * set_compression: before the store serves.
  */
 struct cas_packs;
 struct cas_extents *cas_extents_new (struct cas_packs *packs, bool readonly,
