@@ -954,18 +954,12 @@ cas_extents_new (struct cas_packs *packs, bool readonly,
   return ext;
 }
 
-void
-cas_extents_free (struct cas_extents *ext)
+/* Free every level of the table (no reader may be left). */
+static void
+free_table (struct cas_extents *ext)
 {
   uint32_t t, m;
 
-  if (ext == NULL)
-    return;
-  while (ext->pending) {
-    struct pending *p = ext->pending;
-    ext->pending = p->next;
-    free (p);
-  }
   for (t = 0; t < (1u << TOP_BITS); t++) {
     struct table_mid *mid = ext->top[t];
     if (mid == NULL)
@@ -973,7 +967,23 @@ cas_extents_free (struct cas_extents *ext)
     for (m = 0; m < (1u << MID_BITS); m++)
       free ((void *) mid->leaf[m]);
     free (mid);
+    ext->top[t] = NULL;
   }
+  atomic_store (&ext->leaves, 0);
+  atomic_store (&ext->mids, 0);
+}
+
+void
+cas_extents_free (struct cas_extents *ext)
+{
+  if (ext == NULL)
+    return;
+  while (ext->pending) {
+    struct pending *p = ext->pending;
+    ext->pending = p->next;
+    free (p);
+  }
+  free_table (ext);
   free (ext->hooks);
   cas_codec_pool_free (ext->pool);
   pthread_mutex_destroy (&ext->pending_lock);
@@ -1449,19 +1459,7 @@ cas_extents_cache_load (struct cas_extents *ext, FILE *fp, uint64_t len,
 void
 cas_extents_reset (struct cas_extents *ext)
 {
-  uint32_t t, m;
-
-  for (t = 0; t < (1u << TOP_BITS); t++) {
-    struct table_mid *mid = ext->top[t];
-    if (mid == NULL)
-      continue;
-    for (m = 0; m < (1u << MID_BITS); m++)
-      free ((void *) mid->leaf[m]);
-    free (mid);
-    ext->top[t] = NULL;
-  }
-  atomic_store (&ext->leaves, 0);
-  atomic_store (&ext->mids, 0);
+  free_table (ext);
   pthread_rwlock_wrlock (&ext->hooks_lock);
   free (ext->hooks);
   ext->hooks = NULL;
