@@ -77,6 +77,33 @@ volume_get_slot (struct cas_volume *vol, uint64_t b, struct cas_hash *out)
   return 0;
 }
 
+/* The bytes slot value old referenced that new does not: a block's
+ * size, or in format 4 the units of old's descriptor that new's lacks
+ * (a 4 KiB write into a 64 KiB block leaves 4 KiB of garbage).
+ */
+static uint64_t
+overwritten_bytes (const struct cas_volume *vol, const struct cas_hash *old,
+                   const struct cas_hash *new)
+{
+  struct cas_desc od, nd;
+  unsigned units = vol->bs / CAS_UNIT_SIZE, i, k, gone = 0;
+
+  if (vol->ext == NULL || cas_desc_decode (old, units, &od) == -1 ||
+      cas_desc_decode (new, units, &nd) == -1)
+    return vol->bs;
+  for (i = 0; i < od.nruns; i++)
+    for (k = 0; k < od.run[i].count && od.run[i].eid; k++) {
+      unsigned j;
+      for (j = 0; j < nd.nruns; j++)
+        if (nd.run[j].eid == od.run[i].eid &&
+            od.run[i].slot + k >= nd.run[j].slot &&
+            od.run[i].slot + k < nd.run[j].slot + nd.run[j].count)
+          break;
+      gone += j == nd.nruns;
+    }
+  return (uint64_t) gone * CAS_UNIT_SIZE;
+}
+
 int
 volume_set_slot (struct cas_volume *vol, uint64_t b, const struct cas_hash *h,
                  const struct cas_hash *expect)
@@ -99,7 +126,8 @@ volume_set_slot (struct cas_volume *vol, uint64_t b, const struct cas_hash *h,
      * counts what may be reclaimed: see cas_store_garbage_hint).
      */
     if (!cas_hash_is_zero (&l->h[b % F]))
-      atomic_fetch_add (&vol->st->garbage_hint, vol->bs);
+      atomic_fetch_add (&vol->st->garbage_hint,
+                        overwritten_bytes (vol, &l->h[b % F], h));
     l->h[b % F] = *h;
     l->dirty = true;
     atomic_store (&vol->dirty, true);
