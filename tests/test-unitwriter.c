@@ -21,7 +21,13 @@
 #include "extent.h"
 #include "format.h"
 #include "hash.h"
+#include "lockrank.h"
 #include "unitwriter.h"
+
+/* The lock checks' state (volume.c has it in the library: defined here,
+ * so that nothing of the volume layer is linked).
+ */
+LOCKRANK_DEFINE;
 
 void
 backend_error (const char *fmt, ...)

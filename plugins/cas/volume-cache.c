@@ -981,8 +981,10 @@ wcache_read (struct cas_volume *vol, uint64_t b, uint32_t o, uint32_t n,
   ranked_lock (&e->lock);
   if (e->full || range_written (e, o, n))
     memcpy (out, e->data + o, n);
-  else if (vol->uw)
-    r = read_merged (vol, e, o, n, out);
+  else if (vol->uw) {
+    if (read_merged (vol, e, o, n, out) == -1)
+      r = -1;
+  }
   else if (fill (vol, e) == -1)
     r = -1;
   else
