@@ -233,9 +233,16 @@ def kill_after_flush(server, d):
     m = Model(h, SIZE)
     patterns(m)
     h.flush()
+    # One unit alone in the open extent when the flush comes: only the
+    # flush appends it (the write-backs of patterns() may have appended
+    # the extent they left open).
+    m.write(55 * BS + UNIT, rand(799, UNIT))
+    h.flush()
     flushed = bytes(m.m)
     # Not flushed: may or may not survive, but must not harm the rest.
-    h.pwrite(rand(800, BS), 60 * BS)
+    # Partial writes only: they stay in the cache, so nothing appends
+    # the extent the flush left open -- the flush itself must have.
+    h.pwrite(rand(800, 2 * UNIT), 60 * BS)
     h.pwrite(rand(801, UNIT), 2 * BS + UNIT)
     srv.kill9()
     try:
