@@ -498,15 +498,56 @@ main (void)
   CHECK (nruns (&db) >= 1 && nruns (&db) <= 2);
   check_reads (&fake, &db, b, "fallback with zeros");
 
-  /* A unit twice in one block is added once. */
+  /* A unit twice in one block is added twice: the block stays one run. */
   make_unit (8888, a);
   make_unit (8888, a + U);
   for (i = 2; i < 16; i++)
     make_unit (8890 + i, a + i * U);
+  CHECK (cas_unit_writer_flush (w1) == 0);
   adds = fake.adds;
   CHECK (cas_unit_writer_store (w1, a, BS, NULL, NULL, &da) == 0);
-  CHECK (fake.adds == adds + 15);
+  CHECK (fake.adds == adds + 16);
+  CHECK (nruns (&da) == 1);
   check_reads (&fake, &da, a, "a unit twice");
+
+  /* A block of one unit 16 times: stored as 16 copies (one run), and
+   * found again as that run, by this writer (its cache) and by another
+   * (the hooks, the unit being one), with nothing added.
+   */
+  hookunit = find_unit (hookunit + 1, true);
+  for (i = 0; i < 16; i++)
+    make_unit (hookunit, a + i * U);
+  CHECK (cas_unit_writer_flush (w1) == 0);
+  adds = fake.adds;
+  CHECK (cas_unit_writer_store (w1, a, BS, NULL, NULL, &da) == 0);
+  CHECK (fake.adds == adds + 16);
+  CHECK (nruns (&da) == 1);
+  check_reads (&fake, &da, a, "one unit 16 times");
+  CHECK (cas_unit_writer_flush (w1) == 0);    /* hooks: when appended */
+  CHECK (cas_unit_writer_store (w1, a, BS, NULL, NULL, &db) == 0);
+  CHECK (cas_unit_writer_store (w3, a, BS, NULL, NULL, &dc) == 0);
+  CHECK (fake.adds == adds + 16);
+  CHECK (cas_hash_equal (&da, &db) && cas_hash_equal (&da, &dc));
+
+  /* The same with a unit stored once before, alone in another block:
+   * the 16 copies are found again, not that first copy 16 times.
+   */
+  {
+    uint32_t lone = find_unit (hookunit + 1, false);
+
+    for (i = 0; i < 16; i++)
+      make_unit (i == 3 ? lone : 12000 + i, b + i * U);
+    CHECK (cas_unit_writer_store (w1, b, BS, NULL, NULL, &db) == 0);
+    for (i = 0; i < 16; i++)
+      make_unit (lone, a + i * U);
+    CHECK (cas_unit_writer_store (w1, a, BS, NULL, NULL, &da) == 0);
+    CHECK (nruns (&da) == 1);
+    adds = fake.adds;
+    CHECK (cas_unit_writer_store (w1, a, BS, NULL, NULL, &dc) == 0);
+    CHECK (fake.adds == adds);
+    CHECK (cas_hash_equal (&da, &dc));
+    check_reads (&fake, &dc, a, "a unit stored alone, then 16 times");
+  }
 
   /* An extent the store no longer offers (a collection dropped or
    * sealed it): the cache's reference is not used, the unit is stored

@@ -6,29 +6,35 @@
  *     keeps its old reference; a unit written in part is completed from
  *     the old content; an all-zero unit is a zero unit; every other unit
  *     is hashed.
- *  2. look the hashed units up: the unit cache (the slot tables of the
- *     groups this writer loaded or filled lately), then the slot tables
- *     of the old descriptor's extents (a block rewritten with mostly the
- *     same units), then the hooks: the units still missing that are
- *     hooks vote for the groups holding them, and the two groups with the
- *     most votes that are not cached are loaded, and the lookup is tried
- *     again.
+ *  2. look the hashed units up, in block order: the unit cache (the slot
+ *     tables of the groups this writer loaded or filled lately), then the
+ *     slot tables of the old descriptor's extents (a block rewritten with
+ *     mostly the same units), then the hooks: the units still missing
+ *     that are hooks vote for the groups holding them, the two groups
+ *     with the most votes that are not cached are loaded, and the lookup
+ *     is tried again.  Each lookup first tries the slot after the
+ *     previous unit's (a continuation): where a unit is stored twice,
+ *     the copy that extends the run wins, so a block stored as 16 copies
+ *     of one unit is found again as one run.
  *  3. check every reference the cache gave against its extent's slot
  *     table now (the cache may be older than a collection that dropped or
  *     sealed the extent): a reference that fails is a miss.
- *  4. add the units still missing to the appender's open extent (a unit
- *     that occurs twice in the block is added once).
- *  5. build the runs; if they are more than a descriptor holds, store
- *     the block's units again, fresh and consecutive (the fallback).
- * Steps 2 to 5 run under the writer's lock; so does the fallback's
- * adding, not its reading and hashing.
+ *  4. count the runs the block would take with its missing units added
+ *     (one after the other, a unit that occurs twice added twice, so
+ *     that they stay one run); if they fit a descriptor, add them.
+ *  5. else the fallback: store the block's non-zero units again, fresh
+ *     and consecutive, or all of its units, zeros too, if even that
+ *     takes more runs than a descriptor holds.
+ * Steps 2 to 5 run under the writer's lock; the fallback's reading and
+ * hashing of units kept from the old content runs outside it.
  *
  * The cache: CACHE_GROUPS groups (64 extents, up to 1024 units each),
  * least recently used first out.  A group enters the cache when it is
  * loaded (every extent of it that the extent store offers for dedup) or
  * when this writer adds a unit to one of its extents (the writer's own
- * group: every unit of it is one this writer added).  Each group has a
- * small open-addressing index on the units' hashes.
+ * group: every unit of it is one this writer added).  A group keeps its
+ * extents' slot tables (for continuations) and an open-addressing index
+ * from a unit's hash to its first slot.
  */
 #include <config.h>
 
@@ -52,19 +58,16 @@
 /* Groups loaded through hooks per block (the plan: the top two). */
 #define LOAD_PER_BLOCK 2
 
-struct uw_entry {
-  struct cas_hash h;
-  uint64_t eid;
-  uint8_t slot;
-};
-
 struct uw_group {
   bool valid;
   uint64_t g;                   /* group number (cas_extent_group) */
   uint64_t used;                /* LRU stamp */
-  unsigned n;                   /* entries */
-  struct uw_entry *e;           /* [GROUP_UNITS] */
-  uint16_t *idx;                /* [GROUP_BUCKETS]: entry + 1, 0 empty */
+  uint16_t present[CAS_GROUP_EXTENTS];  /* slots known, per extent */
+  struct cas_hash *h;           /* [GROUP_UNITS]: extent x, slot s at
+                                   x * CAS_UNITS_MAX + s */
+  uint16_t *idx;                /* [GROUP_BUCKETS]: position + 1, 0 empty */
+  uint16_t *next;               /* [GROUP_UNITS]: the next position of the
+                                   same unit + 1, 0 none */
 };
 
 struct cas_unit_writer {
@@ -95,6 +98,20 @@ struct unit {
   uint8_t slot;
 };
 
+/* The reference of the unit before u[i], if it has one: the slot after
+ * it is where a continuation of its run would be.
+ */
+static bool
+prev_ref (const struct unit *u, unsigned i, uint64_t *eid, unsigned *slot)
+{
+  if (i == 0 || u[i - 1].eid == 0 ||
+      (u[i - 1].kind == UNIT_DATA && !u[i - 1].found))
+    return false;
+  *eid = u[i - 1].eid;
+  *slot = u[i - 1].slot + 1;
+  return *slot < CAS_UNITS_MAX;
+}
+
 /* ---- the cache ---- */
 
 static uint32_t
@@ -106,40 +123,46 @@ bucket_of (const struct cas_hash *h)
   return v & (GROUP_BUCKETS - 1);
 }
 
-static struct uw_entry *
-group_find (struct uw_group *grp, const struct cas_hash *h)
+/* Hash h's first position in grp, or -1. */
+static int
+group_find (const struct uw_group *grp, const struct cas_hash *h)
 {
   uint32_t i;
 
   for (i = bucket_of (h);; i = (i + 1) & (GROUP_BUCKETS - 1)) {
     uint16_t k = grp->idx[i];
     if (k == 0)
-      return NULL;
-    if (cas_hash_equal (&grp->e[k - 1].h, h))
-      return &grp->e[k - 1];
+      return -1;
+    if (cas_hash_equal (&grp->h[k - 1], h))
+      return k - 1;
   }
 }
 
 static void
 group_insert (struct uw_group *grp, const struct cas_hash *h, uint64_t eid,
-              uint8_t slot)
+              unsigned slot)
 {
+  unsigned x = eid - grp->g * CAS_GROUP_EXTENTS, pos = x * CAS_UNITS_MAX + slot;
   uint32_t i;
 
-  /* A group holds at most GROUP_UNITS distinct slots; a unit stored in
-   * two slots of a group needs only the first.
-   */
-  if (grp->n == GROUP_UNITS)
-    return;
+  if (grp->present[x] >> slot & 1)
+    return;                     /* known already (slots never change) */
+  grp->present[x] |= 1u << slot;
+  grp->h[pos] = *h;
+  grp->next[pos] = 0;
+  /* The index names a unit's first position, the others are chained. */
   for (i = bucket_of (h);; i = (i + 1) & (GROUP_BUCKETS - 1)) {
     uint16_t k = grp->idx[i];
     if (k == 0)
       break;
-    if (cas_hash_equal (&grp->e[k - 1].h, h))
+    if (cas_hash_equal (&grp->h[k - 1], h)) {
+      while (grp->next[k - 1])
+        k = grp->next[k - 1];
+      grp->next[k - 1] = pos + 1;
       return;
+    }
   }
-  grp->e[grp->n] = (struct uw_entry) { .h = *h, .eid = eid, .slot = slot };
-  grp->idx[i] = ++grp->n;
+  grp->idx[i] = pos + 1;
 }
 
 static struct uw_group *
@@ -171,46 +194,106 @@ cache_take (struct cas_unit_writer *w, uint64_t g)
     if (c->used < grp->used)
       grp = c;
   }
-  if (grp->e == NULL) {
-    grp->e = malloc (GROUP_UNITS * sizeof *grp->e);
+  if (grp->h == NULL) {
+    grp->h = malloc (GROUP_UNITS * sizeof *grp->h);
     grp->idx = malloc (GROUP_BUCKETS * sizeof *grp->idx);
-    if (grp->e == NULL || grp->idx == NULL) {
-      free (grp->e);
+    grp->next = malloc (GROUP_UNITS * sizeof *grp->next);
+    if (grp->h == NULL || grp->idx == NULL || grp->next == NULL) {
+      free (grp->h);
       free (grp->idx);
-      grp->e = NULL;
+      free (grp->next);
+      grp->h = NULL;
       grp->idx = NULL;
+      grp->next = NULL;
+      grp->valid = false;
       return NULL;
     }
   }
   memset (grp->idx, 0, GROUP_BUCKETS * sizeof *grp->idx);
-  grp->n = 0;
+  memset (grp->present, 0, sizeof grp->present);
   grp->g = g;
   grp->valid = true;
   grp->used = ++w->clock;
   return grp;
 }
 
+/* Unit h in the cache: the continuation (ceid, cslot) if it holds h
+ * (cont: there is one), else h's position in a cached group -- of a unit
+ * stored more than once, the first copy followed by the block's next
+ * unit (next, if not NULL), or else the first.
+ */
 static bool
-cache_lookup (struct cas_unit_writer *w, const struct cas_hash *h,
-              uint64_t *eid, uint8_t *slot)
+cache_lookup (struct cas_unit_writer *w, bool cont, uint64_t ceid,
+              unsigned cslot, const struct cas_hash *h,
+              const struct cas_hash *next, uint64_t *eid, uint8_t *slot)
 {
+  struct uw_group *grp;
   unsigned i;
 
-  for (i = 0; i < CACHE_GROUPS; i++) {
-    struct uw_group *grp = &w->group[i];
-    struct uw_entry *e;
+  if (cont && (grp = cache_group (w, cas_extent_group (ceid))) != NULL) {
+    unsigned x = ceid - grp->g * CAS_GROUP_EXTENTS;
 
-    if (!grp->valid)
-      continue;
-    e = group_find (grp, h);
-    if (e) {
+    if (grp->present[x] >> cslot & 1 &&
+        cas_hash_equal (&grp->h[x * CAS_UNITS_MAX + cslot], h)) {
       grp->used = ++w->clock;
-      *eid = e->eid;
-      *slot = e->slot;
+      *eid = ceid;
+      *slot = cslot;
       return true;
     }
   }
+  for (i = 0; i < CACHE_GROUPS; i++) {
+    int pos;
+
+    grp = &w->group[i];
+    if (!grp->valid || (pos = group_find (grp, h)) == -1)
+      continue;
+    if (next && grp->next[pos]) {
+      int p;
+
+      for (p = pos; p >= 0; p = (int) grp->next[p] - 1) {
+        unsigned x = p / CAS_UNITS_MAX, s = p % CAS_UNITS_MAX + 1;
+
+        if (s < CAS_UNITS_MAX && grp->present[x] >> s & 1 &&
+            cas_hash_equal (&grp->h[p + 1], next)) {
+          pos = p;
+          break;
+        }
+      }
+    }
+    grp->used = ++w->clock;
+    *eid = grp->g * CAS_GROUP_EXTENTS + pos / CAS_UNITS_MAX;
+    *slot = pos % CAS_UNITS_MAX;
+    return true;
+  }
   return false;
+}
+
+/* Look the missing data units of the block up in the cache, in order;
+ * from_cache: whether the references must be checked in step 3.
+ */
+static unsigned
+cache_pass (struct cas_unit_writer *w, struct unit *u, unsigned n,
+            bool from_cache)
+{
+  unsigned i, hits = 0;
+
+  for (i = 0; i < n; i++) {
+    uint64_t ceid = 0;
+    unsigned cslot = 0;
+    bool cont;
+
+    if (u[i].kind != UNIT_DATA || u[i].found)
+      continue;
+    cont = prev_ref (u, i, &ceid, &cslot);
+    if (cache_lookup (w, cont, ceid, cslot, &u[i].h,
+                      i + 1 < n && u[i + 1].kind == UNIT_DATA
+                      ? &u[i + 1].h : NULL, &u[i].eid, &u[i].slot)) {
+      u[i].found = true;
+      u[i].from_cache = from_cache;
+      hits++;
+    }
+  }
+  return hits;
 }
 
 /* Load group g's slot tables into the cache: every extent of it the
@@ -321,8 +404,9 @@ cas_unit_writer_free (struct cas_unit_writer *w)
                  w->cache_hits, w->old_hits, w->hook_hits, w->group_loads,
                  w->stale_refs, w->fallbacks);
   for (i = 0; i < CACHE_GROUPS; i++) {
-    free (w->group[i].e);
+    free (w->group[i].h);
     free (w->group[i].idx);
+    free (w->group[i].next);
   }
   ranked_mutex_destroy (&w->lock);
   free (w->name);
@@ -367,7 +451,7 @@ expand (const struct cas_desc *d, uint64_t eid[CAS_UNITS_MAX],
     }
 }
 
-/* Classify, and hash with no lock held, unit i whose bytes are at p. */
+/* Classify, and hash, unit u whose bytes are at p (no lock held). */
 static int
 classify (struct unit *u, const uint8_t *p)
 {
@@ -382,33 +466,74 @@ classify (struct unit *u, const uint8_t *p)
   return cas_hash_compute (p, CAS_UNIT_SIZE, &u->h);
 }
 
-/* Look the unfound data units up in the slot table of extent eid; true
- * if the table could be had.
- */
-static bool
-lookup_extent (struct cas_unit_writer *w, uint64_t eid, struct unit *u,
-               unsigned n, uint64_t *hits)
-{
-  struct cas_hash hashes[CAS_UNITS_MAX];
-  unsigned nslots = 0, i, s;
-  uint16_t present = 0;
+/* The slot tables of the old descriptor's extents (step 2). */
+struct old_tables {
+  unsigned n;
+  uint64_t eid[CAS_DESC_MAX_RUNS];
+  unsigned nslots[CAS_DESC_MAX_RUNS];
+  uint16_t present[CAS_DESC_MAX_RUNS];
+  struct cas_hash h[CAS_DESC_MAX_RUNS][CAS_UNITS_MAX];
+};
 
-  if (cas_extents_slot_hashes (w->ext, eid, hashes, &nslots, &present) != 1)
-    return false;
-  for (i = 0; i < n; i++) {
+static bool
+old_holds (const struct old_tables *t, unsigned k, unsigned s,
+           const struct cas_hash *h)
+{
+  return s < t->nslots[k] && s < CAS_UNITS_MAX && t->present[k] >> s & 1 &&
+    cas_hash_equal (&t->h[k][s], h);
+}
+
+/* Look the missing units up in the old descriptor's extents, in order,
+ * a continuation first.  Their tables come from the extent store now:
+ * no check needed in step 3.
+ */
+static void
+lookup_old (struct cas_unit_writer *w, const struct cas_desc *old,
+            struct unit *u, unsigned n)
+{
+  struct old_tables t;
+  unsigned i, r, k, s;
+
+  t.n = 0;
+  for (r = 0; r < old->nruns; r++) {
+    if (old->run[r].eid == 0)
+      continue;
+    for (k = 0; k < t.n && t.eid[k] != old->run[r].eid; k++)
+      ;
+    if (k < t.n)
+      continue;
+    t.eid[t.n] = old->run[r].eid;
+    if (cas_extents_slot_hashes (w->ext, t.eid[t.n], t.h[t.n],
+                                 &t.nslots[t.n], &t.present[t.n]) == 1)
+      t.n++;
+  }
+  for (i = 0; i < n && t.n > 0; i++) {
+    uint64_t ceid = 0;
+    unsigned cslot = 0;
+    bool cont, done = false;
+
     if (u[i].kind != UNIT_DATA || u[i].found)
       continue;
-    for (s = 0; s < nslots && s < CAS_UNITS_MAX; s++)
-      if (present >> s & 1 && cas_hash_equal (&hashes[s], &u[i].h)) {
-        u[i].found = true;
-        u[i].from_cache = false;
-        u[i].eid = eid;
-        u[i].slot = s;
-        (*hits)++;
-        break;
+    cont = prev_ref (u, i, &ceid, &cslot);
+    for (k = 0; k < t.n && cont && !done; k++)
+      if (t.eid[k] == ceid && old_holds (&t, k, cslot, &u[i].h)) {
+        u[i].eid = ceid;
+        u[i].slot = cslot;
+        done = true;
       }
+    for (k = 0; k < t.n && !done; k++)
+      for (s = 0; s < t.nslots[k] && s < CAS_UNITS_MAX && !done; s++)
+        if (old_holds (&t, k, s, &u[i].h)) {
+          u[i].eid = t.eid[k];
+          u[i].slot = s;
+          done = true;
+        }
+    if (done) {
+      u[i].found = true;
+      u[i].from_cache = false;
+      w->old_hits++;
+    }
   }
-  return true;
 }
 
 static unsigned
@@ -457,16 +582,11 @@ lookup_hooks (struct cas_unit_writer *w, struct unit *u, unsigned n)
     gs[best] = gs[--ng];
     votes[best] = votes[ng];
   }
-  if (loaded == 0)
-    return;
-  /* Loaded just now: no need to check them again in step 3. */
-  for (i = 0; i < n; i++)
-    if (u[i].kind == UNIT_DATA && !u[i].found &&
-        cache_lookup (w, &u[i].h, &u[i].eid, &u[i].slot)) {
-      u[i].found = true;
-      u[i].from_cache = false;
-      w->hook_hits++;
-    }
+  /* The groups just loaded need no check in step 3; nothing else in the
+   * cache holds a missing unit (the first pass looked).
+   */
+  if (loaded > 0)
+    w->hook_hits += cache_pass (w, u, n, false);
 }
 
 /* Step 3: check the references the cache gave (one slot table per
@@ -505,42 +625,8 @@ check_cached (struct cas_unit_writer *w, struct unit *u, unsigned n)
   }
 }
 
-/* Step 4: add the missing units; a unit twice in the block is added
- * once.
- */
-static int
-add_missing (struct cas_unit_writer *w, struct unit *u, unsigned n)
-{
-  unsigned i, j;
-
-  for (i = 0; i < n; i++) {
-    unsigned slot;
-
-    if (u[i].kind != UNIT_DATA || u[i].found)
-      continue;
-    for (j = 0; j < i; j++)
-      if (u[j].kind == UNIT_DATA && u[j].found &&
-          cas_hash_equal (&u[j].h, &u[i].h))
-        break;
-    if (j < i) {
-      u[i].found = true;
-      u[i].eid = u[j].eid;
-      u[i].slot = u[j].slot;
-      continue;
-    }
-    if (cas_extent_appender_add (w->app, &u[i].h, u[i].bytes, &u[i].eid,
-                                 &slot) == -1)
-      return -1;
-    u[i].slot = slot;
-    u[i].found = true;
-    w->added_units++;
-    cache_add_own (w, &u[i].h, u[i].eid, u[i].slot);
-  }
-  return 0;
-}
-
-/* Step 5: the runs of the block's references; false if they are more
- * than a descriptor holds.
+/* The runs of the block's references: false if they are more than a
+ * descriptor holds.
  */
 static bool
 build_runs (const struct unit *u, unsigned n, struct cas_desc *d)
@@ -566,41 +652,88 @@ build_runs (const struct unit *u, unsigned n, struct cas_desc *d)
   return true;
 }
 
-/* The fallback, under the lock: add the units of the block fresh, one
- * after the other (the non-zero ones; with zeros too if with_zeros),
- * each unit's bytes in full[] and its hash in fh[].
+/* Stand-in extent ids for units not added yet: the open extent, and the
+ * next one (above any real id: ids have 40 bits).
+ */
+#define VIRTUAL_OPEN UINT64_C (0xFFFFFFFFFFFFFFFE)
+#define VIRTUAL_NEXT UINT64_C (0xFFFFFFFFFFFFFFFF)
+
+/* Would the block fit a descriptor if the units chosen by add (the
+ * missing data units; or all non-zero units; or all units) were added
+ * one after the other?
+ */
+enum add_what { ADD_MISSING, ADD_NONZERO, ADD_ALL };
+
+static bool
+adds (const struct unit *u, enum add_what what)
+{
+  switch (what) {
+  case ADD_MISSING: return u->kind == UNIT_DATA && !u->found;
+  case ADD_NONZERO: return u->kind != UNIT_ZERO;
+  default: return true;
+  }
+}
+
+static bool
+would_fit (const struct cas_unit_writer *w, const struct unit *u, unsigned n,
+           enum add_what what, bool fresh_extent)
+{
+  struct unit v[CAS_UNITS_MAX];
+  struct cas_desc d;
+  unsigned room = fresh_extent ? CAS_UNITS_MAX
+    : cas_extent_appender_room (w->app), i, k = 0;
+
+  memcpy (v, u, n * sizeof *u);
+  for (i = 0; i < n; i++)
+    if (adds (&u[i], what)) {
+      v[i].eid = k < room ? VIRTUAL_OPEN : VIRTUAL_NEXT;
+      v[i].slot = k < room ? CAS_UNITS_MAX - room + k : k - room;
+      k++;
+    }
+  return build_runs (v, n, &d);
+}
+
+/* Add the units chosen by what, one after the other (a unit twice in
+ * the block is added twice: they stay one run); each unit's bytes at
+ * bytes[i] (NULL: u[i].bytes) and its hash at hashes[i] (NULL: u[i].h).
+ * fresh_extent: start a new extent first if the open one lacks the room.
  */
 static int
-add_fresh (struct cas_unit_writer *w, struct unit *u, unsigned n,
-           const uint8_t *full, const struct cas_hash *fh, bool with_zeros)
+add_units (struct cas_unit_writer *w, struct unit *u, unsigned n,
+           enum add_what what, const uint8_t *bytes,
+           const struct cas_hash *hashes, bool fresh_extent)
 {
   unsigned i, need = 0;
 
   for (i = 0; i < n; i++)
-    need += u[i].kind != UNIT_ZERO || with_zeros;
-  /* Start a new extent if this one lacks the room: one run. */
-  if (cas_extent_appender_room (w->app) < need &&
+    need += adds (&u[i], what);
+  if (fresh_extent && cas_extent_appender_room (w->app) < need &&
       cas_extent_appender_flush (w->app) == -1)
     return -1;
   for (i = 0; i < n; i++) {
+    const struct cas_hash *h = hashes ? &hashes[i] : &u[i].h;
     unsigned slot;
+    uint64_t eid;
 
-    if (u[i].kind == UNIT_ZERO && !with_zeros)
+    if (!adds (&u[i], what))
       continue;
-    if (cas_extent_appender_add (w->app, &fh[i],
-                                 full + (size_t) i * CAS_UNIT_SIZE,
-                                 &u[i].eid, &slot) == -1)
+    if (cas_extent_appender_add (w->app, h,
+                                 bytes ? bytes + (size_t) i * CAS_UNIT_SIZE
+                                 : u[i].bytes, &eid, &slot) == -1)
       return -1;
-    u[i].slot = slot;
     u[i].kind = UNIT_DATA;
-    u[i].h = fh[i];
+    u[i].found = true;
+    u[i].from_cache = false;
+    u[i].h = *h;
+    u[i].eid = eid;
+    u[i].slot = slot;
     w->added_units++;
-    cache_add_own (w, &fh[i], u[i].eid, u[i].slot);
+    cache_add_own (w, h, eid, slot);
   }
   return 0;
 }
 
-/* Read units [i, i + 1) of the block described by old into out. */
+/* Read unit i of the block described by old into out. */
 static int
 read_old_unit (struct cas_unit_writer *w, const struct cas_hash *old,
                unsigned i, uint8_t *out)
@@ -629,8 +762,9 @@ cas_unit_writer_store (struct cas_unit_writer *w, const uint8_t *block,
   uint64_t old_eid[CAS_UNITS_MAX] = { 0 };
   uint8_t old_slot[CAS_UNITS_MAX] = { 0 };
   struct cas_desc old = { 0 }, d;
-  bool have_old = false, need_old = false;
-  unsigned n = w->units, i, r, kept = 0, zeros = 0, hashed = 0;
+  bool need_old = false;
+  unsigned n = w->units, i, kept = 0, zeros = 0, hashed = 0;
+  enum add_what what;
 
   if (bs != w->bs) {
     backend_error ("cas: volume %s: block of %" PRIu32 " bytes given to a "
@@ -642,16 +776,16 @@ cas_unit_writer_store (struct cas_unit_writer *w, const uint8_t *block,
   for (i = 0; i < n && written_sectors; i++)
     if (unit_written (written_sectors, i) < SECTORS_PER_UNIT)
       need_old = true;
-  if (old_desc && cas_desc_decode (old_desc, n, &old) == 0) {
-    have_old = true;
+  if (old_desc && cas_desc_decode (old_desc, n, &old) == 0)
     expand (&old, old_eid, old_slot);
-  }
   else if (old_desc && need_old) {
     backend_error ("cas: volume %s: a block's map slot is damaged (not a "
                    "block descriptor)", w->name);
     errno = EIO;
     return -1;
   }
+  else
+    old.nruns = 0;              /* only for dedup: do without */
 
   /* 1. Classify and hash, no lock held. */
   for (i = 0; i < n; i++) {
@@ -697,40 +831,29 @@ cas_unit_writer_store (struct cas_unit_writer *w, const uint8_t *block,
     w->zero_units += zeros;
     w->hashed_units += hashed;
     /* 2. Lookups: the cache, the old extents, the hooks. */
-    for (i = 0; i < n; i++)
-      if (u[i].kind == UNIT_DATA &&
-          cache_lookup (w, &u[i].h, &u[i].eid, &u[i].slot)) {
-        u[i].found = true;
-        u[i].from_cache = true;
-        w->cache_hits++;
-      }
-    for (r = 0; have_old && r < old.nruns && missing (u, n); r++) {
-      unsigned q;
-
-      if (old.run[r].eid == 0)
-        continue;
-      for (q = 0; q < r && old.run[q].eid != old.run[r].eid; q++)
-        ;
-      if (q == r)
-        lookup_extent (w, old.run[r].eid, u, n, &w->old_hits);
-    }
+    w->cache_hits += cache_pass (w, u, n, true);
+    if (old.nruns && missing (u, n))
+      lookup_old (w, &old, u, n);
     if (missing (u, n))
       lookup_hooks (w, u, n);
     /* 3. The cache's references, checked now. */
     check_cached (w, u, n);
-    /* 4. What is left is new. */
-    if (add_missing (w, u, n) == -1)
-      return -1;
-    /* 5. Runs. */
-    if (build_runs (u, n, &d)) {
-      cas_desc_encode (&d, new_desc);
-      return 0;
+    /* 4. What is left is new, if the block then fits a descriptor. */
+    if (would_fit (w, u, n, ADD_MISSING, false)) {
+      if (add_units (w, u, n, ADD_MISSING, NULL, NULL, false) == -1)
+        return -1;
+      if (build_runs (u, n, &d)) {
+        cas_desc_encode (&d, new_desc);
+        return 0;
+      }
     }
+    /* 5. The fallback, below. */
     w->fallbacks++;
   }
 
-  /* The fallback: every unit stored again, consecutively.  Units kept
-   * from the old content are read and hashed now (no lock held).
+  /* The fallback: the block's units stored again, consecutively.  Units
+   * kept from the old content are read and hashed now (no lock held);
+   * zero units are hashed in case they must be stored too.
    */
   full = malloc (bs);
   fh = calloc (n, sizeof *fh);
@@ -743,14 +866,12 @@ cas_unit_writer_store (struct cas_unit_writer *w, const uint8_t *block,
       if (read_old_unit (w, old_desc, i, p) == -1 ||
           cas_hash_compute (p, CAS_UNIT_SIZE, &fh[i]) == -1)
         return -1;
-      u[i].kind = UNIT_DATA;
     }
     else if (u[i].kind == UNIT_DATA) {
       memcpy (p, u[i].bytes, CAS_UNIT_SIZE);
       fh[i] = u[i].h;
     }
     else {
-      /* Needed only if the zeros must be stored too (rare). */
       memset (p, 0, CAS_UNIT_SIZE);
       if (cas_hash_compute (p, CAS_UNIT_SIZE, &fh[i]) == -1)
         return -1;
@@ -759,18 +880,17 @@ cas_unit_writer_store (struct cas_unit_writer *w, const uint8_t *block,
   {
     RANKED_SCOPED_LOCK (&w->lock);
 
-    if (add_fresh (w, u, n, full, fh, false) == -1)
+    /* Non-zero units fresh (zeros stay zero runs), unless data and zeros
+     * alternate too often for that: then zeros are stored too.
+     */
+    what = would_fit (w, u, n, ADD_NONZERO, true) ? ADD_NONZERO : ADD_ALL;
+    if (add_units (w, u, n, what, full, fh, true) == -1)
       return -1;
     if (!build_runs (u, n, &d)) {
-      /* Data and zeros alternate too often: zeros are stored too. */
-      if (add_fresh (w, u, n, full, fh, true) == -1)
-        return -1;
-      if (!build_runs (u, n, &d)) {
-        backend_error ("cas: volume %s: a block does not fit a descriptor "
-                       "even stored whole", w->name);
-        errno = EIO;
-        return -1;
-      }
+      backend_error ("cas: volume %s: a block does not fit a descriptor "
+                     "even stored whole", w->name);
+      errno = EIO;
+      return -1;
     }
   }
   cas_desc_encode (&d, new_desc);
