@@ -32,7 +32,11 @@
  * entry busy, fills it from the slot if it is partial, and writers of
  * that block wait until it is done (readers need not).  So a write-back
  * costs no copy of the block, and nothing is written to an entry that is
- * being hashed.
+ * being hashed.  In a format-4 store a write-back does not fill: the unit
+ * writer (unitwriter.h) is given the entry's bitmap of written sectors
+ * and the slot, and stores only the units written since the entry was
+ * made (reading only those written in part); a read of sectors nobody
+ * wrote merges them from the slot without touching the entry.
  *
  * Durability: an entry is dirty from the first write after its last
  * write-back.  cas_volume_flush writes back every entry dirty when it

@@ -17,6 +17,10 @@
  * new content.  Two clients writing the two halves of one block therefore
  * both land: one of them retries on top of the other.  (ABA is harmless:
  * equal hashes are equal contents.)  Full-block writes just set the slot.
+ *
+ * Format 4 (a slot holds a block descriptor, unitwriter.h): the same, but
+ * only the units the write touches are read (those it cuts), hashed and
+ * stored; the others keep their references.
  */
 #include <config.h>
 
