@@ -16,6 +16,8 @@
 #  - compression=lz4 with format 4: round trip, and the packs shrink.
 #  - a damaged unit is EIO on every read touching it (never wrong data),
 #    the other units of its block and extent read fine, fsck reports it.
+# And with the tool alone: create --format 4, import (dedup of the same
+# image 4 KiB further), snapshot, clone, export, diff, fsck --full.
 
 import errno
 import os
@@ -372,6 +374,41 @@ def damaged_unit(server, d):
     tool("fsck", store, check=1)
 
 
+def tool_history(d):
+    # Offline, through the tool: import (whole blocks, and the same image
+    # 4 KiB further: dedup), a snapshot, a clone written to, export of
+    # each, diff, fsck --full.
+    store = os.path.join(d, "store")
+    tool("create", store, "--format", "4", check=0)
+    img = rand(2000, 3 * MiB + 5000)
+    paths = {}
+    for name, data in (("a", img), ("b", bytes(UNIT) + img)):
+        paths[name] = os.path.join(d, name + ".img")
+        with open(paths[name], "wb") as f:
+            f.write(data)
+        tool("import", store, name, paths[name], "--create", check=0)
+    once = len(img)
+    assert pack_bytes(store) < once + once // 10, (pack_bytes(store), once)
+    tool("snapshot", store, "a", "s1", check=0)
+    tool("clone", store, "a@s1", "c", check=0)
+    patch = rand(2001, 3 * UNIT)
+    changed = bytearray(img)
+    changed[BS + 512:BS + 512 + len(patch)] = patch
+    with open(paths["a"], "wb") as f:
+        f.write(changed)
+    tool("import", store, "c", paths["a"], check=0)
+    for name, want in (("a", img), ("a@s1", img), ("b", bytes(UNIT) + img),
+                       ("c", bytes(changed))):
+        out = os.path.join(d, "out-" + name)
+        tool("export", store, name, out, check=0)
+        with open(out, "rb") as f:
+            got = f.read()
+        assert got[:len(want)] == want, "%s exports wrong" % name
+    p = tool("diff", store, "a@s1", "c", check=0)
+    assert p.stdout.split() == [str(BS), str(BS)], p.stdout
+    tool("fsck", store, "--full", check=0)
+
+
 run_cases([
     ("format 4 round trip, write-back cache", round_trip([])),
     ("format 4 round trip, write-through", round_trip(["dirtycache=0"])),
@@ -380,4 +417,4 @@ run_cases([
     ("format 4 block of more than 5 runs", many_runs),
     ("format 4 with compression=lz4", compressed),
     ("format 4 damaged unit is EIO", damaged_unit),
-], [])
+], [("format 4 import, snapshot, clone, export, diff", tool_history)])
