@@ -7,7 +7,7 @@
 #    and data units, concurrent 4 KiB writes into one block; read whole,
 #    in part and unaligned; again after a flush and a restart; fsck
 #    --full clean.  Both with the write-back cache and without it
-#    (dirtycache=0: read-modify-write of units).
+#    (dirtycache=0: read-modify-write of units), and with 16 KiB blocks.
 #  - dedup at 4 KiB: the same data written 4 KiB further into another
 #    volume adds next to nothing to the packs.
 #  - kill -9 after a flush: what was flushed reads back.
@@ -412,6 +412,7 @@ def tool_history(d):
 run_cases([
     ("format 4 round trip, write-back cache", round_trip([])),
     ("format 4 round trip, write-through", round_trip(["dirtycache=0"])),
+    ("format 4 round trip, 16 KiB blocks", round_trip(["blocksize=16K"])),
     ("format 4 dedup at 4 KiB across volumes", dedup_shifted),
     ("format 4 kill -9 after flush", kill_after_flush),
     ("format 4 block of more than 5 runs", many_runs),
