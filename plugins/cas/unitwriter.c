@@ -34,7 +34,8 @@
  * when this writer adds a unit to one of its extents (the writer's own
  * group: every unit of it is one this writer added).  A group keeps its
  * extents' slot tables (for continuations) and an open-addressing index
- * from a unit's hash to its first slot.
+ * from a unit's hash to its first slot: 38 KiB a group, at most 304 KiB
+ * a writer (a writable volume), allocated as groups are first used.
  */
 #include <config.h>
 
