@@ -125,6 +125,18 @@ class Model:
                 "read of %d at %d" % (n, off)
 
 
+def reread(server, store, d, m, params=()):
+    """Serve the store again and check that it reads as model m, then
+    fsck --full it."""
+    srv = serve(server, store, d, list(params))
+    try:
+        with connection(srv) as h:
+            m.check(h)
+    finally:
+        stopped(srv)
+    tool("fsck", store, "--full", check=0)
+
+
 def patterns(m):
     """Write the test patterns through m."""
     # Whole blocks.
@@ -186,13 +198,7 @@ def round_trip(extra):
         finally:
             stopped(srv)
         assert super_version(store) == 4, super_version(store)
-        srv = serve(server, store, d, extra)
-        try:
-            with connection(srv) as h:
-                m.check(h)
-        finally:
-            stopped(srv)
-        tool("fsck", store, "--full", check=0)
+        reread(server, store, d, m, extra)
     return case
 
 
@@ -295,13 +301,7 @@ def many_runs(server, d):
             m.check()
     finally:
         stopped(srv)
-    srv = serve(server, store, d)
-    try:
-        with connection(srv) as h:
-            m.check(h)
-    finally:
-        stopped(srv)
-    tool("fsck", store, "--full", check=0)
+    reread(server, store, d, m)
 
 
 def compressed(server, d):
@@ -322,13 +322,7 @@ def compressed(server, d):
         stopped(srv)
     raw = 36 * BS
     assert pack_bytes(store) < 0.8 * raw, (pack_bytes(store), raw)
-    srv = serve(server, store, d)
-    try:
-        with connection(srv) as h:
-            m.check(h)
-    finally:
-        stopped(srv)
-    tool("fsck", store, "--full", check=0)
+    reread(server, store, d, m)
 
 
 def damaged_unit(server, d):
