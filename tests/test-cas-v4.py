@@ -8,6 +8,8 @@
 #    in part and unaligned; again after a flush and a restart; fsck
 #    --full clean.  Both with the write-back cache and without it
 #    (dirtycache=0: read-modify-write of units), and with 16 KiB blocks.
+#  - 4 clients at once writing their own units of the same blocks, with
+#    flushes, through a small write-back cache (eviction) or none.
 #  - dedup at 4 KiB: the same data written 4 KiB further into another
 #    volume adds next to nothing to the packs.
 #  - kill -9 after a flush: what was flushed reads back.
@@ -199,6 +201,52 @@ def round_trip(extra):
             stopped(srv)
         assert super_version(store) == 4, super_version(store)
         reread(server, store, d, m, extra)
+    return case
+
+
+def concurrent(extra):
+    def case(server, d):
+        # 4 clients at once, each writing its own units (unit % 4) of the
+        # same 64 blocks in pieces of 512 bytes to 8 KiB, with flushes;
+        # a write-back cache of 9 blocks, so that eviction writes blocks
+        # back on the housekeeping thread and in the writers' threads
+        # at once (or none: write-through read-modify-write).
+        store = os.path.join(d, "store")
+        nblocks = 64
+        srv = serve(server, store, d, ["size=%d" % SIZE, "format=4"] + extra)
+        m = Model(None, nblocks * BS)
+        errors = []
+
+        def client(t):
+            try:
+                with connection(srv) as h:
+                    rng = random.Random(t)
+                    for k in range(300):
+                        u = rng.randrange(0, nblocks * BS // UNIT // 4) * 4 + t
+                        n = rng.choice([512, 1024, UNIT])
+                        off = u * UNIT + rng.randrange(0, UNIT // n) * n
+                        data = rand(t * 100000 + k, n) if k % 9 else bytes(n)
+                        h.pwrite(data, off)
+                        m.m[off:off + n] = data
+                        if k % 50 == 49:
+                            h.flush()
+                    h.flush()
+            except Exception as e:
+                errors.append(e)
+
+        try:
+            threads = [threading.Thread(target=client, args=(t,))
+                       for t in range(4)]
+            for th in threads:
+                th.start()
+            for th in threads:
+                th.join()
+            assert not errors, errors
+            with connection(srv) as h:
+                m.check(h)
+        finally:
+            stopped(srv)
+        reread(server, store, d, m)
     return case
 
 
@@ -407,6 +455,10 @@ run_cases([
     ("format 4 round trip, write-back cache", round_trip([])),
     ("format 4 round trip, write-through", round_trip(["dirtycache=0"])),
     ("format 4 round trip, 16 KiB blocks", round_trip(["blocksize=16K"])),
+    ("format 4 concurrent clients, small cache",
+     concurrent(["dirtycache=600K"])),
+    ("format 4 concurrent clients, write-through",
+     concurrent(["dirtycache=0"])),
     ("format 4 dedup at 4 KiB across volumes", dedup_shifted),
     ("format 4 kill -9 after flush", kill_after_flush),
     ("format 4 block of more than 5 runs", many_runs),
