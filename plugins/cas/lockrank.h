@@ -39,6 +39,7 @@ enum lock_class {
   LOCK_ROOM,                    /* wcache.room_lock */
   LOCK_POOL,                    /* wcache.pool_lock */
   LOCK_BG,                      /* cas_volume.bg_lock */
+  LOCK_UNIT_WRITER,             /* cas_unit_writer.lock (unitwriter.h) */
 };
 
 #ifdef NBDCAS_LOCK_CHECKS
@@ -66,6 +67,7 @@ static const struct lockrank_class_info lockrank_classes[] = {
   [LOCK_ROOM]         = { "the write-back cache's room_lock", 9 },
   [LOCK_POOL]         = { "the write-back cache's pool_lock", 9 },
   [LOCK_BG]           = { "bg_lock", 9 },
+  [LOCK_UNIT_WRITER]  = { "the unit writer's lock", 9 },
 };
 
 #define LOCKRANK_DEPTH 16

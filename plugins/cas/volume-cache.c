@@ -32,7 +32,11 @@
  * entry busy, fills it from the slot if it is partial, and writers of
  * that block wait until it is done (readers need not).  So a write-back
  * costs no copy of the block, and nothing is written to an entry that is
- * being hashed.
+ * being hashed.  In a format-4 store a write-back does not fill: the unit
+ * writer (unitwriter.h) is given the entry's bitmap of written sectors
+ * and the slot, and stores only the units written since the entry was
+ * made (reading only those written in part); a read of sectors nobody
+ * wrote merges them from the slot without touching the entry.
  *
  * Durability: an entry is dirty from the first write after its last
  * write-back.  cas_volume_flush writes back every entry dirty when it
@@ -318,6 +322,8 @@ mark_written (struct cas_volume *vol, struct dblock *e, uint32_t o,
 
   for (s = o / SECTOR; s <= (o + n - 1) / SECTOR; s++)
     e->written[s / 64] |= UINT64_C (1) << (s % 64);
+  if (e->full)
+    return;
   for (i = 0; i < sectors; i++)
     if (!sector_written (e, i))
       return;
@@ -395,6 +401,31 @@ fill (struct cas_volume *vol, struct dblock *e)
   return 0;
 }
 
+/* Under e->lock, format 4, !e->full: read [o, o+n) of block b, the
+ * sectors written from e, the others from the slot.  Not a fill: e may be
+ * busy, its written sectors being hashed by a write-back, so nothing of
+ * e's data is moved (and the slot, read once, is the old or the new
+ * value: the same bytes where e is not written).
+ */
+static int
+read_merged (struct cas_volume *vol, const struct dblock *e, uint32_t o,
+             uint32_t n, uint8_t *out)
+{
+  struct cas_hash h;
+  uint32_t s;
+
+  if (volume_get_slot (vol, e->b, &h) == -1 ||
+      volume_read_range (vol, &h, o, n, out) == -1)
+    return -1;
+  for (s = o / SECTOR; s <= (o + n - 1) / SECTOR; s++)
+    if (sector_written (e, s)) {
+      uint32_t from = s * SECTOR > o ? s * SECTOR : o;
+      uint32_t to = (s + 1) * SECTOR < o + n ? (s + 1) * SECTOR : o + n;
+      memcpy (out + (from - o), e->data + from, to - from);
+    }
+  return 0;
+}
+
 /* ---- write-back ---- */
 
 /* Write back e, which the caller has claimed (busy) and pinned: fill it
@@ -408,9 +439,12 @@ write_back (struct cas_volume *vol, struct dblock *e)
   int r = -1;
 
   ranked_lock (&e->lock);
-  /* Slot b is stable while b has an entry: only this changes it. */
+  /* Slot b is stable while b has an entry: only this changes it.  A
+   * format-4 store needs no fill: the unit writer keeps the units nobody
+   * wrote as the slot has them, and reads only units written in part.
+   */
   if (volume_get_slot (vol, e->b, &old) == 0 &&
-      (e->full || fill (vol, e) == 0))
+      (e->full || vol->uw || fill (vol, e) == 0))
     r = 0;
   ranked_unlock (&e->lock);
   if (r == -1)
@@ -420,7 +454,8 @@ write_back (struct cas_volume *vol, struct dblock *e)
    * marks.
    */
   ranked_rdlock (&vol->st->gc_gate, LOCK_GC_GATE);
-  r = volume_store_block (vol, e->data, &h);
+  r = volume_store_block (vol, e->data, &old, vol->uw ? e->written : NULL,
+                          &h);
   if (r == 0)
     r = volume_set_slot (vol, e->b, &h, &old);
   ranked_rwunlock (&vol->st->gc_gate);
@@ -826,8 +861,11 @@ write_entry (struct cas_volume *vol, struct dblock *e, uint32_t o,
     memcpy (e->data + o, data, n);
   else
     memset (e->data + o, 0, n);
-  if (!e->full)
-    mark_written (vol, e, o, n);
+  /* Marked even in a full entry: a format-4 write-back stores only the
+   * units written since the entry was made (its other sectors are the
+   * slot's content: see the top).
+   */
+  mark_written (vol, e, o, n);
   if (!is_dirty (e))
     atomic_fetch_add (&vol->wc.ndirty, 1);
   e->gen++;
@@ -880,7 +918,17 @@ write_direct (struct cas_volume *vol, uint64_t b, const void *data,
   r = 0;
   ranked_rdlock (&vol->st->gc_gate, LOCK_GC_GATE);    /* as in write_back */
   if (data) {
-    if (volume_store_block (vol, data, &h) == -1)
+    struct cas_hash old, *oldp = NULL;
+
+    /* Format 4 dedups against the block's previous content (the slot is
+     * stable under the placeholder).
+     */
+    if (vol->uw) {
+      if (volume_get_slot (vol, b, &old) == -1)
+        r = -1;
+      oldp = &old;
+    }
+    if (r == 0 && volume_store_block (vol, data, oldp, NULL, &h) == -1)
       r = -1;
   }
   else
@@ -935,7 +983,13 @@ wcache_read (struct cas_volume *vol, uint64_t b, uint32_t o, uint32_t n,
   if (e == NULL)
     return 0;
   ranked_lock (&e->lock);
-  if (!e->full && !range_written (e, o, n) && fill (vol, e) == -1)
+  if (e->full || range_written (e, o, n))
+    memcpy (out, e->data + o, n);
+  else if (vol->uw) {
+    if (read_merged (vol, e, o, n, out) == -1)
+      r = -1;
+  }
+  else if (fill (vol, e) == -1)
     r = -1;
   else
     memcpy (out, e->data + o, n);

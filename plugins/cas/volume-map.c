@@ -232,6 +232,12 @@ cas_volume_load (struct cas_store *st, const char *name)
   }
   if (load_interior (vol, &r.root) == -1)
     goto err;
+  /* Format 4: slots are block descriptors over the store's extents. */
+  vol->ext = cas_packstore_extents (st->cs);
+  if (vol->ext && !vol->readonly &&
+      (vol->uw = cas_unit_writer_new (vol->ext, vol->bs, st->verify,
+                                      name)) == NULL)
+    goto err;
   if (wcache_init (vol) == -1)
     goto err;
   if (volume_bg_start (vol) == -1) {
@@ -246,6 +252,7 @@ cas_volume_load (struct cas_store *st, const char *name)
  err:
   {
     int saved = errno ? errno : ENOMEM;
+    cas_unit_writer_free (vol->uw);   /* nothing stored yet */
     cas_meta_volume_close (vol->mh);
     free_map (vol);
     free (vol->name);
@@ -719,7 +726,12 @@ volume_commit (struct cas_volume *vol)
   r.fanout = F;
   r.depth = vol->depth;
   r.mtime = time (NULL);
-  if (cs_sync (vol->st->cs) == -1 || cas_meta_publish (vol->mh, &r) == -1) {
+  /* Format 4: the units the slots reference are appended first (the
+   * leaves committed above were taken after their units were added), so
+   * the sync makes them durable with the map.
+   */
+  if ((vol->uw && cas_unit_writer_flush (vol->uw) == -1) ||
+      cs_sync (vol->st->cs) == -1 || cas_meta_publish (vol->mh, &r) == -1) {
     ranked_lock (&vol->map_lock);
     vol->unpublished = true;
     ranked_unlock (&vol->map_lock);
@@ -751,6 +763,11 @@ cas_volume_free (struct cas_volume *vol)
   /* Nobody else uses the volume now but its thread. */
   volume_bg_stop (vol);
   wcache_free (vol);
+  /* After the final flush: its open extent is empty (or holds units
+   * nothing published references).
+   */
+  if (cas_unit_writer_free (vol->uw) == -1)
+    r = -1;
   /* After the final publish: the lease goes last. */
   cas_meta_volume_close (vol->mh);
   free_map (vol);

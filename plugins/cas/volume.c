@@ -17,6 +17,10 @@
  * new content.  Two clients writing the two halves of one block therefore
  * both land: one of them retries on top of the other.  (ABA is harmless:
  * equal hashes are equal contents.)  Full-block writes just set the slot.
+ *
+ * Format 4 (a slot holds a block descriptor, unitwriter.h): the same, but
+ * only the units the write touches are read (those it cuts), hashed and
+ * stored; the others keep their references.
  */
 #include <config.h>
 
@@ -77,6 +81,33 @@ volume_get_slot (struct cas_volume *vol, uint64_t b, struct cas_hash *out)
   return 0;
 }
 
+/* The bytes slot value old referenced that new does not: a block's
+ * size, or in format 4 the units of old's descriptor that new's lacks
+ * (a 4 KiB write into a 64 KiB block leaves 4 KiB of garbage).
+ */
+static uint64_t
+overwritten_bytes (const struct cas_volume *vol, const struct cas_hash *old,
+                   const struct cas_hash *new)
+{
+  struct cas_desc od, nd;
+  unsigned units = vol->bs / CAS_UNIT_SIZE, i, k, gone = 0;
+
+  if (vol->ext == NULL || cas_desc_decode (old, units, &od) == -1 ||
+      cas_desc_decode (new, units, &nd) == -1)
+    return vol->bs;
+  for (i = 0; i < od.nruns; i++)
+    for (k = 0; k < od.run[i].count && od.run[i].eid; k++) {
+      unsigned j;
+      for (j = 0; j < nd.nruns; j++)
+        if (nd.run[j].eid == od.run[i].eid &&
+            od.run[i].slot + k >= nd.run[j].slot &&
+            od.run[i].slot + k < nd.run[j].slot + nd.run[j].count)
+          break;
+      gone += j == nd.nruns;
+    }
+  return (uint64_t) gone * CAS_UNIT_SIZE;
+}
+
 int
 volume_set_slot (struct cas_volume *vol, uint64_t b, const struct cas_hash *h,
                  const struct cas_hash *expect)
@@ -99,7 +130,8 @@ volume_set_slot (struct cas_volume *vol, uint64_t b, const struct cas_hash *h,
      * counts what may be reclaimed: see cas_store_garbage_hint).
      */
     if (!cas_hash_is_zero (&l->h[b % F]))
-      atomic_fetch_add (&vol->st->garbage_hint, vol->bs);
+      atomic_fetch_add (&vol->st->garbage_hint,
+                        overwritten_bytes (vol, &l->h[b % F], h));
     l->h[b % F] = *h;
     l->dirty = true;
     atomic_store (&vol->dirty, true);
@@ -122,8 +154,20 @@ cas_volume_block_hash (struct cas_volume *vol, uint64_t block,
 
 int
 volume_store_block (struct cas_volume *vol, const void *data,
+                    const struct cas_hash *old, const uint64_t *written,
                     struct cas_hash *h)
 {
+  if (vol->uw)
+    return cas_unit_writer_store (vol->uw, data, vol->bs, old, written, h);
+  /* Other formats store whole blocks (the write-back cache fills an
+   * entry before it stores it).
+   */
+  if (written != NULL) {
+    backend_error ("cas: volume %s: a partial block given to a store of "
+                   "format %" PRIu32, vol->name, vol->st->sb.version);
+    errno = EINVAL;
+    return -1;
+  }
   if (cas_is_zero (data, vol->bs)) {
     memset (h, 0, sizeof *h);
     return 0;
@@ -131,6 +175,30 @@ volume_store_block (struct cas_volume *vol, const void *data,
   if (cas_hash_compute (data, vol->bs, h) == -1)
     return -1;
   return cs_put (vol->st->cs, h, CAS_CHUNK_DATA, data, vol->bs, NULL);
+}
+
+int
+volume_read_range (struct cas_volume *vol, const struct cas_hash *h,
+                   uint32_t o, uint32_t n, void *buf)
+{
+  int r;
+
+  if (cas_hash_is_zero (h)) {
+    memset (buf, 0, n);
+    return 0;
+  }
+  if (vol->ext)
+    r = cas_desc_read (vol->ext, h, vol->bs, o, n, buf, vol->st->verify);
+  else if (o == 0 && n == vol->bs)
+    return volume_read_block (vol, h, buf);
+  else
+    r = cs_get_range (vol->st->cs, h, vol->bs, buf, o, n, vol->st->verify);
+  /* A block whose data is gone is lost data, for the client an I/O error
+   * (ENOENT means nothing in NBD).
+   */
+  if (r == -1 && errno == ENOENT)
+    errno = EIO;
+  return r;
 }
 
 int
@@ -143,6 +211,8 @@ volume_read_block (struct cas_volume *vol, const struct cas_hash *h,
     memset (buf, 0, vol->bs);
     return 0;
   }
+  if (vol->ext)
+    return volume_read_range (vol, h, 0, vol->bs, buf);
   if (cs_get (vol->st->cs, h, buf, vol->bs, &len, vol->st->verify) == -1) {
     /* A block whose chunk is gone is lost data, for the client an I/O
      * error (ENOENT means nothing in NBD).
@@ -229,21 +299,39 @@ cas_volume_read (struct cas_volume *vol, void *buf, uint64_t count,
       if (r == 1)
         continue;
     }
-    if (volume_get_slot (vol, p.b, &h) == -1)
+    if (volume_get_slot (vol, p.b, &h) == -1 ||
+        volume_read_range (vol, &h, p.o, p.n, out) == -1)
       return -1;
-    if (cas_hash_is_zero (&h))
-      memset (out, 0, p.n);
-    else if (p.n == vol->bs) {
-      if (volume_read_block (vol, &h, out) == -1)   /* straight into buf */
-        return -1;
-    }
-    else if (cs_get_range (vol->st->cs, &h, vol->bs, out, p.o, p.n,
-                           vol->st->verify) == -1) {
-      if (errno == ENOENT)      /* lost data: an I/O error for the client */
-        errno = EIO;
-      return -1;
-    }
   }
+  return 0;
+}
+
+/* Format 4: make tmp hold the new bytes of the units of [o, o+n) (the
+ * units cut by o or o+n completed from old), and *written their sectors:
+ * the units outside are not read (unitwriter.h).
+ */
+static int
+patch_units (struct cas_volume *vol, const struct cas_hash *old, uint32_t o,
+             uint32_t n, const void *data, uint8_t *tmp, uint64_t *written)
+{
+  uint32_t first = o / CAS_UNIT_SIZE, last = (o + n - 1) / CAS_UNIT_SIZE, s;
+
+  if (o % CAS_UNIT_SIZE &&
+      volume_read_range (vol, old, first * CAS_UNIT_SIZE, CAS_UNIT_SIZE,
+                         tmp + first * CAS_UNIT_SIZE) == -1)
+    return -1;
+  if ((o + n) % CAS_UNIT_SIZE && (last != first || o % CAS_UNIT_SIZE == 0) &&
+      volume_read_range (vol, old, last * CAS_UNIT_SIZE, CAS_UNIT_SIZE,
+                         tmp + last * CAS_UNIT_SIZE) == -1)
+    return -1;
+  if (data)
+    memcpy (tmp + o, data, n);
+  else
+    memset (tmp + o, 0, n);
+  memset (written, 0, (vol->bs / SECTOR + 63) / 64 * sizeof *written);
+  for (s = first * (CAS_UNIT_SIZE / SECTOR);
+       s < (last + 1) * (CAS_UNIT_SIZE / SECTOR); s++)
+    written[s / 64] |= UINT64_C (1) << (s % 64);
   return 0;
 }
 
@@ -254,20 +342,29 @@ static int
 rmw_block (struct cas_volume *vol, uint64_t b, uint32_t o, uint32_t n,
            const void *data, uint8_t *tmp)
 {
+  uint64_t written[CAS_UNITS_MAX * CAS_UNIT_SIZE / SECTOR / 64];
   int tries, r;
 
   for (tries = 0; tries < MAX_RMW_RETRIES; tries++) {
     struct cas_hash old, new;
 
-    if (volume_get_slot (vol, b, &old) == -1 ||
-        volume_read_block (vol, &old, tmp) == -1)
+    if (volume_get_slot (vol, b, &old) == -1)
       return -1;
-    if (data)
-      memcpy (tmp + o, data, n);
-    else
-      memset (tmp + o, 0, n);
-    if (volume_store_block (vol, tmp, &new) == -1)
-      return -1;
+    if (vol->uw) {
+      if (patch_units (vol, &old, o, n, data, tmp, written) == -1 ||
+          volume_store_block (vol, tmp, &old, written, &new) == -1)
+        return -1;
+    }
+    else {
+      if (volume_read_block (vol, &old, tmp) == -1)
+        return -1;
+      if (data)
+        memcpy (tmp + o, data, n);
+      else
+        memset (tmp + o, 0, n);
+      if (volume_store_block (vol, tmp, NULL, NULL, &new) == -1)
+        return -1;
+    }
     r = volume_set_slot (vol, b, &new, &old);
     if (r <= 0)
       return r;
@@ -293,7 +390,15 @@ write_pieces (struct cas_volume *vol, const uint8_t *data, uint64_t count,
 
     if (p.n == vol->bs) {
       if (src) {
-        if (volume_store_block (vol, src, &h) == -1)
+        struct cas_hash old, *oldp = NULL;
+
+        /* Format 4 dedups against the block's previous content. */
+        if (vol->uw) {
+          if (volume_get_slot (vol, p.b, &old) == -1)
+            return -1;
+          oldp = &old;
+        }
+        if (volume_store_block (vol, src, oldp, NULL, &h) == -1)
           return -1;
       }
       else
@@ -570,8 +675,21 @@ check_node (struct check *c, uint32_t level, uint64_t j,
           return -1;
         break;
       }
-      if (cs_get (vol->st->cs, &kids[i], c->buf, vol->bs, NULL,
-                  c->full ? CAS_VERIFY_FULL : CAS_VERIFY_CHECKSUM) == -1) {
+      enum cas_verify v = c->full ? CAS_VERIFY_FULL : CAS_VERIFY_CHECKSUM;
+
+      /* Format 4: the slot is a block descriptor; its units are read
+       * (and checked) through the extents.
+       */
+      if (vol->ext) {
+        if (cas_desc_read (vol->ext, &kids[i], vol->bs, 0, vol->bs, c->buf,
+                           v) == -1 &&
+            problem (c, 0, idx, &kids[i], errno,
+                     errno == ENOENT ? "block data is missing"
+                     : "block data is damaged"))
+          return -1;
+      }
+      else if (cs_get (vol->st->cs, &kids[i], c->buf, vol->bs, NULL,
+                       v) == -1) {
         if (problem (c, 0, idx, &kids[i], errno,
                      errno == ENOENT ? "data chunk is missing"
                      : "data chunk is damaged"))

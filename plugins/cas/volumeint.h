@@ -43,8 +43,9 @@
  *  3. flush_lock, the map's evict_lock, then map_lock or a leaf stripe
  *     (never both: commit_leaf, under map_lock, is called with the
  *     stripe released), then a leaf's mutex or levels_lock (never both);
- *  4. room_lock, pool_lock and bg_lock are innermost: nothing is taken
- *     under them, nor one under another.
+ *  4. room_lock, pool_lock, bg_lock and the unit writer's lock
+ *     (format 4: unitwriter.h) are innermost: nothing is taken under
+ *     them, nor one under another.
  * Pins are taken under the leaf's stripe lock.  Nothing calls get_leaf
  * holding a map lock or flush_lock; get_leaf (so the map's locks) may be
  * called holding an entry's lock or gc_gate, and the chunk store may be
@@ -61,8 +62,10 @@
 #include <stdint.h>
 
 #include "lockrank.h"
+#include "extent.h"
 #include "sparse.h"
 #include "storeint.h"
+#include "unitwriter.h"
 
 #define F CAS_MAP_FANOUT
 _Static_assert (F == SPARSE_RUN, "a map node's children are one sparse run");
@@ -140,6 +143,13 @@ struct cas_volume {
   uint64_t size, nblocks, nleaves;
   uint32_t depth;
   uint64_t *count;              /* count[k]: entries of levels[k] */
+  /* Format 4 (FORMAT.md "Format version 4"): a slot holds a block
+   * descriptor, the block's units live in the store's extents (ext,
+   * NULL in other formats) and are stored through the volume's unit
+   * writer (uw, NULL if read-only or not format 4).  Both const.
+   */
+  struct cas_extents *ext;
+  struct cas_unit_writer *uw;
 
   struct ranked_mutex flush_lock;  /* one flush at a time; generation */
   struct ranked_mutex map_lock;    /* levels, stale, unpublished */
@@ -197,12 +207,24 @@ int volume_get_slot (struct cas_volume *vol, uint64_t b, struct cas_hash *out);
  */
 int volume_set_slot (struct cas_volume *vol, uint64_t b,
                      const struct cas_hash *h, const struct cas_hash *expect);
-/* Hash and store one block (bs bytes); *h = the zero hash for zeros. */
+/* Store one block (bs bytes); *h = its slot value (the zero hash for
+ * zeros).  written: NULL, data holds the whole block; else (format 4
+ * only) the bitmap of the 512-byte sectors of data that are new, the
+ * others being the content of the block's current slot value *old, not
+ * looked at (nor read, for units of the block not written at all).
+ * old may be NULL (unmapped) when written is; in format 4 it helps
+ * dedup against the block's previous content.
+ */
 int volume_store_block (struct cas_volume *vol, const void *data,
+                        const struct cas_hash *old, const uint64_t *written,
                         struct cas_hash *h);
-/* Read the block named *h (bs bytes, zeros for the zero hash). */
+/* Read the block whose slot holds *h (bs bytes, zeros for the zero
+ * hash); volume_read_range reads bytes [o, o + n) of it.
+ */
 int volume_read_block (struct cas_volume *vol, const struct cas_hash *h,
                        void *buf);
+int volume_read_range (struct cas_volume *vol, const struct cas_hash *h,
+                       uint32_t o, uint32_t n, void *buf);
 
 /* The write-back cache (volume-cache.c).  wcache_init sizes it from the
  * store's dirty_cache (none on a read-only store or with write_through);

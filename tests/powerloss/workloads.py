@@ -592,6 +592,40 @@ def cas_cache(s):
     s.stop()
 
 
+@workload("cas-v4", backend="cas", server="minnbd", size=2 << 20,
+          blocksize=65536, params=("format=4",),
+          env={"NBDCAS_PACK_SIZE": "262144"})
+def cas_v4(s):
+    # Format 4 (4 KiB units in extents, a block descriptor per slot):
+    # whole blocks, 4 KiB and 512-byte writes into them (the write-back
+    # keeps the untouched units' references), unaligned writes, the same
+    # data again 4 KiB further (dedup into extents of earlier rounds),
+    # zero and trim, flushes and FUA writes (the open extent appended
+    # before the sync), small packs (extents across pack rollover), a
+    # restart.
+    bs = 65536
+    s.start()
+    for r in range(4):
+        base = (r * 7) % 24
+        s.write(base * bs, 2 * bs)
+        for k in range(6):
+            s.write((base + k % 2) * bs + 4096 * ((k * 5 + r) % 16), 4096)
+        s.write((base + 1) * bs + 512 * (r + 3), 512)
+        s.write(((r * 5 + 3) % 30) * bs + 1000, 6000, fua=r % 2 == 1)
+        again = s.data(bs)
+        s.write(((r * 3 + 10) % 30) * bs, again)
+        s.write(((r * 3 + 11) % 30) * bs + 4096, again[:bs - 4096])
+        s.zero(((r * 11 + 2) % 30) * bs + 8192, 8192)
+        s.trim(((r * 13 + 5) % 30) * bs, bs)
+        if r % 2 == 0:
+            s.flush()
+    s.restart()
+    s.write(3 * bs + 100, 200)
+    s.write(4 * bs, 4096, fua=True)
+    s.flush()
+    s.stop()
+
+
 def waves(s, nwaves, per_wave):
     """Waves of requests in flight together: writes to distinct blocks
     (whole or partial), zeroes, and a flush in the middle of each wave,

@@ -1,0 +1,582 @@
+/* test-unitwriter: the format-4 unit writer (plugins/cas/unitwriter.c)
+ * over an extent store in memory (this file's fake of extent.h):
+ * descriptors of whole blocks, zero units, partial blocks (untouched
+ * units kept without a read, units written in part completed from the
+ * old content), dedup through the cache, the old descriptor and the
+ * hooks, a reference the extent store no longer offers (stored again),
+ * the fallback when a block needs more than 5 runs, a damaged old
+ * descriptor.  Every descriptor is read back and compared.
+ *
+ * Exit 0: all good.  Exit 1: a check failed (each is printed).
+ */
+#include <config.h>
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend.h"
+#include "extent.h"
+#include "format.h"
+#include "hash.h"
+#include "lockrank.h"
+#include "unitwriter.h"
+
+/* The lock checks' state (volume.c has it in the library: defined here,
+ * so that nothing of the volume layer is linked).
+ */
+LOCKRANK_DEFINE;
+
+void
+backend_error (const char *fmt, ...)
+{
+  va_list ap;
+
+  if (getenv ("TEST_VERBOSE") == NULL)
+    return;
+  va_start (ap, fmt);
+  vfprintf (stderr, fmt, ap);
+  fputc ('\n', stderr);
+  va_end (ap);
+}
+
+void
+backend_debug (const char *fmt, ...)
+{
+  (void) fmt;
+}
+
+static int failures;
+
+#define CHECK(cond)                                                     \
+  do {                                                                  \
+    if (!(cond)) {                                                      \
+      fprintf (stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, \
+               #cond);                                                  \
+      failures++;                                                       \
+    }                                                                   \
+  } while (0)
+
+/* ---- the fake extent store ---- */
+
+#define MAX_EXTENTS 4096
+#define U CAS_UNIT_SIZE
+
+struct fake_extent {
+  unsigned nslots;
+  uint16_t present;
+  bool usable;                  /* offered for dedup */
+  struct cas_hash h[CAS_UNITS_MAX];
+  uint8_t data[CAS_UNITS_MAX][U];
+};
+
+struct cas_extents {
+  struct fake_extent *e[MAX_EXTENTS];
+  uint64_t max_eid;
+  uint64_t next_group;
+  /* Hooks: hash -> newest extent. */
+  struct { struct cas_hash h; uint64_t eid; } hook[MAX_EXTENTS * 4];
+  unsigned nhooks;
+  /* What the writer asked. */
+  unsigned adds, slot_table_reads, unit_reads, appends;
+};
+
+struct cas_extent_appender {
+  struct cas_extents *ext;
+  uint64_t group, next;         /* next id of the group to open */
+  uint64_t open;                /* open extent, 0 none */
+};
+
+static struct cas_extents fake;
+
+struct cas_extents *
+cas_packstore_extents (struct chunkstore *cs)
+{
+  (void) cs;
+  return &fake;
+}
+
+int
+cas_extents_read (struct cas_extents *ext, uint64_t eid, unsigned slot,
+                  unsigned count, uint32_t off, uint32_t len, void *buf,
+                  enum cas_verify verify)
+{
+  uint32_t i;
+
+  (void) verify;
+  (void) count;
+  if (len)
+    ext->unit_reads += (off + len - 1) / U - off / U + 1;
+  for (i = 0; i < len; i++) {
+    uint32_t pos = off + i, s = slot + pos / U;
+    struct fake_extent *x = eid < MAX_EXTENTS ? ext->e[eid] : NULL;
+
+    if (x == NULL || s >= x->nslots || !(x->present >> s & 1) ||
+        s >= slot + count) {
+      errno = x ? EIO : ENOENT;
+      return -1;
+    }
+    ((uint8_t *) buf)[i] = x->data[s][pos % U];
+  }
+  return 0;
+}
+
+int
+cas_desc_read (struct cas_extents *ext, const struct cas_hash *desc,
+               uint32_t bs, uint32_t off, uint32_t len, void *buf,
+               enum cas_verify verify)
+{
+  struct cas_desc d;
+  uint32_t unit = 0, r;
+  uint8_t *out = buf;
+
+  if (cas_desc_decode (desc, bs / U, &d) == -1)
+    return -1;
+  if (d.nruns == 0) {
+    memset (buf, 0, len);
+    return 0;
+  }
+  for (r = 0; r < d.nruns; r++) {
+    uint32_t start = unit * U, end = (unit + d.run[r].count) * U;
+    uint32_t a = off > start ? off : start;
+    uint32_t b = off + len < end ? off + len : end;
+
+    if (a < b) {
+      if (d.run[r].eid == 0)
+        memset (out + (a - off), 0, b - a);
+      else if (cas_extents_read (ext, d.run[r].eid, d.run[r].slot,
+                                 d.run[r].count, a - start, b - a,
+                                 out + (a - off), verify) == -1)
+        return -1;
+    }
+    unit += d.run[r].count;
+  }
+  return 0;
+}
+
+int
+cas_extents_slot_hashes (struct cas_extents *ext, uint64_t eid,
+                         struct cas_hash hashes[CAS_UNITS_MAX],
+                         unsigned *nslots, uint16_t *present)
+{
+  struct fake_extent *x = eid < MAX_EXTENTS ? ext->e[eid] : NULL;
+
+  ext->slot_table_reads++;
+  if (x == NULL || !x->usable)
+    return 0;
+  memcpy (hashes, x->h, sizeof x->h);
+  *nslots = x->nslots;
+  *present = x->present;
+  return 1;
+}
+
+int
+cas_extents_hook_lookup (struct cas_extents *ext, const struct cas_hash *h,
+                         uint64_t *eid)
+{
+  unsigned i;
+
+  for (i = ext->nhooks; i-- > 0;)
+    if (cas_hash_equal (&ext->hook[i].h, h)) {
+      *eid = ext->hook[i].eid;
+      return 1;
+    }
+  return 0;
+}
+
+uint64_t
+cas_extents_max_eid (struct cas_extents *ext)
+{
+  return ext->max_eid;
+}
+
+struct cas_extent_appender *
+cas_extent_appender_new (struct cas_extents *ext)
+{
+  struct cas_extent_appender *a = calloc (1, sizeof *a);
+
+  if (a) {
+    a->ext = ext;
+    a->group = ++ext->next_group;
+    a->next = a->group * CAS_GROUP_EXTENTS;
+  }
+  return a;
+}
+
+int
+cas_extent_appender_add (struct cas_extent_appender *a,
+                         const struct cas_hash *h, const void *unit,
+                         uint64_t *eid, unsigned *slot)
+{
+  struct cas_extents *ext = a->ext;
+  struct fake_extent *x;
+  struct cas_hash check;
+
+  cas_hash_compute (unit, U, &check);
+  if (!cas_hash_equal (&check, h)) {
+    fprintf (stderr, "appender: a unit added under a wrong hash\n");
+    failures++;
+  }
+  if (a->open == 0) {
+    if (a->next == (a->group + 1) * CAS_GROUP_EXTENTS) {
+      a->group = ++ext->next_group;
+      a->next = a->group * CAS_GROUP_EXTENTS;
+    }
+    a->open = a->next++;
+    if (a->open >= MAX_EXTENTS)
+      abort ();
+    ext->e[a->open] = calloc (1, sizeof *x);
+    ext->e[a->open]->usable = true;
+    if (a->open > ext->max_eid)
+      ext->max_eid = a->open;
+  }
+  x = ext->e[a->open];
+  *eid = a->open;
+  *slot = x->nslots;
+  x->h[x->nslots] = *h;
+  memcpy (x->data[x->nslots], unit, U);
+  x->present |= 1u << x->nslots;
+  x->nslots++;
+  ext->adds++;
+  if (cas_unit_is_hook (h)) {
+    ext->hook[ext->nhooks].h = *h;
+    ext->hook[ext->nhooks++].eid = *eid;
+  }
+  if (x->nslots == CAS_UNITS_MAX) {
+    a->open = 0;
+    ext->appends++;
+  }
+  return 0;
+}
+
+unsigned
+cas_extent_appender_room (const struct cas_extent_appender *a)
+{
+  return a->open ? CAS_UNITS_MAX - a->ext->e[a->open]->nslots
+    : CAS_UNITS_MAX;
+}
+
+int
+cas_extent_appender_flush (struct cas_extent_appender *a)
+{
+  if (a->open) {
+    a->open = 0;
+    a->ext->appends++;
+  }
+  return 0;
+}
+
+int
+cas_extent_appender_free (struct cas_extent_appender *a)
+{
+  cas_extent_appender_flush (a);
+  free (a);
+  return 0;
+}
+
+/* ---- helpers ---- */
+
+#define BS (16 * U)
+#define WORDS (BS / 512 / 64)
+
+/* Unit n of a deterministic stream (never all zero); hook: one whose
+ * hash is a hook (cas_unit_is_hook) or not, as asked.
+ */
+static void
+make_unit (uint32_t n, uint8_t *out)
+{
+  uint32_t i, x = n * 2654435761u + 12345;
+
+  for (i = 0; i < U; i++) {
+    x = x * 1103515245u + 12345;
+    out[i] = x >> 16;
+  }
+  memcpy (out, &n, sizeof n);
+}
+
+static bool
+unit_is_hook (uint32_t n)
+{
+  uint8_t buf[U];
+  struct cas_hash h;
+
+  make_unit (n, buf);
+  cas_hash_compute (buf, U, &h);
+  return cas_unit_is_hook (&h);
+}
+
+/* The next unit number >= n that is (or is not) a hook. */
+static uint32_t
+find_unit (uint32_t n, bool hook)
+{
+  while (unit_is_hook (n) != hook)
+    n++;
+  return n;
+}
+
+static void
+check_reads (struct cas_extents *ext, const struct cas_hash *desc,
+             const uint8_t *want, const char *what)
+{
+  static uint8_t got[BS];
+
+  if (cas_desc_read (ext, desc, BS, 0, BS, got, CAS_VERIFY_CHECKSUM) == -1 ||
+      memcmp (got, want, BS) != 0) {
+    fprintf (stderr, "%s: reads back wrong\n", what);
+    failures++;
+  }
+}
+
+static unsigned
+nruns (const struct cas_hash *desc)
+{
+  struct cas_desc d;
+
+  if (cas_desc_decode (desc, BS / U, &d) == -1)
+    return 99;
+  return d.nruns;
+}
+
+static void
+mark (uint64_t *w, uint32_t first_sector, uint32_t nsectors)
+{
+  uint32_t s;
+
+  for (s = first_sector; s < first_sector + nsectors; s++)
+    w[s / 64] |= UINT64_C (1) << (s % 64);
+}
+
+int
+main (void)
+{
+  static uint8_t a[BS], b[BS], c[BS];
+  struct cas_unit_writer *w1, *w2, *w3;
+  struct cas_hash da, db, dc, bad;
+  uint64_t written[WORDS];
+  unsigned i, adds, reads;
+  uint32_t hookunit, units8[8];
+
+  w1 = cas_unit_writer_new (&fake, BS, CAS_VERIFY_CHECKSUM, "w1");
+  w2 = cas_unit_writer_new (&fake, BS, CAS_VERIFY_CHECKSUM, "w2");
+  w3 = cas_unit_writer_new (&fake, BS, CAS_VERIFY_CHECKSUM, "w3");
+  CHECK (w1 && w2 && w3);
+  CHECK (cas_unit_writer_new (&fake, 5000, CAS_VERIFY_CHECKSUM, "x") == NULL);
+
+  /* A block of 16 new units: one run, 16 adds. */
+  for (i = 0; i < 16; i++)
+    make_unit (100 + i, a + i * U);
+  CHECK (cas_unit_writer_store (w1, a, BS, NULL, NULL, &da) == 0);
+  CHECK (nruns (&da) == 1);
+  CHECK (fake.adds == 16);
+  check_reads (&fake, &da, a, "new block");
+
+  /* The same block again: all from the cache, the same descriptor. */
+  CHECK (cas_unit_writer_store (w1, a, BS, &da, NULL, &db) == 0);
+  CHECK (fake.adds == 16);
+  CHECK (cas_hash_equal (&da, &db));
+
+  /* Zeros: never stored; an all-zero block is the all-zero value. */
+  memset (b, 0, BS);
+  CHECK (cas_unit_writer_store (w1, b, BS, NULL, NULL, &db) == 0);
+  CHECK (cas_hash_is_zero (&db));
+  memcpy (b, a, BS);
+  memset (b, 0, U);
+  memset (b + 8 * U, 0, 2 * U);
+  CHECK (cas_unit_writer_store (w1, b, BS, &da, NULL, &db) == 0);
+  CHECK (fake.adds == 16);
+  CHECK (nruns (&db) == 4);            /* Z, A1..7, ZZ, A10..15 */
+  check_reads (&fake, &db, b, "zero units");
+
+  /* 4 KiB written into unit 3: one unit hashed and added, nothing
+   * read, the others kept.
+   */
+  memset (b, 0xee, BS);                /* not looked at */
+  make_unit (900, b + 3 * U);
+  memset (written, 0, sizeof written);
+  mark (written, 3 * 8, 8);
+  adds = fake.adds;
+  reads = fake.unit_reads;
+  CHECK (cas_unit_writer_store (w1, b, BS, &da, written, &db) == 0);
+  CHECK (fake.adds == adds + 1);
+  CHECK (fake.unit_reads == reads);
+  memcpy (c, a, BS);
+  make_unit (900, c + 3 * U);
+  check_reads (&fake, &db, c, "a unit written");
+  CHECK (nruns (&db) == 3);
+
+  /* 512 bytes into unit 5 of that: the unit is read and completed. */
+  memset (b, 0xee, BS);
+  memset (b + 5 * U + 1024, 0x55, 512);
+  memset (written, 0, sizeof written);
+  mark (written, 5 * 8 + 2, 1);
+  reads = fake.unit_reads;
+  CHECK (cas_unit_writer_store (w1, b, BS, &db, written, &dc) == 0);
+  CHECK (fake.unit_reads == reads + 1);
+  memset (c + 5 * U + 1024, 0x55, 512);
+  check_reads (&fake, &dc, c, "a sector written");
+
+  /* A partial write over an unmapped block: the rest is zeros. */
+  memset (b, 0xee, BS);
+  memset (b + 7 * U, 0x77, 2048);
+  memset (written, 0, sizeof written);
+  mark (written, 7 * 8, 4);
+  CHECK (cas_unit_writer_store (w1, b, BS, NULL, written, &dc) == 0);
+  memset (c, 0, BS);
+  memset (c + 7 * U, 0x77, 2048);
+  check_reads (&fake, &dc, c, "partial over unmapped");
+  CHECK (nruns (&dc) == 3);
+
+  /* A damaged old descriptor with units to keep: EIO, nothing added. */
+  memset (&bad, 0, sizeof bad);
+  bad.b[0] = 9;
+  adds = fake.adds;
+  errno = 0;
+  CHECK (cas_unit_writer_store (w1, b, BS, &bad, written, &dc) == -1 &&
+         errno == EIO);
+  CHECK (fake.adds == adds);
+
+  /* Dedup across writers shifted by one unit: w2 has an empty cache;
+   * the hooks of a's units lead it to w1's group.
+   */
+  hookunit = find_unit (1000, true);
+  for (i = 0; i < 16; i++)
+    make_unit (i == 8 ? hookunit : 200 + i, a + i * U);
+  CHECK (cas_unit_writer_flush (w1) == 0);     /* a in one extent */
+  CHECK (cas_unit_writer_store (w1, a, BS, NULL, NULL, &da) == 0);
+  memcpy (b + U, a, 15 * U);
+  make_unit (5000, b);
+  adds = fake.adds;
+  CHECK (cas_unit_writer_store (w2, b, BS, NULL, NULL, &db) == 0);
+  CHECK (fake.adds == adds + 1);
+  CHECK (nruns (&db) == 2);
+  check_reads (&fake, &db, b, "shifted dedup");
+
+  /* Previous content: w3 (empty cache) rewrites a with a unit changed
+   * and the others moved; no hook needed: the old descriptor's extent.
+   */
+  for (i = 0; i < 16; i++)
+    make_unit (find_unit (300 + 20 * i, false), a + i * U);
+  CHECK (cas_unit_writer_store (w1, a, BS, NULL, NULL, &da) == 0);
+  memcpy (b, a + U, 15 * U);
+  make_unit (find_unit (6000, false), b + 15 * U);
+  adds = fake.adds;
+  CHECK (cas_unit_writer_store (w3, b, BS, &da, NULL, &db) == 0);
+  CHECK (fake.adds == adds + 1);
+  check_reads (&fake, &db, b, "previous content");
+
+  /* A block of units from 8 different extents: more than 5 runs, so
+   * stored fresh: at most 2 runs.
+   */
+  for (i = 0; i < 8; i++) {
+    uint8_t blk[BS];
+    struct cas_hash d;
+    unsigned k;
+
+    units8[i] = 7000 + 100 * i;
+    for (k = 0; k < 16; k++)
+      make_unit (units8[i] + k, blk + k * U);
+    CHECK (cas_unit_writer_store (w1, blk, BS, NULL, NULL, &d) == 0);
+    CHECK (cas_unit_writer_flush (w1) == 0);   /* one extent each */
+  }
+  for (i = 0; i < 16; i++)
+    make_unit (units8[i % 8] + i, a + i * U);
+  adds = fake.adds;
+  CHECK (cas_unit_writer_store (w1, a, BS, NULL, NULL, &da) == 0);
+  CHECK (nruns (&da) <= 2);
+  CHECK (fake.adds == adds + 16);
+  check_reads (&fake, &da, a, "fallback");
+
+  /* Data and zeros alternating, the data deduplicated from 8 extents:
+   * 16 runs, still 16 fresh (zeros as zero runs): zeros stored too.
+   */
+  memset (b, 0, BS);
+  for (i = 0; i < 16; i += 2)
+    make_unit (units8[i / 2] + i, b + i * U);
+  CHECK (cas_unit_writer_store (w1, b, BS, NULL, NULL, &db) == 0);
+  CHECK (nruns (&db) >= 1 && nruns (&db) <= 2);
+  check_reads (&fake, &db, b, "fallback with zeros");
+
+  /* A unit twice in one block is added twice: the block stays one run. */
+  make_unit (8888, a);
+  make_unit (8888, a + U);
+  for (i = 2; i < 16; i++)
+    make_unit (8890 + i, a + i * U);
+  CHECK (cas_unit_writer_flush (w1) == 0);
+  adds = fake.adds;
+  CHECK (cas_unit_writer_store (w1, a, BS, NULL, NULL, &da) == 0);
+  CHECK (fake.adds == adds + 16);
+  CHECK (nruns (&da) == 1);
+  check_reads (&fake, &da, a, "a unit twice");
+
+  /* A block of one unit 16 times: stored as 16 copies (one run), and
+   * found again as that run, by this writer (its cache) and by another
+   * (the hooks, the unit being one), with nothing added.
+   */
+  hookunit = find_unit (hookunit + 1, true);
+  for (i = 0; i < 16; i++)
+    make_unit (hookunit, a + i * U);
+  CHECK (cas_unit_writer_flush (w1) == 0);
+  adds = fake.adds;
+  CHECK (cas_unit_writer_store (w1, a, BS, NULL, NULL, &da) == 0);
+  CHECK (fake.adds == adds + 16);
+  CHECK (nruns (&da) == 1);
+  check_reads (&fake, &da, a, "one unit 16 times");
+  CHECK (cas_unit_writer_flush (w1) == 0);    /* hooks: when appended */
+  CHECK (cas_unit_writer_store (w1, a, BS, NULL, NULL, &db) == 0);
+  CHECK (cas_unit_writer_store (w3, a, BS, NULL, NULL, &dc) == 0);
+  CHECK (fake.adds == adds + 16);
+  CHECK (cas_hash_equal (&da, &db) && cas_hash_equal (&da, &dc));
+
+  /* The same with a unit stored once before, alone in another block:
+   * the 16 copies are found again, not that first copy 16 times.
+   */
+  {
+    uint32_t lone = find_unit (hookunit + 1, false);
+
+    for (i = 0; i < 16; i++)
+      make_unit (i == 3 ? lone : 12000 + i, b + i * U);
+    CHECK (cas_unit_writer_store (w1, b, BS, NULL, NULL, &db) == 0);
+    for (i = 0; i < 16; i++)
+      make_unit (lone, a + i * U);
+    CHECK (cas_unit_writer_store (w1, a, BS, NULL, NULL, &da) == 0);
+    CHECK (nruns (&da) == 1);
+    adds = fake.adds;
+    CHECK (cas_unit_writer_store (w1, a, BS, NULL, NULL, &dc) == 0);
+    CHECK (fake.adds == adds);
+    CHECK (cas_hash_equal (&da, &dc));
+    check_reads (&fake, &dc, a, "a unit stored alone, then 16 times");
+  }
+
+  /* An extent the store no longer offers (a collection dropped or
+   * sealed it): the cache's reference is not used, the unit is stored
+   * again.
+   */
+  for (i = 0; i < 16; i++)
+    make_unit (find_unit (9000 + 20 * i, false), a + i * U);
+  CHECK (cas_unit_writer_flush (w1) == 0);
+  CHECK (cas_unit_writer_store (w1, a, BS, NULL, NULL, &da) == 0);
+  CHECK (cas_unit_writer_flush (w1) == 0);
+  {
+    struct cas_desc d;
+    CHECK (cas_desc_decode (&da, 16, &d) == 0 && d.nruns == 1);
+    fake.e[d.run[0].eid]->usable = false;
+    adds = fake.adds;
+    CHECK (cas_unit_writer_store (w1, a, BS, NULL, NULL, &db) == 0);
+    CHECK (fake.adds == adds + 16);
+    CHECK (!cas_hash_equal (&da, &db));
+    check_reads (&fake, &db, a, "stale reference");
+  }
+
+  CHECK (cas_unit_writer_free (w1) == 0);
+  CHECK (cas_unit_writer_free (w2) == 0);
+  CHECK (cas_unit_writer_free (w3) == 0);
+  CHECK (cas_unit_writer_free (NULL) == 0);
+  if (failures) {
+    fprintf (stderr, "test-unitwriter: %d failures\n", failures);
+    return 1;
+  }
+  printf ("test-unitwriter: ok\n");
+  return 0;
+}
