@@ -133,7 +133,8 @@ class Tests:
         rc, out, _ = run("--version", check=0)
         assert re.match(r"nbdcas \S+ \(store format version \d+[;)]", out), out
         run("--help", check=0)
-        for c in ("create", "import", "export", "list", "stat", "fsck"):
+        for c in ("create", "import", "export", "list", "stat", "fsck", "gc",
+                  "snapshot", "clone", "delete", "rename", "diff", "upgrade"):
             rc, out, _ = run(c, "--help", check=0)
             assert out.startswith("Usage: nbdcas " + c), out
             assert run("help", c, check=0)[1] == out

@@ -17,13 +17,13 @@
 #include "nbdcas.h"
 
 /* Parse "CMD [options] STORE ARG1 ARG2" with the common options plus
- * --recursive where allowed.  Returns 0, or the exit status (> 0) to
- * return at once.
+ * --recursive where allowed.  Returns 0 to go on, or -1 when the command
+ * ends here (--help: *status is EXIT_OK; a usage error: EXIT_USAGE).
  */
 static int
 two_names (int argc, char **argv, const char *cmd, const char *what,
            void (*help) (void), bool *recursive, char **dir, char **a,
-           char **b)
+           char **b, int *status)
 {
   static const struct option with_r[] = {
     { "recursive", no_argument, NULL, 'r' },
@@ -34,17 +34,20 @@ two_names (int argc, char **argv, const char *cmd, const char *what,
     TOOL_COMMON_LONG_OPTIONS,
     { NULL, 0, NULL, 0 },
   };
-  int c, status = EXIT_USAGE, nargs = b ? 3 : 2;
+  int c, nargs = b ? 3 : 2;
 
+  *status = EXIT_USAGE;
   while ((c = tool_getopt (argc, argv, cmd, recursive ? "hrv" : "hv",
                            recursive ? with_r : without_r, help,
-                           &status)) > 0)
+                           status)) > 0)
     if (c == 'r' && recursive)
       *recursive = true;
   if (c == -1)
-    return status;
-  if (want_args (cmd, argc, argv, optind, nargs, what) == -1)
-    return usage_error (cmd);
+    return -1;
+  if (want_args (cmd, argc, argv, optind, nargs, what) == -1) {
+    *status = usage_error (cmd);
+    return -1;
+  }
   *dir = argv[optind];
   *a = argv[optind + 1];
   if (b)
@@ -92,12 +95,12 @@ cmd_snapshot (int argc, char **argv)
 {
   struct cas_store *st = NULL;
   char *dir, *vol, *snap;
-  int r;
+  int r, status;
 
   r = two_names (argc, argv, "snapshot", "STORE VOLUME SNAP", snapshot_help,
-                 NULL, &dir, &vol, &snap);
-  if (r)
-    return r;
+                 NULL, &dir, &vol, &snap, &status);
+  if (r == -1)
+    return status;
   if (tool_check_name (vol, false) == -1)
     return usage_error ("snapshot");
   if (strchr (snap, '@') == NULL && cas_snapshot_name_check (snap) == -1)
@@ -145,12 +148,12 @@ cmd_clone (int argc, char **argv)
 {
   struct cas_store *st;
   char *dir, *src, *dst;
-  int r;
+  int r, status;
 
   r = two_names (argc, argv, "clone", "STORE SOURCE NEWVOL", clone_help,
-                 NULL, &dir, &src, &dst);
-  if (r)
-    return r;
+                 NULL, &dir, &src, &dst, &status);
+  if (r == -1)
+    return status;
   if (tool_check_name (src, true) == -1 || tool_check_name (dst, false) == -1)
     return usage_error ("clone");
   st = open_for_change (dir);
@@ -188,12 +191,12 @@ cmd_delete (int argc, char **argv)
   struct cas_store *st;
   char *dir, *name;
   bool recursive = false;
-  int r;
+  int r, status;
 
   r = two_names (argc, argv, "delete", "STORE NAME", delete_help,
-                 &recursive, &dir, &name, NULL);
-  if (r)
-    return r;
+                 &recursive, &dir, &name, NULL, &status);
+  if (r == -1)
+    return status;
   if (tool_check_name (name, true) == -1)
     return usage_error ("delete");
   st = open_for_change (dir);
@@ -228,12 +231,12 @@ cmd_rename (int argc, char **argv)
   struct cas_store *st;
   char *dir, *old, *new, full[2 * CAS_VOLUME_NAME_MAX + 2];
   const char *at;
-  int r;
+  int r, status;
 
   r = two_names (argc, argv, "rename", "STORE OLD NEW", rename_help, NULL,
-                 &dir, &old, &new);
-  if (r)
-    return r;
+                 &dir, &old, &new, &status);
+  if (r == -1)
+    return status;
   if (tool_check_name (old, true) == -1)
     return usage_error ("rename");
   /* A snapshot's new name may be given alone: VOLUME@OLD NEW. */
