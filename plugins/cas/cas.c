@@ -26,6 +26,7 @@
 
 #include "backend.h"
 #include "control.h"
+#include "extent.h"
 #include "minmax.h"
 #include "parse.h"
 #include "store.h"
@@ -573,6 +574,22 @@ struct autogc_run {
   uint64_t stored0, chunks0;            /* the store when it began */
 };
 
+/* The records a collection's marked_chunks is a share of: the chunks
+ * of the index, and in a format-4 store the extents (the mark counts
+ * live extents as chunks; the index holds only map nodes there).
+ */
+static uint64_t
+autogc_records (const struct cas_store_stats *ss)
+{
+  struct cas_extents *ext = cas_packstore_extents (cas_store_chunks (store));
+  struct cas_extents_stats es;
+
+  if (ext == NULL)
+    return ss->chunks.chunks;
+  cas_extents_stats (ext, &es);
+  return ss->chunks.chunks + es.extents;
+}
+
 /* The share of the store's bytes that is garbage now, estimated: what
  * the mark left unreferenced (chunks not marked, at the store's average
  * chunk size), less what the sweep gave back so far, plus what clients
@@ -647,7 +664,7 @@ autogc_thread (void *arg)
     backend_debug ("cas: gc=auto: %" PRIu64 " bytes overwritten, %" PRIu64
                    " stored: collecting", hint, ss.chunks.stored_bytes);
     run.stored0 = ss.chunks.stored_bytes;
-    run.chunks0 = ss.chunks.chunks;
+    run.chunks0 = autogc_records (&ss);
     gc_pace_t0 = now_mono ();
     if (cas_store_gc (store, &o, gs) == -1) {
       if (errno != ECANCELED && errno != EBUSY)
@@ -692,9 +709,7 @@ cas_after_fork (void)
   /* A RADOS store is collected by nbdcas gc from one host: a collection
    * lists the whole pool, not something every server should start.
    */
-  /* Format 4: garbage collection does not know extents yet. */
-  if (gc_auto && !store_readonly && cas_store_is_local (store) &&
-      cas_store_format_version (store) < CAS_FORMAT_VERSION_UNITS) {
+  if (gc_auto && !store_readonly && cas_store_is_local (store)) {
     err = pthread_create (&gc_thread, NULL, autogc_thread, NULL);
     if (err) {
       errno = err;

@@ -759,15 +759,6 @@ ps_gc_begin (struct chunkstore *cs)
     errno = EROFS;
     return -1;
   }
-  if (ps->extents) {
-    /* The sweep below knows chunks only: it would take every extent
-     * record for garbage.
-     */
-    backend_error ("cas: garbage collection of a format-4 store is not "
-                   "implemented yet");
-    errno = ENOTSUP;
-    return -1;
-  }
   atomic_store (&ps->gc_below, cas_packs_seal (ps->packs));
   return 0;
 }
@@ -828,26 +819,281 @@ kept_copy (struct packstore *ps, const struct cas_hash *h, uint64_t loc,
   return true;
 }
 
+/* ---- format 4: extent records (FORMAT.md, "Format version 4") ----
+ *
+ * An extent record is live if the extent table points at it (it is the
+ * current copy of its id) and some root references one of its stored
+ * slots; every other extent record is garbage: an extent nothing
+ * references (dropped from the table when its pack goes), or an older
+ * copy of an extent, left by an interrupted collection.  A live extent
+ * is copied whole, dead slots included (no compaction yet), under the
+ * same id; the table then points at the copy (cas_extents_relocate).
+ */
+
+_Static_assert (CAS_EXTENT_FACTS_SLOTS == CAS_UNITS_MAX, "facts slots");
+
+/* The id (0 if the fields are not valid) and present mask in an extent
+ * record's header hash field.
+ */
+static uint64_t
+extent_id (const struct cas_hash *h, uint16_t *present)
+{
+  struct cas_extent_fields f;
+
+  if (cas_extent_fields_decode (h, &f) == -1)
+    return 0;
+  *present = f.present;
+  return f.eid;
+}
+
+/* Does an extent record read whole (header h, payload buf) check out:
+ * its slot table against the header's CRC, each stored slot against its
+ * own, the lengths adding up?  Garbage collection copies only such
+ * records: a copy of damaged bytes must not look as good as the
+ * original.  1 yes, 0 no, -1 error (ENOMEM).
+ */
+static int
+extent_intact (struct packstore *ps, const struct cas_record_header *h,
+               const uint8_t *buf)
+{
+  struct cas_extent_fields f;
+  struct cas_slot_entry slot[CAS_UNITS_MAX];
+  uint32_t start[CAS_UNITS_MAX];
+  const char *problem;
+  unsigned bad_slot;
+
+  if (cas_extent_parse_table (h, buf, h->length, &f, slot, start,
+                              &problem) == -1)
+    return 0;
+  switch (cas_extent_check_units (&f, slot, start, buf, true, false,
+                                  ps->pool, &problem, &bad_slot)) {
+  case 0:
+    return 1;
+  case 1:
+    return 0;
+  default:
+    return -1;
+  }
+}
+
+int
+cas_packstore_extent_facts (struct chunkstore *cs, uint64_t eid,
+                            struct cas_extent_facts *f)
+{
+  struct packstore *ps = PS (cs);
+  uint8_t table[CAS_UNITS_MAX * CAS_SLOT_ENTRY_SIZE];
+  struct cas_record_header h;
+  struct cas_extent_fields ef;
+  struct cas_slot_entry slot[CAS_UNITS_MAX];
+  uint32_t start[CAS_UNITS_MAX], got;
+  const char *problem;
+  uint64_t loc;
+  unsigned s;
+  int stale = 0;
+
+  /* (Any chunk store may be asked: only a format-4 pack store has.) */
+  if (cas_packstore_extents (cs) == NULL)
+    return 0;
+ again:
+  loc = CAS_LOC_PLAIN (cas_extents_loc (ps->extents, eid));
+  if (loc == 0)
+    return 0;
+  if (cas_packs_read_prefix (ps->packs, loc, &h, table, sizeof table,
+                             &got) == -1) {
+    if (errno == ESTALE && stale++ < MAX_STALE_RETRIES)
+      goto again;               /* moved by a collection meanwhile */
+    errno = EIO;
+    return -1;
+  }
+  /* The table alone: parse_table's length check needs the whole
+   * payload's length only, not its bytes.
+   */
+  if (cas_extent_parse_table (&h, table, got, &ef, slot, start,
+                              &problem) == -1 || ef.eid != eid) {
+    backend_error ("cas: pack %" PRIu32 " offset %" PRIu64 ": extent %"
+                   PRIu64 ": %s", CAS_LOC_PACK (loc), CAS_LOC_OFFSET (loc),
+                   eid, ef.eid != eid ? "another extent's record is there"
+                   : problem);
+    errno = EIO;
+    return -1;
+  }
+  memset (f, 0, sizeof *f);
+  f->loc = loc;
+  f->record_bytes = cas_record_size (h.length);
+  f->nslots = ef.nslots;
+  f->present = ef.present;
+  for (s = 0; s < ef.nslots; s++) {
+    f->stored[s] = slot[s].stored_len;
+    if (slot[s].flags & CAS_SLOT_F_COMPRESSED)
+      f->compressed |= 1u << s;
+  }
+  return 1;
+}
+
+/* Is the extent record at loc (of extent eid) intact?  Read whole. */
+static bool
+extent_record_intact (struct packstore *ps, uint64_t eid, uint64_t loc)
+{
+  CLEANUP_FREE uint8_t *buf = malloc (CAS_MAX_PAYLOAD);
+  struct cas_record_header h;
+  uint16_t present;
+
+  return buf && cas_packs_read (ps->packs, loc, &h, buf,
+                                CAS_MAX_PAYLOAD) == 0 &&
+    (int) h.type == CAS_RECORD_EXTENT &&
+    extent_id (&h.hash, &present) == eid && extent_intact (ps, &h, buf) == 1;
+}
+
+/* Extent eid has a record at loc that roots reference (slots: the
+ * referenced slots it stores), but the table points elsewhere: it goes
+ * only if the current copy reads back intact in those slots (a copy an
+ * interrupted collection appended, or a writer's, may be torn), and
+ * collect_pack makes that copy durable before this pack goes.  If the
+ * current copy does not read back and this one is intact, the table is
+ * pointed back at this one (reads of the extent work again), which is
+ * then live.  1 it may go, 2 it is the current copy now, 0 it stays
+ * (reported: the pack is kept), -1 error.
+ */
+static int
+superseded_ok (struct packstore *ps, struct cas_extents *ext, uint64_t eid,
+               uint16_t slots, uint64_t loc)
+{
+  uint64_t cur = CAS_LOC_PLAIN (cas_extents_loc (ext, eid));
+  CLEANUP_FREE uint8_t *unit = NULL;
+  unsigned s;
+
+  if (cur == 0) {
+    backend_error ("cas: pack %" PRIu32 " offset %" PRIu64 ": extent %"
+                   PRIu64 ", which volumes reference, is not in the extent "
+                   "table: keeping the pack (run nbdcas fsck)",
+                   CAS_LOC_PACK (loc), CAS_LOC_OFFSET (loc), eid);
+    return 0;
+  }
+  unit = malloc (CAS_UNIT_SIZE);
+  if (unit == NULL)
+    return -1;
+  for (s = 0; s < CAS_UNITS_MAX; s++)
+    if ((slots & (1u << s)) &&
+        cas_extents_read (ext, eid, s, 1, 0, CAS_UNIT_SIZE, unit,
+                          CAS_VERIFY_CHECKSUM) == -1) {
+      if (errno == ENOMEM)
+        return -1;
+      if (extent_record_intact (ps, eid, loc)) {
+        backend_error ("cas: extent %" PRIu64 ": its current copy (pack %"
+                       PRIu32 " offset %" PRIu64 ") does not read back; "
+                       "using the intact copy at pack %" PRIu32 " offset %"
+                       PRIu64 " again", eid, CAS_LOC_PACK (cur),
+                       CAS_LOC_OFFSET (cur), CAS_LOC_PACK (loc),
+                       CAS_LOC_OFFSET (loc));
+        cas_extents_relocate (ext, eid, cur, loc);
+        if (cas_extents_is_current (ext, eid, loc))
+          return 2;
+      }
+      backend_error ("cas: pack %" PRIu32 " offset %" PRIu64 ": extent %"
+                     PRIu64 ": its current copy (pack %" PRIu32 " offset %"
+                     PRIu64 ") does not read back: keeping the pack of this "
+                     "older copy (run nbdcas fsck)", CAS_LOC_PACK (loc),
+                     CAS_LOC_OFFSET (loc), eid, CAS_LOC_PACK (cur),
+                     CAS_LOC_OFFSET (cur));
+      return 0;
+    }
+  return 1;
+}
+
 /* What a sealed pack holds, by the first pass. */
 struct pack_use {
   uint32_t id;
   uint64_t size, live, dead;    /* bytes */
   uint64_t dead_records;
+  uint64_t met;                 /* format 4: current, referenced extents */
   bool keep;                    /* a damaged record is still referenced */
 };
 
 struct count_ctx {
   struct packstore *ps;
-  bool (*is_live) (const struct cas_hash *, void *);
-  void *opaque;
+  const struct cas_gc_mark *mark;
+  struct cas_extents *ext;      /* format 4, else NULL */
+  uint64_t missing;             /* extents roots reference that the table
+                                   does not have */
   struct pack_use *u;
 };
+
+static int
+count_extent (struct count_ctx *c, const struct cas_record_info *ri)
+{
+  uint64_t size = cas_record_size (ri->length);
+  uint64_t loc = CAS_LOC (ri->pack, ri->offset), eid;
+  uint16_t present = 0, live = 0;
+  bool current = false;
+
+  eid = extent_id (&ri->hash, &present);
+  if (eid) {
+    live = c->mark->extent_live (eid, c->mark->opaque);
+    current = cas_extents_is_current (c->ext, eid, loc);
+  }
+  if (current && live)
+    c->u->met++;
+  if (ri->status != 0) {
+    /* Damaged: nothing can be copied.  Still the one the table names
+     * (or the only one) of an extent volumes reference: the pack is
+     * kept, for fsck to show.
+     */
+    if (live && (current || cas_extents_loc (c->ext, eid) == 0)) {
+      backend_error ("cas: pack %" PRIu32 " offset %" PRIu64 ": a damaged "
+                     "extent record (id %" PRIu64 ") that volumes still "
+                     "reference: keeping the pack (run nbdcas fsck)",
+                     ri->pack, ri->offset, eid);
+      c->u->keep = true;
+    }
+    c->u->dead += size;
+    c->u->dead_records++;
+    return 0;
+  }
+  if (live & present) {
+    if (current) {
+      c->u->live += size;
+      return 0;
+    }
+    switch (superseded_ok (c->ps, c->ext, eid, live & present, loc)) {
+    case -1:
+      return -1;
+    case 0:
+      c->u->keep = true;
+      c->u->live += size;
+      return 0;
+    case 2:
+      /* Not counted in met: expected[] did not place it here. */
+      c->u->live += size;
+      return 0;
+    }
+  }
+  c->u->dead += size;
+  c->u->dead_records++;
+  return 0;
+}
 
 static int
 count_record (const struct cas_record_info *ri, void *opaque)
 {
   struct count_ctx *c = opaque;
   uint64_t size = cas_record_size (ri->length);
+
+  if (c->ext && (int) ri->type == CAS_RECORD_EXTENT)
+    return count_extent (c, ri);
+  /* A damaged record that does not say what it is may be the record of
+   * an extent volumes reference and the table lost: kept while there is
+   * such an extent.
+   */
+  if (ri->status != 0 && c->missing &&
+      (cas_hash_is_zero (&ri->hash) || (int) ri->type != CAS_CHUNK_MAPNODE)) {
+    backend_error ("cas: pack %" PRIu32 " offset %" PRIu64 ": a damaged "
+                   "record, while %" PRIu64 " extent%s that volumes "
+                   "reference %s missing: keeping the pack (run nbdcas "
+                   "fsck)", ri->pack, ri->offset, c->missing,
+                   c->missing == 1 ? "" : "s",
+                   c->missing == 1 ? "is" : "are");
+    c->u->keep = true;
+  }
 
   if (ri->status != 0) {
     /* Damaged: nothing can be copied.  If a root still references its
@@ -857,7 +1103,7 @@ count_record (const struct cas_record_info *ri, void *opaque)
      * their speed, not data, and the copy of its chunk gets a new one.
      */
     if (ri->type != CAS_RECORD_TABLE && !cas_hash_is_zero (&ri->hash) &&
-        c->is_live (&ri->hash, c->opaque)) {
+        c->mark->is_live (&ri->hash, c->mark->opaque)) {
       backend_error ("cas: pack %" PRIu32 " offset %" PRIu64 ": a damaged "
                      "record that volumes still reference: keeping the pack "
                      "(run nbdcas fsck)", ri->pack, ri->offset);
@@ -867,7 +1113,7 @@ count_record (const struct cas_record_info *ri, void *opaque)
     c->u->dead_records++;
     return 0;
   }
-  if (c->is_live (&ri->hash, c->opaque) &&
+  if (c->mark->is_live (&ri->hash, c->mark->opaque) &&
       kept_copy (c->ps, &ri->hash, CAS_LOC (ri->pack, ri->offset), NULL))
     c->u->live += size;
   else {
@@ -882,16 +1128,53 @@ struct pack_record {
   struct cas_hash h;
   uint64_t off;
   bool live;
+  uint64_t eid;                 /* format 4: an extent record's id, else 0 */
+  bool drop;                    /* an extent the table points at, dead */
 };
 DEFINE_VECTOR_TYPE (record_vector, struct pack_record);
 
 struct record_list {
   struct packstore *ps;
-  bool (*is_live) (const struct cas_hash *, void *);
-  void *opaque;
+  const struct cas_gc_mark *mark;
+  struct cas_extents *ext;      /* format 4, else NULL */
   record_vector v;
   bool superseded;              /* a referenced record lost to another copy */
 };
+
+/* An extent record of the pack being collected: to copy (live), to
+ * drop from the table (the current copy of an extent nothing
+ * references), or garbage left alone.
+ */
+static int
+list_extent (struct record_list *l, const struct cas_record_info *ri)
+{
+  struct pack_record r = { .h = ri->hash, .off = ri->offset };
+  uint64_t loc = CAS_LOC (ri->pack, ri->offset);
+  uint16_t present = 0, live;
+
+  r.eid = extent_id (&ri->hash, &present);
+  if (r.eid == 0)
+    return 0;
+  live = l->mark->extent_live (r.eid, l->mark->opaque);
+  if (cas_extents_is_current (l->ext, r.eid, loc)) {
+    /* A damaged one that is live kept the pack (count_extent). */
+    r.live = ri->status == 0 && (live & present) != 0;
+    r.drop = !r.live;
+  }
+  else if (ri->status == 0 && (live & present)) {
+    /* Another copy is current and was found intact (superseded_ok): it
+     * must be durable before this one goes.
+     */
+    uint64_t winner = CAS_LOC_PLAIN (cas_extents_loc (l->ext, r.eid));
+    if (winner) {
+      cas_packs_dirty (l->ps->packs, CAS_LOC_PACK (winner));
+      l->superseded = true;
+    }
+  }
+  if (!r.live && !r.drop)
+    return 0;
+  return record_vector_append (&l->v, r);
+}
 
 static int
 list_record (const struct cas_record_info *ri, void *opaque)
@@ -899,9 +1182,11 @@ list_record (const struct cas_record_info *ri, void *opaque)
   struct record_list *l = opaque;
   struct pack_record r = { .h = ri->hash, .off = ri->offset };
 
+  if (l->ext && (int) ri->type == CAS_RECORD_EXTENT)
+    return list_extent (l, ri);
   if (ri->status != 0)
     return 0;                   /* never indexed, nothing to copy */
-  if (l->is_live (&ri->hash, l->opaque)) {
+  if (l->mark->is_live (&ri->hash, l->mark->opaque)) {
     uint64_t winner;
 
     r.live = kept_copy (l->ps, &ri->hash, CAS_LOC (ri->pack, ri->offset),
@@ -920,18 +1205,18 @@ list_record (const struct cas_record_info *ri, void *opaque)
 }
 
 /* Collect pack id: copy its live records to packs above the seal and
- * make them durable, point the index at the copies and forget every
- * entry into this pack, then retire it.  A live record whose payload no
- * longer checks out is not copied (the copy would carry a new, valid
- * checksum over damaged bytes): the pack is kept, 0 is returned with
- * *kept set.
+ * make them durable, point the index (the extent table) at the copies
+ * and forget every entry into this pack, then retire it.  A live record
+ * whose payload no longer checks out is not copied (the copy would carry
+ * a new, valid checksum over damaged bytes): the pack is kept, 0 is
+ * returned with *kept set.
  */
 static int
 collect_pack (struct packstore *ps, uint32_t id,
-              bool (*is_live) (const struct cas_hash *, void *),
-              void *opaque, struct cas_gc_stats *gs, bool *kept)
+              const struct cas_gc_mark *mark, struct cas_extents *ext,
+              struct cas_gc_stats *gs, bool *kept)
 {
-  struct record_list l = { .ps = ps, .is_live = is_live, .opaque = opaque,
+  struct record_list l = { .ps = ps, .mark = mark, .ext = ext,
                            .v = empty_vector };
   CLEANUP_FREE uint8_t *buf = malloc (CAS_MAX_PAYLOAD);
   CLEANUP_FREE uint64_t *newloc = NULL;
@@ -954,7 +1239,9 @@ collect_pack (struct packstore *ps, uint32_t id,
       continue;
     if (cas_packs_read (ps->packs, loc, &h, buf, CAS_MAX_PAYLOAD) == -1 ||
         !cas_hash_equal (&h.hash, &r->h) ||
-        crc32c (0, buf, h.length) != h.payload_crc) {
+        (r->eid ? (int) h.type != CAS_RECORD_EXTENT ||
+         extent_intact (ps, &h, buf) != 1
+         : crc32c (0, buf, h.length) != h.payload_crc)) {
       backend_error ("cas: pack %" PRIu32 " offset %" PRIu64 ": a live "
                      "record does not check out: keeping the pack (run "
                      "nbdcas fsck)", id, r->off);
@@ -973,13 +1260,24 @@ collect_pack (struct packstore *ps, uint32_t id,
   if ((copied || l.superseded) && cas_packs_sync (ps->packs) == -1)
     goto out;
   cas_test_point ("gc-copied");
-  for (i = 0; i < l.v.len; i++)
-    if (l.v.ptr[i].live && cas_index_insert (ps->index, &l.v.ptr[i].h,
-                                             newloc[i]) == -1)
+  for (i = 0; i < l.v.len; i++) {
+    const struct pack_record *r = &l.v.ptr[i];
+
+    if (!r->live)
+      continue;
+    if (r->eid)
+      cas_extents_relocate (ext, r->eid, CAS_LOC (id, r->off), newloc[i]);
+    else if (cas_index_insert (ps->index, &r->h, newloc[i]) == -1)
       goto out;
-  for (i = 0; i < l.v.len; i++)
-    cas_index_remove (ps->index, &l.v.ptr[i].h,
-                      CAS_LOC (id, l.v.ptr[i].off));
+  }
+  for (i = 0; i < l.v.len; i++) {
+    const struct pack_record *r = &l.v.ptr[i];
+
+    if (r->drop)
+      cas_extents_drop (ext, r->eid, CAS_LOC (id, r->off));
+    else if (r->eid == 0)
+      cas_index_remove (ps->index, &r->h, CAS_LOC (id, r->off));
+  }
   cas_test_point ("gc-indexed");
   if (cas_packs_retire (ps->packs, id) == -1)
     goto out;
@@ -1014,19 +1312,47 @@ cmp_id (const void *a, const void *b)
   return x->id < y->id ? -1 : x->id > y->id;
 }
 
+/* Format 4: how many extents that roots reference the table places in
+ * each sealed pack (expected[id], id < below).  A pack whose scan meets
+ * fewer of them holds a record whose header is too damaged to name its
+ * extent: it is kept.  *missing: referenced extents the table does not
+ * have at all (lost, or damaged when the store was opened).
+ */
+static uint64_t *
+expected_extents (struct cas_extents *ext, const struct cas_gc_mark *mark,
+                  uint32_t below, uint64_t *missing)
+{
+  uint64_t *expected = calloc (below, sizeof *expected);
+  uint64_t eid, max = cas_extents_max_eid (ext);
+
+  *missing = 0;
+  if (expected == NULL)
+    return NULL;
+  for (eid = 1; eid <= max; eid++)
+    if (mark->extent_live (eid, mark->opaque)) {
+      uint64_t loc = cas_extents_loc (ext, eid);
+      if (loc == 0)
+        (*missing)++;
+      else if (CAS_LOC_PACK (loc) < below)
+        expected[CAS_LOC_PACK (loc)]++;
+    }
+  return expected;
+}
+
 static int
-ps_gc_sweep (struct chunkstore *cs,
-             bool (*is_live) (const struct cas_hash *, void *), void *opaque,
+ps_gc_sweep (struct chunkstore *cs, const struct cas_gc_mark *mark,
              const struct cas_gc_options *opts, struct cas_gc_stats *gs)
 {
   struct packstore *ps = PS (cs);
+  struct cas_extents *ext = mark->extent_live ? ps->extents : NULL;
   uint32_t below = atomic_load (&ps->gc_below), id;
   CLEANUP_FREE struct pack_use *use = NULL;
+  CLEANUP_FREE uint64_t *expected = NULL;
   size_t n = 0, i, nsel = 0;
-  uint64_t total_live = 0, total_dead = 0;
+  uint64_t total_live = 0, total_dead = 0, missing = 0;
   int ret = 0;
 
-  if (below == 0) {
+  if (below == 0 || (mark->extent_live && ext == NULL)) {
     errno = EINVAL;
     return -1;
   }
@@ -1034,9 +1360,12 @@ ps_gc_sweep (struct chunkstore *cs,
   use = calloc (below, sizeof *use);
   if (use == NULL)
     return -1;
+  if (ext && (expected = expected_extents (ext, mark, below,
+                                           &missing)) == NULL)
+    return -1;
   for (id = 1; id < below; id++) {
-    struct count_ctx c = { .ps = ps, .is_live = is_live, .opaque = opaque,
-                           .u = &use[n] };
+    struct count_ctx c = { .ps = ps, .mark = mark, .ext = ext,
+                           .missing = missing, .u = &use[n] };
     int64_t size = cas_packs_size (ps->packs, id);
 
     if (size < 0)
@@ -1045,6 +1374,13 @@ ps_gc_sweep (struct chunkstore *cs,
     use[n].size = size;
     if (cas_packs_scan_one (ps->packs, id, count_record, &c) != 0)
       return -1;
+    if (expected && use[n].met < expected[id]) {
+      backend_error ("cas: pack %" PRIu32 ": %" PRIu64 " of the extents "
+                     "volumes reference there were not found in it (a "
+                     "damaged record header?): keeping the pack (run "
+                     "nbdcas fsck)", id, expected[id] - use[n].met);
+      use[n].keep = true;
+    }
     gs->packs_scanned++;
     gs->bytes_scanned += size;
     gs->live_bytes += use[n].live;
@@ -1113,7 +1449,7 @@ ps_gc_sweep (struct chunkstore *cs,
         gs->packs_deleted++;
       continue;
     }
-    if (collect_pack (ps, use[i].id, is_live, opaque, gs, &kept) == -1) {
+    if (collect_pack (ps, use[i].id, mark, ext, gs, &kept) == -1) {
       ret = -1;
       break;
     }

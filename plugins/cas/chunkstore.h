@@ -101,6 +101,17 @@ struct cas_gc_stats {
   uint64_t orphans_removed;
 };
 
+/* What a collection's mark says is live (gc.c builds it, gc_sweep asks). */
+struct cas_gc_mark {
+  /* A record named by a hash: a data chunk, a map node. */
+  bool (*is_live) (const struct cas_hash *h, void *opaque);
+  /* Format 4: the mask of the slots of extent eid that some root
+   * references (0: none).  NULL in a store without extents.
+   */
+  uint16_t (*extent_live) (uint64_t eid, void *opaque);
+  void *opaque;
+};
+
 /* enumerate() flags. */
 #define CAS_ENUM_CHECK_CRC  (1u << 0)  /* read payloads and check CRC32C */
 #define CAS_ENUM_REHASH     (1u << 1)  /* ... and re-hash with SHA-256 */
@@ -158,15 +169,16 @@ struct chunkstore_ops {
 
   /* Garbage collection, in this order (FORMAT.md, "Garbage collection").
    * gc_begin: from now until gc_end, put never references a chunk stored
-   * before (it stores a new copy): those may be removed.  gc_sweep: give
-   * back the space of every chunk stored before gc_begin for which
-   * is_live() is false -- live ones are copied first, durably, and
-   * reads are never broken.  May be NULL (no collection).
+   * before (it stores a new copy), nor does a format-4 write reference
+   * an extent stored before: those may be removed.  gc_sweep: give back
+   * the space of every chunk stored before gc_begin that the mark says
+   * is not live, and of every extent none of whose stored slots is live
+   * -- live ones are copied first, durably, and reads are never broken.
+   * May be NULL (no collection).
    */
   int (*gc_begin) (struct chunkstore *cs);
-  int (*gc_sweep) (struct chunkstore *cs,
-                   bool (*is_live) (const struct cas_hash *, void *),
-                   void *opaque, const struct cas_gc_options *opts,
+  int (*gc_sweep) (struct chunkstore *cs, const struct cas_gc_mark *mark,
+                   const struct cas_gc_options *opts,
                    struct cas_gc_stats *stats);
   void (*gc_end) (struct chunkstore *cs);
 };
@@ -196,6 +208,24 @@ int cas_packstore_check_cache (struct chunkstore *cs, char *why, size_t len);
  */
 void cas_packstore_forget (struct chunkstore *cs, const struct cas_hash *hash,
                            uint32_t pack, uint64_t offset);
+/* Format 4, for stat and fsck: what the current record of extent eid
+ * holds, from its header and slot table (the table's CRC is checked; the
+ * units are not read).
+ */
+#define CAS_EXTENT_FACTS_SLOTS 16   /* format.h CAS_UNITS_MAX (asserted) */
+struct cas_extent_facts {
+  uint64_t loc;               /* where (index.h CAS_LOC) */
+  uint64_t record_bytes;      /* the record's size in its pack */
+  unsigned nslots;
+  uint16_t present;           /* the slots stored */
+  uint16_t compressed;        /* ... of them stored compressed */
+  uint16_t stored[CAS_EXTENT_FACTS_SLOTS];  /* bytes a present slot takes */
+};
+/* 1 found (*f), 0 no such extent (or not a format-4 store), -1 damaged
+ * (EIO, with a message naming pack and offset) or another error.
+ */
+int cas_packstore_extent_facts (struct chunkstore *cs, uint64_t eid,
+                                struct cas_extent_facts *f);
 /* The store became format 2 (cas_store_upgrade): write piece tables from
  * now on.
  */

@@ -17,6 +17,13 @@
  *     garbage: nothing committed references it (3), nothing acknowledged
  *     and unflushed does (2), and nothing written after the gate can (1).
  *
+ * Format 4: the mark records, per extent, which slots the roots'
+ * block descriptors reference (refs.c); an extent none of whose stored
+ * slots is referenced is garbage by the same argument (a write after the
+ * gate never references an extent in a sealed pack: extent.c refuses
+ * such units for dedup).  A block descriptor that does not decode stops
+ * the collection, as a map node that cannot be read does.
+ *
  * Thread safety: one collection at a time (gc_lock); it runs beside
  * every other operation of the store.
  */
@@ -118,6 +125,12 @@ marked (const struct cas_hash *h, void *opaque)
   return cas_refs_has (opaque, h);
 }
 
+static uint16_t
+extent_marked (uint64_t eid, void *opaque)
+{
+  return cas_refs_extent_live (opaque, eid);
+}
+
 int
 cas_store_gc (struct cas_store *st, const struct cas_gc_options *opts,
               struct cas_gc_stats *stats)
@@ -126,6 +139,7 @@ cas_store_gc (struct cas_store *st, const struct cas_gc_options *opts,
   struct root_list roots = { .st = st, .v = empty_vector };
   struct cas_chunkstore_stats cst;
   struct cas_refs *refs = NULL;
+  struct cas_gc_mark mark = { .is_live = marked };
   size_t i;
   int ret = -1, r;
 
@@ -190,12 +204,19 @@ cas_store_gc (struct cas_store *st, const struct cas_gc_options *opts,
   stats->roots = roots.v.len;
   /* What was overwritten before the mark is this collection's to take. */
   atomic_store (&st->garbage_hint, 0);
-  stats->marked_chunks = cas_refs_count (refs);
+  /* Map nodes and data chunks; and extents, which stand for chunks in
+   * the statistics.
+   */
+  stats->marked_chunks = cas_refs_count (refs) +
+    cas_refs_live_extents (refs);
   stats->mark_bytes = cas_refs_memory (refs);
   cas_test_point ("gc-marked");
 
   /* 4. Sweep. */
-  if (cs->ops->gc_sweep (cs, marked, refs, opts, stats) == -1)
+  mark.opaque = refs;
+  if (st->sb.version >= CAS_FORMAT_VERSION_UNITS)
+    mark.extent_live = extent_marked;
+  if (cs->ops->gc_sweep (cs, &mark, opts, stats) == -1)
     goto out;
   ret = 0;
  out:

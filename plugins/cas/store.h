@@ -418,12 +418,18 @@ struct cas_refs_root_stats {
   uint64_t raw_bytes;           /* ... their bytes (a block each) */
   uint64_t stored_bytes;        /* ... their payload bytes as stored
                                    (fewer where compressed) */
+  uint64_t nonzero_bytes;       /* bytes of its blocks that are not
+                                   zero (format 4: counted per unit; else
+                                   a block each) */
 };
 /* Walk root's tree (owner: an id >= 1 naming the root, a new one for
  * each root: roots are walked one after the other) and mark every map
  * node and data chunk it references.  *rs (may be NULL): what it
  * references.  In a store that compresses, the first time a data chunk
- * is met its record header is read (its stored size).
+ * is met its record header is read (its stored size).  Format 4: data
+ * chunks are units (data_chunks counts units, of CAS_UNIT_SIZE raw
+ * bytes), and the first time an extent is met its slot table is read.
+ * A damaged block descriptor fails the walk (EIO, with a message).
  */
 int cas_refs_add_root (struct cas_store *st, struct cas_refs *refs,
                        uint32_t owner, const struct cas_root *root,
@@ -436,6 +442,12 @@ int cas_refs_add_root (struct cas_store *st, struct cas_refs *refs,
 int cas_refs_mark_root (struct cas_store *st, struct cas_refs *refs,
                         const struct cas_root *root);
 bool cas_refs_has (const struct cas_refs *refs, const struct cas_hash *h);
+/* Format 4: the slots of extent eid some root references (0: none), and
+ * how many extents have any.
+ */
+uint16_t cas_refs_extent_live (const struct cas_refs *refs, uint64_t eid);
+uint64_t cas_refs_live_extents (const struct cas_refs *refs);
+/* Hashes marked (format 4: map nodes only; see cas_refs_live_extents). */
 uint64_t cas_refs_count (const struct cas_refs *refs);
 /* Every chunk referenced by any root marked: */
 struct cas_refs_totals {
@@ -448,6 +460,14 @@ struct cas_refs_totals {
   uint64_t compressed_chunks;   /* ... data chunks stored compressed */
   uint64_t data_raw;            /* payload bytes of the data chunks ... */
   uint64_t data_stored;         /* ... and as stored */
+  /* Format 4: data chunks are units (data_chunks = units), kept in
+   * extents; chunks counts the extents too.
+   */
+  uint64_t extents;             /* extents with a referenced unit */
+  uint64_t units;               /* units referenced */
+  uint64_t dead_unit_bytes;     /* stored bytes of the units of those
+                                   extents that nothing references (kept:
+                                   a collection copies an extent whole) */
 };
 /* alone[k] (k = 1 .. nowners): record bytes (as stored) referenced by
  * owner k and no other root; *t: the totals.
@@ -522,16 +542,21 @@ struct cas_volume_problem {
   const char *volume;
   int level;                /* 0: a data block; >= 1: a map node level */
   uint64_t index;           /* level 0: block number; else node index */
-  struct cas_hash hash;     /* the reference that does not resolve */
+  struct cas_hash hash;     /* the reference that does not resolve
+                               (format 4, level 0: the descriptor) */
   int err;                  /* ENOENT missing, EIO damaged */
   const char *what;         /* human-readable */
+  uint64_t extent;          /* format 4: the extent that does not
+                               resolve, 0 if none (a bad descriptor) */
 };
 
 /* Walk the committed map tree of vol (as of its last flush; call
  * cas_volume_flush() first to include pending writes) and check that every
  * reference resolves: each map node can be read and verified, and each
  * data hash is present (full: every data chunk is also read and
- * re-hashed).  fn (may be NULL) is called per problem.  Returns the number
+ * re-hashed).  Format 4: each block descriptor decodes and every unit it
+ * references is read and checked (full: re-hashed against its slot
+ * table).  fn (may be NULL) is called per problem.  Returns the number
  * of problems (>= 0) or -1 on a failure of the check itself.
  */
 int cas_volume_check (struct cas_volume *vol, bool full,

@@ -632,15 +632,62 @@ struct check {
 };
 
 static int
-problem (struct check *c, int level, uint64_t index,
-         const struct cas_hash *h, int err, const char *what)
+problem_in (struct check *c, int level, uint64_t index,
+            const struct cas_hash *h, int err, const char *what,
+            uint64_t extent)
 {
   struct cas_volume_problem p = {
     .volume = c->vol->name, .level = level, .index = index, .hash = *h,
-    .err = err, .what = what,
+    .err = err, .what = what, .extent = extent,
   };
   c->problems++;
   return c->fn ? c->fn (&p, c->opaque) : 0;
+}
+
+static int
+problem (struct check *c, int level, uint64_t index,
+         const struct cas_hash *h, int err, const char *what)
+{
+  return problem_in (c, level, index, h, err, what, 0);
+}
+
+/* Format 4: block `block`'s descriptor d decodes, and every unit it
+ * references reads back (its CRC checked; full: re-hashed against its
+ * slot table's SHA-256).  One problem per block: the first run that
+ * does not resolve.
+ */
+static int
+check_desc (struct check *c, uint64_t block, const struct cas_hash *d)
+{
+  struct cas_desc desc;
+  unsigned k;
+
+  if (cas_desc_decode (d, c->vol->bs / CAS_UNIT_SIZE, &desc) == -1)
+    return problem (c, 0, block, d, EIO,
+                    "block descriptor is damaged") ? -1 : 0;
+  for (k = 0; k < desc.nruns; k++) {
+    const struct cas_run *run = &desc.run[k];
+    const char *what;
+
+    if (run->eid == 0)
+      continue;
+    if (cas_extents_read (c->vol->ext, run->eid, run->slot, run->count, 0,
+                          run->count * CAS_UNIT_SIZE, c->buf,
+                          c->full ? CAS_VERIFY_FULL
+                          : CAS_VERIFY_CHECKSUM) == 0)
+      continue;
+    if (errno == ENOMEM)
+      return -1;
+    if (errno != ENOENT)
+      what = "extent is damaged";
+    else if (cas_extents_loc (c->vol->ext, run->eid) == 0)
+      what = "extent is missing";
+    else
+      what = "extent does not store a unit of it";
+    return problem_in (c, 0, block, d, errno == ENOENT ? ENOENT : EIO,
+                       what, run->eid) ? -1 : 0;
+  }
+  return 0;
 }
 
 /* Node at height `level` (1 = leaf), index j, covering blocks from
@@ -675,21 +722,13 @@ check_node (struct check *c, uint32_t level, uint64_t j,
           return -1;
         break;
       }
-      enum cas_verify v = c->full ? CAS_VERIFY_FULL : CAS_VERIFY_CHECKSUM;
-
-      /* Format 4: the slot is a block descriptor; its units are read
-       * (and checked) through the extents.
-       */
       if (vol->ext) {
-        if (cas_desc_read (vol->ext, &kids[i], vol->bs, 0, vol->bs, c->buf,
-                           v) == -1 &&
-            problem (c, 0, idx, &kids[i], errno,
-                     errno == ENOENT ? "block data is missing"
-                     : "block data is damaged"))
+        if (check_desc (c, idx, &kids[i]) == -1)
           return -1;
+        continue;
       }
-      else if (cs_get (vol->st->cs, &kids[i], c->buf, vol->bs, NULL,
-                       v) == -1) {
+      if (cs_get (vol->st->cs, &kids[i], c->buf, vol->bs, NULL,
+                  c->full ? CAS_VERIFY_FULL : CAS_VERIFY_CHECKSUM) == -1) {
         if (problem (c, 0, idx, &kids[i], errno,
                      errno == ENOENT ? "data chunk is missing"
                      : "data chunk is damaged"))

@@ -12,12 +12,20 @@
  * append after a crash, or an unused old chunk) is listed but is not a
  * problem; every volume that lost data is.
  *
+ * Format 4: a block's slot is a descriptor of unit references; each
+ * must decode, and every unit it references must read back from its
+ * extent (CRC32C; --full: SHA-256 against the slot table).  A block that
+ * does not is lost data, named with its extent (and that extent's
+ * record by pack and offset when the record is damaged).
+ *
  * --repair (needs the store to itself): a torn tail is cut (the open
  * does it), damaged records are dropped from the index so that another
  * intact copy of the same chunk is used if there is one, and so that
  * writing the same data again stores a good copy; the index cache is
  * rewritten; the volumes are checked again and what is still lost is
- * listed.
+ * listed.  In a format-4 store units are referenced by extent id, not by
+ * content, so no other copy can stand in for a damaged extent: --repair
+ * reports them and changes nothing about them.
  *
  * Exit: 0 no volume lost data, 1 some did, 2 the check itself could not
  * run (no store, wrong version, store busy, I/O error while checking).
@@ -31,6 +39,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "extent.h"
 #include "format.h"             /* CAS_MAP_FANOUT: blocks per map leaf */
 #include "nbdcas.h"
 #include "vector.h"
@@ -41,6 +50,7 @@
 struct damaged {
   struct cas_record_info info;  /* problem: NULL (see why) */
   char why[128];
+  uint64_t eid;                 /* an extent record's id, else 0 */
 };
 
 /* A run of lost blocks of one volume, merged while it grows. */
@@ -52,6 +62,7 @@ struct lost_run {
 };
 
 DEFINE_VECTOR_TYPE (hash_vector, struct cas_hash);
+DEFINE_VECTOR_TYPE (eid_vector, uint64_t);
 
 struct fsck {
   struct cas_store *st;
@@ -67,8 +78,11 @@ struct fsck {
   size_t ndamaged;
   struct damaged **by_hash;     /* damaged records with a hash, sorted */
   size_t nby_hash;
+  struct damaged **by_eid;      /* damaged extent records, by id */
+  size_t nby_eid;
   uint64_t damaged_total;
   hash_vector lost;             /* hashes volumes could not read */
+  eid_vector lost_extents;      /* extents volumes could not read */
   char msg[1024];               /* the store's last message (captured) */
 };
 
@@ -137,10 +151,25 @@ note_damaged (const struct cas_record_info *ri, void *opaque)
   }
   d = &f->damaged[f->ndamaged++];
   d->info = *ri;
+  d->eid = 0;
+  if ((int) ri->type == CAS_RECORD_EXTENT) {
+    struct cas_extent_fields ef;
+    if (cas_extent_fields_decode (&ri->hash, &ef) == 0)
+      d->eid = ef.eid;
+  }
   snprintf (d->why, sizeof d->why, "%s", ri->problem ? ri->problem
             : "damaged");
   d->info.problem = NULL;
   return 0;
+}
+
+static int
+cmp_damaged_eid (const void *a, const void *b)
+{
+  const struct damaged *x = *(struct damaged *const *) a;
+  const struct damaged *y = *(struct damaged *const *) b;
+
+  return x->eid < y->eid ? -1 : x->eid > y->eid;
 }
 
 static int
@@ -162,8 +191,14 @@ sort_damaged (struct fsck *f)
   size_t i;
 
   f->by_hash = malloc ((f->ndamaged + 1) * sizeof *f->by_hash);
-  if (f->by_hash == NULL)
+  f->by_eid = malloc ((f->ndamaged + 1) * sizeof *f->by_eid);
+  if (f->by_hash == NULL || f->by_eid == NULL)
     return -1;
+  /* An extent is referenced by its id, not its hash field. */
+  for (i = 0; i < f->ndamaged; i++)
+    if (f->damaged[i].eid)
+      f->by_eid[f->nby_eid++] = &f->damaged[i];
+  qsort (f->by_eid, f->nby_eid, sizeof *f->by_eid, cmp_damaged_eid);
   /* A piece table names the chunk it describes, but is not it: a bad
    * table never loses data (reads check the whole record instead).
    */
@@ -189,10 +224,34 @@ find_damaged (const struct fsck *f, const struct cas_hash *h)
   return r ? *r : NULL;
 }
 
+static const struct damaged *
+find_damaged_extent (const struct fsck *f, uint64_t eid)
+{
+  struct damaged key, *kp = &key, *const *r;
+
+  if (f->nby_eid == 0)
+    return NULL;
+  key.eid = eid;
+  r = bsearch (&kp, f->by_eid, f->nby_eid, sizeof *f->by_eid,
+               cmp_damaged_eid);
+  return r ? *r : NULL;
+}
+
 static int
 remember_lost (struct fsck *f, const struct cas_hash *h)
 {
   return hash_vector_append (&f->lost, *h);
+}
+
+static bool
+extent_was_lost (const struct fsck *f, uint64_t eid)
+{
+  size_t i;
+
+  for (i = 0; i < f->lost_extents.len; i++)
+    if (f->lost_extents.ptr[i] == eid)
+      return true;
+  return false;
 }
 
 static bool
@@ -233,12 +292,18 @@ bad_ref (const struct cas_volume_problem *p, void *opaque)
 {
   struct fsck *f = opaque;
   char hex[2 * CAS_HASH_SIZE + 1], d[1100], what[1200], cause[64];
-  const struct damaged *dmg = find_damaged (f, &p->hash);
+  const struct damaged *dmg = p->extent ? find_damaged_extent (f, p->extent)
+    : find_damaged (f, &p->hash);
   const char *why = p->what;
   uint64_t span = 1, first, last;
   int i;
 
-  if (remember_lost (f, &p->hash) == -1)
+  if (p->extent) {
+    if (!extent_was_lost (f, p->extent) &&
+        eid_vector_append (&f->lost_extents, p->extent) == -1)
+      return -1;
+  }
+  else if (remember_lost (f, &p->hash) == -1)
     return -1;
   /* A node at height L (1 = leaf) covers fanout^L blocks. */
   for (i = 0; i < p->level && span < (UINT64_C (1) << 50); i++)
@@ -254,13 +319,21 @@ bad_ref (const struct cas_volume_problem *p, void *opaque)
   detail (f, d, sizeof d);
   if (dmg) {
     /* Not indexed because it is damaged: say so, and where. */
-    why = p->level == 0 ? "data chunk is damaged" : "map node is damaged";
+    why = p->extent ? "extent is damaged"
+      : p->level == 0 ? "data chunk is damaged" : "map node is damaged";
     snprintf (d, sizeof d, " (pack %" PRIu32 " offset %" PRIu64 ": %s)",
               dmg->info.pack, dmg->info.offset, dmg->why);
   }
   else if (d[0] && strstr (d, hex))
     hex[0] = '\0';
-  if (p->level == 0)
+  if (p->extent)
+    /* Format 4: the slot holds a descriptor, not a chunk's name. */
+    snprintf (what, sizeof what, "%s: extent %" PRIu64 "%s", why,
+              p->extent, d);
+  else if (p->level == 0 && cas_store_format_version (f->st) >=
+           CAS_FORMAT_VERSION_UNITS)
+    snprintf (what, sizeof what, "%s: %s%s", why, hex, d);
+  else if (p->level == 0)
     snprintf (what, sizeof what, "%s%s%s%s", why,
               hex[0] ? ": chunk " : "", hex, d);
   else {
@@ -351,21 +424,19 @@ print_damaged (struct fsck *f)
     const char *verdict =
       (int) ri->type == CAS_RECORD_TABLE && has_hash
       ? "partial reads of the chunk check the whole record instead"
+      : f->damaged[i].eid
+      ? (extent_was_lost (f, f->damaged[i].eid)
+         ? "volumes lost units of this extent"
+         : "no volume lost data from it")
       : has_hash ? (was_lost (f, &ri->hash) ? "volumes lost this chunk"
                     : "no volume lost data from it")
       : f->lost.len || f->bad_volumes ? "it may have held the lost data listed"
       : "no volume lost data from it";
 
-    struct cas_extent_fields ef;
-
-    /* Format 4: an extent is named by its id; which volumes reference
-     * its damaged units, fsck does not tell yet.
-     */
-    if ((int) ri->type == CAS_RECORD_EXTENT &&
-        cas_extent_fields_decode (&ri->hash, &ef) == 0)
-      tool_printf ("pack %" PRIu32 " offset %" PRIu64 ": extent %" PRIu64
-                   ": %s: reads of its damaged units fail\n", ri->pack,
-                   ri->offset, ef.eid, f->damaged[i].why);
+    if (f->damaged[i].eid)
+      tool_printf ("pack %" PRIu32 " offset %" PRIu64 ": extent record %"
+                   PRIu64 ": %s: %s\n", ri->pack, ri->offset,
+                   f->damaged[i].eid, f->damaged[i].why, verdict);
     else if (!has_hash)
       tool_printf ("pack %" PRIu32 " offset %" PRIu64 ": %" PRIu32 " bytes: %s: "
               "%s\n", ri->pack, ri->offset, ri->length, f->damaged[i].why,
@@ -401,7 +472,7 @@ static void
 repair (struct fsck *f, const char *dir)
 {
   struct chunkstore *cs = cas_store_chunks (f->st);
-  uint64_t before = f->lost_blocks;
+  uint64_t before = f->lost_blocks, extents = 0;
   size_t i;
 
   /* A RADOS store keeps one object per chunk: no other copy to fall
@@ -410,18 +481,32 @@ repair (struct fsck *f, const char *dir)
    */
   for (i = 0; i < f->ndamaged && cas_store_is_local (f->st); i++) {
     const struct cas_record_info *ri = &f->damaged[i].info;
-    /* A table is never indexed (and its chunk may be intact). */
+    /* A table is never indexed (and its chunk may be intact).  An
+     * extent is not named by its content: no other copy can stand in
+     * for it, and the extent table never offers a damaged one for dedup
+     * (extent.c checks every unit before the first use), so it is left
+     * as it is, for the volumes that can still read its good units.
+     */
+    if ((int) ri->type == CAS_RECORD_EXTENT) {
+      extents++;
+      continue;
+    }
     if (!cas_hash_is_zero (&ri->hash) &&
-        (int) ri->type != CAS_RECORD_TABLE &&
-        (int) ri->type != CAS_RECORD_EXTENT)
+        (int) ri->type != CAS_RECORD_TABLE)
       cas_packstore_forget (cs, &ri->hash, ri->pack, ri->offset);
   }
   f->lost_blocks = f->lost_volumes = f->bad_volumes = f->volumes = 0;
   hash_vector_clear (&f->lost);
+  eid_vector_clear (&f->lost_extents);
   check_volumes (f);
   tool_printf ("%s: repair: %zu damaged records no longer used; %" PRIu64
           " of %" PRIu64 " lost blocks healed from other copies\n", dir,
-          f->ndamaged, before - f->lost_blocks, before);
+          f->ndamaged - extents, before - f->lost_blocks, before);
+  if (extents)
+    tool_printf ("%s: repair: %" PRIu64 " damaged extent record%s left as "
+                 "%s: units are referenced by extent id, so no other copy "
+                 "can stand in for them\n", dir, extents,
+                 extents == 1 ? "" : "s", extents == 1 ? "it is" : "they are");
   if (f->lost_volumes || f->bad_volumes) {
     f->quiet = false;
     tool_printf ("%s: still lost after repair (no good copy in the store):\n",
@@ -521,10 +606,19 @@ cmd_fsck (int argc, char **argv)
       snprintf (skipped, sizeof skipped, "; %" PRIu64 " damaged record%s "
                 "no volume needs", f.damaged_total,
                 f.damaged_total == 1 ? "" : "s");
-    tool_printf ("%s: clean: %" PRIu64 " chunks in %" PRIu64 " packs, %" PRIu64
-            " volumes checked (%s)%s\n", dir, ss.chunks.chunks,
-            ss.chunks.packs, f.volumes,
-            f.full ? "checksums and SHA-256" : "checksums", skipped);
+    struct cas_extents *ext = cas_store_is_local (f.st)
+      ? cas_packstore_extents (cas_store_chunks (f.st)) : NULL;
+    char extents[64] = "";
+    if (ext) {
+      struct cas_extents_stats es;
+      cas_extents_stats (ext, &es);
+      snprintf (extents, sizeof extents, " and %" PRIu64 " extents",
+                es.extents);
+    }
+    tool_printf ("%s: clean: %" PRIu64 " chunks%s in %" PRIu64 " packs, %"
+                 PRIu64 " volumes checked (%s)%s\n", dir, ss.chunks.chunks,
+                 extents, ss.chunks.packs, f.volumes,
+                 f.full ? "checksums and SHA-256" : "checksums", skipped);
   }
   else {
     char hs[HUMAN_SIZE_LEN];
@@ -550,7 +644,9 @@ cmd_fsck (int argc, char **argv)
     ret = EXIT_USAGE;
   free (f.damaged);
   free (f.by_hash);
+  free (f.by_eid);
   hash_vector_reset (&f.lost);
+  eid_vector_reset (&f.lost_extents);
   fflush (tool_stdout ());
   return ret;
 }

@@ -20,6 +20,16 @@
  *
  * With VOLUME: that volume's (or snapshot's) size, blocks, mapped
  * blocks, map nodes, generation, root hash, and its unique bytes.
+ *
+ * Format 4: data chunks are 4 KiB units kept in extents.  The dedup
+ * ratio is the non-zero bytes of the blocks (zero units inside a block
+ * take nothing) over the raw bytes of the distinct units referenced; the
+ * compression ratio raw over stored bytes of those units.  Referenced
+ * bytes are the records of the extents referenced, whole (a collection
+ * copies an extent whole: the units of those nobody references are shown
+ * apart); what a volume alone references counts only extents all of
+ * whose referenced units are its alone.  Plus the extents and the
+ * extent table's and hooks' memory (extent.h cas_extents_stats).
  */
 #include <config.h>
 
@@ -165,6 +175,16 @@ ratio (uint64_t a, uint64_t b, bool json, char buf[32])
   return buf;
 }
 
+/* The extent store of a format-4 store (NULL otherwise). */
+static struct cas_extents *
+extents_of (struct cas_store *st)
+{
+  if (cas_store_format_version (st) < CAS_FORMAT_VERSION_UNITS ||
+      !cas_store_is_local (st))
+    return NULL;
+  return cas_packstore_extents (cas_store_chunks (st));
+}
+
 /* "N (1.0 GiB)" */
 static const char *
 bytes (uint64_t n, char *buf, size_t len)
@@ -186,8 +206,10 @@ stat_store (struct cas_store *st, const char *dir, bool json)
   struct cas_refs_totals tt;
   const struct cas_chunkstore_stats *cs = &ss.chunks;
   struct cas_compression comp = cas_store_compression (st);
+  struct cas_extents *ext = extents_of (st);
+  struct cas_extents_stats es = { 0 };
   uint64_t logical = 0, mapped = 0, snap_mapped = 0, unreferenced, overhead,
-    nvol = 0, nsnap = 0, *alone;
+    nvol = 0, nsnap = 0, *alone, nonzero = 0, dedup_raw;
   uint32_t bs = cas_store_blocksize (st);
   char b[64], r1[32], r2[32], cn[CAS_COMPRESSION_NAME_LEN];
   char h1[HUMAN_SIZE_LEN], h2[HUMAN_SIZE_LEN], h3[HUMAN_SIZE_LEN],
@@ -204,10 +226,13 @@ stat_store (struct cas_store *st, const char *dir, bool json)
   cas_refs_totals (t.refs, alone, t.v.len, &tt);
   free (alone);
   cas_compression_name (&comp, cn);
+  if (ext)
+    cas_extents_stats (ext, &es);
   for (i = 0; i < t.v.len; i++) {
     const struct row *row = &t.v.ptr[i];
     if (!row->ok)
       continue;
+    nonzero += row->rs.nonzero_bytes;
     if (row->snapshot) {
       nsnap++;
       snap_mapped += row->rs.mapped_blocks * bs;
@@ -222,6 +247,13 @@ stat_store (struct cas_store *st, const char *dir, bool json)
   overhead = cs->packs * 64;
   unreferenced = cs->stored_bytes > tt.referenced + overhead
     ? cs->stored_bytes - tt.referenced - overhead : 0;
+  /* The dedup ratio's denominator: the bytes the referenced data would
+   * take were nothing shared.  Format 4: the raw bytes of the distinct
+   * units (its numerator the non-zero bytes of every block).
+   */
+  dedup_raw = ext ? tt.data_raw : tt.referenced_raw;
+  if (!ext)
+    nonzero = mapped + snap_mapped;
   if (json) {
     tool_printf ("{\n  \"store\": ");
     json_string (tool_stdout (), dir);
@@ -239,6 +271,7 @@ stat_store (struct cas_store *st, const char *dir, bool json)
                  "  \"referenced_raw_bytes\": %" PRIu64 ",\n"
                  "  \"unreferenced_bytes\": %" PRIu64 ",\n"
                  "  \"dedup_ratio\": %s,\n"
+                 "  \"nonzero_bytes\": %" PRIu64 ",\n"
                  "  \"data_chunks\": %" PRIu64 ",\n"
                  "  \"compressed_chunks\": %" PRIu64 ",\n"
                  "  \"data_raw_bytes\": %" PRIu64 ",\n"
@@ -247,7 +280,7 @@ stat_store (struct cas_store *st, const char *dir, bool json)
                  cas_store_format_version (st), bs, cn, nvol, nsnap,
                  t.broken, logical, mapped, snap_mapped, cs->stored_bytes,
                  tt.referenced, tt.referenced_raw, unreferenced,
-                 ratio (mapped + snap_mapped, tt.referenced_raw, true, r1),
+                 ratio (nonzero, dedup_raw, true, r1), nonzero,
                  tt.data_chunks, tt.compressed_chunks, tt.data_raw,
                  tt.data_stored, ratio (tt.data_raw, tt.data_stored, true,
                                         r2));
@@ -256,10 +289,27 @@ stat_store (struct cas_store *st, const char *dir, bool json)
                  "  \"referenced_chunks\": %" PRIu64 ",\n"
                  "  \"map_nodes\": %" PRIu64 ",\n"
                  "  \"index_bytes\": %" PRIu64 ",\n"
-                 "  \"index_slots\": %" PRIu64 ",\n"
-                 "  \"volume_list\": [",
+                 "  \"index_slots\": %" PRIu64 ",\n",
                  cs->packs, cs->chunks, tt.chunks, tt.nodes, cs->index_bytes,
                  cs->index_slots);
+    if (ext)
+      tool_printf ("  \"unit_size\": %u,\n"
+                   "  \"units\": %" PRIu64 ",\n"
+                   "  \"extents\": %" PRIu64 ",\n"
+                   "  \"referenced_extents\": %" PRIu64 ",\n"
+                   "  \"unreferenced_unit_bytes_in_referenced_extents\": %"
+                   PRIu64 ",\n"
+                   "  \"stored_units\": %" PRIu64 ",\n"
+                   "  \"stored_unit_raw_bytes\": %" PRIu64 ",\n"
+                   "  \"stored_unit_bytes\": %" PRIu64 ",\n"
+                   "  \"hooks\": %" PRIu64 ",\n"
+                   "  \"extent_table_bytes\": %" PRIu64 ",\n"
+                   "  \"hook_bytes\": %" PRIu64 ",\n",
+                   CAS_UNIT_SIZE, tt.units, es.extents, tt.extents,
+                   tt.dead_unit_bytes, es.units, es.unit_bytes_raw,
+                   es.unit_bytes_stored, es.hooks, es.table_bytes,
+                   es.hook_bytes);
+    tool_printf ("  \"volume_list\": [");
     for (i = 0; i < t.v.len; i++) {
       const struct row *row = &t.v.ptr[i];
       tool_printf ("%s\n    { \"name\": ", i ? "," : "");
@@ -269,15 +319,16 @@ stat_store (struct cas_store *st, const char *dir, bool json)
                      ", \"mapped_bytes\": %" PRIu64 ", \"unique_bytes\": %"
                      PRIu64 ", \"data_chunks\": %" PRIu64 ", \"raw_bytes\": %"
                      PRIu64 ", \"stored_bytes\": %" PRIu64
-                     ", \"dedup_ratio\": %s, \"compression_ratio\": %s",
+                     ", \"dedup_ratio\": %s, \"compression_ratio\": %s"
+                     ", \"nonzero_bytes\": %" PRIu64,
                      row->snapshot ? "true" : "false",
                      row->root.size, row->rs.mapped_blocks * bs, row->unique,
                      row->rs.data_chunks, row->rs.raw_bytes,
                      row->rs.stored_bytes,
-                     ratio (row->rs.mapped_blocks * bs, row->rs.raw_bytes,
+                     ratio (row->rs.nonzero_bytes, row->rs.raw_bytes,
                             true, r1),
                      ratio (row->rs.raw_bytes, row->rs.stored_bytes, true,
-                            r2));
+                            r2), row->rs.nonzero_bytes);
         if (row->snapshot) {
           char when[32];
           iso_time (row->root.mtime, when);
@@ -312,12 +363,26 @@ stat_store (struct cas_store *st, const char *dir, bool json)
   tool_printf ("  referenced:   %s\n", bytes (tt.referenced, b, sizeof b));
   tool_printf ("  unreferenced: %s (garbage collection gives it back)\n",
                bytes (unreferenced, b, sizeof b));
-  tool_printf ("dedup ratio:    %s\n",
-               ratio (mapped + snap_mapped, tt.referenced_raw, false, r1));
-  tool_printf ("data chunks:    %" PRIu64 " referenced, %" PRIu64
-               " compressed: %s raw, %s stored\n", tt.data_chunks,
-               tt.compressed_chunks, human_size (tt.data_raw, h1),
-               human_size (tt.data_stored, h2));
+  tool_printf ("dedup ratio:    %s\n", ratio (nonzero, dedup_raw, false, r1));
+  if (ext) {
+    /* Format 4: the unit store (its records are not chunks). */
+    tool_printf ("units:          %" PRIu64 " in %" PRIu64 " extents: %s raw, "
+                 "%s stored\n", es.units, es.extents,
+                 human_size (es.unit_bytes_raw, h1),
+                 human_size (es.unit_bytes_stored, h2));
+    tool_printf ("  referenced:   %" PRIu64 " in %" PRIu64 " extents, %"
+                 PRIu64 " compressed: %s raw, %s stored\n", tt.units,
+                 tt.extents, tt.compressed_chunks,
+                 human_size (tt.data_raw, h1), human_size (tt.data_stored, h2));
+    tool_printf ("  unreferenced in referenced extents: %s (kept: garbage "
+                 "collection copies an extent whole)\n",
+                 human_size (tt.dead_unit_bytes, h1));
+  }
+  else
+    tool_printf ("data chunks:    %" PRIu64 " referenced, %" PRIu64
+                 " compressed: %s raw, %s stored\n", tt.data_chunks,
+                 tt.compressed_chunks, human_size (tt.data_raw, h1),
+                 human_size (tt.data_stored, h2));
   tool_printf ("compress ratio: %s\n",
                ratio (tt.data_raw, tt.data_stored, false, r2));
   tool_printf ("packs:          %" PRIu64 "\n", cs->packs);
@@ -329,21 +394,11 @@ stat_store (struct cas_store *st, const char *dir, bool json)
     tool_printf (", %.1f bytes per chunk",
                  (double) cs->index_bytes / cs->chunks);
   tool_printf ("\n");
-  /* Format 4: the unit store (its records are not chunks). */
-  if (cas_store_is_local (st) &&
-      cas_packstore_extents (cas_store_chunks (st))) {
-    struct cas_extents_stats es;
-
-    cas_extents_stats (cas_packstore_extents (cas_store_chunks (st)), &es);
-    tool_printf ("units:          %" PRIu64 " in %" PRIu64 " extents: %s raw, "
-                 "%s stored\n", es.units, es.extents,
-                 human_size (es.unit_bytes_raw, h1),
-                 human_size (es.unit_bytes_stored, h2));
+  if (ext)
     tool_printf ("extent memory:  %s (table %s, %" PRIu64 " hooks %s)\n",
                  bytes (es.table_bytes + es.hook_bytes, b, sizeof b),
                  human_size (es.table_bytes, h1), es.hooks,
                  human_size (es.hook_bytes, h2));
-  }
   if (t.v.len)
     tool_printf ("\n%-28s %10s %10s %10s %10s %6s %6s  %s\n", "VOLUME",
                  "SIZE", "MAPPED", "STORED", "UNIQUE", "DEDUP", "COMPR",
@@ -362,7 +417,7 @@ stat_store (struct cas_store *st, const char *dir, bool json)
                    human_size (row->rs.mapped_blocks * bs, h2),
                    human_size (row->rs.stored_bytes, h3),
                    human_size (row->unique, h4),
-                   ratio (row->rs.mapped_blocks * bs, row->rs.raw_bytes,
+                   ratio (row->rs.nonzero_bytes, row->rs.raw_bytes,
                           false, r1),
                    ratio (row->rs.raw_bytes, row->rs.stored_bytes, false,
                           r2),
@@ -424,14 +479,15 @@ stat_volume (struct cas_store *st, const char *name, bool json)
                  "  \"stored_bytes\": %" PRIu64 ",\n"
                  "  \"dedup_ratio\": %s,\n"
                  "  \"compression_ratio\": %s,\n"
+                 "  \"nonzero_bytes\": %" PRIu64 ",\n"
                  "  \"map_nodes\": %" PRIu64 ",\n"
                  "  \"generation\": %" PRIu64 ",\n"
                  "  \"root\": \"%s\"\n}\n",
                  vs.size, bs, vs.blocks, vs.mapped_blocks, vs.mapped_bytes,
                  unique, rs.data_chunks, rs.raw_bytes, rs.stored_bytes,
-                 ratio (rs.mapped_blocks * bs, rs.raw_bytes, true, r1),
+                 ratio (rs.nonzero_bytes, rs.raw_bytes, true, r1),
                  ratio (rs.raw_bytes, rs.stored_bytes, true, r2),
-                 vs.map_nodes, vs.generation, hex);
+                 rs.nonzero_bytes, vs.map_nodes, vs.generation, hex);
     return 0;
   }
   tool_printf ("%-15s %s\n", strchr (name, '@') ? "snapshot:" : "volume:",
@@ -442,11 +498,15 @@ stat_volume (struct cas_store *st, const char *name, bool json)
   tool_printf ("mapped blocks:  %" PRIu64 " (%.1f%%)\n", vs.mapped_blocks,
                vs.blocks ? 100.0 * vs.mapped_blocks / vs.blocks : 0);
   tool_printf ("mapped bytes:   %s\n", bytes (vs.mapped_bytes, b, sizeof b));
-  tool_printf ("data chunks:    %" PRIu64 " distinct: %s raw, %s stored\n",
+  tool_printf ("%s    %" PRIu64 " distinct: %s raw, %s stored\n",
+               extents_of (st) ? "units:      " : "data chunks:",
                rs.data_chunks, bytes (rs.raw_bytes, b, sizeof b),
                bytes (rs.stored_bytes, b2, sizeof b2));
+  if (extents_of (st))
+    tool_printf ("non-zero bytes: %s\n", bytes (rs.nonzero_bytes, b,
+                                                sizeof b));
   tool_printf ("dedup ratio:    %s\n",
-               ratio (rs.mapped_blocks * bs, rs.raw_bytes, false, r1));
+               ratio (rs.nonzero_bytes, rs.raw_bytes, false, r1));
   tool_printf ("compress ratio: %s\n",
                ratio (rs.raw_bytes, rs.stored_bytes, false, r2));
   tool_printf ("unique bytes:   %s (only this references them)\n",
