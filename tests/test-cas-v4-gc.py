@@ -17,7 +17,8 @@
 #    (these cases are shared with test-cas-gc.py: gctest.py);
 #  - gc=auto gives the space back by itself;
 #  - fsck names a damaged unit (with its extent's pack and offset) and a
-#    missing extent; gc keeps the pack of a damaged referenced extent;
+#    missing extent; a torn newer copy of an extent (a collection's copy
+#    a power cut tore) hides nothing; gc keeps the pack of a damaged referenced extent;
 #    fsck --repair changes nothing about extents and loses nothing;
 #  - stat: units, extents, the dedup and compression ratios, what a
 #    volume alone references.
@@ -308,6 +309,30 @@ def fsck_missing_extent(d):
     assert os.path.exists(packfile)
 
 
+def torn_copy(d):
+    # What a collection's copy torn by a power cut before its sync looks
+    # like: a second record of an extent id, newer, its header and slot
+    # table intact, a unit not.  It must not hide the intact original:
+    # reads, fsck and the next collection use the original.
+    store, model = prepared_store(d, 14)
+    packfile = casformat.packs(store)[-1]
+    recs = [r for r in extent_records(store) if r[0] == packfile]
+    _, off, eid, n, present, length = recs[0]
+    with open(packfile, "rb") as f:
+        f.seek(off)
+        raw = f.read(casformat.record_size(length))
+    with open(packfile, "r+b") as f:
+        end = f.seek(0, 2)
+        assert end % 8 == 0, end
+        f.write(raw)
+    casformat.flip(packfile, end + 64 + n * SLOT_ENTRY + 100)
+    gctest.check_store(store, model, d)
+    tool("gc", store, "--max-unused", "0", check=0)
+    gctest.check_store(store, model, d)
+    p = tool("fsck", store, check=0)
+    assert "damaged" not in p.stdout, p.stdout
+
+
 # ---- stat ----
 
 def stat_v4(d):
@@ -374,6 +399,7 @@ def main():
         ("v4: fsck names a damaged unit; gc keeps its pack; repair loses "
          "nothing", fsck_damaged_unit),
         ("v4: fsck names a missing extent", fsck_missing_extent),
+        ("v4: a torn newer copy of an extent hides nothing", torn_copy),
         ("v4: stat counts units, extents and ratios", stat_v4),
     ]
     run_cases(per_server, tool_only)

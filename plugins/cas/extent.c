@@ -1034,6 +1034,32 @@ sums_add (struct cas_extents *ext, uint64_t loc, int sign)
   }
 }
 
+/* A second record of one id (a collection's copy, or the original of a
+ * copy) wins only if its units check out: a copy torn by a power cut
+ * before the collection's sync, its header and slot table intact, must
+ * not hide the intact original (the chunk index keeps every copy of a
+ * chunk and a read tries the next; this table keeps one).
+ */
+static bool
+newer_copy_intact (struct cas_extents *ext, uint64_t loc)
+{
+  CLEANUP_FREE uint8_t *payload = malloc (EXTENT_PAYLOAD_MAX);
+  struct cas_record_header h;
+  struct cas_extent_fields f;
+  struct cas_slot_entry se[CAS_UNITS_MAX];
+  uint32_t start[CAS_UNITS_MAX], got;
+  const char *problem;
+  unsigned bad_slot;
+
+  return payload &&
+    cas_packs_read_prefix (ext->packs, loc, &h, payload, EXTENT_PAYLOAD_MAX,
+                           &got) == 0 && got == h.length &&
+    cas_extent_parse_table (&h, payload, got, &f, se, start,
+                            &problem) == 0 &&
+    cas_extent_check_units (&f, se, start, payload, false, false, NULL,
+                            &problem, &bad_slot) == 0;
+}
+
 int
 cas_extents_add_record (struct cas_extents *ext, uint32_t pack,
                         uint64_t offset)
@@ -1070,6 +1096,13 @@ cas_extents_add_record (struct cas_extents *ext, uint32_t pack,
   old = atomic_load (e);
   if (old != 0 && EXT_LOC (old) > loc)
     return 0;
+  if (old != 0 && !newer_copy_intact (ext, loc)) {
+    backend_error ("cas: pack %" PRIu32 " offset %" PRIu64 ": extent %"
+                   PRIu64 ": a newer copy whose units do not check out (a "
+                   "torn append): the older copy is used", pack, offset,
+                   f.eid);
+    return 0;
+  }
   atomic_store (e, loc);
   if (old != 0)
     sums_add (ext, EXT_LOC (old), -1);
