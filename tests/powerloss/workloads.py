@@ -556,6 +556,49 @@ def cas_gc(s):
     s.stop()
 
 
+@workload("cas-v4-gc", backend="cas", server="minnbd", size=1 << 20,
+          blocksize=16384, params=("format=4",),
+          env={"NBDCAS_PACK_SIZE": "262144"})
+def cas_v4_gc(s):
+    # cas-gc on a format-4 store (4 KiB units in extents, 16 KiB blocks:
+    # descriptors of up to 4 units).  Flushes every other block make
+    # small extents, and each round overwrites two thirds of the blocks,
+    # so packs hold live and dead extents; partial blocks; a deleted
+    # snapshot and clone; `nbdcas gc --max-unused 0` live (unflushed
+    # writes before it, writes after it) and offline: extents dropped,
+    # copied whole (the copy synced before the table points at it) and
+    # packs retired.
+    bs = 16384
+    s.start()
+    for r in range(3):
+        for k in range(32):
+            if (k + r) % 3:
+                s.write(k * bs, bs)
+            if k % 2:
+                s.flush()
+        for k in range(6):
+            s.write(k * 5 * bs + 4096 * (k % 4), 4096)
+        s.flush()
+    s.restart()
+    s.snapshot("default", "old")
+    s.clone("default", "tmp")
+    for k in range(16):
+        s.write(k * 2 * bs + 512 * (k % 3), bs - 1024)
+    s.write(50 * bs, 4 * bs)            # not flushed: the collection does
+    s.delete("default@old")
+    s.delete("tmp")
+    s.gc("--max-unused", "0")
+    for k in range(8):
+        s.write((k + 4) * bs, bs)
+    s.flush()
+    s.stop()
+    s.gc("--max-unused", "0")
+    s.start()
+    s.write(40 * bs + 4096, 8192)
+    s.flush()
+    s.stop()
+
+
 @workload("cas-cache", backend="cas", server="minnbd", size=4 << 20,
           blocksize=65536, params=("dirtycache=640K",),
           env={"NBDCAS_PACK_SIZE": "262144"})
