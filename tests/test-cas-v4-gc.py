@@ -16,6 +16,7 @@
 #    second gc finishes the job; ENOSPC and EIO during gc lose nothing
 #    (these cases are shared with test-cas-gc.py: gctest.py);
 #  - gc=auto gives the space back by itself;
+#  - a damaged block descriptor stops gc before it removes anything;
 #  - fsck names a damaged unit (with its extent's pack and offset) and a
 #    missing extent; a torn newer copy of an extent (a collection's copy
 #    a power cut tore) hides nothing; gc keeps the pack of a damaged referenced extent;
@@ -309,6 +310,61 @@ def fsck_missing_extent(d):
     assert os.path.exists(packfile)
 
 
+def append_map_node(store, payload):
+    """Append a map node record (type 2) holding payload to the newest
+    pack, as the store writes one (FORMAT.md "Pack files"): its hash."""
+    h = casformat.sha256(payload)
+    hdr = struct.pack("<IBBHII", casformat.RECORD_MAGIC, casformat.MAPNODE,
+                      0, 0, len(payload), casformat.crc32c(payload)) + h
+    hdr += bytes(60 - len(hdr))
+    hdr += struct.pack("<I", casformat.crc32c(hdr))
+    packfile = casformat.packs(store)[-1]
+    with open(packfile, "r+b") as f:
+        end = f.seek(0, 2)
+        assert end % 8 == 0, end
+        f.write(hdr + payload + bytes(-len(payload) % 8))
+    return h
+
+
+def damaged_descriptor(d):
+    # A leaf slot that is not a valid descriptor (its run count 7): gc
+    # stops before it removes anything; fsck names the block.
+    store = os.path.join(d, "dd")
+    tool("create", store, "--format", "4", "--size", str(4 * MiB),
+         "--volume", "v", check=0)
+    img = os.path.join(d, "img")
+    with open(img, "wb") as f:
+        f.write(random.Random(15).randbytes(4 * MiB))
+    tool("import", store, "v", img, check=0)
+    tool("import", store, "v", img, check=0)        # garbage map nodes
+    rootfile = os.path.join(store, "volumes", "v")
+    with open(rootfile, "rb") as f:
+        root = bytearray(f.read())
+    leaf = bytes(root[40:72])
+    for packfile in casformat.packs(store):
+        for off, typ, length, h in casformat.records(packfile):
+            if typ == casformat.MAPNODE and h == leaf:
+                with open(packfile, "rb") as f:
+                    f.seek(off + 64)
+                    payload = bytearray(f.read(length))
+    payload[5 * 32] = 7
+    root[40:72] = append_map_node(store, bytes(payload))
+    root[124:128] = struct.pack("<I", casformat.crc32c(bytes(root[:124])))
+    with open(rootfile, "wb") as f:
+        f.write(root)
+    before = sorted(os.listdir(os.path.join(store, "packs")))
+    du = du_packs(store)
+    p = tool("gc", store, "--max-unused", "0", check=1)
+    assert "block 5: its descriptor" in p.stderr, p.stderr
+    assert "cannot be read" in p.stderr, p.stderr
+    assert sorted(os.listdir(os.path.join(store, "packs"))) == before
+    assert du_packs(store) == du
+    p = tool("fsck", store, check=1)
+    assert re.search(r"block 5 \(bytes \d+-\d+\): lost: block descriptor "
+                     r"is damaged", p.stdout), p.stdout
+    assert lost_blocks(p.stdout) == {5}, p.stdout
+
+
 def torn_copy(d):
     # What a collection's copy torn by a power cut before its sync looks
     # like: a second record of an extent id, newer, its header and slot
@@ -400,6 +456,8 @@ def main():
          "nothing", fsck_damaged_unit),
         ("v4: fsck names a missing extent", fsck_missing_extent),
         ("v4: a torn newer copy of an extent hides nothing", torn_copy),
+        ("v4: a damaged block descriptor stops gc; fsck names it",
+         damaged_descriptor),
         ("v4: stat counts units, extents and ratios", stat_v4),
     ]
     run_cases(per_server, tool_only)
