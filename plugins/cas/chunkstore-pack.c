@@ -1045,6 +1045,16 @@ count_extent (struct count_ctx *c, const struct cas_record_info *ri)
                      ri->pack, ri->offset, eid);
       c->u->keep = true;
     }
+    /* One that does not say which extent it is: as count_record. */
+    if (eid == 0 && c->missing) {
+      backend_error ("cas: pack %" PRIu32 " offset %" PRIu64 ": a damaged "
+                     "extent record, while %" PRIu64 " extent%s that "
+                     "volumes reference %s missing: keeping the pack (run "
+                     "nbdcas fsck)", ri->pack, ri->offset, c->missing,
+                     c->missing == 1 ? "" : "s",
+                     c->missing == 1 ? "is" : "are");
+      c->u->keep = true;
+    }
     c->u->dead += size;
     c->u->dead_records++;
     return 0;
