@@ -290,7 +290,8 @@ stat_store (struct cas_store *st, const char *dir, bool json)
                  "  \"map_nodes\": %" PRIu64 ",\n"
                  "  \"index_bytes\": %" PRIu64 ",\n"
                  "  \"index_slots\": %" PRIu64 ",\n",
-                 cs->packs, cs->chunks, tt.chunks, tt.nodes, cs->index_bytes,
+                 cs->packs, cs->chunks + es.extents, tt.chunks, tt.nodes,
+                 cs->index_bytes,
                  cs->index_slots);
     if (ext)
       tool_printf ("  \"unit_size\": %u,\n"
@@ -386,9 +387,15 @@ stat_store (struct cas_store *st, const char *dir, bool json)
   tool_printf ("compress ratio: %s\n",
                ratio (tt.data_raw, tt.data_stored, false, r2));
   tool_printf ("packs:          %" PRIu64 "\n", cs->packs);
-  tool_printf ("chunks:         %" PRIu64 " (%" PRIu64 " referenced, %"
-               PRIu64 " of them map nodes)\n", cs->chunks, tt.chunks,
-               tt.nodes);
+  if (ext)
+    /* The index holds the map nodes; the extents stand for chunks. */
+    tool_printf ("chunks:         %" PRIu64 " (%" PRIu64 " referenced: %"
+                 PRIu64 " map nodes, %" PRIu64 " extents)\n",
+                 cs->chunks + es.extents, tt.chunks, tt.nodes, tt.extents);
+  else
+    tool_printf ("chunks:         %" PRIu64 " (%" PRIu64 " referenced, %"
+                 PRIu64 " of them map nodes)\n", cs->chunks, tt.chunks,
+                 tt.nodes);
   tool_printf ("index memory:   %s", bytes (cs->index_bytes, b, sizeof b));
   if (cs->chunks)
     tool_printf (", %.1f bytes per chunk",
