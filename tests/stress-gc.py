@@ -3,9 +3,10 @@
 # (branch review; not part of make check: it runs for minutes).
 #
 #   stress-gc.py [--server minnbd|nbdkit] [--seconds N] [--kill]
-#                [--seed S] [--dir DIR]
+#                [--seed S] [--dir DIR] [--format 4]
 #
-# A store of 4 KiB blocks with small packs (many of them) and the
+# A store of 4 KiB blocks (--format 4: of format 4, 4 KiB units in
+# extents) with small packs (many of them) and the
 # smallest map cache (leaf write-backs all the time) is served; then at
 # once, until the time is up:
 #  - 2 writers per volume on 3 volumes, each owning a range of blocks,
@@ -167,8 +168,10 @@ class Stress:
 
     def start(self):
         os.environ["NBDCAS_PACK_SIZE"] = str(512 * 1024)
-        tool("create", self.store, "--blocksize", "4K", "--size",
-             str(NBLK * BS), "--volume", VOLS[0])
+        fmt = ["--format", self.args.format] if self.args.format else []
+        p = tool("create", self.store, *fmt, "--blocksize", "4K", "--size",
+                 str(NBLK * BS), "--volume", VOLS[0])
+        assert p.returncode == 0, p.stderr
         for v in VOLS[1:]:
             tool("create", self.store, "--size", str(NBLK * BS),
                  "--volume", v)
@@ -461,6 +464,7 @@ def main():
     ap.add_argument("--kill", action="store_true")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--dir")
+    ap.add_argument("--format", choices=["2", "4"])
     sys.exit(Stress(ap.parse_args()).run())
 
 
