@@ -1,13 +1,15 @@
 # The garbage-collection tests' shared part: test-cas-gc.py (stores of
 # format versions 1 to 3) and test-cas-v4-gc.py (format 4) run the same
-# cases on their own kind of store (a Flavour): 4 writers while gc runs,
-# kill -9 of the server and of the tool across gc's test points
+# cases on their own kind of store (a Flavour): gc=auto, data written
+# again between mark and sweep (test point gc-marked), 4 writers while gc
+# runs, kill -9 of the server and of the tool across gc's test points
 # (plugins/cas/testpoint.h), ENOSPC and EIO during gc; plus helpers:
 # disk use of the packs, the space bound a collection must reach.
 
 import json
 import os
 import random
+import re
 import select
 import shutil
 import subprocess
@@ -83,6 +85,80 @@ def fifo(d, name):
     path = os.path.join(d, name)
     os.mkfifo(path)
     return path
+
+
+# ---- space comes back by itself ----
+
+def automatic_gc(fl, server, d):
+    # gc=auto collects by itself once enough was overwritten (here past
+    # 1M and a quarter of the store); there is no event to wait on, so
+    # poll the disk use, with a deadline.
+    rnd = random.Random(5)
+    model = bytearray(SIZE)
+    srv, store = new_server(fl, server, d, params=("gc=auto", "gc-min=1M"))
+    try:
+        with connection(srv) as h:
+            overwrite(h, rnd, model, 4)
+        nbdtest.wait_until(lambda: du_packs(store) < 1.2 * SIZE,
+                           "the automatic collection", timeout=120)
+        assert read_volume(srv, "", SIZE) == bytes(model)
+    finally:
+        stopped(srv)
+    tool("fsck", store, "--full", check=0)
+
+
+# ---- the race ----
+
+def dedup_race(fl, server, d):
+    rnd = random.Random(3)
+    stop, resume = fifo(d, "stop"), fifo(d, "resume")
+    srv, store = new_server(fl, server, d, env={
+        "NBDCAS_TEST_STOP": "gc-marked", "NBDCAS_TEST_STOP_FIFO": stop,
+        "NBDCAS_TEST_RESUME_FIFO": resume})
+    try:
+        with connection(srv) as h:
+            # A pack's worth of data, then all of it overwritten: the
+            # first packs hold nothing referenced, so gc removes them.
+            old = rnd.randbytes(PACK)
+            h.pwrite(old, 0)
+            h.flush()
+            h.pwrite(rnd.randbytes(PACK), 0)
+            h.flush()
+            gc = subprocess.Popen([NBDCAS, "gc", store],
+                                  stdin=subprocess.DEVNULL,
+                                  stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE)
+            with open(stop) as f:
+                assert f.readline() == "gc-marked\n"
+            # gc has marked: the old data is garbage.  Now write some of
+            # it again (a dedup hit on what is about to be swept: whole
+            # blocks, and 4 KiB units inside a block, which format 4
+            # deduplicates), and a block never seen before.
+            x = old[3 * BS:5 * BS]
+            y = old[20 * BS + 3 * 4096:20 * BS + 7 * 4096]
+            z = rnd.randbytes(BS)
+            h.pwrite(x, 9 * MiB)
+            h.pwrite(y, 10 * MiB + 4096)
+            h.pwrite(z, 11 * MiB)
+            h.flush()
+            with open(resume, "w") as f:
+                f.write("go\n")
+            out, err = gc.communicate(timeout=300)
+            assert gc.returncode == 0, (out, err)
+            assert re.search(r"[1-9]\d* packs removed", out.decode()), out
+            assert h.pread(len(x), 9 * MiB) == x
+            assert h.pread(len(y), 10 * MiB + 4096) == y
+            assert h.pread(BS, 11 * MiB) == z
+        srv.kill9()
+        srv.start().ready()
+        with connection(srv) as h:
+            assert h.pread(len(x), 9 * MiB) == x, "deduplicated data lost"
+            assert h.pread(len(y), 10 * MiB + 4096) == y, \
+                "deduplicated units lost"
+            assert h.pread(BS, 11 * MiB) == z
+    finally:
+        stopped(srv)
+    tool("fsck", store, "--full", check=0)
 
 
 # ---- writers and gc together ----

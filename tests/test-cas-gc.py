@@ -16,20 +16,18 @@
 #  - ENOSPC and EIO while gc copies or syncs: gc fails with a message,
 #    nothing is lost;
 #  - a store with an unreadable volume root is not collected.
+# Most cases are gctest.py's, shared with test-cas-v4-gc.py (format 4).
 
 import os
 import random
-import re
-import subprocess
 import sys
 
 sys.path.insert(0, os.environ.get("srcdir", os.path.dirname(__file__)))
 import gctest  # noqa: E402
-import nbdtest  # noqa: E402
-from castest import (BS, MiB, NBDCAS, connection, read_volume,  # noqa: E402
-                     run_cases, stopped, tool)
-from gctest import (PACK, SIZE, check_gc, du_packs, fifo,  # noqa: E402
-                    overwrite, prepared_store, referenced)
+from castest import (connection, read_volume, run_cases,  # noqa: E402
+                     stopped, tool)
+from gctest import (SIZE, check_gc, du_packs, overwrite,  # noqa: E402
+                    prepared_store, referenced)
 
 FLAVOUR = gctest.Flavour()
 
@@ -88,72 +86,6 @@ def snapshots_then_gc(server, d):
     tool("fsck", store, "--full", check=0)
 
 
-def automatic_gc(server, d):
-    # gc=auto collects by itself once enough was overwritten (here past
-    # 1M and a quarter of the store); there is no event to wait on, so
-    # poll the disk use, with a deadline.
-    rnd = random.Random(5)
-    model = bytearray(SIZE)
-    srv, store = new_server(server, d, params=("gc=auto", "gc-min=1M"))
-    try:
-        with connection(srv) as h:
-            overwrite(h, rnd, model, 4)
-        nbdtest.wait_until(lambda: du_packs(store) < 1.2 * SIZE,
-                           "the automatic collection", timeout=120)
-        assert read_volume(srv, "", SIZE) == bytes(model)
-    finally:
-        stopped(srv)
-    tool("fsck", store, "--full", check=0)
-
-
-# ---- the race ----
-
-def dedup_race(server, d):
-    rnd = random.Random(3)
-    stop, resume = fifo(d, "stop"), fifo(d, "resume")
-    srv, store = new_server(server, d, env={
-        "NBDCAS_TEST_STOP": "gc-marked", "NBDCAS_TEST_STOP_FIFO": stop,
-        "NBDCAS_TEST_RESUME_FIFO": resume})
-    try:
-        with connection(srv) as h:
-            # A pack's worth of data, then all of it overwritten: the
-            # first packs hold nothing referenced, so gc removes them.
-            old = rnd.randbytes(PACK)
-            h.pwrite(old, 0)
-            h.flush()
-            h.pwrite(rnd.randbytes(PACK), 0)
-            h.flush()
-            gc = subprocess.Popen([NBDCAS, "gc", store],
-                                  stdin=subprocess.DEVNULL,
-                                  stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE)
-            with open(stop) as f:
-                assert f.readline() == "gc-marked\n"
-            # gc has marked: the old blocks are garbage.  Now write one of
-            # them again (a dedup hit on a record about to be swept), and
-            # a block never seen before.
-            x = old[3 * BS:4 * BS]
-            z = rnd.randbytes(BS)
-            h.pwrite(x, 9 * MiB)
-            h.pwrite(z, 10 * MiB)
-            h.flush()
-            with open(resume, "w") as f:
-                f.write("go\n")
-            out, err = gc.communicate(timeout=300)
-            assert gc.returncode == 0, (out, err)
-            assert re.search(r"[1-9]\d* packs removed", out.decode()), out
-            assert h.pread(BS, 9 * MiB) == x
-            assert h.pread(BS, 10 * MiB) == z
-        srv.kill9()
-        srv.start().ready()
-        with connection(srv) as h:
-            assert h.pread(BS, 9 * MiB) == x, "the deduplicated block is lost"
-            assert h.pread(BS, 10 * MiB) == z
-    finally:
-        stopped(srv)
-    tool("fsck", store, "--full", check=0)
-
-
 def damaged_root_refused(d):
     base, model = prepared_store(FLAVOUR, d, 9)
     tool("create", base, "--size", "1M", "--volume", "broken", check=0)
@@ -172,12 +104,13 @@ def main():
          "live data", overwrite_heavy),
         ("deleted snapshots: gc gives their space back", snapshots_then_gc),
         ("a dedup hit on garbage between mark and sweep survives",
-         dedup_race),
+         lambda s, d: gctest.dedup_race(FLAVOUR, s, d)),
         ("4 writers with flushes while gc runs: data as the model",
          lambda s, d: gctest.writers_during_gc(FLAVOUR, s, d)),
         ("kill -9 of the server during gc",
          lambda s, d: gctest.kill_server_during_gc(FLAVOUR, s, d)),
-        ("gc=auto gives the space back by itself", automatic_gc),
+        ("gc=auto gives the space back by itself",
+         lambda s, d: gctest.automatic_gc(FLAVOUR, s, d)),
     ]
     tool_only = [
         ("kill -9 of gc at 20+ points: nothing lost, gc finishes later",

@@ -29,23 +29,21 @@ import os
 import random
 import re
 import struct
-import subprocess
 import sys
 
 sys.path.insert(0, os.environ.get("srcdir", os.path.dirname(__file__)))
 import casformat  # noqa: E402
 import gctest  # noqa: E402
 import nbdtest  # noqa: E402
-from castest import (BS, MiB, NBDCAS, connection, read_volume,  # noqa: E402
+from castest import (BS, MiB, connection, read_volume,  # noqa: E402
                      run_cases, stopped, tool)
-from gctest import (PACK, SIZE, check_gc, du_packs, fifo,  # noqa: E402
-                    overwrite, referenced)
+from gctest import (SIZE, check_gc, du_packs, overwrite,  # noqa: E402
+                    referenced)
 
 # Format 4, and sub-block writes among the writers' (units of a block
 # kept by reference while others change).
 FLAVOUR = gctest.Flavour(params=["format=4"], create=["--format", "4"],
                          lengths=[512, 4096, BS, 2 * BS])
-UNIT = 4096
 EXTENT = 4                      # record type
 SLOT_ENTRY = 40
 
@@ -153,76 +151,6 @@ def history_then_gc(server, d):
         tool("gc", store, "--max-unused", "0", check=0)
         check_gc(store, referenced(store))
         assert read_volume(srv, "", SIZE) == bytes(model)
-    finally:
-        stopped(srv)
-    fsck_clean(store)
-
-
-def automatic_gc(server, d):
-    # gc=auto collects by itself once enough was overwritten; there is no
-    # event to wait on, so poll the disk use, with a deadline.
-    rnd = random.Random(5)
-    model = bytearray(SIZE)
-    srv, store = new_server(server, d, params=("gc=auto", "gc-min=1M"))
-    try:
-        with connection(srv) as h:
-            overwrite(h, rnd, model, 4)
-        nbdtest.wait_until(lambda: du_packs(store) < 1.2 * SIZE,
-                           "the automatic collection", timeout=120)
-        assert read_volume(srv, "", SIZE) == bytes(model)
-    finally:
-        stopped(srv)
-    fsck_clean(store)
-
-
-# ---- the new-copy rule ----
-
-def dedup_race(server, d):
-    rnd = random.Random(3)
-    stop, resume = fifo(d, "stop"), fifo(d, "resume")
-    srv, store = new_server(server, d, env={
-        "NBDCAS_TEST_STOP": "gc-marked", "NBDCAS_TEST_STOP_FIFO": stop,
-        "NBDCAS_TEST_RESUME_FIFO": resume})
-    try:
-        with connection(srv) as h:
-            # A pack's worth of data, then all of it overwritten: its
-            # extents are garbage when gc marks.
-            old = rnd.randbytes(PACK)
-            h.pwrite(old, 0)
-            h.flush()
-            h.pwrite(rnd.randbytes(PACK), 0)
-            h.flush()
-            gc = subprocess.Popen([NBDCAS, "gc", store],
-                                  stdin=subprocess.DEVNULL,
-                                  stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE)
-            with open(stop) as f:
-                assert f.readline() == "gc-marked\n"
-            # Marked: the old units are garbage.  Write some of them
-            # again (units whose only copies are in extents about to be
-            # swept: a dedup there would be lost), whole blocks and
-            # unit-aligned pieces, and new data.
-            x = old[3 * BS:5 * BS]
-            y = old[20 * BS + 3 * UNIT:20 * BS + 7 * UNIT]
-            z = rnd.randbytes(BS)
-            h.pwrite(x, 9 * MiB)
-            h.pwrite(y, 10 * MiB + UNIT)
-            h.pwrite(z, 11 * MiB)
-            h.flush()
-            with open(resume, "w") as f:
-                f.write("go\n")
-            out, err = gc.communicate(timeout=300)
-            assert gc.returncode == 0, (out, err)
-            assert re.search(r"[1-9]\d* packs removed", out.decode()), out
-            assert h.pread(len(x), 9 * MiB) == x
-            assert h.pread(len(y), 10 * MiB + UNIT) == y
-            assert h.pread(BS, 11 * MiB) == z
-        srv.kill9()
-        srv.start().ready()
-        with connection(srv) as h:
-            assert h.pread(len(x), 9 * MiB) == x, "deduplicated units lost"
-            assert h.pread(len(y), 10 * MiB + UNIT) == y
-            assert h.pread(BS, 11 * MiB) == z
     finally:
         stopped(srv)
     fsck_clean(store)
@@ -440,12 +368,13 @@ def main():
         ("v4: snapshots, clone, deleted volume: gc keeps what is referenced",
          history_then_gc),
         ("v4: units written again between mark and sweep survive",
-         dedup_race),
+         lambda s, d: gctest.dedup_race(FLAVOUR, s, d)),
         ("v4: 4 writers with flushes while gc runs: data as the model",
          lambda s, d: gctest.writers_during_gc(FLAVOUR, s, d)),
         ("v4: kill -9 of the server during gc",
          lambda s, d: gctest.kill_server_during_gc(FLAVOUR, s, d)),
-        ("v4: gc=auto gives the space back by itself", automatic_gc),
+        ("v4: gc=auto gives the space back by itself",
+         lambda s, d: gctest.automatic_gc(FLAVOUR, s, d)),
     ]
     tool_only = [
         ("v4: kill -9 of gc at 20+ points: nothing lost, gc finishes later",

@@ -1018,6 +1018,24 @@ struct count_ctx {
   struct pack_use *u;
 };
 
+/* A damaged record that does not say what it is may be the record of
+ * an extent volumes reference and the table lost: its pack is kept
+ * while there is such an extent.
+ */
+static void
+keep_if_extents_missing (struct count_ctx *c,
+                         const struct cas_record_info *ri)
+{
+  if (c->missing == 0)
+    return;
+  backend_error ("cas: pack %" PRIu32 " offset %" PRIu64 ": a damaged "
+                 "record, while %" PRIu64 " extent%s that volumes "
+                 "reference %s missing: keeping the pack (run nbdcas "
+                 "fsck)", ri->pack, ri->offset, c->missing,
+                 c->missing == 1 ? "" : "s", c->missing == 1 ? "is" : "are");
+  c->u->keep = true;
+}
+
 static int
 count_extent (struct count_ctx *c, const struct cas_record_info *ri)
 {
@@ -1045,16 +1063,8 @@ count_extent (struct count_ctx *c, const struct cas_record_info *ri)
                      ri->pack, ri->offset, eid);
       c->u->keep = true;
     }
-    /* One that does not say which extent it is: as count_record. */
-    if (eid == 0 && c->missing) {
-      backend_error ("cas: pack %" PRIu32 " offset %" PRIu64 ": a damaged "
-                     "extent record, while %" PRIu64 " extent%s that "
-                     "volumes reference %s missing: keeping the pack (run "
-                     "nbdcas fsck)", ri->pack, ri->offset, c->missing,
-                     c->missing == 1 ? "" : "s",
-                     c->missing == 1 ? "is" : "are");
-      c->u->keep = true;
-    }
+    if (eid == 0)
+      keep_if_extents_missing (c, ri);
     c->u->dead += size;
     c->u->dead_records++;
     return 0;
@@ -1090,20 +1100,9 @@ count_record (const struct cas_record_info *ri, void *opaque)
 
   if (c->ext && (int) ri->type == CAS_RECORD_EXTENT)
     return count_extent (c, ri);
-  /* A damaged record that does not say what it is may be the record of
-   * an extent volumes reference and the table lost: kept while there is
-   * such an extent.
-   */
-  if (ri->status != 0 && c->missing &&
-      (cas_hash_is_zero (&ri->hash) || (int) ri->type != CAS_CHUNK_MAPNODE)) {
-    backend_error ("cas: pack %" PRIu32 " offset %" PRIu64 ": a damaged "
-                   "record, while %" PRIu64 " extent%s that volumes "
-                   "reference %s missing: keeping the pack (run nbdcas "
-                   "fsck)", ri->pack, ri->offset, c->missing,
-                   c->missing == 1 ? "" : "s",
-                   c->missing == 1 ? "is" : "are");
-    c->u->keep = true;
-  }
+  if (ri->status != 0 &&
+      (cas_hash_is_zero (&ri->hash) || (int) ri->type != CAS_CHUNK_MAPNODE))
+    keep_if_extents_missing (c, ri);
 
   if (ri->status != 0) {
     /* Damaged: nothing can be copied.  If a root still references its
