@@ -22,7 +22,7 @@
 #    a power cut tore) hides nothing; gc keeps the pack of a damaged referenced extent;
 #    fsck --repair changes nothing about extents and loses nothing;
 #  - stat: units, extents, the dedup and compression ratios, what a
-#    volume alone references.
+#    volume alone references; gc of a store that compresses (lz4).
 
 import json
 import os
@@ -361,6 +361,40 @@ def stat_v4(d):
     assert "extent memory:" in p.stdout, p.stdout
 
 
+def compressed_gc(d):
+    # lz4: compressible units are stored compressed; gc checks them
+    # (CRC, and that they decode) before it copies their extents, and
+    # stat's compression ratio is raw over stored bytes of the units.
+    store = os.path.join(d, "cz")
+    tool("create", store, "--format", "4", "--compression", "lz4",
+         "--size", str(SIZE), "--volume", "v", check=0)
+    rnd = random.Random(16)
+    img = os.path.join(d, "img")
+    model = bytearray(SIZE)
+    for r in range(3):
+        for off in range(0, SIZE, MiB):
+            if rnd.random() < 0.6:
+                # Compressible (a 512-byte random pattern repeated, new
+                # each unit) or random, half and half.
+                for u in range(off, off + MiB, 4096):
+                    model[u:u + 4096] = (rnd.randbytes(512) * 8
+                                         if (u // 4096) % 2 else
+                                         rnd.randbytes(4096))
+        with open(img, "wb") as f:
+            f.write(model)
+        tool("import", store, "v", img, check=0)
+    s = stat_json(store)
+    assert s["compressed_chunks"] > 0, s
+    assert s["compression_ratio"] > 1.3, s
+    before = du_packs(store)
+    tool("gc", store, "--max-unused", "0", check=0)
+    assert du_packs(store) < before, (before, du_packs(store))
+    check_gc(store, referenced(store))
+    gctest.check_store(store, bytes(model), d)
+    after = stat_json(store)
+    assert after["data_stored_bytes"] == s["data_stored_bytes"], (s, after)
+
+
 def main():
     per_server = [
         ("v4: overwrites, gc brings the packs within 10% of the live data",
@@ -388,6 +422,8 @@ def main():
         ("v4: a damaged block descriptor stops gc; fsck names it",
          damaged_descriptor),
         ("v4: stat counts units, extents and ratios", stat_v4),
+        ("v4: lz4: gc copies compressed extents; stat's ratio",
+         compressed_gc),
     ]
     run_cases(per_server, tool_only)
 
