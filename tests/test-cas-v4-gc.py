@@ -361,6 +361,39 @@ def stat_v4(d):
     assert "extent memory:" in p.stdout, p.stdout
 
 
+def dead_units_kept(d):
+    # One unit of every block rewritten: each old extent keeps 15 live
+    # units and one dead one.  gc copies such extents whole (no
+    # compaction), stat shows the dead units apart, and a second gc
+    # finds nothing to do (dead units inside live extents do not count
+    # as unused: rewriting could not shrink them).
+    store = os.path.join(d, "du")
+    tool("create", store, "--format", "4", "--size", str(MiB), "--volume",
+         "v", check=0)
+    rnd = random.Random(17)
+    model = bytearray(rnd.randbytes(MiB))
+    img = os.path.join(d, "img")
+    with open(img, "wb") as f:
+        f.write(model)
+    tool("import", store, "v", img, check=0)
+    for b in range(MiB // BS):
+        model[b * BS + 3 * 4096:b * BS + 4 * 4096] = rnd.randbytes(4096)
+    with open(img, "wb") as f:
+        f.write(model)
+    tool("import", store, "v", img, check=0)
+    s = stat_json(store)
+    assert s["units"] == MiB // 4096, s
+    dead = s["unreferenced_unit_bytes_in_referenced_extents"]
+    assert dead == (MiB // BS) * 4096, s
+    tool("gc", store, "--max-unused", "0", check=0)
+    gctest.check_store(store, bytes(model), d)
+    s = stat_json(store)
+    assert s["unreferenced_unit_bytes_in_referenced_extents"] == dead, s
+    p = tool("gc", store, "--max-unused", "0", check=0)
+    assert "0 packs removed and 0 rewritten" in p.stdout, p.stdout
+    gctest.check_store(store, bytes(model), d)
+
+
 def compressed_gc(d):
     # lz4: compressible units are stored compressed; gc checks them
     # (CRC, and that they decode) before it copies their extents, and
@@ -424,6 +457,8 @@ def main():
         ("v4: stat counts units, extents and ratios", stat_v4),
         ("v4: lz4: gc copies compressed extents; stat's ratio",
          compressed_gc),
+        ("v4: dead units in live extents: copied whole, shown by stat, "
+         "no pointless rewrite", dead_units_kept),
     ]
     run_cases(per_server, tool_only)
 
