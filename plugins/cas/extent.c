@@ -706,6 +706,22 @@ cas_extents_slot_hashes (struct cas_extents *ext, uint64_t eid,
   }
 }
 
+uint64_t
+cas_extents_dedup_stamp (struct cas_extents *ext, uint64_t eid)
+{
+  uint64_t v = load_entry (ext, eid);
+  uint32_t gc_below = ext->gc_below ? atomic_load (ext->gc_below) : 0;
+
+  if (v == 0 || (v & EXT_DAMAGED))
+    return 0;
+  if (EXT_IS_PENDING (v))
+    return CAS_EXTENT_STAMP_PENDING;
+  if (!(v & EXT_VERIFIED) || (gc_below && CAS_LOC_PACK (v) < gc_below))
+    return 0;
+  /* A record's location is never 0 (pack 0 is no pack): never 1 either. */
+  return EXT_LOC (v) | EXT_VERIFIED;
+}
+
 /* ---- writing ---- */
 
 struct cas_extent_appender *

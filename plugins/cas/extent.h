@@ -73,6 +73,19 @@ int cas_extents_slot_hashes (struct cas_extents *ext, uint64_t eid,
                              struct cas_hash hashes[CAS_UNITS_MAX],
                              unsigned *nslots, uint16_t *present);
 
+/* Whether extent eid may be referenced for dedup now, without a read:
+ * 0 if not (no such extent, damaged, not yet checked in this process --
+ * cas_extents_slot_hashes checks it --, or in a pack sealed by a
+ * collection in progress); CAS_EXTENT_STAMP_PENDING if it is still being
+ * filled (in RAM: only the writer appending it may reference it, since
+ * only its own flush makes it durable); else a stamp of its record that
+ * changes whenever the record moves (gc may drop unreferenced slots when
+ * it copies a record), so a slot table read while the stamp was S is
+ * still the table while the stamp is S.  A table lookup: no I/O, no lock.
+ */
+#define CAS_EXTENT_STAMP_PENDING UINT64_C (1)
+uint64_t cas_extents_dedup_stamp (struct cas_extents *ext, uint64_t eid);
+
 /* Hooks: a sample of stored units (last byte of the SHA-256 % 16 == 0). */
 static inline bool
 cas_unit_is_hook (const struct cas_hash *h)

@@ -1,41 +1,60 @@
 /* The unit writer of a format-4 store: see unitwriter.h for the contract,
- * and the lead's plan ("Writing a block") for the algorithm.
+ * and the lead's plan ("Writing a block") and FORMAT.md ("Writing a
+ * block") for the algorithm.
  *
- * A block is stored in five steps:
+ * A block is stored in these steps:
  *  1. classify (outside the lock): a unit no sector of which was written
  *     keeps its old reference; a unit written in part is completed from
  *     the old content; an all-zero unit is a zero unit; every other unit
  *     is hashed.
- *  2. look the hashed units up, in block order: the unit cache (the slot
- *     tables of the groups this writer loaded or filled lately), then the
- *     slot tables of the old descriptor's extents (a block rewritten with
- *     mostly the same units), then the hooks: the units still missing
- *     that are hooks vote for the groups holding them, the two groups
- *     with the most votes that are not cached are loaded, and the lookup
- *     is tried again.  Each lookup first tries the slot after the
- *     previous unit's (a continuation): where a unit is stored twice,
- *     the copy that extends the run wins, so a block stored as 16 copies
- *     of one unit is found again as one run.
- *  3. check every reference the cache gave against its extent's slot
- *     table now (the cache may be older than a collection that dropped or
- *     sealed the extent): a reference that fails is a miss.
- *  4. count the runs the block would take with its missing units added
- *     (one after the other, a unit that occurs twice added twice, so
- *     that they stay one run); if they fit a descriptor, add them.
- *  5. else the fallback: store the block's non-zero units again, fresh
- *     and consecutive, or all of its units, zeros too, if even that
- *     takes more runs than a descriptor holds.
- * Steps 2 to 5 run under the writer's lock; the fallback's reading and
- * hashing of units kept from the old content runs outside it.
+ *  2. the old content first, by position: a hashed unit equal to the old
+ *     unit at its position keeps that reference (and a zero unit whose
+ *     old unit is a stored zero unit keeps it), so a block rewritten
+ *     mostly unchanged keeps its runs.  What the old units are comes from
+ *     the slot tables of the old descriptor's extents: read (into the
+ *     cache) when the whole block was written; when some units are kept
+ *     (a small write), only while such reads pay (small_write_reads):
+ *     random 4 KiB writes of new data soon read nothing.
+ *  3. the other hashed units are looked up in the cache (the slot tables
+ *     of the groups this writer loaded, filled or read lately; the old
+ *     descriptor's extents are among them): of every place a unit is
+ *     known, the one whose run goes on longest in the block wins (ties:
+ *     the one that continues the previous unit's run), so a block stored
+ *     as 16 copies of one unit is found again as one run.  Units still
+ *     missing that are hooks vote for the groups holding them, the two
+ *     groups with the most votes are loaded whole, and the lookup is
+ *     tried again.
+ *  4. check every reference found in step 3 (a new reference) against
+ *     the extent store without a read: the extent's dedup stamp
+ *     (cas_extents_dedup_stamp: checked in this process, not damaged, not
+ *     in a pack a collection sealed, and the record not moved since its
+ *     table was cached); a stamp that changed costs a read of the table.
+ *     References kept at their position (step 2) are not new: no check.
+ *  5. the missing units are added one after the other (a unit that
+ *     occurs twice added twice, so that they stay one run); if they do
+ *     not fit the open extent's room, a new extent is started first, so
+ *     that they are one run (align).  Done if the block fits a
+ *     descriptor.
+ *  6. else the partial fallback: of the block's runs, the ones to keep
+ *     are chosen (a small dynamic programme over at most 16 runs: keep
+ *     the most units within 5 runs, the others stored fresh and
+ *     consecutively, in one extent); units kept from the old content that
+ *     must be stored again are read and hashed outside the lock.
+ * Steps 2 to 6 (but the fallback's reading) run under the writer's lock.
  *
  * The cache: CACHE_GROUPS groups (64 extents, up to 1024 units each),
  * least recently used first out.  A group enters the cache when it is
- * loaded (every extent of it that the extent store offers for dedup) or
- * when this writer adds a unit to one of its extents (the writer's own
- * group: every unit of it is one this writer added).  A group keeps its
- * extents' slot tables (for continuations) and an open-addressing index
- * from a unit's hash to its first slot: 38 KiB a group, at most 304 KiB
- * a writer (a writable volume), allocated as groups are first used.
+ * loaded (every extent of it that the extent store offers for dedup),
+ * when an extent of it is an old descriptor's (that extent only), or
+ * when this writer adds a unit to one of its extents.  A group keeps its
+ * extents' slot tables, the dedup stamp each was cached under, and an
+ * open-addressing index from a unit's hash to its first slot: 38 KiB a
+ * group, at most 304 KiB a writer (a writable volume), allocated as
+ * groups are first used.
+ *
+ * Another writer's extent still being filled is never referenced: only
+ * its own flush makes it durable, and a volume's flush flushes its own
+ * writer only.
  */
 #include <config.h>
 
@@ -58,12 +77,19 @@
 #define CACHE_GROUPS 8
 /* Groups loaded through hooks per block (the plan: the top two). */
 #define LOAD_PER_BLOCK 2
+/* Copies of one unit in a group weighed per lookup (a unit stored
+ * thousands of times costs a bounded look).
+ */
+#define MAX_CANDIDATES 64
 
 struct uw_group {
   bool valid;
+  bool whole;                   /* loaded whole (through a hook) */
   uint64_t g;                   /* group number (cas_extent_group) */
   uint64_t used;                /* LRU stamp */
   uint16_t present[CAS_GROUP_EXTENTS];  /* slots known, per extent */
+  /* The dedup stamp the extent's slots were known under; 0: none. */
+  uint64_t stamp[CAS_GROUP_EXTENTS];
   struct cas_hash *h;           /* [GROUP_UNITS]: extent x, slot s at
                                    x * CAS_UNITS_MAX + s */
   uint16_t *idx;                /* [GROUP_BUCKETS]: position + 1, 0 empty */
@@ -76,14 +102,20 @@ struct cas_unit_writer {
   uint32_t bs, units;           /* const */
   enum cas_verify verify;       /* const */
   char *name;                   /* const: the volume's, for messages */
+  struct cas_hash zero_hash;    /* const: of an all-zero unit */
   struct ranked_mutex lock;     /* everything below */
   struct cas_extent_appender *app;
+  uint64_t open_eid;            /* the appender's open extent, 0 none */
   uint64_t clock;               /* LRU stamps */
   struct uw_group group[CACHE_GROUPS];
   /* Counters, for the debug line at free. */
   uint64_t stored_blocks, kept_units, zero_units, hashed_units;
-  uint64_t cache_hits, old_hits, hook_hits, added_units, fallbacks,
-    stale_refs, group_loads;
+  /* Small writes that read the old tables, and of them those that kept
+   * a unit by position (see small_write_reads).
+   */
+  uint32_t small_reads, small_hits, small_skips;
+  uint64_t same_pos, cache_hits, hook_hits, added_units, fallbacks,
+    restored_units, stale_refs, group_loads, tables_read;
 };
 
 /* What step 1 made of a unit of the block. */
@@ -92,7 +124,8 @@ enum unit_kind { UNIT_KEEP, UNIT_ZERO, UNIT_DATA };
 struct unit {
   enum unit_kind kind;
   bool found;                   /* UNIT_DATA: eid/slot hold a reference */
-  bool from_cache;              /* found in the cache: check it (step 3) */
+  bool check;                   /* a new reference: check it (step 4) */
+  bool add;                     /* to be added (steps 5 and 6) */
   struct cas_hash h;            /* UNIT_DATA */
   const uint8_t *bytes;         /* UNIT_DATA: the raw unit */
   uint64_t eid;                 /* the reference; 0 for a zero unit */
@@ -166,6 +199,15 @@ group_insert (struct uw_group *grp, const struct cas_hash *h, uint64_t eid,
   grp->idx[i] = pos + 1;
 }
 
+/* Does grp know slot s of its extent x to hold h? */
+static bool
+group_holds (const struct uw_group *grp, unsigned x, unsigned s,
+             const struct cas_hash *h)
+{
+  return s < CAS_UNITS_MAX && grp->present[x] >> s & 1 &&
+    cas_hash_equal (&grp->h[x * CAS_UNITS_MAX + s], h);
+}
+
 static struct uw_group *
 cache_group (struct cas_unit_writer *w, uint64_t g)
 {
@@ -212,89 +254,94 @@ cache_take (struct cas_unit_writer *w, uint64_t g)
   }
   memset (grp->idx, 0, GROUP_BUCKETS * sizeof *grp->idx);
   memset (grp->present, 0, sizeof grp->present);
+  memset (grp->stamp, 0, sizeof grp->stamp);
   grp->g = g;
   grp->valid = true;
+  grp->whole = false;
   grp->used = ++w->clock;
   return grp;
 }
 
-/* Unit h in the cache: the continuation (ceid, cslot) if it holds h
- * (cont: there is one), else h's position in a cached group -- of a unit
- * stored more than once, the first copy followed by the block's next
- * unit (next, if not NULL), or else the first.
+/* The dedup stamp of eid as this writer may use it: another writer's
+ * extent still being filled is not usable (see the top).
  */
-static bool
-cache_lookup (struct cas_unit_writer *w, bool cont, uint64_t ceid,
-              unsigned cslot, const struct cas_hash *h,
-              const struct cas_hash *next, uint64_t *eid, uint8_t *slot)
+static uint64_t
+usable_stamp (struct cas_unit_writer *w, uint64_t eid)
 {
-  struct uw_group *grp;
-  unsigned i;
+  uint64_t st = cas_extents_dedup_stamp (w->ext, eid);
 
-  if (cont && (grp = cache_group (w, cas_extent_group (ceid))) != NULL) {
-    unsigned x = ceid - grp->g * CAS_GROUP_EXTENTS;
-
-    if (grp->present[x] >> cslot & 1 &&
-        cas_hash_equal (&grp->h[x * CAS_UNITS_MAX + cslot], h)) {
-      grp->used = ++w->clock;
-      *eid = ceid;
-      *slot = cslot;
-      return true;
-    }
-  }
-  for (i = 0; i < CACHE_GROUPS; i++) {
-    int pos;
-
-    grp = &w->group[i];
-    if (!grp->valid || (pos = group_find (grp, h)) == -1)
-      continue;
-    if (next && grp->next[pos]) {
-      int p;
-
-      for (p = pos; p >= 0; p = (int) grp->next[p] - 1) {
-        unsigned x = p / CAS_UNITS_MAX, s = p % CAS_UNITS_MAX + 1;
-
-        if (s < CAS_UNITS_MAX && grp->present[x] >> s & 1 &&
-            cas_hash_equal (&grp->h[p + 1], next)) {
-          pos = p;
-          break;
-        }
-      }
-    }
-    grp->used = ++w->clock;
-    *eid = grp->g * CAS_GROUP_EXTENTS + pos / CAS_UNITS_MAX;
-    *slot = pos % CAS_UNITS_MAX;
-    return true;
-  }
-  return false;
+  if (st == CAS_EXTENT_STAMP_PENDING && eid != w->open_eid)
+    return 0;
+  return st;
 }
 
-/* Look the missing data units of the block up in the cache, in order;
- * from_cache: whether the references must be checked in step 3.
+/* Read extent x of grp's slot table into grp (step 3's tables; step 4
+ * when a stamp changed): 1 cached (under its current stamp), 0 not
+ * usable (or it moved during the read: looked at again next time).  If
+ * the record lost slots the cache knew (a collection copied it without
+ * them), the whole group leaves the cache: 0.  Errors only lose dedup.
  */
-static unsigned
-cache_pass (struct cas_unit_writer *w, struct unit *u, unsigned n,
-            bool from_cache)
+static int
+table_read (struct cas_unit_writer *w, struct uw_group *grp, unsigned x)
 {
-  unsigned i, hits = 0;
+  uint64_t eid = grp->g * CAS_GROUP_EXTENTS + x;
+  uint64_t before = cas_extents_loc (w->ext, eid), after;
+  struct cas_hash hashes[CAS_UNITS_MAX];
+  unsigned nslots = 0, s;
+  uint16_t present = 0;
 
-  for (i = 0; i < n; i++) {
-    uint64_t ceid = 0;
-    unsigned cslot = 0;
-    bool cont;
-
-    if (u[i].kind != UNIT_DATA || u[i].found)
-      continue;
-    cont = prev_ref (u, i, &ceid, &cslot);
-    if (cache_lookup (w, cont, ceid, cslot, &u[i].h,
-                      i + 1 < n && u[i + 1].kind == UNIT_DATA
-                      ? &u[i + 1].h : NULL, &u[i].eid, &u[i].slot)) {
-      u[i].found = true;
-      u[i].from_cache = from_cache;
-      hits++;
-    }
+  if (eid == 0 ||
+      cas_extents_slot_hashes (w->ext, eid, hashes, &nslots, &present) != 1)
+    return 0;
+  w->tables_read++;
+  /* The stamp the table belongs to: the record's location before the
+   * read (0 while it was pending), unchanged after it.
+   */
+  after = usable_stamp (w, eid);
+  if (after == 0 ||
+      (after == CAS_EXTENT_STAMP_PENDING ? before != 0
+       : (after & ~UINT64_C (1)) != before))
+    return 0;
+  if (nslots > CAS_UNITS_MAX)
+    nslots = CAS_UNITS_MAX;
+  present &= (uint16_t) ((1u << nslots) - 1);
+  if (grp->present[x] & ~present) {
+    grp->valid = false;
+    return 0;
   }
-  return hits;
+  for (s = 0; s < CAS_UNITS_MAX; s++)
+    if (grp->present[x] >> s & 1 && !cas_hash_equal (&grp->h[x * CAS_UNITS_MAX + s], &hashes[s])) {
+      grp->valid = false;
+      return 0;
+    }
+  for (s = 0; s < nslots; s++)
+    if (present >> s & 1)
+      group_insert (grp, &hashes[s], eid, s);
+  grp->stamp[x] = after;
+  return 1;
+}
+
+/* The cached table of extent eid, if usable now: with read, read (and
+ * cached) if it is not; without, only what the cache holds.  The group,
+ * or NULL.
+ */
+static struct uw_group *
+cache_table (struct cas_unit_writer *w, uint64_t eid, bool read)
+{
+  uint64_t g = cas_extent_group (eid);
+  unsigned x = eid - g * CAS_GROUP_EXTENTS;
+  struct uw_group *grp = cache_group (w, g);
+
+  if (grp && grp->stamp[x] != 0) {
+    grp->used = ++w->clock;
+    if (!read || grp->stamp[x] == usable_stamp (w, eid))
+      return grp;
+  }
+  if (!read)
+    return NULL;
+  if (grp == NULL && (grp = cache_take (w, g)) == NULL)
+    return NULL;
+  return table_read (w, grp, x) == 1 ? grp : NULL;
 }
 
 /* Load group g's slot tables into the cache: every extent of it the
@@ -304,32 +351,31 @@ static void
 cache_load (struct cas_unit_writer *w, uint64_t g)
 {
   uint64_t max = cas_extents_max_eid (w->ext), eid;
-  struct uw_group *grp = cache_take (w, g);
+  struct uw_group *grp = cache_group (w, g);
 
-  if (grp == NULL)
+  if (grp == NULL && (grp = cache_take (w, g)) == NULL)
     return;
   w->group_loads++;
+  grp->whole = true;
   for (eid = g * CAS_GROUP_EXTENTS;
-       eid < (g + 1) * CAS_GROUP_EXTENTS && eid <= max; eid++) {
-    struct cas_hash hashes[CAS_UNITS_MAX];
-    unsigned nslots = 0, s;
-    uint16_t present = 0;
+       eid < (g + 1) * CAS_GROUP_EXTENTS && eid <= max && grp->valid; eid++) {
+    unsigned x = eid - g * CAS_GROUP_EXTENTS;
 
-    if (eid == 0 ||
-        cas_extents_slot_hashes (w->ext, eid, hashes, &nslots, &present) != 1)
+    if (eid == 0 || (grp->stamp[x] && grp->stamp[x] == usable_stamp (w, eid)))
       continue;
-    for (s = 0; s < nslots && s < CAS_UNITS_MAX; s++)
-      if (present >> s & 1)
-        group_insert (grp, &hashes[s], eid, s);
+    table_read (w, grp, x);
   }
 }
 
-/* Unit (eid, slot), named h, was just added by this writer. */
+/* Unit (eid, slot), named h, was just added by this writer (under the
+ * caller's share of the gc gate: the record cannot have moved since).
+ */
 static void
 cache_add_own (struct cas_unit_writer *w, const struct cas_hash *h,
                uint64_t eid, uint8_t slot)
 {
   uint64_t g = cas_extent_group (eid);
+  unsigned x = eid - g * CAS_GROUP_EXTENTS;
   struct uw_group *grp = cache_group (w, g);
 
   /* Not cached (a new group, or one evicted since): only what is added
@@ -339,6 +385,7 @@ cache_add_own (struct cas_unit_writer *w, const struct cas_hash *h,
     return;
   grp->used = ++w->clock;
   group_insert (grp, h, eid, slot);
+  grp->stamp[x] = usable_stamp (w, eid);
 }
 
 /* ---- new, free, flush ---- */
@@ -347,6 +394,7 @@ struct cas_unit_writer *
 cas_unit_writer_new (struct cas_extents *ext, uint32_t bs,
                      enum cas_verify verify, const char *name)
 {
+  static const uint8_t zeros[CAS_UNIT_SIZE];
   struct cas_unit_writer *w;
 
   if (bs == 0 || bs % CAS_UNIT_SIZE || bs / CAS_UNIT_SIZE > CAS_UNITS_MAX) {
@@ -365,7 +413,8 @@ cas_unit_writer_new (struct cas_extents *ext, uint32_t bs,
   w->verify = verify;
   w->name = strdup (name);
   w->app = cas_extent_appender_new (ext);
-  if (w->name == NULL || w->app == NULL) {
+  if (w->name == NULL || w->app == NULL ||
+      cas_hash_compute (zeros, sizeof zeros, &w->zero_hash) == -1) {
     int saved = errno;
     if (w->app)
       cas_extent_appender_free (w->app);
@@ -383,7 +432,10 @@ cas_unit_writer_flush (struct cas_unit_writer *w)
 {
   RANKED_SCOPED_LOCK (&w->lock);
 
-  return cas_extent_appender_flush (w->app);
+  if (cas_extent_appender_flush (w->app) == -1)
+    return -1;
+  w->open_eid = 0;
+  return 0;
 }
 
 int
@@ -397,13 +449,15 @@ cas_unit_writer_free (struct cas_unit_writer *w)
   r = cas_extent_appender_free (w->app);
   backend_debug ("cas: volume %s: unit writer: %" PRIu64 " blocks stored; "
                  "units: %" PRIu64 " kept, %" PRIu64 " zero, %" PRIu64
-                 " hashed, %" PRIu64 " added; dedup: %" PRIu64 " cache, %"
-                 PRIu64 " previous content, %" PRIu64 " hooks; %" PRIu64
-                 " groups loaded, %" PRIu64 " stale references, %" PRIu64
-                 " fallbacks", w->name, w->stored_blocks, w->kept_units,
-                 w->zero_units, w->hashed_units, w->added_units,
-                 w->cache_hits, w->old_hits, w->hook_hits, w->group_loads,
-                 w->stale_refs, w->fallbacks);
+                 " hashed, %" PRIu64 " added; dedup: %" PRIu64 " same "
+                 "position, %" PRIu64 " cache, %" PRIu64 " hooks; %" PRIu64
+                 " groups loaded, %" PRIu64 " slot tables read, %" PRIu64
+                 " stale references, %" PRIu64 " fallbacks (%" PRIu64
+                 " units stored again)", w->name, w->stored_blocks,
+                 w->kept_units, w->zero_units, w->hashed_units,
+                 w->added_units, w->same_pos, w->cache_hits, w->hook_hits,
+                 w->group_loads, w->tables_read, w->stale_refs, w->fallbacks,
+                 w->restored_units);
   for (i = 0; i < CACHE_GROUPS; i++) {
     free (w->group[i].h);
     free (w->group[i].idx);
@@ -467,74 +521,150 @@ classify (struct unit *u, const uint8_t *p)
   return cas_hash_compute (p, CAS_UNIT_SIZE, &u->h);
 }
 
-/* The slot tables of the old descriptor's extents (step 2). */
-struct old_tables {
-  unsigned n;
-  uint64_t eid[CAS_DESC_MAX_RUNS];
-  unsigned nslots[CAS_DESC_MAX_RUNS];
-  uint16_t present[CAS_DESC_MAX_RUNS];
-  struct cas_hash h[CAS_DESC_MAX_RUNS][CAS_UNITS_MAX];
-};
-
-static bool
-old_holds (const struct old_tables *t, unsigned k, unsigned s,
-           const struct cas_hash *h)
-{
-  return s < t->nslots[k] && s < CAS_UNITS_MAX && t->present[k] >> s & 1 &&
-    cas_hash_equal (&t->h[k][s], h);
-}
-
-/* Look the missing units up in the old descriptor's extents, in order,
- * a continuation first.  Their tables come from the extent store now:
- * no check needed in step 3.
+/* Step 2: units equal to the old unit at their position keep its
+ * reference.  read: the old extents' tables may be read (the whole
+ * block was written); else only the cache is asked.
  */
 static void
-lookup_old (struct cas_unit_writer *w, const struct cas_desc *old,
-            struct unit *u, unsigned n)
+keep_same_position (struct cas_unit_writer *w, struct unit *u, unsigned n,
+                    const uint64_t *old_eid, const uint8_t *old_slot,
+                    bool read)
 {
-  struct old_tables t;
-  unsigned i, r, k, s;
+  uint64_t asked[CAS_UNITS_MAX];
+  unsigned i, j, nasked = 0;
 
-  t.n = 0;
-  for (r = 0; r < old->nruns; r++) {
-    if (old->run[r].eid == 0)
+  for (i = 0; i < n; i++) {
+    const struct cas_hash *h = u[i].kind == UNIT_DATA ? &u[i].h
+      : &w->zero_hash;
+    struct uw_group *grp;
+    bool first;
+
+    if (u[i].kind == UNIT_KEEP || old_eid[i] == 0)
       continue;
-    for (k = 0; k < t.n && t.eid[k] != old->run[r].eid; k++)
+    /* One table per extent, read at most once per block. */
+    for (j = 0; j < nasked && asked[j] != old_eid[i]; j++)
       ;
-    if (k < t.n)
+    first = j == nasked;
+    if (first)
+      asked[nasked++] = old_eid[i];
+    grp = cache_table (w, old_eid[i], read && first);
+    if (grp == NULL ||
+        !group_holds (grp, old_eid[i] - grp->g * CAS_GROUP_EXTENTS,
+                      old_slot[i], h))
       continue;
-    t.eid[t.n] = old->run[r].eid;
-    if (cas_extents_slot_hashes (w->ext, t.eid[t.n], t.h[t.n],
-                                 &t.nslots[t.n], &t.present[t.n]) == 1)
-      t.n++;
+    /* Not a new reference: the slot held it and still does. */
+    if (u[i].kind == UNIT_ZERO) {
+      u[i].kind = UNIT_KEEP;
+      w->kept_units++;
+    }
+    else {
+      u[i].found = true;
+      w->same_pos++;
+    }
+    u[i].check = false;
+    u[i].eid = old_eid[i];
+    u[i].slot = old_slot[i];
   }
-  for (i = 0; i < n && t.n > 0; i++) {
+}
+
+/* Whether a small write (some units kept) may read the old extents'
+ * tables for step 2.  A write that rewrites a unit with the bytes it had
+ * (a re-import's partial last block) keeps its reference that way, but
+ * random small writes of new data would pay a read each for nothing: so
+ * the tables are read while at least 1 in 8 of the small writes that
+ * read them found a unit equal at its position (the first 16 always),
+ * else for 1 small write in 64, to notice a change of workload.
+ */
+static bool
+small_write_reads (struct cas_unit_writer *w)
+{
+  if (w->small_reads < 16 || w->small_hits * 8 >= w->small_reads)
+    return true;
+  return ++w->small_skips % 64 == 0;
+}
+
+static void
+small_write_read (struct cas_unit_writer *w, bool hit)
+{
+  w->small_reads++;
+  w->small_hits += hit;
+  if (w->small_reads == 256) {  /* the recent past weighs most */
+    w->small_reads /= 2;
+    w->small_hits /= 2;
+  }
+}
+
+/* How far a run starting at unit i of the block at grp's extent x, slot
+ * s goes on (units not found yet, equal slot by slot).
+ */
+static unsigned
+run_length (const struct uw_group *grp, unsigned x, unsigned s,
+            const struct unit *u, unsigned i, unsigned n)
+{
+  unsigned k = 0;
+
+  while (i + k < n && u[i + k].kind == UNIT_DATA && !u[i + k].found &&
+         group_holds (grp, x, s + k, &u[i + k].h))
+    k++;
+  return k;
+}
+
+/* Step 3: look the missing data units of the block up in the cache, in
+ * order: of every place a unit is known the one whose run goes on
+ * longest wins (ties: the continuation of the previous unit's run, then
+ * the first found); the run's units take it at once.
+ */
+static unsigned
+cache_pass (struct cas_unit_writer *w, struct unit *u, unsigned n)
+{
+  unsigned i = 0, hits = 0;
+
+  while (i < n) {
+    struct uw_group *best = NULL;
+    unsigned bestx = 0, bests = 0, bestlen = 0, g, k;
+    bool bestcont = false;
     uint64_t ceid = 0;
     unsigned cslot = 0;
-    bool cont, done = false;
+    bool cont;
 
-    if (u[i].kind != UNIT_DATA || u[i].found)
+    if (u[i].kind != UNIT_DATA || u[i].found) {
+      i++;
       continue;
-    cont = prev_ref (u, i, &ceid, &cslot);
-    for (k = 0; k < t.n && cont && !done; k++)
-      if (t.eid[k] == ceid && old_holds (&t, k, cslot, &u[i].h)) {
-        u[i].eid = ceid;
-        u[i].slot = cslot;
-        done = true;
-      }
-    for (k = 0; k < t.n && !done; k++)
-      for (s = 0; s < t.nslots[k] && s < CAS_UNITS_MAX && !done; s++)
-        if (old_holds (&t, k, s, &u[i].h)) {
-          u[i].eid = t.eid[k];
-          u[i].slot = s;
-          done = true;
-        }
-    if (done) {
-      u[i].found = true;
-      u[i].from_cache = false;
-      w->old_hits++;
     }
+    cont = prev_ref (u, i, &ceid, &cslot);
+    for (g = 0; g < CACHE_GROUPS; g++) {
+      struct uw_group *grp = &w->group[g];
+      int pos;
+      unsigned seen = 0;
+
+      if (!grp->valid || (pos = group_find (grp, &u[i].h)) == -1)
+        continue;
+      for (; pos >= 0 && seen < MAX_CANDIDATES;
+           pos = (int) grp->next[pos] - 1, seen++) {
+        unsigned x = pos / CAS_UNITS_MAX, s = pos % CAS_UNITS_MAX;
+        unsigned len = run_length (grp, x, s, u, i, n);
+        bool c = cont && grp->g * CAS_GROUP_EXTENTS + x == ceid && s == cslot;
+
+        if (len > bestlen || (len == bestlen && c && !bestcont)) {
+          best = grp, bestx = x, bests = s, bestlen = len, bestcont = c;
+        }
+      }
+    }
+    if (best == NULL) {
+      i++;
+      continue;
+    }
+    best->used = ++w->clock;
+    for (k = 0; k < bestlen; k++) {
+      u[i + k].found = true;
+      u[i + k].check = true;
+      u[i + k].eid = best->g * CAS_GROUP_EXTENTS + bestx;
+      u[i + k].slot = bests + k;
+    }
+    hits += bestlen;
+    i += bestlen;
   }
+  return hits;
 }
 
 static unsigned
@@ -547,7 +677,7 @@ missing (const struct unit *u, unsigned n)
   return m;
 }
 
-/* Step 2's hooks: load the top groups that hooks of missing units point
+/* Step 3's hooks: load the top groups that hooks of missing units point
  * at, and look again.
  */
 static void
@@ -557,13 +687,14 @@ lookup_hooks (struct cas_unit_writer *w, struct unit *u, unsigned n)
   unsigned votes[CAS_UNITS_MAX], ng = 0, i, j, loaded;
 
   for (i = 0; i < n; i++) {
+    struct uw_group *grp;
     uint64_t eid, g;
 
     if (u[i].kind != UNIT_DATA || u[i].found || !cas_unit_is_hook (&u[i].h) ||
         cas_extents_hook_lookup (w->ext, &u[i].h, &eid) != 1)
       continue;
     g = cas_extent_group (eid);
-    if (cache_group (w, g))
+    if ((grp = cache_group (w, g)) != NULL && grp->whole)
       continue;                 /* looked at already: a stale hook */
     for (j = 0; j < ng && gs[j] != g; j++)
       ;
@@ -583,46 +714,39 @@ lookup_hooks (struct cas_unit_writer *w, struct unit *u, unsigned n)
     gs[best] = gs[--ng];
     votes[best] = votes[ng];
   }
-  /* The groups just loaded need no check in step 3; nothing else in the
-   * cache holds a missing unit (the first pass looked).
-   */
   if (loaded > 0)
-    w->hook_hits += cache_pass (w, u, n, false);
+    w->hook_hits += cache_pass (w, u, n);
 }
 
-/* Step 3: check the references the cache gave (one slot table per
- * extent); a failed one is a miss, and its group leaves the cache.
+/* Step 4: check the new references against the extent store: the
+ * extent's stamp as the cache has it, or else its slot table read
+ * again.  A failed one is a miss.
  */
 static void
-check_cached (struct cas_unit_writer *w, struct unit *u, unsigned n)
+check_refs (struct cas_unit_writer *w, struct unit *u, unsigned n)
 {
-  unsigned i, j;
+  unsigned i;
 
   for (i = 0; i < n; i++) {
-    struct cas_hash hashes[CAS_UNITS_MAX];
-    unsigned nslots = 0;
-    uint16_t present = 0;
-    bool usable;
+    uint64_t g, st;
+    unsigned x;
+    struct uw_group *grp;
 
-    if (u[i].kind != UNIT_DATA || !u[i].found || !u[i].from_cache)
+    if (u[i].kind != UNIT_DATA || !u[i].found || !u[i].check)
       continue;
-    usable = cas_extents_slot_hashes (w->ext, u[i].eid, hashes, &nslots,
-                                      &present) == 1;
-    for (j = i; j < n; j++) {
-      if (u[j].kind != UNIT_DATA || !u[j].found || !u[j].from_cache ||
-          u[j].eid != u[i].eid)
-        continue;
-      u[j].from_cache = false;
-      if (!usable || u[j].slot >= nslots || !(present >> u[j].slot & 1) ||
-          !cas_hash_equal (&hashes[u[j].slot], &u[j].h)) {
-        struct uw_group *grp = cache_group (w, cas_extent_group (u[j].eid));
-
-        u[j].found = false;
-        w->stale_refs++;
-        if (grp)
-          grp->valid = false;
-      }
-    }
+    u[i].check = false;
+    g = cas_extent_group (u[i].eid);
+    x = u[i].eid - g * CAS_GROUP_EXTENTS;
+    st = usable_stamp (w, u[i].eid);
+    grp = cache_group (w, g);
+    if (st != 0 && grp && grp->stamp[x] != st)
+      table_read (w, grp, x);   /* moved, or filled since: read again */
+    grp = cache_group (w, g);   /* (a read may drop it) */
+    if (st != 0 && grp && grp->stamp[x] == st &&
+        group_holds (grp, x, u[i].slot, &u[i].h))
+      continue;
+    u[i].found = false;
+    w->stale_refs++;
   }
 }
 
@@ -659,34 +783,41 @@ build_runs (const struct unit *u, unsigned n, struct cas_desc *d)
 #define VIRTUAL_OPEN UINT64_C (0xFFFFFFFFFFFFFFFE)
 #define VIRTUAL_NEXT UINT64_C (0xFFFFFFFFFFFFFFFF)
 
-/* Would the block fit a descriptor if the units chosen by add (the
- * missing data units; or all non-zero units; or all units) were added
- * one after the other?
- */
-enum add_what { ADD_MISSING, ADD_NONZERO, ADD_ALL };
-
-static bool
-adds (const struct unit *u, enum add_what what)
+static unsigned
+to_add (const struct unit *u, unsigned n)
 {
-  switch (what) {
-  case ADD_MISSING: return u->kind == UNIT_DATA && !u->found;
-  case ADD_NONZERO: return u->kind != UNIT_ZERO;
-  default: return true;
-  }
+  unsigned i, k = 0;
+
+  for (i = 0; i < n; i++)
+    k += u[i].add;
+  return k;
 }
 
+/* Align (step 5): the units to add go to a new extent if they do not fit
+ * the open one's room (so they are one run).
+ */
+static bool
+needs_fresh_extent (const struct cas_unit_writer *w, const struct unit *u,
+                    unsigned n)
+{
+  return to_add (u, n) > cas_extent_appender_room (w->app);
+}
+
+/* Would the block fit a descriptor if the units marked add were added
+ * one after the other (after a new extent is started, if fresh)?
+ */
 static bool
 would_fit (const struct cas_unit_writer *w, const struct unit *u, unsigned n,
-           enum add_what what, bool fresh_extent)
+           bool fresh)
 {
   struct unit v[CAS_UNITS_MAX];
   struct cas_desc d;
-  unsigned room = fresh_extent ? CAS_UNITS_MAX
-    : cas_extent_appender_room (w->app), i, k = 0;
+  unsigned room = fresh ? CAS_UNITS_MAX : cas_extent_appender_room (w->app);
+  unsigned i, k = 0;
 
   memcpy (v, u, n * sizeof *u);
   for (i = 0; i < n; i++)
-    if (adds (&u[i], what)) {
+    if (u[i].add) {
       v[i].eid = k < room ? VIRTUAL_OPEN : VIRTUAL_NEXT;
       v[i].slot = k < room ? CAS_UNITS_MAX - room + k : k - room;
       k++;
@@ -694,37 +825,39 @@ would_fit (const struct cas_unit_writer *w, const struct unit *u, unsigned n,
   return build_runs (v, n, &d);
 }
 
-/* Add the units chosen by what, one after the other (a unit twice in
- * the block is added twice: they stay one run); each unit's bytes at
- * bytes[i] (NULL: u[i].bytes) and its hash at hashes[i] (NULL: u[i].h).
- * fresh_extent: start a new extent first if the open one lacks the room.
+/* Add the units marked add, one after the other (a unit twice in the
+ * block is added twice: they stay one run), after starting a new extent
+ * if fresh; each unit's bytes at bytes[i] (NULL: u[i].bytes) and its
+ * hash at hashes[i] (NULL: u[i].h).
  */
 static int
 add_units (struct cas_unit_writer *w, struct unit *u, unsigned n,
-           enum add_what what, const uint8_t *bytes,
-           const struct cas_hash *hashes, bool fresh_extent)
+           const uint8_t *bytes, const struct cas_hash *hashes, bool fresh)
 {
-  unsigned i, need = 0;
+  unsigned i;
 
-  for (i = 0; i < n; i++)
-    need += adds (&u[i], what);
-  if (fresh_extent && cas_extent_appender_room (w->app) < need &&
-      cas_extent_appender_flush (w->app) == -1)
-    return -1;
+  if (fresh && cas_extent_appender_room (w->app) < CAS_UNITS_MAX) {
+    if (cas_extent_appender_flush (w->app) == -1)
+      return -1;
+    w->open_eid = 0;
+  }
   for (i = 0; i < n; i++) {
     const struct cas_hash *h = hashes ? &hashes[i] : &u[i].h;
     unsigned slot;
     uint64_t eid;
 
-    if (!adds (&u[i], what))
+    if (!u[i].add)
       continue;
     if (cas_extent_appender_add (w->app, h,
                                  bytes ? bytes + (size_t) i * CAS_UNIT_SIZE
                                  : u[i].bytes, &eid, &slot) == -1)
       return -1;
+    /* The add appends the extent when it fills it. */
+    w->open_eid = cas_extent_appender_room (w->app) < CAS_UNITS_MAX ? eid : 0;
     u[i].kind = UNIT_DATA;
     u[i].found = true;
-    u[i].from_cache = false;
+    u[i].check = false;
+    u[i].add = false;
     u[i].h = *h;
     u[i].eid = eid;
     u[i].slot = slot;
@@ -732,6 +865,91 @@ add_units (struct cas_unit_writer *w, struct unit *u, unsigned n,
     cache_add_own (w, h, eid, slot);
   }
   return 0;
+}
+
+/* Step 6: mark the units to store again so that the block fits a
+ * descriptor, storing as few as it can.  The block's runs as they are
+ * (found or kept references, zero runs, and the missing units, which
+ * are stored whatever is chosen); a kept run costs a run, the units not
+ * kept are stored fresh and consecutively (in one extent: the caller
+ * starts a new one if they do not fit the open one), so that adjacent
+ * ones form one run.  Dynamic programme over the runs: state (runs
+ * used, whether the last unit is fresh), minimising the units stored
+ * again.  There is always a choice: all fresh is one run.
+ */
+static void
+plan_fallback (struct unit *u, unsigned n)
+{
+  enum { K_ZERO, K_REF, K_NEW };
+  struct { unsigned first, count, kind; } run[CAS_UNITS_MAX];
+  /* cost[r][used][fresh], choice bits */
+  unsigned cost[CAS_UNITS_MAX + 1][CAS_DESC_MAX_RUNS + 1][2];
+  uint8_t from[CAS_UNITS_MAX + 1][CAS_DESC_MAX_RUNS + 1][2];
+  const unsigned INF = 1u << 30;
+  unsigned nr = 0, i, r, used, f, best = INF, bu = 0, bf = 0;
+
+  for (i = 0; i < n; i++) {
+    unsigned kind = u[i].kind == UNIT_ZERO ? K_ZERO
+      : u[i].kind == UNIT_DATA && !u[i].found ? K_NEW : K_REF;
+
+    if (nr > 0 && run[nr - 1].kind == kind &&
+        (kind != K_REF || (u[i].eid == u[i - 1].eid &&
+                           u[i].slot == u[i - 1].slot + 1))) {
+      run[nr - 1].count++;
+      continue;
+    }
+    run[nr].first = i;
+    run[nr].count = 1;
+    run[nr++].kind = kind;
+  }
+  for (used = 0; used <= CAS_DESC_MAX_RUNS; used++)
+    for (f = 0; f < 2; f++)
+      cost[0][used][f] = INF;
+  cost[0][0][0] = 0;
+  for (r = 0; r < nr; r++) {
+    for (used = 0; used <= CAS_DESC_MAX_RUNS; used++)
+      for (f = 0; f < 2; f++)
+        cost[r + 1][used][f] = INF;
+    for (used = 0; used <= CAS_DESC_MAX_RUNS; used++)
+      for (f = 0; f < 2; f++) {
+        unsigned c = cost[r][used][f], u2;
+
+        if (c == INF)
+          continue;
+        /* Keep it (not a missing unit's run: those have no reference). */
+        if (run[r].kind != K_NEW && used + 1 <= CAS_DESC_MAX_RUNS &&
+            c < cost[r + 1][used + 1][0]) {
+          cost[r + 1][used + 1][0] = c;
+          from[r + 1][used + 1][0] = used << 1 | f;
+        }
+        /* Store it fresh: joins the fresh run before it, if adjacent. */
+        u2 = used + (f ? 0 : 1);
+        if (u2 <= CAS_DESC_MAX_RUNS) {
+          unsigned c2 = c + (run[r].kind == K_NEW ? 0 : run[r].count);
+
+          if (c2 < cost[r + 1][u2][1]) {
+            cost[r + 1][u2][1] = c2;
+            from[r + 1][u2][1] = used << 1 | f | 0x80;
+          }
+        }
+      }
+  }
+  for (used = 0; used <= CAS_DESC_MAX_RUNS; used++)
+    for (f = 0; f < 2; f++)
+      if (cost[nr][used][f] < best) {
+        best = cost[nr][used][f];
+        bu = used;
+        bf = f;
+      }
+  for (r = nr; r > 0; r--) {
+    uint8_t c = from[r][bu][bf];
+
+    if (bf)                     /* run r - 1 stored fresh */
+      for (i = run[r - 1].first; i < run[r - 1].first + run[r - 1].count; i++)
+        u[i].add = true;
+    bu = (c & 0x7f) >> 1;
+    bf = c & 1;
+  }
 }
 
 /* Read unit i of the block described by old into out. */
@@ -757,15 +975,14 @@ cas_unit_writer_store (struct cas_unit_writer *w, const uint8_t *block,
                        struct cas_hash *new_desc)
 {
   CLEANUP_FREE uint8_t *merged = NULL;      /* units completed (step 1) */
-  CLEANUP_FREE uint8_t *full = NULL;        /* the fallback's block */
+  CLEANUP_FREE uint8_t *full = NULL;        /* the fallback's units */
   CLEANUP_FREE struct cas_hash *fh = NULL;  /* the fallback's hashes */
   struct unit u[CAS_UNITS_MAX];
   uint64_t old_eid[CAS_UNITS_MAX] = { 0 };
   uint8_t old_slot[CAS_UNITS_MAX] = { 0 };
   struct cas_desc old = { 0 }, d;
-  bool need_old = false;
+  bool need_old = false, read_old = false;
   unsigned n = w->units, i, kept = 0, zeros = 0, hashed = 0;
-  enum add_what what;
 
   if (bs != w->bs) {
     backend_error ("cas: volume %s: block of %" PRIu32 " bytes given to a "
@@ -823,6 +1040,10 @@ cas_unit_writer_store (struct cas_unit_writer *w, const uint8_t *block,
     else
       zeros++;
   }
+  /* A block written whole (a copy, an import) reads the old extents'
+   * tables; a small write only as small_write_reads says.
+   */
+  read_old = kept == 0;
 
   {
     RANKED_SCOPED_LOCK (&w->lock);
@@ -831,30 +1052,44 @@ cas_unit_writer_store (struct cas_unit_writer *w, const uint8_t *block,
     w->kept_units += kept;
     w->zero_units += zeros;
     w->hashed_units += hashed;
-    /* 2. Lookups: the cache, the old extents, the hooks. */
-    w->cache_hits += cache_pass (w, u, n, true);
-    if (old.nruns && missing (u, n))
-      lookup_old (w, &old, u, n);
+    /* 2. The old content, by position. */
+    if (old.nruns && hashed + zeros > 0) {
+      uint64_t before = w->same_pos + w->kept_units;
+      bool small = !read_old && small_write_reads (w);
+
+      keep_same_position (w, u, n, old_eid, old_slot, read_old || small);
+      if (small)
+        small_write_read (w, w->same_pos + w->kept_units != before);
+    }
+    /* 3. Lookups: the cache (the old extents' tables among it), then the
+     * hooks.
+     */
+    if (missing (u, n))
+      w->cache_hits += cache_pass (w, u, n);
     if (missing (u, n))
       lookup_hooks (w, u, n);
-    /* 3. The cache's references, checked now. */
-    check_cached (w, u, n);
-    /* 4. What is left is new, if the block then fits a descriptor. */
-    if (would_fit (w, u, n, ADD_MISSING, false)) {
-      if (add_units (w, u, n, ADD_MISSING, NULL, NULL, false) == -1)
+    /* 4. The new references, checked now. */
+    check_refs (w, u, n);
+    /* 5. What is left is new: added (in a new extent if the open one
+     * lacks the room), if the block then fits a descriptor.
+     */
+    for (i = 0; i < n; i++)
+      u[i].add = u[i].kind == UNIT_DATA && !u[i].found;
+    if (would_fit (w, u, n, needs_fresh_extent (w, u, n))) {
+      if (add_units (w, u, n, NULL, NULL, needs_fresh_extent (w, u, n)) == -1)
         return -1;
       if (build_runs (u, n, &d)) {
         cas_desc_encode (&d, new_desc);
         return 0;
       }
     }
-    /* 5. The fallback, below. */
+    /* 6. The partial fallback: which units to store again. */
     w->fallbacks++;
+    plan_fallback (u, n);
   }
 
-  /* The fallback: the block's units stored again, consecutively.  Units
-   * kept from the old content are read and hashed now (no lock held);
-   * zero units are hashed in case they must be stored too.
+  /* Units kept from the old content that are stored again are read and
+   * hashed now, no lock held.
    */
   full = malloc (bs);
   fh = calloc (n, sizeof *fh);
@@ -863,6 +1098,8 @@ cas_unit_writer_store (struct cas_unit_writer *w, const uint8_t *block,
   for (i = 0; i < n; i++) {
     uint8_t *p = full + (size_t) i * CAS_UNIT_SIZE;
 
+    if (!u[i].add)
+      continue;
     if (u[i].kind == UNIT_KEEP) {
       if (read_old_unit (w, old_desc, i, p) == -1 ||
           cas_hash_compute (p, CAS_UNIT_SIZE, &fh[i]) == -1)
@@ -874,22 +1111,18 @@ cas_unit_writer_store (struct cas_unit_writer *w, const uint8_t *block,
     }
     else {
       memset (p, 0, CAS_UNIT_SIZE);
-      if (cas_hash_compute (p, CAS_UNIT_SIZE, &fh[i]) == -1)
-        return -1;
+      fh[i] = w->zero_hash;
     }
   }
   {
     RANKED_SCOPED_LOCK (&w->lock);
 
-    /* Non-zero units fresh (zeros stay zero runs), unless data and zeros
-     * alternate too often for that: then zeros are stored too.
-     */
-    what = would_fit (w, u, n, ADD_NONZERO, true) ? ADD_NONZERO : ADD_ALL;
-    if (add_units (w, u, n, what, full, fh, true) == -1)
+    w->restored_units += to_add (u, n);
+    if (add_units (w, u, n, full, fh, needs_fresh_extent (w, u, n)) == -1)
       return -1;
     if (!build_runs (u, n, &d)) {
       backend_error ("cas: volume %s: a block does not fit a descriptor "
-                     "even stored whole", w->name);
+                     "after the fallback", w->name);
       errno = EIO;
       return -1;
     }
