@@ -952,15 +952,17 @@ plan_fallback (struct unit *u, unsigned n)
   }
 }
 
-/* Read unit i of the block described by old into out. */
+/* Read units i .. i + count - 1 of the block described by old into out
+ * (one read per run of the old descriptor).
+ */
 static int
-read_old_unit (struct cas_unit_writer *w, const struct cas_hash *old,
-               unsigned i, uint8_t *out)
+read_old_units (struct cas_unit_writer *w, const struct cas_hash *old,
+                unsigned i, unsigned count, uint8_t *out)
 {
   static const struct cas_hash zero;
 
   if (cas_desc_read (w->ext, old ? old : &zero, w->bs, i * CAS_UNIT_SIZE,
-                     CAS_UNIT_SIZE, out, w->verify) == -1) {
+                     count * CAS_UNIT_SIZE, out, w->verify) == -1) {
     if (errno == ENOENT)
       errno = EIO;              /* lost data: an I/O error */
     return -1;
@@ -1026,7 +1028,7 @@ cas_unit_writer_store (struct cas_unit_writer *w, const uint8_t *block,
       m = merged + (size_t) i * CAS_UNIT_SIZE;
       if (old_eid[i] == 0)
         memset (m, 0, CAS_UNIT_SIZE);
-      else if (read_old_unit (w, old_desc, i, m) == -1)
+      else if (read_old_units (w, old_desc, i, 1, m) == -1)
         return -1;
       for (s = 0; s < SECTORS_PER_UNIT; s++)
         if (sector_written (written_sectors, i * SECTORS_PER_UNIT + s))
@@ -1101,9 +1103,20 @@ cas_unit_writer_store (struct cas_unit_writer *w, const uint8_t *block,
     if (!u[i].add)
       continue;
     if (u[i].kind == UNIT_KEEP) {
-      if (read_old_unit (w, old_desc, i, p) == -1 ||
-          cas_hash_compute (p, CAS_UNIT_SIZE, &fh[i]) == -1)
+      unsigned j, k;
+
+      /* Adjacent kept units are read at once (the fallback stores whole
+       * runs again).
+       */
+      for (j = i + 1; j < n && u[j].add && u[j].kind == UNIT_KEEP; j++)
+        ;
+      if (read_old_units (w, old_desc, i, j - i, p) == -1)
         return -1;
+      for (k = i; k < j; k++)
+        if (cas_hash_compute (full + (size_t) k * CAS_UNIT_SIZE,
+                              CAS_UNIT_SIZE, &fh[k]) == -1)
+          return -1;
+      i = j - 1;
     }
     else if (u[i].kind == UNIT_DATA) {
       memcpy (p, u[i].bytes, CAS_UNIT_SIZE);
