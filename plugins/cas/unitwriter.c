@@ -875,13 +875,20 @@ add_units (struct cas_unit_writer *w, struct unit *u, unsigned n,
  * starts a new one if they do not fit the open one), so that adjacent
  * ones form one run.  Dynamic programme over the runs: state (runs
  * used, whether the last unit is fresh), minimising the units stored
- * again.  There is always a choice: all fresh is one run.
+ * again, then the reads they take.  There is always a choice: all fresh
+ * is one run.
  */
+/* The cost of a choice: units stored again first, then the reads of
+ * old units they take (a unit kept from the old content is read; one
+ * the block brought is not).
+ */
+#define READ_WEIGHT 32
+
 static void
 plan_fallback (struct unit *u, unsigned n)
 {
   enum { K_ZERO, K_REF, K_NEW };
-  struct { unsigned first, count, kind; } run[CAS_UNITS_MAX];
+  struct { unsigned first, count, kind; bool read; } run[CAS_UNITS_MAX];
   /* cost[r][used][fresh], choice bits */
   unsigned cost[CAS_UNITS_MAX + 1][CAS_DESC_MAX_RUNS + 1][2];
   uint8_t from[CAS_UNITS_MAX + 1][CAS_DESC_MAX_RUNS + 1][2];
@@ -896,10 +903,12 @@ plan_fallback (struct unit *u, unsigned n)
         (kind != K_REF || (u[i].eid == u[i - 1].eid &&
                            u[i].slot == u[i - 1].slot + 1))) {
       run[nr - 1].count++;
+      run[nr - 1].read |= u[i].kind == UNIT_KEEP;
       continue;
     }
     run[nr].first = i;
     run[nr].count = 1;
+    run[nr].read = u[i].kind == UNIT_KEEP;
     run[nr++].kind = kind;
   }
   for (used = 0; used <= CAS_DESC_MAX_RUNS; used++)
@@ -925,7 +934,8 @@ plan_fallback (struct unit *u, unsigned n)
         /* Store it fresh: joins the fresh run before it, if adjacent. */
         u2 = used + (f ? 0 : 1);
         if (u2 <= CAS_DESC_MAX_RUNS) {
-          unsigned c2 = c + (run[r].kind == K_NEW ? 0 : run[r].count);
+          unsigned c2 = c + (run[r].kind == K_NEW ? 0
+                             : run[r].count * READ_WEIGHT + run[r].read);
 
           if (c2 < cost[r + 1][u2][1]) {
             cost[r + 1][u2][1] = c2;
