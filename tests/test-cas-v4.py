@@ -414,6 +414,19 @@ def damaged_unit(server, d):
     finally:
         stopped(srv)
     tool("fsck", store, check=1)
+    # Writing the damaged unit's bytes again in place heals the block (the
+    # old reference is not kept: its extent is damaged), and fsck with it.
+    srv = serve(server, store, d)
+    try:
+        with connection(srv) as h:
+            expect_eio(h, UNIT, 2 * BS + 5 * UNIT)
+            h.pwrite(want[5 * UNIT:6 * UNIT], 2 * BS + 5 * UNIT)
+            assert h.pread(UNIT, 2 * BS + 5 * UNIT) == \
+                want[5 * UNIT:6 * UNIT]
+            h.flush()
+    finally:
+        stopped(srv)
+    tool("fsck", store, check=0)
 
 
 def tool_history(d):

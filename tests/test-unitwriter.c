@@ -69,6 +69,7 @@ struct fake_extent {
   uint16_t present;
   bool usable;                  /* offered for dedup */
   bool pending;                 /* still being filled */
+  bool damaged;                 /* found damaged */
   unsigned moves;               /* times a collection moved it */
   struct cas_hash h[CAS_UNITS_MAX];
   uint8_t data[CAS_UNITS_MAX][U];
@@ -166,7 +167,7 @@ cas_extents_slot_hashes (struct cas_extents *ext, uint64_t eid,
   struct fake_extent *x = eid < MAX_EXTENTS ? ext->e[eid] : NULL;
 
   ext->slot_table_reads++;
-  if (x == NULL || !x->usable)
+  if (x == NULL || !x->usable || x->damaged)
     return 0;
   memcpy (hashes, x->h, sizeof x->h);
   *nslots = x->nslots;
@@ -190,11 +191,19 @@ cas_extents_dedup_stamp (struct cas_extents *ext, uint64_t eid)
   struct fake_extent *x = eid < MAX_EXTENTS ? ext->e[eid] : NULL;
 
   ext->stamps++;
-  if (x == NULL || !x->usable)
+  if (x == NULL || !x->usable || x->damaged)
     return 0;
   if (x->pending)
     return CAS_EXTENT_STAMP_PENDING;
   return cas_extents_loc (ext, eid) | 1;
+}
+
+bool
+cas_extents_is_damaged (struct cas_extents *ext, uint64_t eid)
+{
+  struct fake_extent *x = eid < MAX_EXTENTS ? ext->e[eid] : NULL;
+
+  return x && x->damaged;
 }
 
 int
@@ -647,6 +656,42 @@ main (void)
            fake.slot_table_reads == tables + 1);
     CHECK (nruns (&db) == 3);
     check_reads (&fake, &db, b, "same position");
+    /* Not when the extent was found damaged: the same bytes written
+     * again are stored again (they heal the block).  w6 stored the block
+     * (its table is cached) and then learnt that small writes do not pay
+     * a table read, so only the damage check stands in the way.
+     */
+    {
+      struct cas_unit_writer *w6 = cas_unit_writer_new (&fake, BS,
+                                                        CAS_VERIFY_CHECKSUM,
+                                                        "w6");
+      struct cas_hash dd, de;
+      struct cas_desc d;
+      unsigned k;
+
+      CHECK (w6 != NULL);
+      for (i = 0; i < 16; i++)
+        make_unit (find_unit (22000 + 20 * i, false), c + i * U);
+      CHECK (cas_unit_writer_store (w6, c, BS, NULL, NULL, &dd) == 0);
+      for (k = 0; k < 20; k++) {
+        memset (b, 0xee, BS);
+        make_unit (23000 + k, b + 7 * U);
+        memset (written, 0, sizeof written);
+        mark (written, 7 * 8, 8);
+        CHECK (cas_unit_writer_store (w6, b, BS, &dd, written, &de) == 0);
+      }
+      CHECK (cas_desc_decode (&dd, 16, &d) == 0 && d.nruns == 1);
+      fake.e[d.run[0].eid]->damaged = true;
+      memset (b, 0xee, BS);
+      memcpy (b + 3 * U, c + 3 * U, U);
+      memset (written, 0, sizeof written);
+      mark (written, 3 * 8, 8);
+      adds = fake.adds;
+      CHECK (cas_unit_writer_store (w6, b, BS, &dd, written, &de) == 0);
+      CHECK (fake.adds == adds + 1 && nruns (&de) == 3);
+      fake.e[d.run[0].eid]->damaged = false;
+      CHECK (cas_unit_writer_free (w6) == 0);
+    }
   }
 
   /* Random 4 KiB writes of new data into 40 blocks w3 never saw: it

@@ -722,6 +722,12 @@ cas_extents_dedup_stamp (struct cas_extents *ext, uint64_t eid)
   return EXT_LOC (v) | EXT_VERIFIED;
 }
 
+bool
+cas_extents_is_damaged (struct cas_extents *ext, uint64_t eid)
+{
+  return (load_entry (ext, eid) & EXT_DAMAGED) != 0;
+}
+
 /* ---- writing ---- */
 
 struct cas_extent_appender *

@@ -85,6 +85,11 @@ int cas_extents_slot_hashes (struct cas_extents *ext, uint64_t eid,
  */
 #define CAS_EXTENT_STAMP_PENDING UINT64_C (1)
 uint64_t cas_extents_dedup_stamp (struct cas_extents *ext, uint64_t eid);
+/* Whether extent eid was found damaged in this process (a table lookup):
+ * a writer keeping a block's old reference checks it, so that writing
+ * the same bytes again stores a good copy.
+ */
+bool cas_extents_is_damaged (struct cas_extents *ext, uint64_t eid);
 
 /* Hooks: a sample of stored units (last byte of the SHA-256 % 16 == 0). */
 static inline bool

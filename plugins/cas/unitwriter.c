@@ -10,7 +10,9 @@
  *  2. the old content first, by position: a hashed unit equal to the old
  *     unit at its position keeps that reference (and a zero unit whose
  *     old unit is a stored zero unit keeps it), so a block rewritten
- *     mostly unchanged keeps its runs.  What the old units are comes from
+ *     mostly unchanged keeps its runs -- unless the extent was found
+ *     damaged: the same bytes written again heal the block.  What the
+ *     old units are comes from
  *     the slot tables of the old descriptor's extents: read (into the
  *     cache) when the whole block was written; when some units are kept
  *     (a small write), only while such reads pay (small_write_reads):
@@ -550,9 +552,12 @@ keep_same_position (struct cas_unit_writer *w, struct unit *u, unsigned n,
     grp = cache_table (w, old_eid[i], read && first);
     if (grp == NULL ||
         !group_holds (grp, old_eid[i] - grp->g * CAS_GROUP_EXTENTS,
-                      old_slot[i], h))
+                      old_slot[i], h) ||
+        cas_extents_is_damaged (w->ext, old_eid[i]))
       continue;
-    /* Not a new reference: the slot held it and still does. */
+    /* Not a new reference: the slot held it and still does (no check,
+     * but for damage: writing the same bytes again heals a block).
+     */
     if (u[i].kind == UNIT_ZERO) {
       u[i].kind = UNIT_KEEP;
       w->kept_units++;
