@@ -37,10 +37,17 @@ class Flavour:
 
 
 def du_packs(store):
-    """Bytes the pack files take on disk."""
+    """Bytes the pack files take on disk.  A collection running in the
+    server may remove a pack between the listing and its stat: it then
+    takes nothing."""
     d = os.path.join(store, "packs")
-    return sum(os.stat(os.path.join(d, f)).st_blocks * 512
-               for f in os.listdir(d))
+    total = 0
+    for f in os.listdir(d):
+        try:
+            total += os.stat(os.path.join(d, f)).st_blocks * 512
+        except FileNotFoundError:
+            pass
+    return total
 
 
 def check_gc(store, live):
