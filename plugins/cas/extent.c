@@ -92,6 +92,9 @@ struct cas_extents {
   pthread_rwlock_t hooks_lock;
   uint64_t *hooks;
   size_t hooks_cap, hooks_n;     /* cap: a power of two */
+
+  struct tcache_set *tcache;     /* checked slot tables (NULL: none) */
+  pthread_mutex_t *tcache_lock;
 };
 
 struct cas_extent_appender {
@@ -418,6 +421,222 @@ read_pending (struct cas_extents *ext, uint64_t eid, unsigned slot,
   return r;
 }
 
+/* ---- the slot-table cache ----
+ * Of a record's slot table a read needs each slot's stored length,
+ * compression flag and CRC32C.  A table whose header and CRC were checked
+ * is kept here, keyed by extent id and tagged with the location it was
+ * read from: an entry serves only while the extent table still points at
+ * that location (gc's copy is another record, read and checked again;
+ * pack numbers are never reused in a process), and relocate and drop
+ * forget it.  So a read of a cached extent is one pread of just its
+ * units, each checked against the CRC kept here.  verify=full, which
+ * needs the units' SHA-256, reads the table every time.
+ *
+ * Bounded: TCACHE_SETS sets of TCACHE_WAYS entries; id / TCACHE_WAYS
+ * picks the set (ids written together share one), CLOCK within a set.
+ * The sets are calloc'd, so only those used take memory; a mutex of
+ * TCACHE_LOCKS guards each set.
+ */
+#define TCACHE_WAYS 8
+#define TCACHE_SETS 16384       /* 131072 extents (8 GiB of units), 16 MiB */
+#define TCACHE_LOCKS 256
+
+struct table_info {
+  uint64_t eid, loc;            /* eid 0: an empty way */
+  uint32_t crc[CAS_UNITS_MAX];
+  uint16_t len[CAS_UNITS_MAX];  /* stored length, 0 if not present */
+  uint16_t packed;              /* slots stored compressed */
+  uint16_t present;
+  uint8_t nslots, codec;
+};
+
+struct tcache_set {
+  uint8_t hand, ref;            /* CLOCK: the next victim, a bit per way */
+  struct table_info way[TCACHE_WAYS];
+};
+_Static_assert (TCACHE_WAYS <= 8, "ref is 8 bits");
+
+static size_t
+tcache_index (uint64_t eid)
+{
+  return (eid / TCACHE_WAYS) & (TCACHE_SETS - 1);
+}
+
+/* The cached table of eid read from loc: true and *out, or false. */
+static bool
+tcache_get (struct cas_extents *ext, uint64_t eid, uint64_t loc,
+            struct table_info *out)
+{
+  size_t i = tcache_index (eid);
+  struct tcache_set *set;
+  bool hit = false;
+  unsigned w;
+
+  if (ext->tcache == NULL)
+    return false;
+  set = &ext->tcache[i];
+  pthread_mutex_lock (&ext->tcache_lock[i % TCACHE_LOCKS]);
+  for (w = 0; w < TCACHE_WAYS; w++)
+    if (set->way[w].eid == eid && set->way[w].loc == loc) {
+      *out = set->way[w];
+      set->ref |= 1u << w;
+      hit = true;
+      break;
+    }
+  pthread_mutex_unlock (&ext->tcache_lock[i % TCACHE_LOCKS]);
+  return hit;
+}
+
+static void
+tcache_put (struct cas_extents *ext, const struct table_info *ti)
+{
+  size_t i = tcache_index (ti->eid);
+  struct tcache_set *set;
+  unsigned w;
+
+  if (ext->tcache == NULL)
+    return;
+  set = &ext->tcache[i];
+  pthread_mutex_lock (&ext->tcache_lock[i % TCACHE_LOCKS]);
+  /* Its own way (an older location), else an empty one, else CLOCK. */
+  for (w = 0; w < TCACHE_WAYS; w++)
+    if (set->way[w].eid == ti->eid)
+      break;
+  if (w == TCACHE_WAYS)
+    for (w = 0; w < TCACHE_WAYS; w++)
+      if (set->way[w].eid == 0)
+        break;
+  if (w == TCACHE_WAYS) {
+    while (set->ref & (1u << set->hand)) {
+      set->ref &= ~(1u << set->hand);
+      set->hand = (set->hand + 1) % TCACHE_WAYS;
+    }
+    w = set->hand;
+    set->hand = (set->hand + 1) % TCACHE_WAYS;
+  }
+  set->way[w] = *ti;
+  set->ref &= ~(1u << w);
+  pthread_mutex_unlock (&ext->tcache_lock[i % TCACHE_LOCKS]);
+}
+
+static void
+tcache_forget (struct cas_extents *ext, uint64_t eid)
+{
+  size_t i = tcache_index (eid);
+  struct tcache_set *set;
+  unsigned w;
+
+  if (ext->tcache == NULL)
+    return;
+  set = &ext->tcache[i];
+  pthread_mutex_lock (&ext->tcache_lock[i % TCACHE_LOCKS]);
+  for (w = 0; w < TCACHE_WAYS; w++)
+    if (set->way[w].eid == eid)
+      memset (&set->way[w], 0, sizeof set->way[w]);
+  pthread_mutex_unlock (&ext->tcache_lock[i % TCACHE_LOCKS]);
+}
+
+/* Where each slot's stored bytes start in the payload. */
+static void
+table_starts (const struct table_info *ti, uint32_t start[CAS_UNITS_MAX])
+{
+  uint32_t at = ti->nslots * CAS_SLOT_ENTRY_SIZE;
+  unsigned i;
+
+  for (i = 0; i < ti->nslots; i++) {
+    start[i] = at;
+    at += ti->len[i];
+  }
+}
+
+/* The read of the slot table may bring units too, straight into the
+ * caller's buffer, if they are where a full extent of raw units keeps
+ * them (slot u at payload offset 640 + 4096 u): guessed only for whole
+ * units from slot SPEC_SKIP_MAX on at most (the units before go to a
+ * scratch buffer), in a store that does not compress.  A whole-block
+ * read of an extent not cached is then one pread.
+ */
+#define SPEC_SKIP_MAX 1
+
+/* Read and check eid's record header and slot table at loc into *ti
+ * (and se, with the units' hashes), and cache it.  With units != NULL
+ * (units_len bytes) the same read brings the payload from the guessed
+ * place of slot first on into it: *units_ok says if the guess held and
+ * all of it came.  0; -1/ESTALE (no message); -1/EIO (*problem: the
+ * caller reports); other -1 reported.
+ */
+static int
+load_table (struct cas_extents *ext, uint64_t eid, uint64_t loc,
+            struct table_info *ti, struct cas_slot_entry se[CAS_UNITS_MAX],
+            unsigned first, uint8_t *units, uint32_t units_len,
+            bool *units_ok, const char **problem)
+{
+  uint8_t hdr[CAS_RECORD_HEADER_SIZE], table[SLOT_TABLE_MAX];
+  uint8_t skip[SPEC_SKIP_MAX * CAS_UNIT_SIZE + 1];
+  struct iovec iov[4];
+  struct cas_record_header h;
+  struct cas_extent_fields f;
+  uint32_t start[CAS_UNITS_MAX], got_table;
+  size_t got;
+  int n = 0;
+  unsigned i;
+
+  *units_ok = false;
+  iov[n++] = (struct iovec) { hdr, sizeof hdr };
+  iov[n++] = (struct iovec) { table, sizeof table };
+  if (units) {
+    assert (first <= SPEC_SKIP_MAX);
+    if (first)
+      iov[n++] = (struct iovec) { skip, first * CAS_UNIT_SIZE };
+    iov[n++] = (struct iovec) { units, units_len };
+  }
+  if (cas_packs_readv (ext->packs, loc, 0, iov, n, &got) == -1)
+    return -1;
+  *problem = "damaged record header";
+  if (got < sizeof hdr || cas_record_header_decode (hdr, &h) == -1)
+    goto damaged;
+  got -= sizeof hdr;
+  got_table = got < sizeof table ? got : sizeof table;
+  if (h.length < got_table)
+    got_table = h.length;
+  if (cas_extent_parse_table (&h, table, got_table, &f, se, start,
+                              problem) == -1)
+    goto damaged;
+  if (f.eid != eid) {
+    *problem = "the record there is another extent";
+    goto damaged;
+  }
+  memset (ti, 0, sizeof *ti);
+  ti->eid = eid;
+  ti->loc = loc;
+  ti->nslots = f.nslots;
+  ti->codec = f.codec;
+  ti->present = f.present;
+  for (i = 0; i < f.nslots; i++) {
+    ti->crc[i] = se[i].crc;
+    ti->len[i] = se[i].stored_len;
+    if (se[i].flags & CAS_SLOT_F_COMPRESSED)
+      ti->packed |= 1u << i;
+  }
+  tcache_put (ext, ti);
+  if (units) {
+    uint32_t want = SLOT_TABLE_MAX + first * CAS_UNIT_SIZE + units_len;
+    unsigned last = first + units_len / CAS_UNIT_SIZE - 1;
+
+    *units_ok = f.nslots == CAS_UNITS_MAX && got >= want &&
+      start[first] == SLOT_TABLE_MAX + first * CAS_UNIT_SIZE &&
+      h.length >= want;
+    for (i = first; *units_ok && i <= last; i++)
+      if (!(f.present & (1u << i)) || se[i].stored_len != CAS_UNIT_SIZE ||
+          (se[i].flags & CAS_SLOT_F_COMPRESSED))
+        *units_ok = false;
+  }
+  return 0;
+ damaged:
+  errno = EIO;
+  return -1;
+}
+
 /* Read from the record at loc (entry value v).  0, or -1 with errno
  * (ESTALE: the pack was retired, look again; no message then).
  */
@@ -427,58 +646,65 @@ read_record (struct cas_extents *ext, uint64_t eid, uint64_t v,
              uint8_t *buf, enum cas_verify verify)
 {
   uint64_t loc = EXT_LOC (v);
-  uint8_t table[SLOT_TABLE_MAX];
-  struct cas_record_header h;
-  struct cas_extent_fields f;
+  struct table_info ti;
   struct cas_slot_entry se[CAS_UNITS_MAX];
-  uint32_t start[CAS_UNITS_MAX], got, span;
+  uint32_t start[CAS_UNITS_MAX], span;
   unsigned first = slot + off / CAS_UNIT_SIZE;
   unsigned last = slot + (off + len - 1) / CAS_UNIT_SIZE, u;
+  bool whole = off % CAS_UNIT_SIZE == 0 && len % CAS_UNIT_SIZE == 0;
   CLEANUP_FREE uint8_t *tmp = NULL;
   const char *problem;
-  bool packed = false;
+  bool packed = false, in_buf = false;
   uint8_t *src;
   char msg[128];
 
-  if (cas_packs_read_prefix (ext->packs, loc, &h, table, sizeof table,
-                             &got) == -1)
-    return -1;
-  if (cas_extent_parse_table (&h, table, got, &f, se, start, &problem) == -1)
-    goto damaged;
-  if (f.eid != eid) {
-    snprintf (msg, sizeof msg, "the record there is extent %" PRIu64, f.eid);
-    problem = msg;
-    goto damaged;
+  if (verify >= CAS_VERIFY_FULL || !tcache_get (ext, eid, loc, &ti)) {
+    bool guess = whole && first <= SPEC_SKIP_MAX &&
+      ext->comp.codec == CAS_CODEC_NONE;
+
+    if (load_table (ext, eid, loc, &ti, se, first, guess ? buf : NULL, len,
+                    &in_buf, &problem) == -1) {
+      if (errno == EIO)
+        goto damaged_scribble;
+      return -1;
+    }
   }
-  if (last >= f.nslots) {
+  if (last >= ti.nslots) {
+    if (in_buf)
+      memset (buf, 0, len);
     backend_error ("cas: extent %" PRIu64 " has %u slots, not %u",
-                   eid, f.nslots, last + 1);
+                   eid, ti.nslots, last + 1);
     errno = ENOENT;
     return -1;
   }
   for (u = first; u <= last; u++) {
-    if (!(f.present & (1u << u))) {
+    if (!(ti.present & (1u << u))) {
       snprintf (msg, sizeof msg, "slot %u is referenced but not stored", u);
       problem = msg;
-      goto damaged;
+      goto damaged_scribble;
     }
-    if (se[u].flags & CAS_SLOT_F_COMPRESSED)
+    if (ti.packed & (1u << u))
       packed = true;
   }
-  span = start[last] + se[last].stored_len - start[first];
+  table_starts (&ti, start);
+  span = start[last] + ti.len[last] - start[first];
   /* Whole raw units go straight into the caller's buffer. */
-  if (!packed && off % CAS_UNIT_SIZE == 0 && len % CAS_UNIT_SIZE == 0)
+  if (in_buf)
     src = buf;
-  else if ((src = tmp = malloc (span)) == NULL) {
-    backend_error ("cas: reading extent %" PRIu64 ": out of memory", eid);
-    return -1;
-  }
-  if (cas_packs_read_payload (ext->packs, loc, start[first], src,
-                              span) == -1) {
-    if (errno == ESTALE)
+  else {
+    if (!packed && whole)
+      src = buf;
+    else if ((src = tmp = malloc (span)) == NULL) {
+      backend_error ("cas: reading extent %" PRIu64 ": out of memory", eid);
       return -1;
-    problem = "units are truncated";
-    goto damaged_scribble;
+    }
+    if (cas_packs_read_payload (ext->packs, loc, start[first], src,
+                                span) == -1) {
+      if (errno == ESTALE)
+        return -1;
+      problem = "units are truncated";
+      goto damaged_scribble;
+    }
   }
   for (u = first; u <= last; u++) {
     const uint8_t *data = src + (start[u] - start[first]);
@@ -489,20 +715,19 @@ read_record (struct cas_extents *ext, uint64_t eid, uint64_t v,
       : CAS_UNIT_SIZE;
 
     if (verify >= CAS_VERIFY_CHECKSUM &&
-        crc32c (0, data, se[u].stored_len) != se[u].crc) {
+        crc32c (0, data, ti.len[u]) != ti.crc[u]) {
       snprintf (msg, sizeof msg, "slot %u: unit checksum (CRC32C) "
                 "mismatch", u);
       problem = msg;
       goto damaged_scribble;
     }
-    if (se[u].flags & CAS_SLOT_F_COMPRESSED) {
-      if (cas_decompress (ext->pool, f.codec, data, se[u].stored_len, raw,
+    if (ti.packed & (1u << u)) {
+      if (cas_decompress (ext->pool, ti.codec, data, ti.len[u], raw,
                           CAS_UNIT_SIZE) == -1) {
         if (errno == ENOMEM) {
           backend_error ("cas: decompressing extent %" PRIu64 ": out of "
                          "memory", eid);
-          if (src == buf)
-            memset (buf, 0, len);
+          memset (buf, 0, len);
           return -1;
         }
         snprintf (msg, sizeof msg, "slot %u: compressed unit does not "
@@ -512,11 +737,14 @@ read_record (struct cas_extents *ext, uint64_t eid, uint64_t v,
       }
       data = raw;
     }
+    /* verify=full read the table above: se holds the hashes. */
     if (verify >= CAS_VERIFY_FULL) {
       struct cas_hash hh;
 
-      if (cas_hash_compute (data, CAS_UNIT_SIZE, &hh) == -1)
+      if (cas_hash_compute (data, CAS_UNIT_SIZE, &hh) == -1) {
+        memset (buf, 0, len);
         return -1;
+      }
       if (!cas_hash_equal (&hh, &se[u].hash)) {
         snprintf (msg, sizeof msg, "slot %u: unit does not match its "
                   "SHA-256", u);
@@ -531,9 +759,7 @@ read_record (struct cas_extents *ext, uint64_t eid, uint64_t v,
 
  damaged_scribble:
   /* Nothing unchecked stays in the caller's buffer. */
-  if (src == buf)
-    memset (buf, 0, len);
- damaged:
+  memset (buf, 0, len);
   report (eid, loc, problem);
   /* Never offered for dedup again; reads of its intact units go on. */
   set_flags (ext, eid, loc, EXT_DAMAGED, EXT_VERIFIED);
@@ -959,6 +1185,7 @@ cas_extents_new (struct cas_packs *packs, bool readonly,
                  _Atomic uint32_t *gc_below)
 {
   struct cas_extents *ext = calloc (1, sizeof *ext);
+  unsigned i;
 
   if (ext == NULL)
     return NULL;
@@ -973,6 +1200,18 @@ cas_extents_new (struct cas_packs *packs, bool readonly,
   atomic_init (&ext->next_group, 1);
   pthread_mutex_init (&ext->pending_lock, NULL);
   pthread_rwlock_init (&ext->hooks_lock, NULL);
+  /* Without the cache (no memory for it) every read reads its table. */
+  ext->tcache = calloc (TCACHE_SETS, sizeof *ext->tcache);
+  ext->tcache_lock = malloc (TCACHE_LOCKS * sizeof *ext->tcache_lock);
+  if (ext->tcache == NULL || ext->tcache_lock == NULL) {
+    free (ext->tcache);
+    free (ext->tcache_lock);
+    ext->tcache = NULL;
+    ext->tcache_lock = NULL;
+  }
+  else
+    for (i = 0; i < TCACHE_LOCKS; i++)
+      pthread_mutex_init (&ext->tcache_lock[i], NULL);
   return ext;
 }
 
@@ -1010,6 +1249,13 @@ cas_extents_free (struct cas_extents *ext)
   cas_codec_pool_free (ext->pool);
   pthread_mutex_destroy (&ext->pending_lock);
   pthread_rwlock_destroy (&ext->hooks_lock);
+  if (ext->tcache_lock) {
+    unsigned i;
+    for (i = 0; i < TCACHE_LOCKS; i++)
+      pthread_mutex_destroy (&ext->tcache_lock[i]);
+  }
+  free (ext->tcache_lock);
+  free (ext->tcache);
   free (ext);
 }
 
@@ -1201,6 +1447,10 @@ cas_extents_relocate (struct cas_extents *ext, uint64_t eid, uint64_t oldloc,
       return;
   } while (!atomic_compare_exchange_weak (e, &v, EXT_LOC (newloc) |
                                           (v & EXT_VERIFIED)));
+  /* The cached table is of the old record (a lookup would miss it
+   * anyway: it is tagged with oldloc).
+   */
+  tcache_forget (ext, eid);
   /* A compacted copy may hold fewer units. */
   sums_add (ext, EXT_LOC (oldloc), -1);
   sums_add (ext, EXT_LOC (newloc), 1);
@@ -1219,6 +1469,7 @@ cas_extents_drop (struct cas_extents *ext, uint64_t eid, uint64_t loc)
     if (EXT_IS_PENDING (v) || v == 0 || EXT_LOC (v) != EXT_LOC (loc))
       return;
   } while (!atomic_compare_exchange_weak (e, &v, 0));
+  tcache_forget (ext, eid);
   sums_add (ext, EXT_LOC (loc), -1);
   atomic_fetch_sub (&ext->extents, 1);
 }
@@ -1515,6 +1766,13 @@ void
 cas_extents_reset (struct cas_extents *ext)
 {
   free_table (ext);
+  /* Nothing read yet, but the cache is emptied with the table (fresh
+   * pages rather than a memset that would touch all of them).
+   */
+  if (ext->tcache) {
+    free (ext->tcache);
+    ext->tcache = calloc (TCACHE_SETS, sizeof *ext->tcache);
+  }
   pthread_rwlock_wrlock (&ext->hooks_lock);
   free (ext->hooks);
   ext->hooks = NULL;

@@ -733,6 +733,32 @@ cas_packs_read_table (struct cas_packs *p, uint64_t loc, uint32_t length,
 }
 
 int
+cas_packs_readv (struct cas_packs *p, uint64_t loc, uint64_t at,
+                 const struct iovec *iov, int iovcnt, size_t *got)
+{
+  uint32_t id = CAS_LOC_PACK (loc);
+  struct pack *pk = pin_pack (p, id);
+  ssize_t r;
+
+  if (pk == NULL) {
+    if (errno != ESTALE)
+      backend_error ("cas: pack %" PRIu32 " is missing", id);
+    return -1;
+  }
+  r = preadv (pk->fd, iov, iovcnt, CAS_LOC_OFFSET (loc) + at);
+  unpin_pack (pk);
+  if (r == -1) {
+    int saved = errno;
+    backend_error ("cas: reading pack %" PRIu32 " at offset %" PRIu64
+                   ": %m", id, CAS_LOC_OFFSET (loc) + at);
+    errno = saved == ESTALE ? EIO : saved;
+    return -1;
+  }
+  *got = r;
+  return 0;
+}
+
+int
 cas_packs_read_payload (struct cas_packs *p, uint64_t loc, uint32_t off,
                         void *buf, uint32_t len)
 {

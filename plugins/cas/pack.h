@@ -24,6 +24,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/uio.h>
 
 #include "chunkstore.h"
 #include "format.h"
@@ -92,6 +93,16 @@ int cas_packs_read_table (struct cas_packs *p, uint64_t loc, uint32_t length,
  */
 int cas_packs_read_payload (struct cas_packs *p, uint64_t loc, uint32_t off,
                             void *buf, uint32_t len);
+
+/* Read the bytes of the pack of loc from CAS_LOC_OFFSET (loc) + at on,
+ * scattered over iov (one preadv): *got says how many came (fewer only
+ * at the end of the pack).  No checks: the caller knows the layout (it
+ * read and checked the record's header and tables before) or checks
+ * what came.  -1/EIO (message) if the pack is missing or the read fails,
+ * -1/ESTALE (no message) as cas_packs_read_table.
+ */
+int cas_packs_readv (struct cas_packs *p, uint64_t loc, uint64_t at,
+                     const struct iovec *iov, int iovcnt, size_t *got);
 
 /* fdatasync every pack appended to since the last sync. */
 int cas_packs_sync (struct cas_packs *p);
