@@ -18,6 +18,11 @@
 #  - compression=lz4 with format 4: round trip, and the packs shrink.
 #  - a damaged unit is EIO on every read touching it (never wrong data),
 #    the other units of its block and extent read fine, fsck reports it.
+#  - a slot table the server has read and checked (it keeps it), then
+#    damaged on disk under it together with a unit (the slot's CRC forged
+#    to match the damaged unit): the unit is EIO from the table it keeps,
+#    the extent's other units read fine; after a restart the damaged
+#    table makes the unit EIO.
 # And with the tool alone: create --format 4, import (dedup of the same
 # image 4 KiB further), snapshot, clone, export, diff, fsck --full.
 
@@ -429,6 +434,71 @@ def damaged_unit(server, d):
     tool("fsck", store, check=0)
 
 
+def unit_slot(store, h):
+    """(pack, offset of the slot entry, offset of the stored bytes) of the
+    first extent slot holding the unit whose SHA-256 is h."""
+    for pack in cf.packs(store):
+        with open(pack, "rb") as f:
+            raw = f.read()
+        for off, typ, length, hdr in cf.records(pack):
+            if typ != EXTENT:
+                continue
+            nslots = hdr[8]
+            present, = struct.unpack_from("<H", hdr, 10)
+            at = off + cf.RECORD_HEADER + SLOT_ENTRY * nslots
+            for s in range(nslots):
+                e = off + cf.RECORD_HEADER + SLOT_ENTRY * s
+                stored, = struct.unpack_from("<H", raw, e + 32)
+                if present >> s & 1 and raw[e:e + 32] == h:
+                    return pack, e, at
+                if present >> s & 1:
+                    at += stored
+    raise AssertionError("no extent slot holds the unit")
+
+
+def damaged_under_cached_table(server, d):
+    store = os.path.join(d, "store")
+    srv = serve(server, store, d, ["size=%d" % SIZE, "format=4"])
+    try:
+        with connection(srv) as h:
+            for b in range(4):
+                h.pwrite(rand(1200 + b, BS), b * BS)
+            h.flush()
+            want = rand(1202, BS)
+            assert h.pread(BS, 2 * BS) == want     # its table is read
+            victim = want[5 * UNIT:6 * UNIT]        # block 2, unit 5
+            pack, entry, at = unit_slot(store, cf.sha256(victim))
+            # Under the running server: the unit damaged, and its slot's
+            # CRC made to match the damaged bytes (the table's own CRC no
+            # longer does).
+            bad = bytearray(victim)
+            bad[100] ^= 0x5a
+            with open(pack, "r+b") as f:
+                f.seek(at)
+                f.write(bad)
+                f.seek(entry + 36)
+                f.write(struct.pack("<I", cf.crc32c(bytes(bad))))
+            expect_eio(h, UNIT, 2 * BS + 5 * UNIT)
+            expect_eio(h, BS, 2 * BS)
+            expect_eio(h, 10, 2 * BS + 5 * UNIT + 95)
+            for u in (0, 4, 6, 15):
+                assert h.pread(UNIT, 2 * BS + u * UNIT) == \
+                    want[u * UNIT:(u + 1) * UNIT], "unit %d of block 2" % u
+            for b in (0, 1, 3):
+                assert h.pread(BS, b * BS) == rand(1200 + b, BS), b
+    finally:
+        stopped(srv)
+    srv = serve(server, store, d)
+    try:
+        with connection(srv) as h:
+            expect_eio(h, UNIT, 2 * BS + 5 * UNIT)
+            expect_eio(h, BS, 2 * BS)
+            for b in (0, 1, 3):
+                assert h.pread(BS, b * BS) == rand(1200 + b, BS), b
+    finally:
+        stopped(srv)
+
+
 def tool_history(d):
     # Offline, through the tool: import (whole blocks, and the same image
     # 4 KiB further: dedup), a snapshot, a clone written to, export of
@@ -477,4 +547,6 @@ run_cases([
     ("format 4 block of more than 5 runs", many_runs),
     ("format 4 with compression=lz4", compressed),
     ("format 4 damaged unit is EIO", damaged_unit),
+    ("format 4 damage under a slot table read before",
+     damaged_under_cached_table),
 ], [("format 4 import, snapshot, clone, export, diff", tool_history)])
