@@ -379,6 +379,71 @@ check_gc_primitives (struct cas_extents *ext, uint64_t a, uint64_t b,
   quiet = false;
 }
 
+/* Descriptors whose runs are read together (their slot tables cached by
+ * the reads before): an extent's units around a unit of another extent
+ * (one pread over a gap), the end of one extent and the start of the
+ * next (consecutive records), whole, partial, unaligned.  With bad >= 0,
+ * unit bad is damaged: a read touching it is EIO and leaves the buffer
+ * zero, the others read right.
+ */
+static void
+check_desc_groups (struct cas_extents *ext, int bad)
+{
+  static const struct { unsigned nruns, run[3][3]; } shapes[] = {
+    /* (extent index, slot, count) */
+    { 3, { { 0, 0, 5 }, { 1, 4, 1 }, { 0, 6, 10 } } },
+    { 2, { { 0, 14, 2 }, { 1, 0, 14 } } },
+    { 2, { { 1, 10, 6 }, { 2, 0, 10 } } },
+  };
+  static const uint32_t reads[][2] = {
+    { 0, 16 * U }, { 3 * U + 5, 9 * U }, { U - 1, 2 }, { 5 * U, U },
+    { 6 * U - 7, 2 * U }, { 13 * U, 3 * U },
+  };
+  static uint8_t want[16 * U], buf[16 * U];
+  unsigned k, i, j;
+
+  for (k = 0; k < sizeof shapes / sizeof shapes[0]; k++) {
+    struct cas_desc d = { .nruns = shapes[k].nruns };
+    struct cas_hash dh;
+    int at[16];                 /* the unit at each position */
+    unsigned pos = 0;
+
+    for (i = 0; i < d.nruns; i++) {
+      unsigned e = shapes[k].run[i][0], slot = shapes[k].run[i][1];
+      unsigned count = shapes[k].run[i][2];
+
+      d.run[i] = (struct cas_run) { eid_of[16 * e], slot, count };
+      for (j = 0; j < count; j++, pos++) {
+        at[pos] = 16 * e + slot + j;
+        memcpy (want + pos * U, data[at[pos]], U);
+      }
+    }
+    cas_desc_encode (&d, &dh);
+    for (i = 0; i < sizeof reads / sizeof reads[0]; i++) {
+      uint32_t off = reads[i][0], len = reads[i][1];
+      bool hit = false;
+      int r;
+
+      for (j = off / U; j <= (off + len - 1) / U; j++)
+        hit |= at[j] == bad;
+      memset (buf, 0xff, len);
+      quiet = hit;
+      r = cas_desc_read (ext, &dh, 16 * U, off, len, buf,
+                         CAS_VERIFY_CHECKSUM);
+      quiet = false;
+      if (hit) {
+        static const uint8_t zero[16 * U];
+        CHECK (r == -1 && errno == EIO && memcmp (buf, zero, len) == 0);
+      }
+      else
+        CHECK (r == 0 && memcmp (buf, want + off, len) == 0);
+      if (hit ? r != -1 : r != 0 || memcmp (buf, want + off, len) != 0)
+        fprintf (stderr, "  shape %u, bytes %" PRIu32 "+%" PRIu32 "\n", k,
+                 off, len);
+    }
+  }
+}
+
 static void
 run (const char *codec)
 {
@@ -463,6 +528,7 @@ run (const char *codec)
     CHECK (cas_desc_read (ext, &dh, 16 * U, 3 * U + 5, 4 * U, buf,
                           CAS_VERIFY_FULL) == 0 &&
            memcmp (buf, want + 3 * U + 5, 4 * U) == 0);
+    check_desc_groups (ext, -1);
     memset (&dh, 0, sizeof dh);         /* unmapped */
     CHECK (cas_desc_read (ext, &dh, 16 * U, 0, 100, buf,
                           CAS_VERIFY_CHECKSUM) == 0 &&
@@ -522,6 +588,7 @@ run (const char *codec)
   CHECK (cas_extents_read (ext, eid_of[damaged], slot_of[damaged], 1, 0, U,
                            buf, CAS_VERIFY_CHECKSUM) == -1 && errno == EIO);
   quiet = false;
+  check_desc_groups (ext, damaged);
   /* ... its neighbours still read; the extent is not offered for dedup. */
   CHECK (cas_extents_read (ext, eid_of[damaged + 1], slot_of[damaged + 1], 1,
                            0, U, buf, CAS_VERIFY_CHECKSUM) == 0 &&

@@ -637,6 +637,157 @@ load_table (struct cas_extents *ext, uint64_t eid, uint64_t loc,
   return -1;
 }
 
+/* One run's read (bytes [off, off + len) of units slot.. of extent eid)
+ * from its record at loc, whose slot table ti is known: the stored bytes
+ * of slots first..last are read to src (the caller's buffer for whole
+ * raw units, else tmp), then checked and copied out.
+ */
+struct run_read {
+  uint64_t eid, loc;
+  unsigned slot, count, first, last;
+  uint32_t off, len;
+  uint8_t *buf;                 /* the caller's: len bytes */
+  struct table_info ti;
+  uint32_t start[CAS_UNITS_MAX];
+  uint32_t span;                /* stored bytes of slots first..last */
+  uint8_t *src, *tmp;           /* tmp: malloc'd, or NULL */
+  bool alone;                   /* (descriptor reads) read by itself */
+};
+
+static void
+run_init (struct run_read *r, uint64_t eid, uint64_t loc, unsigned slot,
+          unsigned count, uint32_t off, uint32_t len, uint8_t *buf)
+{
+  r->eid = eid;
+  r->loc = loc;
+  r->slot = slot;
+  r->count = count;
+  r->off = off;
+  r->len = len;
+  r->buf = buf;
+  r->first = slot + off / CAS_UNIT_SIZE;
+  r->last = slot + (off + len - 1) / CAS_UNIT_SIZE;
+  r->src = r->tmp = NULL;
+  r->alone = false;
+}
+
+/* A damaged run: nothing unchecked stays in the caller's buffer, the
+ * damage is reported and the extent never offered for dedup again
+ * (reads of its intact units go on).
+ */
+static int
+run_damaged (struct cas_extents *ext, struct run_read *r, const char *problem)
+{
+  memset (r->buf, 0, r->len);
+  report (r->eid, r->loc, problem);
+  set_flags (ext, r->eid, r->loc, EXT_DAMAGED, EXT_VERIFIED);
+  errno = EIO;
+  return -1;
+}
+
+/* Where the run's stored bytes are and where they go (r->ti known).
+ * 0; -1/EIO (*problem) if the table says they are not there; other -1
+ * reported (ENOENT: no such slot; ENOMEM).
+ */
+static int
+run_plan (struct cas_extents *ext, struct run_read *r, bool in_buf,
+          char *msg, size_t msglen, const char **problem)
+{
+  bool packed = false;
+  unsigned u;
+
+  if (r->last >= r->ti.nslots) {
+    backend_error ("cas: extent %" PRIu64 " has %u slots, not %u",
+                   r->eid, r->ti.nslots, r->last + 1);
+    errno = ENOENT;
+    return -1;
+  }
+  for (u = r->first; u <= r->last; u++) {
+    if (!(r->ti.present & (1u << u))) {
+      snprintf (msg, msglen, "slot %u is referenced but not stored", u);
+      *problem = msg;
+      errno = EIO;
+      return -1;
+    }
+    if (r->ti.packed & (1u << u))
+      packed = true;
+  }
+  table_starts (&r->ti, r->start);
+  r->span = r->start[r->last] + r->ti.len[r->last] - r->start[r->first];
+  /* Whole raw units go straight into the caller's buffer. */
+  if (in_buf || (!packed && r->off % CAS_UNIT_SIZE == 0 &&
+                 r->len % CAS_UNIT_SIZE == 0))
+    r->src = r->buf;
+  else if ((r->src = r->tmp = malloc (r->span)) == NULL) {
+    backend_error ("cas: reading extent %" PRIu64 ": out of memory", r->eid);
+    errno = ENOMEM;
+    return -1;
+  }
+  return 0;
+}
+
+/* Check the run's units, read to src, and copy them out: every unit
+ * against its CRC32C (verify=full: its SHA-256 too, from se).  0;
+ * -1/EIO (*problem); other -1 reported.
+ */
+static int
+run_check (struct cas_extents *ext, struct run_read *r,
+           const struct cas_slot_entry *se, enum cas_verify verify,
+           char *msg, size_t msglen, const char **problem)
+{
+  unsigned u;
+
+  for (u = r->first; u <= r->last; u++) {
+    const uint8_t *data = r->src + (r->start[u] - r->start[r->first]);
+    uint8_t raw[CAS_UNIT_SIZE];
+    uint32_t ustart = (u - r->slot) * CAS_UNIT_SIZE;   /* in the run */
+    uint32_t from = r->off > ustart ? r->off - ustart : 0;
+    uint32_t to = r->off + r->len < ustart + CAS_UNIT_SIZE
+      ? r->off + r->len - ustart : CAS_UNIT_SIZE;
+
+    if (verify >= CAS_VERIFY_CHECKSUM &&
+        crc32c (0, data, r->ti.len[u]) != r->ti.crc[u]) {
+      snprintf (msg, msglen, "slot %u: unit checksum (CRC32C) mismatch", u);
+      goto bad;
+    }
+    if (r->ti.packed & (1u << u)) {
+      if (cas_decompress (ext->pool, r->ti.codec, data, r->ti.len[u], raw,
+                          CAS_UNIT_SIZE) == -1) {
+        if (errno == ENOMEM) {
+          backend_error ("cas: decompressing extent %" PRIu64 ": out of "
+                         "memory", r->eid);
+          memset (r->buf, 0, r->len);
+          return -1;
+        }
+        snprintf (msg, msglen, "slot %u: compressed unit does not "
+                  "decompress", u);
+        goto bad;
+      }
+      data = raw;
+    }
+    if (verify >= CAS_VERIFY_FULL) {
+      struct cas_hash hh;
+
+      if (cas_hash_compute (data, CAS_UNIT_SIZE, &hh) == -1) {
+        memset (r->buf, 0, r->len);
+        return -1;
+      }
+      if (!cas_hash_equal (&hh, &se[u].hash)) {
+        snprintf (msg, msglen, "slot %u: unit does not match its SHA-256",
+                  u);
+        goto bad;
+      }
+    }
+    if (r->src != r->buf)
+      memcpy (r->buf + (ustart + from - r->off), data + from, to - from);
+  }
+  return 0;
+ bad:
+  *problem = msg;
+  errno = EIO;
+  return -1;
+}
+
 /* Read from the record at loc (entry value v).  0, or -1 with errno
  * (ESTALE: the pack was retired, look again; no message then).
  */
@@ -645,126 +796,50 @@ read_record (struct cas_extents *ext, uint64_t eid, uint64_t v,
              unsigned slot, unsigned count, uint32_t off, uint32_t len,
              uint8_t *buf, enum cas_verify verify)
 {
-  uint64_t loc = EXT_LOC (v);
-  struct table_info ti;
+  struct run_read r;
   struct cas_slot_entry se[CAS_UNITS_MAX];
-  uint32_t start[CAS_UNITS_MAX], span;
-  unsigned first = slot + off / CAS_UNIT_SIZE;
-  unsigned last = slot + (off + len - 1) / CAS_UNIT_SIZE, u;
-  bool whole = off % CAS_UNIT_SIZE == 0 && len % CAS_UNIT_SIZE == 0;
-  CLEANUP_FREE uint8_t *tmp = NULL;
   const char *problem;
-  bool packed = false, in_buf = false;
-  uint8_t *src;
+  bool in_buf = false;
   char msg[128];
+  int ret = -1;
 
-  if (verify >= CAS_VERIFY_FULL || !tcache_get (ext, eid, loc, &ti)) {
-    bool guess = whole && first <= SPEC_SKIP_MAX &&
-      ext->comp.codec == CAS_CODEC_NONE;
+  run_init (&r, eid, EXT_LOC (v), slot, count, off, len, buf);
+  /* verify=full needs the hashes: the table is read every time. */
+  if (verify >= CAS_VERIFY_FULL || !tcache_get (ext, eid, r.loc, &r.ti)) {
+    bool guess = off % CAS_UNIT_SIZE == 0 && len % CAS_UNIT_SIZE == 0 &&
+      r.first <= SPEC_SKIP_MAX && ext->comp.codec == CAS_CODEC_NONE;
 
-    if (load_table (ext, eid, loc, &ti, se, first, guess ? buf : NULL, len,
-                    &in_buf, &problem) == -1) {
+    if (load_table (ext, eid, r.loc, &r.ti, se, r.first, guess ? buf : NULL,
+                    len, &in_buf, &problem) == -1) {
       if (errno == EIO)
-        goto damaged_scribble;
+        return run_damaged (ext, &r, problem);
       return -1;
     }
   }
-  if (last >= ti.nslots) {
+  if (run_plan (ext, &r, in_buf, msg, sizeof msg, &problem) == -1) {
+    if (errno == EIO)
+      return run_damaged (ext, &r, problem);
     if (in_buf)
       memset (buf, 0, len);
-    backend_error ("cas: extent %" PRIu64 " has %u slots, not %u",
-                   eid, ti.nslots, last + 1);
-    errno = ENOENT;
     return -1;
   }
-  for (u = first; u <= last; u++) {
-    if (!(ti.present & (1u << u))) {
-      snprintf (msg, sizeof msg, "slot %u is referenced but not stored", u);
-      problem = msg;
-      goto damaged_scribble;
-    }
-    if (ti.packed & (1u << u))
-      packed = true;
+  if (!in_buf &&
+      cas_packs_read_payload (ext->packs, r.loc, r.start[r.first], r.src,
+                              r.span) == -1) {
+    if (errno == ESTALE)
+      goto out;
+    run_damaged (ext, &r, "units are truncated");
+    goto out;
   }
-  table_starts (&ti, start);
-  span = start[last] + ti.len[last] - start[first];
-  /* Whole raw units go straight into the caller's buffer. */
-  if (in_buf)
-    src = buf;
-  else {
-    if (!packed && whole)
-      src = buf;
-    else if ((src = tmp = malloc (span)) == NULL) {
-      backend_error ("cas: reading extent %" PRIu64 ": out of memory", eid);
-      return -1;
-    }
-    if (cas_packs_read_payload (ext->packs, loc, start[first], src,
-                                span) == -1) {
-      if (errno == ESTALE)
-        return -1;
-      problem = "units are truncated";
-      goto damaged_scribble;
-    }
+  if (run_check (ext, &r, se, verify, msg, sizeof msg, &problem) == -1) {
+    if (errno == EIO)
+      run_damaged (ext, &r, problem);
+    goto out;
   }
-  for (u = first; u <= last; u++) {
-    const uint8_t *data = src + (start[u] - start[first]);
-    uint8_t raw[CAS_UNIT_SIZE];
-    uint32_t ustart = (u - slot) * CAS_UNIT_SIZE;      /* in the run */
-    uint32_t from = off > ustart ? off - ustart : 0;
-    uint32_t to = off + len < ustart + CAS_UNIT_SIZE ? off + len - ustart
-      : CAS_UNIT_SIZE;
-
-    if (verify >= CAS_VERIFY_CHECKSUM &&
-        crc32c (0, data, ti.len[u]) != ti.crc[u]) {
-      snprintf (msg, sizeof msg, "slot %u: unit checksum (CRC32C) "
-                "mismatch", u);
-      problem = msg;
-      goto damaged_scribble;
-    }
-    if (ti.packed & (1u << u)) {
-      if (cas_decompress (ext->pool, ti.codec, data, ti.len[u], raw,
-                          CAS_UNIT_SIZE) == -1) {
-        if (errno == ENOMEM) {
-          backend_error ("cas: decompressing extent %" PRIu64 ": out of "
-                         "memory", eid);
-          memset (buf, 0, len);
-          return -1;
-        }
-        snprintf (msg, sizeof msg, "slot %u: compressed unit does not "
-                  "decompress", u);
-        problem = msg;
-        goto damaged_scribble;
-      }
-      data = raw;
-    }
-    /* verify=full read the table above: se holds the hashes. */
-    if (verify >= CAS_VERIFY_FULL) {
-      struct cas_hash hh;
-
-      if (cas_hash_compute (data, CAS_UNIT_SIZE, &hh) == -1) {
-        memset (buf, 0, len);
-        return -1;
-      }
-      if (!cas_hash_equal (&hh, &se[u].hash)) {
-        snprintf (msg, sizeof msg, "slot %u: unit does not match its "
-                  "SHA-256", u);
-        problem = msg;
-        goto damaged_scribble;
-      }
-    }
-    if (src != buf)
-      memcpy (buf + (ustart + from - off), data + from, to - from);
-  }
-  return 0;
-
- damaged_scribble:
-  /* Nothing unchecked stays in the caller's buffer. */
-  memset (buf, 0, len);
-  report (eid, loc, problem);
-  /* Never offered for dedup again; reads of its intact units go on. */
-  set_flags (ext, eid, loc, EXT_DAMAGED, EXT_VERIFIED);
-  errno = EIO;
-  return -1;
+  ret = 0;
+ out:
+  free (r.tmp);
+  return ret;
 }
 
 int
@@ -807,15 +882,72 @@ cas_extents_read (struct cas_extents *ext, uint64_t eid, unsigned slot,
   }
 }
 
+/* A descriptor read's runs whose tables are cached are read with as few
+ * preads as their places allow: runs in one pack, in file order and at
+ * most GAP_MAX bytes apart, are one preadv (the bytes between go to a
+ * scratch buffer): e.g. an extent's units around one rewritten unit, or
+ * consecutive records of a writer's stream.
+ */
+#define GAP_MAX (2 * CAS_UNIT_SIZE)
+
+static uint64_t
+run_file_start (const struct run_read *r)
+{
+  return CAS_LOC_OFFSET (r->loc) + CAS_RECORD_HEADER_SIZE +
+    r->start[r->first];
+}
+
+/* Read the runs (cached tables, planned) in groups; a run whose group
+ * read fails is marked alone (read again by itself, which retries a
+ * retired pack and reports).
+ */
+static void
+read_grouped (struct cas_extents *ext, struct run_read **order, unsigned n)
+{
+  uint8_t gap_sink[GAP_MAX];    /* written, never read */
+  unsigned i = 0;
+
+  while (i < n) {
+    struct iovec iov[2 * CAS_DESC_MAX_RUNS];
+    uint64_t at = run_file_start (order[i]), end = at + order[i]->span;
+    size_t want = order[i]->span, got;
+    unsigned j = i + 1, k, niov = 0;
+
+    iov[niov++] = (struct iovec) { order[i]->src, order[i]->span };
+    while (j < n && CAS_LOC_PACK (order[j]->loc) == CAS_LOC_PACK (order[i]->loc)
+           && run_file_start (order[j]) >= end &&
+           run_file_start (order[j]) - end <= GAP_MAX) {
+      uint64_t gap = run_file_start (order[j]) - end;
+
+      if (gap)
+        iov[niov++] = (struct iovec) { gap_sink, gap };
+      iov[niov++] = (struct iovec) { order[j]->src, order[j]->span };
+      want += gap + order[j]->span;
+      end = run_file_start (order[j]) + order[j]->span;
+      j++;
+    }
+    if (cas_packs_readv (ext->packs, CAS_LOC (CAS_LOC_PACK (order[i]->loc), 0),
+                         at, iov, niov, &got) == -1 || got != want)
+      for (k = i; k < j; k++)
+        order[k]->alone = true;
+    i = j;
+  }
+}
+
 int
 cas_desc_read (struct cas_extents *ext, const struct cas_hash *desc,
                uint32_t bs, uint32_t off, uint32_t len, void *buf,
                enum cas_verify verify)
 {
   struct cas_desc d;
+  struct run_read runs[CAS_DESC_MAX_RUNS], *order[CAS_DESC_MAX_RUNS];
   uint32_t unit = 0;            /* first unit of the run */
+  uint32_t total = len;
   uint8_t *out = buf;
-  unsigned k;
+  unsigned k, n = 0, nplanned = 0, i;
+  const char *problem;
+  char msg[128];
+  int ret = -1;
 
   if (bs % CAS_UNIT_SIZE || bs / CAS_UNIT_SIZE > CAS_UNITS_MAX ||
       off > bs || len > bs - off) {
@@ -843,17 +975,85 @@ cas_desc_read (struct cas_extents *ext, const struct cas_hash *desc,
       continue;
     {
       uint32_t from = off - rstart;
-      uint32_t n = rend - off < len ? rend - off : len;
+      uint32_t c = rend - off < len ? rend - off : len;
 
       if (r->eid == 0)
-        memset (out, 0, n);
-      else if (cas_extents_read (ext, r->eid, r->slot, r->count, from, n,
-                                 out, verify) == -1)
-        return -1;
-      out += n, off += n, len -= n;
+        memset (out, 0, c);
+      else {
+        run_init (&runs[n], r->eid, 0, r->slot, r->count, from, c, out);
+        runs[n].alone = true;
+        n++;
+      }
+      out += c, off += c, len -= c;
     }
   }
-  return 0;
+  /* The runs of extents whose tables are cached: planned, read in
+   * groups, checked.  A run that cannot (pending, not cached,
+   * verify=full, or anything unusual) is read alone, as
+   * cas_extents_read reads it.
+   */
+  if (n > 1 && verify < CAS_VERIFY_FULL) {
+    for (i = 0; i < n; i++) {
+      struct run_read *r = &runs[i];
+      uint64_t v = load_entry (ext, r->eid);
+
+      if (v == 0 || EXT_IS_PENDING (v))
+        continue;
+      r->loc = EXT_LOC (v);
+      if (!tcache_get (ext, r->eid, r->loc, &r->ti) ||
+          run_plan (ext, r, false, msg, sizeof msg, &problem) == -1) {
+        free (r->tmp);
+        r->tmp = NULL;
+        continue;
+      }
+      r->alone = false;
+      /* In file order (insertion: at most 5). */
+      {
+        unsigned j = nplanned++;
+        while (j > 0 && (CAS_LOC_PACK (order[j - 1]->loc) >
+                         CAS_LOC_PACK (r->loc) ||
+                         (CAS_LOC_PACK (order[j - 1]->loc) ==
+                          CAS_LOC_PACK (r->loc) &&
+                          run_file_start (order[j - 1]) >
+                          run_file_start (r)))) {
+          order[j] = order[j - 1];
+          j--;
+        }
+        order[j] = r;
+      }
+    }
+    read_grouped (ext, order, nplanned);
+  }
+  for (i = 0; i < n; i++) {
+    struct run_read *r = &runs[i];
+
+    if (r->alone) {
+      free (r->tmp);
+      r->tmp = NULL;
+      if (cas_extents_read (ext, r->eid, r->slot, r->count, r->off, r->len,
+                            r->buf, verify) == -1)
+        goto out;
+    }
+    else if (run_check (ext, r, NULL, verify, msg, sizeof msg,
+                        &problem) == -1) {
+      if (errno == EIO)
+        run_damaged (ext, r, problem);
+      goto out;
+    }
+  }
+  ret = 0;
+ out:
+  for (i = 0; i < n; i++)
+    free (runs[i].tmp);
+  /* Nothing unchecked stays in the caller's buffer: a run read with
+   * others may not be checked yet.
+   */
+  if (ret == -1) {
+    int saved = errno;
+    memset (buf, 0, total);
+    errno = saved;
+  }
+  return ret;
 }
 
 /* ---- for deduplication ---- */
