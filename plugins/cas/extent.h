@@ -46,8 +46,11 @@ struct cas_extents *cas_packstore_extents (struct chunkstore *cs);
 /* Read bytes [off, off + len) of the units (eid, slot) .. (eid, slot +
  * count - 1), taken as one byte string of count * 4096 bytes, into buf.
  * Checks the CRC32C of every unit it reads from (a partial unit too);
- * verify=full also re-hashes those units whole.  One pread for the slot
- * table and one for the units where it can.
+ * verify=full also re-hashes those units whole.  Slot tables once read
+ * and checked are kept (a bounded cache, in memory, tagged with the
+ * record's location): then one pread of just the units; else one for
+ * the table and one for the units, or one for both for whole units from
+ * slot 0 or 1 of a full raw extent.  verify=full reads the table always.
  */
 int cas_extents_read (struct cas_extents *ext, uint64_t eid, unsigned slot,
                       unsigned count, uint32_t off, uint32_t len, void *buf,
@@ -55,7 +58,9 @@ int cas_extents_read (struct cas_extents *ext, uint64_t eid, unsigned slot,
 
 /* Read bytes [off, off + len) of a block (bs bytes) described by desc
  * (a format-4 slot value: format.h cas_desc), into buf: zero runs give
- * zeros, the others cas_extents_read.  A damaged descriptor is EIO.
+ * zeros, the others as cas_extents_read; runs whose slot tables are
+ * kept and whose units lie close in one pack are read by one preadv.  A
+ * damaged descriptor is EIO; on any error the whole of buf is zeroed.
  */
 int cas_desc_read (struct cas_extents *ext, const struct cas_hash *desc,
                    uint32_t bs, uint32_t off, uint32_t len, void *buf,
@@ -152,13 +157,15 @@ bool cas_extents_is_current (struct cas_extents *ext, uint64_t eid,
                              uint64_t loc);
 /* The record of eid at oldloc was copied to newloc, durably: point the
  * table at the copy (only if it still points at oldloc).  The copy is
- * VERIFIED if the original was.
+ * VERIFIED if the original was.  The kept slot table of the old record
+ * is forgotten (a read checks the copy's table).
  */
 void cas_extents_relocate (struct cas_extents *ext, uint64_t eid,
                            uint64_t oldloc, uint64_t newloc);
 /* Extent eid (record at loc) has no live slot and its pack goes: forget
- * it (only if the table still points at loc).  Hooks naming it go stale
- * (harmless: a hook is checked against the slot table).
+ * it (only if the table still points at loc), and its kept slot table.
+ * Hooks naming it go stale (harmless: a hook is checked against the slot
+ * table).
  */
 void cas_extents_drop (struct cas_extents *ext, uint64_t eid, uint64_t loc);
 /* The highest extent id in use (the size of a mark's per-extent array):
