@@ -438,7 +438,7 @@ read_pending (struct cas_extents *ext, uint64_t eid, unsigned slot,
  * TCACHE_LOCKS guards each set.
  */
 #define TCACHE_WAYS 8
-#define TCACHE_SETS 16384       /* 131072 extents (8 GiB of units), 16 MiB */
+#define TCACHE_SETS 16384       /* 131072 extents (8 GiB of units), 17 MiB */
 #define TCACHE_LOCKS 256
 
 struct table_info {
@@ -451,6 +451,7 @@ struct table_info {
 };
 
 struct tcache_set {
+  uint64_t tag[TCACHE_WAYS];    /* way[w].eid: a lookup scans one line */
   uint8_t hand, ref;            /* CLOCK: the next victim, a bit per way */
   struct table_info way[TCACHE_WAYS];
 };
@@ -477,7 +478,7 @@ tcache_get (struct cas_extents *ext, uint64_t eid, uint64_t loc,
   set = &ext->tcache[i];
   pthread_mutex_lock (&ext->tcache_lock[i % TCACHE_LOCKS]);
   for (w = 0; w < TCACHE_WAYS; w++)
-    if (set->way[w].eid == eid && set->way[w].loc == loc) {
+    if (set->tag[w] == eid && set->way[w].loc == loc) {
       *out = set->way[w];
       set->ref |= 1u << w;
       hit = true;
@@ -500,11 +501,11 @@ tcache_put (struct cas_extents *ext, const struct table_info *ti)
   pthread_mutex_lock (&ext->tcache_lock[i % TCACHE_LOCKS]);
   /* Its own way (an older location), else an empty one, else CLOCK. */
   for (w = 0; w < TCACHE_WAYS; w++)
-    if (set->way[w].eid == ti->eid)
+    if (set->tag[w] == ti->eid)
       break;
   if (w == TCACHE_WAYS)
     for (w = 0; w < TCACHE_WAYS; w++)
-      if (set->way[w].eid == 0)
+      if (set->tag[w] == 0)
         break;
   if (w == TCACHE_WAYS) {
     while (set->ref & (1u << set->hand)) {
@@ -515,6 +516,7 @@ tcache_put (struct cas_extents *ext, const struct table_info *ti)
     set->hand = (set->hand + 1) % TCACHE_WAYS;
   }
   set->way[w] = *ti;
+  set->tag[w] = ti->eid;
   set->ref &= ~(1u << w);
   pthread_mutex_unlock (&ext->tcache_lock[i % TCACHE_LOCKS]);
 }
@@ -531,8 +533,10 @@ tcache_forget (struct cas_extents *ext, uint64_t eid)
   set = &ext->tcache[i];
   pthread_mutex_lock (&ext->tcache_lock[i % TCACHE_LOCKS]);
   for (w = 0; w < TCACHE_WAYS; w++)
-    if (set->way[w].eid == eid)
+    if (set->tag[w] == eid) {
+      set->tag[w] = 0;
       memset (&set->way[w], 0, sizeof set->way[w]);
+    }
   pthread_mutex_unlock (&ext->tcache_lock[i % TCACHE_LOCKS]);
 }
 
