@@ -23,6 +23,9 @@
 #    to match the damaged unit): the unit is EIO from the table it keeps,
 #    the extent's other units read fine; after a restart the damaged
 #    table makes the unit EIO.
+#  - a collection run through the serving process moves the extents whose
+#    tables it keeps: everything reads back right from the copies, and a
+#    unit damaged in a copy is EIO.
 # And with the tool alone: create --format 4, import (dedup of the same
 # image 4 KiB further), snapshot, clone, export, diff, fsck --full.
 
@@ -499,6 +502,42 @@ def damaged_under_cached_table(server, d):
         stopped(srv)
 
 
+def reads_after_gc_moves(server, d):
+    store = os.path.join(d, "store")
+    srv = serve(server, store, d, ["size=%d" % SIZE, "format=4",
+                                   "gc=off"])
+    try:
+        with connection(srv) as h:
+            m = Model(h, SIZE)
+            # Blocks of live and dead extents mixed in the same packs.
+            for b in range(0, SIZE // BS, 2):
+                m.write(b * BS, rand(1300 + b, 2 * BS))
+            h.flush()
+            for b in range(0, SIZE // BS, 4):
+                m.write(b * BS, rand(1400 + b, BS))
+            m.write(3 * BS + 5 * UNIT, rand(1500, UNIT))
+            h.flush()
+            m.check()                   # every extent's table is read
+            before = {(r[0], r[1]) for r in
+                      ((p, off) for p in cf.packs(store)
+                       for off, typ, _, _ in cf.records(p) if typ == EXTENT)}
+            p = tool("gc", store, "--max-unused", "0", check=0)
+            assert "gave back" in p.stdout, p.stdout
+            after = {(p, off) for p in cf.packs(store)
+                     for off, typ, _, _ in cf.records(p) if typ == EXTENT}
+            assert not (before & after), "gc moved no extent"
+            m.check()
+            want = m.m[6 * BS + 7 * UNIT:6 * BS + 8 * UNIT]
+            pack, at, stored = extent_units(store)[cf.sha256(bytes(want))]
+            cf.flip(pack, at + stored // 3)
+            expect_eio(h, UNIT, 6 * BS + 7 * UNIT)
+            expect_eio(h, BS, 6 * BS)
+            assert h.pread(UNIT, 6 * BS + 6 * UNIT) == \
+                m.m[6 * BS + 6 * UNIT:6 * BS + 7 * UNIT]
+    finally:
+        stopped(srv)
+
+
 def tool_history(d):
     # Offline, through the tool: import (whole blocks, and the same image
     # 4 KiB further: dedup), a snapshot, a clone written to, export of
@@ -549,4 +588,5 @@ run_cases([
     ("format 4 damaged unit is EIO", damaged_unit),
     ("format 4 damage under a slot table read before",
      damaged_under_cached_table),
+    ("format 4 reads after gc moved the extents", reads_after_gc_moves),
 ], [("format 4 import, snapshot, clone, export, diff", tool_history)])
