@@ -72,7 +72,8 @@ def super_version(store):
 
 def extent_units(store):
     """{sha256 of a unit: (pack, offset of its stored bytes, stored
-    length)} over every extent record of the store's packs."""
+    length, offset of its slot entry)} over every extent record of the
+    store's packs (the first slot holding it)."""
     out = {}
     for pack in cf.packs(store):
         with open(pack, "rb") as f:
@@ -88,7 +89,7 @@ def extent_units(store):
                 uh = raw[e:e + 32]
                 stored, = struct.unpack_from("<H", raw, e + 32)
                 if present >> s & 1:
-                    out.setdefault(uh, (pack, at, stored))
+                    out.setdefault(uh, (pack, at, stored, e))
                     at += stored
     return out
 
@@ -394,7 +395,7 @@ def damaged_unit(server, d):
     victim = rand(1002, BS)[5 * UNIT:6 * UNIT]     # block 2, unit 5
     units = extent_units(store)
     assert cf.sha256(victim) in units, "no extent slot holds the unit"
-    pack, at, stored = units[cf.sha256(victim)]
+    pack, at, stored, _ = units[cf.sha256(victim)]
     cf.flip(pack, at + stored // 2)
     srv = serve(server, store, d)
     try:
@@ -437,28 +438,6 @@ def damaged_unit(server, d):
     tool("fsck", store, check=0)
 
 
-def unit_slot(store, h):
-    """(pack, offset of the slot entry, offset of the stored bytes) of the
-    first extent slot holding the unit whose SHA-256 is h."""
-    for pack in cf.packs(store):
-        with open(pack, "rb") as f:
-            raw = f.read()
-        for off, typ, length, hdr in cf.records(pack):
-            if typ != EXTENT:
-                continue
-            nslots = hdr[8]
-            present, = struct.unpack_from("<H", hdr, 10)
-            at = off + cf.RECORD_HEADER + SLOT_ENTRY * nslots
-            for s in range(nslots):
-                e = off + cf.RECORD_HEADER + SLOT_ENTRY * s
-                stored, = struct.unpack_from("<H", raw, e + 32)
-                if present >> s & 1 and raw[e:e + 32] == h:
-                    return pack, e, at
-                if present >> s & 1:
-                    at += stored
-    raise AssertionError("no extent slot holds the unit")
-
-
 def damaged_under_cached_table(server, d):
     store = os.path.join(d, "store")
     srv = serve(server, store, d, ["size=%d" % SIZE, "format=4"])
@@ -470,7 +449,9 @@ def damaged_under_cached_table(server, d):
             want = rand(1202, BS)
             assert h.pread(BS, 2 * BS) == want     # its table is read
             victim = want[5 * UNIT:6 * UNIT]        # block 2, unit 5
-            pack, entry, at = unit_slot(store, cf.sha256(victim))
+            units = extent_units(store)
+            assert cf.sha256(victim) in units, "no extent slot holds the unit"
+            pack, at, _, entry = units[cf.sha256(victim)]
             # Under the running server: the unit damaged, and its slot's
             # CRC made to match the damaged bytes (the table's own CRC no
             # longer does).
@@ -528,7 +509,7 @@ def reads_after_gc_moves(server, d):
             assert not (before & after), "gc moved no extent"
             m.check()
             want = m.m[6 * BS + 7 * UNIT:6 * BS + 8 * UNIT]
-            pack, at, stored = extent_units(store)[cf.sha256(bytes(want))]
+            pack, at, stored, _ = extent_units(store)[cf.sha256(bytes(want))]
             cf.flip(pack, at + stored // 3)
             expect_eio(h, UNIT, 6 * BS + 7 * UNIT)
             expect_eio(h, BS, 6 * BS)

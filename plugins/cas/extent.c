@@ -463,20 +463,35 @@ tcache_index (uint64_t eid)
   return (eid / TCACHE_WAYS) & (TCACHE_SETS - 1);
 }
 
+/* The set of eid, locked: NULL if there is no cache. */
+static struct tcache_set *
+tcache_lock (struct cas_extents *ext, uint64_t eid)
+{
+  size_t i = tcache_index (eid);
+
+  if (ext->tcache == NULL)
+    return NULL;
+  pthread_mutex_lock (&ext->tcache_lock[i % TCACHE_LOCKS]);
+  return &ext->tcache[i];
+}
+
+static void
+tcache_unlock (struct cas_extents *ext, uint64_t eid)
+{
+  pthread_mutex_unlock (&ext->tcache_lock[tcache_index (eid) % TCACHE_LOCKS]);
+}
+
 /* The cached table of eid read from loc: true and *out, or false. */
 static bool
 tcache_get (struct cas_extents *ext, uint64_t eid, uint64_t loc,
             struct table_info *out)
 {
-  size_t i = tcache_index (eid);
-  struct tcache_set *set;
+  struct tcache_set *set = tcache_lock (ext, eid);
   bool hit = false;
   unsigned w;
 
-  if (ext->tcache == NULL)
+  if (set == NULL)
     return false;
-  set = &ext->tcache[i];
-  pthread_mutex_lock (&ext->tcache_lock[i % TCACHE_LOCKS]);
   for (w = 0; w < TCACHE_WAYS; w++)
     if (set->tag[w] == eid && set->way[w].loc == loc) {
       *out = set->way[w];
@@ -484,21 +499,18 @@ tcache_get (struct cas_extents *ext, uint64_t eid, uint64_t loc,
       hit = true;
       break;
     }
-  pthread_mutex_unlock (&ext->tcache_lock[i % TCACHE_LOCKS]);
+  tcache_unlock (ext, eid);
   return hit;
 }
 
 static void
 tcache_put (struct cas_extents *ext, const struct table_info *ti)
 {
-  size_t i = tcache_index (ti->eid);
-  struct tcache_set *set;
+  struct tcache_set *set = tcache_lock (ext, ti->eid);
   unsigned w;
 
-  if (ext->tcache == NULL)
+  if (set == NULL)
     return;
-  set = &ext->tcache[i];
-  pthread_mutex_lock (&ext->tcache_lock[i % TCACHE_LOCKS]);
   /* Its own way (an older location), else an empty one, else CLOCK. */
   for (w = 0; w < TCACHE_WAYS; w++)
     if (set->tag[w] == ti->eid)
@@ -518,26 +530,23 @@ tcache_put (struct cas_extents *ext, const struct table_info *ti)
   set->way[w] = *ti;
   set->tag[w] = ti->eid;
   set->ref &= ~(1u << w);
-  pthread_mutex_unlock (&ext->tcache_lock[i % TCACHE_LOCKS]);
+  tcache_unlock (ext, ti->eid);
 }
 
 static void
 tcache_forget (struct cas_extents *ext, uint64_t eid)
 {
-  size_t i = tcache_index (eid);
-  struct tcache_set *set;
+  struct tcache_set *set = tcache_lock (ext, eid);
   unsigned w;
 
-  if (ext->tcache == NULL)
+  if (set == NULL)
     return;
-  set = &ext->tcache[i];
-  pthread_mutex_lock (&ext->tcache_lock[i % TCACHE_LOCKS]);
   for (w = 0; w < TCACHE_WAYS; w++)
     if (set->tag[w] == eid) {
       set->tag[w] = 0;
       memset (&set->way[w], 0, sizeof set->way[w]);
     }
-  pthread_mutex_unlock (&ext->tcache_lock[i % TCACHE_LOCKS]);
+  tcache_unlock (ext, eid);
 }
 
 /* Where each slot's stored bytes start in the payload. */
@@ -918,8 +927,9 @@ read_grouped (struct cas_extents *ext, struct run_read **order, unsigned n)
     unsigned j = i + 1, k, niov = 0;
 
     iov[niov++] = (struct iovec) { order[i]->src, order[i]->span };
-    while (j < n && CAS_LOC_PACK (order[j]->loc) == CAS_LOC_PACK (order[i]->loc)
-           && run_file_start (order[j]) >= end &&
+    while (j < n &&
+           CAS_LOC_PACK (order[j]->loc) == CAS_LOC_PACK (order[i]->loc) &&
+           run_file_start (order[j]) >= end &&
            run_file_start (order[j]) - end <= GAP_MAX) {
       uint64_t gap = run_file_start (order[j]) - end;
 

@@ -745,7 +745,12 @@ cas_packs_readv (struct cas_packs *p, uint64_t loc, uint64_t at,
       backend_error ("cas: pack %" PRIu32 " is missing", id);
     return -1;
   }
-  r = preadv (pk->fd, iov, iovcnt, CAS_LOC_OFFSET (loc) + at);
+  /* pread for one buffer: the units of a kept table, the hot path. */
+  if (iovcnt == 1)
+    r = pread (pk->fd, iov[0].iov_base, iov[0].iov_len,
+               CAS_LOC_OFFSET (loc) + at);
+  else
+    r = preadv (pk->fd, iov, iovcnt, CAS_LOC_OFFSET (loc) + at);
   unpin_pack (pk);
   if (r == -1) {
     int saved = errno;
@@ -762,21 +767,16 @@ int
 cas_packs_read_payload (struct cas_packs *p, uint64_t loc, uint32_t off,
                         void *buf, uint32_t len)
 {
-  uint32_t id = CAS_LOC_PACK (loc);
-  uint64_t at = CAS_LOC_OFFSET (loc) + CAS_RECORD_HEADER_SIZE + off;
-  struct pack *pk = pin_pack (p, id);
-  ssize_t r;
+  struct iovec iov = { buf, len };
+  size_t got;
 
-  if (pk == NULL) {
-    if (errno != ESTALE)
-      backend_error ("cas: pack %" PRIu32 " is missing", id);
+  if (cas_packs_readv (p, loc, CAS_RECORD_HEADER_SIZE + (uint64_t) off,
+                       &iov, 1, &got) == -1)
     return -1;
-  }
-  r = pread (pk->fd, buf, len, at);
-  unpin_pack (pk);
-  if (r != (ssize_t) len) {
+  if (got != len) {
     backend_error ("cas: pack %" PRIu32 " offset %" PRIu64 ": record "
-                   "payload is truncated", id, CAS_LOC_OFFSET (loc));
+                   "payload is truncated", CAS_LOC_PACK (loc),
+                   CAS_LOC_OFFSET (loc));
     errno = EIO;
     return -1;
   }
