@@ -561,6 +561,21 @@ run (const char *codec)
   CHECK (s2.extents == s1.extents && s2.units == s1.units &&
          s2.unit_bytes_stored == s1.unit_bytes_stored &&
          s2.hooks == s1.hooks && s2.max_eid == s1.max_eid);
+  /* The last extent holds 8 units: a first read of 10 whole units from
+   * its slot 0 brings the bytes past its table with the table (where 16
+   * raw units would be), finds 8 slots: ENOENT, and none of those bytes
+   * is left in the buffer.
+   */
+  {
+    static const uint8_t zero[10 * U];
+
+    memset (buf, 0xff, 10 * U);
+    quiet = true;
+    CHECK (cas_extents_read (ext, eid_of[NUNITS - 1], 0, 10, 0, 10 * U, buf,
+                             CAS_VERIFY_CHECKSUM) == -1 && errno == ENOENT &&
+           memcmp (buf, zero, 10 * U) == 0);
+    quiet = false;
+  }
   check_reads (ext, NUNITS, CAS_VERIFY_FULL);
   check_slot_tables (ext, NUNITS);      /* first use: whole-record check */
   check_records (st, false, 0);

@@ -825,23 +825,20 @@ read_record (struct cas_extents *ext, uint64_t eid, uint64_t v,
     if (load_table (ext, eid, r.loc, &r.ti, se, r.first, guess ? buf : NULL,
                     len, &in_buf, &problem) == -1) {
       if (errno == EIO)
-        return run_damaged (ext, &r, problem);
-      return -1;
+        run_damaged (ext, &r, problem);
+      goto out;
     }
   }
   if (run_plan (ext, &r, in_buf, msg, sizeof msg, &problem) == -1) {
     if (errno == EIO)
-      return run_damaged (ext, &r, problem);
-    if (in_buf)
-      memset (buf, 0, len);
-    return -1;
+      run_damaged (ext, &r, problem);
+    goto out;
   }
   if (!in_buf &&
       cas_packs_read_payload (ext->packs, r.loc, r.start[r.first], r.src,
                               r.span) == -1) {
-    if (errno == ESTALE)
-      goto out;
-    run_damaged (ext, &r, "units are truncated");
+    if (errno != ESTALE)
+      run_damaged (ext, &r, "units are truncated");
     goto out;
   }
   if (run_check (ext, &r, se, verify, msg, sizeof msg, &problem) == -1) {
@@ -852,6 +849,14 @@ read_record (struct cas_extents *ext, uint64_t eid, uint64_t v,
   ret = 0;
  out:
   free (r.tmp);
+  /* Nothing unchecked stays in the caller's buffer (a guessed read may
+   * have put another record's bytes there).
+   */
+  if (ret == -1) {
+    int saved = errno;
+    memset (buf, 0, len);
+    errno = saved;
+  }
   return ret;
 }
 
