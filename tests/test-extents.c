@@ -21,6 +21,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -321,6 +322,12 @@ check_race (struct cas_extents *ext)
   }
   CHECK (i == RACE_UNITS);
   CHECK (cas_extent_appender_free (a) == 0);
+  /* On a loaded machine the writer can finish before a reader ran once:
+   * the readers read at least once (then only appended units) before
+   * they stop.
+   */
+  while (atomic_load (&race.reads) == 0)
+    sched_yield ();
   atomic_store (&race.done, true);
   for (i = 0; i < 2; i++)
     pthread_join (t[i], NULL);
