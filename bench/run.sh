@@ -19,9 +19,15 @@
 #          QD32 (fresh random data per write: nothing dedups), the same
 #          random writes with a flush every 32 (fio --fsync=32), random
 #          writes at QD1 (IOPS and fio's completion latency p99.9 in us),
-#          zeros written as data; for cas rows the index's RAM per stored
-#          chunk (nbdcas stat after the row); plus `openssl speed -evp
-#          sha256` (the hash ceiling).
+#          zeros written as data; for cas rows the store's lookup RAM
+#          (index, and on format 4 the extent table and hooks) in bytes per
+#          64 KiB of unique data stored (nbdcas stat after the row: issue
+#          15's bound is 40); plus `openssl speed -evp sha256` (the hash
+#          ceiling).  Each fio write job has a seed of its own
+#          (--randseed, from the round and the column) and fresh data per
+#          write (--refill_buffers): no job rewrites the bytes another one
+#          wrote at the same offsets, which format 4 would keep by
+#          position.
 #   tls    minnbd+flatfile and nbdkit+flatfile over TCP on 127.0.0.1 with
 #          TLS (X.509, --tls=require; @tls) and without (@tcp), disk on
 #          tmpfs.  Columns: nbdcopy sequential write and read (MB/s).
@@ -30,6 +36,10 @@
 #          Certificates are made with certtool (gnutls-bin) for the run.
 # Every row also reports the server's peak resident memory (VmHWM).
 # CAS_PARAMS in the environment is added to every cas server's parameters.
+# A cas row can carry its own parameters after a colon, commas between
+# them: "minnbd+cas:format=4,compression=lz4@shm" (the store is created
+# with them); such a row is also compared with the plain cas row of the
+# same server and medium, if that is in the run.
 #
 # Rows are "server+backend@medium"; -S picks rows by name, e.g.
 #   -S "minnbd+flatfile@shm qemu-nbd@shm"
@@ -141,6 +151,10 @@ dd if=/dev/urandom of="$W_SHM/src.img" bs=1M count="$SIZE_MB" status=none
 truncate -s "${SIZE_MB}M" "$W_SHM/zero.img"
 
 dir_of() { case $1 in *@disk) echo "$W_DISK" ;; *) echo "$W_SHM" ;; esac; }
+# "minnbd+cas:format=4,compression=lz4@shm": the server+backend
+# (minnbd+cas) and the row's own cas parameters (format=4 compression=lz4).
+row_server() { local s=${1%@*}; echo "${s%%:*}"; }
+row_params() { local s=${1%@*}; case $s in *:*) echo "${s#*:}" | tr ',' ' ' ;; esac; }
 
 # @rados: the store of a row, in a namespace of its own, emptied when the
 # row's server stops (the test cluster's OSD keeps objects in RAM).
@@ -167,8 +181,9 @@ purge_rados() {
 # start_server ROW: serve a fresh disk (or a fresh cas store) on $SOCK,
 # set PID and URI, and wait until a client can connect.
 start_server() {
-  local row=$1 d disk srv port
-  d=$(dir_of "$row"); disk=$d/disk.img; srv=${row%@*}
+  local row=$1 d disk srv port params
+  d=$(dir_of "$row"); disk=$d/disk.img; srv=$(row_server "$row")
+  params=$(row_params "$row")
   rm -rf "$SOCK" "$disk" "$d/store"
   truncate -s "${SIZE_MB}M" "$disk"
   URI="nbd+unix:///?socket=$SOCK"
@@ -194,9 +209,9 @@ start_server() {
     minnbd+flatfile) "$B/minnbd" -f -U "$SOCK" flatfile file="$disk" & PID=$! ;;
     nbdkit+flatfile) nbdkit -f -U "$SOCK" "$B/flatfile-plugin.so" file="$disk" & PID=$! ;;
     minnbd+cas)      rm -f "$disk"; set_store "$row" || return 1
-                     "$B/minnbd" -f -U "$SOCK" cas store=$STORE_ARG size="${SIZE_MB}M" ${CAS_PARAMS:-} & PID=$! ;;
+                     "$B/minnbd" -f -U "$SOCK" cas store=$STORE_ARG size="${SIZE_MB}M" ${CAS_PARAMS:-} $params & PID=$! ;;
     nbdkit+cas)      rm -f "$disk"; set_store "$row" || return 1
-                     nbdkit -f -U "$SOCK" "$B/cas-plugin.so" store=$STORE_ARG size="${SIZE_MB}M" ${CAS_PARAMS:-} & PID=$! ;;
+                     nbdkit -f -U "$SOCK" "$B/cas-plugin.so" store=$STORE_ARG size="${SIZE_MB}M" ${CAS_PARAMS:-} $params & PID=$! ;;
     nbdkit+file)     nbdkit -f -U "$SOCK" file "$disk" & PID=$! ;;
     qemu-nbd)        qemu-nbd -t -f raw -k "$SOCK" --cache=writeback --aio=threads -e 16 "$disk" & PID=$! ;;
     nbd-server)      # It daemonizes; its pid file says whom to end.
@@ -273,20 +288,31 @@ print(int(j["read"]["iops"] + j["write"]["iops"]), "%.0f" % (p / 1000) if p else
 }
 iops() { fio_run "$@" | cut -d' ' -f1; }
 
-# Index RAM per stored chunk of the store just served (bytes), from
-# nbdcas stat; "-" without the tool.
-index_per_chunk() {
+# Lookup RAM of the store just served: index, plus on format 4 the extent
+# table and hooks, in bytes per 64 KiB of data stored (raw, before
+# compression; referenced or not: the row ends with zeros written over
+# everything), from nbdcas stat; "-" without the tool.  Format 2: index
+# bytes per chunk (a chunk holds up to one 64 KiB block).
+index_per_64k() {
   local store=$1/store
   [ -x "$B/nbdcas" ] && [ -d "$store" ] || { echo -; return; }
   "$B/nbdcas" stat "$store" --json 2>/dev/null | python3 -c '
 import json, sys
 j = json.load(sys.stdin)
-print("%.1f" % (j["index_bytes"] / j["chunks"]) if j.get("chunks") else "-")' 2>/dev/null || echo -
+ram = j["index_bytes"] + j.get("extent_table_bytes", 0) + j.get("hook_bytes", 0)
+# Everything stored, referenced or not (the index keeps both until GC):
+# format 4: the raw bytes of its units; format 2: chunks of up to a block.
+data = j.get("stored_unit_raw_bytes") or j.get("chunks", 0) * j["block_size"]
+print("%.1f" % (ram * 65536 / data) if data else "-")' 2>/dev/null || echo -
 }
 
 # measure ROW: one line of numbers for that row, in COLUMNS order.
 measure() {
-  local row=$1 srv=${1%@*} q1 idx=-
+  local row=$1 srv q1 idx=- seed
+  srv=$(row_server "$row")
+  # Seeds from the round and the column: every row of a round gets the
+  # same work, no two write jobs of a row the same bytes and offsets.
+  seed=$((1000 * ${rep:-1}))
   start_server "$row" || { echo "$COLUMNS" | sed 's/[^ ]*/FAIL/g'; return; }
   if [ "$TABLE" = tls ]; then
     echo "$(mbs "$(secs nbdcopy --flush "$W_SHM/src.img" "$URI")")" \
@@ -307,14 +333,14 @@ measure() {
     b=$(mbs "$(secs nbdcopy --flush -S 0 "$W_SHM/src.img" "$URI")")
     c=$(mbs "$(secs nbdcopy "$URI" null:)")
     d=$(iops randread 32)
-    e=$(iops randwrite 32 --refill_buffers)
-    f=$(iops randwrite 32 --refill_buffers --fsync=32)
-    q1=$(fio_run randwrite 1 --refill_buffers)
+    e=$(iops randwrite 32 --refill_buffers --randseed=$((seed + 1)))
+    f=$(iops randwrite 32 --refill_buffers --randseed=$((seed + 2)) --fsync=32)
+    q1=$(fio_run randwrite 1 --refill_buffers --randseed=$((seed + 3)))
     echo "$a $b $c $d $e $f $q1" \
          "$(mbs "$(secs nbdcopy --flush -S 0 --no-extents "$W_SHM/zero.img" "$URI")")" \
          "$(hwm)" | tr '\n' ' '
     stop_server
-    case $srv in *+cas) idx=$(index_per_chunk "$(dir_of "$row")") ;; esac
+    case $srv in *+cas) idx=$(index_per_64k "$(dir_of "$row")") ;; esac
     echo "$idx"
   fi
 }
@@ -347,7 +373,7 @@ print_table() {
 import sys, statistics
 raw, table, columns = sys.argv[1], sys.argv[2], sys.argv[3].split()
 # Columns where lower is better: a ratio is then other/this.
-lower = {"RSS_MiB", "p999_us", "idxB/chunk"}
+lower = {"RSS_MiB", "p999_us", "idxB/64K"}
 rows, res, busy = [], {}, []
 for line in open(raw):
     f = line.split()
@@ -440,14 +466,24 @@ if table == "peers":
                "(p99.9: the peer's over minnbd's):" % ", ".join(peers),
                [("minnbd / best peer", "minnbd+flatfile@shm", peers)])
 else:
-    pairs = []
+    import re
+    pairs, vs_plain = [], []
     for r in rows:
-        if "+cas@" in r:
-            ff = r.replace("+cas@", "+flatfile@")
-            pairs.append((r.replace("+cas", "") + " cas/flatfile", r, [ff]))
+        m = re.match(r"(.*)\+cas(?::([^@]*))?@(.*)$", r)
+        if not m:
+            continue
+        srv, params, medium = m.groups()
+        ff = "%s+flatfile@%s" % (srv, medium)
+        label = "%s%s@%s" % (srv, ":" + params if params else "", medium)
+        pairs.append((label + " cas/flatfile", r, [ff]))
+        if params:
+            vs_plain.append((label + " / cas", r, ["%s+cas@%s" % (srv, medium)]))
     ratios("cas against flatfile on the same server and medium, per round "
            "(p99.9: flatfile's over cas's; above 1 is cas doing better):",
            pairs)
+    ratios("cas rows with parameters against the plain cas row of the same "
+           "server and medium, per round (p99.9: the plain row's over this "
+           "one's; above 1 is this row doing better):", vs_plain)
 if busy:
     print("CPU used by others before each row: median %d%%, max %d%% "
           "(%d rows)." % (statistics.median_low(busy), max(busy), len(busy)))
@@ -496,9 +532,9 @@ ORIG_ARGS="$*"
     print_table tls "$cols"
   fi
   if [ ${#cas_rows[@]} -gt 0 ]; then
-    echo "cas: unique/duplicate/zero writes and sequential read MB/s (nbdcopy --flush -S 0), 4 KiB IOPS (fio; fs32: --fsync=32), QD1 write latency p99.9 (us), peak RSS MiB, index bytes per chunk:"
+    echo "cas: unique/duplicate/zero writes and sequential read MB/s (nbdcopy --flush -S 0), 4 KiB IOPS (fio; fs32: --fsync=32), QD1 write latency p99.9 (us), peak RSS MiB, lookup RAM bytes per 64 KiB of unique data:"
     echo
-    cols="uniqW_MB/s dupW_MB/s seqR_MB/s rr4k_qd32 rw4k_qd32 rw4k_fs32 rw4k_qd1 p999_us zeroW_MB/s RSS_MiB idxB/chunk"
+    cols="uniqW_MB/s dupW_MB/s seqR_MB/s rr4k_qd32 rw4k_qd32 rw4k_fs32 rw4k_qd1 p999_us zeroW_MB/s RSS_MiB idxB/64K"
     run_table cas "$cols" "${cas_rows[@]}"
     print_table cas "$cols"
     echo "Hash ceiling (openssl speed -evp sha256, one core):"
