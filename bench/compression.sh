@@ -7,6 +7,7 @@
 #
 #   bench/compression.sh [-B BUILDDIR] [-c CORPUS] [-d DIR] [-r REPEATS]
 #                        [-f FIO_SECONDS] [-s "off lz4 zstd:1 zstd:3"]
+#                        [-F "2 4"]
 #
 #   -c  the corpus (default: DIR/corpus.tar, made once from
 #       /usr/share/doc, /usr/share/man and /usr/bin: text, compressed
@@ -16,6 +17,11 @@
 #   -f  also fio 4 KiB random reads (ioengine=nbd, QD32) of the written
 #       corpus for this many seconds: a partial read of a compressed
 #       block decompresses all of it (default 0: none)
+#   -F  store format versions to run each setting on (format=N when the
+#       store is created), interleaved with the settings; default: the
+#       default format only.  A setting may also carry its own format
+#       ("lz4/4"): -F "2 4" -s "off lz4 zstd:1/4" runs format 2 and 4 with
+#       off and lz4, and zstd:1 on format 4 only.
 #
 # Needs: nbdcopy, nbdinfo (libnbd-bin), tar; fio for -f.  Processes started here are
 # ended by pid.
@@ -29,10 +35,12 @@ DIR=/dev/shm/nbdcas-compression
 REPEATS=1
 SETTINGS="off lz4 zstd:1 zstd:3"
 FIO_SECS=0
-while getopts B:c:d:f:r:s:h opt; do
+FORMATS=
+while getopts B:c:d:f:r:s:F:h opt; do
   case $opt in
     B) B=$OPTARG ;; c) CORPUS=$OPTARG ;; d) DIR=$OPTARG ;;
     f) FIO_SECS=$OPTARG ;; r) REPEATS=$OPTARG ;; s) SETTINGS=$OPTARG ;;
+    F) FORMATS=$OPTARG ;;
     *) sed -n '2,/^set -eu/p' "$0" | sed 's/^# \{0,1\}//; /^set -eu/d'; exit 2 ;;
   esac
 done
@@ -80,12 +88,13 @@ print(int(json.load(sys.stdin)["jobs"][0]["read"]["iops"]))' 2>/dev/null ||
     echo FAIL
 }
 
-# One run of one setting: "write_MBs read_MBs stored_bytes data_stored
-# ratio write_cpu_s read_cpu_s rr4k_iops"
+# One run of one setting ("CODEC" or "CODEC/FORMAT"): "write_MBs
+# read_MBs stored_bytes data_stored ratio write_cpu_s read_cpu_s rr4k_iops"
 run() {
-  local c=$1 t0 t1 t2 c0 c1 c2 rr
+  local c=${1%/*} fmt= t0 t1 t2 c0 c1 c2 rr
+  case $1 in */*) fmt="format=${1##*/}" ;; esac
   rm -rf "$DIR/store" "$SOCK"
-  "$B/minnbd" -f -U "$SOCK" cas store="$DIR/store" size="$SIZE" compression="$c" &
+  "$B/minnbd" -f -U "$SOCK" cas store="$DIR/store" size="$SIZE" compression="$c" $fmt &
   PID=$!
   for i in $(seq 200); do
     nbdinfo --size "$URI" >/dev/null 2>&1 && break
@@ -109,19 +118,31 @@ print("%.0f %.0f %d %d %s %.2f %.2f" % (
 ' "$SIZE" "$t0" "$t1" "$t2" "$c0" "$c1" "$c2" "$rr"
 }
 
+# The runs: each setting on each format of -F (a setting with its own
+# format as is), in this order every repeat.
+RUNS=()
+for c in $SETTINGS; do
+  case $c in
+    */*) RUNS+=("$c") ;;
+    *) if [ -z "$FORMATS" ]; then RUNS+=("$c")
+       else for f in $FORMATS; do RUNS+=("$c/$f"); done; fi ;;
+  esac
+done
+LOAD0=$(cut -d" " -f1-3 /proc/loadavg)
 declare -A RES
 for r in $(seq "$REPEATS"); do
-  for c in $SETTINGS; do
+  for c in "${RUNS[@]}"; do
     RES[$c]+="$(run "$c")"$'\n'
   done
 done
-echo "corpus: $CORPUS ($SIZE bytes); $(uptime | sed 's/.*load/load/')"
+echo "corpus: $CORPUS ($SIZE bytes); load average at start $LOAD0, at end $(cut -d" " -f1-3 /proc/loadavg)"
 echo "CPU s: the server's user+system seconds for the whole write / read"
-printf '%-8s %10s %10s %14s %8s %10s %10s %10s\n' setting "write MB/s" \
+[ -z "$FORMATS" ] || echo "setting/N: on a store of format version N"
+printf '%-10s %10s %10s %14s %8s %10s %10s %10s\n' setting "write MB/s" \
   "read MB/s" "stored bytes" ratio "write CPU" "read CPU" "rr4k IOPS"
-for c in $SETTINGS; do
+for c in "${RUNS[@]}"; do
   printf '%s' "${RES[$c]}" | while read -r w rd s ds ratio cw cr rr; do
-    printf '%-8s %10s %10s %14s %8s %10s %10s %10s\n' "$c" "$w" "$rd" "$s" \
+    printf '%-10s %10s %10s %14s %8s %10s %10s %10s\n' "$c" "$w" "$rd" "$s" \
       "$ratio" "$cw" "$cr" "$rr"
   done
 done
