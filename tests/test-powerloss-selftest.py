@@ -130,6 +130,39 @@ def test_inflight_flush_covers():
                              "%s" % (got, before.what))
 
 
+class FakeHandle:
+    """libnbd's synchronous pwrite and flush, done at once."""
+    def pwrite(self, data, off, flags=0):
+        pass
+
+    def flush(self):
+        pass
+
+
+def test_sequential_flush_covers():
+    """One request at a time: a flush that had nothing to write (format
+    4 rewriting a block's units unchanged) is sent and acknowledged at
+    the same log position as the writes around it; it covers the writes
+    before it, not the one sent after it (cas-recover-index on format 4
+    failed on that)."""
+    import types
+    wl = types.SimpleNamespace(name="fake", size=1 << 16, blocksize=4096,
+                               env={})
+    s = powerloss.Session(wl, rec=None)
+    s.pos = lambda: 100                      # nothing reaches the log
+    s.handles["default"] = FakeHandle()
+    s.write(0, 512)
+    s.flush()
+    s.write(4096, 512)
+    c = s.client
+    before, after = c.writes
+    assert before.acked == after.acked == c.points[-1].sent == 100
+    got = [w.what for w in c.required(c.points[-1])]
+    if got != [before.what]:
+        raise AssertionError("the flush requires %s, expected only %s"
+                             % (got, before.what))
+
+
 def run_fakestore(mode, tmp, n=3):
     """Record fakestore.py MODE; return (model, [(value, ack entry)],
     recording root)."""
@@ -348,6 +381,8 @@ def main():
          lambda t: test_check_data()),
         ("a flush in flight does not cover a write sent after it",
          lambda t: test_inflight_flush_covers()),
+        ("a flush with nothing to write does not cover a write sent "
+         "after it", lambda t: test_sequential_flush_covers()),
         ("a fake store that commits correctly passes every cut point",
          test_fake_good),
         ("a fake store that renames before its fsync is caught",

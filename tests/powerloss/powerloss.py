@@ -658,13 +658,15 @@ class DurabilityPoint:
     the volume: every write acknowledged before it was sent is durable
     once it is acknowledged; a FUA write is in its own) or "range" (a
     flatfile FUA write: only its own bytes).  size: the volume's size
-    then; write: the FUA write.  covers: with requests in flight, the
-    writes (their n) whose replies were seen before it was sent; None:
-    those acknowledged at a log position up to the one it was sent at
-    (a sequential client: positions order its events).  With requests in
-    flight they do not: a write sent after a flush can be sent and
-    acknowledged before the server logs anything more, at the very
-    position the flush was sent at."""
+    then; write: the FUA write.  covers: the writes (their n) whose
+    replies were seen before it was sent (ClientLog.barrier); None (older
+    recordings): those acknowledged at a log position up to the one it
+    was sent at.  Log positions do not order a client's events: a write
+    sent after a flush can be sent and acknowledged before the server
+    logs anything more, at the very position the flush was sent at --
+    with requests in flight, and also with one at a time when the flush
+    had nothing to write (format 4 rewriting a block's units unchanged
+    writes nothing)."""
 
     def __init__(self, kind, what, sent, acked, size, write=None,
                  covers=None):
@@ -709,7 +711,11 @@ class ClientLog:
 
     def barrier(self, what, sent, acked, write=None, covers=None):
         """write: the FUA write that made this barrier (it is in it);
-        covers: see DurabilityPoint."""
+        covers: see DurabilityPoint (None: the writes acknowledged by
+        now, which is right whenever no request is in flight)."""
+        if covers is None:
+            covers = frozenset(w.n for w in self.writes
+                               if w.acked is not None)
         self.points.append(DurabilityPoint("flush", what, sent, acked,
                                            self.size, write, covers))
 
