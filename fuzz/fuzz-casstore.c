@@ -1,7 +1,7 @@
 /* libFuzzer target: opening and reading a cas store from hostile bytes.
  *
- * At startup a small valid store is made in a temporary directory (block
- * size 4 KiB; volume "a", 128 KiB with repeated and distinct blocks,
+ * At startup a small valid store is made in a temporary directory (format
+ * 2, block size 4 KiB; volume "a", 128 KiB with repeated and distinct blocks,
  * depth 1; volume "b", 5 MiB, depth 2, a few blocks mapped) and its files
  * are kept in memory.  Each input restores those files, damages one of
  * them as the input says, then does what a server and fsck do:
@@ -273,6 +273,7 @@ make_store (void)
 {
   const char *base = getenv ("TMPDIR");
   struct cas_open_options oo = { .verify = CAS_VERIFY_CHECKSUM };
+  const struct cas_open_options fmt2 = { .format = CAS_FORMAT_VERSION };
   struct cas_store *st;
   struct cas_volume *v;
   uint8_t b[BS];
@@ -287,8 +288,11 @@ make_store (void)
   if (mkdtemp (dir) == NULL)
     die ("mkdtemp");
   atexit (remove_store);
-  if (cas_store_create (dir, BS) == -1)
-    die ("cas_store_create");
+  /* Format 2 whatever the default: the input layout (record hashes,
+   * crafted map nodes of chunk hashes) and the seeds are format 2's.
+   */
+  if (cas_store_create_opts (dir, BS, &fmt2) == -1)
+    die ("cas_store_create_opts");
   st = cas_store_open (dir, &oo);
   if (st == NULL ||
       cas_volume_create (st, "a", 32 * BS) == -1 ||

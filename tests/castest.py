@@ -57,12 +57,13 @@ def image(d, name, size, seed):
     return path
 
 
-def make_store(d, vols):
+def make_store(d, vols, fmt=None):
     """A store at d/store with volumes {name: image path}, imported in
     order (so the last volume's records, its map node last, end the
-    pack)."""
+    pack).  fmt: its format version (nbdcas create --format), None for
+    the default."""
     store = os.path.join(d, "store")
-    tool("create", store, check=0)
+    tool("create", store, *(["--format", str(fmt)] if fmt else []), check=0)
     for name, img in vols.items():
         tool("import", store, name, img, "--create", check=0)
     return store

@@ -17,6 +17,9 @@
 #    nothing is lost;
 #  - a store with an unreadable volume root is not collected.
 # Most cases are gctest.py's, shared with test-cas-v4-gc.py (format 4).
+# Every store here is made at format 2 (format=2, --format 2), so that this
+# stays the test of format 2's collection (data records, chunks by hash)
+# whatever the default.
 
 import os
 import random
@@ -29,7 +32,7 @@ from castest import (connection, read_volume, run_cases,  # noqa: E402
 from gctest import (SIZE, check_gc, du_packs, overwrite,  # noqa: E402
                     prepared_store, referenced)
 
-FLAVOUR = gctest.Flavour()
+FLAVOUR = gctest.Flavour(params=["format=2"], create=["--format", "2"])
 
 
 def new_server(server, d, **kw):

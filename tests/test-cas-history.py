@@ -452,9 +452,9 @@ def hostile_exports(server, d):
 
 def old_store(d):
     # What the previous release made: no snapshots/ directory, a version 1
-    # index cache.
+    # index cache (so a format-2 store).
     img = image(d, "v.img", MiB, 1)
-    store = make_store(d, {"v": img})
+    store = make_store(d, {"v": img}, fmt=2)
     os.rmdir(os.path.join(store, "snapshots"))
     cf.write_index_v1(os.path.join(store, "index"), 1,
                       os.path.getsize(cf.packs(store)[0]),

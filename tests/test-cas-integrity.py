@@ -18,6 +18,10 @@
 #  - a store without a volume named "default" is served by volume names;
 #  - clear messages for a short superblock, an empty root, a symlink in
 #    volumes/, and an import that fills the disk.
+# The forged caches and the damaged data records are format 2's (version-1
+# and version-2 index caches, data records found by their hash): those
+# cases make format-2 stores.  A damaged unit of a format-4 store:
+# test-cas-v4.py.
 
 import os
 import re
@@ -46,7 +50,7 @@ def forged_cache(server, d, forge):
     a = image(d, "a.img", 2 * MiB, 1)
     b = image(d, "b.img", 1 * MiB, 2)
     vols = {"a": a, "b": b}
-    store = make_store(d, vols)
+    store = make_store(d, vols, fmt=2)
     pack, (off, typ, length, h) = last_record(store)
     size = os.path.getsize(pack)
     forge(store, pack, off, length)
@@ -151,7 +155,7 @@ def damage_data_record(store, img):
 
 def import_heals(d):
     a = image(d, "a.img", 2 * MiB, 1)
-    store = make_store(d, {"a": a})
+    store = make_store(d, {"a": a}, fmt=2)
     damage_data_record(store, a)
     tool("fsck", store, check=1)
     # A fresh volume of the same image: the damaged chunk is stored again.
@@ -169,7 +173,7 @@ def import_heals(d):
 
 def nbd_write_heals(server, d):
     a = image(d, "a.img", 2 * MiB, 1)
-    store = make_store(d, {"a": a})
+    store = make_store(d, {"a": a}, fmt=2)
     damage_data_record(store, a)
     with open(a, "rb") as f:
         data = f.read()
@@ -190,7 +194,7 @@ def nbd_write_heals(server, d):
 
 def repair(d):
     a = image(d, "a.img", 2 * MiB, 1)
-    store = make_store(d, {"a": a})
+    store = make_store(d, {"a": a}, fmt=2)
     damage_data_record(store, a)
     # No other copy: repair says what is lost and how to heal it.
     p = tool("fsck", store, "--repair", check=1)

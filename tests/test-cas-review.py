@@ -24,6 +24,9 @@
 #     never be written (.NAME.tmp is longer than NAME_MAX).
 #  F8 gc's mark skips a map node whose 8-byte key collides with a chunk
 #     marked before it: the blocks below it are swept (refs-collision.c).
+# F4 and F5 are findings about format 2's data records (a block's record
+# appended as it is written, a chunk's copies found by hash): their cases
+# make format-2 stores (format=2, --format 2).
 
 import os
 import shutil
@@ -253,7 +256,7 @@ def gc_cache_save_race(server, d):
     store = os.path.join(d, "store")
     stop, resume = fifo(d, "stop"), fifo(d, "resume")
     hold = os.path.join(d, "hold")
-    srv = server_with(server, d, store, ["size=2M", "gc=off"], {
+    srv = server_with(server, d, store, ["size=2M", "format=2", "gc=off"], {
         "NBDCAS_PACK_SIZE": str(PACK), "NBDCAS_TEST_STOP": "gc-marked",
         "NBDCAS_TEST_STOP_FIFO": stop, "NBDCAS_TEST_RESUME_FIFO": resume,
         "LD_PRELOAD": os.environ["CRASHSHIM"],
@@ -303,7 +306,7 @@ def gc_power_cut(server, d):
     store = os.path.join(d, "store")
     stop, resume = fifo(d, "stop"), fifo(d, "resume")
     hold, log = os.path.join(d, "hold"), os.path.join(d, "log")
-    srv = server_with(server, d, store, ["size=2M", "gc=off"], {
+    srv = server_with(server, d, store, ["size=2M", "format=2", "gc=off"], {
         "NBDCAS_PACK_SIZE": str(PACK), "NBDCAS_TEST_STOP": "gc-marked",
         "NBDCAS_TEST_STOP_FIFO": stop, "NBDCAS_TEST_RESUME_FIFO": resume,
         "LD_PRELOAD": os.environ["CRASHSHIM"],
@@ -362,7 +365,8 @@ def gc_torn_later_copy(d):
     img = os.path.join(d, "img")
     with open(img, "wb") as f:
         f.write(x + nbdtest.random_bytes(BS, 31))
-    tool("create", store, "--size", "128K", "--volume", "v", check=0, env=env)
+    tool("create", store, "--format", "2", "--size", "128K", "--volume", "v",
+         check=0, env=env)
     tool("import", store, "v", img, check=0, env=env)
     with open(img, "wb") as f:          # block 1 overwritten: garbage
         f.write(x + nbdtest.random_bytes(BS, 32))

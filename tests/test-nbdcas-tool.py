@@ -322,12 +322,21 @@ class Tests:
         rc, out, err = run("fsck", self.store, "--full", check=0)
         assert "clean" in out and "SHA-256" in out, out
 
+    def format2_store(self, name):
+        """A format-2 store holding a.img twice, as volumes v1 and quiet:
+        the fsck cases below damage its data records, found by their
+        hash (a format-4 store's damaged units: test-cas-v4.py)."""
+        st = self.p(name)
+        run("create", st, "--format", "2", check=0)
+        for vol in ("v1", "quiet"):
+            run("import", st, vol, self.img, "--create", check=0)
+        return st
+
     def t_fsck_damaged(self):
-        # Copy the store, flip one byte in the payload of a data record
-        # that the volumes use, and expect fsck to name each volume and
-        # block that holds it.
-        st = self.p("damaged")
-        shutil.copytree(self.store, st)
+        # Flip one byte in the payload of a data record that the volumes
+        # use, and expect fsck to name each volume and block that holds
+        # it.
+        st = self.format2_store("damaged")
         hashes = block_hashes(self.img)
         packs = sorted(os.listdir(os.path.join(st, "packs")))
         target = None
@@ -362,8 +371,7 @@ class Tests:
         # bad payload) and a torn header, in the middle of a pack, with a
         # record written after them.  The store never indexed them, so no
         # volume can read them: fsck names them, says so, and passes.
-        st = self.p("failedappend")
-        shutil.copytree(self.store, st)
+        st = self.format2_store("failedappend")
         pack = os.path.join(st, "packs",
                             sorted(os.listdir(os.path.join(st, "packs")))[-1])
         off, typ, length, h = next(r for r in records(pack) if r[1] == 1)
@@ -396,15 +404,16 @@ class Tests:
                          r"data from it" % (off, h.hex()), out), out
 
     def t_fsck_damaged_map_node(self):
-        # One data block at block 7 of a small volume: the pack then holds
-        # that chunk, then the map leaf.  Damage the leaf.
+        # One data block at block 7 of a small volume: the pack of a
+        # format-2 store then holds that chunk, then the map leaf.  Damage
+        # the leaf.
         st = self.p("maponly")
         img = self.p("one.img")
         with open(img, "wb") as f:
             f.truncate(16 * BS)
             f.seek(7 * BS)
             f.write(os.urandom(BS))
-        run("create", st, check=0)
+        run("create", st, "--format", "2", check=0)
         run("import", st, "m", img, "--create", check=0)
         run("fsck", st, check=0)
         pack = os.path.join(st, "packs",
