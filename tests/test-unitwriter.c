@@ -810,6 +810,52 @@ main (void)
     check_reads (&fake, &db, a, "moved without a slot");
   }
 
+  /* Sequential locality: a stream of 130 blocks, only the first with a
+   * hook unit, written again by a new writer.  The first block's hook
+   * loads its group; the blocks that start the next groups (64 and 128)
+   * have no hook and are found by loading the group after the last
+   * reference found.  w7 was made first, so its group lies between
+   * w6's first two (the fake takes a group when an appender is made): the
+   * lookup tries the groups after.  Nothing is stored again.
+   */
+  {
+    struct cas_unit_writer *w6 = cas_unit_writer_new (&fake, BS,
+                                                      CAS_VERIFY_CHECKSUM,
+                                                      "w6");
+    struct cas_unit_writer *w7 = cas_unit_writer_new (&fake, BS,
+                                                      CAS_VERIFY_CHECKSUM,
+                                                      "w7");
+    static uint32_t stream[130 * 16];
+    uint32_t next = 900000;
+    unsigned blk;
+
+    CHECK (w6 && w7);
+    for (i = 0; i < 130 * 16; i++) {
+      next = find_unit (next, i == 0);
+      stream[i] = next++;
+    }
+    for (blk = 0; blk < 130; blk++) {
+      for (i = 0; i < 16; i++)
+        make_unit (stream[blk * 16 + i], a + i * U);
+      CHECK (cas_unit_writer_store (w6, a, BS, NULL, NULL, &da) == 0);
+    }
+    CHECK (cas_unit_writer_free (w6) == 0);
+    adds = fake.adds;
+    for (blk = 0; blk < 130; blk++) {
+      for (i = 0; i < 16; i++)
+        make_unit (stream[blk * 16 + i], a + i * U);
+      CHECK (cas_unit_writer_store (w7, a, BS, NULL, NULL, &db) == 0);
+      CHECK (nruns (&db) == 1);
+      if (blk % 64 == 0)
+        check_reads (&fake, &db, a, "hookless stream");
+    }
+    if (fake.adds != adds)
+      fprintf (stderr, "hookless stream: %u units stored again\n",
+               fake.adds - adds);
+    CHECK (fake.adds == adds);
+    CHECK (cas_unit_writer_free (w7) == 0);
+  }
+
   CHECK (cas_unit_writer_free (w1) == 0);
   CHECK (cas_unit_writer_free (w2) == 0);
   CHECK (cas_unit_writer_free (w3) == 0);

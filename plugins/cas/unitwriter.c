@@ -25,7 +25,11 @@
  *     as 16 copies of one unit is found again as one run.  Units still
  *     missing that are hooks vote for the groups holding them, the two
  *     groups with the most votes are loaded whole, and the lookup is
- *     tried again.
+ *     tried again.  Units still missing then: the data likely goes on
+ *     where the last reference found left off (a hookless block at the
+ *     start of a group of the earlier stream): the group of the extent
+ *     after it (or the next group, if that one is loaded whole) is
+ *     loaded, once, and the lookup tried again.
  *  4. check every reference found in step 3 (a new reference) against
  *     the extent store without a read: the extent's dedup stamp
  *     (cas_extents_dedup_stamp: checked in this process, not damaged, not
@@ -79,6 +83,8 @@
 #define CACHE_GROUPS 8
 /* Groups loaded through hooks per block (the plan: the top two). */
 #define LOAD_PER_BLOCK 2
+/* Groups after the last reference found tried by lookup_next_group. */
+#define SEQ_AHEAD 4
 /* Copies of one unit in a group weighed per lookup (a unit stored
  * thousands of times costs a bounded look).
  */
@@ -117,7 +123,11 @@ struct cas_unit_writer {
    */
   uint32_t small_reads, small_hits, small_skips;
   uint64_t same_pos, cache_hits, hook_hits, added_units, fallbacks,
-    restored_units, stale_refs, group_loads, tables_read;
+    restored_units, stale_refs, group_loads, tables_read, seq_hits;
+  /* Sequential locality (lookup_next_group): the last reference found
+   * (0 none), and the last group loaded on speculation.
+   */
+  uint64_t seq_eid, seq_tried;
 };
 
 /* What step 1 made of a unit of the block. */
@@ -452,13 +462,14 @@ cas_unit_writer_free (struct cas_unit_writer *w)
   backend_debug ("cas: volume %s: unit writer: %" PRIu64 " blocks stored; "
                  "units: %" PRIu64 " kept, %" PRIu64 " zero, %" PRIu64
                  " hashed, %" PRIu64 " added; dedup: %" PRIu64 " same "
-                 "position, %" PRIu64 " cache, %" PRIu64 " hooks; %" PRIu64
+                 "position, %" PRIu64 " cache, %" PRIu64 " hooks, %" PRIu64
+                 " next group; %" PRIu64
                  " groups loaded, %" PRIu64 " slot tables read, %" PRIu64
                  " stale references, %" PRIu64 " fallbacks (%" PRIu64
                  " units stored again)", w->name, w->stored_blocks,
                  w->kept_units, w->zero_units, w->hashed_units,
                  w->added_units, w->same_pos, w->cache_hits, w->hook_hits,
-                 w->group_loads, w->tables_read, w->stale_refs, w->fallbacks,
+                 w->seq_hits, w->group_loads, w->tables_read, w->stale_refs, w->fallbacks,
                  w->restored_units);
   for (i = 0; i < CACHE_GROUPS; i++) {
     free (w->group[i].h);
@@ -721,6 +732,91 @@ lookup_hooks (struct cas_unit_writer *w, struct unit *u, unsigned n)
   }
   if (loaded > 0)
     w->hook_hits += cache_pass (w, u, n);
+}
+
+/* Step 3's sequential locality: a block without hooks (1 in 3 blocks of
+ * 16 units) that starts a group of the stream written earlier is found
+ * by loading the group the last reference found goes on into: that of
+ * the extent after it, else the groups after it, up to SEQ_AHEAD of
+ * them (another writer may have taken the next group meanwhile), one
+ * after the other as blocks keep missing.  A block loads at most one
+ * group that held a readable table (a group with none costs no read and
+ * the next is tried at once); a group is never tried twice for the same
+ * last reference, so new data after old costs at most SEQ_AHEAD loads.
+ * A group the load could not read whole (extents still being filled,
+ * unusable) is not marked whole, so that hooks into it are followed.
+ * Blocks written whole only (a copy, an import): small writes of new
+ * data read nothing (see step 2).
+ */
+static void
+lookup_next_group (struct cas_unit_writer *w, struct unit *u, unsigned n)
+{
+  uint64_t last = w->seq_eid, g, next, max = cas_extents_max_eid (w->ext);
+  struct uw_group *grp;
+  unsigned i;
+
+  bool gap = false;
+
+  /* The data must go on past the last reference found: the units
+   * missing are the block's tail (a unit changed in the middle of a
+   * block is new data, not a move to another group).
+   */
+  for (i = 0; i < n; i++) {
+    if (u[i].kind != UNIT_DATA)
+      continue;
+    if (!u[i].found)
+      gap = true;
+    else if (gap)
+      return;
+    else if (u[i].check)
+      last = u[i].eid;
+  }
+  if (last == 0)
+    return;
+  g = cas_extent_group (last);
+  next = cas_extent_group (last + 1);
+  /* The extent after it is known and did not match: new data. */
+  if ((grp = cache_group (w, next)) != NULL &&
+      grp->stamp[last + 1 - next * CAS_GROUP_EXTENTS] != 0)
+    return;
+  if (w->seq_tried >= next && w->seq_tried < g + SEQ_AHEAD)
+    next = w->seq_tried + 1;    /* tried already: the one after */
+  for (; next <= g + SEQ_AHEAD && next * CAS_GROUP_EXTENTS <= max; next++) {
+    uint64_t reads = w->tables_read, eid;
+    unsigned hits;
+
+    if ((grp = cache_group (w, next)) != NULL && grp->whole)
+      continue;
+    w->seq_tried = next;
+    cache_load (w, next);
+    if ((grp = cache_group (w, next)) != NULL)
+      for (eid = next * CAS_GROUP_EXTENTS;
+           eid < (next + 1) * CAS_GROUP_EXTENTS && eid <= max; eid++)
+        if (eid != 0 && grp->stamp[eid - next * CAS_GROUP_EXTENTS] == 0)
+          grp->whole = false;
+    hits = cache_pass (w, u, n);
+    w->seq_hits += hits;
+    if (hits || w->tables_read != reads)
+      return;
+  }
+}
+
+/* The last new reference the block found (step 3's, not checked yet:
+ * only a hint): where the next block's data likely goes on.  References
+ * kept by position (a volume rewritten in place) are no hint.
+ */
+static void
+note_last_ref (struct cas_unit_writer *w, const struct unit *u, unsigned n)
+{
+  unsigned i;
+
+  for (i = n; i-- > 0;)
+    if (u[i].kind == UNIT_DATA && u[i].found && u[i].check) {
+      if (u[i].eid != w->seq_eid)
+        w->seq_tried = 0;
+      w->seq_eid = u[i].eid;
+      return;
+    }
 }
 
 /* Step 4: check the new references against the extent store: the
@@ -1085,6 +1181,9 @@ cas_unit_writer_store (struct cas_unit_writer *w, const uint8_t *block,
       w->cache_hits += cache_pass (w, u, n);
     if (missing (u, n))
       lookup_hooks (w, u, n);
+    if (read_old && missing (u, n))
+      lookup_next_group (w, u, n);
+    note_last_ref (w, u, n);
     /* 4. The new references, checked now. */
     check_refs (w, u, n);
     /* 5. What is left is new: added (in a new extent if the open one
