@@ -85,6 +85,8 @@
 #define LOAD_PER_BLOCK 2
 /* Groups after the last reference found tried by lookup_next_group. */
 #define SEQ_AHEAD 4
+/* Groups lookup_next_group remembers having tried (not tried again). */
+#define SEQ_TRIED 64
 /* Copies of one unit in a group weighed per lookup (a unit stored
  * thousands of times costs a bounded look).
  */
@@ -93,6 +95,7 @@
 struct uw_group {
   bool valid;
   bool whole;                   /* loaded whole (through a hook) */
+  bool useful;                  /* a lookup found a unit in it */
   uint64_t g;                   /* group number (cas_extent_group) */
   uint64_t used;                /* LRU stamp */
   uint16_t present[CAS_GROUP_EXTENTS];  /* slots known, per extent */
@@ -124,10 +127,11 @@ struct cas_unit_writer {
   uint32_t small_reads, small_hits, small_skips;
   uint64_t same_pos, cache_hits, hook_hits, added_units, fallbacks,
     restored_units, stale_refs, group_loads, tables_read, seq_hits;
-  /* Sequential locality (lookup_next_group): the last reference found
-   * (0 none), and the last group loaded on speculation.
+  /* Sequential locality (lookup_next_group): the last new reference
+   * found (0 none), and the groups tried lately (0 none).
    */
-  uint64_t seq_eid, seq_tried;
+  uint64_t seq_eid, seq_tried[SEQ_TRIED];
+  unsigned seq_next;                    /* seq_tried's next place */
 };
 
 /* What step 1 made of a unit of the block. */
@@ -270,6 +274,7 @@ cache_take (struct cas_unit_writer *w, uint64_t g)
   grp->g = g;
   grp->valid = true;
   grp->whole = false;
+  grp->useful = false;
   grp->used = ++w->clock;
   return grp;
 }
@@ -671,6 +676,7 @@ cache_pass (struct cas_unit_writer *w, struct unit *u, unsigned n)
       continue;
     }
     best->used = ++w->clock;
+    best->useful = true;
     for (k = 0; k < bestlen; k++) {
       u[i + k].found = true;
       u[i + k].check = true;
@@ -736,30 +742,71 @@ lookup_hooks (struct cas_unit_writer *w, struct unit *u, unsigned n)
 
 /* Step 3's sequential locality: a block without hooks (1 in 3 blocks of
  * 16 units) that starts a group of the stream written earlier is found
- * by loading the group the last reference found goes on into: that of
- * the extent after it, else the groups after it, up to SEQ_AHEAD of
- * them (another writer may have taken the next group meanwhile), one
- * after the other as blocks keep missing.  A block loads at most one
- * group that held a readable table (a group with none costs no read and
- * the next is tried at once); a group is never tried twice for the same
- * last reference, so new data after old costs at most SEQ_AHEAD loads.
- * A group the load could not read whole (extents still being filled,
- * unusable) is not marked whole, so that hooks into it are followed.
- * Blocks written whole only (a copy, an import): small writes of new
- * data read nothing (see step 2).
+ * by loading the group the data goes on into.  The bases: the last new
+ * reference this block (or an earlier one) found, then the groups loaded
+ * whole in the cache that a lookup found units in, the most recently
+ * used first (a flush writes back from both ends of the cache at once:
+ * two streams interleave).  The
+ * candidates: the group of the extent after the reference, and the
+ * SEQ_AHEAD groups after a base's group (another writer may have taken
+ * the next one).  A block loads at most one group that held a readable
+ * table (one with none cost no read: the next candidate is tried); a
+ * group tried lately (SEQ_TRIED of them) is not tried again, and only a
+ * group units were found in is a base, so new data costs at most
+ * (1 + CACHE_GROUPS) * SEQ_AHEAD loads after old data.  A group the load could not read whole
+ * (extents still being filled, unusable) is not marked whole, so that
+ * hooks into it are followed.  Blocks written whole only (a copy, an
+ * import): small writes of new data read nothing (see step 2).
  */
+static bool
+seq_was_tried (const struct cas_unit_writer *w, uint64_t g)
+{
+  unsigned i;
+
+  for (i = 0; i < SEQ_TRIED; i++)
+    if (w->seq_tried[i] == g)
+      return true;
+  return false;
+}
+
+/* Try group next: true if the block is done with speculation (a table
+ * was read, or units found).
+ */
+static bool
+seq_try (struct cas_unit_writer *w, struct unit *u, unsigned n,
+         uint64_t next, uint64_t max)
+{
+  uint64_t reads = w->tables_read, eid;
+  struct uw_group *grp;
+  unsigned hits;
+
+  if (next == 0 || next * CAS_GROUP_EXTENTS > max ||
+      ((grp = cache_group (w, next)) != NULL && grp->whole) ||
+      seq_was_tried (w, next))
+    return false;
+  w->seq_tried[w->seq_next++ % SEQ_TRIED] = next;
+  cache_load (w, next);
+  if ((grp = cache_group (w, next)) != NULL)
+    for (eid = next * CAS_GROUP_EXTENTS;
+         eid < (next + 1) * CAS_GROUP_EXTENTS && eid <= max; eid++)
+      if (eid != 0 && grp->stamp[eid - next * CAS_GROUP_EXTENTS] == 0)
+        grp->whole = false;
+  hits = cache_pass (w, u, n);
+  w->seq_hits += hits;
+  return hits > 0 || w->tables_read != reads;
+}
+
 static void
 lookup_next_group (struct cas_unit_writer *w, struct unit *u, unsigned n)
 {
-  uint64_t last = w->seq_eid, g, next, max = cas_extents_max_eid (w->ext);
-  struct uw_group *grp;
-  unsigned i;
-
+  uint64_t last = w->seq_eid, max = cas_extents_max_eid (w->ext), g;
+  uint64_t base[1 + CACHE_GROUPS];
+  unsigned nbase = 0, i, j, k;
   bool gap = false;
 
-  /* The data must go on past the last reference found: the units
-   * missing are the block's tail (a unit changed in the middle of a
-   * block is new data, not a move to another group).
+  /* The data must go on past the references found: the units missing
+   * are the block's tail (a unit changed in the middle of a block is new
+   * data, not a move to another group).
    */
   for (i = 0; i < n; i++) {
     if (u[i].kind != UNIT_DATA)
@@ -771,34 +818,33 @@ lookup_next_group (struct cas_unit_writer *w, struct unit *u, unsigned n)
     else if (u[i].check)
       last = u[i].eid;
   }
-  if (last == 0)
-    return;
-  g = cas_extent_group (last);
-  next = cas_extent_group (last + 1);
-  /* The extent after it is known and did not match: new data. */
-  if ((grp = cache_group (w, next)) != NULL &&
-      grp->stamp[last + 1 - next * CAS_GROUP_EXTENTS] != 0)
-    return;
-  if (w->seq_tried >= next && w->seq_tried < g + SEQ_AHEAD)
-    next = w->seq_tried + 1;    /* tried already: the one after */
-  for (; next <= g + SEQ_AHEAD && next * CAS_GROUP_EXTENTS <= max; next++) {
-    uint64_t reads = w->tables_read, eid;
-    unsigned hits;
-
-    if ((grp = cache_group (w, next)) != NULL && grp->whole)
-      continue;
-    w->seq_tried = next;
-    cache_load (w, next);
-    if ((grp = cache_group (w, next)) != NULL)
-      for (eid = next * CAS_GROUP_EXTENTS;
-           eid < (next + 1) * CAS_GROUP_EXTENTS && eid <= max; eid++)
-        if (eid != 0 && grp->stamp[eid - next * CAS_GROUP_EXTENTS] == 0)
-          grp->whole = false;
-    hits = cache_pass (w, u, n);
-    w->seq_hits += hits;
-    if (hits || w->tables_read != reads)
+  if (last != 0) {
+    if (seq_try (w, u, n, cas_extent_group (last + 1), max))
       return;
+    base[nbase++] = cas_extent_group (last);
   }
+  /* The whole groups, most recently used first. */
+  for (;;) {
+    struct uw_group *best = NULL;
+
+    for (i = 0; i < CACHE_GROUPS; i++) {
+      struct uw_group *c = &w->group[i];
+
+      if (!c->valid || !c->whole || !c->useful)
+        continue;
+      for (j = 0; j < nbase && base[j] != c->g; j++)
+        ;
+      if (j == nbase && (best == NULL || c->used > best->used))
+        best = c;
+    }
+    if (best == NULL)
+      break;
+    base[nbase++] = best->g;
+  }
+  for (j = 0; j < nbase; j++)
+    for (k = 1, g = base[j]; k <= SEQ_AHEAD; k++)
+      if (seq_try (w, u, n, g + k, max))
+        return;
 }
 
 /* The last new reference the block found (step 3's, not checked yet:
@@ -812,8 +858,6 @@ note_last_ref (struct cas_unit_writer *w, const struct unit *u, unsigned n)
 
   for (i = n; i-- > 0;)
     if (u[i].kind == UNIT_DATA && u[i].found && u[i].check) {
-      if (u[i].eid != w->seq_eid)
-        w->seq_tried = 0;
       w->seq_eid = u[i].eid;
       return;
     }
