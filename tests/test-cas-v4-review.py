@@ -9,11 +9,14 @@
 import errno
 import os
 import random
+import subprocess
+import threading
 
 import nbd
 
 import casformat as cf
-from castest import BS, MiB, serve, stopped, connection, run_cases
+import nbdtest
+from castest import BS, MiB, NBDCAS, serve, stopped, connection, run_cases
 
 SIZE = 32 * MiB
 EXTENT = 4
@@ -52,7 +55,91 @@ def damaged_newest_extent_id_reused(server, d):
         stopped(srv)
 
 
+def fifo(d, name):
+    path = os.path.join(d, name)
+    os.mkfifo(path)
+    return path
+
+
+def kept_reference_race(server, d):
+    store = os.path.join(d, "store")
+    stop = fifo(d, "stop")
+    fifo(d, "resume-gc-begun")
+    fifo(d, "resume-write-stored")
+    env = {"NBDCAS_TEST_STOP": "gc-begun,write-stored",
+           "NBDCAS_TEST_STOP_FIFO": stop,
+           "NBDCAS_TEST_RESUME_FIFO": os.path.join(d, "resume-%s")}
+    os.environ.update(env)
+    try:
+        srv = serve(server, store, d, ["size=%d" % SIZE, "format=4",
+                                       "dirtycache=0", "gc=off"])
+    finally:
+        for k in env:
+            del os.environ[k]
+
+    def stopped_at():
+        with open(stop) as f:
+            return f.readline().strip()
+
+    def resume(point):
+        with open(os.path.join(d, "resume-" + point), "w") as f:
+            f.write("go\n")
+
+    c0 = rand(10, BS)
+    errors = []
+
+    def write(h, data):
+        try:
+            h.pwrite(data, 0)
+        except Exception as e:        # reported by the main thread
+            errors.append(e)
+
+    try:
+        with connection(srv) as h1, connection(srv) as h2:
+            t = threading.Thread(target=write, args=(h1, c0))
+            t.start()
+            assert stopped_at() == "write-stored"
+            resume("write-stored")
+            t.join()
+            h1.flush()
+            # A collection passes its gate (the pack holding block 0's
+            # extent is sealed) and waits before its flush.
+            gc = subprocess.Popen([NBDCAS, "gc", store, "--max-unused", "0"],
+                                  stdin=subprocess.DEVNULL,
+                                  stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE)
+            assert stopped_at() == "gc-begun"
+            # T1 rewrites block 0 with the bytes it has: its units are
+            # kept at their position (no check); it waits before it sets
+            # the slot.
+            t = threading.Thread(target=write, args=(h1, c0))
+            t.start()
+            assert stopped_at() == "write-stored"
+            # T2 zeroes block 0 meanwhile (acknowledged first).
+            h2.zero(BS, 0)
+            # The collection flushes (the root has block 0 unmapped),
+            # marks, sweeps.
+            resume("gc-begun")
+            out, err = gc.communicate(timeout=300)
+            assert gc.returncode == 0, (out, err)
+            # T1 sets its descriptor; the client sees its write done.
+            resume("write-stored")
+            t.join()
+            assert not errors, errors
+            h1.flush()
+            try:
+                got = h1.pread(BS, 0)
+            except nbd.Error as e:
+                raise AssertionError("block 0, written and flushed, is "
+                                     "lost: %s" % e)
+            assert got == c0, "block 0 reads wrong"
+    finally:
+        stopped(srv)
+
+
 run_cases([
+    ("format 4 write-through: a kept reference across a collection",
+     kept_reference_race),
     ("format 4 damaged newest extent: its id is not reused",
      damaged_newest_extent_id_reused),
 ], [])

@@ -37,6 +37,7 @@
 #include "backend.h"
 #include "cleanup.h"
 #include "storeint.h"
+#include "testpoint.h"
 #include "vector.h"
 
 struct named_root {
@@ -179,6 +180,7 @@ cas_store_gc (struct cas_store *st, const struct cas_gc_options *opts,
   pthread_rwlock_unlock (&st->gc_gate);
   if (r == -1)
     goto out_unlock;
+  cas_test_point ("gc-begun");
 
   /* 2. Everything acknowledged into a committed root. */
   if (flush_open_volumes (st) == -1)

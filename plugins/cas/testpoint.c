@@ -11,6 +11,24 @@
 
 #include "testpoint.h"
 
+/* Is name one of the comma-separated names of want? */
+static int
+listed (const char *want, const char *name)
+{
+  size_t len = strlen (name);
+
+  for (;;) {
+    const char *comma = strchr (want, ',');
+    size_t n = comma ? (size_t) (comma - want) : strlen (want);
+
+    if (n == len && strncmp (want, name, len) == 0)
+      return 1;
+    if (comma == NULL)
+      return 0;
+    want = comma + 1;
+  }
+}
+
 void
 cas_test_point (const char *name)
 {
@@ -22,7 +40,7 @@ cas_test_point (const char *name)
   static _Atomic unsigned hits;
   const char *nth = getenv ("NBDCAS_TEST_STOP_NTH");
 
-  if (want == NULL || strcmp (want, name) != 0)
+  if (want == NULL || !listed (want, name))
     return;
   /* NBDCAS_TEST_STOP_NTH=k: only the k-th time this point is reached. */
   if (nth && atomic_fetch_add (&hits, 1) + 1 != strtoul (nth, NULL, 10))
@@ -38,6 +56,15 @@ cas_test_point (const char *name)
   }
   resume = getenv ("NBDCAS_TEST_RESUME_FIFO");
   if (resume) {
+    char per_point[4096];
+    /* A "%s" in it: one FIFO per point (two points stopped at once). */
+    const char *at = strstr (resume, "%s");
+
+    if (at) {
+      snprintf (per_point, sizeof per_point, "%.*s%s%s",
+                (int) (at - resume), resume, name, at + 2);
+      resume = per_point;
+    }
     fd = open (resume, O_RDONLY | O_CLOEXEC);
     if (fd >= 0) {
       while (read (fd, line, 1) == -1 && errno == EINTR)

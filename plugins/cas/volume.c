@@ -32,6 +32,7 @@
 
 #include "backend.h"
 #include "cleanup.h"
+#include "testpoint.h"
 #include "volumeint.h"
 
 /* The lock order checks' per-thread state (lockrank.h). */
@@ -400,6 +401,7 @@ write_pieces (struct cas_volume *vol, const uint8_t *data, uint64_t count,
         }
         if (volume_store_block (vol, src, oldp, NULL, &h) == -1)
           return -1;
+        cas_test_point ("write-stored");
       }
       else
         h = zero;
