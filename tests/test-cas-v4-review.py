@@ -9,6 +9,7 @@
 import errno
 import os
 import random
+import select
 import subprocess
 import threading
 
@@ -122,8 +123,23 @@ def kept_reference_race(server, d):
             resume("gc-begun")
             out, err = gc.communicate(timeout=300)
             assert gc.returncode == 0, (out, err)
-            # T1 sets its descriptor; the client sees its write done.
-            resume("write-stored")
+            # T1 sets its descriptor; the client sees its write done.  (A
+            # fixed server may store again: its stops are let go too.)
+            fd = os.open(stop, os.O_RDONLY | os.O_NONBLOCK)
+            try:
+                resume("write-stored")
+                buf = b""
+                while t.is_alive():
+                    r, _, _ = select.select([fd], [], [], 0.2)
+                    chunk = os.read(fd, 100) if r else b""
+                    buf += chunk
+                    if b"write-stored\n" in buf:
+                        buf = buf.replace(b"write-stored\n", b"", 1)
+                        resume("write-stored")
+                    elif not chunk:
+                        t.join(0.05)
+            finally:
+                os.close(fd)
             t.join()
             assert not errors, errors
             h1.flush()
