@@ -390,23 +390,37 @@ write_pieces (struct cas_volume *vol, const uint8_t *data, uint64_t count,
     struct cas_hash h;
 
     if (p.n == vol->bs) {
-      if (src) {
-        struct cas_hash old, *oldp = NULL;
+      struct cas_hash old, *oldp = NULL;
+      int tries = 0, r;
 
-        /* Format 4 dedups against the block's previous content. */
-        if (vol->uw) {
-          if (volume_get_slot (vol, p.b, &old) == -1)
+      do {
+        if (src) {
+          /* Format 4 dedups against the block's previous content, and
+           * may keep its references unchecked: only over that content
+           * (compare-and-set), else a collection that marked the newer
+           * content in between would not have marked them.
+           */
+          if (vol->uw) {
+            if (volume_get_slot (vol, p.b, &old) == -1)
+              return -1;
+            oldp = &old;
+          }
+          if (volume_store_block (vol, src, oldp, NULL, &h) == -1)
             return -1;
-          oldp = &old;
+          cas_test_point ("write-stored");
         }
-        if (volume_store_block (vol, src, oldp, NULL, &h) == -1)
+        else
+          h = zero;
+        r = volume_set_slot (vol, p.b, &h, oldp);
+        if (r == -1)
           return -1;
-        cas_test_point ("write-stored");
-      }
-      else
-        h = zero;
-      if (volume_set_slot (vol, p.b, &h, NULL) == -1)
+      } while (r == 1 && ++tries < MAX_RMW_RETRIES);
+      if (r == 1) {
+        backend_error ("cas: volume %s: block %" PRIu64 " kept changing "
+                       "under a write", vol->name, p.b);
+        errno = EAGAIN;
         return -1;
+      }
     }
     else {
       if (tmp == NULL && (tmp = malloc (vol->bs)) == NULL)
