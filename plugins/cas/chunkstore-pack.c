@@ -1622,7 +1622,7 @@ cas_packstore_check_cache (struct chunkstore *cs, char *why, size_t len)
 
   /* A format-4 store's cache is checked into an extent table of its own. */
   if (ps->extents)
-    ext = cas_extents_new (ps->packs, true, NULL);
+    ext = cas_extents_new (ps->packs, NULL, true, NULL);
   if (idx == NULL || (ps->extents && ext == NULL)) {
     cas_index_free (idx);
     snprintf (why, len, "out of memory");
@@ -1696,7 +1696,8 @@ cas_packstore_open (const char *dir, bool readonly, const uint8_t uuid[16],
   if (ps->packs == NULL)
     goto err;
   if (flags & CAS_PACKSTORE_EXTENTS) {
-    ps->extents = cas_extents_new (ps->packs, readonly, &ps->gc_below);
+    ps->extents = cas_extents_new (ps->packs, dir, readonly,
+                                   &ps->gc_below);
     if (ps->extents == NULL)
       goto err;
   }
@@ -1745,8 +1746,8 @@ cas_packstore_open (const char *dir, bool readonly, const uint8_t uuid[16],
     goto err;
   }
   free (from);
-  if (ps->extents)
-    cas_extents_open_done (ps->extents);
+  if (ps->extents && cas_extents_open_done (ps->extents) == -1)
+    goto err;
   return &ps->cs;
 
  err:

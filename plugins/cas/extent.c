@@ -23,12 +23,14 @@
 
 #include <assert.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "backend.h"
 #include "cleanup.h"
@@ -85,6 +87,16 @@ struct cas_extents {
   _Atomic uint64_t max_eid;      /* highest id seen or handed out */
   _Atomic uint64_t open_tables_read, cache_extents;   /* stats of the open */
   _Atomic uint64_t next_group;
+
+  /* The durable reservation (DIR/extent-ids): every group handed out is
+   * below reserved_group, raised under reserve_lock and written before
+   * a group at or beyond it is handed out.  dir NULL: no file (a
+   * read-only extent store that is not the store's).
+   */
+  char *dir;
+  pthread_mutex_t reserve_lock;
+  _Atomic uint64_t reserved_group;
+  int ids_file;                  /* CAS_EXTENT_IDS_* of the open */
 
   pthread_mutex_t pending_lock;
   struct pending *pending;
@@ -1196,8 +1208,83 @@ cas_extent_appender_new (struct cas_extents *ext)
   return a;
 }
 
+/* Write DIR/extent-ids saying next_group, atomically and durably. */
+static int
+write_extent_ids (const char *dir, uint64_t next_group)
+{
+  CLEANUP_FREE char *path = NULL, *tmp = NULL;
+  struct cas_extent_ids x = { .next_group = next_group };
+  uint8_t buf[CAS_EXTENT_IDS_SIZE];
+  int fd;
+
+  if (asprintf (&path, "%s/extent-ids", dir) == -1) {
+    path = NULL;
+    return -1;
+  }
+  if (asprintf (&tmp, "%s/.extent-ids.tmp", dir) == -1) {
+    tmp = NULL;
+    return -1;
+  }
+  cas_extent_ids_encode (&x, buf);
+  fd = open (tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd == -1)
+    return -1;
+  if (write (fd, buf, sizeof buf) != (ssize_t) sizeof buf) {
+    int saved = errno ? errno : EIO;
+    close (fd);
+    unlink (tmp);
+    errno = saved;
+    return -1;
+  }
+  if (fsync (fd) == -1 || close (fd) == -1) {
+    int saved = errno;
+    unlink (tmp);
+    errno = saved;
+    return -1;
+  }
+  if (rename (tmp, path) == -1) {
+    int saved = errno;
+    unlink (tmp);
+    errno = saved;
+    return -1;
+  }
+  return cas_fsync_dir (dir);
+}
+
+/* Make group g (>= the reservation when called) reserved durably: one
+ * thread writes the raised reservation, the others wait on the lock
+ * and find it raised.
+ */
+static int
+reserve_group (struct cas_extents *ext, uint64_t g)
+{
+  int r = 0;
+
+  pthread_mutex_lock (&ext->reserve_lock);
+  if (g >= atomic_load (&ext->reserved_group)) {
+    uint64_t limit = g + CAS_EXTENT_RESERVE_GROUPS;
+
+    if (ext->dir == NULL) {
+      /* No store directory: nothing to make durable (tests). */
+      atomic_store (&ext->reserved_group, limit);
+    }
+    else if (write_extent_ids (ext->dir, limit) == -1) {
+      backend_error ("cas: %s/extent-ids: reserving extent ids: %m",
+                     ext->dir);
+      errno = EIO;
+      r = -1;
+    }
+    else {
+      atomic_store (&ext->reserved_group, limit);
+      ext->ids_file = CAS_EXTENT_IDS_OK;
+    }
+  }
+  pthread_mutex_unlock (&ext->reserve_lock);
+  return r;
+}
+
 /* A new pending extent with the writer's next id (a fresh group when
- * its group is used up).
+ * its group is used up, reserved durably first).
  */
 static int
 open_extent (struct cas_extent_appender *a)
@@ -1215,6 +1302,9 @@ open_extent (struct cas_extent_appender *a)
       errno = ENOSPC;
       return -1;
     }
+    if (g >= atomic_load (&ext->reserved_group) &&
+        reserve_group (ext, g) == -1)
+      return -1;
     a->next_eid = g * CAS_GROUP_EXTENTS;
     a->group_end = a->next_eid + CAS_GROUP_EXTENTS;
   }
@@ -1400,7 +1490,7 @@ cas_extent_appender_free (struct cas_extent_appender *a)
 /* ---- the pack store's part ---- */
 
 struct cas_extents *
-cas_extents_new (struct cas_packs *packs, bool readonly,
+cas_extents_new (struct cas_packs *packs, const char *dir, bool readonly,
                  _Atomic uint32_t *gc_below)
 {
   struct cas_extents *ext = calloc (1, sizeof *ext);
@@ -1413,10 +1503,18 @@ cas_extents_new (struct cas_packs *packs, bool readonly,
     free (ext);
     return NULL;
   }
+  if (dir && (ext->dir = strdup (dir)) == NULL) {
+    cas_codec_pool_free (ext->pool);
+    free (ext);
+    return NULL;
+  }
   ext->packs = packs;
   ext->readonly = readonly;
   ext->gc_below = gc_below;
   atomic_init (&ext->next_group, 1);
+  atomic_init (&ext->reserved_group, 0);
+  ext->ids_file = CAS_EXTENT_IDS_ABSENT;
+  pthread_mutex_init (&ext->reserve_lock, NULL);
   pthread_mutex_init (&ext->pending_lock, NULL);
   pthread_rwlock_init (&ext->hooks_lock, NULL);
   /* Without the cache (no memory for it) every read reads its table. */
@@ -1468,6 +1566,8 @@ cas_extents_free (struct cas_extents *ext)
   cas_codec_pool_free (ext->pool);
   pthread_mutex_destroy (&ext->pending_lock);
   pthread_rwlock_destroy (&ext->hooks_lock);
+  pthread_mutex_destroy (&ext->reserve_lock);
+  free (ext->dir);
   if (ext->tcache_lock) {
     unsigned i;
     for (i = 0; i < TCACHE_LOCKS; i++)
@@ -1607,11 +1707,83 @@ cas_extents_add_record (struct cas_extents *ext, uint32_t pack,
   return 0;
 }
 
-void
+/* Read DIR/extent-ids: 0 with *x, or -1 with errno (ENOENT: absent;
+ * EIO: damaged or short; EPROTO: another version).
+ */
+static int
+read_extent_ids (const char *dir, struct cas_extent_ids *x)
+{
+  CLEANUP_FREE char *path = NULL;
+  uint8_t buf[CAS_EXTENT_IDS_SIZE + 1];
+  ssize_t n;
+  int fd;
+
+  if (asprintf (&path, "%s/extent-ids", dir) == -1) {
+    path = NULL;
+    return -1;
+  }
+  fd = open (path, O_RDONLY | O_CLOEXEC);
+  if (fd == -1)
+    return -1;
+  n = read (fd, buf, sizeof buf);
+  if (n == -1) {
+    int saved = errno;
+    close (fd);
+    errno = saved;
+    return -1;
+  }
+  close (fd);
+  if (n != CAS_EXTENT_IDS_SIZE) {
+    errno = EIO;
+    return -1;
+  }
+  return cas_extent_ids_decode (buf, x);
+}
+
+int
 cas_extents_open_done (struct cas_extents *ext)
 {
-  atomic_store (&ext->next_group,
-                atomic_load (&ext->max_eid) / CAS_GROUP_EXTENTS + 1);
+  uint64_t next = atomic_load (&ext->max_eid) / CAS_GROUP_EXTENTS + 1;
+  struct cas_extent_ids x;
+
+  if (ext->dir == NULL)
+    ;
+  else if (read_extent_ids (ext->dir, &x) == 0) {
+    ext->ids_file = CAS_EXTENT_IDS_OK;
+    atomic_store (&ext->reserved_group, x.next_group);
+    /* Never below the reservation: an id handed out before may have
+     * lost its only record (FORMAT.md, "Format version 4").
+     */
+    if (x.next_group > next)
+      next = x.next_group;
+  }
+  else if (errno == ENOENT) {
+    /* A store from before the file, or the file lost: continue from
+     * the ids found; the first id handed out writes the file.
+     */
+    ext->ids_file = CAS_EXTENT_IDS_ABSENT;
+    if (atomic_load (&ext->max_eid) > 0)
+      backend_debug ("cas: %s/extent-ids absent: extent ids continue "
+                     "from the highest found (%" PRIu64 ")", ext->dir,
+                     atomic_load (&ext->max_eid));
+  }
+  else {
+    ext->ids_file = CAS_EXTENT_IDS_DAMAGED;
+    if (!ext->readonly) {
+      /* Guessing low could hand out an id a descriptor names. */
+      backend_error ("cas: %s/extent-ids is not usable (%s): the store "
+                     "cannot hand out extent ids safely; open it "
+                     "read-only, or see FORMAT.md \"Format version 4\"",
+                     ext->dir, errno == EPROTO ? "another version"
+                     : errno == EIO ? "damaged" : strerror (errno));
+      errno = EIO;
+      return -1;
+    }
+    backend_debug ("cas: %s/extent-ids is not usable (ignored: "
+                   "read-only)", ext->dir);
+  }
+  atomic_store (&ext->next_group, next);
+  return 0;
 }
 
 /* ---- stat, fsck, gc ---- */
@@ -1631,6 +1803,8 @@ cas_extents_stats (struct cas_extents *ext, struct cas_extents_stats *s)
   s->table_bytes = atomic_load (&ext->leaves) * LEAF_ENTRIES * sizeof (uint64_t)
     + atomic_load (&ext->mids) * sizeof (struct table_mid);
   s->max_eid = atomic_load (&ext->max_eid);
+  s->ids_file = ext->ids_file;
+  s->reserved_group = atomic_load (&ext->reserved_group);
   s->open_tables_read = atomic_load (&ext->open_tables_read);
   s->cache_extents = atomic_load (&ext->cache_extents);
 }

@@ -110,6 +110,10 @@ int cas_extents_hook_lookup (struct cas_extents *ext,
 
 /* Extents per group (ids 64g .. 64g + 63 belong to one writer). */
 #define CAS_GROUP_EXTENTS 64
+/* Groups reserved at a time in DIR/extent-ids (1024 extents: one fsync
+ * per ~64 MiB of new data); an open after a crash skips at most these.
+ */
+#define CAS_EXTENT_RESERVE_GROUPS 16
 static inline uint64_t cas_extent_group (uint64_t eid) { return eid / CAS_GROUP_EXTENTS; }
 
 /* ---- writing ---- */
@@ -143,7 +147,15 @@ struct cas_extents_stats {
    */
   uint64_t open_tables_read;
   uint64_t cache_extents;        /* extents the index cache gave at open */
+  /* DIR/extent-ids as the open found it (or as last written), and the
+   * first group not reserved: every id found must be below it.
+   */
+  int ids_file;                  /* CAS_EXTENT_IDS_* */
+  uint64_t reserved_group;
 };
+#define CAS_EXTENT_IDS_ABSENT 0
+#define CAS_EXTENT_IDS_OK 1
+#define CAS_EXTENT_IDS_DAMAGED 2
 void cas_extents_stats (struct cas_extents *ext, struct cas_extents_stats *s);
 /* Location of extent eid (index.h CAS_LOC layout), 0 if none. */
 uint64_t cas_extents_loc (struct cas_extents *ext, uint64_t eid);
@@ -206,17 +218,24 @@ int cas_extent_check_units (const struct cas_extent_fields *f,
  * replaces the table's entry of its id if its location is higher: the
  * newer-wins rule, over cached entries too; -1 only for ENOMEM: a
  * damaged record is reported and skipped), then open_done.
+ * dir: the store directory, whose extent-ids file (FORMAT.md "Format
+ * version 4") open_done reads and the appenders write before handing
+ * out an id beyond its reservation; NULL: none (no reservation kept).
+ * open_done: -1 (reported, EIO) if the file is damaged and the store
+ * is writable; read-only, a damaged file is ignored; absent, the ids
+ * continue from the highest found.
  * set_compression: before the store serves.
  */
 struct cas_packs;
-struct cas_extents *cas_extents_new (struct cas_packs *packs, bool readonly,
+struct cas_extents *cas_extents_new (struct cas_packs *packs,
+                                     const char *dir, bool readonly,
                                      _Atomic uint32_t *gc_below);
 void cas_extents_free (struct cas_extents *ext);
 void cas_extents_set_compression (struct cas_extents *ext,
                                   const struct cas_compression *c);
 int cas_extents_add_record (struct cas_extents *ext, uint32_t pack,
                             uint64_t offset);
-void cas_extents_open_done (struct cas_extents *ext);
+int cas_extents_open_done (struct cas_extents *ext);
 
 /* ---- the index cache's extent section (FORMAT.md, "The index cache",
  * version 4; index.h struct cas_index_section) ----

@@ -428,6 +428,36 @@ cas_pack_header_decode (const uint8_t in[CAS_PACK_HEADER_SIZE],
   return 0;
 }
 
+void
+cas_extent_ids_encode (const struct cas_extent_ids *x,
+                       uint8_t out[CAS_EXTENT_IDS_SIZE])
+{
+  memset (out, 0, CAS_EXTENT_IDS_SIZE);
+  memcpy (out, CAS_EXTENT_IDS_MAGIC, 8);
+  put_le32 (out + 8, CAS_EXTENT_IDS_VERSION);
+  put_le64 (out + 16, x->next_group);
+  seal (out, CAS_EXTENT_IDS_SIZE);
+}
+
+int
+cas_extent_ids_decode (const uint8_t in[CAS_EXTENT_IDS_SIZE],
+                       struct cas_extent_ids *x)
+{
+  static_assert (CAS_EXTENT_IDS_SIZE == 28 + 4, "extent-ids layout");
+
+  if (memcmp (in, CAS_EXTENT_IDS_MAGIC, 8) != 0 ||
+      !sealed (in, CAS_EXTENT_IDS_SIZE)) {
+    errno = EIO;
+    return -1;
+  }
+  if (get_le32 (in + 8) != CAS_EXTENT_IDS_VERSION) {
+    errno = EPROTO;
+    return -1;
+  }
+  x->next_group = get_le64 (in + 16);
+  return 0;
+}
+
 /* record header: 0 magic 4 type 5 flags 6 reserved[2] 8 length
  * 12 payload_crc 16 hash[32] 48 reserved[12] 60 header crc
  */

@@ -235,6 +235,25 @@ void cas_super_encode (const struct cas_super *s, uint8_t out[CAS_SUPER_SIZE]);
 /* version is decoded even when it is wrong, so callers can name it. */
 int cas_super_decode (const uint8_t in[CAS_SUPER_SIZE], struct cas_super *s);
 
+/* ---- extent id reservation: DIR/extent-ids (format 4) ----
+ * The first extent group (id / 64) not yet reserved: every id handed
+ * out is below it, and it is written durably before an id beyond it is
+ * handed out, so an open never hands out again an id whose only record
+ * was lost (FORMAT.md, "Format version 4").
+ * 0 magic 8 version 12 reserved 16 next_group 24 reserved 28 CRC32C.
+ */
+#define CAS_EXTENT_IDS_MAGIC "NBDCASXI"
+#define CAS_EXTENT_IDS_SIZE 32
+#define CAS_EXTENT_IDS_VERSION 1
+struct cas_extent_ids {
+  uint64_t next_group;        /* first group not reserved */
+};
+void cas_extent_ids_encode (const struct cas_extent_ids *x,
+                            uint8_t out[CAS_EXTENT_IDS_SIZE]);
+/* -1 with EIO (bad magic or CRC) or EPROTO (another version). */
+int cas_extent_ids_decode (const uint8_t in[CAS_EXTENT_IDS_SIZE],
+                           struct cas_extent_ids *x);
+
 /* ---- pack file header: DIR/packs/pack-NNNNNNNN.cas ---- */
 #define CAS_PACK_MAGIC "NBDCASPK"
 #define CAS_PACK_HEADER_SIZE 64
