@@ -10,7 +10,10 @@
  * a saved cache, appends and a crash (a child that _exits without
  * closing) the next open reads only the new extents' tables and finds
  * every unit; a damaged, truncated or another store's cache is refused
- * and the packs rescanned; rebuild_index ignores it.
+ * and the packs rescanned; rebuild_index ignores it.  The extent id
+ * reservation: ids handed out before a crash are not handed out again
+ * though the newest record is lost; a damaged extent-ids file refuses a
+ * writable open.
  *
  * Exit 0: all good.  1: a check failed (each is printed).  99: the test
  * itself could not run.
@@ -870,6 +873,117 @@ run_cache (void)
     die ("rm");
 }
 
+/* The extent id reservation (DIR/extent-ids): a process hands out ids
+ * in two groups (the newest extent alone in the second) and dies without
+ * closing; the newest record is then lost (the pack cut before it).  The
+ * next open must hand out ids beyond every one handed out before, though
+ * the highest id found is in the first group.  A damaged file refuses a
+ * writable open (a read-only one works).
+ */
+static void
+run_id_reservation (void)
+{
+  char dir[] = "/tmp/test-extents-ids-XXXXXX";
+  struct cas_open_options co = { .format = CAS_FORMAT_VERSION_UNITS };
+  struct cas_open_options ro = { .readonly = true };
+  struct cas_extent_appender *a;
+  struct cas_extents *ext;
+  struct cas_store *st;
+  uint64_t got[2], eid, newest, loc;
+  unsigned slot;
+  int pipefd[2], status, fd;
+  char *path, cmd[64];
+  uint8_t byte;
+  pid_t pid;
+
+  codec_name = "extent-ids";
+  if (mkdtemp (dir) == NULL)
+    die ("mkdtemp");
+  if (cas_store_create_opts (dir, 0, &co) == -1)
+    die ("create");
+  if (pipe (pipefd) == -1)
+    die ("pipe");
+  pid = fork ();
+  if (pid == -1)
+    die ("fork");
+  if (pid == 0) {
+    struct cas_extent_appender *a1, *a2;
+    struct chunkstore *cs;
+
+    close (pipefd[0]);
+    st = open_store (dir, CAS_VERIFY_CHECKSUM);
+    cs = cas_store_chunks (st);
+    ext = cas_packstore_extents (cs);
+    a1 = cas_extent_appender_new (ext);
+    a2 = cas_extent_appender_new (ext);
+    if (a1 == NULL || a2 == NULL ||
+        cas_extent_appender_add (a1, &hash[0], data[0], &eid, &slot) == -1 ||
+        cas_extent_appender_flush (a1) == -1 ||
+        cas_extent_appender_add (a2, &hash[1], data[1], &newest,
+                                 &slot) == -1 ||
+        cas_extent_appender_flush (a2) == -1 || cs->ops->sync (cs) == -1)
+      _exit (1);
+    got[0] = newest;
+    got[1] = cas_extents_loc (ext, newest);
+    if (write (pipefd[1], got, sizeof got) != sizeof got)
+      _exit (1);
+    _exit (0);                  /* kill -9 alike: no close */
+  }
+  close (pipefd[1]);
+  if (read (pipefd[0], got, sizeof got) != sizeof got)
+    die ("reading the child's extent id");
+  close (pipefd[0]);
+  if (waitpid (pid, &status, 0) != pid)
+    die ("waitpid");
+  CHECK (WIFEXITED (status) && WEXITSTATUS (status) == 0);
+  newest = got[0];
+  loc = CAS_LOC_PLAIN (got[1]);
+  CHECK (loc != 0 && newest % CAS_GROUP_EXTENTS == 0);
+
+  /* The newest record lost: the pack cut just before it. */
+  if (asprintf (&path, "%s/packs/pack-%08" PRIu32 ".cas", dir,
+                CAS_LOC_PACK (loc)) == -1)
+    die ("asprintf");
+  CHECK (truncate (path, CAS_LOC_OFFSET (loc)) == 0);
+  free (path);
+
+  st = open_store (dir, CAS_VERIFY_CHECKSUM);
+  ext = cas_packstore_extents (cas_store_chunks (st));
+  CHECK (cas_extents_max_eid (ext) < newest);
+  a = cas_extent_appender_new (ext);
+  CHECK (a != NULL &&
+         cas_extent_appender_add (a, &hash[2], data[2], &eid, &slot) == 0);
+  CHECK (eid > newest);
+  CHECK (cas_extent_appender_free (a) == 0);
+  CHECK (cas_store_close (st) == 0);
+
+  /* A damaged file: no writable open, a read-only one works. */
+  if (asprintf (&path, "%s/extent-ids", dir) == -1)
+    die ("asprintf");
+  fd = open (path, O_RDWR);
+  CHECK (fd != -1);
+  CHECK (pread (fd, &byte, 1, 16) == 1);
+  byte ^= 0x40;
+  CHECK (pwrite (fd, &byte, 1, 16) == 1);
+  close (fd);
+  free (path);
+  quiet = true;
+  st = cas_store_open (dir, &(struct cas_open_options) {
+      .verify = CAS_VERIFY_CHECKSUM });
+  quiet = false;
+  CHECK (st == NULL && strstr (last_error, "extent-ids") != NULL);
+  if (st)
+    cas_store_close (st);
+  st = cas_store_open (dir, &ro);
+  CHECK (st != NULL);
+  if (st)
+    CHECK (cas_store_close (st) == 0);
+
+  snprintf (cmd, sizeof cmd, "rm -rf %s", dir);
+  if (system (cmd) != 0)
+    die ("rm");
+}
+
 int
 main (void)
 {
@@ -878,6 +992,7 @@ main (void)
   run ("lz4");
   run ("zstd");
   run_cache ();
+  run_id_reservation ();
   if (failures) {
     fprintf (stderr, "test-extents: %d checks failed\n", failures);
     return 1;
