@@ -597,6 +597,31 @@ cmd_fsck (int argc, char **argv)
   print_damaged (&f);
 
   problems = f.lost_volumes + f.bad_volumes;
+  /* The extent id reservation (FORMAT.md "Format version 4"): below an
+   * id found, the next writable open could hand out an id a descriptor
+   * may name; damaged, a writable open is refused.
+   */
+  if (cas_store_is_local (f.st)) {
+    struct cas_extents *ext = cas_packstore_extents (cas_store_chunks (f.st));
+    struct cas_extents_stats es;
+
+    if (ext) {
+      cas_extents_stats (ext, &es);
+      if (es.ids_file == CAS_EXTENT_IDS_DAMAGED) {
+        tool_printf ("%s: problem: %s/extent-ids (the extent id "
+                     "reservation) is damaged: a writable open is "
+                     "refused\n", dir, dir);
+        problems++;
+      }
+      else if (es.ids_file == CAS_EXTENT_IDS_OK &&
+               es.max_eid / CAS_GROUP_EXTENTS >= es.reserved_group) {
+        tool_printf ("%s: problem: %s/extent-ids reserves extent groups "
+                     "below %" PRIu64 " but extent %" PRIu64 " exists\n",
+                     dir, dir, es.reserved_group, es.max_eid);
+        problems++;
+      }
+    }
+  }
   if (f.failed)
     tool_printf ("%s: check incomplete: %" PRIu64 " volume%s lost data so far\n",
             dir, problems, problems == 1 ? "" : "s");
