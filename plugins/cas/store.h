@@ -6,6 +6,8 @@
  *   DIR/lock         flock()ed by the one process that has the store open
  *   DIR/packs/       append-only pack files of records (the chunk store)
  *   DIR/index        cache of the hash index (rebuilt from packs if bad)
+ *   DIR/extent-ids   format 4: extent ids reserved (never reused; a
+ *                    damaged file refuses a writable open)
  *   DIR/volumes/NAME one root file per volume: size, root hash of its map
  * or a pool (and namespace) of a Ceph cluster, named "rados:POOL[/NS]"
  * (FORMAT.md, "RADOS"; built with configure --with-rados), which many
