@@ -35,6 +35,7 @@
 #include <unistd.h>
 
 #include "backend.h"
+#include "ccheck.h"
 #include "extent.h"
 #include "format.h"
 #include "hash.h"
@@ -60,22 +61,6 @@ backend_error (const char *fmt, ...)
   fputc ('\n', stderr);
 }
 
-void
-backend_debug (const char *fmt, ...)
-{
-  (void) fmt;
-}
-
-static int failures;
-
-#define CHECK(cond)                                                     \
-  do {                                                                  \
-    if (!(cond)) {                                                      \
-      fprintf (stderr, "%s:%d: [%s] check failed: %s\n", __FILE__,      \
-               __LINE__, codec_name, #cond);                            \
-      failures++;                                                       \
-    }                                                                   \
-  } while (0)
 
 #define NUNITS 200              /* > 12 extents; about 12 hooks */
 #define U CAS_UNIT_SIZE

@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "backend.h"
+#include "ccheck.h"
 #include "crc32c.h"
 #include "format.h"
 #include "le.h"
@@ -24,22 +25,6 @@ backend_error (const char *fmt, ...)
   (void) fmt;                   /* decoders' messages are expected here */
 }
 
-void
-backend_debug (const char *fmt, ...)
-{
-  (void) fmt;
-}
-
-static int failures;
-
-#define CHECK(cond)                                                     \
-  do {                                                                  \
-    if (!(cond)) {                                                      \
-      fprintf (stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, \
-               #cond);                                                  \
-      failures++;                                                       \
-    }                                                                   \
-  } while (0)
 
 static void
 desc_roundtrip (const struct cas_desc *d, uint32_t units)

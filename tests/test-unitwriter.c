@@ -18,6 +18,7 @@
 #include <string.h>
 
 #include "backend.h"
+#include "ccheck.h"
 #include "extent.h"
 #include "format.h"
 #include "hash.h"
@@ -42,22 +43,6 @@ backend_error (const char *fmt, ...)
   va_end (ap);
 }
 
-void
-backend_debug (const char *fmt, ...)
-{
-  (void) fmt;
-}
-
-static int failures;
-
-#define CHECK(cond)                                                     \
-  do {                                                                  \
-    if (!(cond)) {                                                      \
-      fprintf (stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, \
-               #cond);                                                  \
-      failures++;                                                       \
-    }                                                                   \
-  } while (0)
 
 /* ---- the fake extent store ---- */
 
